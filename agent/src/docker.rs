@@ -1,0 +1,432 @@
+//! The Docker adapter: tend's engine trait on the Engine API (bollard). Docker's types stop
+//! here; the rest of tend sees `model` types only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HealthConfig, HealthStatusEnum,
+    HostConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+};
+use futures::StreamExt;
+use tend_specs::service::{MountSource, PortMapping};
+use tend_specs::{Env, Service};
+
+use crate::engine::{ContainerEngine, EngineError, EngineErrorKind, Probe};
+use crate::model::{
+    Container, Health, LABEL_FIELDS, LABEL_HASH, LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_SCOPE, Network,
+    Observed, RunState, encode_fields,
+};
+
+/// A connection to a Docker daemon.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+fn classify(e: &BollardError) -> EngineErrorKind {
+    match e {
+        BollardError::DockerResponseServerError { status_code: 404, .. } => EngineErrorKind::NotFound,
+        BollardError::DockerResponseServerError { status_code: 409, .. } => EngineErrorKind::Conflict,
+        BollardError::DockerResponseServerError { .. } => EngineErrorKind::Refused,
+        _ => EngineErrorKind::Unavailable,
+    }
+}
+
+fn err(op: &'static str, object: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
+    let object = object.into();
+    move |e| EngineError { op, object, kind: classify(&e), source: Box::new(e) }
+}
+
+impl DockerEngine {
+    /// Connects to the daemon named by `DOCKER_HOST`, or the local socket, and agrees on an
+    /// API version (Debian's docker.io 20.10 speaks 1.41).
+    pub async fn connect() -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_local_defaults().map_err(err("connecting to", "the Docker daemon"))?;
+        let docker = docker.negotiate_version().await.map_err(err("connecting to", "the Docker daemon"))?;
+        Ok(Self { docker })
+    }
+
+    async fn list_owned(&self, filters: HashMap<String, Vec<String>>) -> Result<Vec<ContainerSummary>, EngineError> {
+        self.docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .await
+            .map_err(err("listing", "containers"))
+    }
+
+    async fn observe_images(&self, images: &BTreeSet<String>) -> Result<BTreeMap<String, String>, EngineError> {
+        let lookups = images.iter().map(|image| async move {
+            match self.docker.inspect_image(image).await {
+                Ok(info) => Ok(info.id.map(|id| (crate::plan::normalize_image(image), id))),
+                Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(None),
+                Err(e) => Err(err("inspecting image", image.clone())(e)),
+            }
+        });
+        let found = futures::future::try_join_all(lookups).await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+}
+
+fn label_filter(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), pairs.iter().map(|(k, v)| format!("{k}={v}")).collect())])
+}
+
+fn parse_health(status: &str) -> Health {
+    if status.contains("(healthy)") {
+        Health::Healthy
+    } else if status.contains("(unhealthy)") {
+        Health::Unhealthy
+    } else if status.contains("(health: starting)") {
+        Health::Starting
+    } else {
+        Health::None
+    }
+}
+
+fn parse_exit_code(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+fn run_state(s: Option<ContainerSummaryStateEnum>) -> RunState {
+    match s {
+        Some(ContainerSummaryStateEnum::CREATED) => RunState::Created,
+        Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::STOPPING) => RunState::Running,
+        Some(ContainerSummaryStateEnum::PAUSED) => RunState::Paused,
+        Some(ContainerSummaryStateEnum::RESTARTING) => RunState::Restarting,
+        Some(ContainerSummaryStateEnum::EXITED) => RunState::Exited,
+        Some(ContainerSummaryStateEnum::REMOVING) => RunState::Removing,
+        Some(ContainerSummaryStateEnum::DEAD) => RunState::Dead,
+        Some(ContainerSummaryStateEnum::EMPTY) | None => RunState::Dead,
+    }
+}
+
+fn container_name(c: &ContainerSummary) -> String {
+    c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default()
+}
+
+fn to_container(c: ContainerSummary) -> Container {
+    let labels = c.labels.clone().unwrap_or_default();
+    let status = c.status.clone().unwrap_or_default();
+    let state = run_state(c.state);
+    Container {
+        name: container_name(&c),
+        id: c.id.unwrap_or_default(),
+        service: labels.get(LABEL_NAME).cloned().unwrap_or_default(),
+        instance: labels.get(LABEL_INSTANCE).and_then(|i| i.parse().ok()).unwrap_or(0),
+        hash: labels.get(LABEL_HASH).cloned().unwrap_or_default(),
+        fields: labels.get(LABEL_FIELDS).map(|f| crate::model::decode_fields(f)).unwrap_or_default(),
+        image_id: c.image_id.unwrap_or_default(),
+        health: parse_health(&status),
+        exit_code: if matches!(state, RunState::Exited | RunState::Dead) { parse_exit_code(&status) } else { None },
+        state,
+    }
+}
+
+fn nanos(d: Option<tend_specs::quantity::Duration>) -> Option<i64> {
+    d.map(|d| i64::try_from(d.get().as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn port_key(p: &PortMapping) -> String {
+    format!("{}/{}", p.container_port, p.protocol)
+}
+
+/// The container config of one instance.
+fn container_body(scope: &str, service: &Service, instance: u32) -> ContainerCreateBody {
+    let spec = &service.spec;
+    let mut labels: HashMap<String, String> = service.container_labels().into_iter().collect();
+    labels.insert(LABEL_SCOPE.into(), scope.into());
+    labels.insert(LABEL_KIND.into(), "service".into());
+    labels.insert(LABEL_NAME.into(), service.name.clone());
+    labels.insert(LABEL_INSTANCE.into(), instance.to_string());
+    labels.insert(LABEL_HASH.into(), service.hash.clone());
+    labels.insert(LABEL_FIELDS.into(), encode_fields(&service.field_hashes));
+    let env: Vec<String> = service
+        .env
+        .iter()
+        .map(|(k, v)| match v {
+            Env::Literal(s) => format!("{k}={s}"),
+            Env::Secret { value, .. } => format!("{k}={}", value.expose()),
+        })
+        .collect();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        bindings.entry(port_key(p)).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(
+            PortBinding { host_ip: p.host_ip.map(|ip| ip.to_string()), host_port: Some(p.host_port.to_string()) },
+        );
+    }
+    let mounts: Vec<Mount> = spec
+        .volumes
+        .iter()
+        .map(|m| {
+            let (typ, source) = match &m.source {
+                MountSource::Bind(p) => (MountType::BIND, p.display().to_string()),
+                MountSource::Volume(v) => (MountType::VOLUME, v.clone()),
+            };
+            Mount {
+                typ: Some(typ),
+                source: Some(source),
+                target: Some(m.target.clone()),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let healthcheck = spec.healthcheck.as_ref().map(|h| {
+        let mut test = vec!["CMD".to_string()];
+        test.extend(h.command.iter().cloned());
+        HealthConfig {
+            test: Some(test),
+            interval: nanos(h.interval),
+            timeout: nanos(h.timeout),
+            retries: h.retries.map(i64::from),
+            start_period: nanos(h.start_period),
+            ..Default::default()
+        }
+    });
+    let resources = spec.resources.as_ref();
+    let networking_config = spec
+        .networks
+        .first()
+        .map(|n| NetworkingConfig { endpoints_config: Some(HashMap::from([(n.clone(), endpoint(service))])) });
+    ContainerCreateBody {
+        image: spec.image.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.command.clone(),
+        env: Some(env),
+        labels: Some(labels),
+        user: spec.user.clone(),
+        working_dir: spec.working_dir.clone(),
+        healthcheck,
+        stop_signal: spec.stop_signal.clone(),
+        stop_timeout: spec.stop_timeout.map(|t| i64::try_from(t.get().as_secs()).unwrap_or(i64::MAX)),
+        exposed_ports: (!spec.ports.is_empty()).then(|| spec.ports.iter().map(port_key).collect()),
+        host_config: Some(HostConfig {
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
+            mounts: (!mounts.is_empty()).then_some(mounts),
+            memory: resources.and_then(|r| r.memory).map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+            nano_cpus: resources.and_then(|r| r.cpus).map(|c| (c * 1e9) as i64),
+            // tend is the supervisor: the engine never restarts on its own, so holds and
+            // maintenance locks are honoured.
+            restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+            ..Default::default()
+        }),
+        networking_config,
+        ..Default::default()
+    }
+}
+
+/// Every instance is reachable on its networks under its service's name.
+fn endpoint(service: &Service) -> EndpointSettings {
+    EndpointSettings { aliases: Some(vec![service.name.clone()]), ..Default::default() }
+}
+
+impl ContainerEngine for DockerEngine {
+    async fn observe(
+        &self,
+        scope: &str,
+        wanted: &BTreeSet<String>,
+        images: &BTreeSet<String>,
+        want_volumes: bool,
+    ) -> Result<Observed, EngineError> {
+        let containers = self.list_owned(label_filter(&[(LABEL_SCOPE, scope)]));
+        let networks = async {
+            self.docker
+                .list_networks(Some(ListNetworksOptions { filters: None }))
+                .await
+                .map_err(err("listing", "networks"))
+        };
+        let volumes = async {
+            if !want_volumes {
+                return Ok(BTreeSet::new());
+            }
+            let list = self
+                .docker
+                .list_volumes(Some(ListVolumesOptions { filters: None }))
+                .await
+                .map_err(err("listing", "volumes"))?;
+            Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+        };
+        let (containers, networks, volumes, images) =
+            futures::try_join!(containers, networks, volumes, self.observe_images(images))?;
+        let containers: Vec<Container> = containers.into_iter().map(to_container).collect();
+        let networks = networks
+            .into_iter()
+            .map(|n| {
+                let owned = n.labels.as_ref().and_then(|l| l.get(LABEL_SCOPE)).is_some_and(|s| s == scope);
+                Network { id: n.id.unwrap_or_default(), name: n.name.unwrap_or_default(), owned }
+            })
+            .collect();
+        let owned_names: BTreeSet<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+        let mut foreign = BTreeMap::new();
+        if wanted.iter().any(|w| !owned_names.contains(w.as_str())) {
+            // Only when something would be created: look for others' containers by name.
+            let all = self
+                .docker
+                .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
+                .await
+                .map_err(err("listing", "containers"))?;
+            for c in all {
+                let name = container_name(&c);
+                let ours = c.labels.as_ref().and_then(|l| l.get(LABEL_SCOPE)).is_some_and(|s| s == scope);
+                if !ours && wanted.contains(&name) {
+                    foreign.insert(name, c.id.unwrap_or_default());
+                }
+            }
+        }
+        Ok(Observed { containers, networks, volumes, images, foreign })
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+        let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            item.map_err(err("pulling image", image))?;
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, scope: &str, name: &str) -> Result<(), EngineError> {
+        let labels = HashMap::from([
+            (LABEL_SCOPE.to_string(), scope.to_string()),
+            (LABEL_KIND.to_string(), "network".to_string()),
+        ]);
+        let req = NetworkCreateRequest { name: name.to_string(), labels: Some(labels), ..Default::default() };
+        match self.docker.create_network(req).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile (a retried pass): nothing to do.
+            Err(e) if classify(&e) == EngineErrorKind::Conflict => Ok(()),
+            Err(e) => Err(err("creating network", name)(e)),
+        }
+    }
+
+    async fn remove_network(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        // A stale endpoint can linger for a moment after its container is removed
+        // (moby#42119): retry a few times, then report.
+        let mut last = None;
+        for attempt in 0..5u64 {
+            match self.docker.remove_network(id).await {
+                Ok(()) => return Ok(()),
+                Err(e) if classify(&e) == EngineErrorKind::NotFound => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+        }
+        Err(err("removing network", name)(last.unwrap_or(BollardError::RequestTimeoutError)))
+    }
+
+    async fn create_volume(&self, scope: &str, name: &str) -> Result<(), EngineError> {
+        let labels = HashMap::from([
+            (LABEL_SCOPE.to_string(), scope.to_string()),
+            (LABEL_KIND.to_string(), "volume".to_string()),
+        ]);
+        let req = VolumeCreateRequest { name: Some(name.to_string()), labels: Some(labels), ..Default::default() };
+        self.docker.create_volume(req).await.map(|_| ()).map_err(err("creating volume", name))
+    }
+
+    async fn create_and_start(
+        &self,
+        scope: &str,
+        service: &Service,
+        instance: u32,
+        name: &str,
+    ) -> Result<String, EngineError> {
+        let body = container_body(scope, service, instance);
+        let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+        let created =
+            self.docker.create_container(Some(options), body).await.map_err(err("creating container", name))?;
+        for net in service.spec.networks.iter().skip(1) {
+            let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: Some(endpoint(service)) };
+            self.docker
+                .connect_network(net, req)
+                .await
+                .map_err(err("connecting to network", format!("{name} → {net}")))?;
+        }
+        self.docker.start_container(&created.id, None).await.map_err(err("starting container", name))?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        match self.docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(err("starting container", name)(e)),
+        }
+    }
+
+    async fn stop_and_remove(&self, id: &str, name: &str, timeout_s: Option<u64>) -> Result<(), EngineError> {
+        let t = timeout_s.map(|t| i32::try_from(t).unwrap_or(i32::MAX));
+        match self.docker.stop_container(id, Some(StopContainerOptions { t, signal: None })).await {
+            Ok(()) => {}
+            Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => {}
+            Err(e) => return Err(err("stopping container", name)(e)),
+        }
+        let options = RemoveContainerOptions { force: true, v: false, link: false };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(()),
+            // Already being removed (a retried pass): done once it is gone.
+            Err(e) if classify(&e) == EngineErrorKind::Conflict => Ok(()),
+            Err(e) => Err(err("removing container", name)(e)),
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), EngineError> {
+        self.docker
+            .rename_container(from, RenameContainerOptions { name: to.to_string() })
+            .await
+            .map_err(err("renaming container", format!("{from} → {to}")))
+    }
+
+    async fn probe(&self, name: &str) -> Result<Option<Probe>, EngineError> {
+        let info = match self.docker.inspect_container(name, None).await {
+            Ok(info) => info,
+            Err(e) if classify(&e) == EngineErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err("inspecting container", name)(e)),
+        };
+        let st = info.state.unwrap_or_default();
+        let state = if st.running == Some(true) {
+            RunState::Running
+        } else if st.restarting == Some(true) {
+            RunState::Restarting
+        } else if st.status.as_ref().map(|s| s.to_string()).as_deref() == Some("created") {
+            RunState::Created
+        } else {
+            RunState::Exited
+        };
+        let health = match st.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
+            Some(HealthStatusEnum::STARTING) => Health::Starting,
+            _ => Health::None,
+        };
+        let exit_code = if state == RunState::Exited { st.exit_code } else { None };
+        Ok(Some(Probe { state, health, exit_code }))
+    }
+
+    async fn instances_of(&self, scope: &str, service: &str) -> Result<Vec<String>, EngineError> {
+        let list = self.list_owned(label_filter(&[(LABEL_SCOPE, scope), (LABEL_NAME, service)])).await?;
+        Ok(list.iter().map(container_name).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_strings_give_health_and_exit_codes() {
+        assert_eq!(parse_health("Up 3 seconds (healthy)"), Health::Healthy);
+        assert_eq!(parse_health("Up 3 seconds (health: starting)"), Health::Starting);
+        assert_eq!(parse_health("Up 3 seconds (unhealthy)"), Health::Unhealthy);
+        assert_eq!(parse_health("Up 3 seconds"), Health::None);
+        assert_eq!(parse_exit_code("Exited (137) 2 minutes ago"), Some(137));
+        assert_eq!(parse_exit_code("Up 2 minutes"), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! tend: a declarative reconciler for one host. Specs are loaded (`tend_specs`), live state
+//! is observed through an engine adapter (`docker`), a pure planner (`plan`) decides what
+//! to do and why, and `apply` executes it in dependency order.
+
+pub mod apply;
+pub mod cli;
+pub mod docker;
+pub mod engine;
+pub mod model;
+pub mod plan;
+pub mod state;
+pub mod time;

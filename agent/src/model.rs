@@ -1,0 +1,128 @@
+//! tend's own view of live state. Backends convert their engine's types into these, so the
+//! planner never sees a Docker or systemd type.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Label: which tend scope owns the object (one per agent; `default` unless set).
+pub const LABEL_SCOPE: &str = "tend.scope";
+/// Label: the kind of object (`service`, `network`, `volume`).
+pub const LABEL_KIND: &str = "tend.kind";
+/// Label: the spec name the object belongs to.
+pub const LABEL_NAME: &str = "tend.name";
+/// Label: the instance number (1-based) of a service's container.
+pub const LABEL_INSTANCE: &str = "tend.instance";
+/// Label: the template hash the container was created from.
+pub const LABEL_HASH: &str = "tend.hash";
+/// Label: short per-field hashes (`image=…,env=…`), to name what changed.
+pub const LABEL_FIELDS: &str = "tend.fields";
+
+/// Suffix of the container started beside the old one in a `start-first` replacement.
+pub const NEXT_SUFFIX: &str = "-next";
+
+/// The container name of a service instance.
+pub fn instance_name(service: &str, instance: u32) -> String {
+    format!("{service}-{instance}")
+}
+
+/// Encodes field hashes for the `tend.fields` label.
+pub fn encode_fields(fields: &BTreeMap<String, String>) -> String {
+    fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Decodes the `tend.fields` label; malformed parts are skipped.
+pub fn decode_fields(label: &str) -> BTreeMap<String, String> {
+    label.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Run state of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Being restarted by the engine.
+    Restarting,
+    /// Exited.
+    Exited,
+    /// Dead (failed removal or similar).
+    Dead,
+    /// Being removed.
+    Removing,
+}
+
+/// Health of a container with a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No health check.
+    None,
+    /// Still within the checks' first rounds.
+    Starting,
+    /// Passing.
+    Healthy,
+    /// Failing.
+    Unhealthy,
+}
+
+/// A container tend owns, as observed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Container {
+    /// Engine ID.
+    pub id: String,
+    /// Name (without the leading `/`).
+    pub name: String,
+    /// The service it belongs to (`tend.name`).
+    pub service: String,
+    /// Instance number (`tend.instance`); 0 when the label is missing or malformed.
+    pub instance: u32,
+    /// Template hash (`tend.hash`).
+    pub hash: String,
+    /// Per-field hashes (`tend.fields`).
+    pub fields: BTreeMap<String, String>,
+    /// The image ID it runs.
+    pub image_id: String,
+    /// Run state.
+    pub state: RunState,
+    /// Health.
+    pub health: Health,
+    /// Exit code, when exited.
+    pub exit_code: Option<i64>,
+}
+
+impl Container {
+    /// Whether this is the new container of an interrupted or running start-first replacement.
+    pub fn is_next(&self) -> bool {
+        self.name.ends_with(NEXT_SUFFIX)
+    }
+}
+
+/// A network, as observed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Network {
+    /// Engine ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Whether this scope of tend created it.
+    pub owned: bool,
+}
+
+/// A snapshot of live state: complete, or not at all (an observation that fails is an
+/// error, never a partial snapshot).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Observed {
+    /// Containers this scope owns.
+    pub containers: Vec<Container>,
+    /// Networks (all of them: a name taken by another's network is used, not recreated).
+    pub networks: Vec<Network>,
+    /// Names of volumes that exist.
+    pub volumes: BTreeSet<String>,
+    /// Image reference → local image ID, for the references asked about.
+    pub images: BTreeMap<String, String>,
+    /// Containers not owned by this scope whose names a desired instance would take.
+    pub foreign: BTreeMap<String, String>,
+}

@@ -1,0 +1,932 @@
+//! The planner: a pure function from (desired, observed, state, now) to a plan of typed
+//! steps, each with its reason. No I/O, no clock, no async: `tend plan` prints exactly what
+//! `tend apply` would do, and every rule here is table-tested without an engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+use tend_specs::service::{Condition, MountSource, PullPolicy, RestartPolicy, RolloutOrder};
+use tend_specs::{Desired, Service};
+
+use crate::model::{Container, NEXT_SUFFIX, Observed, RunState, instance_name};
+use crate::state::State;
+
+/// Default time to wait for a dependency's condition.
+pub const DEFAULT_DEPENDENCY_TIMEOUT_MS: u64 = 120_000;
+
+/// What one step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Pull an image.
+    PullImage {
+        /// The reference.
+        image: String,
+    },
+    /// Create a network, owned by tend.
+    CreateNetwork {
+        /// Its name.
+        network: String,
+    },
+    /// Create a named volume, owned by tend (tend never deletes volumes).
+    CreateVolume {
+        /// Its name.
+        volume: String,
+    },
+    /// Create a container for an instance and start it.
+    Create {
+        /// The service.
+        service: String,
+        /// The instance.
+        instance: u32,
+        /// The container name.
+        name: String,
+    },
+    /// Start an existing container.
+    Start {
+        /// The service.
+        service: String,
+        /// The instance.
+        instance: u32,
+        /// The container name.
+        name: String,
+        /// The container ID.
+        id: String,
+    },
+    /// Stop (gracefully) and remove a container.
+    Remove {
+        /// The service.
+        service: String,
+        /// The instance.
+        instance: u32,
+        /// The container name.
+        name: String,
+        /// The container ID.
+        id: String,
+        /// Seconds to wait after the stop signal.
+        stop_timeout_s: Option<u64>,
+    },
+    /// Rename the new container of a start-first replacement to the instance's name.
+    Rename {
+        /// The service.
+        service: String,
+        /// The instance.
+        instance: u32,
+        /// The container ID.
+        id: String,
+        /// The current name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
+    /// Wait until a service's instances (or one instance) meet a condition.
+    Await {
+        /// The service.
+        service: String,
+        /// One instance's container, or all of the service's when `None`.
+        name: Option<String>,
+        /// The condition.
+        condition: Condition,
+        /// How long to wait before failing.
+        timeout_ms: u64,
+    },
+    /// Record a hold: the instance stays down until `tend release`.
+    Hold {
+        /// The service.
+        service: String,
+        /// The instance.
+        instance: u32,
+        /// The container name.
+        name: String,
+        /// The exit code seen.
+        exit_code: Option<i64>,
+    },
+    /// Remove a network tend created that no spec uses any more.
+    RemoveNetwork {
+        /// Its name.
+        network: String,
+        /// Its ID.
+        id: String,
+    },
+}
+
+/// Why a step is in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum Reason {
+    /// The instance does not exist.
+    Missing,
+    /// The configuration changed; these fields differ.
+    Changed {
+        /// Template fields whose hash differs.
+        fields: Vec<String>,
+    },
+    /// The image reference now points at another image.
+    ImageChanged {
+        /// The image ID the container runs.
+        from: String,
+        /// The image ID the reference has now.
+        to: String,
+    },
+    /// The instance exited and its restart policy restarts it.
+    Exited {
+        /// Its exit code.
+        code: Option<i64>,
+        /// Restart number in this crash loop.
+        attempt: u32,
+    },
+    /// The container was created but never started.
+    NotStarted,
+    /// The instance exited without tend stopping it and the policy is `hold`.
+    UnexpectedExit {
+        /// Its exit code.
+        code: Option<i64>,
+    },
+    /// No spec declares this service any more.
+    SpecRemoved,
+    /// The service was scaled down.
+    ScaledDown {
+        /// The new number of replicas.
+        replicas: u32,
+    },
+    /// A container left by an interrupted replacement.
+    Leftover,
+    /// The last step of a start-first replacement.
+    Replaced,
+    /// Something a service needs.
+    NeededBy {
+        /// The service that needs it.
+        service: String,
+    },
+    /// `pullPolicy: always`.
+    PullAlways,
+    /// The image is not on the host.
+    ImageMissing,
+    /// No spec uses the network any more.
+    Unreferenced,
+    /// A rollout waits for the new instance before going on.
+    Rollout,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("missing"),
+            Self::Changed { fields } => write!(f, "changed: {}", fields.join(", ")),
+            Self::ImageChanged { from, to } => write!(f, "image changed: {} → {}", short_id(from), short_id(to)),
+            Self::Exited { code: Some(c), attempt } => write!(f, "exited with code {c} (restart {attempt})"),
+            Self::Exited { code: None, attempt } => write!(f, "not running (restart {attempt})"),
+            Self::NotStarted => f.write_str("created but not started"),
+            Self::UnexpectedExit { code } => match code {
+                Some(c) => write!(f, "exited with code {c}; restart policy is hold"),
+                None => f.write_str("stopped; restart policy is hold"),
+            },
+            Self::SpecRemoved => f.write_str("spec removed"),
+            Self::ScaledDown { replicas } => write!(f, "scaled down to {replicas}"),
+            Self::Leftover => f.write_str("left over from an interrupted replacement"),
+            Self::Replaced => f.write_str("replacement ready"),
+            Self::NeededBy { service } => write!(f, "needed by {service}"),
+            Self::PullAlways => f.write_str("pull policy always"),
+            Self::ImageMissing => f.write_str("not on this host"),
+            Self::Unreferenced => f.write_str("no spec uses it"),
+            Self::Rollout => f.write_str("rollout waits for it"),
+        }
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Its number in the plan.
+    pub id: usize,
+    /// What it does.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Why.
+    #[serde(flatten)]
+    pub reason: Reason,
+    /// Steps that must have succeeded first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<usize>,
+    /// Pause before the step, once the steps before it are done (rollout pacing).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pause_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Something the plan does not act on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "note", rename_all = "kebab-case")]
+pub enum Note {
+    /// A container tend does not own has the instance's name: it is never touched.
+    Conflict {
+        /// The service.
+        service: String,
+        /// The container name.
+        name: String,
+        /// The other container's ID.
+        id: String,
+    },
+    /// The instance is held for triage.
+    Held {
+        /// The service.
+        service: String,
+        /// The container name.
+        name: String,
+        /// The exit code that caused the hold.
+        exit_code: Option<i64>,
+        /// When the hold was taken (ms since the epoch).
+        since_ms: u64,
+    },
+    /// A crash-looping instance waits for its backoff.
+    BackingOff {
+        /// The service.
+        service: String,
+        /// The container name.
+        name: String,
+        /// The restart it will be.
+        attempt: u32,
+        /// When it may restart (ms since the epoch).
+        until_ms: u64,
+    },
+    /// The instance exited and its restart policy leaves it so.
+    Exited {
+        /// The service.
+        service: String,
+        /// The container name.
+        name: String,
+        /// Its exit code.
+        code: Option<i64>,
+        /// The policy.
+        policy: RestartPolicy,
+    },
+    /// The image is not on the host and the pull policy is `never`.
+    ImageNotPresent {
+        /// The service.
+        service: String,
+        /// The image.
+        image: String,
+    },
+    /// The service waits for a dependency that cannot become ready in this pass.
+    Blocked {
+        /// The service.
+        service: String,
+        /// The dependency.
+        by: String,
+    },
+    /// A container carries tend's labels but not a valid instance: left alone.
+    Unrecognized {
+        /// The container name.
+        name: String,
+        /// Its ID.
+        id: String,
+    },
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Conflict { service, name, id } => write!(
+                f,
+                "conflict: container {name} ({}) exists and was not created by tend for this scope; {service} instance not created, the container is left untouched",
+                short_id(id)
+            ),
+            Self::Held { name, exit_code, .. } => match exit_code {
+                Some(c) => write!(f, "held: {name} exited with code {c}; it stays down until `tend release {name}`"),
+                None => write!(f, "held: {name} stopped unexpectedly; it stays down until `tend release {name}`"),
+            },
+            Self::BackingOff { name, attempt, until_ms, .. } => {
+                write!(f, "backing off: {name} restarts (restart {attempt}) at {}", crate::time::format_ms(*until_ms))
+            }
+            Self::Exited { name, code, policy, .. } => match code {
+                Some(c) => write!(f, "exited: {name} exited with code {c}; restart policy {policy} leaves it stopped"),
+                None => write!(f, "exited: {name} is stopped; restart policy {policy} leaves it stopped"),
+            },
+            Self::ImageNotPresent { service, image } => {
+                write!(f, "image missing: {image} for {service} is not on this host and pullPolicy is never")
+            }
+            Self::Blocked { service, by } => {
+                write!(f, "blocked: {service} waits for {by}, which cannot become ready now")
+            }
+            Self::Unrecognized { name, id } => {
+                write!(f, "unrecognized: {name} ({}) has tend labels but no valid instance; left alone", short_id(id))
+            }
+        }
+    }
+}
+
+/// A plan: steps to run (in dependency order) and notes on what is left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The steps.
+    pub steps: Vec<Step>,
+    /// What the plan does not act on.
+    pub notes: Vec<Note>,
+}
+
+impl Plan {
+    /// Whether applying the plan would change anything.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Whether every step is an image pull (the first phase of apply).
+    pub fn pulls(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| matches!(s.action, Action::PullImage { .. }))
+    }
+}
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// What the specs ask for.
+    pub desired: &'a Desired,
+    /// What is live.
+    pub observed: &'a Observed,
+    /// Holds and restart history.
+    pub state: &'a State,
+    /// The current time (ms since the epoch).
+    pub now_ms: u64,
+    /// Images pulled earlier in this apply (not pulled again).
+    pub pulled: &'a BTreeSet<String>,
+}
+
+/// Normalizes an image reference the way the engine lists it (`busybox` → `busybox:latest`).
+pub fn normalize_image(reference: &str) -> String {
+    if reference.contains('@') {
+        return reference.to_string();
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') { reference.to_string() } else { format!("{reference}:latest") }
+}
+
+struct Builder {
+    steps: Vec<Step>,
+    notes: Vec<Note>,
+}
+
+impl Builder {
+    fn push(&mut self, action: Action, reason: Reason, after: Vec<usize>, pause_ms: u64) -> usize {
+        let id = self.steps.len() + 1;
+        let mut after = after;
+        after.sort_unstable();
+        after.dedup();
+        self.steps.push(Step { id, action, reason, after, pause_ms });
+        id
+    }
+}
+
+/// The work for one instance, before pacing.
+enum Unit {
+    /// Paced work (create or replace): its steps run as one chain.
+    Paced { replace: bool, chain: Vec<(Action, Reason)> },
+    /// Unpaced work (crash restarts, starts, holds).
+    Now(Action, Reason),
+}
+
+/// Plans the work that makes `observed` match `desired`.
+pub fn plan(input: Input<'_>) -> Plan {
+    let Input { desired, observed, state, now_ms, pulled } = input;
+    let mut b = Builder { steps: Vec::new(), notes: Vec::new() };
+
+    // Containers by service and instance; unrecognized ones are noted and left alone.
+    let mut live: BTreeMap<&str, BTreeMap<u32, Vec<&Container>>> = BTreeMap::new();
+    for c in &observed.containers {
+        if c.instance == 0 || c.service.is_empty() {
+            b.notes.push(Note::Unrecognized { name: c.name.clone(), id: c.id.clone() });
+            continue;
+        }
+        live.entry(c.service.as_str()).or_default().entry(c.instance).or_default().push(c);
+    }
+
+    // Shared resources: networks, volumes, images.
+    let mut resource_steps: BTreeMap<String, usize> = BTreeMap::new();
+    let existing_networks: BTreeSet<&str> = observed.networks.iter().map(|n| n.name.as_str()).collect();
+    let mut needed_networks: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut needed_volumes: BTreeMap<&str, &str> = BTreeMap::new();
+    for s in desired.services.values() {
+        for n in &s.spec.networks {
+            needed_networks.entry(n.as_str()).or_insert(s.name.as_str());
+        }
+        for v in &s.spec.volumes {
+            if let MountSource::Volume(name) = &v.source {
+                needed_volumes.entry(name.as_str()).or_insert(s.name.as_str());
+            }
+        }
+    }
+    for (net, by) in &needed_networks {
+        if !existing_networks.contains(net) {
+            let id = b.push(
+                Action::CreateNetwork { network: net.to_string() },
+                Reason::NeededBy { service: by.to_string() },
+                vec![],
+                0,
+            );
+            resource_steps.insert(format!("network:{net}"), id);
+        }
+    }
+    for (vol, by) in &needed_volumes {
+        if !observed.volumes.contains(*vol) {
+            let id = b.push(
+                Action::CreateVolume { volume: vol.to_string() },
+                Reason::NeededBy { service: by.to_string() },
+                vec![],
+                0,
+            );
+            resource_steps.insert(format!("volume:{vol}"), id);
+        }
+    }
+    let mut missing_images: BTreeSet<String> = BTreeSet::new();
+    for s in desired.services.values() {
+        let Some(image) = s.spec.image.as_deref() else { continue };
+        let key = format!("image:{image}");
+        if resource_steps.contains_key(&key) || missing_images.contains(image) {
+            continue;
+        }
+        let present = observed.images.contains_key(&normalize_image(image));
+        let reason = match s.spec.pull_policy {
+            PullPolicy::Always if !pulled.contains(image) => Some(Reason::PullAlways),
+            PullPolicy::IfNotPresent | PullPolicy::Always if !present && !pulled.contains(image) => {
+                Some(Reason::ImageMissing)
+            }
+            PullPolicy::Never if !present => {
+                missing_images.insert(image.to_string());
+                None
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let id = b.push(Action::PullImage { image: image.to_string() }, reason, vec![], 0);
+            resource_steps.insert(key, id);
+        }
+    }
+
+    // Services in dependency order, so a dependency's steps exist before its dependents'.
+    let order = topo_order(desired);
+    let mut service_steps: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut blocked: BTreeSet<&str> = BTreeSet::new();
+    let mut awaits: BTreeMap<(String, Condition), usize> = BTreeMap::new();
+    let empty = BTreeMap::new();
+    for s in order.iter().map(|n| &desired.services[*n]) {
+        let instances = live.get(s.name.as_str()).unwrap_or(&empty);
+        let mut units: Vec<(u32, Unit)> = Vec::new();
+        let mut service_blocked = false;
+        let image = s.spec.image.as_deref().unwrap_or_default();
+        if missing_images.contains(image) {
+            b.notes.push(Note::ImageNotPresent { service: s.name.clone(), image: image.to_string() });
+            service_blocked = true;
+        }
+        let image_id = observed.images.get(&normalize_image(image));
+        for i in 1..=s.spec.replicas {
+            let name = instance_name(&s.name, i);
+            let found: &[&Container] = instances.get(&i).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(hold) = state.holds.get(&name) {
+                b.notes.push(Note::Held {
+                    service: s.name.clone(),
+                    name: name.clone(),
+                    exit_code: hold.exit_code,
+                    since_ms: hold.since_ms,
+                });
+                service_blocked = true;
+                continue;
+            }
+            let canonical = found.iter().find(|c| c.name == name).copied();
+            let next_name = format!("{name}{NEXT_SUFFIX}");
+            let next = found.iter().find(|c| c.name == next_name).copied();
+            // Anything else carrying this instance's labels is a stray duplicate: remove it.
+            for stray in found.iter().filter(|c| c.name != name && c.name != next_name) {
+                units.push((i, Unit::Now(remove(s, stray), Reason::Leftover)));
+            }
+            if canonical.is_none()
+                && let Some(id) = observed.foreign.get(&name)
+            {
+                b.notes.push(Note::Conflict { service: s.name.clone(), name: name.clone(), id: id.clone() });
+                service_blocked = true;
+                continue;
+            }
+            let Some(current) = canonical else {
+                // No container under the instance's name.
+                match next {
+                    Some(n) if n.hash == s.hash => units.push((
+                        i,
+                        Unit::Paced {
+                            replace: false,
+                            chain: vec![(
+                                Action::Rename {
+                                    service: s.name.clone(),
+                                    instance: i,
+                                    id: n.id.clone(),
+                                    from: n.name.clone(),
+                                    to: name.clone(),
+                                },
+                                Reason::Replaced,
+                            )],
+                        },
+                    )),
+                    other => {
+                        let mut chain = Vec::new();
+                        if let Some(n) = other {
+                            chain.push((remove(s, n), Reason::Leftover));
+                        }
+                        chain.push((
+                            Action::Create { service: s.name.clone(), instance: i, name: name.clone() },
+                            Reason::Missing,
+                        ));
+                        units.push((i, Unit::Paced { replace: false, chain }));
+                    }
+                }
+                continue;
+            };
+            // An interrupted start-first replacement left a new container beside the old one:
+            // remove it and decide afresh.
+            if let Some(n) = next {
+                units.push((i, Unit::Now(remove(s, n), Reason::Leftover)));
+            }
+            let outdated = if current.hash != s.hash {
+                Some(Reason::Changed { fields: changed_fields(s, current) })
+            } else {
+                image_id
+                    .filter(|id| **id != current.image_id && !current.image_id.is_empty())
+                    .map(|id| Reason::ImageChanged { from: current.image_id.clone(), to: id.clone() })
+            };
+            if let Some(reason) = outdated {
+                let chain = match s.spec.rollout.order {
+                    RolloutOrder::StopFirst => vec![
+                        (remove(s, current), reason.clone()),
+                        (Action::Create { service: s.name.clone(), instance: i, name: name.clone() }, reason),
+                    ],
+                    RolloutOrder::StartFirst => vec![
+                        (
+                            Action::Create { service: s.name.clone(), instance: i, name: next_name.clone() },
+                            reason.clone(),
+                        ),
+                        (
+                            Action::Await {
+                                service: s.name.clone(),
+                                name: Some(next_name.clone()),
+                                condition: ready_condition(s),
+                                timeout_ms: ready_timeout_ms(s),
+                            },
+                            Reason::Rollout,
+                        ),
+                        (remove(s, current), reason),
+                        (
+                            Action::Rename {
+                                service: s.name.clone(),
+                                instance: i,
+                                id: String::new(),
+                                from: next_name.clone(),
+                                to: name.clone(),
+                            },
+                            Reason::Replaced,
+                        ),
+                    ],
+                };
+                units.push((i, Unit::Paced { replace: true, chain }));
+                continue;
+            }
+            match current.state {
+                RunState::Running | RunState::Restarting | RunState::Paused | RunState::Removing => {}
+                RunState::Created => units.push((i, Unit::Now(start(s, current), Reason::NotStarted))),
+                RunState::Exited | RunState::Dead => {
+                    let code = current.exit_code;
+                    let policy = s.spec.restart.policy;
+                    let restart = match policy {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => code != Some(0),
+                        RestartPolicy::Never => false,
+                        RestartPolicy::Hold => {
+                            units.push((
+                                i,
+                                Unit::Now(
+                                    Action::Hold {
+                                        service: s.name.clone(),
+                                        instance: i,
+                                        name: name.clone(),
+                                        exit_code: code,
+                                    },
+                                    Reason::UnexpectedExit { code },
+                                ),
+                            ));
+                            service_blocked = true;
+                            continue;
+                        }
+                    };
+                    if !restart {
+                        b.notes.push(Note::Exited { service: s.name.clone(), name: name.clone(), code, policy });
+                        continue;
+                    }
+                    let record = state.restarts.get(&name).copied().unwrap_or_default();
+                    let backoff = s.spec.restart.backoff;
+                    let last_delay = backoff.delay(record.attempts.max(1)).as_millis() as u64;
+                    // A crash loop ends when the instance stayed up well past its last delay.
+                    let in_loop =
+                        record.attempts > 0 && now_ms.saturating_sub(record.last_ms) < (2 * last_delay).max(60_000);
+                    let attempt = if in_loop { record.attempts + 1 } else { 1 };
+                    let until_ms =
+                        if in_loop { record.last_ms + backoff.delay(record.attempts).as_millis() as u64 } else { 0 };
+                    if now_ms < until_ms {
+                        b.notes.push(Note::BackingOff {
+                            service: s.name.clone(),
+                            name: name.clone(),
+                            attempt,
+                            until_ms,
+                        });
+                        continue;
+                    }
+                    units.push((i, Unit::Now(start(s, current), Reason::Exited { code, attempt })));
+                }
+            }
+        }
+
+        // Steps this service's creates and starts wait for: resources and dependencies.
+        let mut prereqs: Vec<usize> = Vec::new();
+        let needs_prereqs = units.iter().any(|(_, u)| match u {
+            Unit::Paced { .. } => true,
+            Unit::Now(a, _) => matches!(a, Action::Start { .. } | Action::Create { .. }),
+        });
+        if needs_prereqs {
+            for n in &s.spec.networks {
+                prereqs.extend(resource_steps.get(&format!("network:{n}")));
+            }
+            for v in &s.spec.volumes {
+                if let MountSource::Volume(name) = &v.source {
+                    prereqs.extend(resource_steps.get(&format!("volume:{name}")));
+                }
+            }
+            prereqs.extend(resource_steps.get(&format!("image:{image}")));
+            for dep in &s.spec.depends_on {
+                if blocked.contains(dep.name.as_str()) {
+                    b.notes.push(Note::Blocked { service: s.name.clone(), by: dep.name.clone() });
+                    service_blocked = true;
+                    continue;
+                }
+                let key = (dep.name.clone(), dep.condition);
+                let id = match awaits.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let after = service_steps.get(dep.name.as_str()).cloned().unwrap_or_default();
+                        let timeout_ms =
+                            dep.timeout.map(|t| t.get().as_millis() as u64).unwrap_or(DEFAULT_DEPENDENCY_TIMEOUT_MS);
+                        let id = b.push(
+                            Action::Await {
+                                service: dep.name.clone(),
+                                name: None,
+                                condition: dep.condition,
+                                timeout_ms,
+                            },
+                            Reason::NeededBy { service: s.name.clone() },
+                            after,
+                            0,
+                        );
+                        awaits.insert(key, id);
+                        id
+                    }
+                };
+                prereqs.push(id);
+            }
+        }
+        if service_blocked {
+            blocked.insert(s.name.as_str());
+        }
+        if blocked.contains(s.name.as_str())
+            && units.iter().any(|(_, u)| !matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)))
+        {
+            // A dependency cannot become ready: create and start nothing that waits on it,
+            // but still record holds and clean up leftovers.
+            let waits_on_blocked_dep =
+                s.spec.depends_on.iter().any(|d| blocked.contains(d.name.as_str()) && d.name != s.name);
+            if waits_on_blocked_dep {
+                units.retain(|(_, u)| matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)));
+            }
+        }
+
+        // Lay out the units: unpaced ones at once; paced ones in batches with pauses.
+        let mut mine: Vec<usize> = Vec::new();
+        let mut batches: Vec<Vec<(u32, bool, Vec<(Action, Reason)>)>> = Vec::new();
+        for (i, unit) in units {
+            match unit {
+                Unit::Now(action, reason) => {
+                    let after = if matches!(action, Action::Start { .. }) { prereqs.clone() } else { vec![] };
+                    mine.push(b.push(action, reason, after, 0));
+                }
+                Unit::Paced { replace, chain } => {
+                    let size = if replace { s.spec.rollout.max_unavailable as usize } else { 1 };
+                    match batches.last_mut() {
+                        Some(last) if last.len() < size && last.iter().all(|(_, r, _)| *r == replace) && replace => {
+                            last.push((i, replace, chain))
+                        }
+                        _ => batches.push(vec![(i, replace, chain)]),
+                    }
+                }
+            }
+        }
+        let pause = s.spec.rollout.interval.get().as_millis() as u64;
+        let batch_count = batches.len();
+        let mut previous_ends: Vec<usize> = Vec::new();
+        for (n, batch) in batches.into_iter().enumerate() {
+            let mut ends = Vec::new();
+            for (_, _, chain) in batch {
+                let mut after = prereqs.clone();
+                after.extend(&previous_ends);
+                let mut pause_ms = if n > 0 { pause } else { 0 };
+                let mut last = 0;
+                for (action, reason) in chain {
+                    let created = match &action {
+                        Action::Create { name, .. } => Some(name.clone()),
+                        _ => None,
+                    };
+                    last = b.push(action, reason, std::mem::take(&mut after), pause_ms);
+                    pause_ms = 0;
+                    after = vec![last];
+                    mine.push(last);
+                    // Between batches, wait for the new instance to be ready, so a failing
+                    // health check stops the rollout.
+                    if let Some(created) = created
+                        && n + 1 < batch_count
+                        && s.spec.healthcheck.is_some()
+                        && !created.ends_with(NEXT_SUFFIX)
+                    {
+                        last = b.push(
+                            Action::Await {
+                                service: s.name.clone(),
+                                name: Some(created),
+                                condition: Condition::Healthy,
+                                timeout_ms: ready_timeout_ms(s),
+                            },
+                            Reason::Rollout,
+                            vec![last],
+                            0,
+                        );
+                        after = vec![last];
+                        mine.push(last);
+                    }
+                }
+                ends.push(last);
+            }
+            previous_ends = ends;
+        }
+
+        // Scale down: highest instances first, paced by scaleDownInterval.
+        let mut down_after: Vec<usize> = Vec::new();
+        let down_pause = s.spec.rollout.scale_down_interval.get().as_millis() as u64;
+        let mut first = true;
+        for (i, containers) in instances.range(s.spec.replicas + 1..).rev() {
+            let name = instance_name(&s.name, *i);
+            if let Some(hold) = state.holds.get(&name) {
+                b.notes.push(Note::Held {
+                    service: s.name.clone(),
+                    name,
+                    exit_code: hold.exit_code,
+                    since_ms: hold.since_ms,
+                });
+                continue;
+            }
+            let mut ids = Vec::new();
+            for c in containers {
+                let id = b.push(
+                    remove(s, c),
+                    Reason::ScaledDown { replicas: s.spec.replicas },
+                    down_after.clone(),
+                    if first { 0 } else { down_pause },
+                );
+                ids.push(id);
+                mine.push(id);
+            }
+            first = false;
+            down_after = ids;
+        }
+        service_steps.insert(s.name.as_str(), mine);
+    }
+
+    // Services no spec declares any more.
+    let mut removals = Vec::new();
+    for (service, instances) in &live {
+        if desired.services.contains_key(*service) {
+            continue;
+        }
+        for (i, containers) in instances {
+            let name = instance_name(service, *i);
+            if let Some(hold) = state.holds.get(&name) {
+                b.notes.push(Note::Held {
+                    service: service.to_string(),
+                    name,
+                    exit_code: hold.exit_code,
+                    since_ms: hold.since_ms,
+                });
+                continue;
+            }
+            for c in containers {
+                let action = Action::Remove {
+                    service: service.to_string(),
+                    instance: *i,
+                    name: c.name.clone(),
+                    id: c.id.clone(),
+                    stop_timeout_s: None,
+                };
+                removals.push(b.push(action, Reason::SpecRemoved, vec![], 0));
+            }
+        }
+    }
+
+    // Networks tend created that no spec uses, after every removal.
+    let all_removals: Vec<usize> =
+        b.steps.iter().filter(|s| matches!(s.action, Action::Remove { .. })).map(|s| s.id).collect();
+    for n in observed.networks.iter().filter(|n| n.owned && !needed_networks.contains_key(n.name.as_str())) {
+        b.push(
+            Action::RemoveNetwork { network: n.name.clone(), id: n.id.clone() },
+            Reason::Unreferenced,
+            all_removals.clone(),
+            0,
+        );
+    }
+    let _ = removals;
+    Plan { steps: b.steps, notes: b.notes }
+}
+
+fn remove(s: &Service, c: &Container) -> Action {
+    Action::Remove {
+        service: s.name.clone(),
+        instance: c.instance,
+        name: c.name.clone(),
+        id: c.id.clone(),
+        stop_timeout_s: s.spec.stop_timeout.map(|t| t.get().as_secs()),
+    }
+}
+
+fn start(s: &Service, c: &Container) -> Action {
+    Action::Start { service: s.name.clone(), instance: c.instance, name: c.name.clone(), id: c.id.clone() }
+}
+
+/// The condition an instance of `s` must reach to count as up.
+fn ready_condition(s: &Service) -> Condition {
+    if s.spec.healthcheck.is_some() { Condition::Healthy } else { Condition::Started }
+}
+
+/// How long a new instance may take to become ready: its health check's full first round
+/// plus slack.
+pub fn ready_timeout_ms(s: &Service) -> u64 {
+    match &s.spec.healthcheck {
+        None => 30_000,
+        Some(h) => {
+            let ms = |d: Option<tend_specs::quantity::Duration>, default: u64| {
+                d.map(|d| d.get().as_millis() as u64).unwrap_or(default)
+            };
+            let interval = ms(h.interval, 30_000);
+            let timeout = ms(h.timeout, 30_000);
+            let retries = u64::from(h.retries.unwrap_or(3));
+            ms(h.start_period, 0) + (interval + timeout) * (retries + 1) + 30_000
+        }
+    }
+}
+
+fn changed_fields(s: &Service, c: &Container) -> Vec<String> {
+    if c.fields.is_empty() {
+        return vec!["configuration".into()];
+    }
+    let mut fields: Vec<String> =
+        s.field_hashes.iter().filter(|(k, v)| c.fields.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+    if fields.is_empty() {
+        fields.push("configuration".into());
+    }
+    fields
+}
+
+/// Services ordered so every dependency comes before its dependents (ties by name).
+fn topo_order(desired: &Desired) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    fn visit<'a>(
+        name: &'a str,
+        desired: &'a Desired,
+        done: &mut BTreeSet<&'a str>,
+        out: &mut Vec<&'a str>,
+        depth: usize,
+    ) {
+        if done.contains(name) || depth > desired.services.len() {
+            return;
+        }
+        let Some((key, s)) = desired.services.get_key_value(name) else { return };
+        done.insert(key.as_str());
+        for d in &s.spec.depends_on {
+            visit(d.name.as_str(), desired, done, out, depth + 1);
+        }
+        out.push(key.as_str());
+    }
+    for name in desired.services.keys() {
+        visit(name, desired, &mut done, &mut out, 0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

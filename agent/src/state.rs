@@ -1,0 +1,172 @@
+//! tend's state directory: holds and restart history that must survive restarts of tend.
+//! One JSON file, written atomically (temp file, fsync, rename), guarded by an flock so
+//! two tend processes never interleave a read-modify-write.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory could not be created or opened.
+    #[error("creating state directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock could not be taken.
+    #[error("locking state directory {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the state file failed.
+    #[error("reading state file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not valid.
+    #[error("state file {path} is corrupt (move it aside to start afresh; holds in it would be lost)")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Writing the state file failed.
+    #[error("writing state file {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A hold: an instance kept down for triage after an exit tend did not cause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The service.
+    pub service: String,
+    /// The instance number.
+    pub instance: u32,
+    /// When the hold was taken (ms since the epoch).
+    pub since_ms: u64,
+    /// The exit code seen, if any.
+    pub exit_code: Option<i64>,
+}
+
+/// Restart history of one container, for backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RestartRecord {
+    /// Restarts in the current crash loop.
+    pub attempts: u32,
+    /// When tend last restarted it (ms since the epoch).
+    pub last_ms: u64,
+}
+
+/// Everything tend remembers between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// Holds by container name.
+    pub holds: BTreeMap<String, Hold>,
+    /// Restart history by container name.
+    pub restarts: BTreeMap<String, RestartRecord>,
+}
+
+/// The state directory, locked for as long as this value lives.
+#[derive(Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: File,
+}
+
+const STATE_FILE: &str = "state.json";
+
+impl StateDir {
+    /// Opens (creating if needed) and exclusively locks the state directory. Waits for
+    /// another tend that holds it.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir { path: dir.to_path_buf(), source })?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StateError::Lock { path: lock_path.clone(), source })?;
+        lock.lock().map_err(|source| StateError::Lock { path: lock_path, source })?;
+        Ok(Self { dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    /// Reads the state; a missing file is an empty state.
+    pub fn load(&self) -> Result<State, StateError> {
+        read_state(&self.dir)
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|source| StateError::Write { path, source })
+    }
+}
+
+/// Reads the state without locking (for read-only commands: status, plan).
+pub fn read_state(dir: &Path) -> Result<State, StateError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(source) => Err(StateError::Read { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_missing_file_is_empty() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = StateDir::open(tmp.path()).expect("open");
+        assert_eq!(dir.load().expect("load"), State::default());
+        let mut s = State::default();
+        s.holds.insert("db-1".into(), Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: Some(3) });
+        s.restarts.insert("web-1".into(), RestartRecord { attempts: 2, last_ms: 9 });
+        dir.save(&s).expect("save");
+        assert_eq!(read_state(tmp.path()).expect("read"), s);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_not_an_empty_state() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::write(tmp.path().join(STATE_FILE), b"{not json").expect("write");
+        let err = read_state(tmp.path()).expect_err("corrupt");
+        assert!(matches!(err, StateError::Corrupt { .. }));
+    }
+}

@@ -1,0 +1,16 @@
+//! tend's spec language: typed specs, YAML loading with file:line:column diagnostics,
+//! validation, canonical hashing and JSON Schema export. Pure: no async, no engines.
+
+pub mod de;
+pub mod desired;
+pub mod diag;
+pub mod hash;
+pub mod load;
+pub mod quantity;
+pub mod schema;
+pub mod service;
+pub mod yaml;
+
+pub use desired::{Desired, Env, Secret, Service};
+pub use diag::{Diagnostic, Location};
+pub use load::{load_path, load_str};

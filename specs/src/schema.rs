@@ -1,0 +1,119 @@
+//! JSON Schema of the spec language, generated from the types (schemars), for editors
+//! (yaml-language-server) and for `tend schema`. A golden copy is committed at
+//! `specs/schema/tend.schema.json`; a test fails when it is out of date.
+
+use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
+use serde_json::{Value, json};
+
+use crate::load::API_VERSION;
+use crate::service::ServiceSpec;
+
+/// `metadata` as the schema shows it.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Metadata {
+    /// The object's name: a DNS label (lowercase letters, digits, `-`; at most 63).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    name: String,
+    /// Labels for selecting objects (`tend maintain --selector app=ims`).
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The JSON Schema (draft 2020-12) of one spec document.
+pub fn json_schema() -> Value {
+    let mut generator = SchemaGenerator::new(SchemaSettings::draft2020_12());
+    let metadata = generator.subschema_for::<Metadata>();
+    let service = generator.subschema_for::<ServiceSpec>();
+    let mut defs = serde_json::Map::new();
+    for (name, schema) in generator.take_definitions(true) {
+        defs.insert(name, schema);
+    }
+    let doc = |kind: &str, spec: Value| {
+        json!({
+            "type": "object",
+            "properties": {
+                "apiVersion": {"const": API_VERSION},
+                "kind": {"const": kind},
+                "metadata": metadata.clone(),
+                "spec": spec,
+            },
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "additionalProperties": false,
+        })
+    };
+    let mut schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://tend.invalid/schema/tend.schema.json",
+        "title": "tend spec document",
+        "description": "One document of a tend spec file (apiVersion tend/v1).",
+        "oneOf": [doc("Service", service.to_value())],
+        "$defs": Value::Object(defs),
+    });
+    forbid_unknown_fields(&mut schema);
+    schema
+}
+
+/// tend rejects unknown fields; say so in the schema so editors flag them too.
+fn forbid_unknown_fields(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.get("type") == Some(&json!("object"))
+                && map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+            {
+                map.insert("additionalProperties".into(), json!(false));
+            }
+            map.values_mut().for_each(forbid_unknown_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(forbid_unknown_fields),
+        _ => {}
+    }
+}
+
+/// The schema as committed: pretty JSON with a trailing newline.
+pub fn json_schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_schema_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/tend.schema.json");
+        let fresh = json_schema_text();
+        if std::env::var_os("TEND_UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &fresh).expect("write schema");
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == fresh,
+            "specs/schema/tend.schema.json is out of date: run `TEND_UPDATE_SCHEMA=1 cargo test -p tend-specs schema` and commit it"
+        );
+    }
+
+    #[test]
+    fn schema_lists_every_service_field() {
+        let schema = json_schema();
+        let props = &schema["$defs"]["ServiceSpec"]["properties"];
+        for field in [
+            "image",
+            "pullPolicy",
+            "env",
+            "ports",
+            "volumes",
+            "healthcheck",
+            "dependsOn",
+            "restart",
+            "replicas",
+            "rollout",
+        ] {
+            assert!(props.get(field).is_some(), "schema lacks {field}: {props}");
+        }
+        assert_eq!(schema["$defs"]["ServiceSpec"]["additionalProperties"], json!(false));
+    }
+}

@@ -1,0 +1,609 @@
+//! `kind: Service`: a long-running workload. This module holds the types as operators
+//! write them, plus the parsing of the compact port and volume strings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{ByteSize, Duration};
+
+/// Where a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Runtime {
+    /// A Docker container per instance.
+    #[default]
+    Docker,
+    /// A systemd unit (not yet supported by this version of tend).
+    Systemd,
+}
+
+/// When to pull the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PullPolicy {
+    /// Pull only when the image is not on the host.
+    #[default]
+    IfNotPresent,
+    /// Pull on every apply; a new image recreates the instances.
+    Always,
+    /// Never pull: the image must be on the host.
+    Never,
+}
+
+/// The spec of a `kind: Service`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Where the service runs: `docker` (default) or `systemd`.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// The image reference (docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// When to pull the image: `ifNotPresent` (default), `always`, `never`.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// Overrides the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Overrides the image's command (argv, no shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Environment variables: a literal value, or `{fromFile: PATH}` for secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
+    /// Published ports: `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    /// Mounts: `SOURCE:TARGET[:ro|rw]`. A SOURCE starting with `/`, `./` or `../` is a bind
+    /// mount (relative to the spec file's directory); otherwise it names a volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    /// Networks to join; tend creates the ones that do not exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// Labels put on the containers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The user (and group) the process runs as: `name`, `uid`, `uid:gid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// How to tell that an instance is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    /// Memory and CPU limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// The signal that stops the process (default: the image's, usually SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long to wait after the stop signal before killing (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<Duration>,
+    /// Services that must be up (or healthy, or completed) before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+    /// What to do when an instance exits.
+    #[serde(default)]
+    pub restart: Restart,
+    /// How many instances to run (default 1).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// How instances are replaced and scaled.
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An environment value: a literal, or a secret read from a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// A literal value (numbers and booleans are written as text).
+    Literal(String),
+    /// The content of a file (trailing newline removed). Never logged or shown.
+    FromFile {
+        /// The file to read, absolute or relative to the spec file's directory.
+        #[serde(rename = "fromFile")]
+        from_file: PathBuf,
+    },
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a number, a boolean or {fromFile: PATH}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Literal(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Literal(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Literal(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Literal(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue::Literal(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EnvValue, A::Error> {
+                let mut from_file: Option<PathBuf> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "fromFile" {
+                        from_file = Some(map.next_value()?);
+                    } else {
+                        return Err(serde::de::Error::custom(format!(
+                            "unknown field `{key}` in an environment value, expected `fromFile`"
+                        )));
+                    }
+                }
+                from_file
+                    .map(|from_file| EnvValue::FromFile { from_file })
+                    .ok_or_else(|| serde::de::Error::custom("missing field `fromFile`"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortMapping {
+    /// The host address to bind (default: all addresses).
+    pub host_ip: Option<IpAddr>,
+    /// The host port.
+    pub host_port: u16,
+    /// The port inside the container.
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+}
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// Why a port or volume string could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// A malformed port mapping.
+    #[error(
+        "invalid port `{text}`: {why}; expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp], e.g. 127.0.0.1:8000:8000/tcp"
+    )]
+    Port {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A malformed volume mount.
+    #[error(
+        "invalid volume `{text}`: {why}; expected SOURCE:TARGET[:ro|rw], e.g. ./conf/app.ini:/etc/app.ini:ro or data:/var/lib/data"
+    )]
+    Volume {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+impl FromStr for PortMapping {
+    type Err = MappingError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |why| MappingError::Port { text: text.to_string(), why };
+        let (addr, protocol) = match text.rsplit_once('/') {
+            Some((a, "tcp")) => (a, Protocol::Tcp),
+            Some((a, "udp")) => (a, Protocol::Udp),
+            Some(_) => return Err(err("the protocol must be tcp or udp")),
+            None => (text, Protocol::Tcp),
+        };
+        let port = |s: &str| -> Result<u16, MappingError> {
+            match s.parse::<u16>() {
+                Ok(0) | Err(_) => Err(err("a port is a number from 1 to 65535")),
+                Ok(p) => Ok(p),
+            }
+        };
+        // An IPv6 host address is written in brackets: [::1]:8000:8000.
+        let (host_ip, rest) = if let Some(stripped) = addr.strip_prefix('[') {
+            let (ip, rest) = stripped.split_once("]:").ok_or_else(|| err("unclosed `[` around an IPv6 address"))?;
+            (Some(ip.parse::<IpAddr>().map_err(|_| err("the host address is not an IP address"))?), rest)
+        } else {
+            let parts: Vec<&str> = addr.split(':').collect();
+            match parts.len() {
+                2 => (None, addr),
+                3 => {
+                    let ip = parts[0].parse::<IpAddr>().map_err(|_| err("the host address is not an IP address"))?;
+                    (Some(ip), &addr[parts[0].len() + 1..])
+                }
+                1 => return Err(err("both a host port and a container port are needed")),
+                _ => return Err(err("too many `:`")),
+            }
+        };
+        let (host, container) =
+            rest.split_once(':').ok_or_else(|| err("both a host port and a container port are needed"))?;
+        Ok(Self { host_ip, host_port: port(host)?, container_port: port(container)?, protocol })
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(f, "{}:{}/{}", self.host_port, self.container_port, self.protocol)
+    }
+}
+
+/// A mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeMount {
+    /// What is mounted.
+    pub source: MountSource,
+    /// Where, inside the container (absolute).
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The source of a mount.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MountSource {
+    /// A host path. Relative paths are resolved against the spec file's directory when loading.
+    Bind(PathBuf),
+    /// A named Docker volume; tend creates it when missing and never deletes it.
+    Volume(String),
+}
+
+impl FromStr for VolumeMount {
+    type Err = MappingError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |why| MappingError::Volume { text: text.to_string(), why };
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, target, read_only) = match parts.as_slice() {
+            [s, t] => (*s, *t, false),
+            [s, t, "ro"] => (*s, *t, true),
+            [s, t, "rw"] => (*s, *t, false),
+            [_, _, _] => return Err(err("the mode must be ro or rw")),
+            [_] => return Err(err("both a source and a target are needed")),
+            _ => return Err(err("too many `:`")),
+        };
+        if source.is_empty() || target.is_empty() {
+            return Err(err("both a source and a target are needed"));
+        }
+        if !target.starts_with('/') {
+            return Err(err("the target must be an absolute path inside the container"));
+        }
+        let source =
+            if source.starts_with('/') || source.starts_with("./") || source.starts_with("../") || source == "." {
+                MountSource::Bind(PathBuf::from(source))
+            } else {
+                MountSource::Volume(source.to_string())
+            };
+        Ok(Self { source, target: target.to_string(), read_only })
+    }
+}
+
+impl fmt::Display for VolumeMount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            MountSource::Bind(p) => write!(f, "{}", p.display())?,
+            MountSource::Volume(v) => f.write_str(v)?,
+        }
+        write!(f, ":{}", self.target)?;
+        if self.read_only {
+            f.write_str(":ro")?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! string_form {
+    ($ty:ty, $name:literal, $pattern:literal, $desc:literal) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "pattern": $pattern, "description": $desc})
+            }
+        }
+    };
+}
+
+string_form!(
+    PortMapping,
+    "PortMapping",
+    "^(([0-9.]+|\\[[0-9a-fA-F:.]+\\]):)?[0-9]+:[0-9]+(/(tcp|udp))?$",
+    "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp], e.g. 127.0.0.1:8000:8000/tcp"
+);
+string_form!(
+    VolumeMount,
+    "VolumeMount",
+    "^[^:]+:/[^:]*(:(ro|rw))?$",
+    "SOURCE:TARGET[:ro|rw]; a SOURCE starting with /, ./ or ../ is a host path, otherwise a volume name"
+);
+
+/// A health check run inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// The command (argv, run without a shell); exit 0 means healthy.
+    pub command: Vec<String>,
+    /// Time between checks (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// How long one check may take (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Consecutive failures before the instance is unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Grace period after start during which failures do not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Memory limit, e.g. `512Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// CPU limit in cores, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+/// What a dependency must have reached before the dependent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Condition {
+    /// Its instances are running.
+    #[default]
+    Started,
+    /// Its instances pass their health check.
+    Healthy,
+    /// Its instances ran and exited with status 0.
+    Completed,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Started => "started",
+            Self::Healthy => "healthy",
+            Self::Completed => "completed",
+        })
+    }
+}
+
+/// A dependency on another service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    /// The service depended on.
+    pub name: String,
+    /// What it must have reached: `started` (default), `healthy`, `completed`.
+    #[serde(default)]
+    pub condition: Condition,
+    /// How long to wait for the condition before failing (default 2m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// What happens when an instance exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whenever it exits.
+    #[default]
+    Always,
+    /// Restart only when it exits with a non-zero status.
+    OnFailure,
+    /// Never restart.
+    Never,
+    /// After an exit tend did not cause, keep it down for triage until `tend release`.
+    Hold,
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::OnFailure => "on-failure",
+            Self::Never => "never",
+            Self::Hold => "hold",
+        })
+    }
+}
+
+/// Restart policy with exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restart {
+    /// `always` (default), `on-failure`, `never`, `hold`.
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// Delay between restarts of a crash-looping instance.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+/// Exponential backoff: the delay doubles after each restart, from `initial` up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// The first delay (default 1s).
+    #[serde(default = "Backoff::default_initial")]
+    pub initial: Duration,
+    /// The longest delay (default 5m).
+    #[serde(default = "Backoff::default_max")]
+    pub max: Duration,
+}
+
+impl Backoff {
+    fn default_initial() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn default_max() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    /// The delay before restart number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> std::time::Duration {
+        let initial = self.initial.get();
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+        initial.checked_mul(factor).unwrap_or(self.max.get()).min(self.max.get())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Self::default_initial(), max: Self::default_max() }
+    }
+}
+
+/// Order of a replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutOrder {
+    /// Stop the old instance, then start the new one (default; safe for data volumes).
+    #[default]
+    StopFirst,
+    /// Start the new instance beside the old one, then stop the old one.
+    StartFirst,
+}
+
+/// How instances are replaced and scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// How many instances may be down at once during a replacement (default 1).
+    #[serde(default = "one")]
+    pub max_unavailable: u32,
+    /// Pause between instance starts (default 0s).
+    #[serde(default)]
+    pub interval: Duration,
+    /// Pause between instance stops when scaling down (default 0s).
+    #[serde(default)]
+    pub scale_down_interval: Duration,
+    /// `stop-first` (default) or `start-first`.
+    #[serde(default)]
+    pub order: RolloutOrder,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            max_unavailable: 1,
+            interval: Duration::default(),
+            scale_down_interval: Duration::default(),
+            order: RolloutOrder::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_with_and_without_address_and_protocol() {
+        let p: PortMapping = "127.0.0.1:8000:80/tcp".parse().expect("port");
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().expect("ip")));
+        assert_eq!((p.host_port, p.container_port, p.protocol), (8000, 80, Protocol::Tcp));
+        let p: PortMapping = "53:53/udp".parse().expect("port");
+        assert_eq!((p.host_ip, p.host_port, p.protocol), (None, 53, Protocol::Udp));
+        let p: PortMapping = "[::1]:8080:80".parse().expect("port");
+        assert_eq!(p.to_string(), "[::1]:8080:80/tcp");
+    }
+
+    #[test]
+    fn bad_ports_say_what_is_wrong() {
+        for (text, why) in [
+            ("8000", "both a host port"),
+            ("0:80", "1 to 65535"),
+            ("70000:80", "1 to 65535"),
+            ("1.2.3:80:80", "not an IP address"),
+            ("80:80/sctp", "tcp or udp"),
+            ("a:b:c:d", "too many"),
+        ] {
+            let e = text.parse::<PortMapping>().expect_err(text).to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn volumes_tell_binds_from_named_volumes() {
+        let v: VolumeMount = "./conf/a.ini:/etc/a.ini:ro".parse().expect("bind");
+        assert_eq!(v.source, MountSource::Bind("./conf/a.ini".into()));
+        assert!(v.read_only);
+        let v: VolumeMount = "pgdata:/var/lib/postgresql".parse().expect("volume");
+        assert_eq!(v.source, MountSource::Volume("pgdata".into()));
+        assert!(!v.read_only);
+        assert!("data:relative".parse::<VolumeMount>().is_err());
+        assert!("data:/x:rx".parse::<VolumeMount>().is_err());
+        assert!("/only".parse::<VolumeMount>().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(10) };
+        let secs: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(b.delay(200).as_secs(), 10);
+    }
+}
