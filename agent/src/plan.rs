@@ -385,10 +385,13 @@ impl Builder {
     }
 }
 
+/// Steps that run one after another for one instance.
+type Chain = Vec<(Action, Reason)>;
+
 /// The work for one instance, before pacing.
 enum Unit {
     /// Paced work (create or replace): its steps run as one chain.
-    Paced { replace: bool, chain: Vec<(Action, Reason)> },
+    Paced { replace: bool, chain: Chain },
     /// Unpaced work (crash restarts, starts, holds).
     Now(Action, Reason),
 }
@@ -712,20 +715,20 @@ pub fn plan(input: Input<'_>) -> Plan {
 
         // Lay out the units: unpaced ones at once; paced ones in batches with pauses.
         let mut mine: Vec<usize> = Vec::new();
-        let mut batches: Vec<Vec<(u32, bool, Vec<(Action, Reason)>)>> = Vec::new();
-        for (i, unit) in units {
+        // A batch: whether it replaces instances, and its chains (one per instance).
+        let mut batches: Vec<(bool, Vec<Chain>)> = Vec::new();
+        for (_, unit) in units {
             match unit {
                 Unit::Now(action, reason) => {
                     let after = if matches!(action, Action::Start { .. }) { prereqs.clone() } else { vec![] };
                     mine.push(b.push(action, reason, after, 0));
                 }
                 Unit::Paced { replace, chain } => {
+                    // Replacements go maxUnavailable at a time; new instances one at a time.
                     let size = if replace { s.spec.rollout.max_unavailable as usize } else { 1 };
                     match batches.last_mut() {
-                        Some(last) if last.len() < size && last.iter().all(|(_, r, _)| *r == replace) && replace => {
-                            last.push((i, replace, chain))
-                        }
-                        _ => batches.push(vec![(i, replace, chain)]),
+                        Some((r, chains)) if *r == replace && chains.len() < size => chains.push(chain),
+                        _ => batches.push((replace, vec![chain])),
                     }
                 }
             }
@@ -733,9 +736,9 @@ pub fn plan(input: Input<'_>) -> Plan {
         let pause = s.spec.rollout.interval.get().as_millis() as u64;
         let batch_count = batches.len();
         let mut previous_ends: Vec<usize> = Vec::new();
-        for (n, batch) in batches.into_iter().enumerate() {
+        for (n, (_, batch)) in batches.into_iter().enumerate() {
             let mut ends = Vec::new();
-            for (_, _, chain) in batch {
+            for chain in batch {
                 let mut after = prereqs.clone();
                 after.extend(&previous_ends);
                 let mut pause_ms = if n > 0 { pause } else { 0 };

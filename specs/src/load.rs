@@ -650,7 +650,9 @@ fn check_dependencies(
 
 fn check_ports(services: &[(Decoded<ServiceSpec>, Service)], diags: &mut Vec<Diagnostic>) {
     // (port, protocol) → claims so far: (address or None for all, service, location)
-    let mut claims: BTreeMap<(u16, String), Vec<(Option<IpAddr>, String, Location)>> = BTreeMap::new();
+    /// A claim on a host port: the address (None = all), the service, where.
+    type Claim = (Option<IpAddr>, String, Location);
+    let mut claims: BTreeMap<(u16, String), Vec<Claim>> = BTreeMap::new();
     for (d, s) in services {
         for (i, p) in s.spec.ports.iter().enumerate() {
             let loc = at(&d.file, locate(&d.node, &[Seg::Key("spec"), Seg::Key("ports"), Seg::Index(i)]));

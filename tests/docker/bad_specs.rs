@@ -1,0 +1,1 @@
+//! Bad specs: applying any of them changes nothing live.

@@ -1,0 +1,8 @@
+//! Integration tests of `tend` against a real Docker daemon. They fail, never skip, when
+//! the daemon or the test image is missing: run `scripts/test.sh` to set both up.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod bad_specs;
+mod services;

@@ -1,0 +1,1 @@
+//! Services end to end: converge, no-op, drift, removal, conflicts, holds, rollouts.
