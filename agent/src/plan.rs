@@ -651,6 +651,14 @@ pub fn plan(input: Input<'_>) -> Plan {
             }
         }
 
+        // Without its image nothing new can be created (existing containers still start).
+        if missing_images.contains(image) {
+            units.retain(|(_, u)| match u {
+                Unit::Paced { chain, .. } => !chain.iter().any(|(a, _)| matches!(a, Action::Create { .. })),
+                Unit::Now(..) => true,
+            });
+        }
+
         // Steps this service's creates and starts wait for: resources and dependencies.
         let mut prereqs: Vec<usize> = Vec::new();
         let needs_prereqs = units.iter().any(|(_, u)| match u {

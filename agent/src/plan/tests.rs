@@ -1,1 +1,440 @@
+//! Table tests of the planner: plain values in, a plan out. No engine.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use tend_specs::Desired;
+use tend_specs::service::{Condition, RestartPolicy};
+
+use super::*;
+use crate::model::{Container, Health, Network, Observed, RunState};
+use crate::state::{Hold, RestartRecord, State};
+
+const NOW: u64 = 1_000_000_000;
+const IMG: &str = "sha256:aaaa";
+
+/// Specs from YAML documents (services only), with `image: img:1` unless given.
+fn desired(yaml: &str) -> Desired {
+    tend_specs::load_str(Path::new("t.yaml"), yaml).unwrap_or_else(|d| panic!("bad test spec: {d:?}"))
+}
+
+fn svc(name: &str, extra: &str) -> String {
+    let mut doc = format!("---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n");
+    if !extra.contains("image:") {
+        doc.push_str("  image: img:1\n");
+    }
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        doc.push_str("  ");
+        doc.push_str(line.trim_start_matches(' '));
+        doc.push('\n');
+    }
+    doc
+}
+
+/// A live container of `service`/`instance` matching the desired hash.
+fn live(d: &Desired, service: &str, instance: u32, state: RunState) -> Container {
+    let s = &d.services[service];
+    Container {
+        id: format!("id-{service}-{instance}"),
+        name: crate::model::instance_name(service, instance),
+        service: service.to_string(),
+        instance,
+        hash: s.hash.clone(),
+        fields: s.field_hashes.clone(),
+        image_id: IMG.into(),
+        state,
+        health: Health::None,
+        exit_code: if state == RunState::Exited { Some(0) } else { None },
+    }
+}
+
+fn observed(d: &Desired, containers: Vec<Container>) -> Observed {
+    let mut o = Observed { containers, ..Default::default() };
+    for s in d.services.values() {
+        o.images.insert(normalize_image(s.spec.image.as_deref().unwrap_or("")), IMG.into());
+        for n in &s.spec.networks {
+            o.networks.push(Network { id: format!("net-{n}"), name: n.clone(), owned: true });
+        }
+    }
+    o.networks.dedup();
+    o
+}
+
+fn run(d: &Desired, o: &Observed, st: &State) -> Plan {
+    plan(Input { desired: d, observed: o, state: st, now_ms: NOW, pulled: &BTreeSet::new() })
+}
+
+/// Compact step descriptions: "create web-1 (missing) after [1] +2s".
+fn show(p: &Plan) -> Vec<String> {
+    p.steps
+        .iter()
+        .map(|s| {
+            let mut line =
+                format!("{} {} ({})", crate::apply::action_name(&s.action), crate::apply::target(&s.action), s.reason);
+            if !s.after.is_empty() {
+                line.push_str(&format!(" after {:?}", s.after));
+            }
+            if s.pause_ms > 0 {
+                line.push_str(&format!(" +{}ms", s.pause_ms));
+            }
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_desired_and_nothing_live_is_an_empty_plan() {
+    let d = Desired::default();
+    let p = run(&d, &Observed::default(), &State::default());
+    assert!(p.is_empty() && p.notes.is_empty());
+}
+
+#[test]
+fn a_new_service_gets_its_network_and_then_its_container() {
+    let d = desired(&svc("web", "networks: [front]"));
+    let o = Observed { images: BTreeMap::from([("img:1".into(), IMG.into())]), ..Default::default() };
+    assert_eq!(
+        show(&run(&d, &o, &State::default())),
+        ["create-network network/front (needed by web)", "create web-1 (missing) after [1]"]
+    );
+}
+
+#[test]
+fn a_missing_image_is_pulled_first_unless_the_policy_is_never() {
+    let d = desired(&(svc("a", "") + &svc("b", "image: other:2\npullPolicy: never") + &svc("c", "image: img:1")));
+    let p = run(&d, &Observed::default(), &State::default());
+    assert_eq!(
+        show(&p),
+        ["pull img:1 (not on this host)", "create a-1 (missing) after [1]", "create c-1 (missing) after [1]"]
+    );
+    assert_eq!(p.notes, [Note::ImageNotPresent { service: "b".into(), image: "other:2".into() }]);
+}
+
+#[test]
+fn pull_always_pulls_each_pass_until_pulled() {
+    let d = desired(&svc("a", "pullPolicy: always"));
+    let o = observed(&d, vec![live(&d, "a", 1, RunState::Running)]);
+    assert_eq!(show(&run(&d, &o, &State::default())), ["pull img:1 (pull policy always)"]);
+    let pulled = BTreeSet::from(["img:1".to_string()]);
+    let p = plan(Input { desired: &d, observed: &o, state: &State::default(), now_ms: NOW, pulled: &pulled });
+    assert!(p.is_empty());
+}
+
+#[test]
+fn a_converged_host_plans_nothing() {
+    let d = desired(&(svc("a", "replicas: 3") + &svc("b", "dependsOn: [{name: a, condition: healthy}]")));
+    let mut cs: Vec<Container> = (1..=3).map(|i| live(&d, "a", i, RunState::Running)).collect();
+    cs.push(live(&d, "b", 1, RunState::Running));
+    let p = run(&d, &observed(&d, cs), &State::default());
+    assert!(p.is_empty(), "{:?}", show(&p));
+    assert!(p.notes.is_empty());
+}
+
+#[test]
+fn recreates_only_the_container_whose_hash_changed_and_names_the_field() {
+    let old = desired(&(svc("a", "command: [sleep, '1']") + &svc("b", "") + &svc("c", "")));
+    let new = desired(&(svc("a", "command: [sleep, '2']") + &svc("b", "") + &svc("c", "")));
+    let cs = vec![
+        live(&old, "a", 1, RunState::Running),
+        live(&old, "b", 1, RunState::Running),
+        live(&old, "c", 1, RunState::Running),
+    ];
+    let p = run(&new, &observed(&new, cs), &State::default());
+    assert_eq!(show(&p), ["remove a-1 (changed: command)", "create a-1 (changed: command) after [1]"]);
+}
+
+#[test]
+fn in_place_fields_do_not_recreate() {
+    let old = desired(&svc("a", "restart: {policy: always}"));
+    let new = desired(&svc("a", "restart: {policy: on-failure}\nrollout: {interval: 5s}\npullPolicy: never"));
+    assert_eq!(old.services["a"].hash, new.services["a"].hash);
+    let p = run(&new, &observed(&new, vec![live(&old, "a", 1, RunState::Running)]), &State::default());
+    assert!(p.is_empty());
+}
+
+#[test]
+fn a_moved_image_tag_recreates_with_both_ids() {
+    let d = desired(&svc("a", ""));
+    let mut c = live(&d, "a", 1, RunState::Running);
+    c.image_id = "sha256:old".into();
+    let p = run(&d, &observed(&d, vec![c]), &State::default());
+    assert_eq!(p.steps[0].reason, Reason::ImageChanged { from: "sha256:old".into(), to: IMG.into() });
+    assert_eq!(p.steps.len(), 2);
+}
+
+#[test]
+fn exits_follow_the_restart_policy() {
+    let cases: [(&str, Option<i64>, &[&str], Option<Note>); 6] = [
+        ("always", Some(0), &["start a-1 (exited with code 0 (restart 1))"], None),
+        ("on-failure", Some(1), &["start a-1 (exited with code 1 (restart 1))"], None),
+        (
+            "on-failure",
+            Some(0),
+            &[],
+            Some(Note::Exited {
+                service: "a".into(),
+                name: "a-1".into(),
+                code: Some(0),
+                policy: RestartPolicy::OnFailure,
+            }),
+        ),
+        (
+            "never",
+            Some(2),
+            &[],
+            Some(Note::Exited { service: "a".into(), name: "a-1".into(), code: Some(2), policy: RestartPolicy::Never }),
+        ),
+        ("hold", Some(137), &["hold a-1 (exited with code 137; restart policy is hold)"], None),
+        ("hold", None, &["hold a-1 (stopped; restart policy is hold)"], None),
+    ];
+    for (policy, code, steps, note) in cases {
+        let d = desired(&svc("a", &format!("restart: {{policy: {policy}}}")));
+        let mut c = live(&d, "a", 1, RunState::Exited);
+        c.exit_code = code;
+        let p = run(&d, &observed(&d, vec![c]), &State::default());
+        assert_eq!(show(&p), steps, "{policy} {code:?}");
+        assert_eq!(p.notes.first().cloned(), note, "{policy} {code:?}");
+    }
+}
+
+#[test]
+fn a_held_instance_is_never_touched_even_when_its_spec_changes_or_goes() {
+    let old = desired(&svc("a", "restart: {policy: hold}"));
+    let new = desired(&svc("a", "restart: {policy: hold}\ncommand: [x]"));
+    let mut c = live(&old, "a", 1, RunState::Exited);
+    c.exit_code = Some(1);
+    let mut st = State::default();
+    st.holds.insert("a-1".into(), Hold { service: "a".into(), instance: 1, since_ms: 5, exit_code: Some(1) });
+    let p = run(&new, &observed(&new, vec![c.clone()]), &st);
+    assert!(p.steps.is_empty(), "{:?}", show(&p));
+    assert!(matches!(&p.notes[..], [Note::Held { name, .. }] if name == "a-1"));
+    let p = run(&Desired::default(), &observed(&Desired::default(), vec![c]), &st);
+    assert!(p.steps.is_empty(), "{:?}", show(&p));
+}
+
+#[test]
+fn dependents_of_a_held_or_conflicting_service_wait() {
+    let d = desired(&(svc("db", "restart: {policy: hold}") + &svc("web", "dependsOn: [{name: db}]")));
+    let mut st = State::default();
+    st.holds.insert("db-1".into(), Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: None });
+    let p = run(&d, &observed(&d, vec![]), &st);
+    assert!(p.steps.is_empty(), "{:?}", show(&p));
+    assert!(p.notes.contains(&Note::Blocked { service: "web".into(), by: "db".into() }));
+
+    let mut o = observed(&d, vec![]);
+    o.foreign.insert("db-1".into(), "someone-elses".into());
+    let p = run(&d, &o, &State::default());
+    assert!(p.steps.is_empty(), "{:?}", show(&p));
+    assert!(p.notes.contains(&Note::Conflict {
+        service: "db".into(),
+        name: "db-1".into(),
+        id: "someone-elses".into()
+    }));
+}
+
+#[test]
+fn a_created_but_never_started_container_is_started() {
+    let d = desired(&svc("a", ""));
+    let p = run(&d, &observed(&d, vec![live(&d, "a", 1, RunState::Created)]), &State::default());
+    assert_eq!(show(&p), ["start a-1 (created but not started)"]);
+}
+
+#[test]
+fn crash_loops_back_off_exponentially() {
+    let d = desired(&svc("a", "restart: {policy: always, backoff: {initial: 2s, max: 10s}}"));
+    let mut c = live(&d, "a", 1, RunState::Exited);
+    c.exit_code = Some(3);
+    let o = observed(&d, vec![c]);
+    // (attempts so far, ms since the last restart) → expected
+    let cases: [(u32, u64, Result<u32, u64>); 5] = [
+        (0, 0, Ok(1)),                        // first exit: restart now
+        (1, 1_000, Err(NOW - 1_000 + 2_000)), // 1s after restart 1: wait until 2s
+        (1, 2_500, Ok(2)),                    // past the 2s delay: restart 2
+        (3, 5_000, Err(NOW - 5_000 + 8_000)), // after restart 3 the delay is 8s
+        (3, 600_000, Ok(1)),                  // up for ten minutes: a new loop
+    ];
+    for (attempts, ago, expected) in cases {
+        let mut st = State::default();
+        if attempts > 0 {
+            st.restarts.insert("a-1".into(), RestartRecord { attempts, last_ms: NOW - ago });
+        }
+        let p = run(&d, &o, &st);
+        match expected {
+            Ok(attempt) => assert_eq!(p.steps[0].reason, Reason::Exited { code: Some(3), attempt }, "{attempts}/{ago}"),
+            Err(until_ms) => {
+                assert!(p.steps.is_empty(), "{attempts}/{ago}: {:?}", show(&p));
+                assert!(
+                    matches!(p.notes[0], Note::BackingOff { until_ms: u, .. } if u == until_ms),
+                    "{attempts}/{ago}: {:?}",
+                    p.notes
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn removed_specs_remove_their_containers_and_then_unused_networks() {
+    let old = desired(&(svc("a", "networks: [n1]") + &svc("b", "")));
+    let now = desired(&svc("b", ""));
+    let mut o = observed(&now, vec![live(&old, "a", 1, RunState::Running), live(&old, "b", 1, RunState::Running)]);
+    o.networks.push(Network { id: "net-n1".into(), name: "n1".into(), owned: true });
+    o.networks.push(Network { id: "bridge".into(), name: "bridge".into(), owned: false });
+    assert_eq!(
+        show(&run(&now, &o, &State::default())),
+        ["remove a-1 (spec removed)", "remove-network network/n1 (no spec uses it) after [1]"]
+    );
+}
+
+#[test]
+fn dependencies_are_awaited_before_dependents_start() {
+    let d = desired(&(svc("web", "dependsOn: [{name: db, condition: healthy, timeout: 10s}]") + &svc("db", "")));
+    let p = run(&d, &observed(&d, vec![]), &State::default());
+    assert_eq!(
+        show(&p),
+        ["create db-1 (missing)", "await db (needed by web) after [1]", "create web-1 (missing) after [2]"]
+    );
+    assert!(matches!(
+        p.steps[1].action,
+        Action::Await { condition: Condition::Healthy, timeout_ms: 10_000, name: None, .. }
+    ));
+}
+
+#[test]
+fn a_running_dependency_is_still_checked_before_a_dependent_is_created() {
+    let d = desired(&(svc("web", "dependsOn: [{name: db, condition: started}]") + &svc("db", "")));
+    let p = run(&d, &observed(&d, vec![live(&d, "db", 1, RunState::Running)]), &State::default());
+    assert_eq!(show(&p), ["await db (needed by web)", "create web-1 (missing) after [1]"]);
+}
+
+#[test]
+fn scaling_up_starts_new_instances_one_at_a_time_with_the_pause() {
+    let d = desired(&svc("a", "replicas: 4\nrollout: {interval: 30s}"));
+    let p = run(&d, &observed(&d, vec![live(&d, "a", 1, RunState::Running)]), &State::default());
+    assert_eq!(
+        show(&p),
+        ["create a-2 (missing)", "create a-3 (missing) after [1] +30000ms", "create a-4 (missing) after [2] +30000ms"]
+    );
+}
+
+#[test]
+fn scaling_down_removes_the_highest_instances_first_with_the_pause() {
+    let d5 = desired(&svc("a", "replicas: 5"));
+    let d2 = desired(&svc("a", "replicas: 2\nrollout: {scaleDownInterval: 25s}"));
+    let cs = (1..=5).map(|i| live(&d5, "a", i, RunState::Running)).collect();
+    let p = run(&d2, &observed(&d2, cs), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "remove a-5 (scaled down to 2)",
+            "remove a-4 (scaled down to 2) after [1] +25000ms",
+            "remove a-3 (scaled down to 2) after [2] +25000ms"
+        ]
+    );
+}
+
+#[test]
+fn a_rollout_replaces_max_unavailable_at_a_time_and_waits_for_health_between_batches() {
+    let old = desired(&svc("a", "replicas: 4\ncommand: [old]"));
+    let new = desired(&svc(
+        "a",
+        "replicas: 4\ncommand: [new]\nrollout: {maxUnavailable: 2, interval: 10s}\nhealthcheck: {command: [ok], interval: 1s, timeout: 1s, retries: 1}",
+    ));
+    let cs = (1..=4).map(|i| live(&old, "a", i, RunState::Running)).collect();
+    let p = run(&new, &observed(&new, cs), &State::default());
+    let r = "changed: command, healthcheck";
+    assert_eq!(
+        show(&p),
+        [
+            format!("remove a-1 ({r})"),
+            format!("create a-1 ({r}) after [1]"),
+            "await a-1 (rollout waits for it) after [2]".into(),
+            format!("remove a-2 ({r})"),
+            format!("create a-2 ({r}) after [4]"),
+            "await a-2 (rollout waits for it) after [5]".into(),
+            format!("remove a-3 ({r}) after [3, 6] +10000ms"),
+            format!("create a-3 ({r}) after [7]"),
+            format!("remove a-4 ({r}) after [3, 6] +10000ms"),
+            format!("create a-4 ({r}) after [9]"),
+        ]
+    );
+}
+
+#[test]
+fn start_first_starts_the_new_instance_beside_the_old_then_swaps() {
+    let old = desired(&svc("a", "command: [old]\nrollout: {order: start-first}"));
+    let new = desired(&svc("a", "command: [new]\nrollout: {order: start-first}"));
+    let p = run(&new, &observed(&new, vec![live(&old, "a", 1, RunState::Running)]), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "create a-1-next (changed: command)",
+            "await a-1-next (rollout waits for it) after [1]",
+            "remove a-1 (changed: command) after [2]",
+            "rename a-1-next → a-1 (replacement ready) after [3]",
+        ]
+    );
+}
+
+#[test]
+fn an_interrupted_start_first_replacement_is_completed_or_cleaned_up() {
+    let old = desired(&svc("a", "command: [old]\nrollout: {order: start-first}"));
+    let new = desired(&svc("a", "command: [new]\nrollout: {order: start-first}"));
+    let mut next = live(&new, "a", 1, RunState::Running);
+    next.name = "a-1-next".into();
+    next.id = "id-next".into();
+    // Killed after removing the old one: the ready replacement takes the name.
+    let p = run(&new, &observed(&new, vec![next.clone()]), &State::default());
+    assert_eq!(show(&p), ["rename a-1-next → a-1 (replacement ready)"]);
+    // Killed with both present: drop the half-made replacement, then decide afresh.
+    let p = run(&new, &observed(&new, vec![live(&old, "a", 1, RunState::Running), next.clone()]), &State::default());
+    assert_eq!(show(&p)[0], "remove a-1-next (left over from an interrupted replacement)");
+    // A replacement of an older spec is removed and the instance created anew.
+    let mut stale = next;
+    stale.hash = "old".into();
+    let p = run(&new, &observed(&new, vec![stale]), &State::default());
+    assert_eq!(
+        show(&p),
+        ["remove a-1-next (left over from an interrupted replacement)", "create a-1 (missing) after [1]"]
+    );
+}
+
+#[test]
+fn unrecognized_containers_are_noted_and_left_alone() {
+    let d = desired(&svc("a", ""));
+    let mut odd = live(&d, "a", 1, RunState::Running);
+    odd.instance = 0;
+    odd.name = "something".into();
+    let p = run(&d, &observed(&d, vec![live(&d, "a", 1, RunState::Running), odd]), &State::default());
+    assert!(p.steps.is_empty());
+    assert!(matches!(&p.notes[..], [Note::Unrecognized { name, .. }] if name == "something"));
+}
+
+#[test]
+fn a_stray_container_with_an_instance_label_but_another_name_is_removed() {
+    let d = desired(&svc("a", ""));
+    let mut stray = live(&d, "a", 1, RunState::Running);
+    stray.name = "a-1-old".into();
+    stray.id = "stray".into();
+    let p = run(&d, &observed(&d, vec![live(&d, "a", 1, RunState::Running), stray]), &State::default());
+    assert_eq!(show(&p), ["remove a-1-old (left over from an interrupted replacement)"]);
+}
+
+#[test]
+fn named_volumes_are_created_before_use_and_never_removed() {
+    let d = desired(&svc("a", "volumes: ['data:/data']"));
+    let p = run(&d, &observed(&d, vec![]), &State::default());
+    assert_eq!(show(&p), ["create-volume volume/data (needed by a)", "create a-1 (missing) after [1]"]);
+    let mut o = observed(&Desired::default(), vec![]);
+    o.volumes.insert("data".into());
+    assert!(run(&Desired::default(), &o, &State::default()).is_empty());
+}
+
+#[test]
+fn a_plan_serializes_with_actions_and_reasons_but_no_environment() {
+    let d = desired(&svc("a", "env: {TOKEN: hunter2}"));
+    let p = run(&d, &observed(&d, vec![]), &State::default());
+    let json = serde_json::to_string(&p).expect("json");
+    assert!(json.contains(r#""action":"create""#) && json.contains(r#""reason":"missing""#), "{json}");
+    assert!(!json.contains("hunter2"));
+}
