@@ -164,7 +164,9 @@ fn a_moved_image_tag_recreates_with_both_ids() {
 
 #[test]
 fn exits_follow_the_restart_policy() {
-    let cases: [(&str, Option<i64>, &[&str], Option<Note>); 6] = [
+    // (policy, exit code, expected steps, expected note)
+    type Case<'a> = (&'a str, Option<i64>, &'a [&'a str], Option<Note>);
+    let cases: [Case; 6] = [
         ("always", Some(0), &["start a-1 (exited with code 0 (restart 1))"], None),
         ("on-failure", Some(1), &["start a-1 (exited with code 1 (restart 1))"], None),
         (
