@@ -13,6 +13,10 @@ cd "$ROOT"
 source "$ROOT/scripts/lib.sh"
 
 SPECS="examples/quickstart"
+# The demo runs in its own scope and state directory, so it never touches (or is touched
+# by) what a tend on this host manages in the default scope.
+export TEND_SCOPE="${TEND_SCOPE:-quickstart}"
+export TEND_STATE_DIR="${TEND_STATE_DIR:-/var/lib/tend-quickstart}"
 URL="http://127.0.0.1:8080/"
 
 banner "1/5 packages, Rust, Docker, demo image"
@@ -52,9 +56,9 @@ cat <<MSG
 
 ==== quickstart is running ====
   page:      $URL
-  status:    $TEND status $SPECS
-  plan:      $TEND plan $SPECS   (what tend would change; nothing, right after apply)
-  see it:    docker ps --filter label=tend.scope
-  remove it: docker rm -f \$(docker ps -aq --filter label=tend.scope) && docker network prune -f --filter label=tend.scope
-             (tend removes what it created once the specs are removed from the set it applies)
+  status:    TEND_SCOPE=$TEND_SCOPE TEND_STATE_DIR=$TEND_STATE_DIR $TEND status $SPECS
+  plan:      TEND_SCOPE=$TEND_SCOPE TEND_STATE_DIR=$TEND_STATE_DIR $TEND plan $SPECS
+  see it:    docker ps --filter label=tend.scope=$TEND_SCOPE
+  remove it: mkdir -p /tmp/tend-empty && TEND_SCOPE=$TEND_SCOPE TEND_STATE_DIR=$TEND_STATE_DIR $TEND apply /tmp/tend-empty
+             (applying an empty spec set removes exactly what tend created in this scope)
 MSG
