@@ -13,7 +13,7 @@ use crate::de::from_node;
 use crate::desired::{Desired, Env, Secret, Service, template_hashes};
 use crate::diag::{Diagnostic, Location};
 use crate::hash::sha256_hex;
-use crate::service::{EnvValue, MountSource, Runtime, ServiceSpec};
+use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec};
 use crate::yaml::{Node, Value, parse_stream};
 
 /// The only API version this tend reads.
@@ -48,12 +48,48 @@ struct Document<S> {
     spec: S,
 }
 
-/// A decoded document with the node it came from, for locating later problems.
+/// A document of a kind this tend decodes, with the node it came from for locating later
+/// problems.
 struct Decoded<S> {
     file: Arc<Path>,
     node: Node,
     metadata: Metadata,
-    spec: S,
+    /// `None` when the document has problems that were already reported. Its name still
+    /// counts, so that a typo in one service does not also make every `dependsOn` naming
+    /// it an "unknown service".
+    spec: Option<S>,
+}
+
+/// The documents of a spec set, decoded as far as they could be.
+struct Documents {
+    services: Vec<Decoded<ServiceSpec>>,
+    /// False when the name of some document could not be read (a file that does not parse,
+    /// a broken `metadata`): it may be the service a `dependsOn` names, so no dependency
+    /// is called unknown until that is fixed.
+    all_named: bool,
+}
+
+impl Default for Documents {
+    fn default() -> Self {
+        Self { services: Vec::new(), all_named: true }
+    }
+}
+
+/// A decoded service whose name is valid and unique: what the checks across services
+/// (dependencies, host ports) look at, whether or not its own checks passed.
+struct Checked {
+    file: Arc<Path>,
+    node: Node,
+    name: String,
+    spec: ServiceSpec,
+    /// `None` when the service's own checks failed.
+    service: Option<Service>,
+}
+
+impl Checked {
+    fn at(&self, path: &[Seg<'_>]) -> Location {
+        at(&self.file, locate(&self.node, path))
+    }
 }
 
 /// Loads and validates the specs at `path` (a file or a directory, read recursively for
@@ -64,19 +100,20 @@ pub fn load_path(path: &Path) -> Result<Desired, Vec<Diagnostic>> {
         Ok(f) => f,
         Err(d) => return Err(vec![d]),
     };
-    let mut services = Vec::new();
+    let mut docs = Documents::default();
     for file in files {
         let file: Arc<Path> = Arc::from(file.as_path());
         let text = match read_spec_file(&file) {
             Ok(t) => t,
             Err(msg) => {
                 diags.push(Diagnostic::general(format!("{}: {msg}", file.display())));
+                docs.all_named = false;
                 continue;
             }
         };
-        decode_file(&file, &text, &mut services, &mut diags);
+        decode_file(&file, &text, &mut docs, &mut diags);
     }
-    let desired = validate(services, &mut diags);
+    let desired = validate(docs, &mut diags);
     if diags.is_empty() {
         Ok(desired)
     } else {
@@ -89,9 +126,9 @@ pub fn load_path(path: &Path) -> Result<Desired, Vec<Diagnostic>> {
 /// Loads specs from text, as if read from `file` (for tests and stdin).
 pub fn load_str(file: &Path, text: &str) -> Result<Desired, Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let mut services = Vec::new();
-    decode_file(&Arc::from(file), text, &mut services, &mut diags);
-    let desired = validate(services, &mut diags);
+    let mut docs = Documents::default();
+    decode_file(&Arc::from(file), text, &mut docs, &mut diags);
+    let desired = validate(docs, &mut diags);
     if diags.is_empty() { Ok(desired) } else { Err(diags) }
 }
 
@@ -143,16 +180,17 @@ fn at(file: &Arc<Path>, node: &Node) -> Location {
     Location { file: file.clone(), line: node.mark.line, column: node.mark.column }
 }
 
-fn decode_file(file: &Arc<Path>, text: &str, services: &mut Vec<Decoded<ServiceSpec>>, diags: &mut Vec<Diagnostic>) {
-    let docs = match parse_stream(text) {
-        Ok(d) => d,
+fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut Vec<Diagnostic>) {
+    let nodes = match parse_stream(text) {
+        Ok(n) => n,
         Err(e) => {
             let loc = Location { file: file.clone(), line: e.mark.line, column: e.mark.column };
             diags.push(Diagnostic::at(loc, format!("malformed YAML: {}", e.message)));
+            docs.all_named = false;
             return;
         }
     };
-    for node in docs {
+    for node in nodes {
         match &node.value {
             Value::Null => continue,
             Value::Map(_) => {}
@@ -164,14 +202,28 @@ fn decode_file(file: &Arc<Path>, text: &str, services: &mut Vec<Decoded<ServiceS
                         node.kind_name()
                     ),
                 ));
+                docs.all_named = false;
                 continue;
             }
         }
-        if !check_header(file, &node, diags) {
+        if check_header(file, &node, diags)
+            && let Some(doc) = from_node::<Document<ServiceSpec>>(&node, file, diags)
+        {
+            docs.services.push(Decoded { file: file.clone(), node, metadata: doc.metadata, spec: Some(doc.spec) });
             continue;
         }
-        if let Some(doc) = from_node::<Document<ServiceSpec>>(&node, file, diags) {
-            services.push(Decoded { file: file.clone(), node, metadata: doc.metadata, spec: doc.spec });
+        // Its problems are reported; keep its name if it can be read (quietly: decoding the
+        // document reported any problem of the metadata already).
+        let kind = node.get("kind").and_then(Node::as_str);
+        if kind != Some("Service") {
+            // Another kind's names are not service names; an unknown kind may be a typo.
+            docs.all_named &= KINDS.iter().any(|(k, _)| Some(*k) == kind);
+        } else if let Some(metadata) =
+            node.get("metadata").and_then(|m| from_node::<Metadata>(m, file, &mut Vec::new()))
+        {
+            docs.services.push(Decoded { file: file.clone(), node, metadata, spec: None });
+        } else {
+            docs.all_named = false;
         }
     }
 }
@@ -187,8 +239,18 @@ fn check_header(file: &Arc<Path>, node: &Node, diags: &mut Vec<Diagnostic>) -> b
         }
         Some(n) => match &n.value {
             Value::String(s) if s == API_VERSION => {}
+            Value::String(s) => {
+                diags.push(Diagnostic::at(
+                    at(file, n),
+                    format!("unsupported apiVersion `{}`: expected `{API_VERSION}`", s.escape_default()),
+                ));
+                ok = false;
+            }
             _ => {
-                diags.push(Diagnostic::at(at(file, n), format!("unsupported apiVersion: expected `{API_VERSION}`")));
+                diags.push(Diagnostic::at(
+                    at(file, n),
+                    format!("expected `{API_VERSION}` for `apiVersion`, found {}", n.kind_name()),
+                ));
                 ok = false;
             }
         },
@@ -270,19 +332,21 @@ fn dns_label_problem(name: &str) -> Option<String> {
     if is_dns_label(name) {
         return None;
     }
+    let bad = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'));
     let why = if name.is_empty() {
         "it is empty".to_string()
+    } else if let Some(bad) = bad {
+        format!("`{}` is not allowed", bad.escape_default())
     } else if name.len() > 63 {
         format!("it is {} characters long (at most 63)", name.len())
-    } else if name.starts_with('-') || name.ends_with('-') {
-        "it starts or ends with `-`".to_string()
+    } else if name.starts_with('-') {
+        "it starts with `-`".to_string()
     } else {
-        let bad = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')).unwrap_or('?');
-        format!("`{}` is not allowed", bad.escape_default())
+        "it ends with `-`".to_string()
     };
+    let shown = if name.is_empty() { String::new() } else { format!(" `{}`", name.escape_default()) };
     Some(format!(
-        "invalid name `{}`: {why}; names are DNS labels (lowercase letters, digits and `-`, at most 63 characters) because they become container names, file names and keys",
-        name.escape_default()
+        "invalid name{shown}: {why}; names are DNS labels (lowercase letters, digits and `-`, at most 63 characters, not starting or ending with `-`) because they become container names, file names and keys"
     ))
 }
 
@@ -300,250 +364,307 @@ fn valid_signal(s: &str) -> bool {
         || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
-fn validate(decoded: Vec<Decoded<ServiceSpec>>, diags: &mut Vec<Diagnostic>) -> Desired {
-    let mut seen: BTreeMap<String, Location> = BTreeMap::new();
-    let mut out: Vec<(Decoded<ServiceSpec>, Service)> = Vec::new();
-    for mut d in decoded {
-        let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
-        let name_loc = here(&[Seg::Key("metadata"), Seg::Key("name")]);
-        let mut ok = true;
+fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
+    let mut names: BTreeMap<String, Location> = BTreeMap::new();
+    let mut checked: Vec<Checked> = Vec::new();
+    for d in docs.services {
+        let name_loc = at(&d.file, locate(&d.node, &[Seg::Key("metadata"), Seg::Key("name")]));
+        let mut unique = false;
         if let Some(msg) = dns_label_problem(&d.metadata.name) {
-            diags.push(Diagnostic::at(name_loc.clone(), msg));
-            ok = false;
-        } else if let Some(first) = seen.get(&d.metadata.name) {
+            diags.push(Diagnostic::at(name_loc, msg));
+        } else if let Some(first) = names.get(&d.metadata.name) {
             diags.push(Diagnostic::at(
-                name_loc.clone(),
+                name_loc,
                 format!("duplicate Service name `{}` (first defined at {first})", d.metadata.name),
             ));
-            ok = false;
         } else {
-            seen.insert(d.metadata.name.clone(), name_loc.clone());
+            names.insert(d.metadata.name.clone(), name_loc);
+            unique = true;
         }
-        for key in d.metadata.labels.keys().chain(d.spec.labels.keys()) {
-            if key.starts_with("tend.") {
-                let loc = if d.metadata.labels.contains_key(key) {
-                    here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)])
-                } else {
-                    here(&[Seg::Key("spec"), Seg::Key("labels"), Seg::Key(key)])
-                };
-                diags.push(Diagnostic::at(
-                    loc,
-                    format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
-                ));
-                ok = false;
-            }
-        }
-        let spec = &d.spec;
-        let spec_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key(k)]);
-        match spec.runtime {
-            Runtime::Systemd => {
-                diags.push(Diagnostic::at(
-                    spec_loc("runtime"),
-                    "runtime `systemd` is not supported by this version of tend yet; use `docker`",
-                ));
-                ok = false;
-            }
-            Runtime::Docker => match spec.image.as_deref() {
-                None => {
-                    diags.push(Diagnostic::at(
-                        here(&[Seg::Key("spec")]),
-                        "missing field `image` (a docker service needs an image)",
-                    ));
-                    ok = false;
-                }
-                Some(img) if img.is_empty() || img.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                    diags.push(Diagnostic::at(
-                        spec_loc("image"),
-                        format!("invalid image reference `{}`", img.escape_default()),
-                    ));
-                    ok = false;
-                }
-                Some(_) => {}
-            },
-        }
-        for (field, argv) in [("command", &spec.command), ("entrypoint", &spec.entrypoint)] {
-            if argv.as_ref().is_some_and(|a| a.is_empty()) {
-                diags.push(Diagnostic::at(
-                    spec_loc(field),
-                    format!("`{field}` is empty; leave it out to use the image's"),
-                ));
-                ok = false;
-            }
-        }
-        if let Some(hc) = &spec.healthcheck
-            && hc.command.is_empty()
-        {
-            diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key("command")]),
-                "health check `command` is empty",
-            ));
-            ok = false;
-        }
-        for (i, net) in spec.networks.iter().enumerate() {
-            if let Some(msg) = dns_label_problem(net) {
-                diags.push(Diagnostic::at(
-                    here(&[Seg::Key("spec"), Seg::Key("networks"), Seg::Index(i)]),
-                    format!("network: {msg}"),
-                ));
-                ok = false;
-            }
-        }
-        if spec.rollout.max_unavailable == 0 {
-            diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("maxUnavailable")]),
-                "`maxUnavailable` must be at least 1",
-            ));
-            ok = false;
-        }
-        if spec.restart.backoff.initial.get().is_zero() || spec.restart.backoff.initial > spec.restart.backoff.max {
-            diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff")]),
-                "backoff `initial` must be more than 0 and at most `max`",
-            ));
-            ok = false;
-        }
-        if let Some(cpus) = spec.resources.as_ref().and_then(|r| r.cpus)
-            && !(cpus > 0.0 && cpus <= 1024.0)
-        {
-            diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("resources"), Seg::Key("cpus")]),
-                "`cpus` must be more than 0 and at most 1024",
-            ));
-            ok = false;
-        }
-        if let Some(sig) = &spec.stop_signal
-            && !valid_signal(sig)
-        {
-            diags.push(Diagnostic::at(
-                spec_loc("stopSignal"),
-                format!("invalid signal `{}`: expected a name like SIGTERM or a number", sig.escape_default()),
-            ));
-            ok = false;
-        }
-        if spec.replicas > 1 && !spec.ports.is_empty() {
-            diags.push(Diagnostic::at(
-                spec_loc("replicas"),
-                format!(
-                    "{} replicas cannot all publish the same host ports; remove `ports` or use 1 replica",
-                    spec.replicas
-                ),
-            ));
-            ok = false;
-        }
-        let base_dir = d.file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
-        // Environment: names checked, secrets read now so a missing file is a spec error.
-        let mut env = BTreeMap::new();
-        for (key, value) in &spec.env {
-            let loc = here(&[Seg::Key("spec"), Seg::Key("env"), Seg::Key(key)]);
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                diags.push(Diagnostic::at(
-                    loc.clone(),
-                    format!("invalid environment variable name `{}`", key.escape_default()),
-                ));
-                ok = false;
-            }
-            match value {
-                EnvValue::Literal(s) => {
-                    env.insert(key.clone(), Env::Literal(s.clone()));
-                }
-                EnvValue::FromFile { from_file } => {
-                    let path = normalize(&base_dir.join(from_file));
-                    match std::fs::read(&path) {
-                        Ok(bytes) => match String::from_utf8(bytes) {
-                            Ok(mut s) => {
-                                if s.ends_with('\n') {
-                                    s.pop();
-                                    if s.ends_with('\r') {
-                                        s.pop();
-                                    }
-                                }
-                                env.insert(key.clone(), Env::Secret { path, value: Secret::new(s) });
-                            }
-                            Err(_) => {
-                                diags.push(Diagnostic::at(
-                                    loc,
-                                    format!("secret file `{}` for `{key}` is not UTF-8 text", path.display()),
-                                ));
-                                ok = false;
-                            }
-                        },
-                        Err(e) => {
-                            diags.push(Diagnostic::at(
-                                loc,
-                                format!("cannot read secret file `{}` for `{key}`: {}", path.display(), io_reason(&e)),
-                            ));
-                            ok = false;
-                        }
-                    }
-                }
-            }
-        }
-        // Volumes: bind sources resolved and checked; single files hashed by content.
-        let mut file_digests = BTreeMap::new();
-        let mut targets = BTreeSet::new();
-        for (i, m) in d.spec.volumes.iter_mut().enumerate() {
-            let loc = at(&d.file, locate(&d.node, &[Seg::Key("spec"), Seg::Key("volumes"), Seg::Index(i)]));
-            if !targets.insert(m.target.clone()) {
-                diags.push(Diagnostic::at(loc.clone(), format!("two mounts target `{}`", m.target)));
-                ok = false;
-            }
-            match &mut m.source {
-                MountSource::Volume(name) => {
-                    if !is_volume_name(name) {
-                        diags.push(Diagnostic::at(loc, format!("invalid volume name `{}`: letters, digits, `_`, `.` and `-`, starting with a letter or digit", name.escape_default())));
-                        ok = false;
-                    }
-                }
-                MountSource::Bind(p) => {
-                    let abs = normalize(&base_dir.join(&*p));
-                    match std::fs::metadata(&abs) {
-                        Ok(meta) => {
-                            if meta.is_file() && meta.len() <= MAX_HASHED_MOUNT_BYTES {
-                                match std::fs::read(&abs) {
-                                    Ok(bytes) => {
-                                        file_digests.insert(abs.clone(), sha256_hex(&bytes));
-                                    }
-                                    Err(e) => {
-                                        diags.push(Diagnostic::at(
-                                            loc,
-                                            format!("cannot read mounted file `{}`: {}", abs.display(), io_reason(&e)),
-                                        ));
-                                        ok = false;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            diags.push(Diagnostic::at(
-                                loc,
-                                format!("bind mount source `{}`: {}", abs.display(), io_reason(&e)),
-                            ));
-                            ok = false;
-                        }
-                    }
-                    *p = abs;
-                }
-            }
-        }
-        if !ok {
+        let Some(mut spec) = d.spec else { continue };
+        let checks = check_service(&d.file, &d.node, &d.metadata, &mut spec, diags);
+        if !unique {
+            // Left out of the checks across services: its conflicts would only repeat the
+            // problem with its name.
             continue;
         }
-        let (hash, field_hashes) = template_hashes(&d.spec, &d.metadata.labels, &env, &file_digests);
-        let service = Service {
-            name: d.metadata.name.clone(),
-            metadata_labels: d.metadata.labels.clone(),
-            spec: d.spec.clone(),
-            env,
-            location: at(&d.file, &d.node),
-            hash,
-            field_hashes,
+        let service = match checks {
+            Some((env, file_digests)) => {
+                let (hash, field_hashes) = template_hashes(&spec, &d.metadata.labels, &env, &file_digests);
+                Some(Service {
+                    name: d.metadata.name.clone(),
+                    metadata_labels: d.metadata.labels.clone(),
+                    spec: spec.clone(),
+                    env,
+                    location: at(&d.file, &d.node),
+                    hash,
+                    field_hashes,
+                })
+            }
+            None => None,
         };
-        out.push((d, service));
+        checked.push(Checked { file: d.file, node: d.node, name: d.metadata.name, spec, service });
     }
-    check_dependencies(&out, &seen, diags);
-    check_ports(&out, diags);
-    Desired { services: out.into_iter().map(|(_, s)| (s.name.clone(), s)).collect() }
+    check_dependencies(&checked, docs.all_named.then_some(&names), diags);
+    check_ports(&checked, diags);
+    Desired { services: checked.into_iter().filter_map(|c| c.service).map(|s| (s.name.clone(), s)).collect() }
+}
+
+/// What a service's own checks produce: its environment with secrets read, and the
+/// digests of the single files it bind-mounts.
+type ServiceInputs = (BTreeMap<String, Env>, BTreeMap<PathBuf, String>);
+
+/// Checks one service on its own, reading its secrets and hashing its mounted files.
+/// Resolves relative bind-mount sources in `spec`. `None` when it found a problem.
+fn check_service(
+    file: &Arc<Path>,
+    node: &Node,
+    metadata: &Metadata,
+    spec: &mut ServiceSpec,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ServiceInputs> {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
+    let spec_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key(k)]);
+    let before = diags.len();
+    for (section, labels) in [("metadata", &metadata.labels), ("spec", &spec.labels)] {
+        for key in labels.keys().filter(|k| k.starts_with("tend.")) {
+            diags.push(Diagnostic::at(
+                here(&[Seg::Key(section), Seg::Key("labels"), Seg::Key(key)]),
+                format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
+            ));
+        }
+    }
+    match spec.runtime {
+        Runtime::Systemd => {
+            diags.push(Diagnostic::at(
+                spec_loc("runtime"),
+                "runtime `systemd` is not supported by this version of tend yet; use `docker`",
+            ));
+        }
+        Runtime::Docker => match spec.image.as_deref() {
+            None => {
+                diags.push(Diagnostic::at(
+                    here(&[Seg::Key("spec")]),
+                    "missing field `image` (a docker service needs an image)",
+                ));
+            }
+            Some("") => diags.push(Diagnostic::at(spec_loc("image"), "`image` is empty")),
+            Some(img) if img.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                diags.push(Diagnostic::at(
+                    spec_loc("image"),
+                    format!(
+                        "invalid image reference `{}`: it must not contain spaces or control characters",
+                        img.escape_default()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        },
+    }
+    for (field, argv) in [("command", &spec.command), ("entrypoint", &spec.entrypoint)] {
+        if argv.as_ref().is_some_and(|a| a.is_empty()) {
+            diags.push(Diagnostic::at(spec_loc(field), format!("`{field}` is empty; leave it out to use the image's")));
+        }
+    }
+    if let Some(hc) = &spec.healthcheck {
+        let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
+        if hc.command.is_empty() {
+            diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
+        }
+        for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+            if value.is_some_and(|v| v.get().is_zero()) {
+                diags.push(Diagnostic::at(
+                    hc_loc(field),
+                    format!("health check `{field}` must be more than 0s (leave it out for the default, 30s)"),
+                ));
+            }
+        }
+    }
+    for (i, net) in spec.networks.iter().enumerate() {
+        if let Some(msg) = dns_label_problem(net) {
+            diags.push(Diagnostic::at(
+                here(&[Seg::Key("spec"), Seg::Key("networks"), Seg::Index(i)]),
+                format!("network: {msg}"),
+            ));
+        }
+    }
+    if spec.rollout.max_unavailable == 0 {
+        diags.push(Diagnostic::at(
+            here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("maxUnavailable")]),
+            "`maxUnavailable` must be at least 1, or a rollout could never stop an instance",
+        ));
+    }
+    let backoff = spec.restart.backoff;
+    let backoff_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff"), Seg::Key(k)]);
+    if backoff.initial.get().is_zero() {
+        diags.push(Diagnostic::at(backoff_loc("initial"), "backoff `initial` must be more than 0s"));
+    } else if backoff.initial > backoff.max {
+        let loc = if locate_has(node, &["spec", "restart", "backoff", "initial"]) {
+            backoff_loc("initial")
+        } else {
+            backoff_loc("max")
+        };
+        diags.push(Diagnostic::at(
+            loc,
+            format!(
+                "backoff `initial` ({}) is longer than `max` ({}); the delay starts at `initial` and doubles up to `max`",
+                backoff.initial, backoff.max
+            ),
+        ));
+    }
+    if let Some(cpus) = spec.resources.as_ref().and_then(|r| r.cpus)
+        && !(cpus > 0.0 && cpus <= 1024.0)
+    {
+        diags.push(Diagnostic::at(
+            here(&[Seg::Key("spec"), Seg::Key("resources"), Seg::Key("cpus")]),
+            format!("`cpus` must be more than 0 and at most 1024, found {cpus}"),
+        ));
+    }
+    if let Some(sig) = &spec.stop_signal
+        && !valid_signal(sig)
+    {
+        diags.push(Diagnostic::at(
+            spec_loc("stopSignal"),
+            format!(
+                "invalid signal `{}`: expected a name like SIGTERM or SIGINT (upper case), or a number from 1 to 64",
+                sig.escape_default()
+            ),
+        ));
+    }
+    if spec.replicas > 1 && !spec.ports.is_empty() {
+        diags.push(Diagnostic::at(
+            spec_loc("replicas"),
+            format!(
+                "{} replicas cannot all publish the same host ports; remove `ports` or use 1 replica",
+                spec.replicas
+            ),
+        ));
+    }
+    if spec.rollout.order == RolloutOrder::StartFirst && !spec.ports.is_empty() {
+        diags.push(Diagnostic::at(
+            here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("order")]),
+            "`order: start-first` cannot be used with published `ports`: the new instance cannot bind a host port \
+             the old one still holds; use `stop-first` or remove `ports`",
+        ));
+    }
+    let mut deps: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        if let Some(first) = deps.insert(dep.name.as_str(), i) {
+            let first_loc = here(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(first)]);
+            diags.push(Diagnostic::at(
+                here(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i)]),
+                format!("`dependsOn` lists `{}` twice (first at {first_loc})", dep.name),
+            ));
+        }
+    }
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+    // Environment: names checked, secrets read now so a missing file is a spec error. No
+    // message here may show a secret's value: only its variable name and file.
+    let mut env = BTreeMap::new();
+    for (key, value) in &spec.env {
+        let loc = here(&[Seg::Key("spec"), Seg::Key("env"), Seg::Key(key)]);
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            diags.push(Diagnostic::at(
+                loc.clone(),
+                format!(
+                    "invalid environment variable name `{}`: it must not be empty or contain `=`",
+                    key.escape_default()
+                ),
+            ));
+        }
+        match value {
+            EnvValue::Literal(s) => {
+                env.insert(key.clone(), Env::Literal(s.clone()));
+            }
+            EnvValue::FromFile { from_file } => {
+                let path = normalize(&base_dir.join(from_file));
+                match std::fs::read(&path) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(mut s) => {
+                            if s.ends_with('\n') {
+                                s.pop();
+                                if s.ends_with('\r') {
+                                    s.pop();
+                                }
+                            }
+                            env.insert(key.clone(), Env::Secret { path, value: Secret::new(s) });
+                        }
+                        Err(_) => {
+                            diags.push(Diagnostic::at(
+                                loc,
+                                format!("secret file `{}` for `{key}` is not UTF-8 text", path.display()),
+                            ));
+                        }
+                    },
+                    Err(e) => {
+                        diags.push(Diagnostic::at(
+                            loc,
+                            format!("cannot read secret file `{}` for `{key}`: {}", path.display(), io_reason(&e)),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Volumes: bind sources resolved and checked; single files hashed by content.
+    let mut file_digests = BTreeMap::new();
+    let mut targets = BTreeMap::new();
+    for (i, m) in spec.volumes.iter_mut().enumerate() {
+        let loc = here(&[Seg::Key("spec"), Seg::Key("volumes"), Seg::Index(i)]);
+        if let Some(first) = targets.insert(m.target.clone(), loc.clone()) {
+            diags.push(Diagnostic::at(
+                loc.clone(),
+                format!("two mounts target `{}` (the other is at {first})", m.target),
+            ));
+        }
+        match &mut m.source {
+            MountSource::Volume(name) => {
+                if !is_volume_name(name) {
+                    diags.push(Diagnostic::at(
+                        loc,
+                        format!(
+                            "invalid volume name `{}`: letters, digits, `_`, `.` and `-`, starting with a letter or digit",
+                            name.escape_default()
+                        ),
+                    ));
+                }
+            }
+            MountSource::Bind(p) => {
+                let abs = normalize(&base_dir.join(&*p));
+                match std::fs::metadata(&abs) {
+                    Ok(meta) => {
+                        if meta.is_file() && meta.len() <= MAX_HASHED_MOUNT_BYTES {
+                            match std::fs::read(&abs) {
+                                Ok(bytes) => {
+                                    file_digests.insert(abs.clone(), sha256_hex(&bytes));
+                                }
+                                Err(e) => {
+                                    diags.push(Diagnostic::at(
+                                        loc,
+                                        format!("cannot read mounted file `{}`: {}", abs.display(), io_reason(&e)),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        diags.push(Diagnostic::at(
+                            loc,
+                            format!("bind mount source `{}`: {}", abs.display(), io_reason(&e)),
+                        ));
+                    }
+                }
+                *p = abs;
+            }
+        }
+    }
+    (diags.len() == before).then_some((env, file_digests))
+}
+
+/// Whether the mapping keys `path` all exist from `node` down.
+fn locate_has(node: &Node, path: &[&str]) -> bool {
+    path.iter().try_fold(node, |n, k| n.get(k)).is_some()
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -570,20 +691,24 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Checks `dependsOn` across services: every name exists, and no service waits on itself
+/// through a cycle (no order could start them).
+/// `all_names`: every service name in the set, or `None` when some could not be read.
 fn check_dependencies(
-    services: &[(Decoded<ServiceSpec>, Service)],
-    all_names: &BTreeMap<String, Location>,
+    services: &[Checked],
+    all_names: Option<&BTreeMap<String, Location>>,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let by_name: BTreeMap<&str, &(Decoded<ServiceSpec>, Service)> =
-        services.iter().map(|e| (e.1.name.as_str(), e)).collect();
-    for (d, s) in services {
-        for (i, dep) in s.spec.depends_on.iter().enumerate() {
-            if !all_names.contains_key(&dep.name) {
-                let loc = at(
-                    &d.file,
-                    locate(&d.node, &[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("name")]),
-                );
+    for c in services {
+        for (i, dep) in c.spec.depends_on.iter().enumerate() {
+            if dep.name == c.name {
+                diags.push(Diagnostic::at(
+                    c.at(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("name")]),
+                    format!("service `{}` depends on itself", c.name),
+                ));
+            } else if let Some(all_names) = all_names
+                && !all_names.contains_key(&dep.name)
+            {
                 let hint = all_names
                     .keys()
                     .map(|k| (strsim::jaro_winkler(k, &dep.name), k))
@@ -591,17 +716,21 @@ fn check_dependencies(
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .map(|(_, k)| format!(", did you mean `{k}`?"))
                     .unwrap_or_default();
-                diags.push(Diagnostic::at(loc, format!("`dependsOn` names unknown service `{}`{hint}", dep.name)));
+                diags.push(Diagnostic::at(
+                    c.at(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("name")]),
+                    format!("`dependsOn` names unknown service `{}`{hint}", dep.name),
+                ));
             }
         }
     }
-    // Cycles: depth-first search over the known edges; each cycle reported once, at the
-    // dependsOn entry of its alphabetically first member.
+    // Cycles: depth-first search over the known edges (self-edges were reported above);
+    // each cycle reported once, at the dependsOn entry of its alphabetically first member.
+    let by_name: BTreeMap<&str, &Checked> = services.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = on the stack, 2 = done
     let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
     fn visit<'a>(
         name: &'a str,
-        by_name: &BTreeMap<&'a str, &'a (Decoded<ServiceSpec>, Service)>,
+        by_name: &BTreeMap<&'a str, &'a Checked>,
         state: &mut BTreeMap<&'a str, u8>,
         stack: &mut Vec<&'a str>,
         reported: &mut BTreeSet<Vec<String>>,
@@ -609,8 +738,8 @@ fn check_dependencies(
     ) {
         state.insert(name, 1);
         stack.push(name);
-        if let Some((_, s)) = by_name.get(name) {
-            for dep in &s.spec.depends_on {
+        if let Some(c) = by_name.get(name) {
+            for dep in c.spec.depends_on.iter().filter(|d| d.name != name) {
                 let Some((dep_name, _)) = by_name.get_key_value(dep.name.as_str()) else { continue };
                 match state.get(dep_name) {
                     Some(1) => {
@@ -621,15 +750,17 @@ fn check_dependencies(
                         if reported.insert(cycle.clone()) {
                             let first = &cycle[0];
                             let next = cycle.get(1).unwrap_or(first);
-                            let (d, s) = by_name[first.as_str()];
-                            let idx = s.spec.depends_on.iter().position(|x| &x.name == next).unwrap_or(0);
-                            let loc = at(
-                                &d.file,
-                                locate(&d.node, &[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(idx)]),
-                            );
+                            let c = by_name[first.as_str()];
+                            let idx = c.spec.depends_on.iter().position(|x| &x.name == next).unwrap_or(0);
                             let mut path = cycle.clone();
                             path.push(first.clone());
-                            diags.push(Diagnostic::at(loc, format!("dependency cycle: {}", path.join(" → "))));
+                            diags.push(Diagnostic::at(
+                                c.at(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(idx)]),
+                                format!(
+                                    "dependency cycle: {}; none of them can start first, so remove one of these `dependsOn` entries",
+                                    path.join(" → ")
+                                ),
+                            ));
                         }
                     }
                     Some(_) => {}
@@ -648,30 +779,35 @@ fn check_dependencies(
     }
 }
 
-fn check_ports(services: &[(Decoded<ServiceSpec>, Service)], diags: &mut Vec<Diagnostic>) {
-    // (port, protocol) → claims so far: (address or None for all, service, location)
+/// Checks that no two published ports claim the same host port on overlapping addresses
+/// (a port on all addresses overlaps every address).
+fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
     /// A claim on a host port: the address (None = all), the service, where.
     type Claim = (Option<IpAddr>, String, Location);
-    let mut claims: BTreeMap<(u16, String), Vec<Claim>> = BTreeMap::new();
-    for (d, s) in services {
-        for (i, p) in s.spec.ports.iter().enumerate() {
-            let loc = at(&d.file, locate(&d.node, &[Seg::Key("spec"), Seg::Key("ports"), Seg::Index(i)]));
-            let entry = claims.entry((p.host_port, p.protocol.to_string())).or_default();
-            let unspecified = |ip: &Option<IpAddr>| {
-                ip.is_none_or(|ip| ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) || ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED))
-            };
-            if let Some((_, other, first)) =
-                entry.iter().find(|(ip, _, _)| unspecified(ip) || unspecified(&p.host_ip) || *ip == p.host_ip)
+    let unspecified =
+        |ip: Option<IpAddr>| ip.is_none_or(|ip| ip == Ipv4Addr::UNSPECIFIED || ip == Ipv6Addr::UNSPECIFIED);
+    let shown = |ip: Option<IpAddr>, port: u16, protocol: Protocol| match ip {
+        None => format!("{port}/{protocol} (all addresses)"),
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:{port}/{protocol}"),
+        Some(ip) => format!("{ip}:{port}/{protocol}"),
+    };
+    let mut claims: BTreeMap<(u16, Protocol), Vec<Claim>> = BTreeMap::new();
+    for c in services {
+        for (i, p) in c.spec.ports.iter().enumerate() {
+            let loc = c.at(&[Seg::Key("spec"), Seg::Key("ports"), Seg::Index(i)]);
+            let entry = claims.entry((p.host_port, p.protocol)).or_default();
+            if let Some((ip, other, first)) =
+                entry.iter().find(|(ip, _, _)| unspecified(*ip) || unspecified(p.host_ip) || *ip == p.host_ip)
             {
+                let mine = shown(p.host_ip, p.host_port, p.protocol);
+                let theirs = shown(*ip, p.host_port, p.protocol);
+                let what = if mine == theirs { mine } else { format!("{mine} overlaps {theirs}, which") };
                 diags.push(Diagnostic::at(
                     loc.clone(),
-                    format!(
-                        "host port {}/{} is already claimed by service `{other}` at {first}",
-                        p.host_port, p.protocol
-                    ),
+                    format!("host port {what} is already claimed by service `{other}` at {first}"),
                 ));
             }
-            entry.push((p.host_ip, s.name.clone(), loc));
+            entry.push((p.host_ip, c.name.clone(), loc));
         }
     }
 }
