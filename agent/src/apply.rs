@@ -200,7 +200,14 @@ pub async fn apply<E: ContainerEngine>(
             });
         }
         let outcomes = execute(engine.clone(), desired.clone(), &plan, options).await;
-        if record(&mut state, &plan, &outcomes, now_ms()) {
+        // A release is used up once its instance runs (also when started by hand), so a
+        // later unexpected exit is held again.
+        let before = state.released.len();
+        state
+            .released
+            .retain(|name, _| !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running));
+        let released_changed = state.released.len() != before;
+        if record(&mut state, &plan, &outcomes, now_ms()) || released_changed {
             state_dir.save(&state)?;
         }
         report.plan = plan;
@@ -227,9 +234,14 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
             }
             (Action::Start { name, .. }, Reason::Exited { attempt, .. }) => {
                 state.restarts.insert(name.clone(), RestartRecord { attempts: *attempt, last_ms: now_ms });
+                state.released.remove(name);
+            }
+            (Action::Start { name, .. }, _) => {
+                state.released.remove(name);
             }
             (Action::Create { name, .. } | Action::Remove { name, .. }, _) => {
                 state.restarts.remove(name);
+                state.released.remove(name);
             }
             _ => {}
         }

@@ -175,7 +175,14 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     Output::Json => print_json(&report)?,
                     Output::Text => print_report(&report),
                 }
-                Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                let unmet = unmet(&report.plan.notes);
+                if unmet > 0 {
+                    eprintln!(
+                        "{} the specs are not met: {unmet} name conflict(s) or missing image(s) need an operator (see the notes)",
+                        Paint::stderr().red("error:")
+                    );
+                }
+                Ok(if report.ok() && unmet == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             })
         }
         Command::Status { path, output } => {
@@ -303,6 +310,24 @@ fn step_row(step: &plan::Step) -> Vec<String> {
     vec![step.id.to_string(), apply::action_name(&step.action).to_string(), what, step.reason.to_string(), after]
 }
 
+/// How many notes say the specs cannot be met until an operator acts (a name taken by a
+/// container tend does not own, an image that is missing and may not be pulled). Apply
+/// fails on them; holds, backoffs and policy-stopped instances are intended states.
+fn unmet(notes: &[Note]) -> usize {
+    notes.iter().filter(|n| matches!(n, Note::Conflict { .. } | Note::ImageNotPresent { .. })).count()
+}
+
+/// The line shown when there are no steps: the host matches only when nothing is left alone.
+fn no_steps_line(notes: &[Note]) -> &'static str {
+    if notes.is_empty() {
+        "No changes: the host matches the specs."
+    } else if unmet(notes) > 0 {
+        "No changes can be made now, but the host does not match the specs (see below)."
+    } else {
+        "No changes to make now; some instances are left alone (see below)."
+    }
+}
+
 fn print_notes(notes: &[Note]) {
     if notes.is_empty() {
         return;
@@ -317,7 +342,7 @@ fn print_notes(notes: &[Note]) {
 fn print_plan(plan: &Plan) {
     let paint = Paint::stdout();
     if plan.steps.is_empty() {
-        println!("No changes: the host matches the specs.");
+        println!("{}", no_steps_line(&plan.notes));
     } else {
         println!("{}", paint.bold(&format!("Plan: {} step(s)", plan.steps.len())));
         let mut rows = vec![vec!["#".into(), "ACTION".into(), "TARGET".into(), "REASON".into(), "AFTER".into()]];
@@ -358,7 +383,7 @@ fn print_report(report: &Report) {
         rows.push(row);
     }
     if rows.is_empty() {
-        println!("No changes: the host matches the specs.");
+        println!("{}", no_steps_line(&report.plan.notes));
     } else {
         table(&rows);
         println!("{} done, {} failed, {} skipped", counts[0], counts[1], counts[2]);
@@ -482,8 +507,10 @@ fn print_status(status: &Status) {
     table(&rows);
     if status.pending_steps > 0 {
         println!("{} step(s) pending: run `tend plan` to see them", status.pending_steps);
-    } else {
+    } else if status.notes.is_empty() {
         println!("Converged: the host matches the specs.");
+    } else {
+        println!("{}", no_steps_line(&status.notes));
     }
     print_notes(&status.notes);
 }
@@ -496,9 +523,11 @@ fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
     if released.is_empty() {
         return Err(CliError::NotHeld(name.to_string()));
     }
+    let now = apply::now_ms();
     for k in &released {
         st.holds.remove(k);
         st.restarts.remove(k);
+        st.released.insert(k.clone(), now);
     }
     dir.save(&st)?;
     for k in &released {

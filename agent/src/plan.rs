@@ -51,7 +51,8 @@ pub enum Action {
         instance: u32,
         /// The container name.
         name: String,
-        /// The container ID.
+        /// The container ID (not `id`: that key is the step's number).
+        #[serde(rename = "container_id")]
         id: String,
     },
     /// Stop (gracefully) and remove a container.
@@ -62,7 +63,8 @@ pub enum Action {
         instance: u32,
         /// The container name.
         name: String,
-        /// The container ID.
+        /// The container ID (not `id`: that key is the step's number).
+        #[serde(rename = "container_id")]
         id: String,
         /// Seconds to wait after the stop signal.
         stop_timeout_s: Option<u64>,
@@ -73,7 +75,8 @@ pub enum Action {
         service: String,
         /// The instance.
         instance: u32,
-        /// The container ID.
+        /// The container ID (not `id`: that key is the step's number).
+        #[serde(rename = "container_id")]
         id: String,
         /// The current name.
         from: String,
@@ -106,7 +109,8 @@ pub enum Action {
     RemoveNetwork {
         /// Its name.
         network: String,
-        /// Its ID.
+        /// Its ID (not `id`: that key is the step's number).
+        #[serde(rename = "network_id")]
         id: String,
     },
 }
@@ -156,7 +160,8 @@ pub enum Reason {
     Replaced,
     /// Something a service needs.
     NeededBy {
-        /// The service that needs it.
+        /// The service that needs it (not `service`: an await step's action has that key).
+        #[serde(rename = "needed_by")]
         service: String,
     },
     /// `pullPolicy: always`.
@@ -607,6 +612,8 @@ pub fn plan(input: Input<'_>) -> Plan {
                         RestartPolicy::Always => true,
                         RestartPolicy::OnFailure => code != Some(0),
                         RestartPolicy::Never => false,
+                        // Released by `tend release` since it exited: start it again.
+                        RestartPolicy::Hold if state.released.contains_key(&name) => true,
                         RestartPolicy::Hold => {
                             units.push((
                                 i,

@@ -89,6 +89,10 @@ pub struct State {
     pub holds: BTreeMap<String, Hold>,
     /// Restart history by container name.
     pub restarts: BTreeMap<String, RestartRecord>,
+    /// Instances released from a hold (`tend release`) and not started since, by container
+    /// name → when released (ms since the epoch). Their stopped containers are started once
+    /// instead of being held again.
+    pub released: BTreeMap<String, u64>,
 }
 
 /// The state directory, locked for as long as this value lives.

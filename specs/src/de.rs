@@ -63,12 +63,25 @@ pub fn from_node<T: DeserializeOwned>(node: &Node, file: &Arc<Path>, diags: &mut
     if found.is_empty() {
         return decoded;
     }
+    drop_missing_fields_explained_by_typos(&mut found);
     found.sort_by_key(|(mark, _)| *mark);
     diags.extend(found.into_iter().map(|(mark, message)| {
         let location = Location { file: file.clone(), line: mark.line, column: mark.column };
         Diagnostic::at(location, message)
     }));
     None
+}
+
+/// A misspelt required field is reported once, as the typo with its suggestion: the
+/// "missing field `X`" it also causes says nothing new when some unknown field suggests `X`.
+fn drop_missing_fields_explained_by_typos(found: &mut Vec<(Mark, String)>) {
+    let suggested: HashSet<String> = found
+        .iter()
+        .filter_map(|(_, m)| m.split_once(", did you mean `").map(|(_, rest)| rest.trim_end_matches("`?").to_owned()))
+        .collect();
+    found.retain(|(_, m)| {
+        m.strip_prefix("missing field `").and_then(|f| f.strip_suffix('`')).is_none_or(|f| !suggested.contains(f))
+    });
 }
 
 /// What the passes of one decoding share.
@@ -296,7 +309,7 @@ macro_rules! integer {
             if self.stand_in {
                 return visitor.$visit(0);
             }
-            let expected = format!("{} ({} to {})", stringify!($ty), <$ty>::MIN, <$ty>::MAX);
+            let expected = format!("a whole number from {} to {}", <$ty>::MIN, <$ty>::MAX);
             match self.node.value {
                 Value::Int(i) => match <$ty>::try_from(i) {
                     Ok(n) => visitor.$visit(n),
@@ -1032,7 +1045,7 @@ mod tests {
             [
                 "web.yaml:3:8: expected a number, found a string",
                 "web.yaml:4:3: unknown field `memoryMB`, did you mean `memoryMb`?",
-                "web.yaml:5:14: expected u32 (0 to 4294967295), found -1",
+                "web.yaml:5:14: expected a whole number from 0 to 4294967295, found -1",
             ]
         );
     }
@@ -1047,8 +1060,8 @@ mod tests {
                 "web.yaml:1:1: missing field `image`",
                 "web.yaml:1:10: unknown value `sometimes`, expected one of `always`, `on-failure`, `never`, `hold`",
                 "web.yaml:2:14: invalid duration `5 mins`: expected a number followed by ms, s, m, h or d",
-                "web.yaml:3:13: expected u16 (0 to 65535), found 70000",
-                "web.yaml:3:20: expected u16 (0 to 65535), found a string",
+                "web.yaml:3:13: expected a whole number from 0 to 65535, found 70000",
+                "web.yaml:3:20: expected a whole number from 0 to 65535, found a string",
                 "web.yaml:4:15: expected a sequence, found a string",
             ]
         );
@@ -1087,9 +1100,9 @@ mod tests {
 
     #[test]
     fn integers_out_of_range_are_reported_with_the_range() {
-        assert_eq!(problems::<Port>("70000\n"), ["web.yaml:1:1: expected u16 (0 to 65535), found 70000"]);
-        assert_eq!(problems::<u8>("-1\n"), ["web.yaml:1:1: expected u8 (0 to 255), found -1"]);
-        assert_eq!(problems::<i8>("1.5\n"), ["web.yaml:1:1: expected i8 (-128 to 127), found a float"]);
+        assert_eq!(problems::<Port>("70000\n"), ["web.yaml:1:1: expected a whole number from 0 to 65535, found 70000"]);
+        assert_eq!(problems::<u8>("-1\n"), ["web.yaml:1:1: expected a whole number from 0 to 255, found -1"]);
+        assert_eq!(problems::<i8>("1.5\n"), ["web.yaml:1:1: expected a whole number from -128 to 127, found a float"]);
         assert_eq!(decode::<i128>("-5\n"), Ok(-5));
     }
 
@@ -1118,11 +1131,7 @@ mod tests {
     fn an_unknown_field_inside_a_failing_struct_is_still_reported() {
         assert_eq!(
             problems::<Service>("health:\n  http: {pth: /, port: 1}\n"),
-            [
-                "web.yaml:1:1: missing field `image`",
-                "web.yaml:2:9: missing field `path`",
-                "web.yaml:2:10: unknown field `pth`, did you mean `path`?",
-            ]
+            ["web.yaml:1:1: missing field `image`", "web.yaml:2:10: unknown field `pth`, did you mean `path`?",]
         );
     }
 

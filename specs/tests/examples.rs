@@ -13,7 +13,9 @@ fn every_example_validates() {
         }
         match tend_specs::load_path(&path) {
             Ok(desired) => assert!(!desired.services.is_empty(), "{} declares no service", path.display()),
-            Err(diags) => panic!("{}:\n{}", path.display(), diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
+            Err(diags) => {
+                panic!("{}:\n{}", path.display(), diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+            }
         }
         seen += 1;
     }

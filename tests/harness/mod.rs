@@ -103,9 +103,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
             Ok(Some(status)) => break (status, false),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
-                let status = child
-                    .wait()
-                    .map_err(|e| format!("could not reap {shown}: {e}"))?;
+                let status = child.wait().map_err(|e| format!("could not reap {shown}: {e}"))?;
                 break (status, true);
             }
             Ok(None) => thread::sleep(Duration::from_millis(20)),
@@ -114,16 +112,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
     };
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
-    let output = Output {
-        status,
-        stdout,
-        stderr,
-    };
+    let output = Output { status, stdout, stderr };
     if timed_out {
-        return Err(format!(
-            "{shown} timed out after {timeout:?} and was killed\n{}",
-            describe(&output)
-        ));
+        return Err(format!("{shown} timed out after {timeout:?} and was killed\n{}", describe(&output)));
     }
     Ok(output)
 }
@@ -181,10 +172,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Like [`wait_until`], but panics with `what` when the condition never held.
 pub fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
-    assert!(
-        wait_until(timeout, cond),
-        "timed out after {timeout:?} waiting for {what}"
-    );
+    assert!(wait_until(timeout, cond), "timed out after {timeout:?} waiting for {what}");
 }
 
 static DOCKER_CHECKED: OnceLock<()> = OnceLock::new();
@@ -195,10 +183,8 @@ static DOCKER_CHECKED: OnceLock<()> = OnceLock::new();
 /// test process.
 pub fn require_docker() {
     DOCKER_CHECKED.get_or_init(|| {
-        let info = run_with_timeout(
-            Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
-            DOCKER_TIMEOUT,
-        );
+        let info =
+            run_with_timeout(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]), DOCKER_TIMEOUT);
         match info {
             Ok(output) if output.status.success() => {}
             Ok(output) => panic!(
@@ -283,34 +269,19 @@ pub struct ContainerInfo {
 impl ContainerInfo {
     /// Parses one object of `docker inspect`'s output.
     pub fn from_inspect(v: &serde_json::Value) -> Self {
-        let s = |ptr: &str| {
-            v.pointer(ptr)
-                .and_then(|x| x.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let s = |ptr: &str| v.pointer(ptr).and_then(|x| x.as_str()).unwrap_or_default().to_string();
         let labels = v
             .pointer("/Config/Labels")
             .and_then(|l| l.as_object())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, val)| (k.clone(), val.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(k, val)| (k.clone(), val.as_str().unwrap_or_default().to_string())).collect())
             .unwrap_or_default();
         ContainerInfo {
             id: s("/Id"),
             name: s("/Name").trim_start_matches('/').to_string(),
             state: s("/State/Status"),
-            health: v
-                .pointer("/State/Health/Status")
-                .and_then(|x| x.as_str())
-                .map(str::to_string),
+            health: v.pointer("/State/Health/Status").and_then(|x| x.as_str()).map(str::to_string),
             image: s("/Config/Image"),
-            restart_count: v
-                .pointer("/RestartCount")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(0),
+            restart_count: v.pointer("/RestartCount").and_then(|x| x.as_u64()).unwrap_or(0),
             labels,
             inspect: v.clone(),
         }
@@ -342,10 +313,7 @@ pub fn inspect_all(ids: &[String]) -> Vec<serde_json::Value> {
     }
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Array(items)) => items,
-        other => panic!(
-            "unexpected `docker inspect` output ({other:?})\n{}",
-            describe(&output)
-        ),
+        other => panic!("unexpected `docker inspect` output ({other:?})\n{}", describe(&output)),
     }
 }
 
@@ -387,11 +355,7 @@ impl Env {
             .prefix(&format!("tend-specs-{scope}-"))
             .tempdir()
             .expect("create the spec directory");
-        let env = Env {
-            scope,
-            state_dir,
-            spec_dir,
-        };
+        let env = Env { scope, state_dir, spec_dir };
         env.cleanup();
         env
     }
@@ -400,11 +364,7 @@ impl Env {
     /// test creates (service names in specs, containers made by hand, ...).
     pub fn name(&self, base: &str) -> String {
         let base = dns_safe(base);
-        let full = if base.is_empty() {
-            self.scope.clone()
-        } else {
-            format!("{}-{base}", self.scope)
-        };
+        let full = if base.is_empty() { self.scope.clone() } else { format!("{}-{base}", self.scope) };
         truncate_label(&full, MAX_DNS_LABEL)
     }
 
@@ -415,10 +375,7 @@ impl Env {
 
     /// The spec directory as a `&str` argument for [`Env::tend`].
     pub fn spec_arg(&self) -> &str {
-        self.spec_dir
-            .path()
-            .to_str()
-            .expect("temporary directory paths are UTF-8")
+        self.spec_dir.path().to_str().expect("temporary directory paths are UTF-8")
     }
 
     /// The state directory.
@@ -432,12 +389,7 @@ impl Env {
         let path = self.spec_dir.path().join(file_name);
         let parent = path.parent().expect("a spec file has a parent directory");
         std::fs::create_dir_all(parent).expect("create the spec file's directory");
-        let tmp = parent.join(format!(
-            ".{}.tmp",
-            path.file_name()
-                .and_then(|f| f.to_str())
-                .expect("a spec file name")
-        ));
+        let tmp = parent.join(format!(".{}.tmp", path.file_name().and_then(|f| f.to_str()).expect("a spec file name")));
         std::fs::write(&tmp, yaml).expect("write the spec file");
         std::fs::rename(&tmp, &path).expect("move the spec file into place");
         path
@@ -446,8 +398,7 @@ impl Env {
     /// Removes `file_name` from the spec directory (panics if it is not there).
     pub fn remove_spec(&self, file_name: &str) {
         let path = self.spec_dir.path().join(file_name);
-        std::fs::remove_file(&path)
-            .unwrap_or_else(|e| panic!("remove spec {}: {e}", path.display()));
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove spec {}: {e}", path.display()));
     }
 
     /// Runs `tend --state-dir <state> --scope <scope> ARGS...` with `TEND_LOG=warn`, in
@@ -508,12 +459,8 @@ impl Env {
         args.extend_from_slice(extra);
         args.push(self.spec_arg());
         let output = self.tend_ok(&args);
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!(
-                "tend {args:?} did not print JSON: {e}\n{}",
-                describe(&output)
-            )
-        })
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("tend {args:?} did not print JSON: {e}\n{}", describe(&output)))
     }
 
     /// `tend apply <spec dir>`, asserting success; returns its stdout.
@@ -541,18 +488,13 @@ impl Env {
     pub fn container_ids(&self) -> Vec<String> {
         let filter = self.scope_filter();
         let out = docker_ok(&["ps", "-a", "-q", "--no-trunc", "--filter", filter.as_str()]);
-        out.lines()
-            .map(str::to_string)
-            .filter(|l| !l.is_empty())
-            .collect()
+        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
     }
 
     /// All containers (running or not) labelled with this scope, sorted by name.
     pub fn containers(&self) -> Vec<ContainerInfo> {
-        let mut all: Vec<ContainerInfo> = inspect_all(&self.container_ids())
-            .iter()
-            .map(ContainerInfo::from_inspect)
-            .collect();
+        let mut all: Vec<ContainerInfo> =
+            inspect_all(&self.container_ids()).iter().map(ContainerInfo::from_inspect).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -565,19 +507,8 @@ impl Env {
     /// Names of the networks labelled with this scope, sorted.
     pub fn networks(&self) -> Vec<String> {
         let filter = self.scope_filter();
-        let out = docker_ok(&[
-            "network",
-            "ls",
-            "--format",
-            "{{.Name}}",
-            "--filter",
-            filter.as_str(),
-        ]);
-        let mut names: Vec<String> = out
-            .lines()
-            .map(str::to_string)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let out = docker_ok(&["network", "ls", "--format", "{{.Name}}", "--filter", filter.as_str()]);
+        let mut names: Vec<String> = out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
         names.sort();
         names
     }
@@ -586,11 +517,7 @@ impl Env {
     pub fn volumes(&self) -> Vec<String> {
         let filter = self.scope_filter();
         let out = docker_ok(&["volume", "ls", "-q", "--filter", filter.as_str()]);
-        let mut names: Vec<String> = out
-            .lines()
-            .map(str::to_string)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let mut names: Vec<String> = out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
         names.sort();
         names
     }
@@ -601,11 +528,9 @@ impl Env {
         let filter = self.scope_filter();
         let list = |args: &[&str]| -> Vec<String> {
             match run_with_timeout(Command::new("docker").args(args), DOCKER_TIMEOUT) {
-                Ok(o) if o.status.success() => stdout_of(&o)
-                    .lines()
-                    .map(str::to_string)
-                    .filter(|l| !l.is_empty())
-                    .collect(),
+                Ok(o) if o.status.success() => {
+                    stdout_of(&o).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+                }
                 Ok(o) => {
                     eprintln!("harness cleanup: docker {args:?} failed\n{}", describe(&o));
                     Vec::new()
@@ -620,17 +545,10 @@ impl Env {
             if names.is_empty() {
                 return true;
             }
-            match run_with_timeout(
-                Command::new("docker").args(what).args(names),
-                DOCKER_TIMEOUT,
-            ) {
+            match run_with_timeout(Command::new("docker").args(what).args(names), DOCKER_TIMEOUT) {
                 Ok(o) if o.status.success() => true,
                 Ok(o) => {
-                    eprintln!(
-                        "harness cleanup ({}): docker {what:?} {names:?} failed\n{}",
-                        self.scope,
-                        describe(&o)
-                    );
+                    eprintln!("harness cleanup ({}): docker {what:?} {names:?} failed\n{}", self.scope, describe(&o));
                     false
                 }
                 Err(e) => {
@@ -665,16 +583,11 @@ impl Drop for Env {
             let state = self.state_dir.path().to_path_buf();
             let specs = self.spec_dir.path().to_path_buf();
             // Keep the directories too: TempDir would delete them.
-            let _ = std::mem::replace(
-                &mut self.state_dir,
-                tempfile::tempdir().expect("create a placeholder directory"),
-            )
-            .keep();
-            let _ = std::mem::replace(
-                &mut self.spec_dir,
-                tempfile::tempdir().expect("create a placeholder directory"),
-            )
-            .keep();
+            let _ =
+                std::mem::replace(&mut self.state_dir, tempfile::tempdir().expect("create a placeholder directory"))
+                    .keep();
+            let _ = std::mem::replace(&mut self.spec_dir, tempfile::tempdir().expect("create a placeholder directory"))
+                .keep();
             eprintln!(
                 "TEND_TEST_KEEP: kept scope {} (state {}, specs {})",
                 self.scope,

@@ -440,3 +440,15 @@ fn a_plan_serializes_with_actions_and_reasons_but_no_environment() {
     assert!(json.contains(r#""action":"create""#) && json.contains(r#""reason":"missing""#), "{json}");
     assert!(!json.contains("hunter2"));
 }
+
+#[test]
+fn a_released_hold_starts_its_stopped_instance_again() {
+    let d = desired(&svc("a", "restart: {policy: hold}"));
+    let mut c = live(&d, "a", 1, RunState::Exited);
+    c.exit_code = Some(137);
+    let mut st = State::default();
+    st.released.insert("a-1".into(), 5);
+    let p = run(&d, &observed(&d, vec![c]), &st);
+    assert_eq!(show(&p), ["start a-1 (exited with code 137 (restart 1))"]);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+}
