@@ -751,7 +751,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         let pause = s.spec.rollout.interval.get().as_millis() as u64;
         let batch_count = batches.len();
         let mut previous_ends: Vec<usize> = Vec::new();
-        for (n, (_, batch)) in batches.into_iter().enumerate() {
+        for (n, (replace, batch)) in batches.into_iter().enumerate() {
             let mut ends = Vec::new();
             for chain in batch {
                 let mut after = prereqs.clone();
@@ -767,10 +767,12 @@ pub fn plan(input: Input<'_>) -> Plan {
                     pause_ms = 0;
                     after = vec![last];
                     mine.push(last);
-                    // Between batches, wait for the new instance to be ready, so a failing
-                    // health check stops the rollout.
+                    // Wait for the new instance to be healthy before the next batch, so a
+                    // failing health check stops the rollout; and after every replacement,
+                    // so a broken new version is never reported as applied. (A first start
+                    // is awaited by its dependents, with their own timeouts.)
                     if let Some(created) = created
-                        && n + 1 < batch_count
+                        && (replace || n + 1 < batch_count)
                         && s.spec.healthcheck.is_some()
                         && !created.ends_with(NEXT_SUFFIX)
                     {

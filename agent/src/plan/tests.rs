@@ -336,7 +336,7 @@ fn scaling_down_removes_the_highest_instances_first_with_the_pause() {
 }
 
 #[test]
-fn a_rollout_replaces_max_unavailable_at_a_time_and_waits_for_health_between_batches() {
+fn a_rollout_replaces_max_unavailable_at_a_time_and_waits_for_every_new_instance_to_be_healthy() {
     let old = desired(&svc("a", "replicas: 4\ncommand: [old]"));
     let new = desired(&svc(
         "a",
@@ -356,8 +356,10 @@ fn a_rollout_replaces_max_unavailable_at_a_time_and_waits_for_health_between_bat
             "await a-2 (rollout waits for it) after [5]".into(),
             format!("remove a-3 ({r}) after [3, 6] +10000ms"),
             format!("create a-3 ({r}) after [7]"),
+            "await a-3 (rollout waits for it) after [8]".into(),
             format!("remove a-4 ({r}) after [3, 6] +10000ms"),
-            format!("create a-4 ({r}) after [9]"),
+            format!("create a-4 ({r}) after [10]"),
+            "await a-4 (rollout waits for it) after [11]".into(),
         ]
     );
 }
@@ -451,4 +453,25 @@ fn a_released_hold_starts_its_stopped_instance_again() {
     let p = run(&d, &observed(&d, vec![c]), &st);
     assert_eq!(show(&p), ["start a-1 (exited with code 137 (restart 1))"]);
     assert!(p.notes.is_empty(), "{:?}", p.notes);
+}
+
+#[test]
+fn replacing_a_single_instance_waits_for_its_health_so_a_broken_version_fails_the_pass() {
+    let old = desired(&svc("a", "command: [old]\nhealthcheck: {command: [ok]}"));
+    let new = desired(&svc("a", "command: [new]\nhealthcheck: {command: [ok]}"));
+    let p = run(&new, &observed(&new, vec![live(&old, "a", 1, RunState::Running)]), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "remove a-1 (changed: command)",
+            "create a-1 (changed: command) after [1]",
+            "await a-1 (rollout waits for it) after [2]"
+        ]
+    );
+}
+
+#[test]
+fn a_first_start_is_not_awaited_by_itself() {
+    let d = desired(&svc("a", "healthcheck: {command: [ok]}"));
+    assert_eq!(show(&run(&d, &observed(&d, vec![]), &State::default())), ["create a-1 (missing)"]);
 }
