@@ -92,6 +92,18 @@ pub enum Command {
     },
     /// Print the JSON Schema of spec documents.
     Schema,
+    /// Show how systemd reads a calendar expression and when it next elapses, in the layout
+    /// of `systemd-analyze calendar` (without its "From now" lines).
+    Calendar {
+        /// The expression, e.g. `Mon..Fri 09:00` or `daily`.
+        expr: String,
+        /// How many elapses to show.
+        #[arg(long, default_value_t = 1)]
+        iterations: usize,
+        /// Count from this time (`2026-11-22 00:00:00 UTC`, `@EPOCH`) instead of now.
+        #[arg(long)]
+        from: Option<String>,
+    },
 }
 
 /// Errors of the commands.
@@ -118,6 +130,17 @@ pub enum CliError {
     /// No hold matched.
     #[error("nothing is held under `{0}` (see `tend status`)")]
     NotHeld(String),
+    /// A calendar expression or time is not valid.
+    #[error("invalid {what} `{text}`")]
+    Calendar {
+        /// "calendar expression" or "time".
+        what: &'static str,
+        /// The text given.
+        text: String,
+        /// What is wrong, with its column.
+        #[source]
+        source: tend_specs::calendar::CalendarError,
+    },
     /// The async runtime could not start.
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
@@ -143,6 +166,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Release { name } => release(&cli.state_dir, name),
+        Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
         Command::Plan { path, output } => {
             let desired = load(path)?;
             runtime()?.block_on(async {
@@ -513,6 +537,25 @@ fn print_status(status: &Status) {
         println!("{}", no_steps_line(&status.notes));
     }
     print_notes(&status.notes);
+}
+
+fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCode, CliError> {
+    use tend_specs::calendar;
+    let from = match from {
+        Some(text) => calendar::parse_time(text).map_err(|source| CliError::Calendar {
+            what: "time",
+            text: text.to_string(),
+            source,
+        })?,
+        None => calendar::Timestamp::now(),
+    };
+    let text = calendar::describe(expr, from, iterations.max(1)).map_err(|source| CliError::Calendar {
+        what: "calendar expression",
+        text: expr.to_string(),
+        source,
+    })?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {

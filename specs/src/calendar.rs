@@ -11,7 +11,7 @@ use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
 use jiff::tz::TimeZone;
-use jiff::{Timestamp, Zoned};
+pub use jiff::{Timestamp, Zoned};
 
 const USEC_PER_SEC: i64 = 1_000_000;
 const MIN_YEAR: i64 = 1970;
