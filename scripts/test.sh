@@ -21,6 +21,11 @@ need_pkgs "${PKGS[@]}" docker.io busybox-static docker-registry systemd tzdata
 ensure_rust
 ensure_docker
 ensure_demo_image
+# The systemd node image (debootstrap bookworm + systemd), built once and reused: the
+# tests under tests/systemd/ boot it to test units against a real systemd.
+# shellcheck source=scripts/systemd-node.sh
+source "$ROOT/scripts/systemd-node.sh"
+ensure_systemd_node_image
 
 # Integration tests run this image (built locally above; nothing is ever pulled).
 export TEND_TEST_IMAGE="$TEND_DEMO_IMAGE"

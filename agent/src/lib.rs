@@ -9,4 +9,5 @@ pub mod engine;
 pub mod model;
 pub mod plan;
 pub mod state;
+pub mod systemd;
 pub mod time;
