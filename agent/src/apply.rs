@@ -121,7 +121,7 @@ fn observe_args(desired: &Desired) -> (BTreeSet<String>, BTreeSet<String>, bool)
     let mut wanted = BTreeSet::new();
     let mut images = BTreeSet::new();
     let mut volumes = false;
-    for s in desired.services.values() {
+    for s in desired.docker_services() {
         for i in 1..=s.spec.replicas {
             wanted.insert(instance_name(&s.name, i));
         }

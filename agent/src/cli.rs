@@ -115,6 +115,9 @@ pub enum CliError {
         /// How many.
         count: usize,
     },
+    /// The specs declare objects this version cannot apply yet (systemd services, Timers).
+    #[error("{0}")]
+    Unsupported(String),
     /// The scope name is not usable.
     #[error("invalid scope `{0}`: use a DNS label (lowercase letters, digits, `-`)")]
     Scope(String),
@@ -162,13 +165,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Validate { path } => {
             let desired = load(path)?;
-            println!("ok: {} service(s) in {}", desired.services.len(), path.display());
+            let timers = match desired.timers.len() {
+                0 => String::new(),
+                n => format!(" and {n} timer(s)"),
+            };
+            println!("ok: {} service(s){timers} in {}", desired.services.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Release { name } => release(&cli.state_dir, name),
         Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
         Command::Plan { path, output } => {
-            let desired = load(path)?;
+            let desired = load_applicable(path)?;
             runtime()?.block_on(async {
                 let engine = DockerEngine::connect().await.map_err(CliError::Engine)?;
                 let observed = apply::observe(&engine, &cli.scope, &desired).await?;
@@ -189,7 +196,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })
         }
         Command::Apply { path, output, parallel } => {
-            let desired = Arc::new(load(path)?);
+            let desired = Arc::new(load_applicable(path)?);
             runtime()?.block_on(async {
                 let engine = Arc::new(DockerEngine::connect().await.map_err(CliError::Engine)?);
                 let state_dir = StateDir::open(&cli.state_dir)?;
@@ -210,7 +217,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })
         }
         Command::Status { path, output } => {
-            let desired = load(path)?;
+            let desired = load_applicable(path)?;
             runtime()?.block_on(async {
                 let engine = DockerEngine::connect().await.map_err(CliError::Engine)?;
                 let observed = apply::observe(&engine, &cli.scope, &desired).await?;
@@ -255,6 +262,41 @@ fn load(path: &Path) -> Result<Desired, CliError> {
             }
         }
         CliError::Invalid { count: diags.len() }
+    })
+}
+
+/// Loads specs for `plan`, `apply` and `status`, which act on Docker only: a set that also
+/// declares systemd services or Timers is refused whole, before any engine is touched, rather
+/// than applied in part with those silently left out.
+fn load_applicable(path: &Path) -> Result<Desired, CliError> {
+    let desired = load(path)?;
+    match unsupported(&desired) {
+        Some(msg) => Err(CliError::Unsupported(msg)),
+        None => Ok(desired),
+    }
+}
+
+/// What of `desired` this version cannot apply yet, as one sentence; `None` when it can
+/// apply everything.
+pub fn unsupported(desired: &Desired) -> Option<String> {
+    let list = |one: &str, many: &str, names: Vec<&str>| match names.len() {
+        0 => None,
+        1 => Some(format!("{one} `{}`", names[0])),
+        _ => Some(format!("{many} {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))),
+    };
+    let parts: Vec<String> = [
+        list("Timer", "Timers", desired.timers.keys().map(String::as_str).collect()),
+        list("systemd service", "systemd services", desired.systemd_services().map(|s| s.name.as_str()).collect()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| {
+        let them = if parts.len() == 1 && !parts[0].contains(',') { "it" } else { "them" };
+        format!(
+            "{} cannot be applied by this version yet (the systemd backend is being built); `tend validate` checks {them}",
+            parts.join(" and ")
+        )
     })
 }
 
@@ -577,4 +619,51 @@ fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
         println!("released {k}: the next apply starts it again");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn desired(yaml: &str) -> Desired {
+        tend_specs::load_str(Path::new("t.yaml"), yaml).unwrap_or_else(|d| panic!("bad test spec: {d:?}"))
+    }
+
+    fn doc(kind: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: tend/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    }
+
+    const UNIT: &str = "{runtime: systemd, exec: [/usr/bin/x]}";
+    const TIMER: &str = "{enabled: false, job: {runtime: host, exec: [/usr/bin/x]}}";
+
+    #[test]
+    fn docker_services_alone_can_be_applied() {
+        assert_eq!(unsupported(&desired(&doc("Service", "web", "{image: busybox:1}"))), None);
+        assert_eq!(unsupported(&Desired::default()), None);
+    }
+
+    #[test]
+    fn systemd_services_and_timers_are_named_in_one_sentence() {
+        let one = desired(&(doc("Service", "web", "{image: busybox:1}") + &doc("Service", "u", UNIT)));
+        assert_eq!(
+            unsupported(&one).as_deref(),
+            Some(
+                "systemd service `u` cannot be applied by this version yet (the systemd backend is being built); `tend validate` checks it"
+            )
+        );
+        let many = desired(
+            &(doc("Timer", "t2", TIMER)
+                + &doc("Timer", "t1", TIMER)
+                + &doc("Service", "u", UNIT)
+                + &doc("Service", "v", UNIT)),
+        );
+        assert_eq!(
+            unsupported(&many).as_deref(),
+            Some(
+                "Timers `t1`, `t2` and systemd services `u`, `v` cannot be applied by this version yet (the systemd backend is being built); `tend validate` checks them"
+            )
+        );
+    }
 }

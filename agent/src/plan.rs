@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
-use tend_specs::service::{Condition, MountSource, PullPolicy, RestartPolicy, RolloutOrder};
+use tend_specs::service::{Condition, MountSource, PullPolicy, RestartPolicy, RolloutOrder, Runtime};
 use tend_specs::{Desired, Service};
 
 use crate::model::{Container, NEXT_SUFFIX, Observed, RunState, instance_name};
@@ -421,7 +421,7 @@ pub fn plan(input: Input<'_>) -> Plan {
     let existing_networks: BTreeSet<&str> = observed.networks.iter().map(|n| n.name.as_str()).collect();
     let mut needed_networks: BTreeMap<&str, &str> = BTreeMap::new();
     let mut needed_volumes: BTreeMap<&str, &str> = BTreeMap::new();
-    for s in desired.services.values() {
+    for s in desired.docker_services() {
         for n in &s.spec.networks {
             needed_networks.entry(n.as_str()).or_insert(s.name.as_str());
         }
@@ -454,7 +454,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         }
     }
     let mut missing_images: BTreeSet<String> = BTreeSet::new();
-    for s in desired.services.values() {
+    for s in desired.docker_services() {
         let Some(image) = s.spec.image.as_deref() else { continue };
         let key = format!("image:{image}");
         if resource_steps.contains_key(&key) || missing_images.contains(image) {
@@ -828,10 +828,10 @@ pub fn plan(input: Input<'_>) -> Plan {
         service_steps.insert(s.name.as_str(), mine);
     }
 
-    // Services no spec declares any more.
+    // Services no spec declares as docker services any more.
     let mut removals = Vec::new();
     for (service, instances) in &live {
-        if desired.services.contains_key(*service) {
+        if desired.services.get(*service).is_some_and(is_docker) {
             continue;
         }
         for (i, containers) in instances {
@@ -921,7 +921,14 @@ fn changed_fields(s: &Service, c: &Container) -> Vec<String> {
     fields
 }
 
-/// Services ordered so every dependency comes before its dependents (ties by name).
+/// Whether `s` runs as Docker containers: the only services this planner plans. The others
+/// (systemd units) belong to another backend; the commands refuse a spec set holding them
+/// until it exists, so none is left out silently.
+fn is_docker(s: &Service) -> bool {
+    s.spec.runtime == Runtime::Docker
+}
+
+/// Docker services ordered so every dependency comes before its dependents (ties by name).
 fn topo_order(desired: &Desired) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     let mut done: BTreeSet<&str> = BTreeSet::new();
@@ -935,7 +942,7 @@ fn topo_order(desired: &Desired) -> Vec<&str> {
         if done.contains(name) || depth > desired.services.len() {
             return;
         }
-        let Some((key, s)) = desired.services.get_key_value(name) else { return };
+        let Some((key, s)) = desired.services.get_key_value(name).filter(|(_, s)| is_docker(s)) else { return };
         done.insert(key.as_str());
         for d in &s.spec.depends_on {
             visit(d.name.as_str(), desired, done, out, depth + 1);

@@ -7,15 +7,37 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use crate::calendar::CalendarSpec;
 use crate::diag::Location;
 use crate::hash;
-use crate::service::{MountSource, ServiceSpec};
+use crate::service::{MountSource, Runtime, ServiceSpec, VolumeMount};
+use crate::timer::TimerSpec;
 
-/// Every object the specs declare, validated, keyed by name.
+/// Every object the specs declare, validated, keyed by name. Services and Timers share one
+/// namespace (each becomes a systemd unit `NAME.service`), so a name is in at most one map.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    /// Services by name.
+    /// Services by name, of both runtimes (`spec.runtime` tells them apart).
     pub services: BTreeMap<String, Service>,
+    /// Timers by name.
+    pub timers: BTreeMap<String, Timer>,
+}
+
+impl Desired {
+    /// Whether the specs declare nothing.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.timers.is_empty()
+    }
+
+    /// The services that run as Docker containers.
+    pub fn docker_services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().filter(|s| s.spec.runtime == Runtime::Docker)
+    }
+
+    /// The services that run as systemd units.
+    pub fn systemd_services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().filter(|s| s.spec.runtime == Runtime::Systemd)
+    }
 }
 
 /// A secret value read from a file. Its `Debug` and `Display` never show the value.
@@ -67,9 +89,34 @@ pub struct Service {
     pub env: BTreeMap<String, Env>,
     /// Where the document starts.
     pub location: Location,
-    /// SHA-256 of the container template (every field that shapes a container).
+    /// docker: SHA-256 of the container template (every field that shapes a container,
+    /// [`TEMPLATE_FIELDS`]); systemd: of everything that goes into the unit file
+    /// ([`SYSTEMD_FIELDS`]).
     pub hash: String,
-    /// A short hash per template field, to name what changed.
+    /// A short hash per field of the hash, to name what changed.
+    pub field_hashes: BTreeMap<String, String>,
+}
+
+/// A validated Timer with its identity hashes.
+#[derive(Debug, Clone)]
+pub struct Timer {
+    /// The name (a DNS label).
+    pub name: String,
+    /// `metadata.labels`: for selection.
+    pub metadata_labels: BTreeMap<String, String>,
+    /// The spec as written, with the job's relative bind-mount sources resolved to absolute
+    /// paths. `spec.schedule` is the expression as written.
+    pub spec: TimerSpec,
+    /// The schedule, parsed, in `spec.timezone` when one is given (so its next elapse can be
+    /// computed without looking at the spec again). `None` when there is no schedule.
+    pub calendar: Option<CalendarSpec>,
+    /// The job's environment with secrets read.
+    pub env: BTreeMap<String, Env>,
+    /// Where the document starts.
+    pub location: Location,
+    /// SHA-256 of everything that shapes the timer and its job ([`TIMER_FIELDS`]).
+    pub hash: String,
+    /// A short hash per field of the hash, to name what changed.
     pub field_hashes: BTreeMap<String, String>,
 }
 
@@ -93,6 +140,119 @@ pub const TEMPLATE_FIELDS: &[&str] = &[
     "stopTimeout",
 ];
 
+/// Names of the fields of a systemd service's hash: everything that goes into its unit file.
+/// `replicas` (always 1), `hooks` and labels are not in it.
+pub const SYSTEMD_FIELDS: &[&str] = &[
+    "exec",
+    "user",
+    "group",
+    "workingDir",
+    "env",
+    "type",
+    "pidFile",
+    "resources",
+    "stopSignal",
+    "stopTimeout",
+    "restart",
+    "dependsOn",
+    "enabled",
+];
+
+/// Names of the fields of a Timer's hash.
+pub const TIMER_FIELDS: &[&str] =
+    &["schedule", "persistent", "randomizedDelay", "accuracy", "timezone", "enabled", "concurrency", "timeout", "job"];
+
+/// The environment as it enters a hash: literals as they are, secrets as a salted digest.
+fn env_json(env: &BTreeMap<String, Env>) -> Value {
+    Value::Object(
+        env.iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Env::Literal(s) => json!(s),
+                    Env::Secret { value, .. } => json!({"secret": hash::secret_digest(value.expose().as_bytes())}),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+/// Mounts as they enter a hash: the mount, and the content digest of a single bound file.
+fn volumes_json(volumes: &[VolumeMount], file_digests: &BTreeMap<PathBuf, String>) -> Value {
+    volumes
+        .iter()
+        .map(|m| {
+            let content = match &m.source {
+                MountSource::Bind(p) => file_digests.get(p).cloned(),
+                MountSource::Volume(_) => None,
+            };
+            json!({"mount": m.to_string(), "content": content})
+        })
+        .collect()
+}
+
+/// The whole hash and the per-field hashes of a table of fields.
+fn hashes_of(fields: Vec<(&str, Value)>) -> (String, BTreeMap<String, String>) {
+    let field_hashes = fields.iter().map(|(k, v)| (k.to_string(), hash::hash_value(v)[..12].to_string())).collect();
+    let whole = Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    (hash::hash_value(&whole), field_hashes)
+}
+
+/// Computes the hash and field hashes of a systemd service: every field that goes into its
+/// unit file, with defaults filled in (so writing a default changes nothing) and
+/// dependencies sorted (their order means nothing to systemd).
+pub(crate) fn systemd_hashes(spec: &ServiceSpec, env: &BTreeMap<String, Env>) -> (String, BTreeMap<String, String>) {
+    let to = |v: &dyn erased::Ser| v.json();
+    let mut deps: Vec<Value> =
+        spec.depends_on.iter().map(|d| json!({"name": d.name, "condition": d.condition})).collect();
+    deps.sort_by_key(|d| d["name"].as_str().unwrap_or_default().to_string());
+    let fields = vec![
+        ("exec", to(&spec.exec)),
+        ("user", to(&spec.user)),
+        ("group", to(&spec.group)),
+        ("workingDir", to(&spec.working_dir)),
+        ("env", env_json(env)),
+        ("type", to(&spec.unit_type())),
+        ("pidFile", to(&spec.pid_file)),
+        ("resources", to(&spec.resources)),
+        ("stopSignal", to(&spec.stop_signal)),
+        ("stopTimeout", to(&spec.stop_timeout)),
+        ("restart", to(&spec.restart)),
+        ("dependsOn", Value::Array(deps)),
+        ("enabled", json!(spec.is_enabled())),
+    ];
+    debug_assert_eq!(fields.len(), SYSTEMD_FIELDS.len());
+    hashes_of(fields)
+}
+
+/// Computes the hash and field hashes of a Timer: its schedule and settings and its whole
+/// job (secrets as digests, single bound files by content, as for services).
+pub(crate) fn timer_hashes(
+    spec: &TimerSpec,
+    env: &BTreeMap<String, Env>,
+    file_digests: &BTreeMap<PathBuf, String>,
+) -> (String, BTreeMap<String, String>) {
+    let to = |v: &dyn erased::Ser| v.json();
+    let mut job = to(&spec.job);
+    if let Value::Object(map) = &mut job {
+        map.insert("env".into(), env_json(env));
+        map.insert("volumes".into(), volumes_json(&spec.job.volumes, file_digests));
+    }
+    let fields = vec![
+        ("schedule", to(&spec.schedule)),
+        ("persistent", to(&spec.persistent)),
+        ("randomizedDelay", to(&spec.randomized_delay)),
+        ("accuracy", to(&spec.accuracy)),
+        ("timezone", to(&spec.timezone)),
+        ("enabled", to(&spec.enabled)),
+        ("concurrency", to(&spec.concurrency)),
+        ("timeout", to(&spec.timeout)),
+        ("job", job),
+    ];
+    debug_assert_eq!(fields.len(), TIMER_FIELDS.len());
+    hashes_of(fields)
+}
+
 /// Computes the template hash and field hashes of a service. `file_digests` gives the
 /// SHA-256 of single files mounted by bind (so editing a mounted config recreates).
 pub(crate) fn template_hashes(
@@ -102,36 +262,15 @@ pub(crate) fn template_hashes(
     file_digests: &BTreeMap<PathBuf, String>,
 ) -> (String, BTreeMap<String, String>) {
     let to = |v: &dyn erased::Ser| v.json();
-    let env_json: serde_json::Map<String, Value> = env
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Env::Literal(s) => json!(s),
-                Env::Secret { value, .. } => json!({"secret": hash::secret_digest(value.expose().as_bytes())}),
-            };
-            (k.clone(), v)
-        })
-        .collect();
-    let volumes: Vec<Value> = spec
-        .volumes
-        .iter()
-        .map(|m| {
-            let content = match &m.source {
-                MountSource::Bind(p) => file_digests.get(p).cloned(),
-                MountSource::Volume(_) => None,
-            };
-            json!({"mount": m.to_string(), "content": content})
-        })
-        .collect();
     let mut labels = metadata_labels.clone();
     labels.extend(spec.labels.clone());
-    let fields: [(&str, Value); 14] = [
+    let fields = vec![
         ("image", to(&spec.image)),
         ("entrypoint", to(&spec.entrypoint)),
         ("command", to(&spec.command)),
-        ("env", Value::Object(env_json)),
+        ("env", env_json(env)),
         ("ports", to(&spec.ports)),
-        ("volumes", Value::Array(volumes)),
+        ("volumes", volumes_json(&spec.volumes, file_digests)),
         ("networks", to(&spec.networks)),
         ("labels", to(&labels)),
         ("user", to(&spec.user)),
@@ -142,9 +281,7 @@ pub(crate) fn template_hashes(
         ("stopTimeout", to(&spec.stop_timeout)),
     ];
     debug_assert_eq!(fields.len(), TEMPLATE_FIELDS.len());
-    let field_hashes = fields.iter().map(|(k, v)| (k.to_string(), hash::hash_value(v)[..12].to_string())).collect();
-    let whole = Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
-    (hash::hash_value(&whole), field_hashes)
+    hashes_of(fields)
 }
 
 mod erased {
@@ -159,19 +296,30 @@ mod erased {
     }
 }
 
+/// The environment as a plan shows it: secrets replaced by where they come from.
+fn redacted(env: &BTreeMap<String, Env>) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|(k, v)| {
+            let shown = match v {
+                Env::Literal(s) => s.clone(),
+                Env::Secret { path, .. } => format!("<secret from {}>", path.display()),
+            };
+            (k.clone(), shown)
+        })
+        .collect()
+}
+
+impl Timer {
+    /// The job's environment as the plan shows it: secrets replaced by where they come from.
+    pub fn env_redacted(&self) -> BTreeMap<String, String> {
+        redacted(&self.env)
+    }
+}
+
 impl Service {
     /// The environment as the plan shows it: secrets replaced by where they come from.
     pub fn env_redacted(&self) -> BTreeMap<String, String> {
-        self.env
-            .iter()
-            .map(|(k, v)| {
-                let shown = match v {
-                    Env::Literal(s) => s.clone(),
-                    Env::Secret { path, .. } => format!("<secret from {}>", path.display()),
-                };
-                (k.clone(), shown)
-            })
-            .collect()
+        redacted(&self.env)
     }
 
     /// All labels the containers carry besides tend's own.

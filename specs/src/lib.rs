@@ -10,8 +10,9 @@ pub mod load;
 pub mod quantity;
 pub mod schema;
 pub mod service;
+pub mod timer;
 pub mod yaml;
 
-pub use desired::{Desired, Env, Secret, Service};
+pub use desired::{Desired, Env, Secret, Service, Timer};
 pub use diag::{Diagnostic, Location};
 pub use load::{load_path, load_str};

@@ -10,17 +10,18 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::de::from_node;
-use crate::desired::{Desired, Env, Secret, Service, template_hashes};
+use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
 use crate::diag::{Diagnostic, Location};
 use crate::hash::sha256_hex;
-use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec};
+use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, VolumeMount};
+use crate::timer::TimerSpec;
 use crate::yaml::{Node, Value, parse_stream};
 
 /// The only API version this tend reads.
 pub const API_VERSION: &str = "tend/v1";
 
 /// Kinds the language knows, and whether this version implements them.
-const KINDS: &[(&str, bool)] = &[("Service", true), ("Timer", false), ("Backup", false), ("Replica", false)];
+const KINDS: &[(&str, bool)] = &[("Service", true), ("Timer", true), ("Backup", false), ("Replica", false)];
 
 /// Largest spec file read (a guard against pointing tend at the wrong file).
 const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -52,6 +53,8 @@ struct Document<S> {
 /// problems.
 struct Decoded<S> {
     file: Arc<Path>,
+    /// The text of the file, for mapping a column inside a scalar back to the file.
+    source: Arc<str>,
     node: Node,
     metadata: Metadata,
     /// `None` when the document has problems that were already reported. Its name still
@@ -63,15 +66,16 @@ struct Decoded<S> {
 /// The documents of a spec set, decoded as far as they could be.
 struct Documents {
     services: Vec<Decoded<ServiceSpec>>,
+    timers: Vec<Decoded<TimerSpec>>,
     /// False when the name of some document could not be read (a file that does not parse,
-    /// a broken `metadata`): it may be the service a `dependsOn` names, so no dependency
-    /// is called unknown until that is fixed.
+    /// a broken `metadata`): it may be the service a `dependsOn` (or the Timer a hook)
+    /// names, so no reference is called unknown until that is fixed.
     all_named: bool,
 }
 
 impl Default for Documents {
     fn default() -> Self {
-        Self { services: Vec::new(), all_named: true }
+        Self { services: Vec::new(), timers: Vec::new(), all_named: true }
     }
 }
 
@@ -181,11 +185,18 @@ fn at(file: &Arc<Path>, node: &Node) -> Location {
 }
 
 fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut Vec<Diagnostic>) {
+    let source: Arc<str> = Arc::from(text);
     let nodes = match parse_stream(text) {
         Ok(n) => n,
         Err(e) => {
             let loc = Location { file: file.clone(), line: e.mark.line, column: e.mark.column };
-            diags.push(Diagnostic::at(loc, format!("malformed YAML: {}", e.message)));
+            // A calendar expression such as `*-*-* 01:00` reads as an alias when unquoted.
+            let hint = if e.message.ends_with("refers to an unknown anchor") {
+                "; to write a value that starts with `*`, quote it (schedule: \"*-*-* 01:00:00\")"
+            } else {
+                ""
+            };
+            diags.push(Diagnostic::at(loc, format!("malformed YAML: {}{hint}", e.message)));
             docs.all_named = false;
             return;
         }
@@ -206,24 +217,48 @@ fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut V
                 continue;
             }
         }
-        if check_header(file, &node, diags)
-            && let Some(doc) = from_node::<Document<ServiceSpec>>(&node, file, diags)
-        {
-            docs.services.push(Decoded { file: file.clone(), node, metadata: doc.metadata, spec: Some(doc.spec) });
-            continue;
+        let kind = node.get("kind").and_then(Node::as_str).map(str::to_owned);
+        if check_header(file, &node, diags) {
+            match kind.as_deref() {
+                Some("Timer") => {
+                    if let Some(doc) = from_node::<Document<TimerSpec>>(&node, file, diags) {
+                        let (metadata, spec) = (doc.metadata, Some(doc.spec));
+                        docs.timers.push(Decoded { file: file.clone(), source: source.clone(), node, metadata, spec });
+                        continue;
+                    }
+                }
+                _ => {
+                    if let Some(doc) = from_node::<Document<ServiceSpec>>(&node, file, diags) {
+                        let (metadata, spec) = (doc.metadata, Some(doc.spec));
+                        docs.services.push(Decoded {
+                            file: file.clone(),
+                            source: source.clone(),
+                            node,
+                            metadata,
+                            spec,
+                        });
+                        continue;
+                    }
+                }
+            }
         }
         // Its problems are reported; keep its name if it can be read (quietly: decoding the
         // document reported any problem of the metadata already).
-        let kind = node.get("kind").and_then(Node::as_str);
-        if kind != Some("Service") {
-            // Another kind's names are not service names; an unknown kind may be a typo.
-            docs.all_named &= KINDS.iter().any(|(k, _)| Some(*k) == kind);
-        } else if let Some(metadata) =
-            node.get("metadata").and_then(|m| from_node::<Metadata>(m, file, &mut Vec::new()))
-        {
-            docs.services.push(Decoded { file: file.clone(), node, metadata, spec: None });
-        } else {
-            docs.all_named = false;
+        let metadata = || node.get("metadata").and_then(|m| from_node::<Metadata>(m, file, &mut Vec::new()));
+        match kind.as_deref() {
+            Some(kind @ ("Service" | "Timer")) => match metadata() {
+                Some(metadata) => {
+                    let source = source.clone();
+                    if kind == "Timer" {
+                        docs.timers.push(Decoded { file: file.clone(), source, node, metadata, spec: None });
+                    } else {
+                        docs.services.push(Decoded { file: file.clone(), source, node, metadata, spec: None });
+                    }
+                }
+                None => docs.all_named = false,
+            },
+            // Other kinds' names are not referenced yet; an unknown kind may be a typo.
+            kind => docs.all_named &= KINDS.iter().any(|(k, _)| Some(*k) == kind),
         }
     }
 }
@@ -364,23 +399,79 @@ fn valid_signal(s: &str) -> bool {
         || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
-fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
-    let mut names: BTreeMap<String, Location> = BTreeMap::new();
-    let mut checked: Vec<Checked> = Vec::new();
-    for d in docs.services {
-        let name_loc = at(&d.file, locate(&d.node, &[Seg::Key("metadata"), Seg::Key("name")]));
-        let mut unique = false;
-        if let Some(msg) = dns_label_problem(&d.metadata.name) {
-            diags.push(Diagnostic::at(name_loc, msg));
-        } else if let Some(first) = names.get(&d.metadata.name) {
-            diags.push(Diagnostic::at(
-                name_loc,
-                format!("duplicate Service name `{}` (first defined at {first})", d.metadata.name),
-            ));
-        } else {
-            names.insert(d.metadata.name.clone(), name_loc);
-            unique = true;
+/// What owns a name. Services and Timers share one namespace: each becomes a systemd unit
+/// `NAME.service` (a Timer also `NAME.timer`), and references (`dependsOn`, hooks) name
+/// either without saying which.
+#[derive(Debug, Clone)]
+struct Owner {
+    /// `Service` or `Timer`.
+    kind: &'static str,
+    /// A service's runtime, when its spec could be decoded.
+    runtime: Option<Runtime>,
+    /// Where the name is written.
+    location: Location,
+}
+
+impl Owner {
+    /// How messages name the owner of `name`: "Timer `x`", "systemd service `x`".
+    fn describe(&self, name: &str) -> String {
+        match self.runtime {
+            Some(runtime) if self.kind == "Service" => format!("{runtime} service `{name}`"),
+            _ => format!("{} `{name}`", self.kind),
         }
+    }
+}
+
+/// Claims the names of all documents in file order; returns the owners, and for each
+/// service and each timer whether its name is valid and its own.
+fn claim_names(docs: &Documents, diags: &mut Vec<Diagnostic>) -> (BTreeMap<String, Owner>, Vec<bool>, Vec<bool>) {
+    let name_loc = |file: &Arc<Path>, node: &Node| at(file, locate(node, &[Seg::Key("metadata"), Seg::Key("name")]));
+    let mut claims: Vec<(Location, &'static str, usize)> = docs
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (name_loc(&d.file, &d.node), "Service", i))
+        .chain(docs.timers.iter().enumerate().map(|(i, d)| (name_loc(&d.file, &d.node), "Timer", i)))
+        .collect();
+    claims.sort();
+    let mut names: BTreeMap<String, Owner> = BTreeMap::new();
+    let mut unique = (vec![false; docs.services.len()], vec![false; docs.timers.len()]);
+    for (location, kind, i) in claims {
+        let (name, runtime) = if kind == "Service" {
+            let d = &docs.services[i];
+            (&d.metadata.name, d.spec.as_ref().map(|s| s.runtime))
+        } else {
+            (&docs.timers[i].metadata.name, None)
+        };
+        if let Some(msg) = dns_label_problem(name) {
+            diags.push(Diagnostic::at(location, msg));
+        } else if let Some(first) = names.get(name) {
+            let msg = if first.kind == kind {
+                format!("duplicate {kind} name `{name}` (first defined at {})", first.location)
+            } else {
+                format!(
+                    "name `{name}` is already used by {} (first defined at {}); Services and Timers share one namespace, as each becomes the systemd unit `{name}.service`",
+                    first.describe(name),
+                    first.location
+                )
+            };
+            diags.push(Diagnostic::at(location, msg));
+        } else {
+            names.insert(name.clone(), Owner { kind, runtime, location });
+            if kind == "Service" {
+                unique.0[i] = true;
+            } else {
+                unique.1[i] = true;
+            }
+        }
+    }
+    (names, unique.0, unique.1)
+}
+
+fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
+    let (names, unique_services, unique_timers) = claim_names(&docs, diags);
+    let mut checked: Vec<Checked> = Vec::new();
+    for (d, unique) in docs.services.into_iter().zip(unique_services) {
         let Some(mut spec) = d.spec else { continue };
         let checks = check_service(&d.file, &d.node, &d.metadata, &mut spec, diags);
         if !unique {
@@ -390,7 +481,10 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
         }
         let service = match checks {
             Some((env, file_digests)) => {
-                let (hash, field_hashes) = template_hashes(&spec, &d.metadata.labels, &env, &file_digests);
+                let (hash, field_hashes) = match spec.runtime {
+                    Runtime::Docker => template_hashes(&spec, &d.metadata.labels, &env, &file_digests),
+                    Runtime::Systemd => systemd_hashes(&spec, &env),
+                };
                 Some(Service {
                     name: d.metadata.name.clone(),
                     metadata_labels: d.metadata.labels.clone(),
@@ -405,14 +499,54 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
         };
         checked.push(Checked { file: d.file, node: d.node, name: d.metadata.name, spec, service });
     }
-    check_dependencies(&checked, docs.all_named.then_some(&names), diags);
+    let mut timers = BTreeMap::new();
+    for (d, unique) in docs.timers.into_iter().zip(unique_timers) {
+        let Some(mut spec) = d.spec else { continue };
+        let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
+        if let (true, Some((calendar, env, file_digests))) = (unique, checks) {
+            let (hash, field_hashes) = timer_hashes(&spec, &env, &file_digests);
+            let timer = Timer {
+                name: d.metadata.name.clone(),
+                metadata_labels: d.metadata.labels,
+                spec,
+                calendar,
+                env,
+                location: at(&d.file, &d.node),
+                hash,
+                field_hashes,
+            };
+            timers.insert(d.metadata.name, timer);
+        }
+    }
+    check_dependencies(&checked, &names, docs.all_named, diags);
+    check_hooks(&checked, &names, docs.all_named, diags);
     check_ports(&checked, diags);
-    Desired { services: checked.into_iter().filter_map(|c| c.service).map(|s| (s.name.clone(), s)).collect() }
+    let services = checked.into_iter().filter_map(|c| c.service).map(|s| (s.name.clone(), s)).collect();
+    Desired { services, timers }
 }
 
 /// What a service's own checks produce: its environment with secrets read, and the
 /// digests of the single files it bind-mounts.
 type ServiceInputs = (BTreeMap<String, Env>, BTreeMap<PathBuf, String>);
+
+/// Fields of a service that apply to one runtime only.
+const SERVICE_RUNTIME_FIELDS: &[(&str, Runtime)] = &[
+    ("image", Runtime::Docker),
+    ("pullPolicy", Runtime::Docker),
+    ("entrypoint", Runtime::Docker),
+    ("command", Runtime::Docker),
+    ("ports", Runtime::Docker),
+    ("volumes", Runtime::Docker),
+    ("networks", Runtime::Docker),
+    ("labels", Runtime::Docker),
+    ("healthcheck", Runtime::Docker),
+    ("rollout", Runtime::Docker),
+    ("exec", Runtime::Systemd),
+    ("group", Runtime::Systemd),
+    ("type", Runtime::Systemd),
+    ("pidFile", Runtime::Systemd),
+    ("enabled", Runtime::Systemd),
+];
 
 /// Checks one service on its own, reading its secrets and hashing its mounted files.
 /// Resolves relative bind-mount sources in `spec`. `None` when it found a problem.
@@ -426,7 +560,13 @@ fn check_service(
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
     let spec_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key(k)]);
     let before = diags.len();
-    for (section, labels) in [("metadata", &metadata.labels), ("spec", &spec.labels)] {
+    let docker = spec.runtime == Runtime::Docker;
+    let label_sections: &[(&str, &BTreeMap<String, String>)] = if docker {
+        &[("metadata", &metadata.labels), ("spec", &spec.labels)]
+    } else {
+        &[("metadata", &metadata.labels)]
+    };
+    for (section, labels) in label_sections {
         for key in labels.keys().filter(|k| k.starts_with("tend.")) {
             diags.push(Diagnostic::at(
                 here(&[Seg::Key(section), Seg::Key("labels"), Seg::Key(key)]),
@@ -434,13 +574,23 @@ fn check_service(
             ));
         }
     }
-    match spec.runtime {
-        Runtime::Systemd => {
+    for (field, runtime) in SERVICE_RUNTIME_FIELDS {
+        if *runtime != spec.runtime
+            && let Some(key) = key_node(node, &["spec", field])
+        {
+            let hint = match *field {
+                "command" | "entrypoint" => "; a systemd service runs `exec`",
+                "exec" => "; a docker service runs `command` in its image",
+                _ => "",
+            };
             diags.push(Diagnostic::at(
-                spec_loc("runtime"),
-                "runtime `systemd` is not supported by this version of tend yet; use `docker`",
+                at(file, key),
+                format!("field `{field}` applies to runtime {runtime} only{hint}"),
             ));
         }
+    }
+    match spec.runtime {
+        Runtime::Systemd => systemd::check_systemd_service(file, node, spec, diags),
         Runtime::Docker => match spec.image.as_deref() {
             None => {
                 diags.push(Diagnostic::at(
@@ -448,51 +598,39 @@ fn check_service(
                     "missing field `image` (a docker service needs an image)",
                 ));
             }
-            Some("") => diags.push(Diagnostic::at(spec_loc("image"), "`image` is empty")),
-            Some(img) if img.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                diags.push(Diagnostic::at(
-                    spec_loc("image"),
-                    format!(
-                        "invalid image reference `{}`: it must not contain spaces or control characters",
-                        img.escape_default()
-                    ),
-                ));
-            }
-            Some(_) => {}
+            Some(img) => check_image(img, spec_loc("image"), diags),
         },
     }
-    for (field, argv) in [("command", &spec.command), ("entrypoint", &spec.entrypoint)] {
-        if argv.as_ref().is_some_and(|a| a.is_empty()) {
-            diags.push(Diagnostic::at(spec_loc(field), format!("`{field}` is empty; leave it out to use the image's")));
-        }
-    }
-    if let Some(hc) = &spec.healthcheck {
-        let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
-        if hc.command.is_empty() {
-            diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
-        }
-        for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
-            if value.is_some_and(|v| v.get().is_zero()) {
+    if docker {
+        for (field, argv) in [("command", &spec.command), ("entrypoint", &spec.entrypoint)] {
+            if argv.as_ref().is_some_and(|a| a.is_empty()) {
                 diags.push(Diagnostic::at(
-                    hc_loc(field),
-                    format!("health check `{field}` must be more than 0s (leave it out for the default, 30s)"),
+                    spec_loc(field),
+                    format!("`{field}` is empty; leave it out to use the image's"),
                 ));
             }
         }
-    }
-    for (i, net) in spec.networks.iter().enumerate() {
-        if let Some(msg) = dns_label_problem(net) {
+        if let Some(hc) = &spec.healthcheck {
+            let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
+            if hc.command.is_empty() {
+                diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
+            }
+            for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+                if value.is_some_and(|v| v.get().is_zero()) {
+                    diags.push(Diagnostic::at(
+                        hc_loc(field),
+                        format!("health check `{field}` must be more than 0s (leave it out for the default, 30s)"),
+                    ));
+                }
+            }
+        }
+        check_networks(&spec.networks, |i| here(&[Seg::Key("spec"), Seg::Key("networks"), Seg::Index(i)]), diags);
+        if spec.rollout.max_unavailable == 0 {
             diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("networks"), Seg::Index(i)]),
-                format!("network: {msg}"),
+                here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("maxUnavailable")]),
+                "`maxUnavailable` must be at least 1, or a rollout could never stop an instance",
             ));
         }
-    }
-    if spec.rollout.max_unavailable == 0 {
-        diags.push(Diagnostic::at(
-            here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("maxUnavailable")]),
-            "`maxUnavailable` must be at least 1, or a rollout could never stop an instance",
-        ));
     }
     let backoff = spec.restart.backoff;
     let backoff_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff"), Seg::Key(k)]);
@@ -531,7 +669,7 @@ fn check_service(
             ),
         ));
     }
-    if spec.replicas > 1 && !spec.ports.is_empty() {
+    if docker && spec.replicas > 1 && !spec.ports.is_empty() {
         diags.push(Diagnostic::at(
             spec_loc("replicas"),
             format!(
@@ -540,7 +678,7 @@ fn check_service(
             ),
         ));
     }
-    if spec.rollout.order == RolloutOrder::StartFirst && !spec.ports.is_empty() {
+    if docker && spec.rollout.order == RolloutOrder::StartFirst && !spec.ports.is_empty() {
         diags.push(Diagnostic::at(
             here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("order")]),
             "`order: start-first` cannot be used with published `ports`: the new instance cannot bind a host port \
@@ -557,13 +695,79 @@ fn check_service(
             ));
         }
     }
+    let base_dir = base_dir(file);
+    let env_names = if docker { EnvNames::Docker } else { EnvNames::Systemd };
+    let env = resolve_env(
+        &spec.env,
+        &base_dir,
+        env_names,
+        |k| here(&[Seg::Key("spec"), Seg::Key("env"), Seg::Key(k)]),
+        diags,
+    );
+    let file_digests = if docker {
+        resolve_volumes(
+            &mut spec.volumes,
+            &base_dir,
+            |i| here(&[Seg::Key("spec"), Seg::Key("volumes"), Seg::Index(i)]),
+            diags,
+        )
+    } else {
+        BTreeMap::new()
+    };
+    (diags.len() == before).then_some((env, file_digests))
+}
+
+/// Checks an image reference (a docker service's or a job's).
+fn check_image(img: &str, loc: Location, diags: &mut Vec<Diagnostic>) {
+    if img.is_empty() {
+        diags.push(Diagnostic::at(loc, "`image` is empty"));
+    } else if img.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        diags.push(Diagnostic::at(
+            loc,
+            format!(
+                "invalid image reference `{}`: it must not contain spaces or control characters",
+                img.escape_default()
+            ),
+        ));
+    }
+}
+
+/// Checks network names (a docker service's or a job's).
+fn check_networks(networks: &[String], loc: impl Fn(usize) -> Location, diags: &mut Vec<Diagnostic>) {
+    for (i, net) in networks.iter().enumerate() {
+        if let Some(msg) = dns_label_problem(net) {
+            diags.push(Diagnostic::at(loc(i), format!("network: {msg}")));
+        }
+    }
+}
+
+/// The directory relative paths in a spec file are resolved against.
+fn base_dir(file: &Path) -> PathBuf {
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
-    // Environment: names checked, secrets read now so a missing file is a spec error. No
-    // message here may show a secret's value: only its variable name and file.
+    std::path::absolute(&base_dir).unwrap_or(base_dir)
+}
+
+/// Which environment variable names a runtime takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvNames {
+    /// Docker: anything without `=` (and NUL).
+    Docker,
+    /// systemd and host processes: shell-style names; values cannot hold NUL.
+    Systemd,
+}
+
+/// Checks environment names and reads secrets now, so a missing file is a spec error. No
+/// message here may show a secret's value: only its variable name and file.
+fn resolve_env(
+    spec_env: &BTreeMap<String, EnvValue>,
+    base_dir: &Path,
+    names: EnvNames,
+    loc_of: impl Fn(&str) -> Location,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Env> {
     let mut env = BTreeMap::new();
-    for (key, value) in &spec.env {
-        let loc = here(&[Seg::Key("spec"), Seg::Key("env"), Seg::Key(key)]);
+    for (key, value) in spec_env {
+        let loc = loc_of(key);
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             diags.push(Diagnostic::at(
                 loc.clone(),
@@ -572,9 +776,23 @@ fn check_service(
                     key.escape_default()
                 ),
             ));
+        } else if names == EnvNames::Systemd && !systemd::is_env_name(key) {
+            diags.push(Diagnostic::at(
+                loc.clone(),
+                format!(
+                    "invalid environment variable name `{}`: on the host, names are letters, digits and `_`, not starting with a digit (systemd drops other names)",
+                    key.escape_default()
+                ),
+            ));
         }
         match value {
             EnvValue::Literal(s) => {
+                if names == EnvNames::Systemd && s.contains('\0') {
+                    diags.push(Diagnostic::at(
+                        loc,
+                        format!("the value of `{key}` contains a NUL character, which an environment cannot hold"),
+                    ));
+                }
                 env.insert(key.clone(), Env::Literal(s.clone()));
             }
             EnvValue::FromFile { from_file } => {
@@ -587,6 +805,15 @@ fn check_service(
                                 if s.ends_with('\r') {
                                     s.pop();
                                 }
+                            }
+                            if names == EnvNames::Systemd && s.contains('\0') {
+                                diags.push(Diagnostic::at(
+                                    loc,
+                                    format!(
+                                        "secret file `{}` for `{key}` contains a NUL character, which an environment cannot hold",
+                                        path.display()
+                                    ),
+                                ));
                             }
                             env.insert(key.clone(), Env::Secret { path, value: Secret::new(s) });
                         }
@@ -607,11 +834,21 @@ fn check_service(
             }
         }
     }
-    // Volumes: bind sources resolved and checked; single files hashed by content.
+    env
+}
+
+/// Checks mounts: targets unique, volume names valid, bind sources resolved (in place) and
+/// present. Returns the digests of single bound files (so editing one changes the hash).
+fn resolve_volumes(
+    volumes: &mut [VolumeMount],
+    base_dir: &Path,
+    loc_of: impl Fn(usize) -> Location,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<PathBuf, String> {
     let mut file_digests = BTreeMap::new();
     let mut targets = BTreeMap::new();
-    for (i, m) in spec.volumes.iter_mut().enumerate() {
-        let loc = here(&[Seg::Key("spec"), Seg::Key("volumes"), Seg::Index(i)]);
+    for (i, m) in volumes.iter_mut().enumerate() {
+        let loc = loc_of(i);
         if let Some(first) = targets.insert(m.target.clone(), loc.clone()) {
             diags.push(Diagnostic::at(
                 loc.clone(),
@@ -659,7 +896,17 @@ fn check_service(
             }
         }
     }
-    (diags.len() == before).then_some((env, file_digests))
+    file_digests
+}
+
+/// The key node of the field at `path` (mapping keys from `node` down), if it is written.
+fn key_node<'n>(node: &'n Node, path: &[&str]) -> Option<&'n Node> {
+    let (last, parents) = path.split_last()?;
+    let parent = parents.iter().try_fold(node, |n, k| n.get(k))?;
+    match &parent.value {
+        Value::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(last)).map(|(k, _)| k),
+        _ => None,
+    }
 }
 
 /// Whether the mapping keys `path` all exist from `node` down.
@@ -691,35 +938,60 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// Checks `dependsOn` across services: every name exists, and no service waits on itself
-/// through a cycle (no order could start them).
-/// `all_names`: every service name in the set, or `None` when some could not be read.
+/// Checks `dependsOn` across services: every name exists and is a service of the same
+/// runtime, and no service waits on itself through a cycle (no order could start them).
+/// `names`: every name in the set; `all_named`: false when some could not be read (then no
+/// name is called unknown).
 fn check_dependencies(
     services: &[Checked],
-    all_names: Option<&BTreeMap<String, Location>>,
+    names: &BTreeMap<String, Owner>,
+    all_named: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
     for c in services {
         for (i, dep) in c.spec.depends_on.iter().enumerate() {
-            if dep.name == c.name {
-                diags.push(Diagnostic::at(
-                    c.at(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("name")]),
-                    format!("service `{}` depends on itself", c.name),
-                ));
-            } else if let Some(all_names) = all_names
-                && !all_names.contains_key(&dep.name)
-            {
-                let hint = all_names
-                    .keys()
-                    .map(|k| (strsim::jaro_winkler(k, &dep.name), k))
-                    .filter(|(score, _)| *score > 0.8)
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, k)| format!(", did you mean `{k}`?"))
-                    .unwrap_or_default();
-                diags.push(Diagnostic::at(
-                    c.at(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("name")]),
-                    format!("`dependsOn` names unknown service `{}`{hint}", dep.name),
-                ));
+            let loc = || c.at(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("name")]);
+            match names.get(&dep.name) {
+                _ if dep.name == c.name => {
+                    diags.push(Diagnostic::at(loc(), format!("service `{}` depends on itself", c.name)));
+                }
+                Some(owner) if owner.kind == "Timer" => {
+                    diags.push(Diagnostic::at(
+                        loc(),
+                        format!(
+                            "`dependsOn` names Timer `{0}`, not a service; to run its job before this service starts, use `hooks: {{beforeStart: {0}}}`",
+                            dep.name
+                        ),
+                    ));
+                }
+                Some(Owner { runtime: Some(theirs), .. }) if *theirs != c.spec.runtime => {
+                    let ours = c.spec.runtime;
+                    let (waiter, waited) = match ours {
+                        Runtime::Systemd => ("a unit", "a container"),
+                        Runtime::Docker => ("a container", "a unit"),
+                    };
+                    diags.push(Diagnostic::at(
+                        loc(),
+                        format!(
+                            "{ours} service `{}` cannot depend on {theirs} service `{}`: {waiter} cannot wait for {waited} in this version; a {ours} service may depend on {ours} services only",
+                            c.name, dep.name
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None if all_named => {
+                    let hint = names
+                        .iter()
+                        .filter(|(_, o)| o.kind == "Service")
+                        .map(|(k, _)| (strsim::jaro_winkler(k, &dep.name), k))
+                        .filter(|(score, _)| *score > 0.8)
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
+                        .map(|(_, k)| format!(", did you mean `{k}`?"))
+                        .unwrap_or_default();
+                    diags
+                        .push(Diagnostic::at(loc(), format!("`dependsOn` names unknown service `{}`{hint}", dep.name)));
+                }
+                None => {}
             }
         }
     }
@@ -779,6 +1051,46 @@ fn check_dependencies(
     }
 }
 
+/// Checks `hooks.beforeStart`: it names a Timer of the set.
+fn check_hooks(services: &[Checked], names: &BTreeMap<String, Owner>, all_named: bool, diags: &mut Vec<Diagnostic>) {
+    for c in services {
+        let Some(target) = c.spec.before_start() else { continue };
+        let loc = || c.at(&[Seg::Key("spec"), Seg::Key("hooks"), Seg::Key("beforeStart")]);
+        match names.get(target) {
+            Some(owner) if owner.kind == "Timer" => {}
+            Some(owner) => diags.push(Diagnostic::at(
+                loc(),
+                format!(
+                    "`hooks.beforeStart` names {}; it must name a Timer, whose job runs before a new version starts",
+                    owner.describe(target)
+                ),
+            )),
+            None if all_named => {
+                let timers: Vec<&String> = names.iter().filter(|(_, o)| o.kind == "Timer").map(|(k, _)| k).collect();
+                let hint = timers
+                    .iter()
+                    .map(|k| (strsim::jaro_winkler(k, target), k))
+                    .filter(|(score, _)| *score > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, k)| format!(", did you mean `{k}`?"))
+                    .unwrap_or_else(|| {
+                        if timers.is_empty() {
+                            "; declare it as a `kind: Timer` (with `enabled: false` to run it only as a hook)"
+                                .to_string()
+                        } else {
+                            format!(
+                                "; the Timers are {}",
+                                timers.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                            )
+                        }
+                    });
+                diags.push(Diagnostic::at(loc(), format!("`hooks.beforeStart` names unknown Timer `{target}`{hint}")));
+            }
+            None => {}
+        }
+    }
+}
+
 /// Checks that no two published ports claim the same host port on overlapping addresses
 /// (a port on all addresses overlaps every address).
 fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
@@ -792,7 +1104,7 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
         Some(ip) => format!("{ip}:{port}/{protocol}"),
     };
     let mut claims: BTreeMap<(u16, Protocol), Vec<Claim>> = BTreeMap::new();
-    for c in services {
+    for c in services.iter().filter(|c| c.spec.runtime == Runtime::Docker) {
         for (i, p) in c.spec.ports.iter().enumerate() {
             let loc = c.at(&[Seg::Key("spec"), Seg::Key("ports"), Seg::Index(i)]);
             let entry = claims.entry((p.host_port, p.protocol)).or_default();
@@ -811,6 +1123,8 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
         }
     }
 }
+
+mod systemd;
 
 #[cfg(test)]
 mod tests;

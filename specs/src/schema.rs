@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::load::API_VERSION;
 use crate::service::ServiceSpec;
+use crate::timer::TimerSpec;
 
 /// `metadata` as the schema shows it.
 #[derive(JsonSchema)]
@@ -25,6 +26,7 @@ pub fn json_schema() -> Value {
     let mut generator = SchemaGenerator::new(SchemaSettings::draft2020_12());
     let metadata = generator.subschema_for::<Metadata>();
     let service = generator.subschema_for::<ServiceSpec>();
+    let timer = generator.subschema_for::<TimerSpec>();
     let mut defs = serde_json::Map::new();
     for (name, schema) in generator.take_definitions(true) {
         defs.insert(name, schema);
@@ -47,7 +49,7 @@ pub fn json_schema() -> Value {
         "$id": "https://tend.invalid/schema/tend.schema.json",
         "title": "tend spec document",
         "description": "One document of a tend spec file (apiVersion tend/v1).",
-        "oneOf": [doc("Service", service.to_value())],
+        "oneOf": [doc("Service", service.to_value()), doc("Timer", timer.to_value())],
         "$defs": Value::Object(defs),
     });
     forbid_unknown_fields(&mut schema);
@@ -115,5 +117,49 @@ mod tests {
             assert!(props.get(field).is_some(), "schema lacks {field}: {props}");
         }
         assert_eq!(schema["$defs"]["ServiceSpec"]["additionalProperties"], json!(false));
+        for field in ["exec", "group", "type", "pidFile", "enabled", "hooks"] {
+            assert!(props.get(field).is_some(), "schema lacks {field}: {props}");
+        }
+    }
+
+    #[test]
+    fn schema_has_a_timer_document_with_every_field() {
+        let schema = json_schema();
+        let kinds: Vec<&Value> =
+            schema["oneOf"].as_array().expect("oneOf").iter().map(|d| &d["properties"]["kind"]).collect();
+        assert_eq!(kinds, [&json!({"const": "Service"}), &json!({"const": "Timer"})]);
+        let props = &schema["$defs"]["TimerSpec"]["properties"];
+        for field in [
+            "schedule",
+            "persistent",
+            "randomizedDelay",
+            "accuracy",
+            "timezone",
+            "concurrency",
+            "enabled",
+            "timeout",
+            "job",
+        ] {
+            assert!(props.get(field).is_some(), "schema lacks {field}: {props}");
+        }
+        assert_eq!(schema["$defs"]["TimerSpec"]["required"], json!(["job"]));
+        let job = &schema["$defs"]["Job"];
+        assert_eq!(job["required"], json!(["runtime"]));
+        assert_eq!(job["additionalProperties"], json!(false));
+        for field in [
+            "image",
+            "pullPolicy",
+            "entrypoint",
+            "command",
+            "exec",
+            "env",
+            "volumes",
+            "networks",
+            "user",
+            "group",
+            "workingDir",
+        ] {
+            assert!(job["properties"].get(field).is_some(), "job schema lacks {field}");
+        }
     }
 }

@@ -13,14 +13,59 @@ use serde::{Deserialize, Serialize};
 use crate::quantity::{ByteSize, Duration};
 
 /// Where a service runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Runtime {
     /// A Docker container per instance.
     #[default]
     Docker,
-    /// A systemd unit (not yet supported by this version of tend).
+    /// A systemd unit `NAME.service` on the host (one process, run from `exec`).
     Systemd,
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Docker => "docker",
+            Self::Systemd => "systemd",
+        })
+    }
+}
+
+/// How systemd tells that a service has finished starting (the unit's `Type=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServiceType {
+    /// Started as soon as the process is forked (the default).
+    #[default]
+    Simple,
+    /// Started when the process sends `READY=1` over `sd_notify`.
+    Notify,
+    /// A classic daemon: started when the first process exits; needs `pidFile`.
+    Forking,
+    /// Started once the program has been executed (a missing binary fails the start).
+    Exec,
+}
+
+impl fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Simple => "simple",
+            Self::Notify => "notify",
+            Self::Forking => "forking",
+            Self::Exec => "exec",
+        })
+    }
+}
+
+/// Jobs run around a service's lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    /// A Timer whose job runs (and must succeed) before a new version of the service starts,
+    /// e.g. database migrations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_start: Option<String>,
 }
 
 /// When to pull the image.
@@ -36,13 +81,18 @@ pub enum PullPolicy {
     Never,
 }
 
-/// The spec of a `kind: Service`.
+/// The spec of a `kind: Service`. One struct holds the fields of both runtimes, so that
+/// decoding can report unknown fields; validation rejects a field of the other runtime.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Where the service runs: `docker` (default) or `systemd`.
     #[serde(default)]
     pub runtime: Runtime,
+    /// The program of a systemd service and its arguments (argv, no shell); the program is
+    /// an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
     /// The image reference (docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -71,12 +121,26 @@ pub struct ServiceSpec {
     /// Labels put on the containers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// The user (and group) the process runs as: `name`, `uid`, `uid:gid`.
+    /// The user the process runs as. docker: `name`, `uid` or `uid:gid`; systemd: a user
+    /// name or uid (default root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// The working directory inside the container.
+    /// The group the process of a systemd service runs as (default: the user's group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The working directory (inside the container, or an absolute path on the host for systemd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// systemd: how systemd tells the service has started: `simple` (default), `notify`,
+    /// `forking` (needs `pidFile`), `exec`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<ServiceType>,
+    /// systemd, `type: forking` only: the absolute path of the file the daemon writes its PID to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<String>,
+    /// systemd: whether the unit is started at boot (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// How to tell that an instance is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthCheck>,
@@ -101,6 +165,26 @@ pub struct ServiceSpec {
     /// How instances are replaced and scaled.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Jobs run around the service's lifecycle (`beforeStart`: a Timer's job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+}
+
+impl ServiceSpec {
+    /// The unit type of a systemd service, `simple` when not given.
+    pub fn unit_type(&self) -> ServiceType {
+        self.service_type.unwrap_or_default()
+    }
+
+    /// Whether a systemd service is started at boot (default true).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    /// The Timer whose job runs before a new version starts, if any.
+    pub fn before_start(&self) -> Option<&str> {
+        self.hooks.as_ref().and_then(|h| h.before_start.as_deref())
+    }
 }
 
 fn one() -> u32 {

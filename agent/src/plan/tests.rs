@@ -475,3 +475,27 @@ fn a_first_start_is_not_awaited_by_itself() {
     let d = desired(&svc("a", "healthcheck: {command: [ok]}"));
     assert_eq!(show(&run(&d, &observed(&d, vec![]), &State::default())), ["create a-1 (missing)"]);
 }
+
+/// A systemd service from YAML (no image).
+fn unit(name: &str) -> String {
+    format!(
+        "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{runtime: systemd, exec: [/usr/bin/{name}]}}\n"
+    )
+}
+
+#[test]
+fn systemd_services_get_no_container_steps() {
+    let d = desired(&(svc("a", "") + &unit("u")));
+    let o = observed(&desired(&svc("a", "")), vec![live(&d, "a", 1, RunState::Running)]);
+    let p = run(&d, &o, &State::default());
+    assert!(p.is_empty(), "{:?}", show(&p));
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+}
+
+#[test]
+fn a_docker_service_turned_systemd_has_its_containers_removed() {
+    let old = desired(&svc("a", ""));
+    let now = desired(&unit("a"));
+    let o = observed(&old, vec![live(&old, "a", 1, RunState::Running)]);
+    assert_eq!(show(&run(&now, &o, &State::default())), ["remove a-1 (spec removed)"]);
+}

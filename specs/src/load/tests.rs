@@ -337,3 +337,580 @@ fn a_service_with_problems_still_counts_as_a_name_for_dependencies_and_duplicate
     assert!(messages[0].contains("unknown field `imag`"), "{}", lines(&diags));
     assert!(messages[1].contains("duplicate Service name `db`"), "{}", lines(&diags));
 }
+
+/// A docker service with every template field set. Its hash is pinned: containers created by
+/// earlier versions carry it, and a change here would recreate every one of them.
+const PINNED_DOCKER: &str = r#"apiVersion: tend/v1
+kind: Service
+metadata: {name: pinned, labels: {app: ims}}
+spec:
+  image: registry.example/ims-web:3.2
+  entrypoint: ["/docker-entrypoint.sh"]
+  command: ["uwsgi", "--ini", "/etc/ims/uwsgi.ini"]
+  env: {DJANGO_ENV: production, WORKERS: 4}
+  ports: ["127.0.0.1:8000:8000/tcp", "53:53/udp"]
+  volumes: ["media:/media", "static:/static:ro"]
+  networks: [ims]
+  labels: {tier: web}
+  user: "1000:1000"
+  workingDir: /srv/ims
+  healthcheck: {command: ["wget", "-qO-", "http://127.0.0.1:8000/health"], interval: 10s, timeout: 3s, retries: 3, startPeriod: 5s}
+  resources: {memory: 512Mi, cpus: 0.5}
+  stopSignal: SIGINT
+  stopTimeout: 30s
+  restart: {policy: on-failure}
+  replicas: 1
+"#;
+
+#[test]
+fn a_docker_services_hash_is_pinned() {
+    let desired = load(PINNED_DOCKER);
+    let s = service(&desired, "pinned");
+    assert_eq!(s.hash, "b823ce11f8dc6d767f637ff26d5e14b993af404e872be561fdf212554cb25094");
+    let minimal = load(&web(""));
+    assert_eq!(service(&minimal, "web").hash, "05f35f4d0f4b8e221c412cba350b0aa7b22ee320d104a6384dfa598ca47444c4");
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd services and Timers
+
+/// The three documents of the "systemd services, Timers and jobs" issue, with the secret
+/// under `root`.
+fn systemd_example(root: &Path) -> String {
+    let root = root.display();
+    format!(
+        r#"apiVersion: tend/v1
+kind: Service
+metadata: {{name: ims-nginx}}
+spec:
+  runtime: systemd
+  exec: ["/usr/sbin/nginx", "-g", "daemon off;"]
+  user: www-data
+  group: www-data
+  workingDir: /srv/ims
+  env: {{A: b, SECRET: {{fromFile: {root}/secrets/x}}}}
+  type: simple
+  enabled: true
+  resources: {{memory: 512Mi, cpus: 0.5}}
+  stopSignal: SIGTERM
+  stopTimeout: 30s
+  dependsOn: [{{name: ims-uwsgi}}]
+  restart: {{policy: always}}
+  hooks: {{beforeStart: ims-migrate}}
+---
+apiVersion: tend/v1
+kind: Service
+metadata: {{name: ims-uwsgi}}
+spec:
+  runtime: systemd
+  exec: ["/usr/bin/uwsgi", "--ini", "/etc/ims/uwsgi.ini"]
+  type: forking
+  pidFile: /run/uwsgi.pid
+  enabled: false
+---
+apiVersion: tend/v1
+kind: Timer
+metadata: {{name: ims-updates}}
+spec:
+  schedule: "*-*-* 01:00:00"
+  persistent: true
+  randomizedDelay: 5m
+  accuracy: 1m
+  timezone: Europe/Berlin
+  concurrency: forbid
+  enabled: true
+  timeout: 1h
+  job:
+    runtime: docker
+    image: registry.example/ims-web:3.2
+    command: ["python", "manage.py", "import_all"]
+---
+apiVersion: tend/v1
+kind: Timer
+metadata: {{name: ims-restore-media}}
+spec:
+  enabled: false
+  job: {{runtime: host, exec: ["/usr/local/bin/restore-media"]}}
+---
+apiVersion: tend/v1
+kind: Timer
+metadata: {{name: ims-migrate}}
+spec:
+  enabled: false
+  concurrency: replace
+  job:
+    runtime: host
+    exec: ["/usr/bin/python3", "/srv/ims/manage.py", "migrate"]
+    user: ims
+    group: ims
+    workingDir: /srv/ims
+    env: {{DJANGO_SETTINGS_MODULE: ims.settings, TOKEN: {{fromFile: {root}/secrets/x}}}}
+"#
+    )
+}
+
+/// A temporary directory holding the secret of [`systemd_example`].
+fn systemd_files() -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "secrets/x", &format!("{SECRET}\n"));
+    dir
+}
+
+fn timer<'a>(desired: &'a Desired, name: &str) -> &'a Timer {
+    desired.timers.get(name).unwrap_or_else(|| panic!("no timer {name}"))
+}
+
+/// The diagnostics of `text`, as `LINE:COL: MESSAGE`.
+fn problems(text: &str) -> Vec<String> {
+    let diags = load_str(Path::new("/specs/t.yaml"), text).expect_err("problems");
+    diags
+        .iter()
+        .map(|d| {
+            let loc = d.location.as_ref().expect("a location");
+            format!("{}:{}: {}", loc.line, loc.column, d.message)
+        })
+        .collect()
+}
+
+/// A minimal systemd service named `u`, with `extra` appended to its spec.
+fn unit(extra: &str) -> String {
+    let mut text =
+        "apiVersion: tend/v1\nkind: Service\nmetadata: {name: u}\nspec:\n  runtime: systemd\n  exec: [/usr/bin/u]\n"
+            .to_string();
+    for line in extra.lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A minimal Timer named `t` with a host job, with `extra` appended to its spec.
+fn timer_doc(extra: &str) -> String {
+    let mut text =
+        "apiVersion: tend/v1\nkind: Timer\nmetadata: {name: t}\nspec:\n  job: {runtime: host, exec: [/usr/bin/t]}\n"
+            .to_string();
+    for line in extra.lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn the_systemd_example_loads_with_every_field_as_written() {
+    use crate::quantity::ByteSize;
+    use crate::service::{Resources, ServiceType};
+    use crate::timer::{Concurrency, JobRuntime};
+
+    let dir = systemd_files();
+    let root = dir.path();
+    let desired = load_text_at(&root.join("ims.yaml"), &systemd_example(root));
+    assert_eq!(desired.services.keys().collect::<Vec<_>>(), ["ims-nginx", "ims-uwsgi"]);
+    assert_eq!(desired.timers.keys().collect::<Vec<_>>(), ["ims-migrate", "ims-restore-media", "ims-updates"]);
+    assert!(!desired.is_empty());
+    assert_eq!(desired.docker_services().count(), 0);
+    assert_eq!(desired.systemd_services().count(), 2);
+
+    let s = service(&desired, "ims-nginx");
+    let spec = &s.spec;
+    assert_eq!(spec.runtime, Runtime::Systemd);
+    assert_eq!(spec.exec, Some(vec!["/usr/sbin/nginx".into(), "-g".into(), "daemon off;".into()]));
+    assert_eq!((spec.user.as_deref(), spec.group.as_deref()), (Some("www-data"), Some("www-data")));
+    assert_eq!(spec.working_dir.as_deref(), Some("/srv/ims"));
+    assert_eq!(s.env["A"], Env::Literal("b".into()));
+    match &s.env["SECRET"] {
+        Env::Secret { path, value } => {
+            assert_eq!(path, &root.join("secrets/x"));
+            assert_eq!(value.expose(), SECRET);
+        }
+        other => panic!("SECRET should be a secret, found {other:?}"),
+    }
+    assert_eq!((spec.service_type, spec.unit_type()), (Some(ServiceType::Simple), ServiceType::Simple));
+    assert_eq!((spec.enabled, spec.is_enabled()), (Some(true), true));
+    assert_eq!(spec.pid_file, None);
+    assert_eq!(spec.resources, Some(Resources { memory: Some(ByteSize(512 << 20)), cpus: Some(0.5) }));
+    assert_eq!(spec.stop_signal.as_deref(), Some("SIGTERM"));
+    assert_eq!(spec.stop_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(spec.depends_on.len(), 1);
+    assert_eq!((spec.depends_on[0].name.as_str(), spec.depends_on[0].condition), ("ims-uwsgi", Condition::Started));
+    assert_eq!(spec.restart.policy, RestartPolicy::Always);
+    assert_eq!(spec.before_start(), Some("ims-migrate"));
+    assert_eq!(spec.replicas, 1);
+    assert_eq!(s.hash.len(), 64);
+    let mut expected = crate::desired::SYSTEMD_FIELDS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(s.field_hashes.keys().map(String::as_str).collect::<Vec<_>>(), expected);
+
+    let u = service(&desired, "ims-uwsgi");
+    assert_eq!(u.spec.unit_type(), ServiceType::Forking);
+    assert_eq!(u.spec.pid_file.as_deref(), Some("/run/uwsgi.pid"));
+    assert!(!u.spec.is_enabled());
+
+    let t = timer(&desired, "ims-updates");
+    assert_eq!(t.spec.schedule.as_deref(), Some("*-*-* 01:00:00"), "kept as written");
+    assert!(t.spec.persistent);
+    assert_eq!(t.spec.randomized_delay, Some(Duration::from_secs(300)));
+    assert_eq!(t.spec.accuracy, Some(Duration::from_secs(60)));
+    assert_eq!(t.spec.timezone.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(t.spec.concurrency, Concurrency::Forbid);
+    assert!(t.spec.enabled);
+    assert_eq!(t.spec.timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(t.spec.job.runtime, JobRuntime::Docker);
+    assert_eq!(t.spec.job.image.as_deref(), Some("registry.example/ims-web:3.2"));
+    assert_eq!(t.spec.job.pull_policy, PullPolicy::IfNotPresent);
+    assert_eq!(t.spec.job.command, Some(vec!["python".into(), "manage.py".into(), "import_all".into()]));
+    let calendar = t.calendar.as_ref().expect("parsed schedule");
+    assert_eq!(calendar.normalized(), "*-*-* 01:00:00 Europe/Berlin", "read in its time zone");
+    let from: crate::calendar::Timestamp = "2026-07-01T12:00:00Z".parse().expect("timestamp");
+    let next = calendar.next_after(from).expect("a next elapse");
+    assert_eq!(next.to_string(), "2026-07-02T01:00:00+02:00[Europe/Berlin]");
+    assert_eq!(t.location.line, 30);
+    let mut expected = crate::desired::TIMER_FIELDS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(t.field_hashes.keys().map(String::as_str).collect::<Vec<_>>(), expected);
+
+    let r = timer(&desired, "ims-restore-media");
+    assert!(!r.spec.enabled);
+    assert_eq!((r.spec.schedule.as_ref(), r.calendar.as_ref()), (None, None));
+    assert_eq!(r.spec.job.runtime, JobRuntime::Host);
+    assert_eq!(r.spec.job.exec, Some(vec!["/usr/local/bin/restore-media".into()]));
+    assert_eq!(r.spec.concurrency, Concurrency::Forbid, "the default");
+
+    let m = timer(&desired, "ims-migrate");
+    assert_eq!(m.spec.concurrency, Concurrency::Replace);
+    assert_eq!((m.spec.job.user.as_deref(), m.spec.job.group.as_deref()), (Some("ims"), Some("ims")));
+    assert_eq!(m.spec.job.working_dir.as_deref(), Some("/srv/ims"));
+    assert_eq!(m.env["DJANGO_SETTINGS_MODULE"], Env::Literal("ims.settings".into()));
+    assert!(matches!(&m.env["TOKEN"], Env::Secret { value, .. } if value.expose() == SECRET));
+    let shown = m.env_redacted();
+    assert_eq!(shown["TOKEN"], format!("<secret from {}>", root.join("secrets/x").display()));
+    let debug = format!("{desired:?}");
+    assert!(!debug.contains(SECRET), "Debug shows the secret");
+    assert!(!format!("{:?}", m.field_hashes).contains(SECRET) && !m.hash.contains(SECRET));
+}
+
+#[test]
+fn systemd_and_timer_hashes_do_not_depend_on_key_order_flow_style_or_anchors() {
+    let block = "apiVersion: tend/v1\nkind: Service\nmetadata: {name: u}\nspec:\n  runtime: systemd\n  exec:\n    - /usr/bin/u\n    - --x\n  env:\n    A: \"1\"\n    B: two\n---\napiVersion: tend/v1\nkind: Timer\nmetadata: {name: t}\nspec:\n  schedule: daily\n  job:\n    runtime: host\n    exec: [/usr/bin/t]\n    env: {A: \"1\"}\n";
+    let flow = "{spec: {env: {B: two, A: '1'}, exec: [/usr/bin/u, --x], runtime: systemd}, kind: Service, apiVersion: tend/v1, metadata: {name: u}}\n---\n{kind: Timer, metadata: {name: t}, spec: {job: {env: {A: '1'}, exec: [/usr/bin/t], runtime: host}, schedule: daily}, apiVersion: tend/v1}\n";
+    let anchors = "apiVersion: tend/v1\nkind: Service\nmetadata: {name: u}\nspec:\n  runtime: systemd\n  exec: [/usr/bin/u, --x]\n  env: &env\n    <<: {A: \"1\", B: one}\n    B: two\n---\napiVersion: tend/v1\nkind: Timer\nmetadata: {name: t}\nspec:\n  schedule: daily\n  job:\n    <<: {runtime: host, exec: [/usr/bin/t]}\n    env: {A: \"1\"}\n";
+    let reference = load(block);
+    for (what, text) in [("flow style and key order", flow), ("anchors and merge keys", anchors)] {
+        let other = load(text);
+        assert_eq!(service(&other, "u").hash, service(&reference, "u").hash, "{what}");
+        assert_eq!(timer(&other, "t").hash, timer(&reference, "t").hash, "{what}");
+        assert_eq!(timer(&other, "t").field_hashes, timer(&reference, "t").field_hashes, "{what}");
+    }
+}
+
+#[test]
+fn a_systemd_services_hash_fills_in_defaults_and_ignores_the_order_of_dependencies() {
+    let deps = "\n---\napiVersion: tend/v1\nkind: Service\nmetadata: {name: a}\nspec: {runtime: systemd, exec: [/usr/bin/a]}\n---\napiVersion: tend/v1\nkind: Service\nmetadata: {name: b}\nspec: {runtime: systemd, exec: [/usr/bin/b]}\n";
+    let hash = |extra: &str| service(&load(&format!("{}{deps}", unit(extra))), "u").hash.clone();
+    let base = hash("dependsOn: [{name: a}, {name: b}]");
+    assert_eq!(base, hash("dependsOn: [{name: b}, {name: a, condition: started}]"));
+    assert_eq!(base, hash("dependsOn: [{name: a}, {name: b}]\ntype: simple\nenabled: true\nreplicas: 1"));
+    assert_ne!(base, hash("dependsOn: [{name: a}]"));
+    // Neither the hook nor the labels go into the unit file.
+    let hooked = format!("{}{deps}{}", unit("dependsOn: [{name: a}, {name: b}]\nhooks: {beforeStart: t}"), "---\n");
+    let hooked = format!("{hooked}{}", timer_doc("enabled: false"));
+    assert_eq!(base, service(&load(&hooked), "u").hash);
+}
+
+#[test]
+fn a_systemd_services_hash_changes_with_each_unit_field_and_names_it() {
+    let base = load(&unit(""));
+    let base = service(&base, "u");
+    for (field, extra) in [
+        ("exec", "exec: [/usr/bin/u, --verbose]"),
+        ("user", "user: www-data"),
+        ("group", "group: www-data"),
+        ("workingDir", "workingDir: /srv"),
+        ("env", "env: {A: b}"),
+        ("type", "type: notify"),
+        ("resources", "resources: {memory: 1Gi}"),
+        ("stopSignal", "stopSignal: SIGINT"),
+        ("stopTimeout", "stopTimeout: 1m"),
+        ("restart", "restart: {policy: on-failure}"),
+        ("enabled", "enabled: false"),
+    ] {
+        let text =
+            unit(extra).replace("  exec: [/usr/bin/u]\n", if field == "exec" { "" } else { "  exec: [/usr/bin/u]\n" });
+        let other = load(&text);
+        let other = service(&other, "u");
+        assert_ne!(other.hash, base.hash, "changing {field}");
+        for (name, h) in &other.field_hashes {
+            assert_eq!(name == field, *h != base.field_hashes[name], "field hash of {name} when changing {field}");
+        }
+    }
+}
+
+#[test]
+fn a_timers_hash_changes_with_its_schedule_and_its_job_and_names_the_field() {
+    let base = load(&timer_doc("schedule: daily"));
+    let base = timer(&base, "t");
+    for (field, text) in [
+        ("schedule", timer_doc("schedule: hourly")),
+        ("schedule", timer_doc("schedule: \"*-*-* 00:00:00\"")),
+        ("job", timer_doc("schedule: daily").replace("/usr/bin/t]", "/usr/bin/t, --all]")),
+        ("job", timer_doc("schedule: daily").replace("exec: [/usr/bin/t]", "exec: [/usr/bin/t], user: nobody")),
+        ("persistent", timer_doc("schedule: daily\npersistent: true")),
+        ("randomizedDelay", timer_doc("schedule: daily\nrandomizedDelay: 5m")),
+        ("accuracy", timer_doc("schedule: daily\naccuracy: 1s")),
+        ("timezone", timer_doc("schedule: daily\ntimezone: UTC")),
+        ("enabled", timer_doc("schedule: daily\nenabled: false")),
+        ("concurrency", timer_doc("schedule: daily\nconcurrency: allow")),
+        ("timeout", timer_doc("schedule: daily\ntimeout: 1h")),
+    ] {
+        let other = load(&text);
+        let other = timer(&other, "t");
+        assert_ne!(other.hash, base.hash, "changing {field}");
+        for (name, h) in &other.field_hashes {
+            assert_eq!(name == field, *h != base.field_hashes[name], "field hash of {name} when changing {field}");
+        }
+    }
+    // Writing a default changes nothing.
+    let same = load(&timer_doc("schedule: daily\npersistent: false\nconcurrency: forbid\nenabled: true"));
+    assert_eq!(timer(&same, "t").hash, base.hash);
+}
+
+#[test]
+fn a_docker_jobs_secret_and_mounted_file_are_in_the_timers_hash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "token", "first\n");
+    write(dir.path(), "job.ini", "a = 1\n");
+    let text = "apiVersion: tend/v1\nkind: Timer\nmetadata: {name: t}\nspec:\n  schedule: daily\n  job:\n    runtime: docker\n    image: busybox:1\n    env: {TOKEN: {fromFile: ./token}}\n    volumes: [\"./job.ini:/etc/job.ini:ro\", \"data:/data\"]\n    networks: [backend]\n";
+    write(dir.path(), "t.yaml", text);
+    let before = load_dir(dir.path());
+    let before = timer(&before, "t");
+    assert_eq!(before.spec.job.volumes[0].source, MountSource::Bind(dir.path().join("job.ini")), "resolved");
+    write(dir.path(), "token", "second\n");
+    let after_secret = load_dir(dir.path());
+    assert_ne!(timer(&after_secret, "t").field_hashes["job"], before.field_hashes["job"]);
+    write(dir.path(), "job.ini", "a = 2\n");
+    let after_file = load_dir(dir.path());
+    assert_ne!(timer(&after_file, "t").hash, timer(&after_secret, "t").hash);
+}
+
+#[test]
+fn a_bad_schedule_is_reported_at_the_column_of_the_expression_where_it_goes_wrong() {
+    let msg = "invalid schedule: column 7: hour 25 is out of range, expected 0..23";
+    for (schedule, column) in [
+        ("\"*-*-* 25:00\"", 20), // the value starts at column 13, the expression after the quote
+        ("'*-*-* 25:00'", 20),
+        ("Mon 25:00", 17), // plain: the expression starts at column 13, the hour is its column 5
+        ("{x: 1}", 13),    // not a string: the decoder says so at the value
+    ] {
+        let got = problems(&timer_doc(&format!("schedule: {schedule}")));
+        if schedule.starts_with('{') {
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].starts_with(&format!("6:{column}: ")), "{schedule}: {got:?}");
+            continue;
+        }
+        let expected = if schedule.starts_with('M') {
+            format!("6:{column}: invalid schedule: column 5: hour 25 is out of range, expected 0..23")
+        } else {
+            format!("6:{column}: {msg}")
+        };
+        assert_eq!(got, [expected], "{schedule}");
+    }
+    // An escape before the problem: the text in the file no longer matches the value column
+    // for column, so the problem is placed at the start of the value.
+    let got = problems(&timer_doc("schedule: \"\\x2A-*-* 25:00\""));
+    assert_eq!(got, [format!("6:13: {msg}")]);
+    // A block scalar starts on its own line.
+    let got = problems(&timer_doc("schedule: >-\n  *-*-* 25:00"));
+    assert_eq!(got, [format!("7:11: {msg}")]);
+}
+
+#[test]
+fn an_enabled_timer_needs_a_schedule_and_a_disabled_one_may_have_one() {
+    assert_eq!(
+        problems(&timer_doc("")),
+        [
+            "5:3: missing field `schedule` (an enabled Timer needs one, e.g. \"*-*-* 01:00:00\" or `daily`; with `enabled: false` the job runs only with `tend job run`)"
+        ]
+    );
+    let d = load(&timer_doc("enabled: false\nschedule: weekly"));
+    assert!(timer(&d, "t").calendar.is_some());
+}
+
+#[test]
+fn a_timezone_must_be_a_zone_of_the_tz_database_and_not_twice() {
+    let d = load(&timer_doc("schedule: \"Mon 09:00\"\ntimezone: America/New_York"));
+    assert_eq!(timer(&d, "t").calendar.as_ref().expect("parsed").normalized(), "Mon *-*-* 09:00:00 America/New_York");
+    let d = load(&timer_doc("schedule: daily\ntimezone: UTC"));
+    assert_eq!(timer(&d, "t").calendar.as_ref().expect("parsed").normalized(), "*-*-* 00:00:00 UTC");
+    for (tz, why) in [
+        (
+            "Europe/Berln",
+            "unknown time zone `Europe/Berln`: it is not in /usr/share/zoneinfo, did you mean `Europe/Berlin`?",
+        ),
+        ("../../etc/passwd", "invalid time zone `../../etc/passwd`: expected an IANA name like `Europe/Berlin`"),
+        ("/etc/localtime", "invalid time zone `/etc/localtime`: expected an IANA name"),
+        ("Europe//Berlin", "invalid time zone `Europe//Berlin`"),
+        ("Europe/", "invalid time zone `Europe/`"),
+        ("Europe", "unknown time zone `Europe`"),
+    ] {
+        let got = problems(&timer_doc(&format!("schedule: daily\ntimezone: \"{tz}\"")));
+        assert_eq!(got.len(), 1, "{tz}: {got:?}");
+        assert!(got[0].starts_with("7:13: ") && got[0].contains(why), "{tz}: {got:?}");
+    }
+    assert_eq!(
+        problems(&timer_doc("schedule: \"daily UTC\"\ntimezone: Europe/Berlin")),
+        [
+            "7:13: the schedule already names the time zone `UTC`; give the zone in `schedule` or in `timezone`, not in both"
+        ]
+    );
+}
+
+#[test]
+fn exec_is_an_argument_list_with_an_absolute_program_and_no_shell_syntax() {
+    for ok in [
+        "[/usr/sbin/nginx, -g, \"daemon off;\"]",
+        "[/bin/sh, -c, \"a | b && c > /tmp/x 2>&1\"]",
+        "[/bin/bash, -euc, \"a | b\", \"|\"]",
+        "[/usr/bin/env, FOO=1, /usr/bin/x]",
+    ] {
+        load(&unit(&format!("exec: {ok}")).replace("  exec: [/usr/bin/u]\n", ""));
+    }
+    for (exec, at, why) in [
+        ("[nginx, -g, x]", "6:10", "the program `nginx` is not an absolute path"),
+        ("[./run.sh]", "6:10", "the program `./run.sh` is not an absolute path"),
+        ("[\"/usr/bin/prog --flag\"]", "6:10", "`exec` is a list of arguments, but its only item"),
+        ("[/usr/bin/a, \"|\", /usr/bin/b]", "6:22", "`|` in `exec` needs a shell"),
+        ("[/usr/bin/a, \">>\", /tmp/log]", "6:22", "`>>` in `exec` needs a shell"),
+        ("[/usr/bin/a, \"2>&1\"]", "6:22", "`2>&1` in `exec` needs a shell"),
+        ("[/bin/sh, /x.sh, \"&&\", /y]", "6:26", "`&&` in `exec` needs a shell"),
+        ("[/usr/bin/a, \"line\\nbreak\"]", "6:22", "cannot contain a line break or a NUL character"),
+        ("[]", "6:9", "`exec` is empty"),
+    ] {
+        let text = unit(&format!("exec: {exec}")).replace("  exec: [/usr/bin/u]\n", "");
+        let got = problems(&text);
+        assert_eq!(got.len(), 1, "{exec}: {got:?}");
+        assert!(got[0].starts_with(&format!("{at}: ")) && got[0].contains(why), "{exec}: {got:?}");
+    }
+}
+
+#[test]
+fn fields_of_the_other_runtime_are_reported_at_their_key() {
+    assert_eq!(
+        problems(&unit(
+            "image: nginx:1\nports: [\"80:80\"]\nhealthcheck: {command: [x]}\nrollout: {order: start-first}"
+        )),
+        [
+            "7:3: field `image` applies to runtime docker only",
+            "8:3: field `ports` applies to runtime docker only",
+            "9:3: field `healthcheck` applies to runtime docker only",
+            "10:3: field `rollout` applies to runtime docker only",
+        ]
+    );
+    assert_eq!(
+        problems(&web("exec: [/usr/bin/x]\ngroup: g\ntype: notify\nenabled: false")),
+        [
+            "6:3: field `exec` applies to runtime systemd only; a docker service runs `command` in its image",
+            "7:3: field `group` applies to runtime systemd only",
+            "8:3: field `type` applies to runtime systemd only",
+            "9:3: field `enabled` applies to runtime systemd only",
+        ]
+    );
+}
+
+#[test]
+fn systemd_accounts_paths_and_environment_names_are_what_a_unit_file_takes() {
+    load(&unit("user: www-data\ngroup: \"33\"\nworkingDir: /srv\nenv: {_A1: x}"));
+    for (extra, why) in [
+        ("user: \"1000:1000\"", "invalid user `1000:1000`: on the host, a user is a name"),
+        ("group: \"a b\"", "invalid group `a b`"),
+        ("workingDir: srv/ims", "`workingDir` must be an absolute path on the host, found `srv/ims`"),
+        ("env: {MY-VAR: x}", "invalid environment variable name `MY-VAR`: on the host"),
+        ("env: {1A: x}", "invalid environment variable name `1A`"),
+        ("env: {A: \"x\\0y\"}", "the value of `A` contains a NUL character"),
+        ("replicas: 2", "a systemd service runs one unit: `replicas` must be 1, found 2"),
+        ("type: forking", "`type: forking` needs `pidFile`"),
+        ("pidFile: /run/u.pid", "`pidFile` applies to `type: forking` only"),
+        ("type: forking\npidFile: run/u.pid", "`pidFile` must be an absolute path on the host"),
+    ] {
+        let got = problems(&unit(extra));
+        assert_eq!(got.len(), 1, "{extra}: {got:?}");
+        assert!(got[0].contains(why), "{extra}: {got:?}");
+    }
+    // A docker service keeps its own rules.
+    load(&web("user: \"1000:1000\"\nworkingDir: relative\nenv: {MY-VAR: x}"));
+}
+
+#[test]
+fn services_and_timers_share_one_namespace() {
+    let text = format!("{}---\n{}", unit(""), timer_doc("enabled: false").replace("name: t", "name: u"));
+    assert_eq!(
+        problems(&text),
+        [
+            "10:18: name `u` is already used by systemd service `u` (first defined at /specs/t.yaml:3:18); Services and Timers share one namespace, as each becomes the systemd unit `u.service`"
+        ]
+    );
+    let text = format!("{}---\n{}", timer_doc("enabled: false"), timer_doc("enabled: false"));
+    assert_eq!(problems(&text), ["10:18: duplicate Timer name `t` (first defined at /specs/t.yaml:3:18)"]);
+}
+
+#[test]
+fn dependencies_stay_within_a_runtime_and_hooks_name_timers() {
+    let docker_db = "---\napiVersion: tend/v1\nkind: Service\nmetadata: {name: db}\nspec: {image: postgres:16}\n";
+    let hook_timer = format!("---\n{}", timer_doc("enabled: false").replace("name: t", "name: migrate"));
+    let got = problems(&format!("{}{docker_db}", unit("dependsOn: [{name: db}]")));
+    assert_eq!(
+        got,
+        [
+            "7:22: systemd service `u` cannot depend on docker service `db`: a unit cannot wait for a container in this version; a systemd service may depend on systemd services only"
+        ]
+    );
+    let got = problems(&format!("{}---\n{}", web("dependsOn: [{name: u}]"), unit("")));
+    assert_eq!(
+        got,
+        [
+            "6:22: docker service `web` cannot depend on systemd service `u`: a container cannot wait for a unit in this version; a docker service may depend on docker services only"
+        ]
+    );
+    let got = problems(&format!("{}{hook_timer}", unit("dependsOn: [{name: migrate}]")));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].contains("`dependsOn` names Timer `migrate`, not a service; to run its job before this service starts, use `hooks: {beforeStart: migrate}`"), "{got:?}");
+    // Hooks: on both runtimes, naming a Timer.
+    load(&format!("{}{hook_timer}", unit("hooks: {beforeStart: migrate}")));
+    load(&format!("{}{hook_timer}", web("hooks: {beforeStart: migrate}")));
+    assert_eq!(
+        problems(&format!("{}{hook_timer}", web("hooks: {beforeStart: migrat}"))),
+        ["6:24: `hooks.beforeStart` names unknown Timer `migrat`, did you mean `migrate`?"]
+    );
+    assert_eq!(
+        problems(&format!("{}{docker_db}", web("hooks: {beforeStart: db}"))),
+        [
+            "6:24: `hooks.beforeStart` names docker service `db`; it must name a Timer, whose job runs before a new version starts"
+        ]
+    );
+}
+
+#[test]
+fn a_job_takes_the_fields_of_its_runtime() {
+    let job = |job: &str| {
+        format!("apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: t}}\nspec:\n  enabled: false\n  job: {job}\n")
+    };
+    load(&job("{runtime: docker, image: busybox:1, command: [\"true\"], env: {A-B: x}, user: \"1:1\", networks: [n]}"));
+    load(&job("{runtime: host, exec: [/bin/true], user: nobody, group: nogroup, workingDir: /tmp, env: {A: b}}"));
+    for (spec, expected) in [
+        (
+            "{runtime: docker, image: x, exec: [/bin/true]}",
+            "6:36: field `exec` applies to runtime host only; a docker job runs `command` in its image",
+        ),
+        ("{runtime: host, image: x, exec: [/bin/true]}", "6:24: field `image` applies to runtime docker only"),
+        ("{runtime: docker}", "6:8: missing field `image` (a docker job needs an image)"),
+        ("{runtime: host}", "6:8: missing field `exec` (a host job needs the program to run"),
+        ("{runtime: host, exec: [cat]}", "6:31: the program `cat` is not an absolute path"),
+        ("{exec: [/bin/true]}", "6:8: missing field `runtime`"),
+        ("{runtime: vm, exec: [/bin/true]}", "6:18: unknown value `vm`, expected one of `docker`, `host`"),
+    ] {
+        let got = problems(&job(spec));
+        assert_eq!(got.len(), 1, "{spec}: {got:?}");
+        assert!(got[0].starts_with(expected), "{spec}: {got:?}");
+    }
+}
