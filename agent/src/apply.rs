@@ -3,6 +3,7 @@
 //! is safe to repeat, and the next pass completes whatever a killed pass left half done.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +15,10 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::engine::{ContainerEngine, EngineError, Probe};
-use crate::model::{Health, Observed, RunState, instance_name};
+use crate::model::{Health, Observed, RunState, Unit, UnitActive, instance_name};
 use crate::plan::{self, Action, Input, Plan, Reason, Step};
 use crate::state::{Hold, RestartRecord, State, StateDir, StateError};
+use crate::systemd::{ActiveState, SystemdError, UnitEngine, UnitState};
 
 /// Errors of a pass.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum ApplyError {
     /// The state directory failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Observing systemd's units failed: nothing was planned.
+    #[error("observing systemd units (nothing was changed)")]
+    ObserveUnits(#[source] SystemdError),
 }
 
 /// Why a step failed.
@@ -60,6 +65,23 @@ pub enum StepError {
     /// The spec the step needs is gone (cannot happen with a plan made from the same set).
     #[error("no spec for service {0}")]
     NoSpec(String),
+    /// systemd refused, or a job failed.
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    /// The step needs an engine this host does not have.
+    #[error("{0} is not available on this host")]
+    NoEngine(&'static str),
+    /// Writing or removing an environment file failed.
+    #[error("{op} environment file {path}")]
+    EnvFile {
+        /// "writing" or "removing".
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How one step ended.
@@ -131,10 +153,89 @@ fn observe_args(desired: &Desired) -> (BTreeSet<String>, BTreeSet<String>, bool)
     (wanted, images, volumes)
 }
 
-/// Observes live state for `desired` in one snapshot.
+/// Observes Docker for `desired` in one snapshot.
 pub async fn observe<E: ContainerEngine>(engine: &E, scope: &str, desired: &Desired) -> Result<Observed, ApplyError> {
     let (wanted, images, volumes) = observe_args(desired);
     engine.observe(scope, &wanted, &images, volumes).await.map_err(ApplyError::Observe)
+}
+
+/// Whether the specs need systemd units.
+pub fn needs_units(desired: &Desired) -> bool {
+    desired.systemd_services().next().is_some() || !desired.timers.is_empty()
+}
+
+/// The unit file names the specs would write.
+fn wanted_units(desired: &Desired) -> BTreeSet<String> {
+    let services = desired.systemd_services().map(|s| format!("{}.service", s.name));
+    let timers = desired.timers.values().flat_map(|t| [format!("{}.service", t.name), format!("{}.timer", t.name)]);
+    services.chain(timers).collect()
+}
+
+/// Observes the unit directory and the states of the units tend cares about (those marked
+/// as tend's, and those the specs would write), in one snapshot. Other units in the
+/// directory (masked units, templates, the distribution's) are not looked at.
+pub async fn observe_units<U: UnitEngine>(
+    engine: &U,
+    unit_dir: &Path,
+    desired: &Desired,
+) -> Result<BTreeMap<String, Unit>, ApplyError> {
+    let wanted = wanted_units(desired);
+    let mut files = engine.list_unit_files(unit_dir).await.map_err(ApplyError::ObserveUnits)?;
+    files.retain(|f| wanted.contains(&f.name) || !f.marks.is_empty());
+    let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+    let states = engine.states(&names).await.map_err(ApplyError::ObserveUnits)?;
+    let states: BTreeMap<&str, &UnitState> = states.iter().map(|s| (s.name.as_str(), s)).collect();
+    Ok(files
+        .iter()
+        .map(|f| {
+            let st = states.get(f.name.as_str());
+            let active = match st.map(|s| &s.active_state) {
+                Some(ActiveState::Active | ActiveState::Reloading) => UnitActive::Active,
+                Some(ActiveState::Activating) => UnitActive::Activating,
+                Some(ActiveState::Deactivating) => UnitActive::Deactivating,
+                Some(ActiveState::Failed) => UnitActive::Failed,
+                _ => UnitActive::Inactive,
+            };
+            let unit = Unit {
+                name: f.name.clone(),
+                content: f.content.clone(),
+                scope: f.marks.get("X-Tend-Scope").cloned(),
+                active,
+                enabled: st.is_some_and(|s| s.unit_file_state == "enabled"),
+                exit_status: st.and_then(|s| s.exec_main_status).filter(|_| active != UnitActive::Active),
+            };
+            (f.name.clone(), unit)
+        })
+        .collect())
+}
+
+/// Observes every engine the pass has. Docker is observed when it is there (and must be
+/// when the specs hold docker services); systemd when it is there.
+pub async fn observe_all<E: ContainerEngine, U: UnitEngine>(
+    engines: &Engines<E, U>,
+    options: &Options,
+    desired: &Desired,
+) -> Result<Observed, ApplyError> {
+    let mut observed = match &engines.docker {
+        Some(docker) => observe(docker.as_ref(), &options.scope, desired).await?,
+        None => Observed::default(),
+    };
+    if let Some(systemd) = &engines.systemd {
+        observed.units = Some(observe_units(systemd.as_ref(), &options.units.unit_dir, desired).await?);
+    }
+    Ok(observed)
+}
+
+/// The plan for what the engines show.
+pub fn plan_for(
+    desired: &Desired,
+    observed: &Observed,
+    state: &State,
+    options: &Options,
+    pulled: &BTreeSet<String>,
+) -> Plan {
+    let ctx = options.units.ctx();
+    plan::plan(Input { desired, observed, state, now_ms: now_ms(), pulled, units: Some(&ctx) })
 }
 
 /// Milliseconds since the epoch.
@@ -149,63 +250,97 @@ pub struct Options {
     pub scope: String,
     /// How many steps may run at once.
     pub parallel: usize,
+    /// Where and how unit files are written.
+    pub units: UnitsConfig,
+}
+
+/// Where tend writes unit files and their environment files, and what their jobs run.
+#[derive(Debug, Clone)]
+pub struct UnitsConfig {
+    /// The scope (marked in every unit file).
+    pub scope: String,
+    /// The unit directory (`/etc/systemd/system`).
+    pub unit_dir: PathBuf,
+    /// Where environment files with secrets go (`/etc/tend/env`), mode 0700.
+    pub env_dir: PathBuf,
+    /// The state directory (for `tend job run` in Timers' service units).
+    pub state_dir: PathBuf,
+    /// The tend binary that Timers' service units run.
+    pub tend_bin: PathBuf,
+}
+
+impl UnitsConfig {
+    /// The rendering context.
+    pub fn ctx(&self) -> crate::units::Context<'_> {
+        crate::units::Context {
+            scope: &self.scope,
+            tend_bin: &self.tend_bin,
+            state_dir: &self.state_dir,
+            env_dir: &self.env_dir,
+        }
+    }
+}
+
+/// The engines of a pass. Either may be absent: a host without Docker still runs its
+/// systemd units, and a host where systemd is not PID 1 still runs its containers.
+#[derive(Debug)]
+pub struct Engines<E, U> {
+    /// Docker.
+    pub docker: Option<Arc<E>>,
+    /// systemd.
+    pub systemd: Option<Arc<U>>,
 }
 
 /// One full pass: lock the state, observe, plan, pull, re-plan, execute, record.
-pub async fn apply<E: ContainerEngine>(
-    engine: Arc<E>,
+pub async fn apply<E: ContainerEngine, U: UnitEngine>(
+    engines: Arc<Engines<E, U>>,
     desired: Arc<Desired>,
     state_dir: &StateDir,
     options: &Options,
 ) -> Result<Report, ApplyError> {
-    let span = info_span!("pass", scope = %options.scope, services = desired.services.len());
+    let span =
+        info_span!("pass", scope = %options.scope, services = desired.services.len(), timers = desired.timers.len());
     async move {
         let mut state = state_dir.load()?;
-        let observed = observe(engine.as_ref(), &options.scope, &desired).await?;
-        let pulled = BTreeSet::new();
-        let mut plan = plan::plan(Input {
-            desired: &desired,
-            observed: &observed,
-            state: &state,
-            now_ms: now_ms(),
-            pulled: &pulled,
-        });
+        let mut observed = observe_all(&engines, options, &desired).await?;
+        let mut plan = plan_for(&desired, &observed, &state, options, &BTreeSet::new());
         let mut report = Report::default();
         if plan.pulls().next().is_some() {
             // Prepare phase: pull, then plan again against what the pulls brought.
             let pull_plan = Plan { steps: plan.pulls().cloned().collect(), notes: vec![] };
-            let outcomes = execute(engine.clone(), desired.clone(), &pull_plan, options).await;
-            let mut pulled = BTreeSet::new();
+            let outcomes = execute(engines.clone(), desired.clone(), &pull_plan, options).await;
             for step in &pull_plan.steps {
                 let outcome = outcomes.get(&step.id).cloned().unwrap_or(Outcome::Skipped { because_of: 0 });
-                if let (Action::PullImage { image }, Outcome::Done { .. }) = (&step.action, &outcome) {
-                    pulled.insert(image.clone());
-                }
                 report.pulls.push((step.clone(), outcome));
             }
-            let observed = observe(engine.as_ref(), &options.scope, &desired).await?;
+            observed = observe_all(&engines, options, &desired).await?;
             // Failed pulls are not retried in this pass: treat them as pulled, so the
             // re-plan does not pull again; creates that need the image then fail clearly.
-            for (step, _) in &report.pulls {
-                if let Action::PullImage { image } = &step.action {
-                    pulled.insert(image.clone());
-                }
-            }
-            plan = plan::plan(Input {
-                desired: &desired,
-                observed: &observed,
-                state: &state,
-                now_ms: now_ms(),
-                pulled: &pulled,
-            });
+            let pulled: BTreeSet<String> = report
+                .pulls
+                .iter()
+                .filter_map(|(step, _)| match &step.action {
+                    Action::PullImage { image } => Some(image.clone()),
+                    _ => None,
+                })
+                .collect();
+            plan = plan_for(&desired, &observed, &state, options, &pulled);
         }
-        let outcomes = execute(engine.clone(), desired.clone(), &plan, options).await;
+        let outcomes = execute(engines.clone(), desired.clone(), &plan, options).await;
         // A release is used up once its instance runs (also when started by hand), so a
         // later unexpected exit is held again.
         let before = state.released.len();
-        state
-            .released
-            .retain(|name, _| !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running));
+        let running_units: Vec<&str> = observed
+            .units
+            .iter()
+            .flat_map(|u| u.values())
+            .filter(|u| u.active == UnitActive::Active)
+            .map(|u| u.name.as_str())
+            .collect();
+        state.released.retain(|name, _| {
+            !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running)
+                && !running_units.contains(&name.as_str())
+        });
         let released_changed = state.released.len() != before;
         if record(&mut state, &plan, &outcomes, now_ms()) || released_changed {
             state_dir.save(&state)?;
@@ -250,8 +385,8 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
 }
 
 /// Executes a plan: each step once its prerequisites succeeded, at most `parallel` at once.
-pub async fn execute<E: ContainerEngine>(
-    engine: Arc<E>,
+pub async fn execute<E: ContainerEngine, U: UnitEngine>(
+    engines: Arc<Engines<E, U>>,
     desired: Arc<Desired>,
     plan: &Plan,
     options: &Options,
@@ -278,8 +413,8 @@ pub async fn execute<E: ContainerEngine>(
                     progressed = true;
                 } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
                     pending.remove(&id);
-                    let (engine, desired, permits, step, scope) =
-                        (engine.clone(), desired.clone(), permits.clone(), step.clone(), options.scope.clone());
+                    let (engines, desired, permits, step, options) =
+                        (engines.clone(), desired.clone(), permits.clone(), step.clone(), options.clone());
                     let span = info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action));
                     running.spawn(
                         async move {
@@ -289,7 +424,7 @@ pub async fn execute<E: ContainerEngine>(
                                 tokio::time::sleep(Duration::from_millis(step.pause_ms)).await;
                             }
                             let _permit = permits.acquire_owned().await;
-                            let result = run_step(engine.as_ref(), &desired, &scope, &step).await;
+                            let result = run_step(&engines, &desired, &options, &step).await;
                             let outcome = match result {
                                 Ok(()) => {
                                     info!(reason = %step.reason, "done");
@@ -344,6 +479,14 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::Await { .. } => "await",
         Action::Hold { .. } => "hold",
         Action::RemoveNetwork { .. } => "remove-network",
+        Action::WriteUnit { .. } => "write-unit",
+        Action::RemoveUnit { .. } => "remove-unit",
+        Action::DaemonReload => "daemon-reload",
+        Action::EnableUnits { .. } => "enable",
+        Action::DisableUnits { .. } => "disable",
+        Action::StartUnit { .. } => "start-unit",
+        Action::RestartUnit { .. } => "restart-unit",
+        Action::StopUnit { .. } => "stop-unit",
     }
 }
 
@@ -359,33 +502,104 @@ pub fn target(a: &Action) -> String {
         | Action::Hold { name, .. } => name.clone(),
         Action::Rename { from, to, .. } => format!("{from} → {to}"),
         Action::Await { service, name, .. } => name.clone().unwrap_or_else(|| service.clone()),
+        Action::WriteUnit { unit, .. }
+        | Action::RemoveUnit { unit }
+        | Action::StartUnit { unit }
+        | Action::RestartUnit { unit }
+        | Action::StopUnit { unit } => unit.clone(),
+        Action::DaemonReload => "systemd".into(),
+        Action::EnableUnits { units } | Action::DisableUnits { units } => units.join(" "),
     }
 }
 
-async fn run_step<E: ContainerEngine>(
-    engine: &E,
+async fn run_step<E: ContainerEngine, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
-    scope: &str,
+    options: &Options,
     step: &Step,
 ) -> Result<(), StepError> {
+    let scope = options.scope.as_str();
+    let docker = || engines.docker.as_deref().ok_or(StepError::NoEngine("Docker"));
+    let systemd = || engines.systemd.as_deref().ok_or(StepError::NoEngine("systemd (as PID 1)"));
+    let unit_dir = options.units.unit_dir.as_path();
     match &step.action {
-        Action::PullImage { image } => engine.pull(image).await?,
-        Action::CreateNetwork { network } => engine.create_network(scope, network).await?,
-        Action::CreateVolume { volume } => engine.create_volume(scope, volume).await?,
+        Action::PullImage { image } => docker()?.pull(image).await?,
+        Action::CreateNetwork { network } => docker()?.create_network(scope, network).await?,
+        Action::CreateVolume { volume } => docker()?.create_volume(scope, volume).await?,
         Action::Create { service, instance, name } => {
             let spec = desired.services.get(service).ok_or_else(|| StepError::NoSpec(service.clone()))?;
-            engine.create_and_start(scope, spec, *instance, name).await?;
+            docker()?.create_and_start(scope, spec, *instance, name).await?;
         }
-        Action::Start { id, name, .. } => engine.start(id, name).await?,
-        Action::Remove { id, name, stop_timeout_s, .. } => engine.stop_and_remove(id, name, *stop_timeout_s).await?,
-        Action::Rename { from, to, .. } => engine.rename(from, to).await?,
+        Action::Start { id, name, .. } => docker()?.start(id, name).await?,
+        Action::Remove { id, name, stop_timeout_s, .. } => {
+            docker()?.stop_and_remove(id, name, *stop_timeout_s).await?;
+        }
+        Action::Rename { from, to, .. } => docker()?.rename(from, to).await?,
         Action::Hold { .. } => {}
-        Action::RemoveNetwork { network, id } => engine.remove_network(id, network).await?,
+        Action::RemoveNetwork { network, id } => docker()?.remove_network(id, network).await?,
         Action::Await { service, name, condition, timeout_ms } => {
-            await_condition(engine, scope, service, name.as_deref(), *condition, Duration::from_millis(*timeout_ms))
-                .await?;
+            let timeout = Duration::from_millis(*timeout_ms);
+            await_condition(docker()?, scope, service, name.as_deref(), *condition, timeout).await?;
+        }
+        Action::WriteUnit { unit, owner } => {
+            let ctx = options.units.ctx();
+            let rendered = if let Some(s) = desired.services.get(owner) {
+                crate::units::render_service(&ctx, s)
+            } else if let Some(t) = desired.timers.get(owner) {
+                crate::units::render_timer(&ctx, t)
+            } else {
+                return Err(StepError::NoSpec(owner.clone()));
+            };
+            // The environment file first: the unit names it, and a unit must never start
+            // without its secrets.
+            if let Some(env) = &rendered.env_file {
+                write_env_file(&env.path, &env.content)?;
+            }
+            let text =
+                rendered.units.iter().find(|u| &u.name == unit).ok_or_else(|| StepError::NoSpec(unit.clone()))?;
+            systemd()?.write_unit_file(unit_dir, unit, &text.content).await?;
+        }
+        Action::RemoveUnit { unit } => {
+            systemd()?.remove_unit_file(unit_dir, unit).await?;
+            if let Some(stem) = unit.strip_suffix(".service") {
+                let path = options.units.env_dir.join(format!("{stem}.env"));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StepError::EnvFile { op: "removing", path, source }),
+                }
+            }
+        }
+        Action::DaemonReload => systemd()?.daemon_reload().await?,
+        Action::EnableUnits { units } => systemd()?.enable(units).await?,
+        Action::DisableUnits { units } => systemd()?.disable(units).await?,
+        Action::StartUnit { unit } => {
+            systemd()?.start(unit).await?;
+        }
+        Action::RestartUnit { unit } => {
+            systemd()?.restart(unit).await?;
+        }
+        Action::StopUnit { unit } => {
+            systemd()?.stop(unit).await?;
         }
     }
+    Ok(())
+}
+
+/// Writes an environment file (it holds secrets): mode 0600 from the start, in a 0700
+/// directory, atomically (temp file, fsync, rename).
+fn write_env_file(path: &Path, content: &str) -> Result<(), StepError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |source| StepError::EnvFile { op: "writing", path: path.to_path_buf(), source };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("env")));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
+    f.write_all(content.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
     Ok(())
 }
 

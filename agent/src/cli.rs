@@ -11,12 +11,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tend_specs::{Desired, Diagnostic};
 
-use crate::apply::{self, ApplyError, Options, Outcome, Report};
+use crate::apply::{self, ApplyError, Engines, Options, Outcome, Report};
 use crate::docker::DockerEngine;
 use crate::engine::EngineError;
 use crate::model::{Health, Observed, instance_name};
-use crate::plan::{self, Input, Note, Plan};
+use crate::plan::{self, Note, Plan};
 use crate::state::{self, StateDir, StateError};
+use crate::systemd::SystemdEngine;
 
 /// Where specs are read from when no PATH is given.
 pub const DEFAULT_SPECS: &str = "/etc/tend/specs";
@@ -31,6 +32,12 @@ pub struct Cli {
     /// The scope this tend owns: objects labelled tend.scope=SCOPE. One per agent.
     #[arg(long, global = true, env = "TEND_SCOPE", default_value = "default")]
     pub scope: String,
+    /// Where systemd unit files are written.
+    #[arg(long, global = true, env = "TEND_UNIT_DIR", default_value = crate::systemd::UNIT_DIR)]
+    pub unit_dir: PathBuf,
+    /// Where environment files holding secrets of systemd services are written (mode 0600).
+    #[arg(long, global = true, env = "TEND_ENV_DIR", default_value = "/etc/tend/env")]
+    pub env_dir: PathBuf,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -115,9 +122,6 @@ pub enum CliError {
         /// How many.
         count: usize,
     },
-    /// The specs declare objects this version cannot apply yet (systemd services, Timers).
-    #[error("{0}")]
-    Unsupported(String),
     /// The scope name is not usable.
     #[error("invalid scope `{0}`: use a DNS label (lowercase letters, digits, `-`)")]
     Scope(String),
@@ -175,33 +179,31 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Release { name } => release(&cli.state_dir, name),
         Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
         Command::Plan { path, output } => {
-            let desired = load_applicable(path)?;
+            let desired = load(path)?;
             runtime()?.block_on(async {
-                let engine = DockerEngine::connect().await.map_err(CliError::Engine)?;
-                let observed = apply::observe(&engine, &cli.scope, &desired).await?;
+                let options = options(&cli, 1);
+                let (engines, missing) = connect(&desired).await?;
+                let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
-                let pulled = Default::default();
-                let plan = plan::plan(Input {
-                    desired: &desired,
-                    observed: &observed,
-                    state: &st,
-                    now_ms: apply::now_ms(),
-                    pulled: &pulled,
-                });
+                let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
                 match output {
                     Output::Json => print_json(&plan)?,
                     Output::Text => print_plan(&plan),
+                }
+                if let Some(why) = missing {
+                    eprintln!("{} {why}", Paint::stderr().red("error:"));
+                    return Ok(ExitCode::from(1));
                 }
                 Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }))
             })
         }
         Command::Apply { path, output, parallel } => {
-            let desired = Arc::new(load_applicable(path)?);
+            let desired = Arc::new(load(path)?);
             runtime()?.block_on(async {
-                let engine = Arc::new(DockerEngine::connect().await.map_err(CliError::Engine)?);
+                let (engines, missing) = connect(&desired).await?;
                 let state_dir = StateDir::open(&cli.state_dir)?;
-                let options = Options { scope: cli.scope.clone(), parallel: *parallel };
-                let report = apply::apply(engine, desired, &state_dir, &options).await?;
+                let options = options(&cli, *parallel);
+                let report = apply::apply(Arc::new(engines), desired, &state_dir, &options).await?;
                 match output {
                     Output::Json => print_json(&report)?,
                     Output::Text => print_report(&report),
@@ -213,23 +215,23 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         Paint::stderr().red("error:")
                     );
                 }
-                Ok(if report.ok() && unmet == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                if let Some(why) = &missing {
+                    eprintln!("{} {why}", Paint::stderr().red("error:"));
+                }
+                Ok(if report.ok() && unmet == 0 && missing.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
             })
         }
         Command::Status { path, output } => {
-            let desired = load_applicable(path)?;
+            let desired = load(path)?;
             runtime()?.block_on(async {
-                let engine = DockerEngine::connect().await.map_err(CliError::Engine)?;
-                let observed = apply::observe(&engine, &cli.scope, &desired).await?;
+                let options = options(&cli, 1);
+                let (engines, missing) = connect(&desired).await?;
+                if let Some(why) = &missing {
+                    eprintln!("{} {why}", Paint::stderr().red("error:"));
+                }
+                let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
-                let pulled = Default::default();
-                let plan = plan::plan(Input {
-                    desired: &desired,
-                    observed: &observed,
-                    state: &st,
-                    now_ms: apply::now_ms(),
-                    pulled: &pulled,
-                });
+                let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
                 let status = status(&desired, &observed, &st, &plan);
                 match output {
                     Output::Json => print_json(&status)?,
@@ -265,39 +267,50 @@ fn load(path: &Path) -> Result<Desired, CliError> {
     })
 }
 
-/// Loads specs for `plan`, `apply` and `status`, which act on Docker only: a set that also
-/// declares systemd services or Timers is refused whole, before any engine is touched, rather
-/// than applied in part with those silently left out.
-fn load_applicable(path: &Path) -> Result<Desired, CliError> {
-    let desired = load(path)?;
-    match unsupported(&desired) {
-        Some(msg) => Err(CliError::Unsupported(msg)),
-        None => Ok(desired),
+/// The options of a pass from the command line.
+fn options(cli: &Cli, parallel: usize) -> Options {
+    // Timers' service units run this very binary (`tend job run NAME`).
+    let tend_bin =
+        std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
+    Options {
+        scope: cli.scope.clone(),
+        parallel,
+        units: apply::UnitsConfig {
+            scope: cli.scope.clone(),
+            unit_dir: cli.unit_dir.clone(),
+            env_dir: cli.env_dir.clone(),
+            state_dir: std::path::absolute(&cli.state_dir).unwrap_or_else(|_| cli.state_dir.clone()),
+            tend_bin,
+        },
     }
 }
 
-/// What of `desired` this version cannot apply yet, as one sentence; `None` when it can
-/// apply everything.
-pub fn unsupported(desired: &Desired) -> Option<String> {
-    let list = |one: &str, many: &str, names: Vec<&str>| match names.len() {
-        0 => None,
-        1 => Some(format!("{one} `{}`", names[0])),
-        _ => Some(format!("{many} {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))),
+/// Connects to the engines the specs need. Docker is required when the specs hold docker
+/// services (and used when it answers, so containers of removed specs are removed). systemd
+/// is used when it runs as PID 1; when the specs hold units and it does not, the second value
+/// says so: the rest is still planned and applied, and the command fails.
+async fn connect(desired: &Desired) -> Result<(Engines<DockerEngine, SystemdEngine>, Option<String>), CliError> {
+    let docker = match DockerEngine::connect().await {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) if desired.docker_services().next().is_some() => return Err(CliError::Engine(e)),
+        Err(_) => None,
     };
-    let parts: Vec<String> = [
-        list("Timer", "Timers", desired.timers.keys().map(String::as_str).collect()),
-        list("systemd service", "systemd services", desired.systemd_services().map(|s| s.name.as_str()).collect()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    (!parts.is_empty()).then(|| {
-        let them = if parts.len() == 1 && !parts[0].contains(',') { "it" } else { "them" };
-        format!(
-            "{} cannot be applied by this version yet (the systemd backend is being built); `tend validate` checks {them}",
-            parts.join(" and ")
-        )
-    })
+    let mut missing = None;
+    let systemd = match SystemdEngine::connect().await {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            if apply::needs_units(desired) {
+                let services = desired.systemd_services().count();
+                missing = Some(format!(
+                    "{}: {services} systemd service(s) and {} Timer(s) were not applied (Docker services were)",
+                    apply::chain(&e),
+                    desired.timers.len()
+                ));
+            }
+            None
+        }
+    };
+    Ok((Engines { docker, systemd }, missing))
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
@@ -380,7 +393,10 @@ fn step_row(step: &plan::Step) -> Vec<String> {
 /// container tend does not own, an image that is missing and may not be pulled). Apply
 /// fails on them; holds, backoffs and policy-stopped instances are intended states.
 fn unmet(notes: &[Note]) -> usize {
-    notes.iter().filter(|n| matches!(n, Note::Conflict { .. } | Note::ImageNotPresent { .. })).count()
+    notes
+        .iter()
+        .filter(|n| matches!(n, Note::Conflict { .. } | Note::UnitConflict { .. } | Note::ImageNotPresent { .. }))
+        .count()
 }
 
 /// The line shown when there are no steps: the host matches only when nothing is left alone.
@@ -487,12 +503,28 @@ pub struct ServiceStatus {
     pub instances: Vec<InstanceStatus>,
 }
 
+/// One systemd unit in `tend status`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitStatus {
+    /// The unit file name.
+    pub unit: String,
+    /// `active`, `inactive`, `failed`, … or `missing`.
+    pub state: String,
+    /// Enabled at boot.
+    pub enabled: bool,
+    /// Held for triage.
+    pub held: bool,
+}
+
 /// The whole `tend status`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// Services.
     pub services: Vec<ServiceStatus>,
+    /// systemd units of systemd services and Timers (empty where systemd is not observed).
+    pub units: Vec<UnitStatus>,
     /// Steps an apply would run now.
     pub pending_steps: usize,
     /// Conflicts, holds, backoffs and other notes.
@@ -505,7 +537,7 @@ fn status(desired: &Desired, observed: &Observed, st: &state::State, plan: &Plan
         by_service.entry(c.service.as_str()).or_default().push(c);
     }
     let mut services = Vec::new();
-    let mut names: Vec<&str> = desired.services.keys().map(String::as_str).collect();
+    let mut names: Vec<&str> = desired.docker_services().map(|s| s.name.as_str()).collect();
     names.extend(by_service.keys().filter(|k| !desired.services.contains_key(**k)));
     names.sort_unstable();
     names.dedup();
@@ -540,11 +572,42 @@ fn status(desired: &Desired, observed: &Observed, st: &state::State, plan: &Plan
         instances.sort_by(|a, b| a.name.cmp(&b.name));
         services.push(ServiceStatus { name: name.to_string(), replicas, instances });
     }
-    Status { services, pending_steps: plan.steps.len(), notes: plan.notes.clone() }
+    let mut units = Vec::new();
+    if let Some(live) = &observed.units {
+        let mut names: Vec<String> = desired.systemd_services().map(|s| format!("{}.service", s.name)).collect();
+        for t in desired.timers.values() {
+            if t.spec.schedule.is_some() {
+                names.push(format!("{}.timer", t.name));
+            }
+        }
+        names.sort();
+        for name in names {
+            let u = live.get(&name);
+            units.push(UnitStatus {
+                state: u.map_or("missing".into(), |u| format!("{:?}", u.active).to_lowercase()),
+                enabled: u.is_some_and(|u| u.enabled),
+                held: st.holds.contains_key(&name),
+                unit: name,
+            });
+        }
+    }
+    Status { services, units, pending_steps: plan.steps.len(), notes: plan.notes.clone() }
 }
 
 fn print_status(status: &Status) {
     let paint = Paint::stdout();
+    if !status.units.is_empty() {
+        let mut rows = vec![vec!["UNIT".into(), "STATE".into(), "ENABLED".into()]];
+        for u in &status.units {
+            let state = match (u.held, u.state.as_str()) {
+                (true, st) => paint.yellow(&format!("held ({st})")),
+                (false, "active") => paint.green("active"),
+                (false, st) => paint.red(st),
+            };
+            rows.push(vec![u.unit.clone(), state, if u.enabled { "yes".into() } else { "no".into() }]);
+        }
+        table(&rows);
+    }
     let mut rows = vec![vec!["SERVICE".into(), "INSTANCE".into(), "STATE".into(), "HEALTH".into(), "SPEC".into()]];
     for s in &status.services {
         for i in &s.instances {
@@ -619,51 +682,4 @@ fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
         println!("released {k}: the next apply starts it again");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn desired(yaml: &str) -> Desired {
-        tend_specs::load_str(Path::new("t.yaml"), yaml).unwrap_or_else(|d| panic!("bad test spec: {d:?}"))
-    }
-
-    fn doc(kind: &str, name: &str, spec: &str) -> String {
-        format!("---\napiVersion: tend/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n")
-    }
-
-    const UNIT: &str = "{runtime: systemd, exec: [/usr/bin/x]}";
-    const TIMER: &str = "{enabled: false, job: {runtime: host, exec: [/usr/bin/x]}}";
-
-    #[test]
-    fn docker_services_alone_can_be_applied() {
-        assert_eq!(unsupported(&desired(&doc("Service", "web", "{image: busybox:1}"))), None);
-        assert_eq!(unsupported(&Desired::default()), None);
-    }
-
-    #[test]
-    fn systemd_services_and_timers_are_named_in_one_sentence() {
-        let one = desired(&(doc("Service", "web", "{image: busybox:1}") + &doc("Service", "u", UNIT)));
-        assert_eq!(
-            unsupported(&one).as_deref(),
-            Some(
-                "systemd service `u` cannot be applied by this version yet (the systemd backend is being built); `tend validate` checks it"
-            )
-        );
-        let many = desired(
-            &(doc("Timer", "t2", TIMER)
-                + &doc("Timer", "t1", TIMER)
-                + &doc("Service", "u", UNIT)
-                + &doc("Service", "v", UNIT)),
-        );
-        assert_eq!(
-            unsupported(&many).as_deref(),
-            Some(
-                "Timers `t1`, `t2` and systemd services `u`, `v` cannot be applied by this version yet (the systemd backend is being built); `tend validate` checks them"
-            )
-        );
-    }
 }

@@ -280,7 +280,7 @@ impl ContainerEngine for DockerEngine {
                 }
             }
         }
-        Ok(Observed { containers, networks, volumes, images, foreign })
+        Ok(Observed { containers, networks, volumes, images, foreign, units: None })
     }
 
     async fn pull(&self, image: &str) -> Result<(), EngineError> {

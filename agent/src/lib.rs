@@ -11,3 +11,4 @@ pub mod plan;
 pub mod state;
 pub mod systemd;
 pub mod time;
+pub mod units;

@@ -125,4 +125,41 @@ pub struct Observed {
     pub images: BTreeMap<String, String>,
     /// Containers not owned by this scope whose names a desired instance would take.
     pub foreign: BTreeMap<String, String>,
+    /// Unit files in the unit directory by name, when systemd was observed (`None` when
+    /// the specs need no unit, or systemd is not running here).
+    pub units: Option<BTreeMap<String, Unit>>,
+}
+
+/// Whether a unit runs, as systemd says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitActive {
+    /// Running (or, for a timer, waiting to elapse).
+    Active,
+    /// Starting.
+    Activating,
+    /// Stopping.
+    Deactivating,
+    /// Stopped.
+    Inactive,
+    /// Stopped after a failure.
+    Failed,
+}
+
+/// A unit file in the unit directory, with its live state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unit {
+    /// File name (`ims-nginx.service`).
+    pub name: String,
+    /// The file's content (compared with what tend would write; never logged).
+    #[serde(skip)]
+    pub content: String,
+    /// The `X-Tend-Scope` mark; `None` for a unit tend did not write.
+    pub scope: Option<String>,
+    /// Run state.
+    pub active: UnitActive,
+    /// Enabled at boot.
+    pub enabled: bool,
+    /// Exit status of the main process, when it exited.
+    pub exit_status: Option<i32>,
 }

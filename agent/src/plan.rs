@@ -105,6 +105,45 @@ pub enum Action {
         /// The exit code seen.
         exit_code: Option<i64>,
     },
+    /// Write a unit file (and its environment file) rendered from the spec of `owner`.
+    WriteUnit {
+        /// The unit file name.
+        unit: String,
+        /// The systemd service or Timer it belongs to.
+        owner: String,
+    },
+    /// Remove a unit file tend wrote (and its environment file).
+    RemoveUnit {
+        /// The unit file name.
+        unit: String,
+    },
+    /// Make systemd read the unit files again (once per pass).
+    DaemonReload,
+    /// Enable units at boot.
+    EnableUnits {
+        /// The unit names.
+        units: Vec<String>,
+    },
+    /// Disable units at boot.
+    DisableUnits {
+        /// The unit names.
+        units: Vec<String>,
+    },
+    /// Start a unit and wait for its job.
+    StartUnit {
+        /// The unit name.
+        unit: String,
+    },
+    /// Restart a unit and wait for its job.
+    RestartUnit {
+        /// The unit name.
+        unit: String,
+    },
+    /// Stop a unit and wait for its job.
+    StopUnit {
+        /// The unit name.
+        unit: String,
+    },
     /// Remove a network tend created that no spec uses any more.
     RemoveNetwork {
         /// Its name.
@@ -172,6 +211,13 @@ pub enum Reason {
     Unreferenced,
     /// A rollout waits for the new instance before going on.
     Rollout,
+    /// Unit files were written or removed.
+    UnitFilesChanged,
+    /// The spec says the units are (or are not) enabled at boot.
+    Enablement {
+        /// Enabled in the spec.
+        enabled: bool,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -196,6 +242,9 @@ impl fmt::Display for Reason {
             Self::ImageMissing => f.write_str("not on this host"),
             Self::Unreferenced => f.write_str("no spec uses it"),
             Self::Rollout => f.write_str("rollout waits for it"),
+            Self::UnitFilesChanged => f.write_str("unit files changed"),
+            Self::Enablement { enabled: true } => f.write_str("enabled in the spec"),
+            Self::Enablement { enabled: false } => f.write_str("not enabled in the spec"),
         }
     }
 }
@@ -288,6 +337,13 @@ pub enum Note {
         /// The dependency.
         by: String,
     },
+    /// A unit file tend would write exists and is not tend's (or another scope's).
+    UnitConflict {
+        /// The unit file name.
+        unit: String,
+        /// The scope that wrote it, when another tend did.
+        scope: Option<String>,
+    },
     /// A container carries tend's labels but not a valid instance: left alone.
     Unrecognized {
         /// The container name.
@@ -321,6 +377,12 @@ impl fmt::Display for Note {
             }
             Self::Blocked { service, by } => {
                 write!(f, "blocked: {service} waits for {by}, which cannot become ready now")
+            }
+            Self::UnitConflict { unit, scope: None } => {
+                write!(f, "conflict: unit file {unit} exists and was not written by tend; it is left untouched")
+            }
+            Self::UnitConflict { unit, scope: Some(other) } => {
+                write!(f, "conflict: unit file {unit} belongs to tend scope {other}; it is left untouched")
             }
             Self::Unrecognized { name, id } => {
                 write!(f, "unrecognized: {name} ({}) has tend labels but no valid instance; left alone", short_id(id))
@@ -363,6 +425,9 @@ pub struct Input<'a> {
     pub now_ms: u64,
     /// Images pulled earlier in this apply (not pulled again).
     pub pulled: &'a BTreeSet<String>,
+    /// How units are rendered; `None` when systemd units are not planned (no systemd here,
+    /// or the specs need no unit).
+    pub units: Option<&'a crate::units::Context<'a>>,
 }
 
 /// Normalizes an image reference the way the engine lists it (`busybox` → `busybox:latest`).
@@ -403,7 +468,7 @@ enum Unit {
 
 /// Plans the work that makes `observed` match `desired`.
 pub fn plan(input: Input<'_>) -> Plan {
-    let Input { desired, observed, state, now_ms, pulled } = input;
+    let Input { desired, observed, state, now_ms, pulled, units } = input;
     let mut b = Builder { steps: Vec::new(), notes: Vec::new() };
 
     // Containers by service and instance; unrecognized ones are noted and left alone.
@@ -870,6 +935,9 @@ pub fn plan(input: Input<'_>) -> Plan {
         );
     }
     let _ = removals;
+    if let (Some(ctx), Some(live_units)) = (units, observed.units.as_ref()) {
+        units::plan_units(&mut b, desired, live_units, state, ctx);
+    }
     Plan { steps: b.steps, notes: b.notes }
 }
 
@@ -954,6 +1022,8 @@ fn topo_order(desired: &Desired) -> Vec<&str> {
     }
     out
 }
+
+mod units;
 
 #[cfg(test)]
 mod tests;

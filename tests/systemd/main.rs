@@ -8,8 +8,10 @@
 //! then checks the result with `systemctl` and `systemd-analyze`, independently of the
 //! adapter. The tests fail, never skip, when the node image is missing.
 
+mod apply;
 #[path = "../harness/systemd.rs"]
 mod node;
+mod units;
 
 use std::future::Future;
 use std::path::Path;

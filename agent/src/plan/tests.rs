@@ -61,7 +61,7 @@ fn observed(d: &Desired, containers: Vec<Container>) -> Observed {
 }
 
 fn run(d: &Desired, o: &Observed, st: &State) -> Plan {
-    plan(Input { desired: d, observed: o, state: st, now_ms: NOW, pulled: &BTreeSet::new() })
+    plan(Input { desired: d, observed: o, state: st, now_ms: NOW, pulled: &BTreeSet::new(), units: None })
 }
 
 /// Compact step descriptions: "create web-1 (missing) after [1] +2s".
@@ -116,7 +116,8 @@ fn pull_always_pulls_each_pass_until_pulled() {
     let o = observed(&d, vec![live(&d, "a", 1, RunState::Running)]);
     assert_eq!(show(&run(&d, &o, &State::default())), ["pull img:1 (pull policy always)"]);
     let pulled = BTreeSet::from(["img:1".to_string()]);
-    let p = plan(Input { desired: &d, observed: &o, state: &State::default(), now_ms: NOW, pulled: &pulled });
+    let p =
+        plan(Input { desired: &d, observed: &o, state: &State::default(), now_ms: NOW, pulled: &pulled, units: None });
     assert!(p.is_empty());
 }
 
@@ -498,4 +499,190 @@ fn a_docker_service_turned_systemd_has_its_containers_removed() {
     let now = desired(&unit("a"));
     let o = observed(&old, vec![live(&old, "a", 1, RunState::Running)]);
     assert_eq!(show(&run(&now, &o, &State::default())), ["remove a-1 (spec removed)"]);
+}
+
+// ---- systemd units ---------------------------------------------------------------------
+
+use crate::model::{Unit, UnitActive};
+
+fn unit_ctx() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    ("/usr/local/bin/tend".into(), "/var/lib/tend".into(), "/etc/tend/env".into())
+}
+
+fn with_units<R>(f: impl FnOnce(&crate::units::Context<'_>) -> R) -> R {
+    let (bin, state, env) = unit_ctx();
+    f(&crate::units::Context { scope: "default", tend_bin: &bin, state_dir: &state, env_dir: &env })
+}
+
+fn sd(name: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  runtime: systemd\n  exec: [/bin/sleep, infinity]\n{extra}"
+    )
+}
+
+fn timer(name: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  job: {{runtime: host, exec: [/bin/true]}}\n{extra}\n"
+    )
+}
+
+/// The units tend would write for `d`, as live, active and enabled where they run.
+fn live_units(d: &Desired, active: UnitActive) -> BTreeMap<String, Unit> {
+    with_units(|ctx| {
+        let mut out = BTreeMap::new();
+        let rendered = d
+            .systemd_services()
+            .map(|s| crate::units::render_service(ctx, s))
+            .chain(d.timers.values().map(|t| crate::units::render_timer(ctx, t)));
+        for r in rendered {
+            for u in r.units {
+                let runs = !u.content.contains("Type=oneshot");
+                out.insert(
+                    u.name.clone(),
+                    Unit {
+                        name: u.name,
+                        content: u.content,
+                        scope: Some("default".into()),
+                        active: if runs { active } else { UnitActive::Inactive },
+                        enabled: runs,
+                        exit_status: None,
+                    },
+                );
+            }
+        }
+        out
+    })
+}
+
+fn plan_units(d: &Desired, units: BTreeMap<String, Unit>, st: &State) -> Plan {
+    let o = Observed { units: Some(units), ..Default::default() };
+    with_units(|ctx| {
+        plan(Input { desired: d, observed: &o, state: st, now_ms: NOW, pulled: &BTreeSet::new(), units: Some(ctx) })
+    })
+}
+
+#[test]
+fn a_new_systemd_service_is_written_reloaded_enabled_and_started() {
+    let d = desired(&sd("web", ""));
+    let p = plan_units(&d, BTreeMap::new(), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "write-unit web.service (missing)",
+            "daemon-reload systemd (unit files changed) after [1]",
+            "enable web.service (enabled in the spec) after [2]",
+            "start-unit web.service (missing) after [2, 3]",
+        ]
+    );
+}
+
+#[test]
+fn units_that_match_and_run_plan_nothing() {
+    let d = desired(&(sd("web", "") + &timer("nightly", "  schedule: daily")));
+    let p = plan_units(&d, live_units(&d, UnitActive::Active), &State::default());
+    assert!(p.is_empty(), "{:?}", show(&p));
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+}
+
+#[test]
+fn a_changed_unit_is_rewritten_once_reloaded_once_and_restarted() {
+    let old = desired(&(sd("web", "") + &sd("api", "")));
+    let new = desired(&(sd("web", "  user: nobody\n") + &sd("api", "")));
+    let p = plan_units(&new, live_units(&old, UnitActive::Active), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "write-unit web.service (changed: unit file)",
+            "daemon-reload systemd (unit files changed) after [1]",
+            "restart-unit web.service (changed: unit file) after [2]",
+        ]
+    );
+}
+
+#[test]
+fn a_stopped_unit_follows_its_restart_policy() {
+    for (policy, expected) in [
+        ("always", vec!["start-unit web.service (exited with code 1 (restart 1))"]),
+        ("hold", vec!["hold web.service (exited with code 1; restart policy is hold)"]),
+        ("never", vec![]),
+    ] {
+        let d = desired(&sd("web", &format!("  restart: {{policy: {policy}}}\n")));
+        let mut units = live_units(&d, UnitActive::Failed);
+        if let Some(u) = units.get_mut("web.service") {
+            u.exit_status = Some(1);
+        }
+        assert_eq!(show(&plan_units(&d, units, &State::default())), expected, "{policy}");
+    }
+}
+
+#[test]
+fn a_held_unit_stays_down_and_is_noted() {
+    let d = desired(&sd("web", "  restart: {policy: hold}\n"));
+    let mut st = State::default();
+    st.holds.insert("web.service".into(), Hold { service: "web".into(), instance: 1, since_ms: 7, exit_code: Some(1) });
+    let p = plan_units(&d, live_units(&d, UnitActive::Failed), &st);
+    assert!(p.steps.is_empty(), "{:?}", show(&p));
+    assert!(matches!(&p.notes[..], [Note::Held { name, .. }] if name == "web.service"));
+}
+
+#[test]
+fn a_unit_file_tend_did_not_write_is_a_conflict_and_left_alone() {
+    let d = desired(&sd("web", ""));
+    let mut units = live_units(&d, UnitActive::Active);
+    for u in units.values_mut() {
+        u.scope = None;
+        u.content = "[Service]\nExecStart=/bin/other\n".into();
+    }
+    let p = plan_units(&d, units, &State::default());
+    assert!(p.steps.is_empty(), "{:?}", show(&p));
+    assert_eq!(p.notes, [Note::UnitConflict { unit: "web.service".into(), scope: None }]);
+}
+
+#[test]
+fn a_removed_spec_stops_disables_and_deletes_its_units_then_reloads() {
+    let old = desired(&sd("web", ""));
+    let p = plan_units(&Desired::default(), live_units(&old, UnitActive::Active), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "stop-unit web.service (spec removed)",
+            "disable web.service (spec removed) after [1]",
+            "remove-unit web.service (spec removed) after [1, 2]",
+            "daemon-reload systemd (unit files changed) after [3]",
+        ]
+    );
+}
+
+#[test]
+fn a_timer_is_scheduled_and_its_job_unit_only_written() {
+    let d = desired(&(timer("nightly", "  schedule: daily") + &timer("restore", "  enabled: false")));
+    let p = plan_units(&d, BTreeMap::new(), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "write-unit nightly.service (missing)",
+            "write-unit nightly.timer (missing)",
+            "write-unit restore.service (missing)",
+            "daemon-reload systemd (unit files changed) after [1, 2, 3]",
+            "enable nightly.timer (enabled in the spec) after [4]",
+            "start-unit nightly.timer (missing) after [4, 5]",
+        ]
+    );
+}
+
+#[test]
+fn without_systemd_no_unit_is_planned() {
+    let d = desired(&sd("web", ""));
+    let o = Observed::default();
+    let p = with_units(|ctx| {
+        plan(Input {
+            desired: &d,
+            observed: &o,
+            state: &State::default(),
+            now_ms: NOW,
+            pulled: &BTreeSet::new(),
+            units: Some(ctx),
+        })
+    });
+    assert!(p.is_empty());
 }

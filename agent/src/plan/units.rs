@@ -1,0 +1,214 @@
+//! Planning for systemd units: the unit files tend renders for systemd services and Timers,
+//! against the unit files and states systemd reports. Pure like the rest of the planner:
+//! contents are compared here, and rendered again by the executor when it writes them.
+
+use std::collections::BTreeMap;
+
+use tend_specs::service::RestartPolicy;
+use tend_specs::{Desired, Service};
+
+use super::{Action, Builder, Note, Reason};
+use crate::model::{Unit, UnitActive};
+use crate::state::State;
+use crate::units::{self, Context};
+
+/// What a desired unit should be.
+struct Want {
+    /// The spec object that owns it (service or timer name).
+    owner: String,
+    /// Its content.
+    content: String,
+    /// Enabled at boot.
+    enable: bool,
+    /// Kept running by tend (started now when it is not).
+    run: bool,
+    /// For a service unit, its restart policy (how an exit is treated).
+    restart: Option<RestartPolicy>,
+}
+
+fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
+    let mut out = BTreeMap::new();
+    for s in desired.systemd_services() {
+        let enabled = s.spec.enabled.unwrap_or(true);
+        for u in units::render_service(ctx, s).units {
+            let want = Want {
+                owner: s.name.clone(),
+                content: u.content,
+                enable: enabled,
+                run: enabled,
+                restart: Some(policy(s)),
+            };
+            out.insert(u.name, want);
+        }
+    }
+    for t in desired.timers.values() {
+        for u in units::render_timer(ctx, t).units {
+            // The timer unit is enabled and started when scheduled; the job's service unit is
+            // started by the timer or by hand (`tend job run`), never by apply.
+            let is_timer = u.name.ends_with(".timer");
+            let on = is_timer && t.spec.enabled;
+            out.insert(u.name, Want { owner: t.name.clone(), content: u.content, enable: on, run: on, restart: None });
+        }
+    }
+    out
+}
+
+fn policy(s: &Service) -> RestartPolicy {
+    s.spec.restart.policy
+}
+
+/// Adds the unit steps to `b`: writes and removals, one daemon-reload, then enablement and
+/// starts. `units` is what systemd reports for the unit directory.
+pub(super) fn plan_units(
+    b: &mut Builder,
+    desired: &Desired,
+    units: &BTreeMap<String, Unit>,
+    state: &State,
+    ctx: &Context<'_>,
+) {
+    let want = wanted(desired, ctx);
+    let mut file_steps = Vec::new();
+    let mut restart_after_reload = Vec::new();
+    let mut start_after_reload = Vec::new();
+    let (mut enable, mut disable) = (Vec::new(), Vec::new());
+    for (name, w) in &want {
+        match units.get(name) {
+            Some(u) if u.scope.as_deref() != Some(ctx.scope) => {
+                b.notes.push(Note::UnitConflict { unit: name.clone(), scope: u.scope.clone() });
+            }
+            None => {
+                file_steps.push(b.push(
+                    Action::WriteUnit { unit: name.clone(), owner: w.owner.clone() },
+                    Reason::Missing,
+                    vec![],
+                    0,
+                ));
+                if w.enable {
+                    enable.push(name.clone());
+                }
+                if w.run {
+                    start_after_reload.push((name.clone(), Reason::Missing));
+                }
+            }
+            Some(u) => {
+                if w.enable && !u.enabled {
+                    enable.push(name.clone());
+                } else if !w.enable && u.enabled {
+                    disable.push(name.clone());
+                }
+                if u.content != w.content {
+                    file_steps.push(b.push(
+                        Action::WriteUnit { unit: name.clone(), owner: w.owner.clone() },
+                        Reason::Changed { fields: vec!["unit file".into()] },
+                        vec![],
+                        0,
+                    ));
+                    // A running unit picks up its new file by a restart; a stopped one that
+                    // should run is started below.
+                    if w.run && matches!(u.active, UnitActive::Active | UnitActive::Activating) {
+                        restart_after_reload.push(name.clone());
+                        continue;
+                    }
+                }
+                if !w.run {
+                    continue;
+                }
+                match u.active {
+                    UnitActive::Active | UnitActive::Activating | UnitActive::Deactivating => {}
+                    UnitActive::Inactive | UnitActive::Failed => {
+                        let code = u.exit_status.map(i64::from);
+                        match w.restart {
+                            Some(RestartPolicy::Hold) if !state.released.contains_key(name) => {
+                                if state.holds.contains_key(name) {
+                                    b.notes.push(Note::Held {
+                                        service: w.owner.clone(),
+                                        name: name.clone(),
+                                        exit_code: code,
+                                        since_ms: state.holds[name].since_ms,
+                                    });
+                                } else {
+                                    b.push(
+                                        Action::Hold {
+                                            service: w.owner.clone(),
+                                            instance: 1,
+                                            name: name.clone(),
+                                            exit_code: code,
+                                        },
+                                        Reason::UnexpectedExit { code },
+                                        vec![],
+                                        0,
+                                    );
+                                }
+                            }
+                            Some(RestartPolicy::Never) => {
+                                b.notes.push(Note::Exited {
+                                    service: w.owner.clone(),
+                                    name: name.clone(),
+                                    code,
+                                    policy: RestartPolicy::Never,
+                                });
+                            }
+                            Some(RestartPolicy::OnFailure) if u.active == UnitActive::Inactive => {
+                                b.notes.push(Note::Exited {
+                                    service: w.owner.clone(),
+                                    name: name.clone(),
+                                    code,
+                                    policy: RestartPolicy::OnFailure,
+                                });
+                            }
+                            _ => start_after_reload.push((name.clone(), Reason::Exited { code, attempt: 1 })),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Units tend wrote for specs that are gone: stop, disable, remove.
+    let mut removed = Vec::new();
+    for (name, u) in units {
+        if want.contains_key(name) || u.scope.as_deref() != Some(ctx.scope) {
+            continue;
+        }
+        let mut after = vec![];
+        if matches!(u.active, UnitActive::Active | UnitActive::Activating) {
+            after.push(b.push(Action::StopUnit { unit: name.clone() }, Reason::SpecRemoved, vec![], 0));
+        }
+        if u.enabled {
+            after.push(b.push(
+                Action::DisableUnits { units: vec![name.clone()] },
+                Reason::SpecRemoved,
+                after.clone(),
+                0,
+            ));
+        }
+        removed.push(b.push(Action::RemoveUnit { unit: name.clone() }, Reason::SpecRemoved, after, 0));
+    }
+    file_steps.extend(removed);
+    let mut ready = file_steps.clone();
+    if !file_steps.is_empty() {
+        ready = vec![b.push(Action::DaemonReload, Reason::UnitFilesChanged, file_steps, 0)];
+    }
+    if !disable.is_empty() {
+        b.push(Action::DisableUnits { units: disable }, Reason::Enablement { enabled: false }, ready.clone(), 0);
+    }
+    let mut started_after = ready.clone();
+    if !enable.is_empty() {
+        started_after.push(b.push(
+            Action::EnableUnits { units: enable },
+            Reason::Enablement { enabled: true },
+            ready.clone(),
+            0,
+        ));
+    }
+    for name in restart_after_reload {
+        b.push(
+            Action::RestartUnit { unit: name },
+            Reason::Changed { fields: vec!["unit file".into()] },
+            started_after.clone(),
+            0,
+        );
+    }
+    for (name, reason) in start_after_reload {
+        b.push(Action::StartUnit { unit: name }, reason, started_after.clone(), 0);
+    }
+}

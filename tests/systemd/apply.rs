@@ -1,0 +1,123 @@
+//! `tend apply` end to end inside a systemd node: systemd services and Timers become unit
+//! files that systemd runs; a changed spec restarts exactly its unit; a removed spec stops,
+//! disables and deletes exactly its units; a hand-written unit is a conflict, untouched;
+//! secrets go to a 0600 environment file, never into a unit file.
+
+use super::node::{self, Node, describe};
+
+const TEND: &str = "/usr/local/bin/tend";
+const SPECS: &str = "/etc/tend/specs";
+
+fn service(name: &str, exec: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  runtime: systemd\n  exec: {exec}\n{extra}"
+    )
+}
+
+fn tend(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut full = vec![TEND];
+    full.extend_from_slice(args);
+    node.exec(&full)
+}
+
+fn apply(node: &Node) -> String {
+    let out = tend(node, &["apply", SPECS]);
+    assert!(out.status.success(), "tend apply failed in the node:\n{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn main_pid(node: &Node, unit: &str) -> String {
+    node.show_property(unit, "MainPID")
+}
+
+#[test]
+fn tend_apply_reconciles_systemd_services_in_a_real_systemd() {
+    node::require_systemd_node_image();
+    let node = Node::start("tend-apply-units");
+    node.copy_in(env!("CARGO_BIN_EXE_tend"), TEND);
+    node.exec_ok(&["mkdir", "-p", SPECS, "/etc/tend/secrets"]);
+    node.write_file("/etc/tend/secrets/token", "s3cret-token-value\n");
+    node.write_file(&format!("{SPECS}/web.yaml"), &service("web", "[/bin/sleep, infinity]", ""));
+    node.write_file(
+        &format!("{SPECS}/worker.yaml"),
+        &service(
+            "worker",
+            r#"[/bin/sh, -c, 'echo "$TOKEN" > /tmp/token; exec sleep infinity']"#,
+            "  env: {MODE: fast, TOKEN: {fromFile: /etc/tend/secrets/token}}\n  restart: {policy: always}\n",
+        ),
+    );
+
+    // First apply: both units written, enabled and running.
+    let out = apply(&node);
+    for unit in ["web.service", "worker.service"] {
+        assert_eq!(node.systemctl_ok(&["is-active", unit]).trim(), "active", "{unit}\n{out}");
+        assert_eq!(node.systemctl_ok(&["is-enabled", unit]).trim(), "enabled", "{unit}");
+        let file = node.exec_ok(&["cat", &format!("/etc/systemd/system/{unit}")]);
+        assert!(file.contains("X-Tend-Hash="), "{file}");
+        assert!(!file.contains("s3cret"), "a secret leaked into {unit}:\n{file}");
+    }
+    // The secret reached the process through a 0600 environment file.
+    assert_eq!(node.exec_ok(&["cat", "/tmp/token"]).trim(), "s3cret-token-value");
+    assert_eq!(node.exec_ok(&["stat", "-c", "%a", "/etc/tend/env/worker.env"]).trim(), "600");
+    assert!(!out.contains("s3cret"), "{out}");
+
+    // Second apply: nothing to do.
+    let plan = tend(&node, &["plan", SPECS]);
+    assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
+
+    // Change one spec: exactly that unit restarts.
+    let (web_pid, worker_pid) = (main_pid(&node, "web.service"), main_pid(&node, "worker.service"));
+    node.write_file(&format!("{SPECS}/web.yaml"), &service("web", "[/bin/sleep, '99999']", ""));
+    apply(&node);
+    assert_ne!(main_pid(&node, "web.service"), web_pid, "web must be restarted");
+    assert_eq!(main_pid(&node, "worker.service"), worker_pid, "worker must be untouched");
+    assert!(node.exec_ok(&["cat", "/etc/systemd/system/web.service"]).contains("99999"));
+
+    // A hand-written unit with a spec's name is a conflict: reported, untouched.
+    let manual = "[Unit]\nDescription=hand-written\n[Service]\nExecStart=/bin/sleep infinity\n";
+    node.write_file("/etc/systemd/system/manual.service", manual);
+    node.write_file(&format!("{SPECS}/manual.yaml"), &service("manual", "[/bin/true]", ""));
+    let out = tend(&node, &["apply", SPECS]);
+    assert_eq!(out.status.code(), Some(1), "a conflict fails the apply\n{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("conflict"), "{}", describe(&out));
+    assert_eq!(node.exec_ok(&["cat", "/etc/systemd/system/manual.service"]), manual);
+    node.exec_ok(&["rm", &format!("{SPECS}/manual.yaml")]);
+
+    // Remove a spec: its unit is stopped, disabled and deleted, with its environment file.
+    node.exec_ok(&["rm", &format!("{SPECS}/worker.yaml")]);
+    apply(&node);
+    assert!(node.exec(&["test", "-e", "/etc/systemd/system/worker.service"]).status.code() == Some(1));
+    assert!(node.exec(&["test", "-e", "/etc/tend/env/worker.env"]).status.code() == Some(1));
+    assert_ne!(node.systemctl(&["is-active", "worker.service"]).status.code(), Some(0));
+    assert_eq!(node.systemctl_ok(&["is-active", "web.service"]).trim(), "active");
+    // The hand-written unit is still there.
+    assert_eq!(node.exec_ok(&["cat", "/etc/systemd/system/manual.service"]), manual);
+}
+
+#[test]
+fn a_timer_becomes_a_real_timer_that_systemd_lists() {
+    node::require_systemd_node_image();
+    let node = Node::start("tend-apply-timer");
+    node.copy_in(env!("CARGO_BIN_EXE_tend"), TEND);
+    node.exec_ok(&["mkdir", "-p", SPECS]);
+    node.write_file(
+        &format!("{SPECS}/nightly.yaml"),
+        "apiVersion: tend/v1\nkind: Timer\nmetadata: {name: nightly}\nspec:\n  schedule: '*-*-* 01:00:00'\n  persistent: true\n  job: {runtime: host, exec: [/bin/true]}\n",
+    );
+    node.write_file(
+        &format!("{SPECS}/restore.yaml"),
+        "apiVersion: tend/v1\nkind: Timer\nmetadata: {name: restore}\nspec:\n  enabled: false\n  job: {runtime: host, exec: [/bin/true]}\n",
+    );
+    apply(&node);
+    let timers = node.systemctl_ok(&["list-timers", "--all", "--no-pager"]);
+    assert!(timers.contains("nightly.timer"), "{timers}");
+    assert!(!timers.contains("restore.timer"), "a disabled Timer is never scheduled:\n{timers}");
+    assert_eq!(node.systemctl_ok(&["is-enabled", "nightly.timer"]).trim(), "enabled");
+    let service = node.exec_ok(&["cat", "/etc/systemd/system/nightly.service"]);
+    assert!(service.contains("job") && service.contains("nightly"), "{service}");
+    // The on-demand job's service unit exists, but no timer.
+    node.exec_ok(&["test", "-e", "/etc/systemd/system/restore.service"]);
+    assert_eq!(node.exec(&["test", "-e", "/etc/systemd/system/restore.timer"]).status.code(), Some(1));
+    let plan = tend(&node, &["plan", SPECS]);
+    assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
+}
