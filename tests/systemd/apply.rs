@@ -121,3 +121,53 @@ fn a_timer_becomes_a_real_timer_that_systemd_lists() {
     let plan = tend(&node, &["plan", SPECS]);
     assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
 }
+
+#[test]
+fn the_research_service_example_runs_in_a_real_systemd() {
+    node::require_systemd_node_image();
+    let node = Node::start("tend-apply-example");
+    node.copy_in(env!("CARGO_BIN_EXE_tend"), TEND);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/research-service");
+    node.exec_ok(&["mkdir", "-p", "/etc/tend"]);
+    node.copy_in(example, SPECS);
+    // The programs the example runs, as stand-ins that stay up, and their users.
+    let programs = [
+        "/usr/lib/postgresql/15/bin/postgres",
+        "/usr/share/elasticsearch/bin/elasticsearch",
+        "/usr/bin/uwsgi",
+        "/usr/sbin/nginx",
+        "/srv/rds/venv/bin/python",
+        "/usr/local/bin/restore-db",
+        "/usr/local/bin/restore-media",
+    ];
+    for p in programs {
+        let dir = p.rsplit_once('/').map_or("/", |(d, _)| d);
+        node.exec_ok(&["mkdir", "-p", dir]);
+        node.write_file(p, "#!/bin/sh\nexec sleep infinity\n");
+        node.exec_ok(&["chmod", "755", p]);
+    }
+    node.exec_ok(&["mkdir", "-p", "/srv/rds", "/etc/rds"]);
+    for user in ["postgres", "elasticsearch"] {
+        node.exec_ok(&["useradd", "--system", "--no-create-home", user]);
+    }
+    let out = apply(&node);
+    for unit in ["rds-postgres", "rds-elasticsearch", "rds-uwsgi", "rds-nginx"] {
+        let unit = format!("{unit}.service");
+        assert_eq!(node.systemctl_ok(&["is-active", &unit]).trim(), "active", "{unit}\n{out}");
+        let verify = node.exec(&["systemd-analyze", "verify", &format!("/etc/systemd/system/{unit}")]);
+        assert!(verify.status.success(), "{unit} fails verify:\n{}", describe(&verify));
+    }
+    let timers = node.systemctl_ok(&["list-timers", "--all", "--no-pager"]);
+    for scheduled in ["rds-nightly-import.timer", "rds-analysis.timer"] {
+        assert!(timers.contains(scheduled), "{scheduled} missing:\n{timers}");
+    }
+    for on_demand in ["rds-deploy", "rds-restore-db", "rds-restore-media"] {
+        assert!(!timers.contains(&format!("{on_demand}.timer")), "{on_demand} must not be scheduled:\n{timers}");
+        node.exec_ok(&["test", "-e", &format!("/etc/systemd/system/{on_demand}.service")]);
+    }
+    // The uwsgi secret is in its 0600 environment file only.
+    assert!(!node.exec_ok(&["cat", "/etc/systemd/system/rds-uwsgi.service"]).contains("example-password"));
+    assert_eq!(node.exec_ok(&["stat", "-c", "%a", "/etc/tend/env/rds-uwsgi.env"]).trim(), "600");
+    let plan = tend(&node, &["plan", SPECS]);
+    assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
+}
