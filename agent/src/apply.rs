@@ -68,6 +68,14 @@ pub enum StepError {
     /// systemd refused, or a job failed.
     #[error(transparent)]
     Systemd(#[from] SystemdError),
+    /// A before-start hook failed: the new version does not start.
+    #[error("hook job {job} failed, so the new version was not started: {why}")]
+    Hook {
+        /// The Timer whose job ran.
+        job: String,
+        /// What happened.
+        why: String,
+    },
     /// The step needs an engine this host does not have.
     #[error("{0} is not available on this host")]
     NoEngine(&'static str),
@@ -252,6 +260,8 @@ pub struct Options {
     pub parallel: usize,
     /// Where and how unit files are written.
     pub units: UnitsConfig,
+    /// The spec set the pass applies (handed to `tend job run` for hooks).
+    pub specs: PathBuf,
 }
 
 /// Where tend writes unit files and their environment files, and what their jobs run.
@@ -267,6 +277,8 @@ pub struct UnitsConfig {
     pub state_dir: PathBuf,
     /// The tend binary that Timers' service units run.
     pub tend_bin: PathBuf,
+    /// The spec set, which Timers' service units hand to `tend job run`.
+    pub specs: PathBuf,
 }
 
 impl UnitsConfig {
@@ -277,6 +289,7 @@ impl UnitsConfig {
             tend_bin: &self.tend_bin,
             state_dir: &self.state_dir,
             env_dir: &self.env_dir,
+            specs: &self.specs,
         }
     }
 }
@@ -482,6 +495,7 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::WriteUnit { .. } => "write-unit",
         Action::RemoveUnit { .. } => "remove-unit",
         Action::DaemonReload => "daemon-reload",
+        Action::RunJob { .. } => "run-job",
         Action::EnableUnits { .. } => "enable",
         Action::DisableUnits { .. } => "disable",
         Action::StartUnit { .. } => "start-unit",
@@ -508,6 +522,7 @@ pub fn target(a: &Action) -> String {
         | Action::RestartUnit { unit }
         | Action::StopUnit { unit } => unit.clone(),
         Action::DaemonReload => "systemd".into(),
+        Action::RunJob { job } => format!("job/{job}"),
         Action::EnableUnits { units } | Action::DisableUnits { units } => units.join(" "),
     }
 }
@@ -571,6 +586,7 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
             }
         }
         Action::DaemonReload => systemd()?.daemon_reload().await?,
+        Action::RunJob { job } => run_job(options, job).await?,
         Action::EnableUnits { units } => systemd()?.enable(units).await?,
         Action::DisableUnits { units } => systemd()?.disable(units).await?,
         Action::StartUnit { unit } => {
@@ -584,6 +600,34 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
         }
     }
     Ok(())
+}
+
+/// Runs a Timer's job to completion through `tend job run` (so its concurrency rule, log
+/// and history apply), as a before-start hook; fails unless the job succeeded.
+async fn run_job(options: &Options, job: &str) -> Result<(), StepError> {
+    let u = &options.units;
+    let status = tokio::process::Command::new(&u.tend_bin)
+        .arg("--scope")
+        .arg(&options.scope)
+        .arg("--state-dir")
+        .arg(&u.state_dir)
+        .args(["job", "run", job])
+        .arg(&options.specs)
+        .args(["--trigger", "hook"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|source| StepError::Hook { job: job.to_string(), why: format!("could not start tend: {source}") })?;
+    if status.success() {
+        Ok(())
+    } else {
+        let why = match status.code() {
+            Some(code) => format!("it exited with code {code} (see `tend job history {job}`)"),
+            None => "it was killed".to_string(),
+        };
+        Err(StepError::Hook { job: job.to_string(), why })
+    }
 }
 
 /// Writes an environment file (it holds secrets): mode 0600 from the start, in a 0700

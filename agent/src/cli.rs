@@ -111,6 +111,12 @@ pub enum Command {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Run a Timer's job now, show its runs, list the Timers.
+    Job {
+        /// The job command.
+        #[command(subcommand)]
+        command: JobCommand,
+    },
 }
 
 /// Errors of the commands.
@@ -178,10 +184,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Release { name } => release(&cli.state_dir, name),
         Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
+        Command::Job { command } => job(&cli, command),
         Command::Plan { path, output } => {
             let desired = load(path)?;
             runtime()?.block_on(async {
-                let options = options(&cli, 1);
+                let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired).await?;
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
@@ -202,7 +209,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             runtime()?.block_on(async {
                 let (engines, missing) = connect(&desired).await?;
                 let state_dir = StateDir::open(&cli.state_dir)?;
-                let options = options(&cli, *parallel);
+                let options = options(&cli, path, *parallel);
                 let report = apply::apply(Arc::new(engines), desired, &state_dir, &options).await?;
                 match output {
                     Output::Json => print_json(&report)?,
@@ -224,7 +231,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status { path, output } => {
             let desired = load(path)?;
             runtime()?.block_on(async {
-                let options = options(&cli, 1);
+                let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired).await?;
                 if let Some(why) = &missing {
                     eprintln!("{} {why}", Paint::stderr().red("error:"));
@@ -268,19 +275,21 @@ fn load(path: &Path) -> Result<Desired, CliError> {
 }
 
 /// The options of a pass from the command line.
-fn options(cli: &Cli, parallel: usize) -> Options {
+fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
     // Timers' service units run this very binary (`tend job run NAME`).
     let tend_bin =
         std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
     Options {
         scope: cli.scope.clone(),
         parallel,
+        specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
         units: apply::UnitsConfig {
             scope: cli.scope.clone(),
             unit_dir: cli.unit_dir.clone(),
             env_dir: cli.env_dir.clone(),
             state_dir: std::path::absolute(&cli.state_dir).unwrap_or_else(|_| cli.state_dir.clone()),
             tend_bin,
+            specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
         },
     }
 }
@@ -299,12 +308,14 @@ async fn connect(desired: &Desired) -> Result<(Engines<DockerEngine, SystemdEngi
     let systemd = match SystemdEngine::connect().await {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
-            if apply::needs_units(desired) {
-                let services = desired.systemd_services().count();
+            // On-demand Timers (no schedule, or not enabled) run through `tend job run`
+            // and need no systemd; systemd services and scheduled Timers do.
+            let services = desired.systemd_services().count();
+            let scheduled = desired.timers.values().filter(|t| t.spec.enabled && t.spec.schedule.is_some()).count();
+            if services + scheduled > 0 {
                 missing = Some(format!(
-                    "{}: {services} systemd service(s) and {} Timer(s) were not applied (Docker services were)",
+                    "{}: {services} systemd service(s) and {scheduled} scheduled Timer(s) were not applied (Docker services were)",
                     apply::chain(&e),
-                    desired.timers.len()
                 ));
             }
             None
@@ -682,4 +693,199 @@ fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
         println!("released {k}: the next apply starts it again");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tend job`: a Timer's job run now, its runs, the Timers.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Run a Timer's job now, even when `enabled: false`.
+    ///
+    /// The run follows the Timer's concurrency and timeout and is recorded in the history.
+    /// Exit: the job's status (0 ok); 75 skipped (concurrency `forbid` and a run in
+    /// progress); 124 timed out; 1 tend's own error.
+    Run {
+        /// The Timer.
+        name: String,
+        /// A spec file or directory.
+        #[arg(default_value = DEFAULT_SPECS)]
+        path: PathBuf,
+        /// What started the run (recorded in the history).
+        #[arg(long, value_enum, default_value_t)]
+        trigger: crate::jobs::Trigger,
+    },
+    /// Show a Timer's recorded runs, newest first.
+    ///
+    /// Reads the state directory only: no specs, no engine.
+    History {
+        /// The Timer.
+        name: String,
+        /// Show at most this many runs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List every Timer: schedule, whether it is enabled, next elapse, last run.
+    List {
+        /// A spec file or directory.
+        #[arg(default_value = DEFAULT_SPECS)]
+        path: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Runs a `tend job` command. Unlike `plan` and `apply`, it accepts any valid spec set: a
+/// job needs Docker (docker jobs) or nothing (host jobs), not the systemd backend.
+fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
+    match command {
+        JobCommand::Run { name, path, trigger } => {
+            let desired = load(path)?;
+            let timer = match crate::jobs::find_timer(&desired, name) {
+                Ok(timer) => timer,
+                Err(e) => return Ok(job_error(&e)),
+            };
+            let options = crate::jobs::RunOptions {
+                state_dir: cli.state_dir.clone(),
+                scope: cli.scope.clone(),
+                trigger: *trigger,
+            };
+            match runtime()?.block_on(crate::jobs::run(&options, timer)) {
+                Ok(outcome) => {
+                    print_job_run(&timer.name, &outcome.record);
+                    Ok(ExitCode::from(outcome.record.exit_status()))
+                }
+                Err(e) => Ok(job_error(&e)),
+            }
+        }
+        JobCommand::History { name, limit, output } => {
+            let records = match crate::jobs::history(&cli.state_dir, name, *limit) {
+                Ok(records) => records,
+                Err(e) => return Ok(job_error(&e)),
+            };
+            match output {
+                Output::Json => print_json(&records)?,
+                Output::Text if records.is_empty() => {
+                    println!("No runs of `{name}` are recorded in {}.", cli.state_dir.join("jobs").display());
+                    let known = crate::jobs::recorded_timers(&cli.state_dir);
+                    if let Some(near) = crate::jobs::near_name(name, &known).filter(|n| *n != name) {
+                        println!("Did you mean `{near}`?");
+                    }
+                }
+                Output::Text => print_job_history(&records),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::List { path, output } => {
+            let desired = load(path)?;
+            let entries = crate::jobs::list(&cli.state_dir, &desired, tend_specs::calendar::Timestamp::now());
+            match output {
+                Output::Json => print_json(&entries)?,
+                Output::Text => print_job_list(&entries),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints a job error with its causes, as `main` prints the others; exit status 1.
+fn job_error(e: &crate::jobs::JobError) -> ExitCode {
+    eprintln!("{} {}", Paint::stderr().red("error:"), crate::jobs::error_chain(e));
+    ExitCode::from(1)
+}
+
+/// One line on the run (stdout when it succeeded, stderr otherwise), then its log.
+fn print_job_run(name: &str, r: &crate::jobs::Record) {
+    use crate::jobs::RunResult;
+    let mut line = match r.result {
+        RunResult::Skipped => format!("{name}: skipped"),
+        RunResult::Timeout => {
+            format!("{name}: run {} timed out after {}", r.run, crate::jobs::format_duration(r.duration_ms()))
+        }
+        result => format!("{name}: run {} {result} after {}", r.run, crate::jobs::format_duration(r.duration_ms())),
+    };
+    if let Some(code) = r.exit_code {
+        line.push_str(&format!(" (exit {code})"));
+    }
+    if let Some(detail) = &r.detail {
+        line.push_str(&format!(": {detail}"));
+    }
+    if let Some(log) = &r.log {
+        line.push_str(&format!("\n  log: {}", log.display()));
+    }
+    match r.result {
+        RunResult::Ok => println!("{line}"),
+        RunResult::Error => eprintln!("{} {line}", Paint::stderr().red("error:")),
+        _ => eprintln!("{line}"),
+    }
+}
+
+fn job_result(paint: Paint, r: &crate::jobs::Record) -> String {
+    use crate::jobs::RunResult;
+    let text = r.result.to_string();
+    match r.result {
+        RunResult::Ok => paint.green(&text),
+        RunResult::Skipped => paint.yellow(&text),
+        RunResult::Failed | RunResult::Timeout | RunResult::Error => paint.red(&text),
+    }
+}
+
+fn print_job_history(records: &[crate::jobs::Record]) {
+    let paint = Paint::stdout();
+    let notes = records.iter().any(|r| r.detail.is_some());
+    let mut header: Vec<String> = ["START", "DURATION", "TRIGGER", "RESULT", "EXIT", "LOG"].map(String::from).into();
+    if notes {
+        header.push("NOTE".into());
+    }
+    let mut rows = vec![header];
+    for r in records {
+        let mut row = vec![
+            crate::time::format_ms(r.start_ms),
+            crate::jobs::format_duration(r.duration_ms()),
+            r.trigger.to_string(),
+            job_result(paint, r),
+            r.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+            r.log.as_ref().map_or_else(|| "-".into(), |l| l.display().to_string()),
+        ];
+        if notes {
+            row.push(r.detail.clone().unwrap_or_default());
+        }
+        rows.push(row);
+    }
+    table(&rows);
+}
+
+fn print_job_list(entries: &[crate::jobs::TimerEntry]) {
+    let paint = Paint::stdout();
+    if entries.is_empty() {
+        println!("No Timers in the specs.");
+        return;
+    }
+    let mut rows =
+        vec![["TIMER", "SCHEDULE", "ENABLED", "NEXT", "LAST RUN", "RESULT"].map(String::from).into_iter().collect()];
+    for e in entries {
+        let next = match (&e.next, &e.schedule, e.enabled) {
+            (Some(next), _, _) => next.clone(),
+            (None, None, _) | (None, Some(_), false) => "on demand".into(),
+            (None, Some(_), true) => "never".into(),
+        };
+        let (last, result) = match &e.last {
+            Some(r) => {
+                let code = r.exit_code.filter(|c| *c != 0).map(|c| format!(" ({c})")).unwrap_or_default();
+                (crate::time::format_ms(r.start_ms), format!("{}{code}", job_result(paint, r)))
+            }
+            None => ("never".into(), "-".into()),
+        };
+        rows.push(vec![
+            e.name.clone(),
+            e.schedule.clone().unwrap_or_else(|| "-".into()),
+            if e.enabled { "yes".into() } else { "no".into() },
+            next,
+            last,
+            result,
+        ]);
+    }
+    table(&rows);
 }

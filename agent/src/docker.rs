@@ -255,7 +255,12 @@ impl ContainerEngine for DockerEngine {
         };
         let (containers, networks, volumes, images) =
             futures::try_join!(containers, networks, volumes, self.observe_images(images))?;
-        let containers: Vec<Container> = containers.into_iter().map(to_container).collect();
+        // Containers of job runs (`tend job run`) are the job runner's, not the planner's.
+        let containers: Vec<Container> = containers
+            .into_iter()
+            .filter(|c| c.labels.as_ref().and_then(|l| l.get(LABEL_KIND)).is_none_or(|k| k != "job"))
+            .map(to_container)
+            .collect();
         let networks = networks
             .into_iter()
             .map(|n| {
@@ -414,6 +419,169 @@ impl ContainerEngine for DockerEngine {
         let list = self.list_owned(label_filter(&[(LABEL_SCOPE, scope), (LABEL_NAME, service)])).await?;
         Ok(list.iter().map(container_name).collect())
     }
+}
+
+/// A container of one job run, as [`DockerEngine::job_containers`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobContainer {
+    /// Container ID.
+    pub id: String,
+    /// Container name (`NAME-run-RUN`).
+    pub name: String,
+    /// The run it belongs to (label `tend.run`).
+    pub run: String,
+}
+
+/// Jobs (`crate::jobs`): a container created for one run of a Timer's job, followed to its
+/// exit and removed after it. Unlike a service's, it is never restarted and never observed
+/// by a pass.
+impl DockerEngine {
+    /// Whether `image` is present in the engine.
+    pub async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(false),
+            Err(e) => Err(err("inspecting image", image)(e)),
+        }
+    }
+
+    /// The containers of job `name` in `scope`, running or not.
+    pub async fn job_containers(&self, scope: &str, name: &str) -> Result<Vec<JobContainer>, EngineError> {
+        let list =
+            self.list_owned(label_filter(&[(LABEL_SCOPE, scope), (LABEL_KIND, "job"), (LABEL_NAME, name)])).await?;
+        Ok(list
+            .into_iter()
+            .map(|c| JobContainer {
+                name: container_name(&c),
+                run: c.labels.as_ref().and_then(|l| l.get(crate::jobs::LABEL_RUN)).cloned().unwrap_or_default(),
+                id: c.id.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Creates (does not start) the container `name` for run `run` of `timer`'s job, joined to
+    /// the job's networks. Returns its ID.
+    pub async fn create_job(
+        &self,
+        scope: &str,
+        timer: &tend_specs::Timer,
+        run: &str,
+        name: &str,
+    ) -> Result<String, EngineError> {
+        let job = &timer.spec.job;
+        let labels = HashMap::from([
+            (LABEL_SCOPE.to_string(), scope.to_string()),
+            (LABEL_KIND.to_string(), "job".to_string()),
+            (LABEL_NAME.to_string(), timer.name.clone()),
+            (crate::jobs::LABEL_RUN.to_string(), run.to_string()),
+            (LABEL_HASH.to_string(), timer.hash.clone()),
+        ]);
+        let env: Vec<String> = timer
+            .env
+            .iter()
+            .map(|(k, v)| match v {
+                Env::Literal(s) => format!("{k}={s}"),
+                Env::Secret { value, .. } => format!("{k}={}", value.expose()),
+            })
+            .collect();
+        let mounts = job_mounts(&job.volumes);
+        let networking_config = job.networks.first().map(|n| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),
+        });
+        let body = ContainerCreateBody {
+            image: job.image.clone(),
+            entrypoint: job.entrypoint.clone(),
+            cmd: job.command.clone(),
+            env: Some(env),
+            labels: Some(labels),
+            user: job.user.clone(),
+            working_dir: job.working_dir.clone(),
+            host_config: Some(HostConfig {
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                // tend follows the run and removes the container itself, after reading its
+                // exit code and the end of its output.
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            networking_config,
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+        let created =
+            self.docker.create_container(Some(options), body).await.map_err(err("creating container", name))?;
+        for net in job.networks.iter().skip(1) {
+            let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: None };
+            self.docker
+                .connect_network(net, req)
+                .await
+                .map_err(err("connecting to network", format!("{name} → {net}")))?;
+        }
+        Ok(created.id)
+    }
+
+    /// Copies the container's output (stdout and stderr, in the order they come) into `out`
+    /// until the container exits.
+    pub async fn copy_job_logs(&self, id: &str, name: &str, out: &mut impl std::io::Write) -> Result<(), EngineError> {
+        let options =
+            bollard::query_parameters::LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+        let mut stream = self.docker.logs(id, Some(options));
+        while let Some(item) = stream.next().await {
+            let bytes = item.map_err(err("reading the output of container", name))?.into_bytes();
+            out.write_all(&bytes).map_err(|e| EngineError {
+                op: "saving the output of container",
+                object: name.to_string(),
+                kind: EngineErrorKind::Refused,
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the container is not running; its exit code.
+    pub async fn wait_job(&self, id: &str, name: &str) -> Result<i64, EngineError> {
+        let options = bollard::query_parameters::WaitContainerOptions { condition: "not-running".to_string() };
+        let mut stream = self.docker.wait_container(id, Some(options));
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(err("waiting for container", name)(e)),
+            None => Err(err("waiting for container", name)(BollardError::RequestTimeoutError)),
+        }
+    }
+
+    /// Stops a container: its stop signal (SIGTERM by default), SIGKILL after `grace_s`
+    /// seconds. A container that is not running, or gone, counts as stopped.
+    pub async fn stop_job(&self, id: &str, name: &str, grace_s: u64) -> Result<(), EngineError> {
+        let t = Some(i32::try_from(grace_s).unwrap_or(i32::MAX));
+        match self.docker.stop_container(id, Some(StopContainerOptions { t, signal: None })).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+            Err(e) => Err(err("stopping container", name)(e)),
+        }
+    }
+}
+
+/// Mounts of a job, as for a service's instance.
+fn job_mounts(volumes: &[tend_specs::service::VolumeMount]) -> Vec<Mount> {
+    volumes
+        .iter()
+        .map(|m| {
+            let (typ, source) = match &m.source {
+                MountSource::Bind(p) => (MountType::BIND, p.display().to_string()),
+                MountSource::Volume(v) => (MountType::VOLUME, v.clone()),
+            };
+            Mount {
+                typ: Some(typ),
+                source: Some(source),
+                target: Some(m.target.clone()),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cli;
 pub mod docker;
 pub mod engine;
+pub mod jobs;
 pub mod model;
 pub mod plan;
 pub mod state;

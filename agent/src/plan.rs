@@ -144,6 +144,11 @@ pub enum Action {
         /// The unit name.
         unit: String,
     },
+    /// Run a Timer's job now and wait for it (`tend job run`): a before-start hook.
+    RunJob {
+        /// The Timer whose job runs.
+        job: String,
+    },
     /// Remove a network tend created that no spec uses any more.
     RemoveNetwork {
         /// Its name.
@@ -213,6 +218,11 @@ pub enum Reason {
     Rollout,
     /// Unit files were written or removed.
     UnitFilesChanged,
+    /// The before-start hook of a service whose new version is about to start.
+    Hook {
+        /// The service.
+        service: String,
+    },
     /// The spec says the units are (or are not) enabled at boot.
     Enablement {
         /// Enabled in the spec.
@@ -243,6 +253,7 @@ impl fmt::Display for Reason {
             Self::Unreferenced => f.write_str("no spec uses it"),
             Self::Rollout => f.write_str("rollout waits for it"),
             Self::UnitFilesChanged => f.write_str("unit files changed"),
+            Self::Hook { service } => write!(f, "before {service} starts its new version"),
             Self::Enablement { enabled: true } => f.write_str("enabled in the spec"),
             Self::Enablement { enabled: false } => f.write_str("not enabled in the spec"),
         }
@@ -790,6 +801,28 @@ pub fn plan(input: Input<'_>) -> Plan {
                 s.spec.depends_on.iter().any(|d| blocked.contains(d.name.as_str()) && d.name != s.name);
             if waits_on_blocked_dep {
                 units.retain(|(_, u)| matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)));
+            }
+        }
+
+        // A new version (a replacement, or the first start of this spec's template) runs
+        // the before-start hook first, and nothing of it starts unless the hook succeeds;
+        // crash restarts and scale-ups of a version already running do not run it.
+        if let Some(job) = s.spec.hooks.as_ref().and_then(|h| h.before_start.as_ref()) {
+            let version_runs = instances.values().flatten().any(|c| c.hash == s.hash);
+            let new_version = units.iter().any(|(_, u)| match u {
+                Unit::Paced { replace, chain } => {
+                    *replace || (!version_runs && chain.iter().any(|(a, _)| matches!(a, Action::Create { .. })))
+                }
+                Unit::Now(..) => false,
+            });
+            if new_version {
+                let id = b.push(
+                    Action::RunJob { job: job.clone() },
+                    Reason::Hook { service: s.name.clone() },
+                    std::mem::take(&mut prereqs),
+                    0,
+                );
+                prereqs.push(id);
             }
         }
 

@@ -76,6 +76,9 @@ pub struct Context<'a> {
     pub state_dir: &'a Path,
     /// Where environment files go, e.g. `/etc/tend/env`.
     pub env_dir: &'a Path,
+    /// The spec set being applied, passed to `tend job run` so a scheduled run reads the
+    /// same specs.
+    pub specs: &'a Path,
 }
 
 /// The value of `X-Tend-Kind` of a systemd service's unit.
@@ -187,10 +190,27 @@ pub fn render_timer(ctx: &Context<'_>, t: &Timer) -> Rendered {
     line(&mut job, "Type", "oneshot");
     let tend_bin = ctx.tend_bin.to_string_lossy();
     let state_dir = ctx.state_dir.to_string_lossy();
-    let argv =
-        [&*tend_bin, "--scope", ctx.scope, "--state-dir", &*state_dir, "job", "run", &t.name, "--trigger", "timer"];
+    let specs = ctx.specs.to_string_lossy();
+    let argv = [
+        &*tend_bin,
+        "--scope",
+        ctx.scope,
+        "--state-dir",
+        &*state_dir,
+        "job",
+        "run",
+        &t.name,
+        &*specs,
+        "--trigger",
+        "timer",
+    ];
     line(&mut job, "ExecStart", &command_line(&argv));
-    line(&mut job, "TimeoutStartSec", &spec.timeout.map_or_else(|| "infinity".to_string(), duration));
+    // tend enforces the job's timeout itself and records it; systemd's limit is a backstop
+    // 30s later. KillMode=mixed signals tend first, so it stops the job and records the run.
+    let backstop =
+        spec.timeout.map(|t| tend_specs::quantity::Duration::from_millis(t.get().as_millis() as u64 + 30_000));
+    line(&mut job, "TimeoutStartSec", &backstop.map_or_else(|| "infinity".to_string(), duration));
+    line(&mut job, "KillMode", "mixed");
     units.push(UnitText { name: format!("{}.service", t.name), content: job });
 
     if let Some(schedule) = &spec.schedule {
@@ -344,6 +364,7 @@ mod tests {
 
     fn ctx() -> Context<'static> {
         Context {
+            specs: Path::new("/etc/tend/specs"),
             scope: "prod",
             tend_bin: Path::new("/usr/local/bin/tend"),
             state_dir: Path::new("/var/lib/tend"),
@@ -654,8 +675,9 @@ mod tests {
                    \n\
                    [Service]\n\
                    Type=oneshot\n\
-                   ExecStart=\"/usr/local/bin/tend\" \"--scope\" \"prod\" \"--state-dir\" \"/var/lib/tend\" \"job\" \"run\" \"nightly\" \"--trigger\" \"timer\"\n\
-                   TimeoutStartSec=600s\n"
+                   ExecStart=\"/usr/local/bin/tend\" \"--scope\" \"prod\" \"--state-dir\" \"/var/lib/tend\" \"job\" \"run\" \"nightly\" \"/etc/tend/specs\" \"--trigger\" \"timer\"\n\
+                   TimeoutStartSec=630s\n\
+                   KillMode=mixed\n"
         );
     }
 

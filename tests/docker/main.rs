@@ -5,4 +5,5 @@
 mod harness;
 
 mod bad_specs;
+mod jobs;
 mod services;

@@ -848,3 +848,53 @@ fn an_image_missing_locally_is_pulled_from_a_registry() {
     env.cleanup();
     drop(tag);
 }
+
+/// A host job the hook runs: it appends to `marker` and exits with `code`.
+fn hook_timer(name: &str, marker: &std::path::Path, code: i32) -> String {
+    format!(
+        "---\napiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  enabled: false\n  job: {{runtime: host, exec: [/bin/sh, -c, 'echo ran >> {}; exit {code}']}}\n",
+        marker.display()
+    )
+}
+
+#[test]
+fn a_before_start_hook_runs_before_a_new_version_and_a_failing_one_keeps_the_old() {
+    harness::require_docker();
+    let env = Env::new("before_start_hook");
+    let (web, migrate) = (env.name("web"), env.name("migrate"));
+    let marker = env.state_path().join("migrations");
+    let hook = format!("hooks: {{beforeStart: {migrate}}}");
+    env.write_spec("migrate.yaml", &hook_timer(&migrate, &marker, 0));
+    env.write_spec("web.yaml", &service(&web, &format!("env: {{VERSION: '1'}}\n{hook}")));
+
+    // First start: the hook runs first, then the container is created.
+    let report = apply_json(&env);
+    let run = find_step(&report, "run-job", |st| s(st, "action") == "run-job");
+    let create = find_step(&report, "create", |st| s(st, "action") == "create");
+    assert!(create["after"].as_array().is_some_and(|a| a.contains(&run["id"])), "{report:#}");
+    assert_eq!(std::fs::read_to_string(&marker).expect("the hook ran").lines().count(), 1);
+    let v1 = container(&env, &format!("{web}-1"));
+
+    // A crash restart of the running version does not run it again.
+    harness::docker_ok(&["kill", &v1.id]);
+    env.apply();
+    assert_eq!(std::fs::read_to_string(&marker).expect("marker").lines().count(), 1);
+
+    // A new version whose hook fails is not started: the old container keeps running.
+    env.write_spec("migrate.yaml", &hook_timer(&migrate, &marker, 3));
+    env.write_spec("web.yaml", &service(&web, &format!("env: {{VERSION: '2'}}\n{hook}")));
+    let (code, report, output) = apply_json_any(&env);
+    assert_eq!(code, Some(1), "a failed hook fails the apply\n{}", describe(&output));
+    let run = find_step(&report, "run-job", |st| s(st, "action") == "run-job");
+    let failed = report["outcomes"][run["id"].to_string()].to_string();
+    assert!(failed.contains("hook job") && failed.contains("exited with code 3"), "{failed}");
+    let still = container(&env, &format!("{web}-1"));
+    assert_eq!(still.id, v1.id, "the old version must be left in place");
+    assert!(still.is_running());
+    let history = env.tend_ok(&["job", "history", &migrate, "--output", "json"]);
+    let runs: Value = serde_json::from_slice(&history.stdout).expect("history JSON");
+    assert!(
+        runs.as_array().is_some_and(|r| r.iter().any(|r| r["trigger"] == "hook" && r["result"] == "failed")),
+        "{runs:#}"
+    );
+}

@@ -143,7 +143,9 @@ fn the_research_service_example_runs_in_a_real_systemd() {
     for p in programs {
         let dir = p.rsplit_once('/').map_or("/", |(d, _)| d);
         node.exec_ok(&["mkdir", "-p", dir]);
-        node.write_file(p, "#!/bin/sh\nexec sleep infinity\n");
+        // Jobs (manage.py migrate, the restores) finish; services stay up.
+        let body = if p.contains("python") || p.contains("restore") { "exit 0" } else { "exec sleep infinity" };
+        node.write_file(p, &format!("#!/bin/sh\n{body}\n"));
         node.exec_ok(&["chmod", "755", p]);
     }
     node.exec_ok(&["mkdir", "-p", "/srv/rds", "/etc/rds"]);
@@ -170,4 +172,70 @@ fn the_research_service_example_runs_in_a_real_systemd() {
     assert_eq!(node.exec_ok(&["stat", "-c", "%a", "/etc/tend/env/rds-uwsgi.env"]).trim(), "600");
     let plan = tend(&node, &["plan", SPECS]);
     assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
+    // uwsgi's before-start hook ran once, before its first start, and is recorded.
+    let deploys = history(&node, "rds-deploy");
+    assert_eq!(deploys.len(), 1, "{deploys:#?}");
+    assert_eq!((deploys[0]["trigger"].as_str(), deploys[0]["result"].as_str()), (Some("hook"), Some("ok")));
+}
+
+/// The runs recorded for a Timer in the node, oldest first.
+fn history(node: &Node, name: &str) -> Vec<serde_json::Value> {
+    let out = tend(node, &["job", "history", name, "--output", "json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("history JSON");
+    runs.sort_by_key(|r| r["start_ms"].as_u64());
+    runs
+}
+
+#[test]
+fn timers_fire_their_jobs_through_tend_never_overlapping_and_catch_up_after_downtime() {
+    node::require_systemd_node_image();
+    let node = Node::start("tend-timer-fires");
+    node.copy_in(env!("CARGO_BIN_EXE_tend"), TEND);
+    node.exec_ok(&["mkdir", "-p", SPECS]);
+    // Every 2 seconds, a job that takes 3: systemd must never start it while it runs.
+    node.write_file(
+        &format!("{SPECS}/tick.yaml"),
+        "apiVersion: tend/v1\nkind: Timer\nmetadata: {name: tick}\nspec:\n  schedule: '*:*:0/2'\n  accuracy: 1ms\n  concurrency: forbid\n  job: {runtime: host, exec: [/bin/sh, -c, 'date +%s >> /tmp/ticks; sleep 3']}\n",
+    );
+    apply(&node);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut runs = Vec::new();
+    while std::time::Instant::now() < deadline {
+        runs = history(&node, "tick");
+        if runs.iter().filter(|r| r["result"] == "ok").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let ok: Vec<&serde_json::Value> = runs.iter().filter(|r| r["result"] == "ok").collect();
+    assert!(ok.len() >= 2, "the timer must fire its job through tend: {runs:#?}");
+    assert!(ok.iter().all(|r| r["trigger"] == "timer"), "{runs:#?}");
+    for pair in ok.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(b["start_ms"].as_u64() >= a["end_ms"].as_u64(), "runs overlap: {a} and {b}");
+    }
+
+    // Persistent catch-up: a run due while the node is down happens when it boots.
+    let due = node.exec_ok(&["date", "-u", "-d", "+8 seconds", "+%Y-%m-%d %H:%M:%S"]);
+    node.write_file(
+        &format!("{SPECS}/once.yaml"),
+        &format!(
+            "apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: once}}\nspec:\n  schedule: '{} UTC'\n  persistent: true\n  accuracy: 1ms\n  job: {{runtime: host, exec: [/bin/true]}}\n",
+            due.trim()
+        ),
+    );
+    apply(&node);
+    assert!(history(&node, "once").is_empty(), "not due yet");
+    node.stop_container();
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    node.start_container();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut caught_up = false;
+    while !caught_up && std::time::Instant::now() < deadline {
+        let out = tend(&node, &["job", "history", "once", "--output", "json"]);
+        caught_up = String::from_utf8_lossy(&out.stdout).contains("\"ok\"");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(caught_up, "the missed run must run at boot: {:#?}", history(&node, "once"));
 }

@@ -21,6 +21,7 @@ const ENV_DIR: &str = "/etc/tend/env";
 
 fn ctx() -> Context<'static> {
     Context {
+        specs: std::path::Path::new("/etc/tend/specs"),
         scope: "units-test",
         tend_bin: Path::new(NODE_TEND),
         state_dir: Path::new("/var/lib/tend"),
@@ -265,13 +266,15 @@ fn rendered_timers_pass_verify_and_an_enabled_one_is_listed_with_its_next_elapse
     assert!(listed.contains(next) && listed.contains("far-future.service"), "list-timers:\n{listed}");
     assert_eq!(node.show_property("far-future.timer", "Persistent"), "yes");
     assert_eq!(node.show_property("far-future.timer", "AccuracyUSec"), "1s");
-    assert_eq!(node.show_property("far-future.service", "TimeoutStartUSec"), "10min");
+    // The job's timeout is tend's; systemd's is a backstop 30 s later.
+    assert_eq!(node.show_property("far-future.service", "TimeoutStartUSec"), "10min 30s");
+    assert_eq!(node.show_property("far-future.service", "KillMode"), "mixed");
     assert_eq!(node.show_property("restore.service", "TimeoutStartUSec"), "infinity");
     assert_eq!(node.show_property("spread.timer", "RandomizedDelayUSec"), "5min");
     let exec = node.systemctl_ok(&["show", "-p", "ExecStart", "far-future.service"]);
     assert!(
         exec.contains(
-            "argv[]=/usr/local/bin/tend --scope units-test --state-dir /var/lib/tend job run far-future --trigger timer ;"
+            "argv[]=/usr/local/bin/tend --scope units-test --state-dir /var/lib/tend job run far-future /etc/tend/specs --trigger timer ;"
         ),
         "the job runs tend: {exec}"
     );

@@ -511,7 +511,13 @@ fn unit_ctx() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
 
 fn with_units<R>(f: impl FnOnce(&crate::units::Context<'_>) -> R) -> R {
     let (bin, state, env) = unit_ctx();
-    f(&crate::units::Context { scope: "default", tend_bin: &bin, state_dir: &state, env_dir: &env })
+    f(&crate::units::Context {
+        scope: "default",
+        tend_bin: &bin,
+        state_dir: &state,
+        env_dir: &env,
+        specs: std::path::Path::new("/etc/tend/specs"),
+    })
 }
 
 fn sd(name: &str, extra: &str) -> String {
@@ -685,4 +691,59 @@ fn without_systemd_no_unit_is_planned() {
         })
     });
     assert!(p.is_empty());
+}
+
+// ---- before-start hooks ----------------------------------------------------------------
+
+#[test]
+fn a_new_version_runs_its_hook_first_and_nothing_of_it_starts_before() {
+    let hook = "hooks: {beforeStart: migrate}";
+    let job = timer("migrate", "  enabled: false");
+    let old = desired(&(svc("web", &format!("command: [old]\n{hook}")) + &job));
+    let new = desired(&(svc("web", &format!("command: [new]\n{hook}")) + &job));
+    // A replacement.
+    let p = run(&new, &observed(&new, vec![live(&old, "web", 1, RunState::Running)]), &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "run-job job/migrate (before web starts its new version)",
+            "remove web-1 (changed: command) after [1]",
+            "create web-1 (changed: command) after [2]"
+        ]
+    );
+    // A first start.
+    let p = run(&new, &observed(&new, vec![]), &State::default());
+    assert_eq!(
+        show(&p),
+        ["run-job job/migrate (before web starts its new version)", "create web-1 (missing) after [1]"]
+    );
+}
+
+#[test]
+fn crash_restarts_and_scale_ups_of_a_running_version_do_not_run_the_hook() {
+    let hook = "hooks: {beforeStart: migrate}";
+    let job = timer("migrate", "  enabled: false");
+    let d = desired(&(svc("web", &format!("replicas: 2\n{hook}")) + &job));
+    let mut exited = live(&d, "web", 1, RunState::Exited);
+    exited.exit_code = Some(1);
+    let p = run(&d, &observed(&d, vec![exited]), &State::default());
+    assert_eq!(show(&p), ["start web-1 (exited with code 1 (restart 1))", "create web-2 (missing)"]);
+}
+
+#[test]
+fn a_systemd_service_starts_its_new_version_only_after_its_hook() {
+    let d = desired(&(sd("web", "  hooks: {beforeStart: migrate}\n") + &timer("migrate", "  enabled: false")));
+    let units: BTreeMap<String, Unit> =
+        live_units(&d, UnitActive::Inactive).into_iter().filter(|(n, _)| n.starts_with("migrate")).collect();
+    let p = plan_units(&d, units, &State::default());
+    assert_eq!(
+        show(&p),
+        [
+            "write-unit web.service (missing)",
+            "daemon-reload systemd (unit files changed) after [1]",
+            "enable web.service (enabled in the spec) after [2]",
+            "run-job job/migrate (before web starts its new version) after [2]",
+            "start-unit web.service (missing) after [2, 3, 4]",
+        ]
+    );
 }

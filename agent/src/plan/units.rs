@@ -24,6 +24,8 @@ struct Want {
     run: bool,
     /// For a service unit, its restart policy (how an exit is treated).
     restart: Option<RestartPolicy>,
+    /// The before-start hook: a Timer whose job runs before a new version starts.
+    hook: Option<String>,
 }
 
 fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
@@ -37,6 +39,7 @@ fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
                 enable: enabled,
                 run: enabled,
                 restart: Some(policy(s)),
+                hook: s.spec.hooks.as_ref().and_then(|h| h.before_start.clone()),
             };
             out.insert(u.name, want);
         }
@@ -47,7 +50,10 @@ fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
             // started by the timer or by hand (`tend job run`), never by apply.
             let is_timer = u.name.ends_with(".timer");
             let on = is_timer && t.spec.enabled;
-            out.insert(u.name, Want { owner: t.name.clone(), content: u.content, enable: on, run: on, restart: None });
+            out.insert(
+                u.name,
+                Want { owner: t.name.clone(), content: u.content, enable: on, run: on, restart: None, hook: None },
+            );
         }
     }
     out
@@ -69,6 +75,8 @@ pub(super) fn plan_units(
     let want = wanted(desired, ctx);
     let mut file_steps = Vec::new();
     let mut restart_after_reload = Vec::new();
+    // Units whose new version starts in this pass, with their hook.
+    let mut hooked: BTreeMap<String, String> = BTreeMap::new();
     let mut start_after_reload = Vec::new();
     let (mut enable, mut disable) = (Vec::new(), Vec::new());
     for (name, w) in &want {
@@ -88,6 +96,9 @@ pub(super) fn plan_units(
                 }
                 if w.run {
                     start_after_reload.push((name.clone(), Reason::Missing));
+                    if let Some(job) = &w.hook {
+                        hooked.insert(name.clone(), job.clone());
+                    }
                 }
             }
             Some(u) => {
@@ -105,6 +116,9 @@ pub(super) fn plan_units(
                     ));
                     // A running unit picks up its new file by a restart; a stopped one that
                     // should run is started below.
+                    if let (true, Some(job)) = (w.run, &w.hook) {
+                        hooked.insert(name.clone(), job.clone());
+                    }
                     if w.run && matches!(u.active, UnitActive::Active | UnitActive::Activating) {
                         restart_after_reload.push(name.clone());
                         continue;
@@ -200,15 +214,25 @@ pub(super) fn plan_units(
             0,
         ));
     }
+    // A unit's new version starts only once its hook succeeded.
+    let mut hook_steps: BTreeMap<String, usize> = BTreeMap::new();
+    let mut after_hook = |b: &mut Builder, name: &str| -> Vec<usize> {
+        let mut after = started_after.clone();
+        if let Some(job) = hooked.get(name) {
+            let owner = name.trim_end_matches(".service").to_string();
+            let id = *hook_steps.entry(name.to_string()).or_insert_with(|| {
+                b.push(Action::RunJob { job: job.clone() }, Reason::Hook { service: owner }, ready.clone(), 0)
+            });
+            after.push(id);
+        }
+        after
+    };
     for name in restart_after_reload {
-        b.push(
-            Action::RestartUnit { unit: name },
-            Reason::Changed { fields: vec!["unit file".into()] },
-            started_after.clone(),
-            0,
-        );
+        let after = after_hook(b, &name);
+        b.push(Action::RestartUnit { unit: name }, Reason::Changed { fields: vec!["unit file".into()] }, after, 0);
     }
     for (name, reason) in start_after_reload {
-        b.push(Action::StartUnit { unit: name }, reason, started_after.clone(), 0);
+        let after = after_hook(b, &name);
+        b.push(Action::StartUnit { unit: name }, reason, after, 0);
     }
 }
