@@ -239,12 +239,15 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
-                let status = status(&desired, &observed, &st, &plan);
+                let mut status = status(&desired, &observed, &st, &plan);
+                status.timers = crate::jobs::list(&cli.state_dir, &desired, tend_specs::calendar::Timestamp::now());
+                status.unchecked = missing.clone();
                 match output {
                     Output::Json => print_json(&status)?,
                     Output::Text => print_status(&status),
                 }
-                Ok(ExitCode::SUCCESS)
+                // Part of the specs could not be observed: the host is not known to match.
+                Ok(if missing.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
             })
         }
     }
@@ -536,6 +539,11 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// systemd units of systemd services and Timers (empty where systemd is not observed).
     pub units: Vec<UnitStatus>,
+    /// Timers: schedule, next elapse, last run and its result.
+    pub timers: Vec<crate::jobs::TimerEntry>,
+    /// What of the specs could not be checked (an engine that is not there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchecked: Option<String>,
     /// Steps an apply would run now.
     pub pending_steps: usize,
     /// Conflicts, holds, backoffs and other notes.
@@ -602,11 +610,21 @@ fn status(desired: &Desired, observed: &Observed, st: &state::State, plan: &Plan
             });
         }
     }
-    Status { services, units, pending_steps: plan.steps.len(), notes: plan.notes.clone() }
+    Status {
+        services,
+        units,
+        timers: Vec::new(),
+        unchecked: None,
+        pending_steps: plan.steps.len(),
+        notes: plan.notes.clone(),
+    }
 }
 
 fn print_status(status: &Status) {
     let paint = Paint::stdout();
+    if !status.timers.is_empty() {
+        print_job_list(&status.timers);
+    }
     if !status.units.is_empty() {
         let mut rows = vec![vec!["UNIT".into(), "STATE".into(), "ENABLED".into()]];
         for u in &status.units {
@@ -644,9 +662,13 @@ fn print_status(status: &Status) {
             rows.push(vec![s.name.clone(), "-".into(), "scaled to 0".into(), "-".into(), "-".into()]);
         }
     }
-    table(&rows);
+    if rows.len() > 1 {
+        table(&rows);
+    }
     if status.pending_steps > 0 {
         println!("{} step(s) pending: run `tend plan` to see them", status.pending_steps);
+    } else if status.unchecked.is_some() {
+        println!("Not all of the specs could be checked here (see the error).");
     } else if status.notes.is_empty() {
         println!("Converged: the host matches the specs.");
     } else {
