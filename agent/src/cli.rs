@@ -749,6 +749,17 @@ pub enum JobCommand {
         output: Output,
     },
     /// List every Timer: schedule, whether it is enabled, next elapse, last run.
+    /// Run scheduled Timers from tend's own scheduler, in the foreground, for hosts where
+    /// systemd is not PID 1 (where it is, systemd's timers do this). Persistent Timers catch
+    /// up a run missed since their last recorded run. Stops on SIGINT/SIGTERM.
+    Schedule {
+        /// A spec file or directory.
+        #[arg(default_value = DEFAULT_SPECS)]
+        path: PathBuf,
+        /// Stop after this long (e.g. `1h`); runs until stopped when not given.
+        #[arg(long = "for")]
+        duration: Option<tend_specs::quantity::Duration>,
+    },
     List {
         /// A spec file or directory.
         #[arg(default_value = DEFAULT_SPECS)]
@@ -763,6 +774,63 @@ pub enum JobCommand {
 /// job needs Docker (docker jobs) or nothing (host jobs), not the systemd backend.
 fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
     match command {
+        JobCommand::Schedule { path, duration } => {
+            let desired = load(path)?;
+            let timers: Vec<tend_specs::Timer> =
+                desired.timers.values().filter(|t| crate::scheduler::scheduled(t)).cloned().collect();
+            if timers.is_empty() {
+                println!("No scheduled Timers in {}: nothing to do.", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if crate::systemd::booted().is_ok() {
+                eprintln!(
+                    "{} systemd is PID 1 here: its timers already run these jobs once `tend apply` wrote them; running both would run each job twice",
+                    Paint::stderr().yellow("warning:")
+                );
+            }
+            let options = options(cli, path, 1);
+            let config = crate::scheduler::Config {
+                tend_bin: options.units.tend_bin.clone(),
+                scope: cli.scope.clone(),
+                state_dir: options.units.state_dir.clone(),
+                specs: options.specs.clone(),
+            };
+            println!(
+                "Scheduling {} Timer(s): {}",
+                timers.len(),
+                timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            runtime()?.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let stopper = stop.clone();
+                let limit = duration.map(|d| d.get());
+                tokio::spawn(async move {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                    let sigterm = async {
+                        match term.as_mut() {
+                            Some(t) => {
+                                t.recv().await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let until = async {
+                        match limit {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        () = sigterm => {}
+                        () = until => {}
+                    }
+                    stopper.cancel();
+                });
+                crate::scheduler::schedule(config, timers, stop).await;
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         JobCommand::Run { name, path, trigger } => {
             let desired = load(path)?;
             let timer = match crate::jobs::find_timer(&desired, name) {

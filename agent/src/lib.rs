@@ -9,6 +9,7 @@ pub mod engine;
 pub mod jobs;
 pub mod model;
 pub mod plan;
+pub mod scheduler;
 pub mod state;
 pub mod systemd;
 pub mod time;
