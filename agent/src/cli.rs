@@ -748,7 +748,6 @@ pub enum JobCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
-    /// List every Timer: schedule, whether it is enabled, next elapse, last run.
     /// Run scheduled Timers from tend's own scheduler, in the foreground, for hosts where
     /// systemd is not PID 1 (where it is, systemd's timers do this). Persistent Timers catch
     /// up a run missed since their last recorded run. Stops on SIGINT/SIGTERM.
@@ -760,6 +759,7 @@ pub enum JobCommand {
         #[arg(long = "for")]
         duration: Option<tend_specs::quantity::Duration>,
     },
+    /// List every Timer: schedule, whether it is enabled, next elapse, last run.
     List {
         /// A spec file or directory.
         #[arg(default_value = DEFAULT_SPECS)]
