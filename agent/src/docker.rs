@@ -161,23 +161,7 @@ fn container_body(scope: &str, service: &Service, instance: u32) -> ContainerCre
             PortBinding { host_ip: p.host_ip.map(|ip| ip.to_string()), host_port: Some(p.host_port.to_string()) },
         );
     }
-    let mounts: Vec<Mount> = spec
-        .volumes
-        .iter()
-        .map(|m| {
-            let (typ, source) = match &m.source {
-                MountSource::Bind(p) => (MountType::BIND, p.display().to_string()),
-                MountSource::Volume(v) => (MountType::VOLUME, v.clone()),
-            };
-            Mount {
-                typ: Some(typ),
-                source: Some(source),
-                target: Some(m.target.clone()),
-                read_only: Some(m.read_only),
-                ..Default::default()
-            }
-        })
-        .collect();
+    let mounts = engine_mounts(&spec.volumes);
     let healthcheck = spec.healthcheck.as_ref().map(|h| {
         let mut test = vec!["CMD".to_string()];
         test.extend(h.command.iter().cloned());
@@ -484,7 +468,7 @@ impl DockerEngine {
                 Env::Secret { value, .. } => format!("{k}={}", value.expose()),
             })
             .collect();
-        let mounts = job_mounts(&job.volumes);
+        let mounts = engine_mounts(&job.volumes);
         let networking_config = job.networks.first().map(|n| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),
         });
@@ -564,8 +548,8 @@ impl DockerEngine {
     }
 }
 
-/// Mounts of a job, as for a service's instance.
-fn job_mounts(volumes: &[tend_specs::service::VolumeMount]) -> Vec<Mount> {
+/// The engine's mounts for tend's volume mounts (of a service's instance or of a job).
+fn engine_mounts(volumes: &[tend_specs::service::VolumeMount]) -> Vec<Mount> {
     volumes
         .iter()
         .map(|m| {
