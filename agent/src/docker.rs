@@ -147,14 +147,7 @@ fn container_body(scope: &str, service: &Service, instance: u32) -> ContainerCre
     labels.insert(LABEL_INSTANCE.into(), instance.to_string());
     labels.insert(LABEL_HASH.into(), service.hash.clone());
     labels.insert(LABEL_FIELDS.into(), encode_fields(&service.field_hashes));
-    let env: Vec<String> = service
-        .env
-        .iter()
-        .map(|(k, v)| match v {
-            Env::Literal(s) => format!("{k}={s}"),
-            Env::Secret { value, .. } => format!("{k}={}", value.expose()),
-        })
-        .collect();
+    let env = engine_env(&service.env);
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &spec.ports {
         bindings.entry(port_key(p)).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(
@@ -460,14 +453,7 @@ impl DockerEngine {
             (crate::jobs::LABEL_RUN.to_string(), run.to_string()),
             (LABEL_HASH.to_string(), timer.hash.clone()),
         ]);
-        let env: Vec<String> = timer
-            .env
-            .iter()
-            .map(|(k, v)| match v {
-                Env::Literal(s) => format!("{k}={s}"),
-                Env::Secret { value, .. } => format!("{k}={}", value.expose()),
-            })
-            .collect();
+        let env = engine_env(&timer.env);
         let mounts = engine_mounts(&job.volumes);
         let networking_config = job.networks.first().map(|n| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),
@@ -546,6 +532,16 @@ impl DockerEngine {
             Err(e) => Err(err("stopping container", name)(e)),
         }
     }
+}
+
+/// The engine's `NAME=value` environment, secrets included: for the engine only, never shown.
+fn engine_env(env: &std::collections::BTreeMap<String, Env>) -> Vec<String> {
+    env.iter()
+        .map(|(k, v)| match v {
+            Env::Literal(s) => format!("{k}={s}"),
+            Env::Secret { value, .. } => format!("{k}={}", value.expose()),
+        })
+        .collect()
 }
 
 /// The engine's mounts for tend's volume mounts (of a service's instance or of a job).
