@@ -927,7 +927,6 @@ pub fn plan(input: Input<'_>) -> Plan {
     }
 
     // Services no spec declares as docker services any more.
-    let mut removals = Vec::new();
     for (service, instances) in &live {
         if desired.services.get(*service).is_some_and(is_docker) {
             continue;
@@ -951,7 +950,7 @@ pub fn plan(input: Input<'_>) -> Plan {
                     id: c.id.clone(),
                     stop_timeout_s: None,
                 };
-                removals.push(b.push(action, Reason::SpecRemoved, vec![], 0));
+                b.push(action, Reason::SpecRemoved, vec![], 0);
             }
         }
     }
@@ -967,7 +966,6 @@ pub fn plan(input: Input<'_>) -> Plan {
             0,
         );
     }
-    let _ = removals;
     if let (Some(ctx), Some(live_units)) = (units, observed.units.as_ref()) {
         units::plan_units(&mut b, desired, live_units, state, ctx);
     }
