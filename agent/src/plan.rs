@@ -562,7 +562,7 @@ pub fn plan(input: Input<'_>) -> Plan {
     let empty = BTreeMap::new();
     for s in order.iter().map(|n| &desired.services[*n]) {
         let instances = live.get(s.name.as_str()).unwrap_or(&empty);
-        let mut units: Vec<(u32, Unit)> = Vec::new();
+        let mut units: Vec<Unit> = Vec::new();
         let mut service_blocked = false;
         let image = s.spec.image.as_deref().unwrap_or_default();
         if missing_images.contains(image) {
@@ -588,7 +588,7 @@ pub fn plan(input: Input<'_>) -> Plan {
             let next = found.iter().find(|c| c.name == next_name).copied();
             // Anything else carrying this instance's labels is a stray duplicate: remove it.
             for stray in found.iter().filter(|c| c.name != name && c.name != next_name) {
-                units.push((i, Unit::Now(remove(s, stray), Reason::Leftover)));
+                units.push(Unit::Now(remove(s, stray), Reason::Leftover));
             }
             if canonical.is_none()
                 && let Some(id) = observed.foreign.get(&name)
@@ -600,22 +600,19 @@ pub fn plan(input: Input<'_>) -> Plan {
             let Some(current) = canonical else {
                 // No container under the instance's name.
                 match next {
-                    Some(n) if n.hash == s.hash => units.push((
-                        i,
-                        Unit::Paced {
-                            replace: false,
-                            chain: vec![(
-                                Action::Rename {
-                                    service: s.name.clone(),
-                                    instance: i,
-                                    id: n.id.clone(),
-                                    from: n.name.clone(),
-                                    to: name.clone(),
-                                },
-                                Reason::Replaced,
-                            )],
-                        },
-                    )),
+                    Some(n) if n.hash == s.hash => units.push(Unit::Paced {
+                        replace: false,
+                        chain: vec![(
+                            Action::Rename {
+                                service: s.name.clone(),
+                                instance: i,
+                                id: n.id.clone(),
+                                from: n.name.clone(),
+                                to: name.clone(),
+                            },
+                            Reason::Replaced,
+                        )],
+                    }),
                     other => {
                         let mut chain = Vec::new();
                         if let Some(n) = other {
@@ -625,7 +622,7 @@ pub fn plan(input: Input<'_>) -> Plan {
                             Action::Create { service: s.name.clone(), instance: i, name: name.clone() },
                             Reason::Missing,
                         ));
-                        units.push((i, Unit::Paced { replace: false, chain }));
+                        units.push(Unit::Paced { replace: false, chain });
                     }
                 }
                 continue;
@@ -633,7 +630,7 @@ pub fn plan(input: Input<'_>) -> Plan {
             // An interrupted start-first replacement left a new container beside the old one:
             // remove it and decide afresh.
             if let Some(n) = next {
-                units.push((i, Unit::Now(remove(s, n), Reason::Leftover)));
+                units.push(Unit::Now(remove(s, n), Reason::Leftover));
             }
             let outdated = if current.hash != s.hash {
                 Some(Reason::Changed { fields: changed_fields(s, current) })
@@ -675,12 +672,12 @@ pub fn plan(input: Input<'_>) -> Plan {
                         ),
                     ],
                 };
-                units.push((i, Unit::Paced { replace: true, chain }));
+                units.push(Unit::Paced { replace: true, chain });
                 continue;
             }
             match current.state {
                 RunState::Running | RunState::Restarting | RunState::Paused | RunState::Removing => {}
-                RunState::Created => units.push((i, Unit::Now(start(s, current), Reason::NotStarted))),
+                RunState::Created => units.push(Unit::Now(start(s, current), Reason::NotStarted)),
                 RunState::Exited | RunState::Dead => {
                     let code = current.exit_code;
                     let policy = s.spec.restart.policy;
@@ -691,17 +688,14 @@ pub fn plan(input: Input<'_>) -> Plan {
                         // Released by `tend release` since it exited: start it again.
                         RestartPolicy::Hold if state.released.contains_key(&name) => true,
                         RestartPolicy::Hold => {
-                            units.push((
-                                i,
-                                Unit::Now(
-                                    Action::Hold {
-                                        service: s.name.clone(),
-                                        instance: i,
-                                        name: name.clone(),
-                                        exit_code: code,
-                                    },
-                                    Reason::UnexpectedExit { code },
-                                ),
+                            units.push(Unit::Now(
+                                Action::Hold {
+                                    service: s.name.clone(),
+                                    instance: i,
+                                    name: name.clone(),
+                                    exit_code: code,
+                                },
+                                Reason::UnexpectedExit { code },
                             ));
                             service_blocked = true;
                             continue;
@@ -729,14 +723,14 @@ pub fn plan(input: Input<'_>) -> Plan {
                         });
                         continue;
                     }
-                    units.push((i, Unit::Now(start(s, current), Reason::Exited { code, attempt })));
+                    units.push(Unit::Now(start(s, current), Reason::Exited { code, attempt }));
                 }
             }
         }
 
         // Without its image nothing new can be created (existing containers still start).
         if missing_images.contains(image) {
-            units.retain(|(_, u)| match u {
+            units.retain(|u| match u {
                 Unit::Paced { chain, .. } => !chain.iter().any(|(a, _)| matches!(a, Action::Create { .. })),
                 Unit::Now(..) => true,
             });
@@ -744,7 +738,7 @@ pub fn plan(input: Input<'_>) -> Plan {
 
         // Steps this service's creates and starts wait for: resources and dependencies.
         let mut prereqs: Vec<usize> = Vec::new();
-        let needs_prereqs = units.iter().any(|(_, u)| match u {
+        let needs_prereqs = units.iter().any(|u| match u {
             Unit::Paced { .. } => true,
             Unit::Now(a, _) => matches!(a, Action::Start { .. } | Action::Create { .. }),
         });
@@ -793,14 +787,14 @@ pub fn plan(input: Input<'_>) -> Plan {
             blocked.insert(s.name.as_str());
         }
         if blocked.contains(s.name.as_str())
-            && units.iter().any(|(_, u)| !matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)))
+            && units.iter().any(|u| !matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)))
         {
             // A dependency cannot become ready: create and start nothing that waits on it,
             // but still record holds and clean up leftovers.
             let waits_on_blocked_dep =
                 s.spec.depends_on.iter().any(|d| blocked.contains(d.name.as_str()) && d.name != s.name);
             if waits_on_blocked_dep {
-                units.retain(|(_, u)| matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)));
+                units.retain(|u| matches!(u, Unit::Now(Action::Hold { .. } | Action::Remove { .. }, _)));
             }
         }
 
@@ -809,7 +803,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         // crash restarts and scale-ups of a version already running do not run it.
         if let Some(job) = s.spec.hooks.as_ref().and_then(|h| h.before_start.as_ref()) {
             let version_runs = instances.values().flatten().any(|c| c.hash == s.hash);
-            let new_version = units.iter().any(|(_, u)| match u {
+            let new_version = units.iter().any(|u| match u {
                 Unit::Paced { replace, chain } => {
                     *replace || (!version_runs && chain.iter().any(|(a, _)| matches!(a, Action::Create { .. })))
                 }
@@ -830,7 +824,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         let mut mine: Vec<usize> = Vec::new();
         // A batch: whether it replaces instances, and its chains (one per instance).
         let mut batches: Vec<(bool, Vec<Chain>)> = Vec::new();
-        for (_, unit) in units {
+        for unit in units {
             match unit {
                 Unit::Now(action, reason) => {
                     let after = if matches!(action, Action::Start { .. }) { prereqs.clone() } else { vec![] };
