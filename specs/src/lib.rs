@@ -1,6 +1,7 @@
 //! tend's spec language: typed specs, YAML loading with file:line:column diagnostics,
 //! validation, canonical hashing and JSON Schema export. Pure: no async, no engines.
 
+pub mod agent_config;
 pub mod calendar;
 pub mod de;
 pub mod desired;

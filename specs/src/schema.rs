@@ -99,6 +99,20 @@ mod tests {
     }
 
     #[test]
+    fn committed_agent_config_schema_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/agent-config.schema.json");
+        let fresh = crate::agent_config::json_schema_text();
+        if std::env::var_os("TEND_UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &fresh).expect("write schema");
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == fresh,
+            "specs/schema/agent-config.schema.json is out of date: run `TEND_UPDATE_SCHEMA=1 cargo test -p tend-specs schema` and commit it"
+        );
+    }
+
+    #[test]
     fn schema_lists_every_service_field() {
         let schema = json_schema();
         let props = &schema["$defs"]["ServiceSpec"]["properties"];

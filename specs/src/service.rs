@@ -168,6 +168,12 @@ pub struct ServiceSpec {
     /// Jobs run around the service's lifecycle (`beforeStart`: a Timer's job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Hooks>,
+    /// After a boot that was not clean (the host went down while the agent ran), do not
+    /// start this service until `tend release` (a crash may have corrupted its data, and an
+    /// automatic start would get in the way of triage). A systemd service with this set is
+    /// not enabled at boot: the agent starts it once it knows the boot was clean.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_after_unclean_boot: bool,
 }
 
 impl ServiceSpec {

@@ -1,0 +1,423 @@
+//! The agent's configuration file (`/etc/tend/agent.yaml`): where specs come from (a
+//! directory or a git repository), where state and the API socket live, how often to
+//! resync, and the mass-removal guard. It has its own schema (`tend schema --agent-config`)
+//! and is checked like the specs: every problem at once, each with its file:line:column.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{Diagnostic, Location};
+use crate::quantity::Duration;
+use crate::yaml::{Node, Value, parse_stream};
+
+/// The agent's configuration. Every field has a default, so an empty file is valid (specs
+/// from `/etc/tend/specs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The scope this agent owns (objects labelled `tend.scope=SCOPE`); default `default`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Where specs come from (default: the directory `/etc/tend/specs`).
+    #[serde(default)]
+    pub source: Source,
+    /// State directory: holds, restart history, job histories, git checkouts (default
+    /// `/var/lib/tend`).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Where unit files of systemd services and Timers are written (default
+    /// `/etc/systemd/system`).
+    #[serde(default)]
+    pub unit_dir: Option<PathBuf>,
+    /// Where environment files with secrets are written (default `/etc/tend/env`).
+    #[serde(default)]
+    pub env_dir: Option<PathBuf>,
+    /// A full pass at least this often, even when no event came (default 60s).
+    #[serde(default = "AgentConfig::default_resync")]
+    pub resync: Duration,
+    /// Quiet time after a spec file changes before the set is read again (default 300ms).
+    #[serde(default = "AgentConfig::default_debounce")]
+    pub debounce: Duration,
+    /// Steps run at once in a pass (default 8).
+    #[serde(default = "AgentConfig::default_parallel")]
+    pub parallel: usize,
+    /// The local API socket.
+    #[serde(default)]
+    pub socket: SocketConfig,
+    /// Prometheus metrics on a TCP address, besides the socket.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// The guard against removing most of what is managed in one pass.
+    #[serde(default)]
+    pub mass_removal: MassRemoval,
+}
+
+impl AgentConfig {
+    fn default_resync() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn default_debounce() -> Duration {
+        Duration::from_millis(300)
+    }
+
+    fn default_parallel() -> usize {
+        8
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            scope: None,
+            source: Source::default(),
+            state_dir: None,
+            unit_dir: None,
+            env_dir: None,
+            resync: Self::default_resync(),
+            debounce: Self::default_debounce(),
+            parallel: Self::default_parallel(),
+            socket: SocketConfig::default(),
+            metrics: None,
+            mass_removal: MassRemoval::default(),
+        }
+    }
+}
+
+/// Where specs come from: exactly one of `dir` and `git`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// A local directory of spec files, watched for changes.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A git repository, polled; each new commit is checked out whole, validated, then
+    /// switched to.
+    #[serde(default)]
+    pub git: Option<GitSource>,
+}
+
+/// A git repository holding the specs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitSource {
+    /// The repository: `https://…`, `ssh://…`, `git://…` or `file:///…`.
+    pub url: String,
+    /// The branch to follow (one of `branch` and `tag`).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The tag to follow (one of `branch` and `tag`).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The directory inside the repository holding the specs (default: its root).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// How often to fetch (default 60s).
+    #[serde(default = "GitSource::default_interval")]
+    pub interval: Duration,
+    /// A private key file for `ssh://` URLs.
+    #[serde(default)]
+    pub ssh_key: Option<PathBuf>,
+    /// A file holding an HTTPS access token (sent as a header; never logged).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl GitSource {
+    fn default_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// The local API socket.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Its path (default `/run/tend/tend.sock`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The group that may use it (mode 0660, owner root); default: root's group only.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// Prometheus metrics on TCP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The address to serve `/metrics` on, e.g. `127.0.0.1:9713`.
+    pub listen: String,
+}
+
+/// The mass-removal guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MassRemoval {
+    /// Allow any removal (as `tend agent --allow-mass-removal`).
+    #[serde(default)]
+    pub allow: bool,
+    /// The largest share of managed objects (services and Timers), in percent, that one spec
+    /// set may remove (default 50). A set that removes more is not applied.
+    #[serde(default = "MassRemoval::default_max_percent")]
+    pub max_percent: u8,
+}
+
+impl MassRemoval {
+    fn default_max_percent() -> u8 {
+        50
+    }
+}
+
+impl Default for MassRemoval {
+    fn default() -> Self {
+        Self { allow: false, max_percent: Self::default_max_percent() }
+    }
+}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load_agent_config(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic::general(format!("{}: cannot read the agent configuration: {e}", path.display()))]
+    })?;
+    parse_agent_config(path, &text)
+}
+
+/// Checks configuration text, as if read from `file`.
+pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Diagnostic>> {
+    let file: Arc<Path> = Arc::from(file);
+    let loc = |node: &Node| Location { file: file.clone(), line: node.mark.line, column: node.mark.column };
+    let nodes = parse_stream(text).map_err(|e| {
+        let at = Location { file: file.clone(), line: e.mark.line, column: e.mark.column };
+        vec![Diagnostic::at(at, format!("malformed YAML: {}", e.message))]
+    })?;
+    let mut docs = nodes.into_iter().filter(|n| !n.is_null());
+    let Some(node) = docs.next() else { return Ok(AgentConfig::default()) };
+    if let Some(extra) = docs.next() {
+        return Err(vec![Diagnostic::at(loc(&extra), "the agent configuration is one document; found a second")]);
+    }
+    if !matches!(node.value, Value::Map(_)) {
+        return Err(vec![Diagnostic::at(loc(&node), format!("expected a mapping, found {}", node.kind_name()))]);
+    }
+    let mut diags = Vec::new();
+    let config: Option<AgentConfig> = crate::de::from_node(&node, &file, &mut diags);
+    let Some(config) = config else { return Err(diags) };
+    let at = |path: &[&str]| {
+        let mut cur = &node;
+        for k in path {
+            match cur.get(k) {
+                Some(n) => cur = n,
+                None => break,
+            }
+        }
+        loc(cur)
+    };
+    if let Some(scope) = &config.scope
+        && !crate::load::is_dns_label(scope)
+    {
+        diags.push(Diagnostic::at(
+            at(&["scope"]),
+            format!("scope `{scope}` is not a DNS label (lowercase letters, digits, `-`)"),
+        ));
+    }
+    match (&config.source.dir, &config.source.git) {
+        (Some(_), Some(_)) => {
+            diags.push(Diagnostic::at(at(&["source"]), "source: set one of `dir` and `git`, not both"));
+        }
+        (Some(dir), None) if !dir.is_absolute() => {
+            diags.push(Diagnostic::at(at(&["source", "dir"]), "source.dir must be an absolute path"));
+        }
+        _ => {}
+    }
+    if let Some(git) = &config.source.git {
+        check_git(git, &|k: &str| at(&["source", "git", k]), &mut diags);
+    }
+    for (key, value) in [("stateDir", &config.state_dir), ("unitDir", &config.unit_dir), ("envDir", &config.env_dir)] {
+        if value.as_ref().is_some_and(|p| !p.is_absolute()) {
+            diags.push(Diagnostic::at(at(&[key]), format!("{key} must be an absolute path")));
+        }
+    }
+    if config.socket.path.as_ref().is_some_and(|p| !p.is_absolute()) {
+        diags.push(Diagnostic::at(at(&["socket", "path"]), "socket.path must be an absolute path"));
+    }
+    if let Some(group) = &config.socket.group
+        && (group.is_empty() || group.contains([':', '/', '\n']))
+    {
+        diags.push(Diagnostic::at(at(&["socket", "group"]), format!("`{group}` is not a group name or number")));
+    }
+    if let Some(m) = &config.metrics
+        && m.listen.parse::<SocketAddr>().is_err()
+    {
+        diags.push(Diagnostic::at(
+            at(&["metrics", "listen"]),
+            format!("`{}` is not an address and port (such as 127.0.0.1:9713)", m.listen),
+        ));
+    }
+    if config.mass_removal.max_percent > 100 {
+        diags.push(Diagnostic::at(
+            at(&["massRemoval", "maxPercent"]),
+            "massRemoval.maxPercent is a percentage: 0 to 100",
+        ));
+    }
+    if config.resync.get() < std::time::Duration::from_secs(1) {
+        diags.push(Diagnostic::at(at(&["resync"]), "resync must be at least 1s"));
+    }
+    if config.parallel == 0 {
+        diags.push(Diagnostic::at(at(&["parallel"]), "parallel must be at least 1"));
+    }
+    diags.sort();
+    if diags.is_empty() { Ok(config) } else { Err(diags) }
+}
+
+fn check_git(git: &GitSource, at: &dyn Fn(&str) -> Location, diags: &mut Vec<Diagnostic>) {
+    let schemes = ["https://", "http://", "ssh://", "git://", "file:///"];
+    if !schemes.iter().any(|s| git.url.starts_with(s)) {
+        diags.push(Diagnostic::at(
+            at("url"),
+            "source.git.url must start with https://, http://, ssh://, git:// or file:///".to_string(),
+        ));
+    }
+    if git.url.contains('@')
+        && git
+            .url
+            .split("://")
+            .nth(1)
+            .is_some_and(|rest| rest.split('/').next().is_some_and(|h| h.contains(':') && h.contains('@')))
+    {
+        diags.push(Diagnostic::at(
+            at("url"),
+            "source.git.url holds a password: put the token in a file and name it in tokenFile".to_string(),
+        ));
+    }
+    match (&git.branch, &git.tag) {
+        (Some(_), Some(_)) => {
+            diags.push(Diagnostic::at(at("branch"), "source.git: set one of `branch` and `tag`, not both"))
+        }
+        (None, None) => diags.push(Diagnostic::at(at("url"), "source.git: set `branch` or `tag`")),
+        _ => {}
+    }
+    for r in git.branch.iter().chain(&git.tag) {
+        if r.is_empty()
+            || r.starts_with('-')
+            || r.contains([' ', '~', '^', ':', '?', '*', '[', '\\'])
+            || r.contains("..")
+        {
+            diags.push(Diagnostic::at(
+                at(if git.branch.is_some() { "branch" } else { "tag" }),
+                format!("`{r}` is not a valid git ref name"),
+            ));
+        }
+    }
+    if let Some(p) = &git.path
+        && (p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)))
+    {
+        diags
+            .push(Diagnostic::at(at("path"), "source.git.path is a relative path inside the repository, without `..`"));
+    }
+    if git.token_file.is_some() && !git.url.starts_with("https://") {
+        diags.push(Diagnostic::at(at("tokenFile"), "source.git.tokenFile is sent only over https:// URLs"));
+    }
+    if git.ssh_key.is_some() && !git.url.starts_with("ssh://") && git.url.contains("://") {
+        diags.push(Diagnostic::at(at("sshKey"), "source.git.sshKey is used only with ssh:// URLs"));
+    }
+    for (key, file) in [("sshKey", &git.ssh_key), ("tokenFile", &git.token_file)] {
+        if file.as_ref().is_some_and(|p| !p.is_absolute()) {
+            diags.push(Diagnostic::at(at(key), format!("source.git.{key} must be an absolute path")));
+        }
+    }
+    if git.interval.get() < std::time::Duration::from_secs(1) {
+        diags.push(Diagnostic::at(at("interval"), "source.git.interval must be at least 1s"));
+    }
+}
+
+/// The JSON Schema (draft 2020-12) of the configuration file.
+pub fn json_schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<AgentConfig>().to_value();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("$id".into(), "https://tend.invalid/schema/agent-config.schema.json".into());
+    }
+    schema
+}
+
+/// The schema as the committed text (`specs/schema/agent-config.schema.json`).
+pub fn json_schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, Vec<String>> {
+        parse_agent_config(Path::new("agent.yaml"), text).map_err(|d| d.iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(parse("").expect("empty"), AgentConfig::default());
+        assert_eq!(parse("# nothing\n").expect("comment"), AgentConfig::default());
+    }
+
+    #[test]
+    fn a_full_configuration_reads() {
+        let c = parse(
+            "scope: vm-a\nsource:\n  git:\n    url: https://git.example.org/ops/specs.git\n    branch: main\n    path: hosts/vm-a\n    interval: 30s\n    tokenFile: /etc/tend/git-token\nstateDir: /var/lib/tend\nresync: 2m\nsocket: {path: /run/tend/tend.sock, group: tend}\nmetrics: {listen: '127.0.0.1:9713'}\nmassRemoval: {maxPercent: 30}\n",
+        )
+        .expect("valid");
+        let git = c.source.git.expect("git");
+        assert_eq!(git.branch.as_deref(), Some("main"));
+        assert_eq!(git.interval.get(), std::time::Duration::from_secs(30));
+        assert_eq!(c.resync.get(), std::time::Duration::from_secs(120));
+        assert_eq!(c.mass_removal.max_percent, 30);
+        assert_eq!(c.socket.group.as_deref(), Some("tend"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let errs = parse(
+            "scope: VM_A\nsource:\n  dir: specs\n  git: {url: 'ftp://x', branch: main, tag: v1, path: ../up}\nresync: 10ms\nmetrics: {listen: localhost}\nmassRemoval: {maxPercent: 150}\nsockett: {}\n",
+        )
+        .expect_err("invalid");
+        let all = errs.join("\n");
+        let want = "agent.yaml:8:1: unknown field `sockett`";
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        // Decoding problems come first; once the types decode, the rules are checked.
+        let errs = parse(
+            "scope: VM_A\nsource:\n  dir: specs\n  git: {url: 'ftp://x', branch: main, tag: v1, path: ../up}\nresync: 10ms\nmetrics: {listen: localhost}\nmassRemoval: {maxPercent: 100}\n",
+        )
+        .expect_err("invalid");
+        let all = errs.join("\n");
+        for want in [
+            "agent.yaml:1:8: scope `VM_A` is not a DNS label",
+            "agent.yaml:3:3: source: set one of `dir` and `git`, not both",
+            "agent.yaml:4:14: source.git.url must start with",
+            "set one of `branch` and `tag`, not both",
+            "agent.yaml:4:54: source.git.path is a relative path",
+            "agent.yaml:5:9: resync must be at least 1s",
+            "agent.yaml:6:19: `localhost` is not an address and port",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_echoing_it() {
+        let errs = parse("source:\n  git: {url: 'https://bob:s3cret@example.org/x.git', branch: main}\n")
+            .expect_err("password");
+        let all = errs.join("\n");
+        assert!(all.contains("holds a password"), "{all}");
+        assert!(!all.contains("s3cret"), "{all}");
+    }
+
+    #[test]
+    fn a_git_source_needs_a_ref() {
+        let errs = parse("source:\n  git: {url: 'file:///srv/specs.git'}\n").expect_err("no ref");
+        assert!(errs.join("\n").contains("set `branch` or `tag`"));
+    }
+}
