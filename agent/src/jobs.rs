@@ -944,7 +944,7 @@ fn find_account(passwd: &str, user: &str) -> Option<Account> {
 
 /// The gid of `group` (a name, or a numeric gid) in group(5) text; a numeric gid need not
 /// be listed.
-fn find_group(groups: &str, group: &str) -> Option<u32> {
+pub(crate) fn find_group(groups: &str, group: &str) -> Option<u32> {
     groups
         .lines()
         .find_map(|line| {
@@ -1205,7 +1205,7 @@ pub fn near_name<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
 }
 
 /// One Timer in `tend job list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TimerEntry {
     /// The Timer's name.
     pub name: String,

@@ -2,14 +2,17 @@
 //! is observed through an engine adapter (`docker`), a pure planner (`plan`) decides what
 //! to do and why, and `apply` executes it in dependency order.
 
+pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod docker;
 pub mod engine;
 pub mod jobs;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod scheduler;
+pub mod source;
 pub mod state;
 pub mod systemd;
 pub mod time;
