@@ -12,6 +12,7 @@ use tend_specs::Desired;
 use tend_specs::service::{Condition, MountSource};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::engine::{ContainerEngine, EngineError, Probe};
@@ -76,6 +77,9 @@ pub enum StepError {
         /// What happened.
         why: String,
     },
+    /// tend is stopping: the wait was given up.
+    #[error("tend is stopping")]
+    Cancelled,
     /// The step needs an engine this host does not have.
     #[error("{0} is not available on this host")]
     NoEngine(&'static str),
@@ -111,6 +115,8 @@ pub enum Outcome {
         /// The step that did not succeed.
         because_of: usize,
     },
+    /// Not run because tend is stopping.
+    Cancelled,
 }
 
 /// The result of executing a plan.
@@ -122,9 +128,20 @@ pub struct Report {
     pub outcomes: BTreeMap<usize, Outcome>,
     /// Steps of the image-pull phase and their outcomes.
     pub pulls: Vec<(Step, Outcome)>,
+    /// What was observed before the steps ran.
+    #[serde(skip)]
+    pub observed: Observed,
 }
 
 impl Report {
+    /// Every step with its outcome: the pulls first, then the plan's steps (`None`: not run).
+    pub fn steps(&self) -> impl Iterator<Item = (&Step, Option<&Outcome>)> {
+        self.pulls
+            .iter()
+            .map(|(s, o)| (s, Some(o)))
+            .chain(self.plan.steps.iter().map(|s| (s, self.outcomes.get(&s.id))))
+    }
+
     /// Whether every step succeeded.
     pub fn ok(&self) -> bool {
         self.outcomes.values().chain(self.pulls.iter().map(|(_, o)| o)).all(|o| matches!(o, Outcome::Done { .. }))
@@ -243,7 +260,8 @@ pub fn plan_for(
     pulled: &BTreeSet<String>,
 ) -> Plan {
     let ctx = options.units.ctx();
-    plan::plan(Input { desired, observed, state, now_ms: now_ms(), pulled, units: Some(&ctx) })
+    let plan = plan::plan(Input { desired, observed, state, now_ms: now_ms(), pulled, units: Some(&ctx) });
+    if options.skip_owners.is_empty() { plan } else { plan.without_owners(&options.skip_owners) }
 }
 
 /// Milliseconds since the epoch.
@@ -262,6 +280,12 @@ pub struct Options {
     pub units: UnitsConfig,
     /// The spec set the pass applies (handed to `tend job run` for hooks).
     pub specs: PathBuf,
+    /// Cancelled when the agent stops: steps not yet started are not started (reported as
+    /// cancelled), pauses and waits end; steps already acting finish.
+    pub stop: CancellationToken,
+    /// Objects (services, Timers, images) left alone this pass: the agent's backoff after
+    /// repeated failures. Their steps, and steps that wait for them, are not planned.
+    pub skip_owners: BTreeSet<String>,
 }
 
 /// Where tend writes unit files and their environment files, and what their jobs run.
@@ -360,6 +384,7 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
         }
         report.plan = plan;
         report.outcomes = outcomes;
+        report.observed = observed;
         Ok(report)
     }
     .instrument(span)
@@ -377,7 +402,13 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
             (Action::Hold { service, instance, name, exit_code }, _) => {
                 state.holds.insert(
                     name.clone(),
-                    Hold { service: service.clone(), instance: *instance, since_ms: now_ms, exit_code: *exit_code },
+                    Hold {
+                        service: service.clone(),
+                        instance: *instance,
+                        since_ms: now_ms,
+                        exit_code: *exit_code,
+                        unclean_boot: false,
+                    },
                 );
             }
             (Action::Start { name, .. }, Reason::Exited { attempt, .. }) => {
@@ -424,6 +455,10 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
                     outcomes.insert(id, Outcome::Skipped { because_of: *bad });
                     pending.remove(&id);
                     progressed = true;
+                } else if options.stop.is_cancelled() {
+                    outcomes.insert(id, Outcome::Cancelled);
+                    pending.remove(&id);
+                    progressed = true;
                 } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
                     pending.remove(&id);
                     let (engines, desired, permits, step, options) =
@@ -434,9 +469,15 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
                             let started = Instant::now();
                             if step.pause_ms > 0 {
                                 info!(pause_ms = step.pause_ms, "pausing before step");
-                                tokio::time::sleep(Duration::from_millis(step.pause_ms)).await;
+                                tokio::select! {
+                                    () = tokio::time::sleep(Duration::from_millis(step.pause_ms)) => {}
+                                    () = options.stop.cancelled() => return (step.id, Outcome::Cancelled),
+                                }
                             }
                             let _permit = permits.acquire_owned().await;
+                            if options.stop.is_cancelled() {
+                                return (step.id, Outcome::Cancelled);
+                            }
                             let result = run_step(&engines, &desired, &options, &step).await;
                             let outcome = match result {
                                 Ok(()) => {
@@ -554,7 +595,11 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
         Action::RemoveNetwork { network, id } => docker()?.remove_network(id, network).await?,
         Action::Await { service, name, condition, timeout_ms } => {
             let timeout = Duration::from_millis(*timeout_ms);
-            await_condition(docker()?, scope, service, name.as_deref(), *condition, timeout).await?;
+            tokio::select! {
+                r = await_condition(docker()?, scope, service, name.as_deref(), *condition, timeout) => r?,
+                // Waiting is not acting: a stopping tend stops waiting (nothing is left half done).
+                () = options.stop.cancelled() => return Err(StepError::Cancelled),
+            }
         }
         Action::WriteUnit { unit, owner } => {
             let ctx = options.units.ctx();

@@ -1,7 +1,6 @@
 //! The command line: argument definitions and the commands, each a thin layer over load,
 //! observe, plan and apply. Human output is a table, coloured only on a terminal.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,9 +13,9 @@ use tend_specs::{Desired, Diagnostic};
 use crate::apply::{self, ApplyError, Engines, Options, Outcome, Report};
 use crate::docker::DockerEngine;
 use crate::engine::EngineError;
-use crate::model::{Health, Observed, instance_name};
 use crate::plan::{self, Note, Plan};
 use crate::state::{self, StateDir, StateError};
+use crate::status::Status;
 use crate::systemd::SystemdEngine;
 
 /// Where specs are read from when no PATH is given.
@@ -38,9 +37,49 @@ pub struct Cli {
     /// Where environment files holding secrets of systemd services are written (mode 0600).
     #[arg(long, global = true, env = "TEND_ENV_DIR", default_value = "/etc/tend/env")]
     pub env_dir: PathBuf,
+    /// The agent's API socket: `status`, `plan` and `release` use a running agent through it.
+    #[arg(long, global = true, env = "TEND_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The global options given on the command line or in the environment, not defaulted
+    /// (they override the agent's configuration file).
+    #[arg(skip)]
+    pub explicit: Vec<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parses the command line, noting which global options were given explicitly.
+pub fn parse() -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand().map(|(_, m)| m);
+    for id in ["state_dir", "scope", "unit_dir", "env_dir", "socket"] {
+        let explicit = [Some(&matches), sub].into_iter().flatten().any(|m| {
+            matches!(m.try_get_raw(id), Ok(Some(_)))
+                && matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+        });
+        if explicit {
+            cli.explicit.push(id.to_string());
+        }
+    }
+    cli
+}
+
+/// How the agent logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// The journal when started by systemd (JOURNAL_STREAM is set), else text.
+    #[default]
+    Auto,
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+    /// The systemd journal, with structured fields.
+    Journal,
 }
 
 /// Output format.
@@ -63,10 +102,10 @@ pub enum Command {
         path: PathBuf,
     },
     /// Show what apply would do, and why. Exit 0: nothing to do; 2: changes; 1: error.
+    /// Without PATH, a running agent's plan (or /etc/tend/specs when no agent runs).
     Plan {
         /// A spec file or directory.
-        #[arg(default_value = DEFAULT_SPECS)]
-        path: PathBuf,
+        path: Option<PathBuf>,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
@@ -83,11 +122,11 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
     },
-    /// Show services, instances, health, holds and conflicts.
+    /// Show services, instances, health, holds and conflicts. Without PATH, a running
+    /// agent's status (or /etc/tend/specs when no agent runs).
     Status {
         /// A spec file or directory.
-        #[arg(default_value = DEFAULT_SPECS)]
-        path: PathBuf,
+        path: Option<PathBuf>,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
@@ -97,8 +136,31 @@ pub enum Command {
         /// The service or instance.
         name: String,
     },
-    /// Print the JSON Schema of spec documents.
-    Schema,
+    /// Print the JSON Schema of spec documents (or of the agent's configuration file).
+    Schema {
+        /// The schema of /etc/tend/agent.yaml instead.
+        #[arg(long)]
+        agent_config: bool,
+    },
+    /// Run the agent: keep the host converged, fed by a spec directory or a git repository.
+    Agent {
+        /// The configuration file (default /etc/tend/agent.yaml, when it exists).
+        #[arg(long, env = "TEND_CONFIG")]
+        config: Option<PathBuf>,
+        /// Run on this spec directory, without a configuration file.
+        #[arg(long, conflicts_with = "config")]
+        specs: Option<PathBuf>,
+        /// Apply a spec set even when it removes more than the configured share of the
+        /// managed services and Timers at once.
+        #[arg(long)]
+        allow_mass_removal: bool,
+        /// Also serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9713).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t)]
+        log_format: LogFormat,
+    },
     /// Show how systemd reads a calendar expression and when it next elapses, in the layout
     /// of `systemd-analyze calendar` (without its "From now" lines).
     Calendar {
@@ -160,17 +222,47 @@ pub enum CliError {
     /// Printing failed.
     #[error("writing output")]
     Output(#[source] serde_json::Error),
+    /// Talking to the running agent failed.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    /// The agent's answer was not understood.
+    #[error("reading the agent's answer")]
+    AgentReply(#[source] serde_json::Error),
+    /// The agent stopped with an error.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The agent's configuration has problems (already printed).
+    #[error("{count} problem(s) in the agent configuration {path}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// How many.
+        count: usize,
+    },
 }
 
 /// Runs a command; returns the exit code.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    init_logging();
+    match &cli.command {
+        Command::Agent { log_format, .. } => init_logging(*log_format, "info"),
+        _ => init_logging(LogFormat::Text, "warn"),
+    }
     if !tend_specs::load::is_dns_label(&cli.scope) {
         return Err(CliError::Scope(cli.scope));
     }
     match &cli.command {
-        Command::Schema => {
-            print!("{}", tend_specs::schema::json_schema_text());
+        Command::Schema { agent_config } => {
+            if *agent_config {
+                print!("{}", tend_specs::agent_config::json_schema_text());
+            } else {
+                print!("{}", tend_specs::schema::json_schema_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent { config, specs, allow_mass_removal, metrics_listen, .. } => {
+            let settings =
+                agent_settings(&cli, config.as_deref(), specs.as_deref(), *allow_mass_removal, *metrics_listen)?;
+            runtime()?.block_on(crate::agent::run(settings))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => {
@@ -182,10 +274,25 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             println!("ok: {} service(s){timers} in {}", desired.services.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Release { name } => release(&cli.state_dir, name),
+        Command::Release { name } => {
+            if let Some(code) = runtime()?.block_on(release_by_agent(&cli.socket, name))? {
+                return Ok(code);
+            }
+            release(&cli.state_dir, name)
+        }
         Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
         Command::Job { command } => job(&cli, command),
         Command::Plan { path, output } => {
+            if path.is_none()
+                && let Some(plan) = runtime()?.block_on(from_agent::<Plan>(&cli.socket, "/v1/plan"))?
+            {
+                match output {
+                    Output::Json => print_json(&plan)?,
+                    Output::Text => print_plan(&plan),
+                }
+                return Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }));
+            }
+            let path = &path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SPECS));
             let desired = load(path)?;
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
@@ -229,6 +336,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })
         }
         Command::Status { path, output } => {
+            if path.is_none()
+                && let Some(status) = runtime()?.block_on(from_agent::<Status>(&cli.socket, "/v1/status"))?
+            {
+                match output {
+                    Output::Json => print_json(&status)?,
+                    Output::Text => print_status(&status),
+                }
+                let troubled =
+                    status.agent.as_ref().is_some_and(|a| !a.spec_errors.is_empty() || a.mass_removal.is_some());
+                return Ok(if status.unchecked.is_some() || troubled { ExitCode::from(1) } else { ExitCode::SUCCESS });
+            }
+            let path = &path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SPECS));
             let desired = load(path)?;
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
@@ -239,7 +358,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
-                let mut status = status(&desired, &observed, &st, &plan);
+                let mut status = crate::status::build(&desired, &observed, &st, &plan);
                 status.timers = crate::jobs::list(&cli.state_dir, &desired, tend_specs::calendar::Timestamp::now());
                 status.unchecked = missing.clone();
                 match output {
@@ -253,10 +372,128 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let format = match format {
+        LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journal,
+        LogFormat::Auto => LogFormat::Text,
+        f => f,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let ansi = std::io::stderr().is_terminal();
+    let _ = match format {
+        LogFormat::Journal => match tracing_journald::layer() {
+            Ok(journal) => registry.with(journal.with_syslog_identifier("tend".into())).try_init(),
+            Err(_) => {
+                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).try_init()
+            }
+        },
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
+        }
+        _ => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).try_init(),
+    };
+}
+
+/// A running agent's answer to `GET path`; `None` when no agent runs.
+async fn from_agent<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> Result<Option<T>, CliError> {
+    let Some(mut client) = crate::api::Client::connect(socket).await? else { return Ok(None) };
+    let value = client.get(path).await?;
+    serde_json::from_value(value).map(Some).map_err(CliError::AgentReply)
+}
+
+/// `tend release` through a running agent (which passes at once); `None` when no agent runs.
+async fn release_by_agent(socket: &Path, name: &str) -> Result<Option<ExitCode>, CliError> {
+    let Some(mut client) = crate::api::Client::connect(socket).await? else { return Ok(None) };
+    match client.post(&format!("/v1/release/{name}")).await {
+        Ok(v) => {
+            for k in v["released"].as_array().into_iter().flatten().filter_map(|k| k.as_str()) {
+                println!("released {k}: the agent starts it again now");
+            }
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Err(crate::api::ApiError::Agent { status: 404, .. }) => Err(CliError::NotHeld(name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The agent's settings: the configuration file, overridden by explicit options.
+fn agent_settings(
+    cli: &Cli,
+    config: Option<&Path>,
+    specs: Option<&Path>,
+    allow_mass_removal: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Result<crate::agent::Settings, CliError> {
+    use crate::agent::{Settings, SourceSettings};
+    use tend_specs::agent_config::{AgentConfig, load_agent_config};
+    const DEFAULT_CONFIG: &str = "/etc/tend/agent.yaml";
+    let path = match (config, specs) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, None) if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+        _ => None,
+    };
+    let file = match &path {
+        Some(p) => load_agent_config(p).map_err(|diags| {
+            let paint = Paint::stderr();
+            for d in &diags {
+                eprintln!("{} {d}", paint.red("error:"));
+            }
+            CliError::Config { path: p.clone(), count: diags.len() }
+        })?,
+        None => AgentConfig::default(),
+    };
+    let explicit = |id: &str| cli.explicit.iter().any(|e| e == id);
+    let pick = |id: &str, flag: &PathBuf, file: &Option<PathBuf>| match file {
+        Some(f) if !explicit(id) => f.clone(),
+        _ => flag.clone(),
+    };
+    let scope = match &file.scope {
+        Some(s) if !explicit("scope") => s.clone(),
+        _ => cli.scope.clone(),
+    };
+    let source = match (specs, &file.source.git, &file.source.dir) {
+        (Some(dir), _, _) => SourceSettings::Dir(absolute(dir)),
+        (None, Some(git), _) => SourceSettings::Git(crate::source::GitConfig {
+            url: git.url.clone(),
+            reference: match (&git.branch, &git.tag) {
+                (_, Some(tag)) => crate::source::GitRef::Tag(tag.clone()),
+                (Some(branch), None) => crate::source::GitRef::Branch(branch.clone()),
+                (None, None) => crate::source::GitRef::Branch("main".into()),
+            },
+            path: git.path.clone(),
+            interval: git.interval.get(),
+            ssh_key: git.ssh_key.clone(),
+            token_file: git.token_file.clone(),
+        }),
+        (None, None, Some(dir)) => SourceSettings::Dir(dir.clone()),
+        (None, None, None) => SourceSettings::Dir(PathBuf::from(DEFAULT_SPECS)),
+    };
+    let tend_bin =
+        std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
+    Ok(Settings {
+        scope,
+        state_dir: absolute(&pick("state_dir", &cli.state_dir, &file.state_dir)),
+        unit_dir: pick("unit_dir", &cli.unit_dir, &file.unit_dir),
+        env_dir: absolute(&pick("env_dir", &cli.env_dir, &file.env_dir)),
+        source,
+        resync: file.resync.get(),
+        debounce: file.debounce.get(),
+        parallel: file.parallel,
+        socket: absolute(&pick("socket", &cli.socket, &file.socket.path)),
+        socket_group: file.socket.group.clone(),
+        metrics_listen: metrics_listen.or_else(|| file.metrics.as_ref().and_then(|m| m.listen.parse().ok())),
+        allow_mass_removal: allow_mass_removal || file.mass_removal.allow,
+        max_removal_percent: file.mass_removal.max_percent,
+        tend_bin,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -285,6 +522,8 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
     Options {
         scope: cli.scope.clone(),
         parallel,
+        stop: tokio_util::sync::CancellationToken::new(),
+        skip_owners: Default::default(),
         specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
         units: apply::UnitsConfig {
             scope: cli.scope.clone(),
@@ -452,12 +691,7 @@ fn print_report(report: &Report) {
     let paint = Paint::stdout();
     let mut rows = Vec::new();
     let mut counts = [0usize; 3];
-    let steps = report
-        .pulls
-        .iter()
-        .map(|(s, o)| (s, Some(o)))
-        .chain(report.plan.steps.iter().map(|s| (s, report.outcomes.get(&s.id))));
-    for (step, outcome) in steps {
+    for (step, outcome) in report.steps() {
         let mut row = step_row(step);
         row.pop();
         let result = match outcome {
@@ -473,6 +707,10 @@ fn print_report(report: &Report) {
                 counts[2] += 1;
                 paint.yellow(&format!("skipped: step {because_of} did not succeed"))
             }
+            Some(Outcome::Cancelled) => {
+                counts[2] += 1;
+                paint.yellow("cancelled: tend is stopping")
+            }
             None => "not run".into(),
         };
         row.push(result);
@@ -487,141 +725,11 @@ fn print_report(report: &Report) {
     print_notes(&report.plan.notes);
 }
 
-/// One instance in `tend status`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceStatus {
-    /// Container name.
-    pub name: String,
-    /// Run state, or `missing`.
-    pub state: String,
-    /// Health.
-    pub health: Option<Health>,
-    /// Exit code when exited.
-    pub exit_code: Option<i64>,
-    /// Whether it runs the current spec.
-    pub up_to_date: bool,
-    /// Held for triage.
-    pub held: bool,
-}
-
-/// One service in `tend status`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceStatus {
-    /// Name.
-    pub name: String,
-    /// Desired replicas (0 for a service whose spec is gone).
-    pub replicas: u32,
-    /// Instances seen or expected.
-    pub instances: Vec<InstanceStatus>,
-}
-
-/// One systemd unit in `tend status`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UnitStatus {
-    /// The unit file name.
-    pub unit: String,
-    /// `active`, `inactive`, `failed`, … or `missing`.
-    pub state: String,
-    /// Enabled at boot.
-    pub enabled: bool,
-    /// Held for triage.
-    pub held: bool,
-}
-
-/// The whole `tend status`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    /// Services.
-    pub services: Vec<ServiceStatus>,
-    /// systemd units of systemd services and Timers (empty where systemd is not observed).
-    pub units: Vec<UnitStatus>,
-    /// Timers: schedule, next elapse, last run and its result.
-    pub timers: Vec<crate::jobs::TimerEntry>,
-    /// What of the specs could not be checked (an engine that is not there).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unchecked: Option<String>,
-    /// Steps an apply would run now.
-    pub pending_steps: usize,
-    /// Conflicts, holds, backoffs and other notes.
-    pub notes: Vec<Note>,
-}
-
-fn status(desired: &Desired, observed: &Observed, st: &state::State, plan: &Plan) -> Status {
-    let mut by_service: BTreeMap<&str, Vec<&crate::model::Container>> = BTreeMap::new();
-    for c in &observed.containers {
-        by_service.entry(c.service.as_str()).or_default().push(c);
-    }
-    let mut services = Vec::new();
-    let mut names: Vec<&str> = desired.docker_services().map(|s| s.name.as_str()).collect();
-    names.extend(by_service.keys().filter(|k| !desired.services.contains_key(**k)));
-    names.sort_unstable();
-    names.dedup();
-    for name in names {
-        let spec = desired.services.get(name);
-        let replicas = spec.map_or(0, |s| s.spec.replicas);
-        let mut instances = Vec::new();
-        let live = by_service.get(name).cloned().unwrap_or_default();
-        for c in &live {
-            instances.push(InstanceStatus {
-                name: c.name.clone(),
-                state: format!("{:?}", c.state).to_lowercase(),
-                health: (c.health != Health::None).then_some(c.health),
-                exit_code: c.exit_code,
-                up_to_date: spec.is_some_and(|s| s.hash == c.hash),
-                held: st.holds.contains_key(&c.name),
-            });
-        }
-        for i in 1..=replicas {
-            let n = instance_name(name, i);
-            if !live.iter().any(|c| c.name == n) {
-                instances.push(InstanceStatus {
-                    name: n.clone(),
-                    state: "missing".into(),
-                    health: None,
-                    exit_code: None,
-                    up_to_date: false,
-                    held: st.holds.contains_key(&n),
-                });
-            }
-        }
-        instances.sort_by(|a, b| a.name.cmp(&b.name));
-        services.push(ServiceStatus { name: name.to_string(), replicas, instances });
-    }
-    let mut units = Vec::new();
-    if let Some(live) = &observed.units {
-        let mut names: Vec<String> = desired.systemd_services().map(|s| format!("{}.service", s.name)).collect();
-        for t in desired.timers.values() {
-            if t.spec.schedule.is_some() {
-                names.push(format!("{}.timer", t.name));
-            }
-        }
-        names.sort();
-        for name in names {
-            let u = live.get(&name);
-            units.push(UnitStatus {
-                state: u.map_or("missing".into(), |u| format!("{:?}", u.active).to_lowercase()),
-                enabled: u.is_some_and(|u| u.enabled),
-                held: st.holds.contains_key(&name),
-                unit: name,
-            });
-        }
-    }
-    Status {
-        services,
-        units,
-        timers: Vec::new(),
-        unchecked: None,
-        pending_steps: plan.steps.len(),
-        notes: plan.notes.clone(),
-    }
-}
-
 fn print_status(status: &Status) {
     let paint = Paint::stdout();
+    if let Some(a) = &status.agent {
+        print_agent(paint, a);
+    }
     if !status.timers.is_empty() {
         print_job_list(&status.timers);
     }
@@ -677,6 +785,48 @@ fn print_status(status: &Status) {
     print_notes(&status.notes);
 }
 
+fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
+    let commit = a.commit.as_deref().map(|c| format!(" at commit {}", c.get(..12).unwrap_or(c))).unwrap_or_default();
+    println!(
+        "agent: pid {}, running since {}, specs from {}{commit}",
+        a.pid,
+        crate::time::format_ms(a.started_ms),
+        a.source
+    );
+    if let (Some(at), Some(result)) = (a.last_pass_ms, &a.last_result) {
+        println!(
+            "last pass: {} at {} ({} ms); {} pass(es) so far",
+            result,
+            crate::time::format_ms(at),
+            a.last_pass_duration_ms.unwrap_or(0),
+            a.passes
+        );
+    } else if let Some(result) = &a.last_result {
+        println!("last pass: {result}");
+    }
+    if !a.spec_errors.is_empty() {
+        let commit =
+            a.rejected_commit.as_deref().map(|c| format!(" (commit {})", c.get(..12).unwrap_or(c))).unwrap_or_default();
+        println!(
+            "{} the newest spec set{commit} was rejected; the last good set stays in use:",
+            paint.red("spec errors:")
+        );
+        for e in &a.spec_errors {
+            println!("  {e}");
+        }
+    }
+    if let Some(why) = &a.mass_removal {
+        println!("{} {why}", paint.red("mass removal blocked:"));
+    }
+    for (name, until) in &a.backoff {
+        println!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::time::format_ms(*until));
+    }
+    if a.unclean_boot {
+        println!("{} services marked holdAfterUncleanBoot are held (see the notes)", paint.yellow("unclean boot:"));
+    }
+    println!();
+}
+
 fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCode, CliError> {
     use tend_specs::calendar;
     let from = match from {
@@ -697,20 +847,10 @@ fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCod
 }
 
 fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
-    let dir = StateDir::open(state_dir)?;
-    let mut st = dir.load()?;
-    let released: Vec<String> =
-        st.holds.iter().filter(|(k, h)| *k == name || h.service == name).map(|(k, _)| k.clone()).collect();
+    let released = state::release(state_dir, name, apply::now_ms())?;
     if released.is_empty() {
         return Err(CliError::NotHeld(name.to_string()));
     }
-    let now = apply::now_ms();
-    for k in &released {
-        st.holds.remove(k);
-        st.restarts.remove(k);
-        st.released.insert(k.clone(), now);
-    }
-    dir.save(&st)?;
     for k in &released {
         println!("released {k}: the next apply starts it again");
     }

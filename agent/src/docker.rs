@@ -53,6 +53,18 @@ impl DockerEngine {
         Ok(Self { docker })
     }
 
+    /// Wake-ups from the daemon's event stream: one item for each event of a container in
+    /// `scope` that may need a pass (it died, was destroyed, was killed by the OOM killer).
+    /// Events only wake the loop; state is always observed afresh. The stream ends, after an
+    /// error item, when the connection to the daemon drops.
+    pub fn events(&self, scope: &str) -> futures::stream::BoxStream<'static, Result<(), EngineError>> {
+        let mut filters = label_filter(&[(LABEL_SCOPE, scope)]);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert("event".into(), vec!["die".into(), "destroy".into(), "oom".into()]);
+        let options = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
+        self.docker.events(Some(options)).map(|r| r.map(|_| ()).map_err(err("watching", "Docker events"))).boxed()
+    }
+
     async fn list_owned(&self, filters: HashMap<String, Vec<String>>) -> Result<Vec<ContainerSummary>, EngineError> {
         self.docker
             .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))

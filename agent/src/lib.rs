@@ -2,6 +2,7 @@
 //! is observed through an engine adapter (`docker`), a pure planner (`plan`) decides what
 //! to do and why, and `apply` executes it in dependency order.
 
+pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod plan;
 pub mod scheduler;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod systemd;
 pub mod time;
 pub mod units;

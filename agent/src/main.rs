@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = tend::cli::Cli::parse();
+    let cli = tend::cli::parse();
     match tend::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

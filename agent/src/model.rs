@@ -55,7 +55,7 @@ pub enum RunState {
 }
 
 /// Health of a container with a health check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// No health check.

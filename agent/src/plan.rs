@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tend_specs::service::{Condition, MountSource, PullPolicy, RestartPolicy, RolloutOrder, Runtime};
 use tend_specs::{Desired, Service};
 
@@ -16,7 +16,7 @@ use crate::state::State;
 pub const DEFAULT_DEPENDENCY_TIMEOUT_MS: u64 = 120_000;
 
 /// What one step does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// Pull an image.
@@ -160,7 +160,7 @@ pub enum Action {
 }
 
 /// Why a step is in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum Reason {
     /// The instance does not exist.
@@ -266,7 +266,7 @@ fn short_id(id: &str) -> &str {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// Its number in the plan.
     pub id: usize,
@@ -277,10 +277,10 @@ pub struct Step {
     #[serde(flatten)]
     pub reason: Reason,
     /// Steps that must have succeeded first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<usize>,
     /// Pause before the step, once the steps before it are done (rollout pacing).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pause_ms: u64,
 }
 
@@ -289,7 +289,7 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// Something the plan does not act on, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "note", rename_all = "kebab-case")]
 pub enum Note {
     /// A container tend does not own has the instance's name: it is never touched.
@@ -311,6 +311,9 @@ pub enum Note {
         exit_code: Option<i64>,
         /// When the hold was taken (ms since the epoch).
         since_ms: u64,
+        /// Held because the host went down uncleanly, not because of an exit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unclean_boot: bool,
     },
     /// A crash-looping instance waits for its backoff.
     BackingOff {
@@ -372,6 +375,10 @@ impl fmt::Display for Note {
                 "conflict: container {name} ({}) exists and was not created by tend for this scope; {service} instance not created, the container is left untouched",
                 short_id(id)
             ),
+            Self::Held { name, unclean_boot: true, .. } => write!(
+                f,
+                "held: {name} was not started after an unclean boot; it stays down until `tend release {name}`"
+            ),
             Self::Held { name, exit_code, .. } => match exit_code {
                 Some(c) => write!(f, "held: {name} exited with code {c}; it stays down until `tend release {name}`"),
                 None => write!(f, "held: {name} stopped unexpectedly; it stays down until `tend release {name}`"),
@@ -403,7 +410,7 @@ impl fmt::Display for Note {
 }
 
 /// A plan: steps to run (in dependency order) and notes on what is left alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// The steps.
     pub steps: Vec<Step>,
@@ -420,6 +427,53 @@ impl Plan {
     /// Whether every step is an image pull (the first phase of apply).
     pub fn pulls(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|s| matches!(s.action, Action::PullImage { .. }))
+    }
+
+    /// The plan without the steps of `owners` (see [`Action::owner`]) and without every step
+    /// that waits, directly or not, for one of those.
+    pub fn without_owners(&self, owners: &BTreeSet<String>) -> Plan {
+        let mut dropped: BTreeSet<usize> = BTreeSet::new();
+        let mut steps = Vec::new();
+        // Steps only wait for steps before them, so one walk in order finds every dependent.
+        for step in &self.steps {
+            let mine = step.action.owner().is_some_and(|o| owners.contains(&o));
+            if mine || step.after.iter().any(|a| dropped.contains(a)) {
+                dropped.insert(step.id);
+            } else {
+                steps.push(step.clone());
+            }
+        }
+        Plan { steps, notes: self.notes.clone() }
+    }
+}
+
+impl Action {
+    /// The object a step acts for: a service or Timer name, `image/REF` for a pull; `None`
+    /// for shared objects (networks, volumes, systemd's reload, enablement of several units).
+    pub fn owner(&self) -> Option<String> {
+        match self {
+            Action::PullImage { image } => Some(format!("image/{image}")),
+            Action::Create { service, .. }
+            | Action::Start { service, .. }
+            | Action::Remove { service, .. }
+            | Action::Rename { service, .. }
+            | Action::Await { service, .. }
+            | Action::Hold { service, .. } => Some(service.clone()),
+            Action::WriteUnit { owner, .. } => Some(owner.clone()),
+            Action::RemoveUnit { unit }
+            | Action::StartUnit { unit }
+            | Action::RestartUnit { unit }
+            | Action::StopUnit { unit } => {
+                Some(unit.strip_suffix(".service").or_else(|| unit.strip_suffix(".timer")).unwrap_or(unit).to_string())
+            }
+            Action::RunJob { job } => Some(job.clone()),
+            Action::CreateNetwork { .. }
+            | Action::RemoveNetwork { .. }
+            | Action::CreateVolume { .. }
+            | Action::DaemonReload
+            | Action::EnableUnits { .. }
+            | Action::DisableUnits { .. } => None,
+        }
     }
 }
 
@@ -579,6 +633,7 @@ pub fn plan(input: Input<'_>) -> Plan {
                     name: name.clone(),
                     exit_code: hold.exit_code,
                     since_ms: hold.since_ms,
+                    unclean_boot: hold.unclean_boot,
                 });
                 service_blocked = true;
                 continue;
@@ -900,6 +955,7 @@ pub fn plan(input: Input<'_>) -> Plan {
                     name,
                     exit_code: hold.exit_code,
                     since_ms: hold.since_ms,
+                    unclean_boot: hold.unclean_boot,
                 });
                 continue;
             }
@@ -933,6 +989,7 @@ pub fn plan(input: Input<'_>) -> Plan {
                     name,
                     exit_code: hold.exit_code,
                     since_ms: hold.since_ms,
+                    unclean_boot: hold.unclean_boot,
                 });
                 continue;
             }

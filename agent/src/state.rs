@@ -70,6 +70,9 @@ pub struct Hold {
     pub since_ms: u64,
     /// The exit code seen, if any.
     pub exit_code: Option<i64>,
+    /// Taken because the host booted after going down uncleanly (`holdAfterUncleanBoot`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unclean_boot: bool,
 }
 
 /// Restart history of one container, for backoff.
@@ -140,6 +143,26 @@ impl StateDir {
     }
 }
 
+/// Releases the holds on `name` (a service: all its instances; or one instance's container
+/// or unit name): they are started once more by the next pass. Returns what was released
+/// (empty when nothing was held under `name`).
+pub fn release(dir: &Path, name: &str, now_ms: u64) -> Result<Vec<String>, StateError> {
+    let dir = StateDir::open(dir)?;
+    let mut st = dir.load()?;
+    let released: Vec<String> =
+        st.holds.iter().filter(|(k, h)| *k == name || h.service == name).map(|(k, _)| k.clone()).collect();
+    if released.is_empty() {
+        return Ok(released);
+    }
+    for k in &released {
+        st.holds.remove(k);
+        st.restarts.remove(k);
+        st.released.insert(k.clone(), now_ms);
+    }
+    dir.save(&st)?;
+    Ok(released)
+}
+
 /// Reads the state without locking (for read-only commands: status, plan).
 pub fn read_state(dir: &Path) -> Result<State, StateError> {
     let path = dir.join(STATE_FILE);
@@ -160,7 +183,10 @@ mod tests {
         let dir = StateDir::open(tmp.path()).expect("open");
         assert_eq!(dir.load().expect("load"), State::default());
         let mut s = State::default();
-        s.holds.insert("db-1".into(), Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: Some(3) });
+        s.holds.insert(
+            "db-1".into(),
+            Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: Some(3), unclean_boot: false },
+        );
         s.restarts.insert("web-1".into(), RestartRecord { attempts: 2, last_ms: 9 });
         dir.save(&s).expect("save");
         assert_eq!(read_state(tmp.path()).expect("read"), s);

@@ -4,6 +4,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod agent;
 mod bad_specs;
 mod jobs;
 mod services;

@@ -16,11 +16,11 @@ use crate::harness::{self, ContainerInfo, Env, describe, docker, docker_ok, stdo
 
 /// A long-running command that exits at once on SIGTERM. A bare `sleep` as PID 1 ignores
 /// SIGTERM, so every stop would wait for the kill timeout.
-const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]"#;
+pub(crate) const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]"#;
 
 /// A Service document: the test image with `pullPolicy: never` and [`SLEEPER`] unless
 /// `extra` (spec-level YAML lines, indented relative to `spec:`) sets them.
-fn service(name: &str, extra: &str) -> String {
+pub(crate) fn service(name: &str, extra: &str) -> String {
     let mut doc = format!("---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n");
     let sets = |key: &str| extra.lines().any(|l| l.starts_with(key));
     if !sets("image:") {

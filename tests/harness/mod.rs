@@ -383,6 +383,12 @@ impl Env {
         self.state_dir.path()
     }
 
+    /// The API socket of an agent run for this environment (in the state directory, so a
+    /// stand-alone command never reaches another test's agent).
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.path().join("tend.sock")
+    }
+
     /// Writes (or replaces, atomically) `file_name` in the spec directory; returns its
     /// path. `file_name` may contain subdirectories.
     pub fn write_spec(&self, file_name: &str, yaml: &str) -> PathBuf {
@@ -418,6 +424,7 @@ impl Env {
             .args(args)
             .current_dir(self.spec_dir.path())
             .env("TEND_LOG", "warn")
+            .env("TEND_SOCKET", self.socket_path())
             .env_remove("TEND_STATE_DIR")
             .env_remove("TEND_SCOPE");
         match run_with_timeout(&mut cmd, timeout) {

@@ -207,7 +207,10 @@ fn a_held_instance_is_never_touched_even_when_its_spec_changes_or_goes() {
     let mut c = live(&old, "a", 1, RunState::Exited);
     c.exit_code = Some(1);
     let mut st = State::default();
-    st.holds.insert("a-1".into(), Hold { service: "a".into(), instance: 1, since_ms: 5, exit_code: Some(1) });
+    st.holds.insert(
+        "a-1".into(),
+        Hold { service: "a".into(), instance: 1, since_ms: 5, exit_code: Some(1), unclean_boot: false },
+    );
     let p = run(&new, &observed(&new, vec![c.clone()]), &st);
     assert!(p.steps.is_empty(), "{:?}", show(&p));
     assert!(matches!(&p.notes[..], [Note::Held { name, .. }] if name == "a-1"));
@@ -219,7 +222,10 @@ fn a_held_instance_is_never_touched_even_when_its_spec_changes_or_goes() {
 fn dependents_of_a_held_or_conflicting_service_wait() {
     let d = desired(&(svc("db", "restart: {policy: hold}") + &svc("web", "dependsOn: [{name: db}]")));
     let mut st = State::default();
-    st.holds.insert("db-1".into(), Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: None });
+    st.holds.insert(
+        "db-1".into(),
+        Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: None, unclean_boot: false },
+    );
     let p = run(&d, &observed(&d, vec![]), &st);
     assert!(p.steps.is_empty(), "{:?}", show(&p));
     assert!(p.notes.contains(&Note::Blocked { service: "web".into(), by: "db".into() }));
@@ -625,7 +631,10 @@ fn a_stopped_unit_follows_its_restart_policy() {
 fn a_held_unit_stays_down_and_is_noted() {
     let d = desired(&sd("web", "  restart: {policy: hold}\n"));
     let mut st = State::default();
-    st.holds.insert("web.service".into(), Hold { service: "web".into(), instance: 1, since_ms: 7, exit_code: Some(1) });
+    st.holds.insert(
+        "web.service".into(),
+        Hold { service: "web".into(), instance: 1, since_ms: 7, exit_code: Some(1), unclean_boot: false },
+    );
     let p = plan_units(&d, live_units(&d, UnitActive::Failed), &st);
     assert!(p.steps.is_empty(), "{:?}", show(&p));
     assert!(matches!(&p.notes[..], [Note::Held { name, .. }] if name == "web.service"));

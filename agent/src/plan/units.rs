@@ -36,7 +36,9 @@ fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
             let want = Want {
                 owner: s.name.clone(),
                 content: u.content,
-                enable: enabled,
+                // Not started by systemd at boot: the agent starts it once it knows the boot
+                // was clean.
+                enable: enabled && !s.spec.hold_after_unclean_boot,
                 run: enabled,
                 restart: Some(policy(s)),
                 hook: s.spec.hooks.as_ref().and_then(|h| h.before_start.clone()),
@@ -131,28 +133,30 @@ pub(super) fn plan_units(
                     UnitActive::Active | UnitActive::Activating | UnitActive::Deactivating => {}
                     UnitActive::Inactive | UnitActive::Failed => {
                         let code = u.exit_status.map(i64::from);
+                        if let Some(hold) = state.holds.get(name) {
+                            // Held (after an exit, or after an unclean boot): stays down.
+                            b.notes.push(Note::Held {
+                                service: w.owner.clone(),
+                                name: name.clone(),
+                                exit_code: hold.exit_code.or(code),
+                                since_ms: hold.since_ms,
+                                unclean_boot: hold.unclean_boot,
+                            });
+                            continue;
+                        }
                         match w.restart {
                             Some(RestartPolicy::Hold) if !state.released.contains_key(name) => {
-                                if state.holds.contains_key(name) {
-                                    b.notes.push(Note::Held {
+                                b.push(
+                                    Action::Hold {
                                         service: w.owner.clone(),
+                                        instance: 1,
                                         name: name.clone(),
                                         exit_code: code,
-                                        since_ms: state.holds[name].since_ms,
-                                    });
-                                } else {
-                                    b.push(
-                                        Action::Hold {
-                                            service: w.owner.clone(),
-                                            instance: 1,
-                                            name: name.clone(),
-                                            exit_code: code,
-                                        },
-                                        Reason::UnexpectedExit { code },
-                                        vec![],
-                                        0,
-                                    );
-                                }
+                                    },
+                                    Reason::UnexpectedExit { code },
+                                    vec![],
+                                    0,
+                                );
                             }
                             Some(RestartPolicy::Never) => {
                                 b.notes.push(Note::Exited {

@@ -1,0 +1,1429 @@
+//! The agent: `tend agent` keeps the host converged. One loop observes, plans and applies;
+//! it is woken by spec changes (a watched directory, or new commits of a git source), by
+//! Docker events and systemd signals (which only wake it: state is always observed afresh),
+//! by a periodic resync, by backoff deadlines and by the local API.
+//!
+//! - A spec set with any error is rejected whole: the last good set stays in use, and the
+//!   errors are shown in `tend status`, the log and a metric.
+//! - A set that would remove more than a configured share of the managed objects at once is
+//!   not applied without `--allow-mass-removal` (a deleted directory or an empty checkout is
+//!   not "delete everything").
+//! - Objects whose steps keep failing are left alone for a growing delay, so one broken
+//!   service never stalls the others.
+//! - Services marked `holdAfterUncleanBoot` are held after a boot that followed a crash of
+//!   the host (the agent records a clean-shutdown marker).
+//! - Under systemd it speaks the notify protocol: READY after the first pass, WATCHDOG from
+//!   the loop, STATUS with a one-line summary, STOPPING on shutdown.
+//! - SIGTERM finishes the running steps, starts no new one and leaves every service running;
+//!   a second signal exits at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tend_specs::Desired;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::api::{self, Control, Failure, Reply};
+use crate::apply::{self, Engines, Options, Outcome, Report, UnitsConfig};
+use crate::docker::DockerEngine;
+use crate::metrics::Metrics;
+use crate::model::{Observed, RunState, UnitActive, instance_name};
+use crate::plan::{Action, Note, Reason};
+use crate::source::{self, GitConfig, GitSource, Revision};
+use crate::state::{self, Hold, StateDir, StateError};
+use crate::status::{AgentStatus, Status};
+use crate::systemd::SystemdEngine;
+
+/// Errors that stop the agent (anything else is reported and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The local API could not start.
+    #[error("starting the local API")]
+    Api(#[source] api::ApiError),
+    /// The git source cannot work.
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    /// The state directory failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The spec directory could not be watched.
+    #[error("watching {path} for changes")]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: notify::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// The boot marker could not be written.
+    #[error("writing the boot marker {path}")]
+    Marker {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where specs come from.
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    /// A local directory, watched.
+    Dir(PathBuf),
+    /// A git repository, polled.
+    Git(GitConfig),
+}
+
+/// Everything the agent runs with (from the configuration file and the command line).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The scope this agent owns.
+    pub scope: String,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Where unit files go.
+    pub unit_dir: PathBuf,
+    /// Where environment files with secrets go.
+    pub env_dir: PathBuf,
+    /// Where specs come from.
+    pub source: SourceSettings,
+    /// A pass at least this often.
+    pub resync: Duration,
+    /// Quiet time after a spec change before reading the set.
+    pub debounce: Duration,
+    /// Steps at once.
+    pub parallel: usize,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// The group that may use the socket.
+    pub socket_group: Option<String>,
+    /// Metrics on TCP, besides the socket.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Removal of any share of managed objects is allowed.
+    pub allow_mass_removal: bool,
+    /// The largest share (percent) of managed objects one set may remove.
+    pub max_removal_percent: u8,
+    /// This binary (Timers' units and hooks run `tend job run`).
+    pub tend_bin: PathBuf,
+}
+
+/// Why the loop woke.
+#[derive(Debug)]
+enum Wake {
+    /// Spec files changed (directory source).
+    Specs,
+    /// A git source has a new commit, checked out and waiting for validation.
+    Candidate(Revision),
+    /// Docker or systemd reported a change.
+    Engine,
+    /// The API asked for a pass.
+    Api,
+}
+
+/// A validated spec set.
+#[derive(Debug, Clone)]
+struct SpecSet {
+    desired: Arc<Desired>,
+    /// Where it was loaded from.
+    dir: PathBuf,
+    /// Its commit (git sources).
+    commit: Option<String>,
+    /// A fingerprint of every object's hash, to tell whether a re-read changed anything.
+    fingerprint: String,
+    /// The git candidate it came from, promoted when the set is accepted.
+    rev: Option<Revision>,
+}
+
+fn fingerprint(desired: &Desired) -> String {
+    let mut s = String::new();
+    for svc in desired.services.values() {
+        s.push_str(&format!("s:{}:{};", svc.name, svc.hash));
+        // Fields outside the template hash (replicas, rollout, restart, dependsOn, ...)
+        // matter too: compare the whole spec.
+        s.push_str(&serde_json::to_string(&svc.spec).unwrap_or_default());
+    }
+    for t in desired.timers.values() {
+        s.push_str(&format!("t:{}:{};", t.name, t.hash));
+    }
+    tend_specs::hash::sha256_hex(s.as_bytes())
+}
+
+/// The per-object backoff after failed steps.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+    until_ms: u64,
+}
+
+/// How long an engine event is left to settle before the pass it wakes.
+const ENGINE_SETTLE: Duration = Duration::from_millis(50);
+/// A second look after an engine event, for what the first pass could not see yet.
+const ENGINE_FOLLOW_UP: Duration = Duration::from_millis(1000);
+
+const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+fn backoff_delay(failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+    BACKOFF_INITIAL.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+/// The engines the agent has now. Docker may come and go; systemd is found once.
+#[derive(Debug, Default)]
+struct EngineHandles {
+    docker: Option<Arc<DockerEngine>>,
+    systemd: Option<Arc<SystemdEngine>>,
+    /// Why systemd is not used, when it is not.
+    systemd_missing: Option<String>,
+}
+
+/// What the loop and the API share.
+struct Shared {
+    settings: Settings,
+    options: Options,
+    engines: Mutex<EngineHandles>,
+    current: RwLock<Option<SpecSet>>,
+    agent: Mutex<AgentStatus>,
+    metrics: Metrics,
+    wake: mpsc::Sender<Wake>,
+}
+
+impl Shared {
+    fn engines(&self) -> Arc<Engines<DockerEngine, SystemdEngine>> {
+        let e = lock(&self.engines);
+        Arc::new(Engines { docker: e.docker.clone(), systemd: e.systemd.clone() })
+    }
+
+    fn current(&self) -> Option<SpecSet> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn agent_status(&self) -> AgentStatus {
+        lock(&self.agent).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether the specs would remove too much: `Some((removed, managed))` when more than
+/// `max_percent` of the managed objects (services and Timers that have containers or unit
+/// files of this scope) would be removed, and at least two of them.
+pub fn mass_removal(observed: &Observed, desired: &Desired, scope: &str, max_percent: u8) -> Option<(usize, usize)> {
+    let mut managed: BTreeSet<&str> = observed.containers.iter().map(|c| c.service.as_str()).collect();
+    for u in observed.units.iter().flat_map(|u| u.values()) {
+        if u.scope.as_deref() == Some(scope) {
+            let stem = u.name.strip_suffix(".service").or_else(|| u.name.strip_suffix(".timer")).unwrap_or(&u.name);
+            managed.insert(stem);
+        }
+    }
+    let removed =
+        managed.iter().filter(|n| !desired.services.contains_key(**n) && !desired.timers.contains_key(**n)).count();
+    let over = removed * 100 > usize::from(max_percent) * managed.len();
+    (removed >= 2 && over).then_some((removed, managed.len()))
+}
+
+/// The clean-shutdown marker: which boot the agent last ran in, and whether it stopped
+/// cleanly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootMarker {
+    /// `/proc/sys/kernel/random/boot_id` of that boot.
+    pub boot_id: String,
+    /// True while the agent runs; false after a clean shutdown.
+    pub running: bool,
+}
+
+const MARKER: &str = "agent-run.json";
+
+/// This boot's id.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Whether this boot followed an unclean one: the agent was running in another boot and
+/// never recorded a clean shutdown (the host went down under it).
+pub fn unclean_boot(previous: Option<&BootMarker>, boot_id: &str) -> bool {
+    previous.is_some_and(|m| m.running && m.boot_id != boot_id)
+}
+
+fn read_marker(state_dir: &Path) -> Option<BootMarker> {
+    let text = std::fs::read(state_dir.join(MARKER)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn write_marker(state_dir: &Path, marker: &BootMarker) -> Result<(), AgentError> {
+    use std::io::Write;
+    let path = state_dir.join(MARKER);
+    let tmp = state_dir.join(format!(".{MARKER}.tmp"));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(marker).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|source| AgentError::Marker { path, source })
+}
+
+/// Holds for the services marked `holdAfterUncleanBoot` that are not running now.
+fn unclean_boot_holds(desired: &Desired, observed: &Observed, now_ms: u64) -> BTreeMap<String, Hold> {
+    let mut holds = BTreeMap::new();
+    for s in desired.services.values().filter(|s| s.spec.hold_after_unclean_boot) {
+        let hold = |instance| Hold {
+            service: s.name.clone(),
+            instance,
+            since_ms: now_ms,
+            exit_code: None,
+            unclean_boot: true,
+        };
+        if s.spec.runtime == tend_specs::service::Runtime::Systemd {
+            let unit = format!("{}.service", s.name);
+            let running = observed
+                .units
+                .as_ref()
+                .and_then(|u| u.get(&unit))
+                .is_some_and(|u| matches!(u.active, UnitActive::Active | UnitActive::Activating));
+            if !running {
+                holds.insert(unit, hold(1));
+            }
+            continue;
+        }
+        for i in 1..=s.spec.replicas {
+            let name = instance_name(&s.name, i);
+            let running = observed.containers.iter().any(|c| c.name == name && c.state == RunState::Running);
+            if !running {
+                holds.insert(name, hold(i));
+            }
+        }
+    }
+    holds
+}
+
+/// Whether a step repairs drift (rather than rolling out a spec change).
+fn is_repair(reason: &Reason) -> bool {
+    matches!(reason, Reason::Missing | Reason::Exited { .. } | Reason::NotStarted | Reason::Leftover)
+}
+
+/// Sends a notification to systemd when run by it (`NOTIFY_SOCKET`); otherwise nothing.
+fn sd_notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> Result<(), AgentError> {
+    let stop = CancellationToken::new();
+    let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(64);
+    let options = Options {
+        scope: settings.scope.clone(),
+        parallel: settings.parallel,
+        specs: PathBuf::new(),
+        stop: stop.clone(),
+        skip_owners: BTreeSet::new(),
+        units: UnitsConfig {
+            scope: settings.scope.clone(),
+            unit_dir: settings.unit_dir.clone(),
+            env_dir: settings.env_dir.clone(),
+            state_dir: settings.state_dir.clone(),
+            tend_bin: settings.tend_bin.clone(),
+            specs: PathBuf::new(),
+        },
+    };
+    std::fs::create_dir_all(&settings.state_dir)
+        .map_err(|source| StateError::Dir { path: settings.state_dir.clone(), source })?;
+    let source_text = match &settings.source {
+        SourceSettings::Dir(d) => d.display().to_string(),
+        SourceSettings::Git(g) => {
+            let r = match &g.reference {
+                source::GitRef::Branch(b) => format!("branch {b}"),
+                source::GitRef::Tag(t) => format!("tag {t}"),
+            };
+            format!("{} ({r})", source::redact_url(&g.url))
+        }
+    };
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        options,
+        engines: Mutex::new(EngineHandles::default()),
+        current: RwLock::new(None),
+        agent: Mutex::new(AgentStatus {
+            pid: std::process::id(),
+            started_ms: apply::now_ms(),
+            source: source_text,
+            ..Default::default()
+        }),
+        metrics: Metrics::new(),
+        wake: wake_tx.clone(),
+    });
+    info!(scope = %settings.scope, source = %shared.agent_status().source, "tend agent starting");
+
+    // Signals: the first stops gracefully, a second exits at once.
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                count += 1;
+                if count == 1 {
+                    info!("stopping: finishing the running steps; services keep running");
+                    sd_notify(&[sd_notify::NotifyState::Stopping]);
+                    stop.cancel();
+                } else {
+                    error!("second signal: exiting now");
+                    std::process::exit(1);
+                }
+            }
+        });
+    }
+
+    // The local API (and metrics on TCP).
+    let server = api::bind_unix(&settings.socket, settings.socket_group.as_deref()).await.map_err(AgentError::Api)?;
+    let control: Arc<dyn Control> = Arc::new(Api(shared.clone()));
+    let api_task = tokio::spawn(server.serve(control.clone(), stop.clone()));
+    if let Some(addr) = settings.metrics_listen {
+        let metrics = api::bind_metrics_tcp(addr).await.map_err(AgentError::Api)?;
+        tokio::spawn(metrics.serve(control.clone(), stop.clone()));
+    }
+
+    // Engines, and their wake-ups.
+    connect_engines(&shared).await;
+    spawn_engine_watchers(&shared, &stop);
+
+    // The unclean-boot check: holds are placed with the first good spec set.
+    let previous = read_marker(&settings.state_dir);
+    let this_boot = boot_id();
+    let mut unclean = unclean_boot(previous.as_ref(), &this_boot);
+    if unclean {
+        warn!(
+            "this boot follows one where the host went down while tend ran: holding services marked holdAfterUncleanBoot"
+        );
+        lock(&shared.agent).unclean_boot = true;
+    } else {
+        write_marker(&settings.state_dir, &BootMarker { boot_id: this_boot.clone(), running: true })?;
+    }
+
+    // The spec source.
+    let mut pending: Option<SpecSet> = None;
+    match &settings.source {
+        SourceSettings::Dir(dir) => {
+            pending = reload_dir(&shared, dir);
+            watch_dir(dir, settings.debounce, wake_tx.clone(), stop.clone())?;
+        }
+        SourceSettings::Git(config) => {
+            let git = GitSource::new(config.clone(), settings.state_dir.join("git"))?;
+            if let Some(rev) = git.current() {
+                // The last promoted commit: in use again at once, even with the remote down.
+                let dir = stable_dir(&settings.state_dir, config);
+                match load(&dir) {
+                    Ok(desired) => set_current(&shared, desired, dir, rev.commit.clone()),
+                    Err(errors) => reject(&shared, errors, rev.commit.clone()),
+                }
+            }
+            let git = Arc::new(tokio::sync::Mutex::new(git));
+            spawn_git_poller(git.clone(), wake_tx.clone(), stop.clone());
+            let _ = GIT.set(git);
+        }
+    }
+
+    // The loop.
+    let mut watchdog_every = None;
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        watchdog_every = Some(Duration::from_micros(usec / 2));
+    }
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hang_fault = std::env::var_os("TEND_FAULT_HANG").map(PathBuf::from);
+    let mut scheduler: Option<(String, CancellationToken)> = None;
+    let mut backoff: BTreeMap<String, Backoff> = BTreeMap::new();
+    let mut ready = false;
+    let mut next_resync = tokio::time::Instant::now();
+    let mut pass_wanted = true;
+    let mut follow_up = false;
+    let mut follow_up_at: Option<tokio::time::Instant> = None;
+    let mut jobs_seen: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        if let Some(path) = &hang_fault
+            && path.exists()
+        {
+            // Fault injection for the watchdog test: the loop hangs (and stops pinging).
+            warn!(path = %path.display(), "TEND_FAULT_HANG: the loop hangs now");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        if watchdog_every.is_some() {
+            sd_notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        if pass_wanted {
+            pass_wanted = false;
+            let pass = run_pass(&shared, &mut pending, &mut backoff, &mut unclean, &this_boot);
+            tokio::pin!(pass);
+            loop {
+                tokio::select! {
+                    () = &mut pass => break,
+                    _ = watchdog.tick(), if watchdog_every.is_some() => sd_notify(&[sd_notify::NotifyState::Watchdog]),
+                }
+            }
+            next_resync = tokio::time::Instant::now() + settings.resync;
+            follow_up_at = follow_up.then(|| tokio::time::Instant::now() + ENGINE_FOLLOW_UP);
+            follow_up = false;
+            record_jobs(&shared, &mut jobs_seen);
+            update_scheduler(&shared, &mut scheduler, &stop);
+            let line = status_line(&shared);
+            sd_notify(&[sd_notify::NotifyState::Status(&line)]);
+            if !ready {
+                ready = true;
+                info!("first pass done: ready");
+                sd_notify(&[sd_notify::NotifyState::Ready]);
+            }
+            continue;
+        }
+        // Sleep until something happens: a wake-up, the resync, a backoff deadline.
+        let mut deadline = next_resync;
+        if let Some(at) = follow_up_at {
+            deadline = deadline.min(at);
+        }
+        let now = Instant::now();
+        for b in backoff.values() {
+            deadline = deadline.min(tokio::time::Instant::now() + b.until.saturating_duration_since(now));
+        }
+        if let Some(due) = restart_due(&shared) {
+            deadline = deadline.min(due);
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = watchdog.tick(), if watchdog_every.is_some() => {}
+            () = tokio::time::sleep_until(deadline) => pass_wanted = true,
+            msg = wake_rx.recv() => {
+                let Some(msg) = msg else { break };
+                let engine = matches!(msg, Wake::Engine);
+                pass_wanted |= handle_wake(&shared, msg, &mut pending);
+                if engine {
+                    // Docker reports a container's death a moment before its listing shows
+                    // it: let the engine settle, and look once more a little later.
+                    tokio::time::sleep(ENGINE_SETTLE).await;
+                    follow_up = true;
+                }
+                // Fold what else has arrived into the same pass.
+                while let Ok(msg) = wake_rx.try_recv() {
+                    pass_wanted |= handle_wake(&shared, msg, &mut pending);
+                }
+            }
+        }
+    }
+
+    info!("stopping");
+    if let Some((_, token)) = scheduler.take() {
+        token.cancel();
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(6), api_task).await;
+    if !unclean {
+        write_marker(&settings.state_dir, &BootMarker { boot_id: this_boot, running: false })?;
+    }
+    info!("stopped; services keep running");
+    Ok(())
+}
+
+/// The git source, for promotion from the loop.
+static GIT: std::sync::OnceLock<Arc<tokio::sync::Mutex<GitSource>>> = std::sync::OnceLock::new();
+
+/// The path through which a git source's promoted checkout is read: stable across
+/// commits, so paths in the specs (bind mounts next to them) do not change with each commit.
+fn stable_dir(state_dir: &Path, config: &GitConfig) -> PathBuf {
+    let current = state_dir.join("git").join("current");
+    match &config.path {
+        Some(p) => current.join(p),
+        None => current,
+    }
+}
+
+fn load(dir: &Path) -> Result<Desired, Vec<String>> {
+    tend_specs::load_path(dir).map_err(|diags| diags.iter().map(ToString::to_string).collect())
+}
+
+fn set_current(shared: &Shared, desired: Desired, dir: PathBuf, commit: Option<String>) {
+    let fingerprint = fingerprint(&desired);
+    info!(dir = %dir.display(), commit = commit.as_deref().unwrap_or("-"), services = desired.services.len(), timers = desired.timers.len(), "spec set in use");
+    shared.metrics.applied_commit(commit.as_deref());
+    shared.metrics.spec_errors(0);
+    {
+        let mut a = lock(&shared.agent);
+        a.specs = dir.display().to_string();
+        a.commit = commit.clone();
+        a.spec_errors.clear();
+        a.rejected_commit = None;
+        a.mass_removal = None;
+    }
+    *shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some(SpecSet { desired: Arc::new(desired), dir, commit, fingerprint, rev: None });
+}
+
+fn reject(shared: &Shared, errors: Vec<String>, commit: Option<String>) {
+    for e in &errors {
+        warn!(error = %e, "spec set rejected: the last good set stays in use");
+    }
+    shared.metrics.spec_errors(errors.len() as u64);
+    let mut a = lock(&shared.agent);
+    a.spec_errors = errors;
+    a.rejected_commit = commit;
+}
+
+/// Reads a directory source again; returns whether a pass is needed.
+fn reload_dir(shared: &Shared, dir: &Path) -> Option<SpecSet> {
+    match load(dir) {
+        Ok(desired) => {
+            let fp = fingerprint(&desired);
+            if shared.current().is_some_and(|c| c.fingerprint == fp) {
+                // Back to the set in use (or unchanged): clear a stale rejection.
+                let mut a = lock(&shared.agent);
+                if !a.spec_errors.is_empty() {
+                    a.spec_errors.clear();
+                    shared.metrics.spec_errors(0);
+                }
+                return None;
+            }
+            Some(SpecSet {
+                desired: Arc::new(desired),
+                dir: dir.to_path_buf(),
+                commit: None,
+                fingerprint: fp,
+                rev: None,
+            })
+        }
+        Err(errors) => {
+            reject(shared, errors, None);
+            None
+        }
+    }
+}
+
+/// Handles a wake-up; returns whether a pass is wanted.
+fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> bool {
+    debug!(?msg, "woken");
+    match msg {
+        Wake::Engine | Wake::Api => true,
+        Wake::Specs => {
+            let SourceSettings::Dir(dir) = &shared.settings.source else { return false };
+            match reload_dir(shared, dir) {
+                Some(set) => {
+                    *pending = Some(set);
+                    true
+                }
+                None => false,
+            }
+        }
+        Wake::Candidate(rev) => {
+            let SourceSettings::Git(config) = &shared.settings.source else { return false };
+            match load(&rev.dir) {
+                Ok(desired) => {
+                    let fp = fingerprint(&desired);
+                    // Read through the stable path once promoted; validated here from the
+                    // candidate's own checkout.
+                    *pending = Some(SpecSet {
+                        desired: Arc::new(desired),
+                        dir: stable_dir(&shared.settings.state_dir, config),
+                        commit: rev.commit.clone(),
+                        fingerprint: fp,
+                        rev: Some(rev),
+                    });
+                    lock(&shared.agent).spec_errors.clear();
+                    true
+                }
+                Err(errors) => {
+                    reject(shared, errors, rev.commit.clone());
+                    if let Some(git) = GIT.get() {
+                        let git = git.clone();
+                        tokio::spawn(async move { git.lock().await.reject(&rev) });
+                    }
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// The next crash-loop restart the planner is waiting for, from the last status.
+fn restart_due(shared: &Shared) -> Option<tokio::time::Instant> {
+    let a = lock(&shared.agent);
+    let now = apply::now_ms();
+    a.backoff
+        .values()
+        .copied()
+        .filter(|due| *due > now)
+        .min()
+        .map(|due| tokio::time::Instant::now() + Duration::from_millis(due - now))
+}
+
+async fn connect_engines(shared: &Shared) {
+    let docker_missing = lock(&shared.engines).docker.is_none();
+    if docker_missing {
+        match DockerEngine::connect().await {
+            Ok(d) => {
+                info!("connected to Docker");
+                lock(&shared.engines).docker = Some(Arc::new(d));
+            }
+            Err(e) => debug!(error = %apply::chain(&e), "Docker is not available"),
+        }
+    }
+    let systemd_unknown = {
+        let e = lock(&shared.engines);
+        e.systemd.is_none() && e.systemd_missing.is_none()
+    };
+    if systemd_unknown {
+        match SystemdEngine::connect().await {
+            Ok(s) => lock(&shared.engines).systemd = Some(Arc::new(s)),
+            Err(e) => {
+                info!(why = %apply::chain(&e), "systemd is not used (Timers are scheduled by the agent)");
+                lock(&shared.engines).systemd_missing = Some(apply::chain(&e));
+            }
+        }
+    }
+}
+
+/// Docker events and systemd signals wake the loop; the watchers reconnect when their
+/// stream ends.
+fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
+    use futures::StreamExt;
+    let (s, token) = (shared.clone(), stop.clone());
+    tokio::spawn(
+        async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                let docker = lock(&s.engines).docker.clone();
+                let Some(docker) = docker else {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    connect_engines(&s).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    continue;
+                };
+                let mut events = docker.events(&s.settings.scope);
+                // A fresh stream: whatever happened while it was down is seen by a pass.
+                let _ = s.wake.try_send(Wake::Engine);
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        ev = events.next() => match ev {
+                            Some(Ok(())) => {
+                                delay = Duration::from_millis(500);
+                                let _ = s.wake.try_send(Wake::Engine);
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %apply::chain(&e), "Docker event stream failed; reconnecting");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+                if DockerEngine::connect().await.is_err() {
+                    lock(&s.engines).docker = None;
+                }
+            }
+        }
+        .instrument(info_span!("docker-events")),
+    );
+    let (s, token) = (shared.clone(), stop.clone());
+    tokio::spawn(
+        async move {
+            use crate::systemd::UnitEngine;
+            let Some(systemd) = lock(&s.engines).systemd.clone() else { return };
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match systemd.watch().await {
+                    Ok(mut wakeups) => loop {
+                        tokio::select! {
+                            () = token.cancelled() => return,
+                            w = wakeups.next() => match w {
+                                Some(()) => { let _ = s.wake.try_send(Wake::Engine); }
+                                None => break,
+                            },
+                        }
+                    },
+                    Err(e) => warn!(error = %apply::chain(&e), "watching systemd failed; retrying"),
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        .instrument(info_span!("systemd-signals")),
+    );
+}
+
+/// Whether a change to `path` may change the spec set. Writes in progress do not count
+/// (only a closed write, a rename into place or a removal does), nor do editors' swap and
+/// backup files.
+fn relevant(kind: &notify::EventKind, path: &Path) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let scratch = name.starts_with('.')
+        || name.starts_with('#')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with(".tmp")
+        || name == "4913";
+    if scratch {
+        return false;
+    }
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Create(CreateKind::Folder)
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+    )
+}
+
+/// Watches the spec directory (and its parent, to see it deleted or created) and sends
+/// `Wake::Specs` once changes have been quiet for `debounce`.
+fn watch_dir(
+    dir: &Path,
+    debounce: Duration,
+    wake: mpsc::Sender<Wake>,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let root = dir.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            if ev.paths.iter().any(|p| p.starts_with(&root) && relevant(&ev.kind, p)) {
+                let _ = tx.send(());
+            }
+        }
+        Err(e) => warn!(error = %e, "spec directory watch error"),
+    })
+    .map_err(|source| AgentError::Watch { path: dir.clone(), source })?;
+    let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    watcher
+        .watch(&parent, RecursiveMode::NonRecursive)
+        .map_err(|source| AgentError::Watch { path: parent.clone(), source })?;
+    if dir.is_dir() {
+        watcher
+            .watch(&dir, RecursiveMode::Recursive)
+            .map_err(|source| AgentError::Watch { path: dir.clone(), source })?;
+    }
+    let watched = Arc::new(Mutex::new(watcher));
+    let handle = watched.clone();
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    ev = rx.recv() => if ev.is_none() { return },
+                }
+                // Quiet for `debounce` before reading.
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        ev = rx.recv() => if ev.is_none() { return },
+                        () = tokio::time::sleep(debounce) => break,
+                    }
+                }
+                // The directory may have been created (or re-created) since: watch it.
+                if dir.is_dir() {
+                    let _ = lock(&handle).watch(&dir, RecursiveMode::Recursive);
+                }
+                let _ = wake.send(Wake::Specs).await;
+            }
+        }
+        .instrument(info_span!("spec-watch")),
+    );
+    // The task holds the watcher (through `handle`) for as long as it runs.
+    drop(watched);
+    Ok(())
+}
+
+fn spawn_git_poller(git: Arc<tokio::sync::Mutex<GitSource>>, wake: mpsc::Sender<Wake>, stop: CancellationToken) {
+    tokio::spawn(
+        async move {
+            loop {
+                let (result, interval) = {
+                    let mut g = git.lock().await;
+                    let interval = g.interval();
+                    (g.poll().await, interval)
+                };
+                // The source logs new commits and failures itself.
+                if let Ok(Some(rev)) = result {
+                    let _ = wake.send(Wake::Candidate(rev)).await;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        }
+        .instrument(info_span!("git-poll")),
+    );
+}
+
+/// One pass of the loop: accept a pending set (unless the mass-removal guard stops it),
+/// place unclean-boot holds, apply, then record outcomes, backoff and metrics.
+async fn run_pass(
+    shared: &Arc<Shared>,
+    pending: &mut Option<SpecSet>,
+    backoff: &mut BTreeMap<String, Backoff>,
+    unclean: &mut bool,
+    this_boot: &str,
+) {
+    let started = Instant::now();
+    connect_engines(shared).await;
+    let engines = shared.engines();
+    let span = info_span!("agent-pass", commit = tracing::field::Empty);
+    async {
+        if let Some(set) = pending.take() {
+            accept_or_block(shared, &engines, set).await;
+        }
+        let Some(set) = shared.current() else {
+            lock(&shared.agent).last_result = Some("no valid spec set yet: nothing applied".into());
+            return;
+        };
+        // Every pass is recorded (in the log) with the commit it applied.
+        if let Some(commit) = &set.commit {
+            tracing::Span::current().record("commit", short(commit));
+        }
+        let mut options = shared.options.clone();
+        options.specs = set.dir.clone();
+        options.units.specs = set.dir.clone();
+        let now = Instant::now();
+        backoff.retain(|_, b| b.until > now || b.failures > 0);
+        options.skip_owners = backoff.iter().filter(|(_, b)| b.until > now).map(|(k, _)| k.clone()).collect();
+        let state_dir = match open_state(&shared.settings.state_dir).await {
+            Ok(d) => d,
+            Err(e) => {
+                error!(error = %apply::chain(&e), "state directory");
+                lock(&shared.agent).last_result = Some(apply::chain(&e));
+                return;
+            }
+        };
+        if *unclean {
+            if let Err(e) = place_unclean_holds(&engines, &options, &set.desired, &state_dir).await {
+                error!(error = %e, "placing unclean-boot holds; nothing applied");
+                lock(&shared.agent).last_result = Some(e);
+                return;
+            }
+            if write_marker(&shared.settings.state_dir, &BootMarker { boot_id: this_boot.to_string(), running: true })
+                .is_ok()
+            {
+                *unclean = false;
+            }
+        }
+        let result = apply::apply(engines.clone(), set.desired.clone(), &state_dir, &options).await;
+        drop(state_dir);
+        let elapsed = started.elapsed();
+        match result {
+            Ok(report) => record_report(shared, &report, backoff, elapsed),
+            Err(e) => {
+                let why = apply::chain(&e);
+                warn!(error = %why, "pass failed");
+                shared.metrics.pass(elapsed, false);
+                let mut a = lock(&shared.agent);
+                a.last_result = Some(why);
+                a.passes += 1;
+                a.last_pass_ms = Some(apply::now_ms());
+                a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn open_state(dir: &Path) -> Result<StateDir, StateError> {
+    let dir = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || StateDir::open(&dir)).await {
+        Ok(r) => r,
+        Err(e) => Err(StateError::Lock { path: PathBuf::from("state lock"), source: std::io::Error::other(e) }),
+    }
+}
+
+async fn accept_or_block(shared: &Arc<Shared>, engines: &Arc<Engines<DockerEngine, SystemdEngine>>, set: SpecSet) {
+    if !shared.settings.allow_mass_removal {
+        match apply::observe_all(engines, &shared.options, &set.desired).await {
+            Ok(observed) => {
+                if let Some((removed, managed)) =
+                    mass_removal(&observed, &set.desired, &shared.settings.scope, shared.settings.max_removal_percent)
+                {
+                    let why = format!(
+                        "the newest spec set{} would remove {removed} of the {managed} managed services and Timers (more than {}%): not applied; the set in use stays (allow with `tend agent --allow-mass-removal` or massRemoval.allow in the agent config)",
+                        set.commit.as_deref().map(|c| format!(" (commit {})", short(c))).unwrap_or_default(),
+                        shared.settings.max_removal_percent
+                    );
+                    warn!(removed, managed, "{why}");
+                    shared.metrics.mass_removal_blocked(true);
+                    lock(&shared.agent).mass_removal = Some(why);
+                    return;
+                }
+            }
+            Err(e) => {
+                // Unknown: keep the set in use and try again next pass.
+                warn!(error = %apply::chain(&e), "could not check the new spec set against live state");
+                let s = shared.clone();
+                let _ = s.wake.try_send(Wake::Engine);
+                lock(&shared.agent).mass_removal = None;
+                return;
+            }
+        }
+    }
+    shared.metrics.mass_removal_blocked(false);
+    let (desired, dir, commit) = ((*set.desired).clone(), set.dir.clone(), set.commit.clone());
+    if let (Some(git), Some(rev)) = (GIT.get(), &set.rev) {
+        // Switch the checkout first: the set is read through the `current` link.
+        if let Err(e) = git.lock().await.promote(rev) {
+            error!(error = %apply::chain(&e), "switching to the new checkout failed; the set in use stays");
+            return;
+        }
+    }
+    set_current(shared, desired, dir, commit);
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+async fn place_unclean_holds(
+    engines: &Arc<Engines<DockerEngine, SystemdEngine>>,
+    options: &Options,
+    desired: &Desired,
+    state_dir: &StateDir,
+) -> Result<(), String> {
+    let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
+    let holds = unclean_boot_holds(desired, &observed, apply::now_ms());
+    let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
+    for (name, hold) in holds {
+        warn!(instance = %name, "held after an unclean boot: `tend release {name}` starts it");
+        st.holds.entry(name).or_insert(hold);
+    }
+    state_dir.save(&st).map_err(|e| apply::chain(&e))
+}
+
+fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String, Backoff>, elapsed: Duration) {
+    let m = &shared.metrics;
+    let mut failed_owners: BTreeSet<String> = BTreeSet::new();
+    let mut ok_owners: BTreeSet<String> = BTreeSet::new();
+    let mut repairs = 0u64;
+    let (mut done, mut failed) = (0usize, 0usize);
+    for (step, outcome) in report.steps() {
+        let kind = apply::action_name(&step.action);
+        match outcome {
+            Some(Outcome::Done { .. }) => {
+                done += 1;
+                m.action(kind, true);
+                if is_repair(&step.reason) && !matches!(step.action, Action::Hold { .. }) {
+                    repairs += 1;
+                }
+                if let Some(o) = step.action.owner() {
+                    ok_owners.insert(o);
+                }
+            }
+            Some(Outcome::Failed { .. }) => {
+                failed += 1;
+                m.action(kind, false);
+                if let Some(o) = step.action.owner() {
+                    failed_owners.insert(o);
+                }
+            }
+            _ => {}
+        }
+    }
+    m.drift_repair(repairs);
+    m.pass(elapsed, failed == 0);
+    let now = Instant::now();
+    let now_ms = apply::now_ms();
+    for o in &failed_owners {
+        let failures = backoff.get(o).map_or(0, |b| b.failures) + 1;
+        let delay = backoff_delay(failures);
+        warn!(object = %o, failures, retry_in_ms = delay.as_millis() as u64, "steps failed: backing off");
+        backoff
+            .insert(o.clone(), Backoff { failures, until: now + delay, until_ms: now_ms + delay.as_millis() as u64 });
+    }
+    for o in ok_owners.difference(&failed_owners) {
+        backoff.remove(o);
+    }
+    // Objects by state, from what the pass saw and planned.
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &report.observed.containers {
+        let state = match c.state {
+            RunState::Running => "running",
+            RunState::Exited | RunState::Dead => "exited",
+            _ => "other",
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    for u in report
+        .observed
+        .units
+        .iter()
+        .flat_map(|u| u.values())
+        .filter(|u| u.scope.as_deref() == Some(&shared.settings.scope))
+    {
+        let state = match u.active {
+            UnitActive::Active => "active",
+            UnitActive::Failed => "failed",
+            _ => "inactive",
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    for n in &report.plan.notes {
+        let state = match n {
+            Note::Held { .. } => "held",
+            Note::BackingOff { .. } => "backing-off",
+            Note::Conflict { .. } => "conflict",
+            _ => continue,
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    let counts: Vec<(&str, u64)> = counts.into_iter().collect();
+    m.objects(&counts);
+    let result = match (done, failed) {
+        (0, 0) if report.plan.steps.is_empty() => "converged".to_string(),
+        (d, 0) => format!("applied {d} step(s)"),
+        (d, f) => format!("{f} step(s) failed, {d} done"),
+    };
+    if done + failed > 0 {
+        info!(done, failed, ms = elapsed.as_millis() as u64, "pass: {result}");
+    } else {
+        debug!(ms = elapsed.as_millis() as u64, "pass: {result}");
+    }
+    let mut a = lock(&shared.agent);
+    a.passes += 1;
+    a.last_pass_ms = Some(now_ms);
+    a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
+    a.last_result = Some(result);
+    a.backoff = backoff.iter().filter(|(_, b)| b.until > now).map(|(k, b)| (k.clone(), b.until_ms)).collect();
+    for n in &report.plan.notes {
+        if let Note::BackingOff { name, until_ms, .. } = n {
+            a.backoff.insert(name.clone(), *until_ms);
+        }
+    }
+}
+
+/// New job runs (from the histories) into the metrics.
+fn record_jobs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
+    let Some(set) = shared.current() else { return };
+    for name in set.desired.timers.keys() {
+        let Ok(records) = crate::jobs::history(&shared.settings.state_dir, name, Some(20)) else { continue };
+        let last = seen.get(name).copied().unwrap_or(0);
+        let mut newest = last;
+        for r in records.iter().rev().filter(|r| r.start_ms > last) {
+            let ok = r.exit_status() == 0;
+            shared.metrics.job(name, ok, Duration::from_millis(r.duration_ms()));
+            newest = newest.max(r.start_ms);
+        }
+        seen.insert(name.clone(), newest);
+    }
+}
+
+/// Where systemd is not PID 1, the agent schedules Timers itself; restarted when the set's
+/// Timers change.
+fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationToken)>, stop: &CancellationToken) {
+    if lock(&shared.engines).systemd.is_some() {
+        return;
+    }
+    let Some(set) = shared.current() else { return };
+    let key: String = set.desired.timers.values().map(|t| format!("{}:{};", t.name, t.hash)).collect();
+    if current.as_ref().is_some_and(|(k, _)| *k == key) {
+        return;
+    }
+    if let Some((_, token)) = current.take() {
+        token.cancel();
+    }
+    let token = stop.child_token();
+    let config = crate::scheduler::Config {
+        tend_bin: shared.settings.tend_bin.clone(),
+        scope: shared.settings.scope.clone(),
+        state_dir: shared.settings.state_dir.clone(),
+        specs: set.dir.clone(),
+    };
+    let timers: Vec<_> = set.desired.timers.values().cloned().collect();
+    if timers.iter().any(crate::scheduler::scheduled) {
+        info!(timers = timers.iter().filter(|t| crate::scheduler::scheduled(t)).count(), "scheduling Timers");
+    }
+    tokio::spawn(crate::scheduler::schedule(config, timers, token.clone()).instrument(info_span!("scheduler")));
+    *current = Some((key, token));
+}
+
+/// The one-line summary for systemd's STATUS=.
+fn status_line(shared: &Shared) -> String {
+    let a = shared.agent_status();
+    let services = shared.current().map_or(0, |s| s.desired.services.len());
+    let mut parts = vec![format!("{services} services")];
+    if !a.spec_errors.is_empty() {
+        parts.push(format!("{} spec error(s)", a.spec_errors.len()));
+    }
+    if a.mass_removal.is_some() {
+        parts.push("mass removal blocked".into());
+    }
+    if !a.backoff.is_empty() {
+        parts.push(format!("{} backing off", a.backoff.len()));
+    }
+    if let Some(r) = &a.last_result {
+        parts.push(format!("last pass: {r} ({} ms)", a.last_pass_duration_ms.unwrap_or(0)));
+    }
+    if let Some(c) = &a.commit {
+        parts.push(format!("commit {}", short(c)));
+    }
+    parts.join(", ")
+}
+
+/// The API, served from the shared state.
+struct Api(Arc<Shared>);
+
+impl Api {
+    async fn observe(shared: &Shared) -> Result<(Desired, Observed, state::State, crate::plan::Plan), Failure> {
+        let desired = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
+        let engines = shared.engines();
+        let mut options = shared.options.clone();
+        if let Some(set) = shared.current() {
+            options.specs = set.dir.clone();
+            options.units.specs = set.dir;
+        }
+        let observed =
+            apply::observe_all(&engines, &options, &desired).await.map_err(|e| Failure::new(503, apply::chain(&e)))?;
+        let st = state::read_state(&shared.settings.state_dir).map_err(|e| Failure::new(500, apply::chain(&e)))?;
+        let plan = apply::plan_for(&desired, &observed, &st, &options, &BTreeSet::new());
+        Ok((desired, observed, st, plan))
+    }
+}
+
+impl Control for Api {
+    fn status(&self) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let (desired, observed, st, plan) = Api::observe(&shared).await?;
+            let mut status: Status = crate::status::build(&desired, &observed, &st, &plan);
+            status.timers =
+                crate::jobs::list(&shared.settings.state_dir, &desired, tend_specs::calendar::Timestamp::now());
+            status.unchecked = lock(&shared.engines).systemd_missing.clone().filter(|_| apply::needs_units(&desired));
+            status.agent = Some(shared.agent_status());
+            serde_json::to_value(&status).map_err(|e| Failure::new(500, e.to_string()))
+        })
+    }
+
+    fn plan(&self) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let (_, _, _, plan) = Api::observe(&shared).await?;
+            serde_json::to_value(&plan).map_err(|e| Failure::new(500, e.to_string()))
+        })
+    }
+
+    fn trigger(&self) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let queued = shared.wake.try_send(Wake::Api).is_ok();
+            Ok(json!({ "queued": queued }))
+        })
+    }
+
+    fn release(&self, name: String) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let dir = shared.settings.state_dir.clone();
+            let n = name.clone();
+            let released = tokio::task::spawn_blocking(move || state::release(&dir, &n, apply::now_ms()))
+                .await
+                .map_err(|e| Failure::new(500, e.to_string()))?
+                .map_err(|e| Failure::new(500, apply::chain(&e)))?;
+            if released.is_empty() {
+                return Err(Failure::new(404, format!("nothing is held under `{name}` (see `tend status`)")));
+            }
+            let _ = shared.wake.try_send(Wake::Api);
+            Ok(json!({ "released": released }))
+        })
+    }
+
+    fn jobs(&self, name: Option<String>, limit: Option<usize>) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let dir = &shared.settings.state_dir;
+            match name {
+                Some(name) => {
+                    let records =
+                        crate::jobs::history(dir, &name, limit).map_err(|e| Failure::new(404, apply::chain(&e)))?;
+                    serde_json::to_value(&records).map_err(|e| Failure::new(500, e.to_string()))
+                }
+                None => {
+                    let desired = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
+                    let list = crate::jobs::list(dir, &desired, tend_specs::calendar::Timestamp::now());
+                    serde_json::to_value(&list).map_err(|e| Failure::new(500, e.to_string()))
+                }
+            }
+        })
+    }
+
+    fn metrics(&self) -> String {
+        self.0.metrics.encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Container, Health, Unit};
+
+    fn container(service: &str, i: u32, state: RunState) -> Container {
+        Container {
+            id: format!("id-{service}-{i}"),
+            name: instance_name(service, i),
+            service: service.into(),
+            instance: i,
+            hash: String::new(),
+            fields: BTreeMap::new(),
+            image_id: String::new(),
+            state,
+            health: Health::None,
+            exit_code: None,
+        }
+    }
+
+    fn desired(yaml: &str) -> Desired {
+        tend_specs::load_str(Path::new("t.yaml"), yaml).expect("valid specs")
+    }
+
+    fn service(name: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: busybox:1\n{extra}"
+        )
+    }
+
+    #[test]
+    fn removing_most_managed_services_is_a_mass_removal() {
+        let mut observed = Observed::default();
+        for s in ["a", "b", "c", "d"] {
+            observed.containers.push(container(s, 1, RunState::Running));
+        }
+        let all = desired(&[service("a", ""), service("b", ""), service("c", ""), service("d", "")].concat());
+        assert_eq!(mass_removal(&observed, &all, "t", 50), None);
+        // Two of four is 50%: not more than the limit.
+        let two = desired(&[service("a", ""), service("b", "")].concat());
+        assert_eq!(mass_removal(&observed, &two, "t", 50), None);
+        // Three of four is.
+        let one = desired(&service("a", ""));
+        assert_eq!(mass_removal(&observed, &one, "t", 50), Some((3, 4)));
+        // An empty set (a deleted directory's contents) removes everything.
+        assert_eq!(mass_removal(&observed, &Desired::default(), "t", 50), Some((4, 4)));
+        // A stricter limit.
+        assert_eq!(mass_removal(&observed, &two, "t", 25), Some((2, 4)));
+    }
+
+    #[test]
+    fn removing_the_only_service_is_not_a_mass_removal() {
+        let mut observed = Observed::default();
+        observed.containers.push(container("a", 1, RunState::Running));
+        assert_eq!(mass_removal(&observed, &Desired::default(), "t", 50), None);
+    }
+
+    #[test]
+    fn units_of_this_scope_count_as_managed() {
+        let mut observed = Observed::default();
+        let unit = |name: &str, scope: &str| Unit {
+            name: name.into(),
+            content: String::new(),
+            scope: Some(scope.into()),
+            active: UnitActive::Active,
+            enabled: true,
+            exit_status: None,
+        };
+        observed.units = Some(BTreeMap::from([
+            ("web.service".to_string(), unit("web.service", "t")),
+            ("dump.service".to_string(), unit("dump.service", "t")),
+            ("dump.timer".to_string(), unit("dump.timer", "t")),
+            ("other.service".to_string(), unit("other.service", "elsewhere")),
+        ]));
+        assert_eq!(mass_removal(&observed, &Desired::default(), "t", 50), Some((2, 2)));
+    }
+
+    #[test]
+    fn an_unclean_boot_is_another_boot_that_never_stopped_cleanly() {
+        let running = |id: &str| BootMarker { boot_id: id.into(), running: true };
+        let clean = |id: &str| BootMarker { boot_id: id.into(), running: false };
+        assert!(unclean_boot(Some(&running("old")), "new"));
+        assert!(!unclean_boot(Some(&clean("old")), "new"));
+        // The agent crashed but the host did not go down: not an unclean boot.
+        assert!(!unclean_boot(Some(&running("same")), "same"));
+        assert!(!unclean_boot(None, "new"));
+    }
+
+    #[test]
+    fn unclean_boot_holds_only_marked_services_that_are_not_running() {
+        let d = desired(&[service("db", "  holdAfterUncleanBoot: true\n  replicas: 2\n"), service("web", "")].concat());
+        let mut observed = Observed::default();
+        observed.containers.push(container("db", 1, RunState::Exited));
+        observed.containers.push(container("db", 2, RunState::Running));
+        observed.containers.push(container("web", 1, RunState::Exited));
+        let holds = unclean_boot_holds(&d, &observed, 7);
+        assert_eq!(holds.keys().collect::<Vec<_>>(), ["db-1"]);
+        assert!(holds["db-1"].unclean_boot);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2), Duration::from_secs(2));
+        assert_eq!(backoff_delay(5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(40), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn only_finished_writes_renames_and_removals_are_relevant() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+        let p = Path::new("/etc/tend/specs/web.yaml");
+        assert!(relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write)), p));
+        assert!(relevant(&EventKind::Modify(ModifyKind::Name(RenameMode::To)), p));
+        assert!(relevant(&EventKind::Remove(RemoveKind::File), p));
+        // A file being written, or just created, is not read yet.
+        assert!(!relevant(&EventKind::Modify(ModifyKind::Data(DataChange::Any)), p));
+        assert!(!relevant(&EventKind::Create(CreateKind::File), p));
+        // Editors' scratch files.
+        for scratch in [".web.yaml.swp", "web.yaml~", "#web.yaml#", "4913", ".web.yaml.tmp"] {
+            let p = Path::new("/etc/tend/specs").join(scratch);
+            assert!(!relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write)), &p), "{scratch}");
+        }
+    }
+}
