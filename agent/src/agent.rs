@@ -169,8 +169,9 @@ struct Backoff {
 
 /// How long an engine event is left to settle before the pass it wakes.
 const ENGINE_SETTLE: Duration = Duration::from_millis(50);
-/// A second look after an engine event, for what the first pass could not see yet.
-const ENGINE_FOLLOW_UP: Duration = Duration::from_millis(1000);
+/// Second and third looks after an engine event, for what the first pass could not see yet
+/// (each no-op pass costs a few milliseconds).
+const ENGINE_FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(1000)];
 
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -198,6 +199,8 @@ struct Shared {
     agent: Mutex<AgentStatus>,
     metrics: Metrics,
     wake: mpsc::Sender<Wake>,
+    /// The units whose changes wake the loop: the set's systemd services and timer units.
+    units_of_interest: Arc<RwLock<BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -373,6 +376,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         }),
         metrics: Metrics::new(),
         wake: wake_tx.clone(),
+        units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
     });
     info!(scope = %settings.scope, source = %shared.agent_status().source, "tend agent starting");
 
@@ -467,6 +471,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut pass_wanted = true;
     let mut follow_up = false;
     let mut follow_up_at: Option<tokio::time::Instant> = None;
+    let mut follow_ups: std::collections::VecDeque<Duration> = Default::default();
     let mut jobs_seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         if let Some(path) = &hang_fault
@@ -495,8 +500,11 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 }
             }
             next_resync = tokio::time::Instant::now() + settings.resync;
-            follow_up_at = follow_up.then(|| tokio::time::Instant::now() + ENGINE_FOLLOW_UP);
-            follow_up = false;
+            if follow_up {
+                follow_ups = ENGINE_FOLLOW_UPS.into_iter().collect();
+                follow_up = false;
+            }
+            follow_up_at = follow_ups.pop_front().map(|d| tokio::time::Instant::now() + d);
             record_jobs(&shared, &mut jobs_seen);
             update_scheduler(&shared, &mut scheduler, &stop);
             let line = status_line(&shared);
@@ -585,6 +593,14 @@ fn set_current(shared: &Shared, desired: Desired, dir: PathBuf, commit: Option<S
         a.rejected_commit = None;
         a.mass_removal = None;
     }
+    // Timers' job services are left out: asking about a unit that never runs makes systemd
+    // load and unload it, and those signals must not wake the loop.
+    let units: BTreeSet<String> = desired
+        .systemd_services()
+        .map(|s| format!("{}.service", s.name))
+        .chain(desired.timers.keys().map(|t| format!("{t}.timer")))
+        .collect();
+    *shared.units_of_interest.write().unwrap_or_else(std::sync::PoisonError::into_inner) = units;
     *shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
         Some(SpecSet { desired: Arc::new(desired), dir, commit, fingerprint, rev: None });
 }
@@ -767,8 +783,12 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
             use crate::systemd::UnitEngine;
             let Some(systemd) = lock(&s.engines).systemd.clone() else { return };
             let mut delay = Duration::from_millis(500);
+            let units = s.units_of_interest.clone();
+            let interest: crate::systemd::Interest = Arc::new(move |unit: &str| {
+                units.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(unit)
+            });
             loop {
-                match systemd.watch().await {
+                match systemd.watch(interest.clone()).await {
                     Ok(mut wakeups) => loop {
                         tokio::select! {
                             () = token.cancelled() => return,

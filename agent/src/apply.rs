@@ -455,12 +455,13 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
                     outcomes.insert(id, Outcome::Skipped { because_of: *bad });
                     pending.remove(&id);
                     progressed = true;
-                } else if options.stop.is_cancelled() {
+                } else if options.stop.is_cancelled() && !continues_started_work(plan, step, &outcomes) {
                     outcomes.insert(id, Outcome::Cancelled);
                     pending.remove(&id);
                     progressed = true;
                 } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
                     pending.remove(&id);
+                    let finishing = continues_started_work(plan, step, &outcomes);
                     let (engines, desired, permits, step, options) =
                         (engines.clone(), desired.clone(), permits.clone(), step.clone(), options.clone());
                     let span = info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action));
@@ -475,7 +476,7 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
                                 }
                             }
                             let _permit = permits.acquire_owned().await;
-                            if options.stop.is_cancelled() {
+                            if options.stop.is_cancelled() && !finishing {
                                 return (step.id, Outcome::Cancelled);
                             }
                             let result = run_step(&engines, &desired, &options, &step).await;
@@ -518,6 +519,19 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
         }
     }
     outcomes
+}
+
+/// Whether `step` completes work already begun on its object in this pass: a
+/// replacement's create after its remove, a rename after its create. A stopping tend still
+/// runs those (unpaused), so stopping never leaves a service half replaced and down.
+fn continues_started_work(plan: &Plan, step: &Step, outcomes: &BTreeMap<usize, Outcome>) -> bool {
+    let Some(owner) = step.action.owner() else { return false };
+    step.pause_ms == 0
+        && !matches!(step.action, Action::Await { .. })
+        && step.after.iter().any(|a| {
+            matches!(outcomes.get(a), Some(Outcome::Done { .. }))
+                && plan.steps.iter().any(|s| s.id == *a && s.action.owner().as_deref() == Some(owner.as_str()))
+        })
 }
 
 /// A short name for logs.

@@ -314,6 +314,11 @@ fn file(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) ->
 /// A stream of wake-ups: each item says only "something in systemd changed"; observe again.
 pub type Wakeups = BoxStream<'static, ()>;
 
+/// Which units' changes wake the watcher (by unit name, `web.service`). Anything else —
+/// tend's own unit updating its status text, units systemd loads and unloads while tend asks
+/// about them — must not, or the loop would wake itself.
+pub type Interest = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What tend needs from systemd.
 pub trait UnitEngine: Send + Sync + 'static {
     /// Whether systemd is PID 1 and its manager answers on the bus; the error says why not.
@@ -361,9 +366,10 @@ pub trait UnitEngine: Send + Sync + 'static {
     /// file is there too, with `load_state` `not-found`.
     fn states(&self, names: &[String]) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
 
-    /// Wake-ups on unit property changes, finished jobs, unit file changes and reloads. The
-    /// stream ends when the connection to the bus is lost.
-    fn watch(&self) -> impl Future<Output = Result<Wakeups, SystemdError>> + Send;
+    /// Wake-ups when a unit of `interest` changes its active or sub state or finishes a job,
+    /// and on unit file changes and reloads. The stream ends when the connection to the bus
+    /// is lost.
+    fn watch(&self, interest: Interest) -> impl Future<Output = Result<Wakeups, SystemdError>> + Send;
 }
 
 /// `sd_booted()`: whether systemd is PID 1 here (`/run/systemd/system` is a directory). The
@@ -838,7 +844,7 @@ impl UnitEngine for SystemdEngine {
         futures::future::try_join_all(rows.into_iter().map(|row| self.state_of(row))).await
     }
 
-    async fn watch(&self) -> Result<Wakeups, SystemdError> {
+    async fn watch(&self, interest: Interest) -> Result<Wakeups, SystemdError> {
         let op = "watching";
         let object = "the systemd manager's signals";
         let rules = [
@@ -859,7 +865,7 @@ impl UnitEngine for SystemdEngine {
                 tokio::select! {
                     _ = tx.closed() => break,
                     msg = signals.next() => match msg {
-                        Some(Ok(msg)) if is_wake(&msg) => {
+                        Some(Ok(msg)) if is_wake(&msg, &interest) => {
                             let _ = tx.try_send(());
                         }
                         Some(_) => {}
@@ -872,14 +878,49 @@ impl UnitEngine for SystemdEngine {
     }
 }
 
-/// The signals that mean "observe again". `JobNew`, `UnitNew` and the like are followed by
-/// one of these when they matter.
-fn is_wake(msg: &Message) -> bool {
+/// Whether a signal means "observe again": a unit of interest changed its active or sub
+/// state or finished a job, unit files changed, or systemd reloaded. `UnitNew`,
+/// `UnitRemoved` and other units' changes do not.
+fn is_wake(msg: &Message, interest: &Interest) -> bool {
     let header = msg.header();
-    matches!(
-        header.member().map(|m| m.as_str()),
-        Some("PropertiesChanged" | "JobRemoved" | "UnitFilesChanged" | "Reloading" | "UnitRemoved")
-    )
+    match header.member().map(|m| m.as_str()) {
+        Some("PropertiesChanged") => {
+            let Some(unit) = header.path().and_then(|p| unit_name_of_path(p.as_str())) else { return false };
+            if !interest(&unit) {
+                return false;
+            }
+            type Changed = (String, HashMap<String, OwnedVariant>, Vec<String>);
+            let Ok((iface, changed, invalidated)) = msg.body().deserialize::<Changed>() else { return false };
+            let state = |k: &str| k == "ActiveState" || k == "SubState";
+            iface == UNIT_IFACE && (changed.keys().any(|k| state(k)) || invalidated.iter().any(|k| state(k)))
+        }
+        Some("JobRemoved") => msg
+            .body()
+            .deserialize::<(u32, OwnedObjectPath, String, String)>()
+            .is_ok_and(|(_, _, unit, _)| interest(&unit)),
+        Some("UnitFilesChanged" | "Reloading") => true,
+        _ => false,
+    }
+}
+
+/// The unit name of a unit object path: `/org/freedesktop/systemd1/unit/web_2eservice` is
+/// `web.service` (systemd escapes every byte other than `[A-Za-z0-9]` as `_XX`).
+pub fn unit_name_of_path(path: &str) -> Option<String> {
+    let label = path.strip_prefix("/org/freedesktop/systemd1/unit/")?;
+    let bytes = label.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' {
+            let hex = label.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -888,6 +929,18 @@ mod tests {
 
     fn dir() -> tempfile::TempDir {
         tempfile::tempdir().expect("a temporary directory")
+    }
+
+    #[test]
+    fn unit_object_paths_unescape_to_unit_names() {
+        assert_eq!(unit_name_of_path("/org/freedesktop/systemd1/unit/web_2eservice").as_deref(), Some("web.service"));
+        assert_eq!(
+            unit_name_of_path("/org/freedesktop/systemd1/unit/ims_2dnginx_2etimer").as_deref(),
+            Some("ims-nginx.timer")
+        );
+        assert_eq!(unit_name_of_path("/org/freedesktop/systemd1/unit/_30x_2eservice").as_deref(), Some("0x.service"));
+        assert_eq!(unit_name_of_path("/org/freedesktop/systemd1/job/12"), None);
+        assert_eq!(unit_name_of_path("/org/freedesktop/systemd1/unit/bad_zz"), None);
     }
 
     #[test]

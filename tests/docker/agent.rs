@@ -459,3 +459,52 @@ fn the_socket_is_root_and_group_only_and_others_get_a_clear_refusal() {
     let as_root = as_root.expect("run tend status");
     assert!(as_root.status.success(), "{}", describe(&as_root));
 }
+
+#[test]
+fn sigterm_during_a_replacement_finishes_it_so_the_service_is_not_left_down() {
+    let env = Env::new("agent_sigterm_mid");
+    let web = env.name("web");
+    // Stopping takes two seconds: the TERM trap sleeps before it exits.
+    let slow = r#"command: ["sh", "-c", "trap 'sleep 2; exit 0' TERM; sleep 3600 & wait"]"#;
+    env.write_spec("web.yaml", &service(&web, slow));
+    let mut agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    let name = format!("{web}-1");
+    wait_for(Duration::from_secs(30), "the service to run", || running(&name));
+    let old = container_id(&name);
+    env.write_spec("web.yaml", &service(&web, &format!("{slow}\nenv: {{VERSION: '2'}}")));
+    // SIGTERM while the old container is being stopped.
+    wait_for(Duration::from_secs(20), "the replacement to begin", || agent.log().contains("action=\"remove\""));
+    assert_eq!(agent.stop(), Some(0), "{}", agent.log());
+    // The replacement was finished: a new container runs the new spec.
+    assert!(running(&name), "the service was left down\n{}", agent.log());
+    assert_ne!(container_id(&name), old, "the old container is still there");
+    let env_of = docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &name]);
+    assert!(env_of.contains("VERSION=2"), "{env_of}");
+}
+
+#[test]
+fn a_spec_file_being_written_is_not_read_until_it_is_closed() {
+    use std::io::Write;
+    let env = Env::new("agent_partial_write");
+    let (a, b) = (env.name("a"), env.name("b"));
+    env.write_spec("a.yaml", &service(&a, ""));
+    let agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    wait_for(Duration::from_secs(30), "the first service to run", || running(&format!("{a}-1")));
+    let reads = |log: &str| log.matches("spec set in use").count() + log.matches("spec set rejected").count();
+    // A writer that stops halfway for longer than the debounce: half a file (here the first
+    // of two documents, a valid but smaller set) must never be applied.
+    let full = [service(&a, ""), service(&b, "")].concat();
+    let half = full.len() / 2;
+    let mut f = std::fs::File::create(env.spec_path().join("a.yaml")).expect("open for writing");
+    f.write_all(&full.as_bytes()[..half]).expect("write half");
+    f.flush().expect("flush");
+    let before = reads(&agent.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let status = agent.status(&env);
+    assert!(status["agent"]["specErrors"].is_null(), "half a file was read: {status}");
+    assert_eq!(reads(&agent.log()), before, "half a file was read\n{}", agent.log());
+    f.write_all(&full.as_bytes()[half..]).expect("write the rest");
+    drop(f);
+    wait_for(Duration::from_secs(30), "the whole file to be applied", || running(&format!("{b}-1")));
+    assert!(running(&format!("{a}-1")));
+}

@@ -8,6 +8,7 @@
 //! then checks the result with `systemctl` and `systemd-analyze`, independently of the
 //! adapter. The tests fail, never skip, when the node image is missing.
 
+mod agent;
 mod apply;
 #[path = "../harness/systemd.rs"]
 mod node;
@@ -530,7 +531,8 @@ fn inner_watch() {
         let body = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sleep infinity\n";
         engine.write_unit_file(dir(), name, &unit(name, "h", body)).await.expect("write");
         engine.daemon_reload().await.expect("daemon-reload");
-        let mut wakeups = engine.watch().await.expect("watch");
+        let interest: tend::systemd::Interest = std::sync::Arc::new(move |u: &str| u == name);
+        let mut wakeups = engine.watch(interest).await.expect("watch");
         // Let the reload's own signals pass, then drain what is pending.
         tokio::time::sleep(Duration::from_millis(300)).await;
         while drained(&mut wakeups, 100).await {}
