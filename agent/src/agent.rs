@@ -1149,7 +1149,25 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
     } else {
         debug!(ms = elapsed.as_millis() as u64, "pass: {result}");
     }
+    let mut troubled: BTreeSet<String> = failed_owners.clone();
+    let mut held = 0;
+    for n in &report.plan.notes {
+        let service = match n {
+            Note::Held { service, .. } => {
+                held += 1;
+                service
+            }
+            Note::BackingOff { service, .. }
+            | Note::Conflict { service, .. }
+            | Note::ImageNotPresent { service, .. }
+            | Note::Blocked { service, .. } => service,
+            _ => continue,
+        };
+        troubled.insert(service.clone());
+    }
     let mut a = lock(&shared.agent);
+    a.troubled = troubled.into_iter().collect();
+    a.held = held;
     a.passes += 1;
     a.last_pass_ms = Some(now_ms);
     a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
@@ -1211,7 +1229,13 @@ fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationT
 fn status_line(shared: &Shared) -> String {
     let a = shared.agent_status();
     let services = shared.current().map_or(0, |s| s.desired.services.len());
-    let mut parts = vec![format!("{services} services")];
+    let ok = shared
+        .current()
+        .map_or(0, |s| s.desired.services.keys().filter(|n| !a.troubled.contains(n)).count());
+    let mut parts = vec![format!("{ok} of {services} services ok")];
+    if a.held > 0 {
+        parts.push(format!("{} held", a.held));
+    }
     if !a.spec_errors.is_empty() {
         parts.push(format!("{} spec error(s)", a.spec_errors.len()));
     }

@@ -51,6 +51,13 @@ pub struct AgentStatus {
     /// Objects waiting after repeated failures: name → when the next attempt is due (ms).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backoff: BTreeMap<String, u64>,
+    /// Services of the set whose last pass left them with a note or a failed step (held,
+    /// backing off, conflicting, failing): the rest are ok.
+    #[serde(default)]
+    pub troubled: Vec<String>,
+    /// Instances held (for triage, or after an unclean boot), as of the last pass.
+    #[serde(default)]
+    pub held: usize,
     /// Services held after an unclean boot, when this boot was one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unclean_boot: bool,

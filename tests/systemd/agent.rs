@@ -136,7 +136,7 @@ fn tend_runs_as_a_notify_service_with_watchdog_journal_and_socket_permissions() 
         assert_eq!(prop(&node, property), value, "{property}");
     }
     let status_text = prop(&node, "StatusText");
-    assert!(status_text.contains("1 services"), "StatusText: {status_text:?}");
+    assert!(status_text.contains("1 of 1 services ok"), "StatusText: {status_text:?}");
     let main_pid = prop(&node, "MainPID");
     let agent = status(&node);
     assert_eq!(agent["agent"]["pid"].to_string(), main_pid, "{agent:#}");
