@@ -13,7 +13,7 @@ use crate::de::from_node;
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
 use crate::diag::{Diagnostic, Location};
 use crate::hash::sha256_hex;
-use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, VolumeMount};
+use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow, VolumeMount};
 use crate::timer::TimerSpec;
 use crate::yaml::{Node, Value, parse_stream};
 
@@ -473,7 +473,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     let mut checked: Vec<Checked> = Vec::new();
     for (d, unique) in docs.services.into_iter().zip(unique_services) {
         let Some(mut spec) = d.spec else { continue };
-        let checks = check_service(&d.file, &d.node, &d.metadata, &mut spec, diags);
+        let checks = check_service(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
         if !unique {
             // Left out of the checks across services: its conflicts would only repeat the
             // problem with its name.
@@ -552,6 +552,7 @@ const SERVICE_RUNTIME_FIELDS: &[(&str, Runtime)] = &[
 /// Resolves relative bind-mount sources in `spec`. `None` when it found a problem.
 fn check_service(
     file: &Arc<Path>,
+    source: &str,
     node: &Node,
     metadata: &Metadata,
     spec: &mut ServiceSpec,
@@ -695,6 +696,9 @@ fn check_service(
             ));
         }
     }
+    if let Some(window) = &spec.update_window {
+        check_update_window(file, source, node, window, diags);
+    }
     let base_dir = base_dir(file);
     let env_names = if docker { EnvNames::Docker } else { EnvNames::Systemd };
     let env = resolve_env(
@@ -715,6 +719,31 @@ fn check_service(
         BTreeMap::new()
     };
     (diags.len() == before).then_some((env, file_digests))
+}
+
+/// Checks `updateWindow`: its schedule parses (an error is reported at its column in the
+/// expression) and its duration is more than 0.
+fn check_update_window(
+    file: &Arc<Path>,
+    source: &str,
+    node: &Node,
+    window: &UpdateWindow,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let path = |k| [Seg::Key("spec"), Seg::Key("updateWindow"), Seg::Key(k)];
+    if let Err(e) = window.schedule.parse::<crate::calendar::CalendarSpec>() {
+        let value = locate(node, &path("schedule"));
+        diags.push(Diagnostic::at(
+            systemd::column_in_scalar(file, source, value, &window.schedule, e.column()),
+            format!("invalid update window schedule: {e}"),
+        ));
+    }
+    if window.duration.get().is_zero() {
+        diags.push(Diagnostic::at(
+            at(file, locate(node, &path("duration"))),
+            "update window `duration` must be more than 0s (how long the window stays open, e.g. 2h)",
+        ));
+    }
 }
 
 /// Checks an image reference (a docker service's or a job's).

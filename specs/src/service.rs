@@ -174,6 +174,11 @@ pub struct ServiceSpec {
     /// not enabled at boot: the agent starts it once it knows the boot was clean.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hold_after_unclean_boot: bool,
+    /// When changes that stop or recreate running instances may be made, e.g.
+    /// `{schedule: "Sun 02:00", duration: 2h}`; outside it they wait (crash restarts never do).
+    /// Not part of the hash: changing the window recreates nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_window: Option<UpdateWindow>,
 }
 
 impl ServiceSpec {
@@ -643,6 +648,26 @@ impl Default for Rollout {
             scale_down_interval: Duration::default(),
             order: RolloutOrder::default(),
         }
+    }
+}
+
+/// A recurring window in which changes that stop or recreate a service's running instances
+/// are made: it opens at every elapse of `schedule` and stays open for `duration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateWindow {
+    /// When the window opens: a systemd calendar expression (`systemd.time(7)`), e.g.
+    /// `Sun 02:00`, `Mon..Fri 22:00`, `*-*-* 03:00 Europe/Berlin` (default zone: the host's).
+    /// Quote it in YAML when it starts with `*`.
+    pub schedule: String,
+    /// How long the window stays open after each opening, e.g. `2h` (more than 0).
+    pub duration: Duration,
+}
+
+impl fmt::Display for UpdateWindow {
+    /// `Sun 02:00 for 2h`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} for {}", self.schedule, self.duration)
     }
 }
 

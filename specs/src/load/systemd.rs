@@ -345,7 +345,7 @@ fn check_job(
 /// the same line, after an opening quote if there is one. When the text in the file is not
 /// the value character for character up to there (escapes, folded lines), the node's own
 /// place.
-fn column_in_scalar(file: &Arc<Path>, source: &str, node: &Node, value: &str, column: usize) -> Location {
+pub(super) fn column_in_scalar(file: &Arc<Path>, source: &str, node: &Node, value: &str, column: usize) -> Location {
     let start = at(file, node);
     let Some(line) = source.lines().nth(node.mark.line.saturating_sub(1)) else { return start };
     let rest: String = line.chars().skip(node.mark.column.saturating_sub(1)).collect();

@@ -914,3 +914,43 @@ fn a_job_takes_the_fields_of_its_runtime() {
         assert!(got[0].starts_with(expected), "{spec}: {got:?}");
     }
 }
+
+#[test]
+fn an_update_window_is_read_and_is_not_part_of_the_hash() {
+    let window = "updateWindow: {schedule: \"Sun 02:00\", duration: 2h}";
+    let (plain, windowed) = (load(&web("")), load(&web(window)));
+    let w = service(&windowed, "web").spec.update_window.as_ref().expect("a window");
+    assert_eq!((w.schedule.as_str(), w.duration), ("Sun 02:00", Duration::from_secs(7200)));
+    assert_eq!(w.to_string(), "Sun 02:00 for 2h");
+    assert_eq!(service(&plain, "web").hash, service(&windowed, "web").hash);
+    assert_eq!(service(&plain, "web").field_hashes, service(&windowed, "web").field_hashes);
+    let other = load(&web("updateWindow: {schedule: \"Sat 03:00\", duration: 1h}"));
+    assert_eq!(service(&windowed, "web").hash, service(&other, "web").hash);
+    // A systemd service takes one too, and its unit hash does not see it either.
+    let (u, uw) = (load(&unit("")), load(&unit(window)));
+    assert!(service(&uw, "u").spec.update_window.is_some());
+    assert_eq!(service(&u, "u").hash, service(&uw, "u").hash);
+}
+
+#[test]
+fn a_bad_update_window_is_reported_where_it_goes_wrong() {
+    for (window, expected) in [
+        (
+            "{schedule: \"Sun 25:00\", duration: 2h}",
+            "6:33: invalid update window schedule: column 5: hour 25 is out of range, expected 0..23",
+        ),
+        (
+            "{schedule: Sunday 02:00 2h, duration: 2h}",
+            "6:41: invalid update window schedule: column 14: expected `UTC`",
+        ),
+        ("{schedule: \"Sun 02:00\", duration: 0s}", "6:51: update window `duration` must be more than 0s"),
+        ("{schedule: \"Sun 02:00\"}", "6:17: missing field `duration`"),
+        ("{duration: 2h}", "6:17: missing field `schedule`"),
+        ("{schedule: \"Sun 02:00\", duration: 2h, zone: UTC}", "6:55: unknown field `zone`"),
+        ("{schedule: \"Sun 02:00\", duration: two hours}", "6:51: invalid duration `two hours`"),
+    ] {
+        let got = problems(&web(&format!("updateWindow: {window}")));
+        assert_eq!(got.len(), 1, "{window}: {got:?}");
+        assert!(got[0].starts_with(expected), "{window}: {got:?}");
+    }
+}
