@@ -92,6 +92,8 @@ pub struct Settings {
     pub scope: String,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// The maintenance lock directory.
+    pub lock_dir: PathBuf,
     /// Where unit files go.
     pub unit_dir: PathBuf,
     /// Where environment files with secrets go.
@@ -201,6 +203,8 @@ struct Shared {
     wake: mpsc::Sender<Wake>,
     /// The units whose changes wake the loop: the set's systemd services and timer units.
     units_of_interest: Arc<RwLock<BTreeSet<String>>>,
+    /// Targets under maintenance whose release is being waited for (to pass at once).
+    releases: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -337,11 +341,13 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let stop = CancellationToken::new();
     let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(64);
     let options = Options {
+        locks: crate::locks::LockDir::new(&settings.lock_dir),
         scope: settings.scope.clone(),
         parallel: settings.parallel,
         specs: PathBuf::new(),
         stop: stop.clone(),
         skip_owners: BTreeSet::new(),
+        ignore_windows: false,
         units: UnitsConfig {
             scope: settings.scope.clone(),
             unit_dir: settings.unit_dir.clone(),
@@ -377,6 +383,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         metrics: Metrics::new(),
         wake: wake_tx.clone(),
         units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
+        releases: Arc::new(Mutex::new(BTreeSet::new())),
     });
     info!(scope = %settings.scope, source = %shared.agent_status().source, "tend agent starting");
 
@@ -689,13 +696,15 @@ fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> boo
     }
 }
 
-/// The next crash-loop restart the planner is waiting for, from the last status.
+/// The next deadline the planner is waiting for, from the last pass: a crash-looping
+/// instance's restart, an object's retry, an update window opening.
 fn restart_due(shared: &Shared) -> Option<tokio::time::Instant> {
     let a = lock(&shared.agent);
     let now = apply::now_ms();
     a.backoff
         .values()
         .copied()
+        .chain(a.next_window_ms)
         .filter(|due| *due > now)
         .min()
         .map(|due| tokio::time::Instant::now() + Duration::from_millis(due - now))
@@ -1131,6 +1140,7 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
     for n in &report.plan.notes {
         let state = match n {
             Note::Held { .. } => "held",
+            Note::Maintenance { .. } => "maintenance",
             Note::BackingOff { .. } => "backing-off",
             Note::Conflict { .. } => "conflict",
             _ => continue,
@@ -1149,6 +1159,11 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
     } else {
         debug!(ms = elapsed.as_millis() as u64, "pass: {result}");
     }
+    for n in &report.plan.notes {
+        if let Note::Maintenance { target, .. } = n {
+            wait_for_release(shared, target);
+        }
+    }
     let mut troubled: BTreeSet<String> = failed_owners.clone();
     let mut held = 0;
     for n in &report.plan.notes {
@@ -1158,6 +1173,7 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
                 service
             }
             Note::BackingOff { service, .. }
+            | Note::Maintenance { service, .. }
             | Note::Conflict { service, .. }
             | Note::ImageNotPresent { service, .. }
             | Note::Blocked { service, .. } => service,
@@ -1166,8 +1182,11 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
         troubled.insert(service.clone());
     }
     let mut a = lock(&shared.agent);
+    // Changes waiting for an update window: pass when it opens.
+    a.next_window_ms = crate::plan::window::next_deferred_open(&report.plan);
     a.troubled = troubled.into_iter().collect();
     a.held = held;
+    a.drained = report.plan.notes.iter().any(|n| matches!(n, Note::Drained { .. }));
     a.passes += 1;
     a.last_pass_ms = Some(now_ms);
     a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
@@ -1178,6 +1197,26 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
             a.backoff.insert(name.clone(), *until_ms);
         }
     }
+}
+
+/// When an operator's maintenance window on `target` ends (the lock is released, also by
+/// the kernel when `tend maintain` dies), pass at once: the operator may have stopped or
+/// changed the target by hand. One waiting thread per target.
+fn wait_for_release(shared: &Shared, target: &str) {
+    if !lock(&shared.releases).insert(target.to_string()) {
+        return;
+    }
+    let (locks, key) = (shared.options.locks.clone(), target.to_string());
+    let (releases, wake) = (shared.releases.clone(), shared.wake.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = locks.wait_released(&key) {
+            warn!(target = %key, error = %apply::chain(&e), "waiting for the end of a maintenance window");
+        } else {
+            info!(target = %key, "maintenance window ended: passing again");
+        }
+        lock(&releases).remove(&key);
+        let _ = wake.blocking_send(Wake::Api);
+    });
 }
 
 /// New job runs (from the histories) into the metrics.
@@ -1229,10 +1268,11 @@ fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationT
 fn status_line(shared: &Shared) -> String {
     let a = shared.agent_status();
     let services = shared.current().map_or(0, |s| s.desired.services.len());
-    let ok = shared
-        .current()
-        .map_or(0, |s| s.desired.services.keys().filter(|n| !a.troubled.contains(n)).count());
+    let ok = shared.current().map_or(0, |s| s.desired.services.keys().filter(|n| !a.troubled.contains(n)).count());
     let mut parts = vec![format!("{ok} of {services} services ok")];
+    if a.drained {
+        parts.insert(0, "drained".into());
+    }
     if a.held > 0 {
         parts.push(format!("{} held", a.held));
     }

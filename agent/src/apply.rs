@@ -33,6 +33,9 @@ pub enum ApplyError {
     /// Observing systemd's units failed: nothing was planned.
     #[error("observing systemd units (nothing was changed)")]
     ObserveUnits(#[source] SystemdError),
+    /// Reading the maintenance locks failed: nothing was planned.
+    #[error("reading maintenance locks (nothing was changed)")]
+    Locks(#[source] crate::locks::LockError),
 }
 
 /// Why a step failed.
@@ -77,6 +80,17 @@ pub enum StepError {
         /// What happened.
         why: String,
     },
+    /// An operator took the target for maintenance after the plan was made.
+    #[error("{target} is under maintenance ({holder}): left alone")]
+    Maintenance {
+        /// The lock key.
+        target: String,
+        /// Who holds it.
+        holder: String,
+    },
+    /// The target's lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] crate::locks::LockError),
     /// tend is stopping: the wait was given up.
     #[error("tend is stopping")]
     Cancelled,
@@ -234,6 +248,20 @@ pub async fn observe_units<U: UnitEngine>(
         .collect())
 }
 
+/// The targets operators hold for maintenance now (`tend maintain`), by lock key.
+pub fn observe_maintenance(
+    locks: &crate::locks::LockDir,
+) -> Result<BTreeMap<String, crate::model::Maintenance>, ApplyError> {
+    // Non-blocking lock attempts on a handful of small files: no need for a blocking thread.
+    let held = locks.list().map_err(ApplyError::Locks)?;
+    Ok(held.into_iter().map(|(key, h)| (key, maintenance_of(h))).collect())
+}
+
+/// The planner's view of a lock holder.
+pub fn maintenance_of(h: crate::locks::Holder) -> crate::model::Maintenance {
+    crate::model::Maintenance { user: h.user, since_ms: h.since_ms, until_ms: h.until_ms, reason: h.reason }
+}
+
 /// Observes every engine the pass has. Docker is observed when it is there (and must be
 /// when the specs hold docker services); systemd when it is there.
 pub async fn observe_all<E: ContainerEngine, U: UnitEngine>(
@@ -248,6 +276,7 @@ pub async fn observe_all<E: ContainerEngine, U: UnitEngine>(
     if let Some(systemd) = &engines.systemd {
         observed.units = Some(observe_units(systemd.as_ref(), &options.units.unit_dir, desired).await?);
     }
+    observed.maintenance = observe_maintenance(&options.locks)?;
     Ok(observed)
 }
 
@@ -260,7 +289,9 @@ pub fn plan_for(
     pulled: &BTreeSet<String>,
 ) -> Plan {
     let ctx = options.units.ctx();
-    let plan = plan::plan(Input { desired, observed, state, now_ms: now_ms(), pulled, units: Some(&ctx) });
+    let ignore_windows = options.ignore_windows;
+    let plan =
+        plan::plan(Input { desired, observed, state, now_ms: now_ms(), pulled, units: Some(&ctx), ignore_windows });
     if options.skip_owners.is_empty() { plan } else { plan.without_owners(&options.skip_owners) }
 }
 
@@ -286,6 +317,12 @@ pub struct Options {
     /// Objects (services, Timers, images) left alone this pass: the agent's backoff after
     /// repeated failures. Their steps, and steps that wait for them, are not planned.
     pub skip_owners: BTreeSet<String>,
+    /// Make changes now even where a service's update window is closed (`tend apply --now`;
+    /// never set by the agent).
+    pub ignore_windows: bool,
+    /// The maintenance lock directory: targets an operator holds are observed and left
+    /// alone, and each step holds its target's lock (shared) while it acts.
+    pub locks: crate::locks::LockDir,
 }
 
 /// Where tend writes unit files and their environment files, and what their jobs run.
@@ -378,7 +415,13 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
             !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running)
                 && !running_units.contains(&name.as_str())
         });
-        let released_changed = state.released.len() != before;
+        // Likewise a drain's mark: once the instance runs again it is not drained any more.
+        let drained_before = state.stopped_by_drain.len();
+        state.stopped_by_drain.retain(|name| {
+            !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running)
+                && !running_units.contains(&name.as_str())
+        });
+        let released_changed = state.released.len() != before || state.stopped_by_drain.len() != drained_before;
         if record(&mut state, &plan, &outcomes, now_ms()) || released_changed {
             state_dir.save(&state)?;
         }
@@ -414,13 +457,23 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
             (Action::Start { name, .. }, Reason::Exited { attempt, .. }) => {
                 state.restarts.insert(name.clone(), RestartRecord { attempts: *attempt, last_ms: now_ms });
                 state.released.remove(name);
+                state.stopped_by_drain.remove(name);
             }
             (Action::Start { name, .. }, _) => {
                 state.released.remove(name);
+                state.stopped_by_drain.remove(name);
             }
             (Action::Create { name, .. } | Action::Remove { name, .. }, _) => {
                 state.restarts.remove(name);
                 state.released.remove(name);
+                state.stopped_by_drain.remove(name);
+            }
+            // A drain's stops are remembered, so undrain starts them again.
+            (Action::Stop { name, .. }, _) | (Action::StopUnit { unit: name }, Reason::Drained) => {
+                state.stopped_by_drain.insert(name.clone());
+            }
+            (Action::StartUnit { unit } | Action::RestartUnit { unit } | Action::RemoveUnit { unit }, _) => {
+                state.stopped_by_drain.remove(unit);
             }
             _ => {}
         }
@@ -479,7 +532,18 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
                             if options.stop.is_cancelled() && !finishing {
                                 return (step.id, Outcome::Cancelled);
                             }
-                            let result = run_step(&engines, &desired, &options, &step).await;
+                            let result = match lock_target(&options.locks, &step.action) {
+                                Ok(guard) => {
+                                    let r = run_step(&engines, &desired, &options, &step).await;
+                                    if r.is_ok()
+                                        && let Some(guard) = &guard
+                                    {
+                                        record_pid(&engines, &options, &step.action, guard.key()).await;
+                                    }
+                                    r
+                                }
+                                Err(e) => Err(e),
+                            };
                             let outcome = match result {
                                 Ok(()) => {
                                     info!(reason = %step.reason, "done");
@@ -521,6 +585,50 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     outcomes
 }
 
+/// Takes the shared lock of the target `action` acts on, for as long as the guard lives;
+/// fails when an operator holds it. Steps that act on no single target take none.
+fn lock_target(locks: &crate::locks::LockDir, action: &Action) -> Result<Option<crate::locks::SharedGuard>, StepError> {
+    let Some(key) = crate::maintain::lock_key(action) else { return Ok(None) };
+    // A non-blocking attempt: no need for a blocking thread.
+    match locks.try_shared(&key)? {
+        crate::locks::Shared::Taken(guard) => Ok(Some(guard)),
+        crate::locks::Shared::Maintenance(holder) => {
+            Err(StepError::Maintenance { target: key, holder: holder.describe() })
+        }
+    }
+}
+
+/// After a step started an instance or a unit, records its main pid in the target's lock
+/// file (best effort: the pid is for operators' tools, nothing in tend depends on it).
+async fn record_pid<E: ContainerEngine, U: UnitEngine>(
+    engines: &Engines<E, U>,
+    options: &Options,
+    action: &Action,
+    key: &str,
+) {
+    let pid = match action {
+        Action::Create { name, .. } | Action::Start { name, .. } => match &engines.docker {
+            Some(d) => d.probe(name).await.ok().flatten().and_then(|p| p.pid),
+            None => return,
+        },
+        Action::Rename { to, .. } => match &engines.docker {
+            Some(d) => d.probe(to).await.ok().flatten().and_then(|p| p.pid),
+            None => return,
+        },
+        Action::StartUnit { unit } | Action::RestartUnit { unit } if unit.ends_with(".service") => {
+            match &engines.systemd {
+                Some(s) => s.states(std::slice::from_ref(unit)).await.ok().and_then(|v| v.first()?.main_pid),
+                None => return,
+            }
+        }
+        Action::Remove { .. } | Action::Stop { .. } | Action::StopUnit { .. } | Action::RemoveUnit { .. } => None,
+        _ => return,
+    };
+    if let Err(e) = options.locks.record_pid(key, pid) {
+        warn!(target = key, error = %chain(&e), "recording the pid in the lock file");
+    }
+}
+
 /// Whether `step` completes work already begun on its object in this pass: a
 /// replacement's create after its remove, a rename after its create. A stopping tend still
 /// runs those (unpaused), so stopping never leaves a service half replaced and down.
@@ -543,6 +651,7 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::Create { .. } => "create",
         Action::Start { .. } => "start",
         Action::Remove { .. } => "remove",
+        Action::Stop { .. } => "stop",
         Action::Rename { .. } => "rename",
         Action::Await { .. } => "await",
         Action::Hold { .. } => "hold",
@@ -568,6 +677,7 @@ pub fn target(a: &Action) -> String {
         Action::Create { name, .. }
         | Action::Start { name, .. }
         | Action::Remove { name, .. }
+        | Action::Stop { name, .. }
         | Action::Hold { name, .. } => name.clone(),
         Action::Rename { from, to, .. } => format!("{from} → {to}"),
         Action::Await { service, name, .. } => name.clone().unwrap_or_else(|| service.clone()),
@@ -604,6 +714,7 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
         Action::Remove { id, name, stop_timeout_s, .. } => {
             docker()?.stop_and_remove(id, name, *stop_timeout_s).await?;
         }
+        Action::Stop { id, name, stop_timeout_s, .. } => docker()?.stop(id, name, *stop_timeout_s).await?,
         Action::Rename { from, to, .. } => docker()?.rename(from, to).await?,
         Action::Hold { .. } => {}
         Action::RemoveNetwork { network, id } => docker()?.remove_network(id, network).await?,

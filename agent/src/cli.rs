@@ -37,7 +37,11 @@ pub struct Cli {
     /// Where environment files holding secrets of systemd services are written (mode 0600).
     #[arg(long, global = true, env = "TEND_ENV_DIR", default_value = "/etc/tend/env")]
     pub env_dir: PathBuf,
-    /// The agent's API socket: `status`, `plan` and `release` use a running agent through it.
+    /// Where maintenance lock files live (one per target; tmpfs, so none survives a reboot).
+    #[arg(long, global = true, env = "TEND_LOCK_DIR", default_value = crate::locks::DEFAULT_LOCK_DIR)]
+    pub lock_dir: PathBuf,
+    /// The agent's API socket: `status`, `plan`, `release`, `drain` and `undrain` use a
+    /// running agent through it.
     #[arg(long, global = true, env = "TEND_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// The global options given on the command line or in the environment, not defaulted
@@ -121,6 +125,9 @@ pub enum Command {
         /// Steps run at once.
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+        /// Apply changes now, even outside the services' update windows.
+        #[arg(long)]
+        now: bool,
     },
     /// Show services, instances, health, holds and conflicts. Without PATH, a running
     /// agent's status (or /etc/tend/specs when no agent runs).
@@ -136,6 +143,16 @@ pub enum Command {
         /// The service or instance.
         name: String,
     },
+    /// Drain this node: its services are stopped (dependents first) and stay stopped, and
+    /// nothing new starts, until `tend undrain`. A running agent acts at once; otherwise the
+    /// next `tend apply` does.
+    Drain {
+        /// Why (shown by `tend status` and `tend plan`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Undrain this node: what the drain stopped is started again, dependencies first.
+    Undrain,
     /// Print the JSON Schema of spec documents (or of the agent's configuration file).
     Schema {
         /// The schema of /etc/tend/agent.yaml instead.
@@ -178,6 +195,37 @@ pub enum Command {
         /// The job command.
         #[command(subcommand)]
         command: JobCommand,
+    },
+    /// Hold targets for maintenance: take their locks (all or none), run COMMAND or a shell,
+    /// release when it exits (or is killed). tend leaves held targets alone.
+    Maintain {
+        /// SERVICE (all its instances), SERVICE/INSTANCE, or a Timer (its job).
+        targets: Vec<String>,
+        /// Also every Service and Timer whose metadata.labels has KEY=VALUE.
+        #[arg(long, value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        /// Why (shown to others in `tend status`, `tend plan` and `tend locks`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// End the window after this long: COMMAND gets SIGTERM, then SIGKILL 10s later.
+        #[arg(long = "for", value_name = "DURATION")]
+        window: Option<tend_specs::quantity::Duration>,
+        /// Wait for targets that are busy (held by another operator, or tend is acting on
+        /// them) instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// The spec set naming the targets (default: the running agent's, else /etc/tend/specs).
+        #[arg(long)]
+        specs: Option<PathBuf>,
+        /// The command to run while holding the locks (default: $SHELL).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List the targets held for maintenance.
+    Locks {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -228,6 +276,9 @@ pub enum CliError {
     /// The agent's answer was not understood.
     #[error("reading the agent's answer")]
     AgentReply(#[source] serde_json::Error),
+    /// `tend maintain` failed.
+    #[error(transparent)]
+    Maintain(#[from] crate::maintain::MaintainError),
     /// The agent stopped with an error.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
@@ -262,7 +313,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Agent { config, specs, allow_mass_removal, metrics_listen, .. } => {
             let settings =
                 agent_settings(&cli, config.as_deref(), specs.as_deref(), *allow_mass_removal, *metrics_listen)?;
-            runtime()?.block_on(crate::agent::run(settings))?;
+            let rt = runtime()?;
+            let result = rt.block_on(crate::agent::run(settings));
+            // Threads waiting for maintenance windows to end must not keep the agent alive.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => {
@@ -280,8 +335,14 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             release(&cli.state_dir, name)
         }
+        Command::Drain { reason } => drain(&cli, reason.clone()),
+        Command::Undrain => undrain(&cli),
         Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
         Command::Job { command } => job(&cli, command),
+        Command::Maintain { targets, selector, reason, window, wait, specs, command } => {
+            maintain(&cli, targets, selector, reason.clone(), *window, *wait, specs.as_deref(), command)
+        }
+        Command::Locks { output } => locks(&cli, *output),
         Command::Plan { path, output } => {
             if path.is_none()
                 && let Some(plan) = runtime()?.block_on(from_agent::<Plan>(&cli.socket, "/v1/plan"))?
@@ -311,12 +372,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }))
             })
         }
-        Command::Apply { path, output, parallel } => {
+        Command::Apply { path, output, parallel, now } => {
             let desired = Arc::new(load(path)?);
             runtime()?.block_on(async {
                 let (engines, missing) = connect(&desired).await?;
                 let state_dir = StateDir::open(&cli.state_dir)?;
-                let options = options(&cli, path, *parallel);
+                let options = Options { ignore_windows: *now, ..options(&cli, path, *parallel) };
                 let report = apply::apply(Arc::new(engines), desired, &state_dir, &options).await?;
                 match output {
                     Output::Json => print_json(&report)?,
@@ -477,6 +538,7 @@ fn agent_settings(
     Ok(Settings {
         scope,
         state_dir: absolute(&pick("state_dir", &cli.state_dir, &file.state_dir)),
+        lock_dir: absolute(&cli.lock_dir),
         unit_dir: pick("unit_dir", &cli.unit_dir, &file.unit_dir),
         env_dir: absolute(&pick("env_dir", &cli.env_dir, &file.env_dir)),
         source,
@@ -522,8 +584,10 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
     Options {
         scope: cli.scope.clone(),
         parallel,
+        locks: crate::locks::LockDir::new(&cli.lock_dir),
         stop: tokio_util::sync::CancellationToken::new(),
         skip_owners: Default::default(),
+        ignore_windows: false,
         specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
         units: apply::UnitsConfig {
             scope: cli.scope.clone(),
@@ -730,6 +794,9 @@ fn print_status(status: &Status) {
     if let Some(a) = &status.agent {
         print_agent(paint, a);
     }
+    if let Some(d) = &status.drain {
+        println!("{}\n", paint.yellow(&drained_line(d)));
+    }
     if !status.timers.is_empty() {
         print_job_list(&status.timers);
     }
@@ -737,6 +804,10 @@ fn print_status(status: &Status) {
         let mut rows = vec![vec!["UNIT".into(), "STATE".into(), "ENABLED".into()]];
         for u in &status.units {
             let state = match (u.held, u.state.as_str()) {
+                _ if u.maintenance.is_some() => paint.yellow(&format!(
+                    "maintenance ({})",
+                    u.maintenance.as_ref().map(ToString::to_string).unwrap_or_default()
+                )),
                 (true, st) => paint.yellow(&format!("held ({st})")),
                 (false, "active") => paint.green("active"),
                 (false, st) => paint.red(st),
@@ -749,6 +820,10 @@ fn print_status(status: &Status) {
     for s in &status.services {
         for i in &s.instances {
             let state = match (i.held, i.state.as_str(), i.exit_code) {
+                _ if i.maintenance.is_some() => paint.yellow(&format!(
+                    "maintenance ({})",
+                    i.maintenance.as_ref().map(ToString::to_string).unwrap_or_default()
+                )),
                 (true, st, _) => paint.yellow(&format!("held ({st})")),
                 (false, "running", _) => paint.green("running"),
                 (false, st, Some(code)) => paint.red(&format!("{st} ({code})")),
@@ -846,6 +921,65 @@ fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tend drain`: records the drain in the state directory, then has a running agent act on
+/// it at once; without an agent, the next `tend apply` stops the services.
+fn drain(cli: &Cli, reason: Option<String>) -> Result<ExitCode, CliError> {
+    let user = crate::locks::current_user().0;
+    let (drain, already) = state::drain(&cli.state_dir, state::Drain { reason, since_ms: apply::now_ms(), user })?;
+    let line = drained_line(&drain);
+    println!("{}{line}", if already { "already " } else { "" });
+    match runtime()?.block_on(pass_by_agent(&cli.socket, true))? {
+        Some(true) => println!("the agent stops the services now, dependents first (see `tend status`)"),
+        Some(false) => return Ok(agent_elsewhere(cli)),
+        None => println!("no agent runs here: `tend apply` stops the services, dependents first"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend undrain`: lifts the drain; a running agent starts the services again at once.
+fn undrain(cli: &Cli) -> Result<ExitCode, CliError> {
+    let Some(lifted) = state::undrain(&cli.state_dir)? else {
+        println!("not drained: nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!("undrained (was {})", drained_line(&lifted));
+    match runtime()?.block_on(pass_by_agent(&cli.socket, false))? {
+        Some(true) => println!("the agent starts the services again now, dependencies first (see `tend status`)"),
+        Some(false) => return Ok(agent_elsewhere(cli)),
+        None => println!("no agent runs here: `tend apply` starts the services again, dependencies first"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `drained since TIME by USER: REASON`.
+fn drained_line(d: &state::Drain) -> String {
+    let reason = d.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    format!("drained since {} by {}{reason}", crate::time::format_ms(d.since_ms), d.user)
+}
+
+/// Has a running agent pass now, once it sees the drain as `drained`: `None` when no agent
+/// runs; `Some(false)` when the agent keeps its state elsewhere (it does not see the change).
+async fn pass_by_agent(socket: &Path, drained: bool) -> Result<Option<bool>, CliError> {
+    let Some(mut client) = crate::api::Client::connect(socket).await? else { return Ok(None) };
+    let status = client.get("/v1/status").await?;
+    if status.get("drain").is_some_and(|d| !d.is_null()) != drained {
+        return Ok(Some(false));
+    }
+    client.post("/v1/pass").await?;
+    Ok(Some(true))
+}
+
+/// The agent on the socket uses another state directory than this command did: say so.
+fn agent_elsewhere(cli: &Cli) -> ExitCode {
+    eprintln!(
+        "{} the agent on {} does not see this change: it keeps its state in another directory than {} (give the agent's --state-dir)",
+        Paint::stderr().red("error:"),
+        cli.socket.display(),
+        cli.state_dir.display()
+    );
+    ExitCode::from(1)
+}
+
 fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
     let released = state::release(state_dir, name, apply::now_ms())?;
     if released.is_empty() {
@@ -853,6 +987,116 @@ fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
     }
     for k in &released {
         println!("released {k}: the next apply starts it again");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The spec set a command acts on: `--specs`, else the running agent's, else the default.
+fn specs_for(cli: &Cli, specs: Option<&Path>) -> Result<PathBuf, CliError> {
+    if let Some(p) = specs {
+        return Ok(p.to_path_buf());
+    }
+    let agent = runtime()?.block_on(from_agent::<Status>(&cli.socket, "/v1/status"));
+    match agent {
+        Ok(Some(status)) => {
+            if let Some(dir) = status.agent.map(|a| a.specs).filter(|d| !d.is_empty()) {
+                return Ok(PathBuf::from(dir));
+            }
+        }
+        Ok(None) => {}
+        // No access to the agent (not root, not in its group): the default set still works.
+        Err(e) => eprintln!("{} {}: using {DEFAULT_SPECS}", Paint::stderr().yellow("note:"), apply::chain(&e)),
+    }
+    Ok(PathBuf::from(DEFAULT_SPECS))
+}
+
+/// `tend maintain`.
+#[allow(clippy::too_many_arguments)]
+fn maintain(
+    cli: &Cli,
+    targets: &[String],
+    selectors: &[String],
+    reason: Option<String>,
+    window: Option<tend_specs::quantity::Duration>,
+    wait: bool,
+    specs: Option<&Path>,
+    command: &[String],
+) -> Result<ExitCode, CliError> {
+    let path = specs_for(cli, specs)?;
+    let desired = load(&path)?;
+    let keys = crate::maintain::resolve(&desired, targets, selectors)?;
+    let (user, uid) = crate::locks::current_user();
+    let since_ms = apply::now_ms();
+    let until_ms = window.map(|w| since_ms + w.get().as_millis() as u64);
+    let holder = crate::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
+    let dir = crate::locks::LockDir::new(&cli.lock_dir);
+    if wait {
+        eprintln!("waiting for {} …", keys.join(", "));
+    }
+    let held = crate::maintain::take(&dir, &keys, &holder, wait)?;
+    let paint = Paint::stderr();
+    eprintln!(
+        "{} {} ({}): tend leaves {} alone until this {} exits",
+        paint.green("holding"),
+        held.keys().join(", "),
+        holder.describe(),
+        if held.keys().len() == 1 { "it" } else { "them" },
+        if command.is_empty() { "shell" } else { "command" },
+    );
+    let rt = runtime()?;
+    let status = rt.block_on(crate::maintain::run_window(
+        held,
+        command,
+        window.map(|w| w.get()),
+        std::time::Duration::from_secs(10),
+    ))?;
+    eprintln!("{} {}: the agent reconciles them on its next pass", paint.green("released"), keys.join(", "));
+    // The agent looks at once (best effort: it also notices the release by itself).
+    rt.block_on(async {
+        if let Ok(Some(mut client)) = crate::api::Client::connect(&cli.socket).await {
+            let _ = client.post("/v1/pass").await;
+        }
+    });
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(128 + 15),
+    })
+}
+
+/// `tend locks`.
+fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
+    let held = crate::locks::LockDir::new(&cli.lock_dir).list().map_err(crate::maintain::MaintainError::from)?;
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> =
+                held.iter().map(|(k, h)| serde_json::json!({"target": k, "holder": h})).collect();
+            print_json(&v)?;
+        }
+        Output::Text => {
+            if held.is_empty() {
+                println!("No target is held for maintenance.");
+            } else {
+                let mut rows = vec![vec![
+                    "TARGET".into(),
+                    "BY".into(),
+                    "SINCE".into(),
+                    "UNTIL".into(),
+                    "PID".into(),
+                    "REASON".into(),
+                ]];
+                for (k, h) in &held {
+                    rows.push(vec![
+                        k.clone(),
+                        h.user.clone(),
+                        crate::time::format_ms(h.since_ms),
+                        h.until_ms.map(crate::time::format_ms).unwrap_or_else(|| "-".into()),
+                        h.pid.to_string(),
+                        h.reason.clone().unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                table(&rows);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -274,7 +274,7 @@ impl ContainerEngine for DockerEngine {
                 }
             }
         }
-        Ok(Observed { containers, networks, volumes, images, foreign, units: None })
+        Ok(Observed { containers, networks, volumes, images, foreign, units: None, maintenance: Default::default() })
     }
 
     async fn pull(&self, image: &str) -> Result<(), EngineError> {
@@ -371,6 +371,15 @@ impl ContainerEngine for DockerEngine {
         }
     }
 
+    async fn stop(&self, id: &str, name: &str, timeout_s: Option<u64>) -> Result<(), EngineError> {
+        let t = timeout_s.map(|t| i32::try_from(t).unwrap_or(i32::MAX));
+        match self.docker.stop_container(id, Some(StopContainerOptions { t, signal: None })).await {
+            // 304: already stopped; 404: gone, so not running either.
+            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+            Err(e) => Err(err("stopping container", name)(e)),
+        }
+    }
+
     async fn rename(&self, from: &str, to: &str) -> Result<(), EngineError> {
         self.docker
             .rename_container(from, RenameContainerOptions { name: to.to_string() })
@@ -401,7 +410,8 @@ impl ContainerEngine for DockerEngine {
             _ => Health::None,
         };
         let exit_code = if state == RunState::Exited { st.exit_code } else { None };
-        Ok(Some(Probe { state, health, exit_code }))
+        let pid = st.pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p != 0 && state == RunState::Running);
+        Ok(Some(Probe { state, health, exit_code, pid }))
     }
 
     async fn instances_of(&self, scope: &str, service: &str) -> Result<Vec<String>, EngineError> {

@@ -57,6 +57,8 @@ pub struct Probe {
     pub health: Health,
     /// Exit code when exited.
     pub exit_code: Option<i64>,
+    /// The main process's pid on the host, while it runs.
+    pub pid: Option<u32>,
 }
 
 /// What tend needs from a container engine.
@@ -100,6 +102,15 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Stops a container gracefully (signal, then kill after `timeout_s`) and removes it.
     /// A container that is already gone counts as removed.
     fn stop_and_remove(
+        &self,
+        id: &str,
+        name: &str,
+        timeout_s: Option<u64>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Stops a container gracefully (signal, then kill after `timeout_s`) and leaves it in
+    /// place. A container that is already stopped, or gone, counts as stopped.
+    fn stop(
         &self,
         id: &str,
         name: &str,

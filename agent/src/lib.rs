@@ -9,6 +9,8 @@ pub mod cli;
 pub mod docker;
 pub mod engine;
 pub mod jobs;
+pub mod locks;
+pub mod maintain;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -128,6 +128,39 @@ pub struct Observed {
     /// Unit files in the unit directory by name, when systemd was observed (`None` when
     /// the specs need no unit, or systemd is not running here).
     pub units: Option<BTreeMap<String, Unit>>,
+    /// Targets an operator holds for maintenance (`tend maintain`), by lock key: an
+    /// instance (`web-1`), a systemd service (`web.service`), a Timer's job (`nightly.job`).
+    pub maintenance: BTreeMap<String, Maintenance>,
+}
+
+/// An operator's maintenance window on a target, as its lock file records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// Who.
+    pub user: String,
+    /// Since when (ms since the epoch).
+    pub since_ms: u64,
+    /// Until when, if the window has an end (`--for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Maintenance {
+    /// `by USER since TIME: REASON`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "by {} since {}", self.user, crate::time::format_ms(self.since_ms))?;
+        if let Some(until) = self.until_ms {
+            write!(f, " until {}", crate::time::format_ms(until))?;
+        }
+        if let Some(reason) = &self.reason {
+            write!(f, ": {reason}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a unit runs, as systemd says.

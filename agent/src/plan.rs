@@ -69,6 +69,20 @@ pub enum Action {
         /// Seconds to wait after the stop signal.
         stop_timeout_s: Option<u64>,
     },
+    /// Stop (gracefully) a container and leave it in place: a drained node's services.
+    Stop {
+        /// The service.
+        service: String,
+        /// The instance.
+        instance: u32,
+        /// The container name.
+        name: String,
+        /// The container ID (not `id`: that key is the step's number).
+        #[serde(rename = "container_id")]
+        id: String,
+        /// Seconds to wait after the stop signal.
+        stop_timeout_s: Option<u64>,
+    },
     /// Rename the new container of a start-first replacement to the instance's name.
     Rename {
         /// The service.
@@ -228,6 +242,11 @@ pub enum Reason {
         /// Enabled in the spec.
         enabled: bool,
     },
+    /// The node is drained (`tend drain`).
+    Drained,
+    /// A drain stopped it and the node is undrained: started again whatever its restart
+    /// policy.
+    Undrained,
 }
 
 impl fmt::Display for Reason {
@@ -256,6 +275,8 @@ impl fmt::Display for Reason {
             Self::Hook { service } => write!(f, "before {service} starts its new version"),
             Self::Enablement { enabled: true } => f.write_str("enabled in the spec"),
             Self::Enablement { enabled: false } => f.write_str("not enabled in the spec"),
+            Self::Drained => f.write_str("node drained"),
+            Self::Undrained => f.write_str("stopped by drain; node undrained"),
         }
     }
 }
@@ -315,6 +336,16 @@ pub enum Note {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unclean_boot: bool,
     },
+    /// An operator holds the target for maintenance (`tend maintain`): tend leaves it alone
+    /// (no start, restart, recreate or removal) until the lock is released.
+    Maintenance {
+        /// The service or Timer.
+        service: String,
+        /// The lock key: an instance (`web-1`), a unit (`web.service`), a job (`x.job`).
+        target: String,
+        /// Who, since when, why.
+        window: crate::model::Maintenance,
+    },
     /// A crash-looping instance waits for its backoff.
     BackingOff {
         /// The service.
@@ -358,12 +389,32 @@ pub enum Note {
         /// The scope that wrote it, when another tend did.
         scope: Option<String>,
     },
+    /// The node is drained (`tend drain`): its services are stopped and nothing starts.
+    Drained {
+        /// When it was drained (ms since the epoch).
+        since_ms: u64,
+        /// Who drained it.
+        user: String,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// A container carries tend's labels but not a valid instance: left alone.
     Unrecognized {
         /// The container name.
         name: String,
         /// Its ID.
         id: String,
+    },
+    /// Changes that would stop or recreate running instances of the service wait for its
+    /// update window (`tend apply --now` makes them at once).
+    UpdateWindow {
+        /// The service.
+        service: String,
+        /// When the window opens next (ms since the epoch); `None` when it never opens again.
+        next_open_ms: Option<u64>,
+        /// The window as written: `Sun 02:00 for 2h`.
+        window: String,
     },
 }
 
@@ -383,6 +434,9 @@ impl fmt::Display for Note {
                 Some(c) => write!(f, "held: {name} exited with code {c}; it stays down until `tend release {name}`"),
                 None => write!(f, "held: {name} stopped unexpectedly; it stays down until `tend release {name}`"),
             },
+            Self::Maintenance { target, window, .. } => {
+                write!(f, "maintenance: {target} ({window}); left alone until the lock is released")
+            }
             Self::BackingOff { name, attempt, until_ms, .. } => {
                 write!(f, "backing off: {name} restarts (restart {attempt}) at {}", crate::time::format_ms(*until_ms))
             }
@@ -402,9 +456,23 @@ impl fmt::Display for Note {
             Self::UnitConflict { unit, scope: Some(other) } => {
                 write!(f, "conflict: unit file {unit} belongs to tend scope {other}; it is left untouched")
             }
+            Self::Drained { since_ms, user, reason } => {
+                write!(f, "drained since {} by {user}", crate::time::format_ms(*since_ms))?;
+                if let Some(reason) = reason {
+                    write!(f, ": {reason}")?;
+                }
+                f.write_str("; services stay stopped and nothing starts until `tend undrain`")
+            }
             Self::Unrecognized { name, id } => {
                 write!(f, "unrecognized: {name} ({}) has tend labels but no valid instance; left alone", short_id(id))
             }
+            Self::UpdateWindow { service, next_open_ms: Some(at), window } => {
+                write!(f, "waiting for update window: {service} changes at {} ({window})", crate::time::format_ms(*at))
+            }
+            Self::UpdateWindow { service, next_open_ms: None, window } => write!(
+                f,
+                "waiting for update window: {service} changes wait, and its window ({window}) never opens again; `tend apply --now` makes them"
+            ),
         }
     }
 }
@@ -458,7 +526,8 @@ impl Action {
             | Action::Remove { service, .. }
             | Action::Rename { service, .. }
             | Action::Await { service, .. }
-            | Action::Hold { service, .. } => Some(service.clone()),
+            | Action::Hold { service, .. }
+            | Action::Stop { service, .. } => Some(service.clone()),
             Action::WriteUnit { owner, .. } => Some(owner.clone()),
             Action::RemoveUnit { unit }
             | Action::StartUnit { unit }
@@ -493,6 +562,8 @@ pub struct Input<'a> {
     /// How units are rendered; `None` when systemd units are not planned (no systemd here,
     /// or the specs need no unit).
     pub units: Option<&'a crate::units::Context<'a>>,
+    /// Make changes now even where a service's update window is closed (`tend apply --now`).
+    pub ignore_windows: bool,
 }
 
 /// Normalizes an image reference the way the engine lists it (`busybox` → `busybox:latest`).
@@ -533,8 +604,14 @@ enum Unit {
 
 /// Plans the work that makes `observed` match `desired`.
 pub fn plan(input: Input<'_>) -> Plan {
-    let Input { desired, observed, state, now_ms, pulled, units } = input;
+    if let Some(drain) = &input.state.drain {
+        return drain::plan_drained(input, drain);
+    }
+    let Input { desired, observed, state, now_ms, pulled, units, ignore_windows } = input;
     let mut b = Builder { steps: Vec::new(), notes: Vec::new() };
+    // Services whose update window is closed: their running instances are not replaced or
+    // removed in this pass.
+    let windows = window::closed(desired, now_ms, ignore_windows, window::host_zone());
 
     // Containers by service and instance; unrecognized ones are noted and left alone.
     let mut live: BTreeMap<&str, BTreeMap<u32, Vec<&Container>>> = BTreeMap::new();
@@ -618,6 +695,8 @@ pub fn plan(input: Input<'_>) -> Plan {
         let instances = live.get(s.name.as_str()).unwrap_or(&empty);
         let mut units: Vec<Unit> = Vec::new();
         let mut service_blocked = false;
+        // Whether a change waits for the service's update window.
+        let mut deferred = false;
         let image = s.spec.image.as_deref().unwrap_or_default();
         if missing_images.contains(image) {
             b.notes.push(Note::ImageNotPresent { service: s.name.clone(), image: image.to_string() });
@@ -634,6 +713,15 @@ pub fn plan(input: Input<'_>) -> Plan {
                     exit_code: hold.exit_code,
                     since_ms: hold.since_ms,
                     unclean_boot: hold.unclean_boot,
+                });
+                service_blocked = true;
+                continue;
+            }
+            if let Some(window) = observed.maintenance.get(&name) {
+                b.notes.push(Note::Maintenance {
+                    service: s.name.clone(),
+                    target: name.clone(),
+                    window: window.clone(),
                 });
                 service_blocked = true;
                 continue;
@@ -695,6 +783,10 @@ pub fn plan(input: Input<'_>) -> Plan {
                     .map(|id| Reason::ImageChanged { from: current.image_id.clone(), to: id.clone() })
             };
             if let Some(reason) = outdated {
+                if windows.contains_key(&s.name) && window::serving(current) {
+                    deferred = true;
+                    continue;
+                }
                 let chain = match s.spec.rollout.order {
                     RolloutOrder::StopFirst => vec![
                         (remove(s, current), reason.clone()),
@@ -733,6 +825,10 @@ pub fn plan(input: Input<'_>) -> Plan {
             match current.state {
                 RunState::Running | RunState::Restarting | RunState::Paused | RunState::Removing => {}
                 RunState::Created => units.push(Unit::Now(start(s, current), Reason::NotStarted)),
+                // Stopped by a drain that is lifted: started again, whatever the policy says.
+                RunState::Exited if state.stopped_by_drain.contains(&name) => {
+                    units.push(Unit::Now(start(s, current), Reason::Undrained));
+                }
                 RunState::Exited | RunState::Dead => {
                     let code = current.exit_code;
                     let policy = s.spec.restart.policy;
@@ -959,6 +1055,14 @@ pub fn plan(input: Input<'_>) -> Plan {
                 });
                 continue;
             }
+            if let Some(window) = observed.maintenance.get(&name) {
+                b.notes.push(Note::Maintenance { service: s.name.clone(), target: name, window: window.clone() });
+                continue;
+            }
+            if windows.contains_key(&s.name) && containers.iter().any(|c| window::serving(c)) {
+                deferred = true;
+                continue;
+            }
             let mut ids = Vec::new();
             for c in containers {
                 let id = b.push(
@@ -972,6 +1076,9 @@ pub fn plan(input: Input<'_>) -> Plan {
             }
             first = false;
             down_after = ids;
+        }
+        if deferred && let Some(note) = windows.get(&s.name) {
+            b.notes.push(note.clone());
         }
         service_steps.insert(s.name.as_str(), mine);
     }
@@ -991,6 +1098,10 @@ pub fn plan(input: Input<'_>) -> Plan {
                     since_ms: hold.since_ms,
                     unclean_boot: hold.unclean_boot,
                 });
+                continue;
+            }
+            if let Some(window) = observed.maintenance.get(&name) {
+                b.notes.push(Note::Maintenance { service: service.to_string(), target: name, window: window.clone() });
                 continue;
             }
             for c in containers {
@@ -1018,7 +1129,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         );
     }
     if let (Some(ctx), Some(live_units)) = (units, observed.units.as_ref()) {
-        units::plan_units(&mut b, desired, live_units, state, ctx);
+        units::plan_units(&mut b, desired, live_units, state, ctx, &observed.maintenance, &windows);
     }
     Plan { steps: b.steps, notes: b.notes }
 }
@@ -1105,7 +1216,9 @@ fn topo_order(desired: &Desired) -> Vec<&str> {
     out
 }
 
+mod drain;
 mod units;
+pub mod window;
 
 #[cfg(test)]
 mod tests;

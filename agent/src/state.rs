@@ -2,7 +2,7 @@
 //! One JSON file, written atomically (temp file, fsync, rename), guarded by an flock so
 //! two tend processes never interleave a read-modify-write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,26 @@ pub struct State {
     /// name → when released (ms since the epoch). Their stopped containers are started once
     /// instead of being held again.
     pub released: BTreeMap<String, u64>,
+    /// Set by `tend drain`: the node takes on no new work and its services stay stopped
+    /// until `tend undrain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+    /// Instances (container names) and units a drain stopped and that have not run since:
+    /// once undrained they are started again whatever their restart policy.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub stopped_by_drain: BTreeSet<String>,
+}
+
+/// A drain of the node (`tend drain`): who, since when, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// Why, as given with `--reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the node was drained (ms since the epoch).
+    pub since_ms: u64,
+    /// Who drained it.
+    pub user: String,
 }
 
 /// The state directory, locked for as long as this value lives.
@@ -161,6 +181,38 @@ pub fn release(dir: &Path, name: &str, now_ms: u64) -> Result<Vec<String>, State
     }
     dir.save(&st)?;
     Ok(released)
+}
+
+/// Drains the node (`tend drain`): records `drain` unless the node is drained already.
+/// Returns the drain in force afterwards and whether it was already there (then only a new
+/// reason, when given, replaces the old one).
+pub fn drain(dir: &Path, drain: Drain) -> Result<(Drain, bool), StateError> {
+    let dir = StateDir::open(dir)?;
+    let mut st = dir.load()?;
+    let (now, already) = match st.drain.take() {
+        Some(mut old) => {
+            if drain.reason.is_some() {
+                old.reason = drain.reason;
+            }
+            (old, true)
+        }
+        None => (drain, false),
+    };
+    st.drain = Some(now.clone());
+    dir.save(&st)?;
+    Ok((now, already))
+}
+
+/// Undrains the node (`tend undrain`): the next pass starts what the drain stopped. Returns
+/// the drain that was lifted (`None`: the node was not drained).
+pub fn undrain(dir: &Path) -> Result<Option<Drain>, StateError> {
+    let dir = StateDir::open(dir)?;
+    let mut st = dir.load()?;
+    let lifted = st.drain.take();
+    if lifted.is_some() {
+        dir.save(&st)?;
+    }
+    Ok(lifted)
 }
 
 /// Reads the state without locking (for read-only commands: status, plan).

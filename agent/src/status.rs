@@ -58,9 +58,16 @@ pub struct AgentStatus {
     /// Instances held (for triage, or after an unclean boot), as of the last pass.
     #[serde(default)]
     pub held: usize,
+    /// When the next update window opens for changes waiting for it (ms since the epoch):
+    /// the agent passes then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window_ms: Option<u64>,
     /// Services held after an unclean boot, when this boot was one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unclean_boot: bool,
+    /// The node was drained (`tend drain`) as of the last pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// One instance in `tend status`.
@@ -79,6 +86,9 @@ pub struct InstanceStatus {
     pub up_to_date: bool,
     /// Held for triage.
     pub held: bool,
+    /// An operator's maintenance window on it (`tend maintain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::model::Maintenance>,
 }
 
 /// One service in `tend status`.
@@ -105,6 +115,9 @@ pub struct UnitStatus {
     pub enabled: bool,
     /// Held for triage.
     pub held: bool,
+    /// An operator's maintenance window on it (`tend maintain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::model::Maintenance>,
 }
 
 /// The whole `tend status`.
@@ -124,6 +137,9 @@ pub struct Status {
     pub pending_steps: usize,
     /// Conflicts, holds, backoffs and other notes.
     pub notes: Vec<Note>,
+    /// The node's drain (`tend drain`), when it is drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<crate::state::Drain>,
     /// The running agent's own state (absent from a stand-alone `tend status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
@@ -153,6 +169,7 @@ pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) ->
                 exit_code: c.exit_code,
                 up_to_date: spec.is_some_and(|s| s.hash == c.hash),
                 held: st.holds.contains_key(&c.name),
+                maintenance: observed.maintenance.get(&c.name).cloned(),
             });
         }
         for i in 1..=replicas {
@@ -165,6 +182,7 @@ pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) ->
                     exit_code: None,
                     up_to_date: false,
                     held: st.holds.contains_key(&n),
+                    maintenance: observed.maintenance.get(&n).cloned(),
                 });
             }
         }
@@ -186,6 +204,11 @@ pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) ->
                 state: u.map_or("missing".into(), |u| format!("{:?}", u.active).to_lowercase()),
                 enabled: u.is_some_and(|u| u.enabled),
                 held: st.holds.contains_key(&name),
+                maintenance: observed
+                    .maintenance
+                    .get(&crate::maintain::unit_key(&name).unwrap_or_default())
+                    .or_else(|| observed.maintenance.get(&name))
+                    .cloned(),
                 unit: name,
             });
         }
@@ -197,6 +220,7 @@ pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) ->
         unchecked: None,
         pending_steps: plan.steps.len(),
         notes: plan.notes.clone(),
+        drain: st.drain.clone(),
         agent: None,
     }
 }

@@ -17,7 +17,7 @@ use crate::harness::{self, Env, describe, docker_ok, stdout_of, wait_for, wait_u
 use crate::services::service;
 
 /// A running `tend agent`, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     log: PathBuf,
     socket: PathBuf,
@@ -25,7 +25,7 @@ struct Agent {
 
 impl Agent {
     /// Starts `tend agent ARGS` for `env` and waits until its first pass is done.
-    fn start(env: &Env, args: &[&str]) -> Agent {
+    pub(crate) fn start(env: &Env, args: &[&str]) -> Agent {
         let log = env.state_path().join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
         let file = std::fs::File::create(&log).expect("create the agent log");
         let child = Command::new(harness::tend_bin())
@@ -38,6 +38,7 @@ impl Agent {
             .arg("agent")
             .args(args)
             .env("TEND_LOG", "info,tend=debug")
+            .env("TEND_LOCK_DIR", env.lock_path())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
@@ -59,11 +60,11 @@ impl Agent {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    fn status(&self, env: &Env) -> Value {
+    pub(crate) fn status(&self, env: &Env) -> Value {
         self.status_any(env).unwrap_or_else(|| panic!("no status from the agent\n{}", self.log()))
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -80,7 +81,7 @@ impl Agent {
     }
 
     /// Sends SIGTERM and waits for the exit; returns the exit code.
-    fn stop(&mut self) -> Option<i32> {
+    pub(crate) fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take().expect("the agent runs");
         signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -125,16 +126,16 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn started_at(name: &str) -> String {
+pub(crate) fn started_at(name: &str) -> String {
     docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", name]).trim().to_string()
 }
 
-fn running(name: &str) -> bool {
+pub(crate) fn running(name: &str) -> bool {
     let out = harness::docker(&["inspect", "-f", "{{.State.Running}}", name]);
     out.status.success() && stdout_of(&out).trim() == "true"
 }
 
-fn container_id(name: &str) -> String {
+pub(crate) fn container_id(name: &str) -> String {
     docker_ok(&["inspect", "-f", "{{.Id}}", name]).trim().to_string()
 }
 

@@ -6,5 +6,7 @@ mod harness;
 
 mod agent;
 mod bad_specs;
+mod drain;
 mod jobs;
+mod maintain;
 mod services;

@@ -389,6 +389,11 @@ impl Env {
         self.state_dir.path().join("tend.sock")
     }
 
+    /// The maintenance lock directory of this environment (in the state directory).
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.path().join("locks")
+    }
+
     /// Writes (or replaces, atomically) `file_name` in the spec directory; returns its
     /// path. `file_name` may contain subdirectories.
     pub fn write_spec(&self, file_name: &str, yaml: &str) -> PathBuf {
@@ -425,6 +430,7 @@ impl Env {
             .current_dir(self.spec_dir.path())
             .env("TEND_LOG", "warn")
             .env("TEND_SOCKET", self.socket_path())
+            .env("TEND_LOCK_DIR", self.lock_path())
             .env_remove("TEND_STATE_DIR")
             .env_remove("TEND_SCOPE");
         match run_with_timeout(&mut cmd, timeout) {

@@ -61,7 +61,15 @@ fn observed(d: &Desired, containers: Vec<Container>) -> Observed {
 }
 
 fn run(d: &Desired, o: &Observed, st: &State) -> Plan {
-    plan(Input { desired: d, observed: o, state: st, now_ms: NOW, pulled: &BTreeSet::new(), units: None })
+    plan(Input {
+        desired: d,
+        observed: o,
+        state: st,
+        now_ms: NOW,
+        pulled: &BTreeSet::new(),
+        units: None,
+        ignore_windows: false,
+    })
 }
 
 /// Compact step descriptions: "create web-1 (missing) after [1] +2s".
@@ -116,8 +124,15 @@ fn pull_always_pulls_each_pass_until_pulled() {
     let o = observed(&d, vec![live(&d, "a", 1, RunState::Running)]);
     assert_eq!(show(&run(&d, &o, &State::default())), ["pull img:1 (pull policy always)"]);
     let pulled = BTreeSet::from(["img:1".to_string()]);
-    let p =
-        plan(Input { desired: &d, observed: &o, state: &State::default(), now_ms: NOW, pulled: &pulled, units: None });
+    let p = plan(Input {
+        desired: &d,
+        observed: &o,
+        state: &State::default(),
+        now_ms: NOW,
+        pulled: &pulled,
+        units: None,
+        ignore_windows: false,
+    });
     assert!(p.is_empty());
 }
 
@@ -569,7 +584,15 @@ fn live_units(d: &Desired, active: UnitActive) -> BTreeMap<String, Unit> {
 fn plan_units(d: &Desired, units: BTreeMap<String, Unit>, st: &State) -> Plan {
     let o = Observed { units: Some(units), ..Default::default() };
     with_units(|ctx| {
-        plan(Input { desired: d, observed: &o, state: st, now_ms: NOW, pulled: &BTreeSet::new(), units: Some(ctx) })
+        plan(Input {
+            desired: d,
+            observed: &o,
+            state: st,
+            now_ms: NOW,
+            pulled: &BTreeSet::new(),
+            units: Some(ctx),
+            ignore_windows: false,
+        })
     })
 }
 
@@ -697,6 +720,7 @@ fn without_systemd_no_unit_is_planned() {
             now_ms: NOW,
             pulled: &BTreeSet::new(),
             units: Some(ctx),
+            ignore_windows: false,
         })
     });
     assert!(p.is_empty());
@@ -755,4 +779,537 @@ fn a_systemd_service_starts_its_new_version_only_after_its_hook() {
             "start-unit web.service (missing) after [2, 3, 4]",
         ]
     );
+}
+
+// ---- maintenance locks -------------------------------------------------------------------
+
+fn window() -> crate::model::Maintenance {
+    crate::model::Maintenance {
+        user: "ops".into(),
+        since_ms: NOW - 60_000,
+        until_ms: None,
+        reason: Some("disk".into()),
+    }
+}
+
+#[test]
+fn an_instance_under_maintenance_is_never_started_recreated_or_removed() {
+    let d = desired(&svc("web", "replicas: 2"));
+    let changed = desired(&svc("web", "replicas: 2\nenv: {A: b}"));
+    // web-1 stopped by the operator, web-2 runs the old spec.
+    let mut o = observed(&d, vec![live(&d, "web", 1, RunState::Exited), live(&d, "web", 2, RunState::Running)]);
+    o.maintenance.insert("web-1".into(), window());
+    let p = run(&d, &o, &State::default());
+    assert!(p.is_empty(), "{:?}", show(&p));
+    assert!(
+        matches!(&p.notes[..], [Note::Maintenance { target, window, .. }] if target == "web-1" && window.user == "ops"),
+        "{:?}",
+        p.notes
+    );
+    assert!(p.notes[0].to_string().contains("maintenance: web-1 (by ops since"), "{}", p.notes[0]);
+    // A spec change does not touch the maintained instance (nor roll out past it).
+    let p = run(&changed, &o, &State::default());
+    assert!(!show(&p).iter().any(|s| s.contains("web-1")), "{:?}", show(&p));
+    // Scaled down or removed from the specs: still left alone.
+    let one = desired(&svc("web", ""));
+    let mut o = observed(&d, vec![live(&d, "web", 1, RunState::Running), live(&d, "web", 2, RunState::Running)]);
+    o.maintenance.insert("web-2".into(), window());
+    assert!(run(&one, &o, &State::default()).is_empty());
+    assert!(
+        run(&Desired::default(), &o, &State::default())
+            .steps
+            .iter()
+            .all(|s| crate::apply::target(&s.action) != "web-2")
+    );
+}
+
+#[test]
+fn a_systemd_service_or_timer_under_maintenance_is_left_alone() {
+    let d = desired(&(sd("web", "") + &timer("nightly", "  schedule: daily")));
+    let mut units = live_units(&d, UnitActive::Active);
+    for u in units.values_mut() {
+        u.active = UnitActive::Failed;
+        u.content.push_str("# changed\n");
+    }
+    let mut o = Observed { units: Some(units), ..Default::default() };
+    o.maintenance.insert("web.service".into(), window());
+    o.maintenance.insert("nightly.job".into(), window());
+    let p = with_units(|ctx| {
+        plan(Input {
+            desired: &d,
+            observed: &o,
+            state: &State::default(),
+            now_ms: NOW,
+            pulled: &BTreeSet::new(),
+            units: Some(ctx),
+            ignore_windows: false,
+        })
+    });
+    assert!(p.is_empty(), "{:?}", show(&p));
+    let targets: Vec<String> = p
+        .notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::Maintenance { target, .. } => Some(target.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, ["nightly.job", "web.service"]);
+}
+
+// ---- drain -------------------------------------------------------------------------------
+
+fn drained() -> State {
+    State {
+        drain: Some(crate::state::Drain {
+            reason: Some("kernel update".into()),
+            since_ms: NOW - 5_000,
+            user: "ops".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_drained_node_stops_running_instances_dependents_first_and_starts_nothing() {
+    let old = desired(
+        &(svc("web", "dependsOn: [{name: api}]\nreplicas: 2")
+            + &svc("api", "dependsOn: [{name: db}]")
+            + &svc("db", "")),
+    );
+    let d = desired(
+        &(svc("web", "dependsOn: [{name: api}]\nreplicas: 2\ncommand: [new]")
+            + &svc("api", "dependsOn: [{name: db}]")
+            + &svc("db", "stopTimeout: 30s")
+            + &svc("worker", "restart: {policy: always}")),
+    );
+    // web-1 runs an outdated spec, web-2 is missing, worker-1 exited: none is touched.
+    let mut worker = live(&d, "worker", 1, RunState::Exited);
+    worker.exit_code = Some(1);
+    let cs = vec![
+        live(&old, "web", 1, RunState::Running),
+        live(&d, "api", 1, RunState::Running),
+        live(&d, "db", 1, RunState::Running),
+        worker,
+    ];
+    let p = run(&d, &observed(&d, cs), &drained());
+    assert_eq!(
+        show(&p),
+        ["stop web-1 (node drained)", "stop api-1 (node drained) after [1]", "stop db-1 (node drained) after [2]"]
+    );
+    assert!(matches!(p.steps[2].action, Action::Stop { stop_timeout_s: Some(30), .. }), "{:?}", p.steps[2]);
+    assert_eq!(
+        p.notes,
+        [Note::Drained { since_ms: NOW - 5_000, user: "ops".into(), reason: Some("kernel update".into()) }]
+    );
+    assert!(p.notes[0].to_string().starts_with("drained since "), "{}", p.notes[0]);
+    assert!(p.notes[0].to_string().contains(" by ops: kernel update;"), "{}", p.notes[0]);
+
+    // A dependent with nothing left to stop still orders its dependencies' stops.
+    let mut api = live(&d, "api", 1, RunState::Exited);
+    api.exit_code = Some(0);
+    let cs = vec![live(&d, "web", 1, RunState::Running), api, live(&d, "db", 1, RunState::Running)];
+    let p = run(&d, &observed(&d, cs), &drained());
+    assert_eq!(show(&p), ["stop web-1 (node drained)", "stop db-1 (node drained) after [1]"]);
+
+    // Everything stopped already: nothing to do, and the plan says why.
+    let cs = ["web", "api", "db"].map(|s| live(&d, s, 1, RunState::Exited)).to_vec();
+    let p = run(&d, &observed(&d, cs), &drained());
+    assert!(p.is_empty(), "{:?}", show(&p));
+    assert!(matches!(&p.notes[..], [Note::Drained { .. }]), "{:?}", p.notes);
+}
+
+#[test]
+fn a_drained_node_leaves_held_and_maintained_instances_alone_and_stops_removed_specs() {
+    let gone = desired(&svc("old", ""));
+    let d = desired(&svc("web", "replicas: 3"));
+    let cs = vec![
+        live(&d, "web", 1, RunState::Running),
+        live(&d, "web", 2, RunState::Running),
+        live(&d, "web", 3, RunState::Running),
+        live(&gone, "old", 1, RunState::Running),
+    ];
+    let mut o = observed(&d, cs);
+    o.maintenance.insert(
+        "web-2".into(),
+        crate::model::Maintenance { user: "ops".into(), since_ms: NOW, until_ms: None, reason: None },
+    );
+    let mut st = drained();
+    st.holds.insert(
+        "web-3".into(),
+        Hold { service: "web".into(), instance: 3, since_ms: 5, exit_code: Some(1), unclean_boot: false },
+    );
+    let p = run(&d, &o, &st);
+    assert_eq!(show(&p), ["stop web-1 (node drained)", "stop old-1 (node drained)"]);
+    assert!(
+        matches!(
+            &p.notes[..],
+            [Note::Drained { .. }, Note::Maintenance { target, .. }, Note::Held { name, .. }]
+                if target == "web-2" && name == "web-3"
+        ),
+        "{:?}",
+        p.notes
+    );
+}
+
+#[test]
+fn a_drained_node_stops_and_disables_its_units_and_timers_but_lets_a_running_job_finish() {
+    let d =
+        desired(&(sd("api", "") + &sd("web", "  dependsOn: [{name: api}]\n") + &timer("nightly", "  schedule: daily")));
+    let mut units = live_units(&d, UnitActive::Active);
+    // The nightly job is running.
+    if let Some(u) = units.get_mut("nightly.service") {
+        u.active = UnitActive::Active;
+    }
+    let p = plan_units(&d, units, &drained());
+    assert_eq!(
+        show(&p),
+        [
+            "stop-unit web.service (node drained)",
+            "stop-unit api.service (node drained) after [1]",
+            "stop-unit nightly.timer (node drained)",
+            "disable api.service nightly.timer web.service (node drained)",
+        ]
+    );
+    // Stopped and disabled already: nothing to do.
+    let mut units = live_units(&d, UnitActive::Inactive);
+    for u in units.values_mut() {
+        u.enabled = false;
+    }
+    let p = plan_units(&d, units, &drained());
+    assert!(p.is_empty(), "{:?}", show(&p));
+}
+
+#[test]
+fn undraining_starts_what_the_drain_stopped_in_dependency_order_whatever_the_policy() {
+    let d = desired(
+        &(svc("web", "dependsOn: [{name: api}]\nrestart: {policy: on-failure}")
+            + &svc("api", "restart: {policy: never}")
+            + &svc("db", "restart: {policy: hold}")),
+    );
+    let cs: Vec<Container> = [("web", 0), ("api", 143), ("db", 137)]
+        .map(|(s, code)| {
+            let mut c = live(&d, s, 1, RunState::Exited);
+            c.exit_code = Some(code);
+            c
+        })
+        .to_vec();
+    let o = observed(&d, cs);
+    // Without the drain's marks the policies leave them stopped (or hold db).
+    let p = run(&d, &o, &State::default());
+    assert!(!show(&p).iter().any(|s| s.starts_with("start ")), "{:?}", show(&p));
+    let st = State { stopped_by_drain: ["web-1", "api-1", "db-1"].map(String::from).into(), ..Default::default() };
+    let p = run(&d, &o, &st);
+    assert_eq!(
+        show(&p),
+        [
+            "start api-1 (stopped by drain; node undrained)",
+            "start db-1 (stopped by drain; node undrained)",
+            "await api (needed by web) after [1]",
+            "start web-1 (stopped by drain; node undrained) after [3]",
+        ]
+    );
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+
+    // Units: enabled at boot again, and started whatever their policy.
+    let d = desired(&(sd("web", "  restart: {policy: never}\n") + &timer("nightly", "  schedule: daily")));
+    let mut units = live_units(&d, UnitActive::Inactive);
+    for u in units.values_mut() {
+        u.enabled = false;
+    }
+    let st =
+        State { stopped_by_drain: ["web.service", "nightly.timer"].map(String::from).into(), ..Default::default() };
+    assert_eq!(
+        show(&plan_units(&d, units, &st)),
+        [
+            "enable nightly.timer web.service (enabled in the spec)",
+            "start-unit nightly.timer (stopped by drain; node undrained) after [1]",
+            "start-unit web.service (stopped by drain; node undrained) after [1]",
+        ]
+    );
+}
+
+#[test]
+fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
+    let step = |id, action, reason| Step { id, action, reason, after: vec![], pause_ms: 0 };
+    let stop = Action::Stop {
+        service: "web".into(),
+        instance: 1,
+        name: "web-1".into(),
+        id: "c1".into(),
+        stop_timeout_s: None,
+    };
+    let plan = Plan {
+        steps: vec![
+            step(1, stop, Reason::Drained),
+            step(2, Action::StopUnit { unit: "api.service".into() }, Reason::Drained),
+            step(3, Action::StopUnit { unit: "gone.service".into() }, Reason::SpecRemoved),
+        ],
+        notes: vec![],
+    };
+    let done = |ids: &[usize]| -> BTreeMap<usize, crate::apply::Outcome> {
+        ids.iter().map(|i| (*i, crate::apply::Outcome::Done { ms: 1 })).collect()
+    };
+    let mut st = drained();
+    assert!(crate::apply::record(&mut st, &plan, &done(&[1, 2, 3]), NOW));
+    assert_eq!(st.stopped_by_drain, ["api.service", "web-1"].map(String::from).into());
+    let start = Action::Start { service: "web".into(), instance: 1, name: "web-1".into(), id: "c1".into() };
+    let plan = Plan {
+        steps: vec![
+            step(1, start, Reason::Undrained),
+            step(2, Action::StartUnit { unit: "api.service".into() }, Reason::Undrained),
+        ],
+        notes: vec![],
+    };
+    assert!(crate::apply::record(&mut st, &plan, &done(&[1, 2]), NOW));
+    assert!(st.stopped_by_drain.is_empty());
+    assert!(st.restarts.is_empty(), "an undrain start is no crash restart: {:?}", st.restarts);
+}
+
+#[test]
+fn drain_is_recorded_once_and_undrain_lifts_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let first = crate::state::Drain { reason: Some("disk".into()), since_ms: 7, user: "ann".into() };
+    let (now, already) = crate::state::drain(tmp.path(), first.clone()).expect("drain");
+    assert_eq!((now, already), (first.clone(), false));
+    // Drained again: the first drain stays (who and since), a new reason replaces the old.
+    let again = crate::state::Drain { reason: None, since_ms: 9, user: "bob".into() };
+    assert_eq!(crate::state::drain(tmp.path(), again).expect("drain"), (first.clone(), true));
+    let again = crate::state::Drain { reason: Some("kernel".into()), since_ms: 9, user: "bob".into() };
+    let (now, _) = crate::state::drain(tmp.path(), again).expect("drain");
+    assert_eq!((now.user.as_str(), now.since_ms, now.reason.as_deref()), ("ann", 7, Some("kernel")));
+    let json = std::fs::read_to_string(tmp.path().join("state.json")).expect("state file");
+    assert!(json.contains(r#""drain""#) && !json.contains("stopped_by_drain"), "{json}");
+    assert_eq!(crate::state::undrain(tmp.path()).expect("undrain").map(|d| d.user), Some("ann".into()));
+    assert_eq!(crate::state::undrain(tmp.path()).expect("undrain"), None);
+    assert_eq!(crate::state::read_state(tmp.path()).expect("read").drain, None);
+}
+
+// ---- update windows ----------------------------------------------------------------------
+
+/// A window that is open at NOW (1970-01-12 13:46:40 UTC), and one that is not: it opens at
+/// 14:00, [`OPENS_MS`].
+const OPEN_WINDOW: &str = "updateWindow: {schedule: \"*-*-* 13:00 UTC\", duration: 1h}";
+const SHUT_WINDOW: &str = "updateWindow: {schedule: \"*-*-* 14:00 UTC\", duration: 1h}";
+const OPENS_MS: u64 = 1_000_800_000;
+
+fn plan_at(d: &Desired, o: &Observed, now_ms: u64, ignore_windows: bool) -> Plan {
+    let st = State::default();
+    let pulled = BTreeSet::new();
+    plan(Input { desired: d, observed: o, state: &st, now_ms, pulled: &pulled, units: None, ignore_windows })
+}
+
+fn waiting(service: &str) -> Note {
+    Note::UpdateWindow {
+        service: service.into(),
+        next_open_ms: Some(OPENS_MS),
+        window: "*-*-* 14:00 UTC for 1h".into(),
+    }
+}
+
+#[test]
+fn outside_its_update_window_a_running_instance_is_not_replaced_and_the_plan_says_when() {
+    let spec = |command: &str, window: &str| {
+        desired(
+            &(svc("web", &format!("command: [sleep, '{command}']\n{window}"))
+                + &svc("api", &format!("command: [sleep, '{command}']\nrollout: {{order: start-first}}\n{window}"))
+                + &svc("img", window)
+                + &svc("free", &format!("command: [sleep, '{command}']"))),
+        )
+    };
+    let (old, new) = (spec("1", SHUT_WINDOW), spec("2", SHUT_WINDOW));
+    let mut moved = live(&new, "img", 1, RunState::Running);
+    moved.image_id = "sha256:old".into();
+    let cs = vec![
+        live(&old, "web", 1, RunState::Running),
+        live(&old, "api", 1, RunState::Running),
+        moved,
+        live(&old, "free", 1, RunState::Running),
+    ];
+    let p = plan_at(&new, &observed(&new, cs.clone()), NOW, false);
+    // A service without a window is replaced as always.
+    assert_eq!(show(&p), ["remove free-1 (changed: command)", "create free-1 (changed: command) after [1]"]);
+    assert_eq!(p.notes, [waiting("api"), waiting("img"), waiting("web")]);
+    assert_eq!(
+        p.notes[2].to_string(),
+        "waiting for update window: web changes at 1970-01-12 14:00:00 UTC (*-*-* 14:00 UTC for 1h)"
+    );
+    // At the opening, the same host gets the replacements.
+    let p = plan_at(&new, &observed(&new, cs), OPENS_MS, false);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    assert_eq!(
+        show(&p),
+        [
+            "create api-1-next (changed: command)",
+            "await api-1-next (rollout waits for it) after [1]",
+            "remove api-1 (changed: command) after [2]",
+            "rename api-1-next → api-1 (replacement ready) after [3]",
+            "remove free-1 (changed: command)",
+            "create free-1 (changed: command) after [5]",
+            "remove img-1 (image changed: old → aaaa)",
+            "create img-1 (image changed: old → aaaa) after [7]",
+            "remove web-1 (changed: command)",
+            "create web-1 (changed: command) after [9]",
+        ]
+    );
+}
+
+#[test]
+fn inside_its_update_window_a_changed_instance_is_replaced() {
+    let old = desired(&svc("web", &format!("command: [sleep, '1']\n{OPEN_WINDOW}")));
+    let new = desired(&svc("web", &format!("command: [sleep, '2']\n{OPEN_WINDOW}")));
+    let p = plan_at(&new, &observed(&new, vec![live(&old, "web", 1, RunState::Running)]), NOW, false);
+    assert_eq!(show(&p), ["remove web-1 (changed: command)", "create web-1 (changed: command) after [1]"]);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+}
+
+#[test]
+fn apply_now_ignores_the_window() {
+    let old = desired(&svc("web", &format!("command: [sleep, '1']\n{SHUT_WINDOW}")));
+    let new = desired(&svc("web", &format!("command: [sleep, '2']\n{SHUT_WINDOW}")));
+    let p = plan_at(&new, &observed(&new, vec![live(&old, "web", 1, RunState::Running)]), NOW, true);
+    assert_eq!(show(&p), ["remove web-1 (changed: command)", "create web-1 (changed: command) after [1]"]);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+}
+
+#[test]
+fn a_closed_window_never_delays_crash_restarts_missing_instances_or_stopped_ones() {
+    let old = desired(&svc("web", &format!("replicas: 4\ncommand: [sleep, '1']\n{SHUT_WINDOW}")));
+    let new = desired(&svc("web", &format!("replicas: 4\ncommand: [sleep, '2']\n{SHUT_WINDOW}")));
+    let mut crashed = live(&new, "web", 2, RunState::Exited);
+    crashed.exit_code = Some(1);
+    let cs = vec![
+        // Running the old spec: waits.
+        live(&old, "web", 1, RunState::Running),
+        // Crashed on the new spec: restarted.
+        crashed,
+        // Stopped on the old spec: nothing runs, so it is replaced at once.
+        live(&old, "web", 3, RunState::Exited),
+        // web-4 is missing: created.
+    ];
+    let p = plan_at(&new, &observed(&new, cs), NOW, false);
+    assert_eq!(
+        show(&p),
+        [
+            "start web-2 (exited with code 1 (restart 1))",
+            "remove web-3 (changed: command)",
+            "create web-3 (changed: command) after [2]",
+            "create web-4 (missing) after [3]",
+        ]
+    );
+    assert_eq!(p.notes, [waiting("web")]);
+}
+
+#[test]
+fn a_closed_window_delays_removing_running_instances_on_scale_down_but_not_scale_up() {
+    let three = desired(&svc("web", &format!("replicas: 3\n{SHUT_WINDOW}")));
+    let one = desired(&svc("web", &format!("replicas: 1\n{SHUT_WINDOW}")));
+    let cs = vec![
+        live(&three, "web", 1, RunState::Running),
+        live(&three, "web", 2, RunState::Exited),
+        live(&three, "web", 3, RunState::Running),
+    ];
+    // Down to one: the stopped web-2 goes, the running web-3 waits.
+    let p = plan_at(&one, &observed(&one, cs.clone()), NOW, false);
+    assert_eq!(show(&p), ["remove web-2 (scaled down to 1)"]);
+    assert_eq!(p.notes, [waiting("web")]);
+    let p = plan_at(&one, &observed(&one, cs), NOW, true);
+    assert_eq!(show(&p), ["remove web-3 (scaled down to 1)", "remove web-2 (scaled down to 1) after [1]"]);
+    // Up to three from one: new instances start at once.
+    let p = plan_at(&three, &observed(&three, vec![live(&one, "web", 1, RunState::Running)]), NOW, false);
+    assert_eq!(show(&p), ["create web-2 (missing)", "create web-3 (missing) after [1]"]);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    // A first creation is no update either.
+    let p = plan_at(&one, &observed(&one, vec![]), NOW, false);
+    assert_eq!(show(&p), ["create web-1 (missing)"]);
+}
+
+#[test]
+fn a_waiting_replacement_does_not_run_the_before_start_hook() {
+    let spec = |command: &str| {
+        desired(
+            &(svc("web", &format!("command: [sleep, '{command}']\nhooks: {{beforeStart: migrate}}\n{SHUT_WINDOW}"))
+                + &timer("migrate", "  enabled: false")),
+        )
+    };
+    let (old, new) = (spec("1"), spec("2"));
+    let cs = vec![live(&old, "web", 1, RunState::Running)];
+    let p = plan_at(&new, &observed(&new, cs.clone()), NOW, false);
+    assert!(p.is_empty(), "{:?}", show(&p));
+    assert_eq!(p.notes, [waiting("web")]);
+    let p = plan_at(&new, &observed(&new, cs), NOW, true);
+    assert_eq!(show(&p)[0], "run-job job/migrate (before web starts its new version)");
+}
+
+fn plan_units_at(d: &Desired, units: BTreeMap<String, Unit>, ignore_windows: bool) -> Plan {
+    let o = Observed { units: Some(units), ..Default::default() };
+    let st = State::default();
+    let pulled = BTreeSet::new();
+    with_units(|ctx| {
+        plan(Input {
+            desired: d,
+            observed: &o,
+            state: &st,
+            now_ms: NOW,
+            pulled: &pulled,
+            units: Some(ctx),
+            ignore_windows,
+        })
+    })
+}
+
+#[test]
+fn a_changed_systemd_unit_waits_for_its_window_with_its_file() {
+    let window = format!("  {SHUT_WINDOW}\n");
+    let old = desired(&(sd("web", &window) + &sd("api", "")));
+    let new = desired(&(sd("web", &format!("  user: nobody\n{window}")) + &sd("api", "  user: nobody\n")));
+    // Running: neither the file nor the restart of web, while api (no window) goes ahead.
+    let p = plan_units_at(&new, live_units(&old, UnitActive::Active), false);
+    assert_eq!(
+        show(&p),
+        [
+            "write-unit api.service (changed: unit file)",
+            "daemon-reload systemd (unit files changed) after [1]",
+            "restart-unit api.service (changed: unit file) after [2]",
+        ]
+    );
+    assert_eq!(p.notes, [waiting("web")]);
+    // `--now`: both.
+    let p = plan_units_at(&new, live_units(&old, UnitActive::Active), true);
+    assert_eq!(show(&p).len(), 5, "{:?}", show(&p));
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    // Stopped: nothing runs, so the file is written and the unit started (its policy says so).
+    let p = plan_units_at(&new, live_units(&old, UnitActive::Failed), false);
+    assert!(show(&p).contains(&"write-unit web.service (changed: unit file)".to_string()), "{:?}", show(&p));
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    // Inside the window: rewritten and restarted.
+    let window = format!("  {OPEN_WINDOW}\n");
+    let (old, new) = (desired(&sd("web", &window)), desired(&sd("web", &format!("  user: nobody\n{window}"))));
+    let p = plan_units_at(&new, live_units(&old, UnitActive::Active), false);
+    assert_eq!(
+        show(&p),
+        [
+            "write-unit web.service (changed: unit file)",
+            "daemon-reload systemd (unit files changed) after [1]",
+            "restart-unit web.service (changed: unit file) after [2]",
+        ]
+    );
+}
+
+#[test]
+fn a_window_that_never_opens_again_says_so() {
+    let spec = |c: &str| {
+        desired(&svc(
+            "web",
+            &format!("command: [sleep, '{c}']\nupdateWindow: {{schedule: \"1970-01-01 00:00 UTC\", duration: 1h}}"),
+        ))
+    };
+    let (old, new) = (spec("1"), spec("2"));
+    let p = plan_at(&new, &observed(&new, vec![live(&old, "web", 1, RunState::Running)]), NOW, false);
+    assert!(p.is_empty(), "{:?}", show(&p));
+    let note =
+        Note::UpdateWindow { service: "web".into(), next_open_ms: None, window: "1970-01-01 00:00 UTC for 1h".into() };
+    assert_eq!(p.notes, std::slice::from_ref(&note));
+    assert!(note.to_string().contains("never opens again; `tend apply --now` makes them"), "{note}");
+    assert_eq!(window::next_deferred_open(&p), None);
 }

@@ -73,8 +73,19 @@ pub(super) fn plan_units(
     units: &BTreeMap<String, Unit>,
     state: &State,
     ctx: &Context<'_>,
+    maintenance: &BTreeMap<String, crate::model::Maintenance>,
+    windows: &BTreeMap<String, Note>,
 ) {
     let want = wanted(desired, ctx);
+    // The lock key of a unit: a Timer's units are its job's (`x.job`); a service's is its
+    // unit's name. A target under maintenance is left alone entirely.
+    let key = |unit: &str, owner: Option<&str>| match owner.filter(|o| desired.timers.contains_key(*o)) {
+        Some(timer) => format!("{timer}.job"),
+        None => match unit.strip_suffix(".timer") {
+            Some(stem) => format!("{stem}.job"),
+            None => unit.to_string(),
+        },
+    };
     let mut file_steps = Vec::new();
     let mut restart_after_reload = Vec::new();
     // Units whose new version starts in this pass, with their hook.
@@ -82,6 +93,14 @@ pub(super) fn plan_units(
     let mut start_after_reload = Vec::new();
     let (mut enable, mut disable) = (Vec::new(), Vec::new());
     for (name, w) in &want {
+        let k = key(name, Some(&w.owner));
+        if let Some(window) = maintenance.get(&k) {
+            // A Timer's two units share one key: one note.
+            if !b.notes.iter().any(|n| matches!(n, Note::Maintenance { target, .. } if *target == k)) {
+                b.notes.push(Note::Maintenance { service: w.owner.clone(), target: k, window: window.clone() });
+            }
+            continue;
+        }
         match units.get(name) {
             Some(u) if u.scope.as_deref() != Some(ctx.scope) => {
                 b.notes.push(Note::UnitConflict { unit: name.clone(), scope: u.scope.clone() });
@@ -110,6 +129,17 @@ pub(super) fn plan_units(
                     disable.push(name.clone());
                 }
                 if u.content != w.content {
+                    // A running unit's new file waits for its service's update window, and
+                    // its restart with it, so the file on disk is always the one that runs.
+                    if w.run
+                        && matches!(u.active, UnitActive::Active | UnitActive::Activating)
+                        && let Some(note) = windows.get(&w.owner)
+                    {
+                        if !b.notes.contains(note) {
+                            b.notes.push(note.clone());
+                        }
+                        continue;
+                    }
                     file_steps.push(b.push(
                         Action::WriteUnit { unit: name.clone(), owner: w.owner.clone() },
                         Reason::Changed { fields: vec!["unit file".into()] },
@@ -142,6 +172,12 @@ pub(super) fn plan_units(
                                 since_ms: hold.since_ms,
                                 unclean_boot: hold.unclean_boot,
                             });
+                            continue;
+                        }
+                        if state.stopped_by_drain.contains(name) {
+                            // Stopped by a drain that is lifted: started again, whatever the
+                            // policy says.
+                            start_after_reload.push((name.clone(), Reason::Undrained));
                             continue;
                         }
                         match w.restart {
@@ -185,6 +221,11 @@ pub(super) fn plan_units(
     let mut removed = Vec::new();
     for (name, u) in units {
         if want.contains_key(name) || u.scope.as_deref() != Some(ctx.scope) {
+            continue;
+        }
+        if let Some(window) = maintenance.get(&key(name, None)) {
+            let service = name.rsplit_once('.').map_or(name.as_str(), |(stem, _)| stem).to_string();
+            b.notes.push(Note::Maintenance { service, target: key(name, None), window: window.clone() });
             continue;
         }
         let mut after = vec![];
