@@ -1,12 +1,13 @@
 //! The checked desired state: what `load` hands the planner. It can only be built by
 //! loading and validating specs, so the planner never sees an unvalidated spec.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use crate::backup::{BackupSpec, ExecCommand, SourceKind};
 use crate::calendar::CalendarSpec;
 use crate::diag::Location;
 use crate::hash;
@@ -14,19 +15,23 @@ use crate::service::{MountSource, Runtime, ServiceSpec, VolumeMount};
 use crate::timer::TimerSpec;
 
 /// Every object the specs declare, validated, keyed by name. Services and Timers share one
-/// namespace (each becomes a systemd unit `NAME.service`), so a name is in at most one map.
+/// namespace (each becomes a systemd unit `NAME.service`), so a name is in at most one of
+/// those two maps. Backups have a namespace of their own; the units a Backup becomes
+/// ([`Backup::unit_name`], [`Backup::drill_unit_name`]) are no Service's or Timer's.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     /// Services by name, of both runtimes (`spec.runtime` tells them apart).
     pub services: BTreeMap<String, Service>,
     /// Timers by name.
     pub timers: BTreeMap<String, Timer>,
+    /// Backups by name.
+    pub backups: BTreeMap<String, Backup>,
 }
 
 impl Desired {
     /// Whether the specs declare nothing.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.timers.is_empty()
+        self.services.is_empty() && self.timers.is_empty() && self.backups.is_empty()
     }
 
     /// The services that run as Docker containers.
@@ -120,6 +125,61 @@ pub struct Timer {
     pub field_hashes: BTreeMap<String, String>,
 }
 
+/// A validated Backup with its identity hashes.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    /// The name (a DNS label).
+    pub name: String,
+    /// `metadata.labels`: for selection.
+    pub metadata_labels: BTreeMap<String, String>,
+    /// The spec as written (`spec.layout()` gives the layout with its default filled in).
+    pub spec: BackupSpec,
+    /// `spec.schedule`, parsed. `None` when the Backup runs on demand only.
+    pub calendar: Option<CalendarSpec>,
+    /// `spec.drill.schedule`, parsed. `None` when there is no drill.
+    pub drill_calendar: Option<CalendarSpec>,
+    /// The `${var}` placeholders of `spec.restore.exec.command`: `tend restore` needs a
+    /// value for each (from `--set var=value` or `spec.restore.vars`).
+    pub restore_vars: BTreeSet<String>,
+    /// Where the document starts.
+    pub location: Location,
+    /// SHA-256 of everything that shapes an archive ([`BACKUP_FIELDS`]); written into each
+    /// archive's manifest.
+    pub hash: String,
+    /// A short hash per field of the hash, to name what changed.
+    pub field_hashes: BTreeMap<String, String>,
+}
+
+impl Backup {
+    /// The systemd unit a Backup runs as (`backup-NAME.service`, and `backup-NAME.timer`
+    /// when it has a schedule), without the suffix.
+    pub fn unit_name(&self) -> String {
+        backup_unit_name(&self.name)
+    }
+
+    /// The unit its restore drill runs as, without the suffix.
+    pub fn drill_unit_name(&self) -> String {
+        drill_unit_name(&self.name)
+    }
+
+    /// The variables of `restore.exec` that have no default in `restore.vars`: `tend
+    /// restore` needs `--set` for each.
+    pub fn restore_vars_without_default(&self) -> BTreeSet<&str> {
+        let defaults = self.spec.restore.as_ref().map(|r| &r.vars);
+        self.restore_vars.iter().map(String::as_str).filter(|v| defaults.is_none_or(|d| !d.contains_key(*v))).collect()
+    }
+}
+
+/// The unit name of the Backup `name`, without the suffix.
+pub fn backup_unit_name(name: &str) -> String {
+    format!("backup-{name}")
+}
+
+/// The unit name of the restore drill of the Backup `name`, without the suffix.
+pub fn drill_unit_name(name: &str) -> String {
+    format!("backup-{name}-drill")
+}
+
 /// Names of the fields that make up a container. A change to any of them recreates the
 /// instances; every other field (replicas, rollout, restart, dependsOn, pullPolicy) is
 /// applied without touching running containers.
@@ -161,6 +221,11 @@ pub const SYSTEMD_FIELDS: &[&str] = &[
 /// Names of the fields of a Timer's hash.
 pub const TIMER_FIELDS: &[&str] =
     &["schedule", "persistent", "randomizedDelay", "accuracy", "timezone", "enabled", "concurrency", "timeout", "job"];
+
+/// Names of the fields of a Backup's hash: what shapes an archive. Quiesce, copies,
+/// retention, schedule, restore and drill change how and when archives are made and kept,
+/// not what is in one.
+pub const BACKUP_FIELDS: &[&str] = &["source", "destination", "compression"];
 
 /// The environment as it enters a hash: literals as they are, secrets as a salted digest.
 fn env_json(env: &BTreeMap<String, Env>) -> Value {
@@ -250,6 +315,25 @@ pub(crate) fn timer_hashes(
         ("job", job),
     ];
     debug_assert_eq!(fields.len(), TIMER_FIELDS.len());
+    hashes_of(fields)
+}
+
+/// Computes the hash and field hashes of a Backup: its source (the paths, or where the
+/// command runs and its argv), its destination with the layout's default filled in, and its
+/// compression with defaults filled in (so writing a default changes nothing).
+pub(crate) fn backup_hashes(spec: &BackupSpec) -> (String, BTreeMap<String, String>) {
+    let to = |v: &dyn erased::Ser| v.json();
+    let exec = |e: &ExecCommand| json!({"service": e.service, "runtime": e.runtime, "command": e.command});
+    let source = match spec.source_kind() {
+        SourceKind::Paths => json!({"paths": spec.paths()}),
+        SourceKind::Exec => json!({"exec": spec.source.exec.as_ref().map(exec)}),
+    };
+    let fields = vec![
+        ("source", source),
+        ("destination", json!({"dir": spec.destination.dir, "layout": spec.layout()})),
+        ("compression", to(&spec.compression)),
+    ];
+    debug_assert_eq!(fields.len(), BACKUP_FIELDS.len());
     hashes_of(fields)
 }
 

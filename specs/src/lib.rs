@@ -2,6 +2,7 @@
 //! validation, canonical hashing and JSON Schema export. Pure: no async, no engines.
 
 pub mod agent_config;
+pub mod backup;
 pub mod calendar;
 pub mod de;
 pub mod desired;
@@ -14,6 +15,6 @@ pub mod service;
 pub mod timer;
 pub mod yaml;
 
-pub use desired::{Desired, Env, Secret, Service, Timer};
+pub use desired::{Backup, Desired, Env, Secret, Service, Timer};
 pub use diag::{Diagnostic, Location};
 pub use load::{load_path, load_str};

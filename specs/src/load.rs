@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::backup::BackupSpec;
 use crate::de::from_node;
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
 use crate::diag::{Diagnostic, Location};
@@ -21,7 +22,7 @@ use crate::yaml::{Node, Value, parse_stream};
 pub const API_VERSION: &str = "tend/v1";
 
 /// Kinds the language knows, and whether this version implements them.
-const KINDS: &[(&str, bool)] = &[("Service", true), ("Timer", true), ("Backup", false), ("Replica", false)];
+const KINDS: &[(&str, bool)] = &[("Service", true), ("Timer", true), ("Backup", true), ("Replica", false)];
 
 /// Largest spec file read (a guard against pointing tend at the wrong file).
 const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -67,6 +68,7 @@ struct Decoded<S> {
 struct Documents {
     services: Vec<Decoded<ServiceSpec>>,
     timers: Vec<Decoded<TimerSpec>>,
+    backups: Vec<Decoded<BackupSpec>>,
     /// False when the name of some document could not be read (a file that does not parse,
     /// a broken `metadata`): it may be the service a `dependsOn` (or the Timer a hook)
     /// names, so no reference is called unknown until that is fixed.
@@ -75,7 +77,7 @@ struct Documents {
 
 impl Default for Documents {
     fn default() -> Self {
-        Self { services: Vec::new(), timers: Vec::new(), all_named: true }
+        Self { services: Vec::new(), timers: Vec::new(), backups: Vec::new(), all_named: true }
     }
 }
 
@@ -227,6 +229,13 @@ fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut V
                         continue;
                     }
                 }
+                Some("Backup") => {
+                    if let Some(doc) = from_node::<Document<BackupSpec>>(&node, file, diags) {
+                        let (metadata, spec) = (doc.metadata, Some(doc.spec));
+                        docs.backups.push(Decoded { file: file.clone(), source: source.clone(), node, metadata, spec });
+                        continue;
+                    }
+                }
                 _ => {
                     if let Some(doc) = from_node::<Document<ServiceSpec>>(&node, file, diags) {
                         let (metadata, spec) = (doc.metadata, Some(doc.spec));
@@ -257,6 +266,14 @@ fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut V
                 }
                 None => docs.all_named = false,
             },
+            // A Backup's name is its own namespace: keep it for duplicates, and since nothing
+            // refers to a Backup, an unreadable one hides no reference.
+            Some("Backup") => {
+                if let Some(metadata) = metadata() {
+                    let source = source.clone();
+                    docs.backups.push(Decoded { file: file.clone(), source, node, metadata, spec: None });
+                }
+            }
             // Other kinds' names are not referenced yet; an unknown kind may be a typo.
             kind => docs.all_named &= KINDS.iter().any(|(k, _)| Some(*k) == kind),
         }
@@ -329,6 +346,7 @@ fn check_header(file: &Arc<Path>, node: &Node, diags: &mut Vec<Diagnostic>) -> b
 }
 
 /// A path into a document's node tree, for locating a problem found after decoding.
+#[derive(Debug, Clone, Copy)]
 enum Seg<'a> {
     Key(&'a str),
     Index(usize),
@@ -521,8 +539,9 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     check_dependencies(&checked, &names, docs.all_named, diags);
     check_hooks(&checked, &names, docs.all_named, diags);
     check_ports(&checked, diags);
+    let backups = backup::check_backups(docs.backups, &names, docs.all_named, diags);
     let services = checked.into_iter().filter_map(|c| c.service).map(|s| (s.name.clone(), s)).collect();
-    Desired { services, timers }
+    Desired { services, timers, backups }
 }
 
 /// What a service's own checks produce: its environment with secrets read, and the
@@ -1153,6 +1172,7 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
     }
 }
 
+mod backup;
 mod systemd;
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Value, json};
 
+use crate::backup::BackupSpec;
 use crate::load::API_VERSION;
 use crate::service::ServiceSpec;
 use crate::timer::TimerSpec;
@@ -27,6 +28,7 @@ pub fn json_schema() -> Value {
     let metadata = generator.subschema_for::<Metadata>();
     let service = generator.subschema_for::<ServiceSpec>();
     let timer = generator.subschema_for::<TimerSpec>();
+    let backup = generator.subschema_for::<BackupSpec>();
     let mut defs = serde_json::Map::new();
     for (name, schema) in generator.take_definitions(true) {
         defs.insert(name, schema);
@@ -49,7 +51,11 @@ pub fn json_schema() -> Value {
         "$id": "https://tend.invalid/schema/tend.schema.json",
         "title": "tend spec document",
         "description": "One document of a tend spec file (apiVersion tend/v1).",
-        "oneOf": [doc("Service", service.to_value()), doc("Timer", timer.to_value())],
+        "oneOf": [
+            doc("Service", service.to_value()),
+            doc("Timer", timer.to_value()),
+            doc("Backup", backup.to_value()),
+        ],
         "$defs": Value::Object(defs),
     });
     forbid_unknown_fields(&mut schema);
@@ -141,7 +147,7 @@ mod tests {
         let schema = json_schema();
         let kinds: Vec<&Value> =
             schema["oneOf"].as_array().expect("oneOf").iter().map(|d| &d["properties"]["kind"]).collect();
-        assert_eq!(kinds, [&json!({"const": "Service"}), &json!({"const": "Timer"})]);
+        assert_eq!(kinds, [&json!({"const": "Service"}), &json!({"const": "Timer"}), &json!({"const": "Backup"})]);
         let props = &schema["$defs"]["TimerSpec"]["properties"];
         for field in [
             "schedule",
@@ -175,5 +181,38 @@ mod tests {
         ] {
             assert!(job["properties"].get(field).is_some(), "job schema lacks {field}");
         }
+    }
+
+    #[test]
+    fn schema_has_a_backup_document_with_every_field() {
+        let schema = json_schema();
+        let defs = &schema["$defs"];
+        let backup = &defs["BackupSpec"];
+        assert_eq!(backup["required"], json!(["source", "destination"]));
+        assert_eq!(backup["additionalProperties"], json!(false));
+        for field in
+            ["schedule", "source", "quiesce", "destination", "copies", "retention", "compression", "restore", "drill"]
+        {
+            assert!(backup["properties"].get(field).is_some(), "schema lacks {field}: {backup}");
+        }
+        for (def, fields) in [
+            ("Source", &["paths", "exec"][..]),
+            ("ExecCommand", &["service", "runtime", "command"]),
+            ("Quiesce", &["stop", "timeout"]),
+            ("Destination", &["dir", "layout"]),
+            ("CopyTarget", &["dir", "rsync"]),
+            ("Retention", &["keepLast", "keepDaily", "keepWeekly", "keepMonthly", "keepYearly"]),
+            ("Compression", &["level", "threads"]),
+            ("Restore", &["moveAsideTo", "exec", "vars"]),
+            ("Drill", &["schedule", "check"]),
+        ] {
+            assert_eq!(defs[def]["additionalProperties"], json!(false), "{def}");
+            for field in fields {
+                assert!(defs[def]["properties"].get(field).is_some(), "{def} lacks {field}");
+            }
+            assert_eq!(defs[def]["properties"].as_object().map(|p| p.len()), Some(fields.len()), "{def}");
+        }
+        let level = &defs["Compression"]["properties"]["level"];
+        assert_eq!((&level["minimum"], &level["maximum"], &level["default"]), (&json!(1), &json!(19), &json!(3)));
     }
 }

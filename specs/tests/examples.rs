@@ -21,3 +21,16 @@ fn every_example_validates() {
     }
     assert!(seen >= 3, "expected at least 3 example sets, found {seen}");
 }
+
+#[test]
+fn the_backups_example_declares_a_paths_and_an_exec_backup() {
+    use tend_specs::backup::SourceKind;
+
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/backups"));
+    let desired = tend_specs::load_path(path).unwrap_or_else(|diags| panic!("{diags:?}"));
+    let kinds: Vec<(&str, SourceKind)> =
+        desired.backups.values().map(|b| (b.name.as_str(), b.spec.source_kind())).collect();
+    assert_eq!(kinds, [("retro-db", SourceKind::Paths), ("srs-collections", SourceKind::Exec)]);
+    assert!(desired.backups.values().all(|b| b.calendar.is_some()), "both are scheduled");
+    assert_eq!(desired.backups["srs-collections"].restore_vars.iter().collect::<Vec<_>>(), ["db"]);
+}

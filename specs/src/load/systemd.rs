@@ -114,27 +114,60 @@ pub(super) fn check_systemd_service(file: &Arc<Path>, node: &Node, spec: &Servic
 
 /// Checks an argument list run without a shell (a systemd service's or a host job's `exec`).
 fn check_exec(argv: &[String], loc: impl Fn(usize) -> Location, diags: &mut Vec<Diagnostic>) {
+    check_argv("exec", ArgvUse::Unit, argv, loc, diags);
+}
+
+/// Where an argument list is run, which decides what it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ArgvUse {
+    /// A unit file's `ExecStart=`: an absolute program, no line breaks.
+    Unit,
+    /// Started by tend on the host: an absolute program.
+    Host,
+    /// Run in a container (`docker exec`): the image's PATH finds the program.
+    Container,
+}
+
+/// Checks an argument list run without a shell: what only a shell would understand, a
+/// whole command line in one item, and (on the host) a program that is not an absolute
+/// path. `field` names the list in messages.
+pub(super) fn check_argv(
+    field: &str,
+    usage: ArgvUse,
+    argv: &[String],
+    loc: impl Fn(usize) -> Location,
+    diags: &mut Vec<Diagnostic>,
+) {
     const SHELL_HINT: &str = "[\"/bin/sh\", \"-c\", \"...\"]";
     let Some(program) = argv.first() else {
         // `exec: []` is located at its `[`, as the first item would be.
-        diags.push(Diagnostic::at(loc(0), "`exec` is empty; give the program's absolute path and its arguments"));
+        let what = if usage == ArgvUse::Container { "the program" } else { "the program's absolute path" };
+        diags.push(Diagnostic::at(loc(0), format!("`{field}` is empty; give {what} and its arguments")));
         return;
     };
     let shell_line = Path::new(program).file_name().and_then(|n| n.to_str()).is_some_and(|n| SHELLS.contains(&n))
         && argv[1..].iter().take_while(|a| a.starts_with('-')).any(|a| !a.starts_with("--") && a.contains('c'));
     let mut program_ok = true;
     for (i, arg) in argv.iter().enumerate() {
-        if arg.contains(['\n', '\r', '\0']) {
+        if usage == ArgvUse::Unit && arg.contains(['\n', '\r', '\0']) {
             diags.push(Diagnostic::at(
                 loc(i),
                 "an `exec` argument cannot contain a line break or a NUL character (a unit file cannot hold it); pass such text in a file or in `env`",
+            ));
+            program_ok &= i != 0;
+        } else if arg.contains('\0') {
+            diags.push(Diagnostic::at(
+                loc(i),
+                format!(
+                    "an argument of `{field}` cannot contain a NUL character (a program's arguments cannot hold it)"
+                ),
             ));
             program_ok &= i != 0;
         } else if !shell_line && SHELL_OPERATORS.contains(&arg.as_str()) {
             diags.push(Diagnostic::at(
                 loc(i),
                 format!(
-                    "`{arg}` in `exec` needs a shell, and tend runs `exec` without one; for a shell command line write {SHELL_HINT}"
+                    "`{arg}` in `{field}` needs a shell, and tend runs `{field}` without one; for a shell command line write {SHELL_HINT}"
                 ),
             ));
             program_ok &= i != 0;
@@ -147,15 +180,20 @@ fn check_exec(argv: &[String], loc: impl Fn(usize) -> Location, diags: &mut Vec<
         diags.push(Diagnostic::at(
             loc(0),
             format!(
-                "`exec` is a list of arguments, but its only item `{}` is a whole command line; write one argument per item, e.g. [\"/usr/bin/prog\", \"--flag\"], or {SHELL_HINT} for a shell command line",
+                "`{field}` is a list of arguments, but its only item `{}` is a whole command line; write one argument per item, e.g. [\"/usr/bin/prog\", \"--flag\"], or {SHELL_HINT} for a shell command line",
                 shown(program)
             ),
         ));
-    } else if !program.starts_with('/') {
+    } else if usage != ArgvUse::Container && !program.starts_with('/') {
+        let why = if usage == ArgvUse::Unit {
+            "so that a unit never depends on it"
+        } else {
+            "so that a command never depends on the PATH it is started with"
+        };
         diags.push(Diagnostic::at(
             loc(0),
             format!(
-                "the program `{0}` is not an absolute path: tend does not search PATH, so that a unit never depends on it; write its full path (`command -v {0}` shows it), or {SHELL_HINT} for a shell command line",
+                "the program `{0}` is not an absolute path: tend does not search PATH, {why}; write its full path (`command -v {0}` shows it), or {SHELL_HINT} for a shell command line",
                 shown(program)
             ),
         ));
