@@ -425,6 +425,20 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     // Engines, and their wake-ups.
     connect_engines(&shared).await;
     spawn_engine_watchers(&shared, &stop);
+    // A backup killed while its services were stopped: start them again now.
+    {
+        let engines = shared.engines();
+        for (backup, r) in
+            crate::quiesce::recover(engines.docker.as_deref(), engines.systemd.as_deref(), &settings.state_dir).await
+        {
+            match r {
+                Ok(()) => info!(%backup, "started the services an interrupted backup had stopped"),
+                Err(e) => {
+                    error!(%backup, error = %apply::chain(&e), "could not start the services an interrupted backup had stopped")
+                }
+            }
+        }
+    }
 
     // The unclean-boot check: holds are placed with the first good spec set.
     let previous = read_marker(&settings.state_dir);

@@ -221,6 +221,33 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Run a Backup now, list its archives, verify them.
+    Backup {
+        /// The backup command.
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore a Backup: shows what will be stopped, moved aside and replaced, and how old
+    /// the archive is, then asks (or `--yes`).
+    Restore {
+        /// The Backup.
+        name: String,
+        /// The archive (default: the newest complete one).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Extract into this new directory instead (nothing is stopped or moved).
+        #[arg(long, conflicts_with = "set")]
+        to: Option<PathBuf>,
+        /// A value for a `${var}` of restore.exec (e.g. `--set db=pipeline_dev`).
+        #[arg(long, value_name = "VAR=VALUE")]
+        set: Vec<String>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// The spec set (default: the running agent's, else /etc/tend/specs).
+        #[arg(long)]
+        specs: Option<PathBuf>,
+    },
     /// List the targets held for maintenance.
     Locks {
         /// Output format.
@@ -276,6 +303,9 @@ pub enum CliError {
     /// The agent's answer was not understood.
     #[error("reading the agent's answer")]
     AgentReply(#[source] serde_json::Error),
+    /// A backup or restore failed.
+    #[error(transparent)]
+    Backup(#[from] crate::backups::BackupError),
     /// `tend maintain` failed.
     #[error(transparent)]
     Maintain(#[from] crate::maintain::MaintainError),
@@ -326,6 +356,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 0 => String::new(),
                 n => format!(" and {n} timer(s)"),
             };
+            let timers = match desired.backups.len() {
+                0 => timers,
+                n => format!("{timers} and {n} backup(s)"),
+            };
             println!("ok: {} service(s){timers} in {}", desired.services.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -343,6 +377,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             maintain(&cli, targets, selector, reason.clone(), *window, *wait, specs.as_deref(), command)
         }
         Command::Locks { output } => locks(&cli, *output),
+        Command::Backup { command } => backup(&cli, command),
+        Command::Restore { name, from, to, set, yes, specs } => {
+            restore(&cli, name, from.as_deref(), to.as_deref(), set, *yes, specs.as_deref())
+        }
         Command::Plan { path, output } => {
             if path.is_none()
                 && let Some(plan) = runtime()?.block_on(from_agent::<Plan>(&cli.socket, "/v1/plan"))?
@@ -1098,6 +1136,231 @@ fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend backup`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Run the Backup now (quiesce, archive, start again, copies, retention).
+    Run {
+        /// The Backup.
+        name: String,
+        /// The spec set (default: the running agent's, else /etc/tend/specs).
+        #[arg(long)]
+        specs: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List the Backup's archives: age, size, checksum, state.
+    List {
+        /// The Backup.
+        name: String,
+        /// The spec set.
+        #[arg(long)]
+        specs: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Verify archives: checksum against the manifest and a full read.
+    Verify {
+        /// The Backup (all its archives), or an archive file.
+        target: String,
+        /// The spec set.
+        #[arg(long)]
+        specs: Option<PathBuf>,
+    },
+}
+
+fn backup_ctx(cli: &Cli) -> crate::backups::Context {
+    crate::backups::Context { state_dir: cli.state_dir.clone(), locks: crate::locks::LockDir::new(&cli.lock_dir) }
+}
+
+fn the_backup<'a>(desired: &'a Desired, name: &str) -> Result<&'a tend_specs::desired::Backup, CliError> {
+    desired.backups.get(name).ok_or_else(|| CliError::Backup(crate::backups::BackupError::Unknown(name.to_string())))
+}
+
+/// `tend backup …`.
+fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
+    match command {
+        BackupCommand::Run { name, specs, output } => {
+            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            the_backup(&desired, name)?;
+            let rt = runtime()?;
+            let result = rt.block_on(async {
+                let (engines, _) = connect(&desired).await?;
+                crate::backups::run(&engines, &desired, name, &backup_ctx(cli)).await.map_err(CliError::Backup)
+            });
+            match result {
+                Ok(report) => {
+                    match output {
+                        Output::Json => print_json(&report)?,
+                        Output::Text => {
+                            println!(
+                                "{} {} ({} bytes, sha256 {}, {} ms)",
+                                Paint::stdout().green("archived"),
+                                report.archive.display(),
+                                report.bytes,
+                                &report.sha256[..12.min(report.sha256.len())],
+                                report.duration_ms
+                            );
+                            for c in &report.copies {
+                                println!("copied to {c} (checksum verified)");
+                            }
+                            for p in &report.pruned {
+                                println!("removed by retention: {}", p.display());
+                            }
+                            for w in &report.warnings {
+                                println!("{} {w}", Paint::stdout().yellow("warning:"));
+                            }
+                        }
+                    }
+                    Ok(if report.warnings.iter().any(|w| w.starts_with("copy")) {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    })
+                }
+                Err(e) => {
+                    crate::backups::record_failure(&cli.state_dir, name, &apply::chain(&e));
+                    Err(e)
+                }
+            }
+        }
+        BackupCommand::List { name, specs, output } => {
+            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let b = the_backup(&desired, name)?;
+            let entries = crate::backups::archives(b)?;
+            let now = tend_specs::calendar::Timestamp::now();
+            let rows: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    let age_s = (now.as_second() - e.time().as_second()).max(0);
+                    serde_json::json!({
+                        "archive": e.path,
+                        "ageSeconds": age_s,
+                        "bytes": e.size,
+                        "sha256": e.manifest.as_ref().map(|m| m.sha256.clone()),
+                        "state": match &e.state {
+                            crate::backup::catalog::EntryState::Complete => "complete".to_string(),
+                            crate::backup::catalog::EntryState::MissingManifest => "incomplete (no manifest)".to_string(),
+                            crate::backup::catalog::EntryState::BadManifest { problem } => format!("bad manifest: {problem}"),
+                            crate::backup::catalog::EntryState::Partial => "leftover of an interrupted run".to_string(),
+                        },
+                    })
+                })
+                .collect();
+            match output {
+                Output::Json => print_json(&rows)?,
+                Output::Text => {
+                    let mut table_rows =
+                        vec![vec!["ARCHIVE".into(), "AGE".into(), "SIZE".into(), "SHA256".into(), "STATE".into()]];
+                    for r in &rows {
+                        let age = std::time::Duration::from_secs(r["ageSeconds"].as_u64().unwrap_or(0));
+                        table_rows.push(vec![
+                            r["archive"].as_str().unwrap_or_default().to_string(),
+                            crate::time::format_duration(age),
+                            r["bytes"].to_string(),
+                            r["sha256"]
+                                .as_str()
+                                .map(|s| s[..12.min(s.len())].to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            r["state"].as_str().unwrap_or_default().to_string(),
+                        ]);
+                    }
+                    if rows.is_empty() {
+                        println!("No archives of {name} yet.");
+                    } else {
+                        table(&table_rows);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { target, specs } => {
+            let as_file = Path::new(target);
+            let results = if as_file.is_file() {
+                crate::backups::verify_all(None, Some(as_file))
+            } else {
+                let desired = load(&specs_for(cli, specs.as_deref())?)?;
+                crate::backups::verify_all(Some(the_backup(&desired, target)?), None)
+            };
+            let paint = Paint::stdout();
+            let mut bad = 0;
+            for (path, r) in &results {
+                match r {
+                    Ok(entries) => println!("{} {} ({entries} entries)", paint.green("ok"), path.display()),
+                    Err(e) => {
+                        bad += 1;
+                        println!("{} {}: {}", paint.red("BAD"), path.display(), apply::chain(e));
+                    }
+                }
+            }
+            if results.is_empty() {
+                println!("No archives to verify.");
+            }
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+/// `tend restore`.
+#[allow(clippy::too_many_arguments)]
+fn restore(
+    cli: &Cli,
+    name: &str,
+    from: Option<&Path>,
+    to: Option<&Path>,
+    set: &[String],
+    yes: bool,
+    specs: Option<&Path>,
+) -> Result<ExitCode, CliError> {
+    let desired = load(&specs_for(cli, specs)?)?;
+    let b = the_backup(&desired, name)?;
+    let vars: Vec<(String, String)> = set
+        .iter()
+        .map(|kv| {
+            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| {
+                CliError::Backup(crate::backups::BackupError::Refused(format!("--set {kv}: write VAR=VALUE")))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let plan = crate::backups::plan_restore(b, from, to, &vars)?;
+    println!(
+        "Restore {name} from {} (made {} ago)",
+        plan.archive.display(),
+        crate::time::format_duration(std::time::Duration::from_millis(plan.age_ms))
+    );
+    if !plan.stop.is_empty() {
+        println!("  stop first (and start after): {}", plan.stop.join(", "));
+    }
+    for (from, aside) in &plan.move_aside {
+        println!("  move aside (kept, not deleted): {} → {}", from.display(), aside.display());
+    }
+    println!("  restore into: {}", plan.into);
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Backup(crate::backups::BackupError::Refused(
+                "not confirmed: run it on a terminal to answer, or pass --yes".into(),
+            )));
+        }
+        eprint!("Go ahead? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Nothing was changed.");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    runtime()?.block_on(async {
+        let (engines, _) = connect(&desired).await?;
+        crate::backups::restore(&engines, &desired, b, &plan, to, &vars, &backup_ctx(cli))
+            .await
+            .map_err(CliError::Backup)
+    })?;
+    println!("{} {name}", Paint::stdout().green("restored"));
     Ok(ExitCode::SUCCESS)
 }
 

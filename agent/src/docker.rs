@@ -65,6 +65,125 @@ impl DockerEngine {
         self.docker.events(Some(options)).map(|r| r.map(|_| ()).map_err(err("watching", "Docker events"))).boxed()
     }
 
+    /// Runs `cmd` in the container `name` (as `user`, else the container's), each chunk of
+    /// its stdout sent to `stdout` as it comes (a backup streams a dump this way, with no copy
+    /// on disk). Returns the exit code and the end of its stderr (for messages).
+    pub async fn exec_out(
+        &self,
+        name: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        stdout: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<(i64, String), EngineError> {
+        let (id, mut output, _input) = self.exec_start(name, cmd, user, false).await?;
+        let mut stderr = Vec::new();
+        while let Some(item) = output.next().await {
+            match item.map_err(err("reading the output of an exec in", name))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    // The reader gave up (the archive failed): stop reading.
+                    let Ok(()) = stdout.send(message).await else { break };
+                }
+                bollard::container::LogOutput::StdErr { message } => keep_tail(&mut stderr, &message),
+                _ => {}
+            }
+        }
+        drop(stdout);
+        self.exec_result(&id, name, stderr).await
+    }
+
+    /// Runs `cmd` in the container `name` with `input` as its stdin (closed at its end): a
+    /// restore streams an archive into a command this way. Returns the exit code and the end
+    /// of its stderr.
+    pub async fn exec_in(
+        &self,
+        name: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        mut input: impl tokio::io::AsyncRead + Unpin + Send,
+    ) -> Result<(i64, String), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let (id, mut output, stdin) = self.exec_start(name, cmd, user, true).await?;
+        let mut stdin = stdin.ok_or_else(|| {
+            err("attaching to the stdin of an exec in", name)(BollardError::DockerStreamError {
+                error: "no stdin".into(),
+            })
+        })?;
+        let feed = async {
+            tokio::io::copy(&mut input, &mut stdin).await?;
+            stdin.shutdown().await
+        };
+        let drain = async {
+            let mut stderr = Vec::new();
+            while let Some(item) = output.next().await {
+                if let Ok(bollard::container::LogOutput::StdErr { message }) = item {
+                    keep_tail(&mut stderr, &message);
+                }
+            }
+            stderr
+        };
+        let (fed, stderr) = tokio::join!(feed, drain);
+        let (code, tail) = self.exec_result(&id, name, stderr).await?;
+        if let Err(e) = fed
+            && code == 0
+        {
+            return Err(EngineError {
+                op: "streaming into an exec in",
+                object: name.to_string(),
+                kind: EngineErrorKind::Unavailable,
+                source: Box::new(e),
+            });
+        }
+        Ok((code, tail))
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn exec_start(
+        &self,
+        name: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        stdin: bool,
+    ) -> Result<
+        (
+            String,
+            std::pin::Pin<Box<dyn futures::Stream<Item = Result<bollard::container::LogOutput, BollardError>> + Send>>,
+            Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+        ),
+        EngineError,
+    > {
+        let options = bollard::exec::CreateExecOptions::<String> {
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd.to_vec()),
+            user: user.map(str::to_string),
+            ..Default::default()
+        };
+        let exec = self.docker.create_exec(name, options).await.map_err(err("creating an exec in", name))?;
+        match self.docker.start_exec(&exec.id, None).await.map_err(err("starting an exec in", name))? {
+            bollard::exec::StartExecResults::Attached { output, input } => {
+                Ok((exec.id, output, stdin.then_some(input)))
+            }
+            bollard::exec::StartExecResults::Detached => {
+                Err(err("attaching to an exec in", name)(BollardError::DockerStreamError {
+                    error: "the exec started detached".into(),
+                }))
+            }
+        }
+    }
+
+    async fn exec_result(&self, id: &str, name: &str, stderr: Vec<u8>) -> Result<(i64, String), EngineError> {
+        // The exit code is set a moment after the output ends.
+        for _ in 0..50 {
+            let info = self.docker.inspect_exec(id).await.map_err(err("inspecting an exec in", name))?;
+            if info.running != Some(true) {
+                return Ok((info.exit_code.unwrap_or(-1), String::from_utf8_lossy(&stderr).trim().to_string()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok((-1, String::from_utf8_lossy(&stderr).trim().to_string()))
+    }
+
     async fn list_owned(&self, filters: HashMap<String, Vec<String>>) -> Result<Vec<ContainerSummary>, EngineError> {
         self.docker
             .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
@@ -82,6 +201,14 @@ impl DockerEngine {
         });
         let found = futures::future::try_join_all(lookups).await?;
         Ok(found.into_iter().flatten().collect())
+    }
+}
+
+/// Keeps the last 4 KiB of a command's stderr.
+fn keep_tail(buf: &mut Vec<u8>, more: &[u8]) {
+    buf.extend_from_slice(more);
+    if buf.len() > 4096 {
+        buf.drain(..buf.len() - 4096);
     }
 }
 

@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod api;
 pub mod apply;
+pub mod backup;
+pub mod backups;
 pub mod cli;
 pub mod docker;
 pub mod engine;
@@ -14,6 +16,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod quiesce;
 pub mod scheduler;
 pub mod source;
 pub mod state;

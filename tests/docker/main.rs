@@ -5,6 +5,7 @@
 mod harness;
 
 mod agent;
+mod backup;
 mod bad_specs;
 mod drain;
 mod jobs;

@@ -1,0 +1,13 @@
+//! Backups: the archive engine that `kind: Backup` runs on. Filesystem only — no engines, no
+//! spec types: callers hand in plain paths, readers and rules.
+//!
+//! - [`archive`]: writing archives safely (temporary name, fsync, rename, never overwrite),
+//!   verifying them with a full read, and extracting them all or nothing, refusing anything
+//!   that could write outside the target.
+//! - [`catalog`]: the destination is the catalog — layout rendering, the manifest beside each
+//!   archive, and listing what a destination holds, leftovers of interrupted runs included.
+//! - [`retention`]: which archives to keep (pure).
+
+pub mod archive;
+pub mod catalog;
+pub mod retention;

@@ -1,0 +1,859 @@
+//! Running backups and restores: the orchestration around the archive engine
+//! ([`crate::backup`]). A run takes the maintenance locks of the backup and of the services it
+//! quiesces (so the agent and operators leave them alone), checks free space before stopping
+//! anything, quiesces (journaled), archives, starts the services again whatever happened,
+//! writes the manifest, makes the copies and applies retention. A restore shows what it will
+//! do, then stops, moves the current data aside (never deletes it), extracts and starts.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tend_specs::Desired;
+use tend_specs::backup::{CopyTo, RunsIn, SourceKind};
+use tend_specs::calendar::Zoned;
+use tend_specs::desired::Backup;
+use tracing::{info, warn};
+
+use crate::apply::{Engines, chain, now_ms};
+use crate::backup::archive::{self, ArchiveError, ArchiveWriter, WriteOptions};
+use crate::backup::catalog::{self, CatalogError, EntryState, Manifest};
+use crate::backup::retention;
+use crate::docker::DockerEngine;
+use crate::locks::{Exclusive, Holder, LockDir, LockError};
+use crate::model::instance_name;
+use crate::quiesce::{self, QuiesceError};
+use crate::systemd::SystemdEngine;
+
+/// Errors of backups and restores.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// No Backup of that name.
+    #[error("no Backup `{0}` in the specs")]
+    Unknown(String),
+    /// Another run, an operator or the agent holds a target.
+    #[error("backup {backup} did not run")]
+    Locked {
+        /// The backup.
+        backup: String,
+        /// Who holds what.
+        #[source]
+        source: Box<LockError>,
+    },
+    /// The destination has no room: nothing was stopped.
+    #[error("{dir} has {free} bytes free, the sources hold {needed}: the backup did not run (nothing was stopped)")]
+    NoSpace {
+        /// The destination.
+        dir: PathBuf,
+        /// Free bytes.
+        free: u64,
+        /// Bytes of the sources.
+        needed: u64,
+    },
+    /// Quiescing failed (services were started again).
+    #[error(transparent)]
+    Quiesce(#[from] QuiesceError),
+    /// Writing or reading an archive failed.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The destination catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The dump or restore command failed.
+    #[error("`{command}` exited with code {code}{}: {what}", if stderr.is_empty() { String::new() } else { format!(" ({stderr})") })]
+    Command {
+        /// The command.
+        command: String,
+        /// Its exit code.
+        code: i64,
+        /// The end of its stderr.
+        stderr: String,
+        /// What that means.
+        what: &'static str,
+    },
+    /// The engine a step needs is missing, or refused.
+    #[error("{0}")]
+    Engine(String),
+    /// A file operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The archive was made but the services could not all be started again.
+    #[error("the archive was written, but services could not be started again")]
+    Resume(#[source] QuiesceError),
+    /// Nothing to restore from.
+    #[error("no complete archive of {0} to restore from")]
+    NoArchive(String),
+    /// A restore cannot go ahead as asked.
+    #[error("restore refused: {0}")]
+    Refused(String),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
+    let path = path.to_path_buf();
+    move |source| BackupError::Io { op, path, source }
+}
+
+/// Where a run keeps its journal and locks.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The state directory (quiesce journals, run history).
+    pub state_dir: PathBuf,
+    /// The maintenance lock directory.
+    pub locks: LockDir,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    /// The archive written.
+    pub archive: PathBuf,
+    /// Its manifest.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Entries (paths sources).
+    pub files: Option<u64>,
+    /// How long the run took (ms).
+    pub duration_ms: u64,
+    /// The copies made and verified.
+    pub copies: Vec<String>,
+    /// Archives removed by retention.
+    pub pruned: Vec<PathBuf>,
+    /// Things worth knowing (files changed while read, special files skipped).
+    pub warnings: Vec<String>,
+}
+
+/// The lock keys a run holds: the backup's own and those of the services it quiesces.
+pub fn lock_keys(desired: &Desired, backup: &Backup) -> Vec<String> {
+    let mut keys = vec![format!("{}.backup", backup.name)];
+    for s in backup.spec.quiesce.iter().flat_map(|q| q.stop.iter()) {
+        keys.extend(crate::maintain::service_keys(desired, s).unwrap_or_default());
+    }
+    keys
+}
+
+fn take_locks(ctx: &Context, desired: &Desired, backup: &Backup, what: &str) -> Result<Exclusive, BackupError> {
+    let (user, uid) = crate::locks::current_user();
+    let holder = Holder {
+        user: format!("{user} (tend {what} {})", backup.name),
+        uid,
+        pid: std::process::id(),
+        reason: Some(format!("{what} {}", backup.name)),
+        since_ms: now_ms(),
+        until_ms: None,
+    };
+    ctx.locks
+        .take_exclusive(&lock_keys(desired, backup), &holder, false)
+        .map_err(|source| BackupError::Locked { backup: backup.name.clone(), source: Box::new(source) })
+}
+
+fn write_options(backup: &Backup) -> WriteOptions {
+    let c = &backup.spec.compression;
+    WriteOptions { level: i32::try_from(c.level).unwrap_or(3), threads: c.threads, progress: None }
+}
+
+/// Runs backup `name` once.
+pub async fn run(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    name: &str,
+    ctx: &Context,
+) -> Result<RunReport, BackupError> {
+    let backup = desired.backups.get(name).ok_or_else(|| BackupError::Unknown(name.to_string()))?;
+    let started = Instant::now();
+    let started_ms = now_ms();
+    // A run killed while its services were stopped: start them first.
+    for (b, r) in quiesce::recover(engines.docker.as_deref(), engines.systemd.as_deref(), &ctx.state_dir).await {
+        if let Err(e) = r {
+            warn!(backup = %b, error = %chain(&e), "services of an interrupted backup could not all be started again");
+        }
+    }
+    let locks = take_locks(ctx, desired, backup, "backup")?;
+    let dest = PathBuf::from(&backup.spec.destination.dir);
+    std::fs::create_dir_all(&dest).map_err(io("creating the destination", &dest))?;
+    let now = Zoned::now();
+    let mut rel = catalog::render_layout(backup.spec.layout(), name, &now)?;
+    if dest.join(&rel).exists() {
+        // A second run the same day under a layout without {time}: the time goes in the name
+        // (the manifest still names the backup, so the catalog finds it).
+        rel = with_time(&rel, &now);
+    }
+    let final_path = dest.join(&rel);
+    let options = write_options(backup);
+    let mut warnings = Vec::new();
+    let (sha256, bytes, files, input_bytes) = match backup.spec.source_kind() {
+        SourceKind::Paths => {
+            let paths: Vec<PathBuf> = backup.spec.paths().iter().map(PathBuf::from).collect();
+            // Room first: a run that cannot fit fails before anything is stopped.
+            let needed = archive::estimate_size(&paths).map_err(io("measuring", &paths[0]))?;
+            let free = archive::free_bytes(&dest).map_err(io("measuring free space of", &dest))?;
+            if free < needed {
+                return Err(BackupError::NoSpace { dir: dest, free, needed });
+            }
+            let report = quiesced_archive(engines, desired, backup, ctx, &paths, &final_path, &options).await?;
+            if !report.skipped.is_empty() {
+                warnings.push(format!("special files left out: {}", join_paths(&report.skipped)));
+            }
+            if !report.changed.is_empty() {
+                warnings.push(format!("files changed while read: {}", join_paths(&report.changed)));
+            }
+            (report.sha256, report.bytes, Some(report.files), report.input_bytes)
+        }
+        SourceKind::Exec => {
+            let w = exec_archive(engines, desired, backup, &final_path, &options).await?;
+            (w.sha256, w.bytes, None, w.input_bytes)
+        }
+    };
+    let source = match backup.spec.source_kind() {
+        SourceKind::Paths => format!("paths {}", backup.spec.paths().join(" ")),
+        SourceKind::Exec => {
+            format!("exec {}", backup.spec.source.exec.as_ref().map(|e| e.command.join(" ")).unwrap_or_default())
+        }
+    };
+    let manifest = Manifest {
+        archive: final_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        sha256: sha256.clone(),
+        bytes,
+        files,
+        input_bytes,
+        source,
+        started_ms,
+        duration_ms: started.elapsed().as_millis() as u64,
+        tend_version: env!("CARGO_PKG_VERSION").to_string(),
+        spec_hash: backup.hash.clone(),
+        backup: name.to_string(),
+        format: archive::Format::of_path(&final_path).unwrap_or(archive::Format::TarZst),
+    };
+    catalog::write_manifest(&final_path, &manifest)?;
+    info!(backup = name, archive = %final_path.display(), bytes, "archive written");
+    drop(locks);
+    // Copies, each verified by its checksum.
+    let mut copies = Vec::new();
+    for c in &backup.spec.copies {
+        match copy_to(&final_path, &rel, &sha256, c.to()).await {
+            Ok(done) => copies.push(done),
+            Err(e) => warnings.push(format!("copy to {c} failed: {}", chain(&e))),
+        }
+    }
+    // Retention, per destination.
+    let mut pruned = Vec::new();
+    if let Some(r) = &backup.spec.retention {
+        let rules = retention::Rules {
+            keep_last: r.keep_last,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+        };
+        let mut dirs = vec![dest.clone()];
+        dirs.extend(backup.spec.copies.iter().filter_map(|c| match c.to() {
+            CopyTo::Dir(d) => Some(PathBuf::from(d)),
+            CopyTo::Rsync(_) => None,
+        }));
+        for dir in dirs {
+            match prune(&dir, backup, &rules) {
+                Ok(p) => pruned.extend(p),
+                Err(e) => warnings.push(format!("retention in {}: {}", dir.display(), chain(&e))),
+            }
+        }
+    }
+    for w in &warnings {
+        warn!(backup = name, "{w}");
+    }
+    let report = RunReport {
+        archive: final_path,
+        sha256,
+        bytes,
+        files,
+        duration_ms: started.elapsed().as_millis() as u64,
+        copies,
+        pruned,
+        warnings,
+    };
+    record(&ctx.state_dir, name, Ok(&report));
+    Ok(report)
+}
+
+/// `a/2026-11-22_db.tar.zst` → `a/2026-11-22_db-061530.tar.zst`.
+fn with_time(rel: &Path, now: &Zoned) -> PathBuf {
+    let name = rel.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let (stem, ext) = match name.find(".tar.zst").or_else(|| name.rfind(".zst")) {
+        Some(i) => name.split_at(i),
+        None => (name.as_str(), ""),
+    };
+    rel.with_file_name(format!("{stem}-{}{ext}", now.strftime("%H%M%S")))
+}
+
+fn join_paths(p: &[PathBuf]) -> String {
+    p.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Quiesce, archive, resume — resume whatever happened.
+async fn quiesced_archive(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    ctx: &Context,
+    paths: &[PathBuf],
+    final_path: &Path,
+    options: &WriteOptions,
+) -> Result<archive::PathsReport, BackupError> {
+    let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
+    let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
+    let result = async {
+        if let Some(q) = &backup.spec.quiesce {
+            quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, paths, q.timeout.get(), &journal).await?;
+        }
+        if let Some(pause) = fault_pause() {
+            warn!(?pause, "TEND_FAULT_BACKUP_PAUSE: pausing with the services stopped");
+            tokio::time::sleep(pause).await;
+        }
+        let (paths, final_path, options) = (paths.to_vec(), final_path.to_path_buf(), options.clone());
+        let written = tokio::task::spawn_blocking(move || archive::write_paths(&final_path, &paths, &options))
+            .await
+            .map_err(|e| BackupError::Engine(format!("the archive task failed: {e}")))??;
+        Ok::<_, BackupError>(written)
+    }
+    .await;
+    let resumed = quiesce::resume(docker, systemd, &journal).await;
+    match (result, resumed) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(r)) => {
+            warn!(error = %chain(&r), "starting the services again failed too");
+            Err(e)
+        }
+        (Ok(_), Err(r)) => Err(BackupError::Resume(r)),
+    }
+}
+
+/// A reader over chunks sent from async code (a dump's stdout), for the blocking writer.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    buf: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.buf = b,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf = self.buf.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Streams the dump command's stdout straight into the archive; the archive gets its final
+/// name only when the command succeeded.
+async fn exec_archive(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    final_path: &Path,
+    options: &WriteOptions,
+) -> Result<archive::Written, BackupError> {
+    let exec = backup.spec.source.exec.clone().ok_or_else(|| BackupError::Engine("no exec source".into()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let (path, opts) = (final_path.to_path_buf(), options.clone());
+    // The writer: a blocking thread reading the channel into a .partial file.
+    let writer = tokio::task::spawn_blocking(move || -> Result<ArchiveWriter, ArchiveError> {
+        let mut w = ArchiveWriter::create(&path, &opts)?;
+        let mut reader = ChannelReader { rx, buf: bytes::Bytes::new() };
+        std::io::copy(&mut reader, &mut w).map_err(|source| ArchiveError::Write { archive: path.clone(), source })?;
+        Ok(w)
+    });
+    let command = exec.command.join(" ");
+    let (code, stderr) = run_exec(engines, desired, exec.runs_in(), &exec.command, tx).await?;
+    let w = writer.await.map_err(|e| BackupError::Engine(format!("the archive task failed: {e}")))??;
+    if code != 0 {
+        // Dropping the writer removes the partial file: no archive under a final name.
+        drop(w);
+        return Err(BackupError::Command { command, code, stderr, what: "no archive was kept" });
+    }
+    Ok(tokio::task::spawn_blocking(move || w.finish())
+        .await
+        .map_err(|e| BackupError::Engine(format!("the archive task failed: {e}")))??)
+}
+
+/// Runs a dump command in a service's container, or on the host, its stdout into `tx`.
+async fn run_exec(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    runs_in: RunsIn<'_>,
+    command: &[String],
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<(i64, String), BackupError> {
+    let service = match runs_in {
+        RunsIn::Service(s) => desired.services.get(s),
+        RunsIn::Host => None,
+    };
+    if let Some(s) = service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker) {
+        let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
+        let container = instance_name(&s.name, 1);
+        return docker.exec_out(&container, command, None, tx).await.map_err(|e| BackupError::Engine(chain(&e)));
+    }
+    // On the host (runtime: host, or a systemd service: as its user).
+    let user = service.and_then(|s| s.spec.user.clone());
+    let mut cmd = match &user {
+        Some(u) => {
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", u, "--"]).args(command);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(&command[0]);
+            c.args(&command[1..]);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io("starting the dump command", Path::new(&command[0])))?;
+    let mut stdout = child.stdout.take().ok_or_else(|| BackupError::Engine("no stdout".into()))?;
+    let mut stderr_pipe = child.stderr.take().ok_or_else(|| BackupError::Engine("no stderr".into()))?;
+    let pump = async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut buf).await?;
+            if n == 0 || tx.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+    };
+    let errs = async {
+        use tokio::io::AsyncReadExt;
+        let mut v = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut v).await;
+        v
+    };
+    let (pumped, err) = tokio::join!(pump, errs);
+    drop(tx);
+    pumped.map_err(io("reading the dump command's output", Path::new(&command[0])))?;
+    let status = child.wait().await.map_err(io("waiting for the dump command", Path::new(&command[0])))?;
+    let tail = String::from_utf8_lossy(&err[err.len().saturating_sub(4096)..]).trim().to_string();
+    Ok((i64::from(status.code().unwrap_or(-1)), tail))
+}
+
+/// Copies the archive and its manifest to another destination and checks the copy.
+async fn copy_to(archive: &Path, rel: &Path, sha256: &str, to: CopyTo<'_>) -> Result<String, BackupError> {
+    match to {
+        CopyTo::Dir(dir) => {
+            let (archive, target) = (archive.to_path_buf(), PathBuf::from(dir).join(rel));
+            let sha = sha256.to_string();
+            tokio::task::spawn_blocking(move || copy_file_verified(&archive, &target, &sha))
+                .await
+                .map_err(|e| BackupError::Engine(format!("the copy task failed: {e}")))?
+        }
+        CopyTo::Rsync(dest) => {
+            // `dest` names a directory (user@host:/path); the layout's sub-path is kept.
+            let parent = rel.parent().map(|p| p.display().to_string()).unwrap_or_default();
+            let target = if parent.is_empty() { format!("{dest}/") } else { format!("{dest}/{parent}/") };
+            let manifest = catalog::manifest_path(archive);
+            let run = |extra: &[&str]| {
+                let mut c = tokio::process::Command::new("rsync");
+                c.args(["-a", "--checksum", "--mkpath", "-e", "ssh -o BatchMode=yes"]).args(extra);
+                c.arg(archive).arg(&manifest).arg(&target);
+                c
+            };
+            let out = run(&[]).output().await.map_err(io("running rsync for", archive))?;
+            if !out.status.success() {
+                return Err(BackupError::Command {
+                    command: format!("rsync … {target}"),
+                    code: i64::from(out.status.code().unwrap_or(-1)),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    what: "the copy was not made",
+                });
+            }
+            // Verified: a checksum comparison finds nothing left to transfer.
+            let check =
+                run(&["--dry-run", "--itemize-changes"]).output().await.map_err(io("running rsync for", archive))?;
+            if !check.status.success() || !String::from_utf8_lossy(&check.stdout).trim().is_empty() {
+                return Err(BackupError::Refused(format!(
+                    "the copy at {target} does not match the archive's checksum"
+                )));
+            }
+            Ok(format!("rsync {target}"))
+        }
+    }
+}
+
+fn copy_file_verified(archive: &Path, target: &Path, sha256: &str) -> Result<String, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    for (from, to) in [
+        (archive.to_path_buf(), target.to_path_buf()),
+        (catalog::manifest_path(archive), catalog::manifest_path(target)),
+    ] {
+        let tmp = dir.join(format!(
+            ".{}.partial-{}",
+            to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            std::process::id()
+        ));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
+        let mut input = std::fs::File::open(&from).map_err(io("reading", &from))?;
+        let copied = std::io::copy(&mut input, &mut out).and_then(|_| out.sync_all());
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("copying to", &tmp)(e));
+        }
+        std::fs::rename(&tmp, &to).map_err(io("renaming into", &to))?;
+    }
+    let got = archive::sha256_file(target)?;
+    if got != sha256 {
+        return Err(BackupError::Refused(format!(
+            "the copy {} has sha256 {got}, the archive {sha256}",
+            target.display()
+        )));
+    }
+    Ok(format!("dir {}", target.display()))
+}
+
+/// Applies retention to the complete archives of `backup` in `dir`; returns what was removed.
+fn prune(dir: &Path, backup: &Backup, rules: &retention::Rules) -> Result<Vec<PathBuf>, BackupError> {
+    let entries = catalog::list(dir, &backup.name, backup.spec.layout())?;
+    let good: Vec<(PathBuf, tend_specs::calendar::Timestamp)> =
+        entries.iter().filter(|e| e.state == EntryState::Complete).map(|e| (e.path.clone(), e.time())).collect();
+    let keep = retention::select(&good, rules, &tend_specs::calendar::LocalZone::from_env());
+    let mut removed = Vec::new();
+    for (path, _) in good.iter().filter(|(p, _)| !keep.contains(p)) {
+        std::fs::remove_file(path).map_err(io("removing", path))?;
+        let _ = std::fs::remove_file(catalog::manifest_path(path));
+        info!(archive = %path.display(), "removed by retention");
+        removed.push(path.clone());
+    }
+    Ok(removed)
+}
+
+/// One line per run in `STATE/backups/NAME/history.jsonl`: for health in `tend status`.
+fn record(state_dir: &Path, name: &str, result: Result<&RunReport, &str>) {
+    use std::io::Write;
+    let dir = state_dir.join("backups").join(name);
+    let line = match result {
+        Ok(r) => {
+            serde_json::json!({"endMs": now_ms(), "ok": true, "archive": r.archive, "bytes": r.bytes, "durationMs": r.duration_ms})
+        }
+        Err(e) => serde_json::json!({"endMs": now_ms(), "ok": false, "error": e}),
+    };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("history.jsonl"))?;
+        writeln!(f, "{line}")
+    };
+    if let Err(e) = write() {
+        warn!(backup = name, error = %e, "recording the run");
+    }
+}
+
+/// Records a failed run (the CLI calls it with the error).
+pub fn record_failure(state_dir: &Path, name: &str, error: &str) {
+    record(state_dir, name, Err(error));
+}
+
+/// The complete archives of a backup, newest last (for `list`, `verify`, `restore`).
+pub fn archives(backup: &Backup) -> Result<Vec<catalog::Entry>, BackupError> {
+    Ok(catalog::list(Path::new(&backup.spec.destination.dir), &backup.name, backup.spec.layout())?)
+}
+
+/// What a restore will do, shown before it does it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePlan {
+    /// The archive.
+    pub archive: PathBuf,
+    /// Its age (ms).
+    pub age_ms: u64,
+    /// Services stopped first (and started after).
+    pub stop: Vec<String>,
+    /// Current data moved aside: (from, to).
+    pub move_aside: Vec<(PathBuf, PathBuf)>,
+    /// Where the archive is extracted, or the command it is streamed into.
+    pub into: String,
+}
+
+/// Plans a restore of `backup` from `from` (default: the newest complete archive), into the
+/// source paths (moving the current data aside) or into `to` (nothing stopped or moved).
+pub fn plan_restore(
+    backup: &Backup,
+    from: Option<&Path>,
+    to: Option<&Path>,
+    vars: &[(String, String)],
+) -> Result<RestorePlan, BackupError> {
+    let archive = match from {
+        Some(p) => p.to_path_buf(),
+        None => archives(backup)?
+            .into_iter()
+            .filter(|e| e.state == EntryState::Complete)
+            .max_by_key(|e| e.time())
+            .map(|e| e.path)
+            .ok_or_else(|| BackupError::NoArchive(backup.name.clone()))?,
+    };
+    let made = catalog::read_manifest(&archive)?.map(|m| m.started_ms).unwrap_or(0);
+    let age_ms = now_ms().saturating_sub(made);
+    let stamp = Zoned::now().strftime("%Y-%m-%d_%H%M%S").to_string();
+    match backup.spec.source_kind() {
+        SourceKind::Paths => {
+            if let Some(t) = to {
+                return Ok(RestorePlan {
+                    archive,
+                    age_ms,
+                    stop: vec![],
+                    move_aside: vec![],
+                    into: format!("{} (a new directory; nothing is stopped or moved)", t.display()),
+                });
+            }
+            let stop = backup.spec.quiesce.as_ref().map(|q| q.stop.clone()).unwrap_or_default();
+            let aside_dir = backup.spec.restore.as_ref().and_then(|r| r.move_aside_to.clone());
+            let mut move_aside = Vec::new();
+            for p in backup.spec.paths() {
+                let p = PathBuf::from(p);
+                if !p.exists() {
+                    continue;
+                }
+                let base = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let target = match &aside_dir {
+                    Some(d) => PathBuf::from(d).join(format!("{base}.{stamp}")),
+                    None => p.with_file_name(format!("{base}.before-restore-{stamp}")),
+                };
+                move_aside.push((p, target));
+            }
+            Ok(RestorePlan { archive, age_ms, stop, move_aside, into: backup.spec.paths().join(" ") })
+        }
+        SourceKind::Exec => {
+            let cmd = restore_command(backup, vars)?;
+            Ok(RestorePlan { archive, age_ms, stop: vec![], move_aside: vec![], into: format!("`{}`", cmd.join(" ")) })
+        }
+    }
+}
+
+fn restore_command(backup: &Backup, vars: &[(String, String)]) -> Result<Vec<String>, BackupError> {
+    let r = backup.spec.restore.as_ref().and_then(|r| r.exec.as_ref()).ok_or_else(|| {
+        BackupError::Refused(format!("{} has no restore.exec: say how to restore its dumps in the spec", backup.name))
+    })?;
+    let mut all = backup.spec.restore.as_ref().map(|r| r.vars.clone()).unwrap_or_default();
+    for (k, v) in vars {
+        all.insert(k.clone(), v.clone());
+    }
+    r.command
+        .iter()
+        .map(|arg| {
+            tend_specs::backup::fill_placeholders(arg, &all).map_err(|missing| {
+                BackupError::Refused(format!("set `{missing}`: tend restore … --set {missing}=VALUE"))
+            })
+        })
+        .collect()
+}
+
+/// Carries out a planned restore.
+pub async fn restore(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    plan: &RestorePlan,
+    to: Option<&Path>,
+    vars: &[(String, String)],
+    ctx: &Context,
+) -> Result<(), BackupError> {
+    let sha = catalog::read_manifest(&plan.archive)?.map(|m| m.sha256);
+    if backup.spec.source_kind() == SourceKind::Exec {
+        return exec_restore(engines, desired, backup, plan, sha, vars).await;
+    }
+    if let Some(t) = to {
+        let (a, t) = (plan.archive.clone(), t.to_path_buf());
+        tokio::task::spawn_blocking(move || archive::extract(&a, &t, sha.as_deref()))
+            .await
+            .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
+        return Ok(());
+    }
+    // Before anything is stopped: the archive is whole and the move-aside target writable.
+    let (a, s) = (plan.archive.clone(), sha.clone());
+    tokio::task::spawn_blocking(move || archive::verify(&a, s.as_deref()))
+        .await
+        .map_err(|e| BackupError::Engine(format!("the verify task failed: {e}")))??;
+    for (from, aside) in &plan.move_aside {
+        let dir = aside.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(|e| {
+            BackupError::Refused(format!("the move-aside directory {} cannot be created: {e}", dir.display()))
+        })?;
+        let probe = dir.join(format!(".tend-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(|e| {
+            BackupError::Refused(format!("the move-aside directory {} cannot be written: {e}", dir.display()))
+        })?;
+        let _ = std::fs::remove_file(&probe);
+        let same_fs = |a: &Path, b: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if x.dev() == y.dev())
+        };
+        if !same_fs(from, dir) {
+            return Err(BackupError::Refused(format!(
+                "{} and the move-aside directory {} are on different filesystems: moving the data aside would copy it",
+                from.display(),
+                dir.display()
+            )));
+        }
+    }
+    let locks = take_locks(ctx, desired, backup, "restore")?;
+    let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
+    let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
+    let result = async {
+        let paths: Vec<PathBuf> = backup.spec.paths().iter().map(PathBuf::from).collect();
+        if let Some(q) = &backup.spec.quiesce {
+            quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, &paths, q.timeout.get(), &journal)
+                .await?;
+        }
+        // Extract whole into a scratch directory next to the data, then swap.
+        let scratch = scratch_dir(&paths[0]);
+        let (a, s, t) = (plan.archive.clone(), sha.clone(), scratch.clone());
+        tokio::task::spawn_blocking(move || archive::extract(&a, &t, s.as_deref()))
+            .await
+            .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
+        for (from, aside) in &plan.move_aside {
+            std::fs::rename(from, aside).map_err(io("moving aside", from))?;
+            info!(from = %from.display(), to = %aside.display(), "current data moved aside");
+        }
+        for p in &paths {
+            let inside = scratch.join(p.strip_prefix("/").unwrap_or(p));
+            if inside.exists() {
+                std::fs::rename(&inside, p).map_err(io("putting the restored data in place at", p))?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok::<(), BackupError>(())
+    }
+    .await;
+    let resumed = quiesce::resume(docker, systemd, &journal).await;
+    drop(locks);
+    result?;
+    resumed.map_err(BackupError::Resume)
+}
+
+fn scratch_dir(first: &Path) -> PathBuf {
+    let parent = first.parent().unwrap_or(Path::new("/"));
+    parent.join(format!(".tend-restore-{}", std::process::id()))
+}
+
+async fn exec_restore(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    plan: &RestorePlan,
+    sha: Option<String>,
+    vars: &[(String, String)],
+) -> Result<(), BackupError> {
+    let command = restore_command(backup, vars)?;
+    let r = backup
+        .spec
+        .restore
+        .as_ref()
+        .and_then(|r| r.exec.as_ref())
+        .ok_or_else(|| BackupError::Refused("no restore.exec".into()))?;
+    // Decompress into a pipe, read asynchronously into the command's stdin.
+    let (reader, writer) = std::io::pipe().map_err(io("making a pipe for", &plan.archive))?;
+    let a = plan.archive.clone();
+    let decompress = tokio::task::spawn_blocking(move || archive::stream_out(&a, sha.as_deref(), writer));
+    let input = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(reader)));
+    let service = match r.runs_in() {
+        RunsIn::Service(s) => desired.services.get(s),
+        RunsIn::Host => None,
+    };
+    let (code, stderr) = if let Some(s) = service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker) {
+        let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
+        docker
+            .exec_in(&instance_name(&s.name, 1), &command, None, input)
+            .await
+            .map_err(|e| BackupError::Engine(chain(&e)))?
+    } else {
+        let mut child = tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(io("starting the restore command", Path::new(&command[0])))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| BackupError::Engine("no stdin".into()))?;
+        let mut input = input;
+        let feed = async move {
+            let r = tokio::io::copy(&mut input, &mut stdin).await;
+            drop(stdin);
+            r
+        };
+        let (_, out) = tokio::join!(feed, child.wait_with_output());
+        let out = out.map_err(io("waiting for the restore command", Path::new(&command[0])))?;
+        (i64::from(out.status.code().unwrap_or(-1)), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    decompress.await.map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
+    if code != 0 {
+        return Err(BackupError::Command {
+            command: command.join(" "),
+            code,
+            stderr,
+            what: "the restore did not finish",
+        });
+    }
+    Ok(())
+}
+
+/// Verifies every archive of `backup` (or the one file given).
+pub fn verify_all(backup: Option<&Backup>, archive: Option<&Path>) -> Vec<(PathBuf, Result<u64, BackupError>)> {
+    let targets: Vec<PathBuf> = match (archive, backup) {
+        (Some(a), _) => vec![a.to_path_buf()],
+        (None, Some(b)) => archives(b).map(|v| v.into_iter().map(|e| e.path).collect()).unwrap_or_default(),
+        (None, None) => vec![],
+    };
+    targets
+        .into_iter()
+        .map(|p| {
+            let r = catalog::read_manifest(&p)
+                .map_err(BackupError::from)
+                .and_then(|m| Ok(archive::verify(&p, m.as_ref().map(|m| m.sha256.as_str()))?))
+                .map(|v| v.entries.unwrap_or(0));
+            (p, r)
+        })
+        .collect()
+}
+
+/// Keeps `Arc` in use for callers that hold engines behind one.
+pub type SharedEngines = Arc<Engines<DockerEngine, SystemdEngine>>;
+
+/// The names of backups whose quiesce journal says a run was interrupted.
+pub fn interrupted(state_dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(state_dir.join("quiesce"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pause for tests of interrupted runs: `TEND_FAULT_BACKUP_PAUSE=SECONDS` makes a run wait
+/// after quiescing, before reading a byte (a window in which to kill it).
+pub fn fault_pause() -> Option<Duration> {
+    std::env::var("TEND_FAULT_BACKUP_PAUSE").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs)
+}

@@ -1,0 +1,275 @@
+//! Backups and restores against real Docker and real files: a quiesced archive of a data
+//! directory with the services back afterwards, a run that cannot fit stopping nothing, a
+//! tend killed mid-backup whose stopped services are started again, a restore that moves
+//! the current data aside, a dump streamed from a container and restored into a database of
+//! another name, and a corrupted archive detected.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::agent::{container_id, running};
+use crate::harness::{self, Env, describe, docker_ok, stdout_of, wait_for};
+use crate::services::service;
+
+fn backup_doc(name: &str, body: &str) -> String {
+    format!("---\napiVersion: tend/v1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n{body}")
+}
+
+fn tend(env: &Env, args: &[&str]) -> Output {
+    let mut full = args.to_vec();
+    full.extend(["--specs", env.spec_arg()]);
+    env.tend(&full)
+}
+
+fn started_at(name: &str) -> String {
+    docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", name]).trim().to_string()
+}
+
+/// A data directory with a few files, readable by the container's bind mount.
+fn data_dir(env: &Env) -> PathBuf {
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(data.join("sub")).expect("data dir");
+    std::fs::write(data.join("db.txt"), "the original records\n").expect("write");
+    std::fs::write(data.join("sub/index"), vec![7u8; 100_000]).expect("write");
+    data
+}
+
+/// Two services on the data (web depends on db), and a Backup of the data quiescing both.
+fn setup(env: &Env) -> (String, String, PathBuf, PathBuf) {
+    let (db, web) = (env.name("db"), env.name("web"));
+    let data = data_dir(env);
+    let dest = env.state_path().join("backups");
+    let aside = env.state_path().join("forensics");
+    env.write_spec("db.yaml", &service(&db, &format!("volumes: ['{}:/data']", data.display())));
+    env.write_spec("web.yaml", &service(&web, &format!("dependsOn: [{{name: {db}}}]")));
+    env.write_spec(
+        "backup.yaml",
+        &backup_doc(
+            "nightly",
+            &format!(
+                "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{web}, {db}], timeout: 20s}}\n  destination: {{dir: '{}'}}\n  copies: [{{dir: '{}'}}]\n  restore: {{moveAsideTo: '{}'}}\n",
+                data.display(),
+                dest.display(),
+                env.state_path().join("copy").display(),
+                aside.display()
+            ),
+        ),
+    );
+    env.apply();
+    (db, web, data, dest)
+}
+
+fn archives_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".zst") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_quiesced_backup_archives_the_data_and_starts_the_services_again() {
+    let env = Env::new("backup_quiesced");
+    let (db, web, _data, dest) = setup(&env);
+    let (db1, web1) = (format!("{db}-1"), format!("{web}-1"));
+    let (db_id, web_id) = (container_id(&db1), container_id(&web1));
+    let (db_started, web_started) = (started_at(&db1), started_at(&web1));
+    let out = tend(&env, &["backup", "run", "nightly", "--output", "json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    // The archive and its manifest, 0600, whole; the copy verified.
+    let archive = PathBuf::from(report["archive"].as_str().expect("archive"));
+    assert!(archive.starts_with(&dest) && archive.exists(), "{report}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&archive).expect("meta").permissions().mode() & 0o777, 0o600);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{}.manifest.json", archive.display())).expect("the manifest beside the archive"),
+    )
+    .expect("manifest JSON");
+    assert_eq!(manifest["backup"], "nightly");
+    assert_eq!(manifest["sha256"], report["sha256"]);
+    assert!(report["copies"].to_string().contains("copy"), "{report}");
+    assert_eq!(archives_in(&env.state_path().join("copy")).len(), 1);
+    // Both services were stopped for it, and run again (same containers).
+    assert!(running(&db1) && running(&web1));
+    assert_eq!((container_id(&db1), container_id(&web1)), (db_id, web_id));
+    assert_ne!(started_at(&db1), db_started, "db was not stopped for the backup");
+    assert_ne!(started_at(&web1), web_started, "web was not stopped for the backup");
+    // web (the dependent) stopped before db and started after it.
+    let finished = |c: &str| docker_ok(&["inspect", "-f", "{{.State.FinishedAt}}", c]).trim().to_string();
+    assert!(finished(&web1) <= finished(&db1), "web should stop first");
+    assert!(started_at(&db1) <= started_at(&web1), "db should start first");
+    // list and verify.
+    let list = stdout_of(&tend(&env, &["backup", "list", "nightly"]));
+    assert!(list.contains("complete"), "{list}");
+    let verify = tend(&env, &["backup", "verify", "nightly"]);
+    assert!(verify.status.success(), "{}", describe(&verify));
+    // A second run the same day gets its own name.
+    let out = tend(&env, &["backup", "run", "nightly"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(archives_in(&dest).len(), 2);
+}
+
+#[test]
+fn a_corrupted_archive_is_detected() {
+    let env = Env::new("backup_corrupt");
+    let (_db, _web, _data, dest) = setup(&env);
+    assert!(tend(&env, &["backup", "run", "nightly"]).status.success());
+    let archive = archives_in(&dest).pop().expect("an archive");
+    let mut bytes = std::fs::read(&archive).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&archive, bytes).expect("write");
+    let out = tend(&env, &["backup", "verify", "nightly"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stdout_of(&out).contains("BAD"), "{}", describe(&out));
+    assert!(
+        stdout_of(&out).to_lowercase().contains("sha256") || stdout_of(&out).contains("checksum"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_backup_that_cannot_fit_fails_before_stopping_anything() {
+    let env = Env::new("backup_no_space");
+    let (db, _web, data, _dest) = setup(&env);
+    // 64 KiB of room for 100 KB of data.
+    let small = env.state_path().join("small");
+    std::fs::create_dir_all(&small).expect("dir");
+    let mount =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&small).output().expect("mount");
+    assert!(mount.status.success(), "mounting a small tmpfs (tests run as root): {}", describe(&mount));
+    let spec = backup_doc(
+        "tight",
+        &format!(
+            "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{db}]}}\n  destination: {{dir: '{}'}}\n",
+            data.display(),
+            small.display()
+        ),
+    );
+    env.write_spec("tight.yaml", &spec);
+    let before = started_at(&format!("{db}-1"));
+    let out = tend(&env, &["backup", "run", "tight"]);
+    let _ = Command::new("umount").arg(&small).status();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was stopped"), "{}", describe(&out));
+    assert_eq!(started_at(&format!("{db}-1")), before, "db was stopped although the backup could not fit");
+}
+
+#[test]
+fn a_tend_killed_mid_backup_leaves_no_archive_and_its_services_are_started_again() {
+    let env = Env::new("backup_killed");
+    let (db, web, _data, dest) = setup(&env);
+    let db1 = format!("{db}-1");
+    let mut child = Command::new(harness::tend_bin())
+        .arg("--state-dir")
+        .arg(env.state_path())
+        .args(["--scope", &env.scope, "--lock-dir"])
+        .arg(env.lock_path())
+        .args(["backup", "run", "nightly", "--specs", env.spec_arg()])
+        .env("TEND_FAULT_BACKUP_PAUSE", "60")
+        .env("TEND_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the backup");
+    wait_for(Duration::from_secs(30), "the services to be stopped for the backup", || !running(&db1));
+    let journal = env.state_path().join("quiesce/nightly.json");
+    assert!(journal.exists(), "no quiesce journal");
+    child.kill().expect("SIGKILL tend");
+    let _ = child.wait();
+    assert!(!running(&db1), "still stopped right after the kill");
+    assert!(archives_in(&dest).is_empty(), "an archive under a final name after a kill");
+    // The next tend (here the next run; the agent does the same at start) starts them again.
+    let t0 = Instant::now();
+    let out = tend(&env, &["backup", "run", "nightly"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(running(&db1) && running(&format!("{web}-1")));
+    assert!(!journal.exists(), "the journal stayed");
+    eprintln!("recovered and backed up in {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_restore_moves_the_current_data_aside_and_puts_the_archive_back() {
+    let env = Env::new("backup_restore");
+    let (db, _web, data, _dest) = setup(&env);
+    assert!(tend(&env, &["backup", "run", "nightly"]).status.success());
+    std::fs::write(data.join("db.txt"), "corrupted\n").expect("corrupt");
+    // Without --yes and without a terminal: refused, nothing changed.
+    let out = tend(&env, &["restore", "nightly"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stdout_of(&out).contains("move aside"), "the plan is shown first: {}", describe(&out));
+    assert_eq!(std::fs::read_to_string(data.join("db.txt")).expect("read"), "corrupted\n");
+    let out = tend(&env, &["restore", "nightly", "--yes"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(data.join("db.txt")).expect("read"), "the original records\n");
+    // The broken data is kept for forensics.
+    let aside: Vec<PathBuf> =
+        std::fs::read_dir(env.state_path().join("forensics")).expect("forensics").flatten().map(|e| e.path()).collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(aside[0].join("db.txt")).expect("read"), "corrupted\n");
+    assert!(running(&format!("{db}-1")));
+    // Into a scratch directory: nothing stopped or moved.
+    let scratch = env.state_path().join("scratch");
+    let out = tend(&env, &["restore", "nightly", "--to", scratch.to_str().expect("utf-8"), "--yes"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let inner = scratch.join(data.strip_prefix("/").expect("absolute")).join("db.txt");
+    assert_eq!(std::fs::read_to_string(inner).expect("read"), "the original records\n");
+}
+
+#[test]
+fn a_dump_streamed_from_a_container_restores_into_a_database_of_another_name() {
+    let env = Env::new("backup_exec");
+    let store = env.name("store");
+    env.write_spec("store.yaml", &service(&store, ""));
+    let dest = env.state_path().join("dumps");
+    env.write_spec(
+        "dump.yaml",
+        &backup_doc(
+            "dump",
+            &format!(
+                "  source: {{exec: {{service: {store}, command: [cat, /tmp/pipeline_prod.db]}}}}\n  destination: {{dir: '{}'}}\n  restore:\n    exec: {{service: {store}, command: [sh, -c, 'cat > /tmp/${{db}}.db']}}\n",
+                dest.display()
+            ),
+        ),
+    );
+    env.apply();
+    let c = format!("{store}-1");
+    docker_ok(&["exec", &c, "sh", "-c", "seq 1 20000 > /tmp/pipeline_prod.db"]);
+    let out = tend(&env, &["backup", "run", "dump"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(archives_in(&dest).len(), 1);
+    // Restoring needs the database name.
+    let out = tend(&env, &["restore", "dump", "--yes"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--set db="), "{}", describe(&out));
+    let out = tend(&env, &["restore", "dump", "--set", "db=pipeline_dev", "--yes"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let original = docker_ok(&["exec", &c, "md5sum", "/tmp/pipeline_prod.db"]);
+    let restored = docker_ok(&["exec", &c, "md5sum", "/tmp/pipeline_dev.db"]);
+    assert_eq!(original.split_whitespace().next(), restored.split_whitespace().next());
+    // A failing dump keeps no archive.
+    env.write_spec(
+        "dump.yaml",
+        &backup_doc(
+            "dump",
+            &format!(
+                "  source: {{exec: {{service: {store}, command: [cat, /tmp/missing.db]}}}}\n  destination: {{dir: '{}'}}\n",
+                dest.display()
+            ),
+        ),
+    );
+    let out = tend(&env, &["backup", "run", "dump"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no archive was kept"), "{}", describe(&out));
+    assert_eq!(archives_in(&dest).len(), 1, "a failed dump left an archive");
+}
