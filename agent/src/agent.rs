@@ -601,8 +601,22 @@ fn load(dir: &Path) -> Result<Desired, Vec<String>> {
     tend_specs::load_path(dir).map_err(|diags| diags.iter().map(ToString::to_string).collect())
 }
 
-fn set_current(shared: &Shared, desired: Desired, dir: PathBuf, commit: Option<String>) {
+fn set_current(shared: &Shared, mut desired: Desired, dir: PathBuf, commit: Option<String>) {
     let fingerprint = fingerprint(&desired);
+    // Scheduled Backups run as Timers (`tend backup run NAME`).
+    let st = &shared.settings;
+    let ctx = crate::backups::TimerContext {
+        tend_bin: &st.tend_bin,
+        scope: &st.scope,
+        state_dir: &st.state_dir,
+        lock_dir: &st.lock_dir,
+        specs: &dir,
+    };
+    if let Err(diags) = crate::backups::add_schedule_timers(&mut desired, &ctx) {
+        for d in diags {
+            error!(error = %d, "scheduling a Backup");
+        }
+    }
     info!(dir = %dir.display(), commit = commit.as_deref().unwrap_or("-"), services = desired.services.len(), timers = desired.timers.len(), "spec set in use");
     shared.metrics.applied_commit(commit.as_deref());
     shared.metrics.spec_errors(0);
@@ -1337,6 +1351,11 @@ impl Control for Api {
             status.timers =
                 crate::jobs::list(&shared.settings.state_dir, &desired, tend_specs::calendar::Timestamp::now());
             status.unchecked = lock(&shared.engines).systemd_missing.clone().filter(|_| apply::needs_units(&desired));
+            status.backups = desired
+                .backups
+                .values()
+                .map(|b| crate::backups::health(&shared.settings.state_dir, b, apply::now_ms()))
+                .collect();
             status.agent = Some(shared.agent_status());
             serde_json::to_value(&status).map_err(|e| Failure::new(500, e.to_string()))
         })

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -838,9 +837,6 @@ pub fn verify_all(backup: Option<&Backup>, archive: Option<&Path>) -> Vec<(PathB
         .collect()
 }
 
-/// Keeps `Arc` in use for callers that hold engines behind one.
-pub type SharedEngines = Arc<Engines<DockerEngine, SystemdEngine>>;
-
 /// The names of backups whose quiesce journal says a run was interrupted.
 pub fn interrupted(state_dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(state_dir.join("quiesce"))
@@ -856,4 +852,152 @@ pub fn interrupted(state_dir: &Path) -> BTreeSet<String> {
 /// after quiescing, before reading a byte (a window in which to kill it).
 pub fn fault_pause() -> Option<Duration> {
     std::env::var("TEND_FAULT_BACKUP_PAUSE").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs)
+}
+
+/// The health of a backup, for `tend status` and metrics.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// The Backup.
+    pub name: String,
+    /// When the last successful run ended (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_ms: Option<u64>,
+    /// The last run's error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The schedule elapsed since the last success without a run succeeding.
+    #[serde(default)]
+    pub missed: bool,
+    /// The newest archive is much smaller than the one before: (previous, newest) bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrunk: Option<(u64, u64)>,
+    /// Temporary files and archives without a manifest left by interrupted runs.
+    #[serde(default)]
+    pub leftovers: usize,
+    /// A run was killed while its services were stopped (they are started by the next run
+    /// or the agent).
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Free bytes in the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+}
+
+impl Health {
+    /// Problems worth a line in `tend status`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.last_success_ms.is_none() {
+            p.push("never succeeded".to_string());
+        }
+        if let Some(e) = &self.last_error {
+            p.push(format!("last run failed: {e}"));
+        }
+        if self.missed {
+            p.push("missed its schedule".to_string());
+        }
+        if let Some((prev, now)) = self.shrunk {
+            p.push(format!("the newest archive is {now} bytes, the one before {prev}"));
+        }
+        if self.leftovers > 0 {
+            p.push(format!("{} leftover(s) of interrupted runs in the destination", self.leftovers));
+        }
+        if self.interrupted {
+            p.push("a run was interrupted with its services stopped".to_string());
+        }
+        p
+    }
+}
+
+/// A newest archive smaller than this share of the one before is reported.
+const SHRINK_RATIO: f64 = 0.5;
+
+/// The health of `backup` now.
+pub fn health(state_dir: &Path, backup: &Backup, now_ms: u64) -> Health {
+    let mut h = Health { name: backup.name.clone(), ..Default::default() };
+    let history =
+        std::fs::read_to_string(state_dir.join("backups").join(&backup.name).join("history.jsonl")).unwrap_or_default();
+    let runs: Vec<serde_json::Value> = history.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    h.last_success_ms = runs.iter().filter(|r| r["ok"] == true).filter_map(|r| r["endMs"].as_u64()).max();
+    if let Some(last) = runs.last()
+        && last["ok"] == false
+    {
+        h.last_error = last["error"].as_str().map(str::to_string);
+    }
+    if let (Some(cal), Some(last)) = (&backup.calendar, h.last_success_ms) {
+        // Missed: an elapse after the last success that is more than an hour past.
+        let after = tend_specs::calendar::Timestamp::from_millisecond(i64::try_from(last).unwrap_or(0)).ok();
+        let due = after.and_then(|t| cal.next_after(t)).map(|z| z.timestamp().as_millisecond());
+        h.missed = due.is_some_and(|d| i64::try_from(now_ms).unwrap_or(i64::MAX) > d + 3_600_000);
+    }
+    if let Ok(entries) = archives(backup) {
+        h.leftovers = entries.iter().filter(|e| e.state != EntryState::Complete).count();
+        let sizes: Vec<u64> = entries.iter().filter(|e| e.state == EntryState::Complete).map(|e| e.size).collect();
+        if let [.., prev, newest] = sizes[..]
+            && (newest as f64) < (prev as f64) * SHRINK_RATIO
+        {
+            h.shrunk = Some((prev, newest));
+        }
+    }
+    h.interrupted = interrupted(state_dir).contains(&backup.name);
+    h.free_bytes = archive::free_bytes(Path::new(&backup.spec.destination.dir)).ok();
+    h
+}
+
+/// Where the job of a scheduled Backup's Timer runs tend.
+#[derive(Debug, Clone, Copy)]
+pub struct TimerContext<'a> {
+    /// The tend binary.
+    pub tend_bin: &'a Path,
+    /// The scope.
+    pub scope: &'a str,
+    /// The state directory.
+    pub state_dir: &'a Path,
+    /// The lock directory.
+    pub lock_dir: &'a Path,
+    /// The spec set.
+    pub specs: &'a Path,
+}
+
+/// A Backup with a `schedule` runs as a Timer: `backup-NAME`, persistent (a run missed while
+/// the host was down is caught up), whose job is `tend backup run NAME`. Adding it to the set
+/// gives it everything Timers have: systemd timer units (or the agent's scheduler), `tend job
+/// list/history`, no overlapping runs. The unit names were checked free when the specs were
+/// loaded.
+pub fn add_schedule_timers(desired: &mut Desired, ctx: &TimerContext<'_>) -> Result<(), Vec<tend_specs::Diagnostic>> {
+    let mut added = Vec::new();
+    for b in desired.backups.values() {
+        let Some(schedule) = &b.spec.schedule else { continue };
+        let name = b.unit_name();
+        if desired.timers.contains_key(&name) {
+            continue;
+        }
+        let path = |p: &Path| p.display().to_string();
+        let exec = vec![
+            path(ctx.tend_bin),
+            "--scope".into(),
+            ctx.scope.to_string(),
+            "--state-dir".into(),
+            path(ctx.state_dir),
+            "--lock-dir".into(),
+            path(ctx.lock_dir),
+            "backup".into(),
+            "run".into(),
+            b.name.clone(),
+            "--specs".into(),
+            path(ctx.specs),
+        ];
+        let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
+        let exec: Vec<String> = exec.iter().map(|a| q(a)).collect();
+        let yaml = format!(
+            "apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  schedule: {}\n  persistent: true\n  job: {{runtime: host, exec: [{}]}}\n",
+            q(schedule),
+            exec.join(", ")
+        );
+        let timers = tend_specs::load_str(Path::new(&format!("<the schedule of Backup {}>", b.name)), &yaml)?.timers;
+        added.extend(timers);
+    }
+    desired.timers.extend(added);
+    Ok(())
 }

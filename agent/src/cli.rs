@@ -392,7 +392,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }));
             }
             let path = &path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SPECS));
-            let desired = load(path)?;
+            let desired = load_with_backups(&cli, path)?;
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired).await?;
@@ -411,7 +411,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })
         }
         Command::Apply { path, output, parallel, now } => {
-            let desired = Arc::new(load(path)?);
+            let desired = Arc::new(load_with_backups(&cli, path)?);
             runtime()?.block_on(async {
                 let (engines, missing) = connect(&desired).await?;
                 let state_dir = StateDir::open(&cli.state_dir)?;
@@ -447,7 +447,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 return Ok(if status.unchecked.is_some() || troubled { ExitCode::from(1) } else { ExitCode::SUCCESS });
             }
             let path = &path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SPECS));
-            let desired = load(path)?;
+            let desired = load_with_backups(&cli, path)?;
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired).await?;
@@ -459,6 +459,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
                 let mut status = crate::status::build(&desired, &observed, &st, &plan);
                 status.timers = crate::jobs::list(&cli.state_dir, &desired, tend_specs::calendar::Timestamp::now());
+                status.backups = desired
+                    .backups
+                    .values()
+                    .map(|b| crate::backups::health(&cli.state_dir, b, apply::now_ms()))
+                    .collect();
                 status.unchecked = missing.clone();
                 match output {
                     Output::Json => print_json(&status)?,
@@ -612,6 +617,28 @@ fn load(path: &Path) -> Result<Desired, CliError> {
         }
         CliError::Invalid { count: diags.len() }
     })
+}
+
+/// Loads specs as [`load`], with the Timers of scheduled Backups added.
+fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
+    let mut desired = load(path)?;
+    let tend_bin =
+        std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
+    let (state_dir, lock_dir, specs) = (absolute(&cli.state_dir), absolute(&cli.lock_dir), absolute(path));
+    let ctx = crate::backups::TimerContext {
+        tend_bin: &tend_bin,
+        scope: &cli.scope,
+        state_dir: &state_dir,
+        lock_dir: &lock_dir,
+        specs: &specs,
+    };
+    crate::backups::add_schedule_timers(&mut desired, &ctx).map_err(|diags| {
+        for d in &diags {
+            eprintln!("{} {d}", Paint::stderr().red("error:"));
+        }
+        CliError::Invalid { count: diags.len() }
+    })?;
+    Ok(desired)
 }
 
 /// The options of a pass from the command line.
@@ -837,6 +864,20 @@ fn print_status(status: &Status) {
     }
     if !status.timers.is_empty() {
         print_job_list(&status.timers);
+    }
+    if !status.backups.is_empty() {
+        let mut rows = vec![vec!["BACKUP".into(), "LAST SUCCESS".into(), "FREE".into(), "HEALTH".into()]];
+        for b in &status.backups {
+            let problems = b.problems();
+            let health = if problems.is_empty() { paint.green("ok") } else { paint.red(&problems.join("; ")) };
+            rows.push(vec![
+                b.name.clone(),
+                b.last_success_ms.map(crate::time::format_ms).unwrap_or_else(|| "never".into()),
+                b.free_bytes.map(|f| format!("{} MiB", f / (1024 * 1024))).unwrap_or_else(|| "-".into()),
+                health,
+            ]);
+        }
+        table(&rows);
     }
     if !status.units.is_empty() {
         let mut rows = vec![vec!["UNIT".into(), "STATE".into(), "ENABLED".into()]];
@@ -1422,7 +1463,7 @@ pub enum JobCommand {
 fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
     match command {
         JobCommand::Schedule { path, duration } => {
-            let desired = load(path)?;
+            let desired = load_with_backups(cli, path)?;
             let timers: Vec<tend_specs::Timer> =
                 desired.timers.values().filter(|t| crate::scheduler::scheduled(t)).cloned().collect();
             if timers.is_empty() {
@@ -1479,7 +1520,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobCommand::Run { name, path, trigger } => {
-            let desired = load(path)?;
+            let desired = load_with_backups(cli, path)?;
             let timer = match crate::jobs::find_timer(&desired, name) {
                 Ok(timer) => timer,
                 Err(e) => return Ok(job_error(&e)),
@@ -1516,7 +1557,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobCommand::List { path, output } => {
-            let desired = load(path)?;
+            let desired = load_with_backups(cli, path)?;
             let entries = crate::jobs::list(&cli.state_dir, &desired, tend_specs::calendar::Timestamp::now());
             match output {
                 Output::Json => print_json(&entries)?,

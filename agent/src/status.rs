@@ -140,6 +140,9 @@ pub struct Status {
     /// The node's drain (`tend drain`), when it is drained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<crate::state::Drain>,
+    /// Backups: last success, missed schedules, shrinking archives, leftovers, free space.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<crate::backups::Health>,
     /// The running agent's own state (absent from a stand-alone `tend status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
@@ -222,5 +225,6 @@ pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) ->
         notes: plan.notes.clone(),
         drain: st.drain.clone(),
         agent: None,
+        backups: Vec::new(),
     }
 }

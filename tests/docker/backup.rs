@@ -113,6 +113,11 @@ fn a_quiesced_backup_archives_the_data_and_starts_the_services_again() {
     assert!(list.contains("complete"), "{list}");
     let verify = tend(&env, &["backup", "verify", "nightly"]);
     assert!(verify.status.success(), "{}", describe(&verify));
+    // Health in status: a success, nothing wrong.
+    let status = env.status_json();
+    let health = &status["backups"][0];
+    assert_eq!(health["name"], "nightly", "{status}");
+    assert!(health["lastSuccessMs"].as_u64().is_some() && health["lastError"].is_null(), "{status}");
     // A second run the same day gets its own name.
     let out = tend(&env, &["backup", "run", "nightly"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -164,6 +169,10 @@ fn a_backup_that_cannot_fit_fails_before_stopping_anything() {
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was stopped"), "{}", describe(&out));
     assert_eq!(started_at(&format!("{db}-1")), before, "db was stopped although the backup could not fit");
+    // The failure shows in status.
+    let status = env.status_json();
+    let tight = status["backups"].as_array().into_iter().flatten().find(|b| b["name"] == "tight").cloned();
+    assert!(tight.is_some_and(|b| b["lastError"].as_str().is_some_and(|e| e.contains("free"))), "{status}");
 }
 
 #[test]
@@ -272,4 +281,34 @@ fn a_dump_streamed_from_a_container_restores_into_a_database_of_another_name() {
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no archive was kept"), "{}", describe(&out));
     assert_eq!(archives_in(&dest).len(), 1, "a failed dump left an archive");
+}
+
+#[test]
+fn a_scheduled_backup_runs_by_itself_as_a_timer_of_the_agent() {
+    let env = Env::new("backup_scheduled");
+    let data = data_dir(&env);
+    let dest = env.state_path().join("scheduled");
+    env.write_spec(
+        "b.yaml",
+        &backup_doc(
+            "often",
+            &format!(
+                "  schedule: '*:*:0/2'\n  source: {{paths: ['{}']}}\n  destination: {{dir: '{}', layout: '{{name}}/{{date}}-{{time}}.tar.zst'}}\n  retention: {{keepLast: 2}}\n",
+                data.display(),
+                dest.display()
+            ),
+        ),
+    );
+    // The Backup is a Timer: listed, with its job.
+    let list = stdout_of(&env.tend(&["job", "list", env.spec_arg()]));
+    assert!(list.contains("backup-often"), "{list}");
+    let _agent = crate::agent::Agent::start(&env, &["--specs", env.spec_arg()]);
+    wait_for(Duration::from_secs(40), "three scheduled runs", || {
+        std::fs::read_to_string(env.state_path().join("backups/often/history.jsonl"))
+            .is_ok_and(|h| h.lines().count() >= 3)
+    });
+    // Retention keeps two.
+    assert!(archives_in(&dest).len() <= 3, "{:?}", archives_in(&dest));
+    let history = stdout_of(&env.tend(&["job", "history", "backup-often"]));
+    assert!(history.contains("ok"), "{history}");
 }
