@@ -1205,6 +1205,15 @@ pub enum BackupCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Run the Backup's restore drill now: the newest archive restored into a scratch
+    /// directory and its check run there.
+    Drill {
+        /// The Backup.
+        name: String,
+        /// The spec set.
+        #[arg(long)]
+        specs: Option<PathBuf>,
+    },
     /// Verify archives: checksum against the manifest and a full read.
     Verify {
         /// The Backup (all its archives), or an archive file.
@@ -1318,6 +1327,19 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Drill { name, specs } => {
+            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let b = the_backup(&desired, name)?;
+            let report = runtime()?.block_on(crate::backups::drill(b, &backup_ctx(cli)))?;
+            println!(
+                "{} {name}: {} restored ({} entries) and checked in {} ms",
+                Paint::stdout().green("drill passed"),
+                report.archive.display(),
+                report.entries,
+                report.duration_ms
+            );
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Verify { target, specs } => {

@@ -312,3 +312,61 @@ fn a_scheduled_backup_runs_by_itself_as_a_timer_of_the_agent() {
     let history = stdout_of(&env.tend(&["job", "history", "backup-often"]));
     assert!(history.contains("ok"), "{history}");
 }
+
+#[test]
+fn a_drill_restores_into_scratch_and_runs_its_check() {
+    let env = Env::new("backup_drill");
+    let data = data_dir(&env);
+    let dest = env.state_path().join("drilled");
+    let check = env.state_path().join("check.sh");
+    let rel = data.strip_prefix("/").expect("absolute").join("db.txt");
+    std::fs::write(&check, format!("test \"$(cat \"$1/{}\")\" = 'the original records'\n", rel.display()))
+        .expect("script");
+    let spec = |check: &Path| {
+        backup_doc(
+            "drilled",
+            &format!(
+                "  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n  drill: {{schedule: weekly, check: [/bin/sh, '{}']}}\n",
+                data.display(),
+                dest.display(),
+                check.display()
+            ),
+        )
+    };
+    env.write_spec("b.yaml", &spec(&check));
+    assert!(tend(&env, &["backup", "run", "drilled"]).status.success());
+    let out = tend(&env, &["backup", "drill", "drilled"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout_of(&out).contains("drill passed"), "{}", describe(&out));
+    assert!(!env.state_path().join("drills/drilled").exists(), "the scratch stayed");
+    // A check that fails fails the drill; the live data is untouched either way.
+    let failing = env.state_path().join("fail.sh");
+    std::fs::write(&failing, "exit 3\n").expect("script");
+    env.write_spec("b.yaml", &spec(&failing));
+    let out = tend(&env, &["backup", "drill", "drilled"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(data.join("db.txt")).expect("read"), "the original records\n");
+    // It is scheduled as a Timer.
+    assert!(stdout_of(&env.tend(&["job", "list", env.spec_arg()])).contains("backup-drilled-drill"));
+}
+
+#[test]
+fn a_restore_refuses_a_move_aside_target_it_cannot_rename_into() {
+    let env = Env::new("backup_aside_refused");
+    let (db, _web, data, _dest) = setup(&env);
+    assert!(tend(&env, &["backup", "run", "nightly"]).status.success());
+    // The move-aside directory on another filesystem: moving aside would be a copy.
+    let other = env.state_path().join("forensics");
+    std::fs::create_dir_all(&other).expect("dir");
+    let mount =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&other).output().expect("mount");
+    assert!(mount.status.success(), "mounting a tmpfs (tests run as root): {}", describe(&mount));
+    std::fs::write(data.join("db.txt"), "current\n").expect("write");
+    let before = started_at(&format!("{db}-1"));
+    let out = tend(&env, &["restore", "nightly", "--yes"]);
+    let _ = Command::new("umount").arg(&other).status();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different filesystems"), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(data.join("db.txt")).expect("read"), "current\n", "data changed");
+    assert_eq!(started_at(&format!("{db}-1")), before, "a service was stopped");
+}
