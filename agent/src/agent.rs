@@ -1247,9 +1247,13 @@ fn wait_for_release(shared: &Shared, target: &str) {
     });
 }
 
-/// New job runs (from the histories) into the metrics.
+/// New job runs (from the histories) into the metrics, and the Backups' health.
 fn record_jobs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
     let Some(set) = shared.current() else { return };
+    for b in set.desired.backups.values() {
+        let h = crate::backups::health(&shared.settings.state_dir, b, apply::now_ms());
+        shared.metrics.backup(&b.name, h.last_success_ms, h.problems().len());
+    }
     for name in set.desired.timers.keys() {
         let Ok(records) = crate::jobs::history(&shared.settings.state_dir, name, Some(20)) else { continue };
         let last = seen.get(name).copied().unwrap_or(0);

@@ -51,6 +51,11 @@ struct JobLabels {
     job: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    backup: String,
+}
+
 fn result(ok: bool) -> &'static str {
     if ok { "ok" } else { "failed" }
 }
@@ -73,6 +78,8 @@ pub struct Metrics {
     mass_removal_blocked: Gauge,
     job_runs: Family<JobResultLabels, Counter>,
     job_duration: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    backup_last_success: Family<BackupLabels, Gauge>,
+    backup_problems: Family<BackupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -146,7 +153,21 @@ impl Metrics {
             Unit::Seconds,
             job_duration.clone(),
         );
+        let backup_last_success = Family::<BackupLabels, Gauge>::default();
+        registry.register(
+            "tend_backup_last_success_timestamp_seconds",
+            "When each Backup last succeeded (seconds since the epoch; 0: never)",
+            backup_last_success.clone(),
+        );
+        let backup_problems = Family::<BackupLabels, Gauge>::default();
+        registry.register(
+            "tend_backup_problems",
+            "Health problems of each Backup (failed or missed runs, a shrinking archive, leftovers, an interrupted quiesce)",
+            backup_problems.clone(),
+        );
         Metrics {
+            backup_last_success,
+            backup_problems,
             registry,
             pass_duration,
             passes,
@@ -215,6 +236,14 @@ impl Metrics {
     pub fn job(&self, name: &str, ok: bool, duration: Duration) {
         self.job_runs.get_or_create(&JobResultLabels { job: name.to_string(), result: result(ok) }).inc();
         self.job_duration.get_or_create(&JobLabels { job: name.to_string() }).set(duration.as_secs_f64());
+    }
+
+    /// A Backup's health: `tend_backup_last_success_timestamp_seconds{backup}` and
+    /// `tend_backup_problems{backup}`.
+    pub fn backup(&self, name: &str, last_success_ms: Option<u64>, problems: usize) {
+        let labels = BackupLabels { backup: name.to_string() };
+        self.backup_last_success.get_or_create(&labels).set(last_success_ms.map_or(0, |ms| (ms / 1000) as i64));
+        self.backup_problems.get_or_create(&labels).set(problems as i64);
     }
 
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), ending in `# EOF`.

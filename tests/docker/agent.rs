@@ -69,7 +69,7 @@ impl Agent {
     }
 
     /// `curl --unix-socket` GET of the metrics.
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let out = Command::new("curl")
             .args(["-sf", "--unix-socket"])
             .arg(&self.socket)

@@ -302,10 +302,21 @@ fn a_scheduled_backup_runs_by_itself_as_a_timer_of_the_agent() {
     // The Backup is a Timer: listed, with its job.
     let list = stdout_of(&env.tend(&["job", "list", env.spec_arg()]));
     assert!(list.contains("backup-often"), "{list}");
-    let _agent = crate::agent::Agent::start(&env, &["--specs", env.spec_arg()]);
+    let agent = crate::agent::Agent::start(&env, &["--specs", env.spec_arg()]);
     wait_for(Duration::from_secs(40), "three scheduled runs", || {
         std::fs::read_to_string(env.state_path().join("backups/often/history.jsonl"))
             .is_ok_and(|h| h.lines().count() >= 3)
+    });
+    // Its health is a metric (updated after each pass: ask for one).
+    let _ = Command::new("curl")
+        .args(["-sf", "-X", "POST", "--unix-socket"])
+        .arg(env.socket_path())
+        .arg("http://tend/v1/pass")
+        .output();
+    wait_for(Duration::from_secs(10), "the backup's metrics", || {
+        agent.metrics().lines().any(|l| {
+            l.starts_with("tend_backup_last_success_timestamp_seconds{backup=\"often\"}") && !l.ends_with(" 0")
+        })
     });
     // Retention keeps two.
     assert!(archives_in(&dest).len() <= 3, "{:?}", archives_in(&dest));
