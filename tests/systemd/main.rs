@@ -10,6 +10,7 @@
 
 mod agent;
 mod apply;
+mod backup;
 #[path = "../harness/systemd.rs"]
 mod node;
 mod units;
