@@ -109,6 +109,8 @@ pub struct Context {
     pub state_dir: PathBuf,
     /// The maintenance lock directory.
     pub locks: LockDir,
+    /// Counts the bytes that went into the archive, for a progress display.
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// What a run did.
@@ -157,9 +159,9 @@ fn take_locks(ctx: &Context, desired: &Desired, backup: &Backup, what: &str) -> 
         .map_err(|source| BackupError::Locked { backup: backup.name.clone(), source: Box::new(source) })
 }
 
-fn write_options(backup: &Backup) -> WriteOptions {
+fn write_options(backup: &Backup, ctx: &Context) -> WriteOptions {
     let c = &backup.spec.compression;
-    WriteOptions { level: i32::try_from(c.level).unwrap_or(3), threads: c.threads, progress: None }
+    WriteOptions { level: i32::try_from(c.level).unwrap_or(3), threads: c.threads, progress: ctx.progress.clone() }
 }
 
 /// Runs backup `name` once.
@@ -189,7 +191,7 @@ pub async fn run(
         rel = with_time(&rel, &now);
     }
     let final_path = dest.join(&rel);
-    let options = write_options(backup);
+    let options = write_options(backup, ctx);
     let mut warnings = Vec::new();
     let (sha256, bytes, files, input_bytes) = match backup.spec.source_kind() {
         SourceKind::Paths => {

@@ -1225,7 +1225,40 @@ pub enum BackupCommand {
 }
 
 fn backup_ctx(cli: &Cli) -> crate::backups::Context {
-    crate::backups::Context { state_dir: cli.state_dir.clone(), locks: crate::locks::LockDir::new(&cli.lock_dir) }
+    crate::backups::Context {
+        state_dir: cli.state_dir.clone(),
+        locks: crate::locks::LockDir::new(&cli.lock_dir),
+        progress: None,
+    }
+}
+
+/// Shows bytes, rate and ETA on a terminal (stderr) while `done` is false.
+fn show_progress(
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    total: Option<u64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let n = counter.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let rate = n as f64 / secs;
+            let mut line = format!("\r{:.1} MiB", mib(n));
+            if let Some(t) = total.filter(|t| *t > 0) {
+                line.push_str(&format!(" of {:.1} MiB", mib(t)));
+                if rate > 0.0 && t > n {
+                    line.push_str(&format!(", ETA {:.0}s", (t - n) as f64 / rate));
+                }
+            }
+            line.push_str(&format!(", {:.1} MiB/s   ", mib(rate as u64)));
+            eprint!("{line}");
+        }
+        eprintln!();
+    })
 }
 
 fn the_backup<'a>(desired: &'a Desired, name: &str) -> Result<&'a tend_specs::desired::Backup, CliError> {
@@ -1239,10 +1272,25 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             let desired = load(&specs_for(cli, specs.as_deref())?)?;
             the_backup(&desired, name)?;
             let rt = runtime()?;
+            let mut ctx = backup_ctx(cli);
+            // Progress (bytes, rate, ETA) on a terminal.
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let shower = std::io::stderr().is_terminal().then(|| {
+                let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                ctx.progress = Some(counter.clone());
+                let b = &desired.backups[name.as_str()];
+                let paths: Vec<PathBuf> = b.spec.paths().iter().map(PathBuf::from).collect();
+                let total = (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten();
+                show_progress(counter, total, done.clone())
+            });
             let result = rt.block_on(async {
                 let (engines, _) = connect(&desired).await?;
-                crate::backups::run(&engines, &desired, name, &backup_ctx(cli)).await.map_err(CliError::Backup)
+                crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
             });
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(h) = shower {
+                let _ = h.join();
+            }
             match result {
                 Ok(report) => {
                     match output {
