@@ -381,3 +381,91 @@ fn a_restore_refuses_a_move_aside_target_it_cannot_rename_into() {
     assert_eq!(std::fs::read_to_string(data.join("db.txt")).expect("read"), "current\n", "data changed");
     assert_eq!(started_at(&format!("{db}-1")), before, "a service was stopped");
 }
+
+/// Debian's PostgreSQL server binaries (`/usr/lib/postgresql/VERSION/bin`).
+fn pg_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's postgresql is installed (scripts/test.sh installs it)")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("a PostgreSQL server with pg_ctl")
+}
+
+fn as_postgres(args: &[&str]) -> Output {
+    let out = Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().expect("runuser");
+    assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    out
+}
+
+#[test]
+fn a_postgres_dump_restores_into_a_database_of_another_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("backup_postgres");
+    let bin = pg_bin();
+    let bin_s = |b: &str| bin.join(b).display().to_string();
+    // A cluster of its own, on its own port and socket directory.
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (data, sock) = (root.path().join("data"), root.path().display().to_string());
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port().to_string();
+    as_postgres(&[&bin_s("initdb"), "-D", data.to_str().expect("utf-8"), "-A", "trust"]);
+    let opts = format!("-p {port} -k {sock} -c listen_addresses=''");
+    // The server inherits pg_ctl's output: let it not hold a pipe of ours.
+    let started = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &bin_s("pg_ctl"),
+            "-D",
+            data.to_str().expect("utf-8"),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("pg_ctl");
+    assert!(started.success(), "pg_ctl start failed");
+    struct Stop(String, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--", &self.0, "-D"])
+                .arg(&self.1)
+                .args(["-m", "fast", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _stop = Stop(bin_s("pg_ctl"), data.clone());
+    let psql = |db: &str, sql: &str| {
+        stdout_of(&as_postgres(&["psql", "-h", &sock, "-p", &port, "-d", db, "-tAc", sql])).trim().to_string()
+    };
+    as_postgres(&["createdb", "-h", &sock, "-p", &port, "pipeline_prod"]);
+    psql(
+        "pipeline_prod",
+        "create table users (id int primary key, name text); insert into users select g, 'user ' || g from generate_series(1, 5000) g",
+    );
+    let dest = env.state_path().join("pg");
+    let spec = format!(
+        "  source:\n    exec: {{runtime: host, command: [/usr/sbin/runuser, -u, postgres, --, /usr/bin/pg_dump, -h, '{sock}', -p, '{port}', -Fc, pipeline_prod]}}\n  destination: {{dir: '{}'}}\n  restore:\n    exec: {{runtime: host, command: [/usr/sbin/runuser, -u, postgres, --, /bin/sh, -c, 'createdb -h {sock} -p {port} ${{db}} && pg_restore -h {sock} -p {port} -d ${{db}}']}}\n",
+        dest.display()
+    );
+    env.write_spec("pg.yaml", &backup_doc("pg", &spec));
+    let out = tend(&env, &["backup", "run", "pg"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(archives_in(&dest).len(), 1);
+    let out = tend(&env, &["restore", "pg", "--set", "db=pipeline_dev", "--yes"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(psql("pipeline_dev", "select count(*), max(name) from users"), "5000|user 999");
+    // Production untouched.
+    assert_eq!(psql("pipeline_prod", "select count(*) from users"), "5000");
+}
