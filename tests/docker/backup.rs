@@ -48,10 +48,11 @@ fn setup(env: &Env) -> (String, String, PathBuf, PathBuf) {
         &backup_doc(
             "nightly",
             &format!(
-                "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{web}, {db}], timeout: 20s}}\n  destination: {{dir: '{}'}}\n  copies: [{{dir: '{}'}}]\n  restore: {{moveAsideTo: '{}'}}\n",
+                "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{web}, {db}], timeout: 20s}}\n  destination: {{dir: '{}'}}\n  copies: [{{dir: '{}'}}, {{rsync: '{}'}}]\n  restore: {{moveAsideTo: '{}'}}\n",
                 data.display(),
                 dest.display(),
                 env.state_path().join("copy").display(),
+                env.state_path().join("rsynced").display(),
                 aside.display()
             ),
         ),
@@ -99,6 +100,10 @@ fn a_quiesced_backup_archives_the_data_and_starts_the_services_again() {
     assert_eq!(manifest["sha256"], report["sha256"]);
     assert!(report["copies"].to_string().contains("copy"), "{report}");
     assert_eq!(archives_in(&env.state_path().join("copy")).len(), 1);
+    // The rsync copy (here to a local path: the same code path as user@host:/path, without
+    // ssh), verified by a checksum dry run.
+    assert!(report["copies"].to_string().contains("rsync"), "{report}");
+    assert_eq!(archives_in(&env.state_path().join("rsynced")).len(), 1);
     // Both services were stopped for it, and run again (same containers).
     assert!(running(&db1) && running(&web1));
     assert_eq!((container_id(&db1), container_id(&web1)), (db_id, web_id));
