@@ -970,70 +970,54 @@ pub struct TimerContext<'a> {
 pub fn add_schedule_timers(desired: &mut Desired, ctx: &TimerContext<'_>) -> Result<(), Vec<tend_specs::Diagnostic>> {
     let mut added = Vec::new();
     for b in desired.backups.values() {
-        let Some(schedule) = &b.spec.schedule else { continue };
-        let name = b.unit_name();
-        if desired.timers.contains_key(&name) {
-            continue;
-        }
-        let path = |p: &Path| p.display().to_string();
-        let exec = vec![
-            path(ctx.tend_bin),
-            "--scope".into(),
-            ctx.scope.to_string(),
-            "--state-dir".into(),
-            path(ctx.state_dir),
-            "--lock-dir".into(),
-            path(ctx.lock_dir),
-            "backup".into(),
-            "run".into(),
-            b.name.clone(),
-            "--specs".into(),
-            path(ctx.specs),
+        // The backup itself (persistent: a run missed while the host was down is caught up),
+        // and its restore drill.
+        let runs = [
+            (b.unit_name(), b.spec.schedule.as_deref(), "run", "persistent: true\n  "),
+            (b.drill_unit_name(), b.spec.drill.as_ref().map(|d| d.schedule.as_str()), "drill", ""),
         ];
-        let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
-        let exec: Vec<String> = exec.iter().map(|a| q(a)).collect();
-        let yaml = format!(
-            "apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  schedule: {}\n  persistent: true\n  job: {{runtime: host, exec: [{}]}}\n",
-            q(schedule),
-            exec.join(", ")
-        );
-        let timers = tend_specs::load_str(Path::new(&format!("<the schedule of Backup {}>", b.name)), &yaml)?.timers;
-        added.extend(timers);
-    }
-    for b in desired.backups.values() {
-        let Some(drill) = &b.spec.drill else { continue };
-        let name = b.drill_unit_name();
-        if desired.timers.contains_key(&name) {
-            continue;
+        for (name, schedule, command, persistent) in runs {
+            let Some(schedule) = schedule else { continue };
+            if desired.timers.contains_key(&name) {
+                continue;
+            }
+            let yaml = timer_yaml(&name, schedule, persistent, &job_argv(ctx, command, &b.name));
+            let file = format!("<the {command} schedule of Backup {}>", b.name);
+            added.extend(tend_specs::load_str(Path::new(&file), &yaml)?.timers);
         }
-        let path = |p: &Path| p.display().to_string();
-        let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
-        let exec: Vec<String> = [
-            path(ctx.tend_bin),
-            "--scope".into(),
-            ctx.scope.to_string(),
-            "--state-dir".into(),
-            path(ctx.state_dir),
-            "--lock-dir".into(),
-            path(ctx.lock_dir),
-            "backup".into(),
-            "drill".into(),
-            b.name.clone(),
-            "--specs".into(),
-            path(ctx.specs),
-        ]
-        .iter()
-        .map(|a| q(a))
-        .collect();
-        let yaml = format!(
-            "apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  schedule: {}\n  job: {{runtime: host, exec: [{}]}}\n",
-            q(&drill.schedule),
-            exec.join(", ")
-        );
-        added.extend(tend_specs::load_str(Path::new(&format!("<the drill of Backup {}>", b.name)), &yaml)?.timers);
     }
     desired.timers.extend(added);
     Ok(())
+}
+
+/// `tend … backup COMMAND NAME --specs SPECS` with this agent's scope and directories.
+fn job_argv(ctx: &TimerContext<'_>, command: &str, name: &str) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        path(ctx.tend_bin),
+        "--scope".into(),
+        ctx.scope.to_string(),
+        "--state-dir".into(),
+        path(ctx.state_dir),
+        "--lock-dir".into(),
+        path(ctx.lock_dir),
+        "backup".into(),
+        command.into(),
+        name.into(),
+        "--specs".into(),
+        path(ctx.specs),
+    ]
+}
+
+/// A Timer document running `exec` on `schedule` (JSON strings are YAML flow scalars).
+fn timer_yaml(name: &str, schedule: &str, persistent: &str, exec: &[String]) -> String {
+    let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    let exec: Vec<String> = exec.iter().map(|a| q(a)).collect();
+    format!(
+        "apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  schedule: {}\n  {persistent}job: {{runtime: host, exec: [{}]}}\n",
+        q(schedule),
+        exec.join(", ")
+    )
 }
 
 /// What a drill did.
