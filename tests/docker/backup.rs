@@ -474,3 +474,29 @@ fn a_postgres_dump_restores_into_a_database_of_another_name() {
     // Production untouched.
     assert_eq!(psql("pipeline_prod", "select count(*) from users"), "5000");
 }
+
+#[test]
+fn an_operator_is_told_a_target_is_mid_backup() {
+    let env = Env::new("backup_mid_maint");
+    let (db, _web, _data, _dest) = setup(&env);
+    let mut child = Command::new(harness::tend_bin())
+        .arg("--state-dir")
+        .arg(env.state_path())
+        .args(["--scope", &env.scope, "--lock-dir"])
+        .arg(env.lock_path())
+        .args(["backup", "run", "nightly", "--specs", env.spec_arg()])
+        .env("TEND_FAULT_BACKUP_PAUSE", "5")
+        .env("TEND_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the backup");
+    wait_for(Duration::from_secs(30), "the backup to quiesce db", || !running(&format!("{db}-1")));
+    let out = env.tend(&["maintain", "--specs", env.spec_arg(), &db, "--", "true"]);
+    assert!(!out.status.success(), "an operator took a target mid-backup\n{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("backup nightly"), "the refusal should name the backup: {err}");
+    let status = child.wait().expect("the backup");
+    assert!(status.success());
+    assert!(running(&format!("{db}-1")));
+}
