@@ -61,6 +61,23 @@ fn setup(env: &Env) -> (String, String, PathBuf, PathBuf) {
     (db, web, data, dest)
 }
 
+/// `tend backup run NAME` in the background, pausing `pause_s` seconds with its services
+/// quiesced (`TEND_FAULT_BACKUP_PAUSE`): a window in which to kill it or disturb it.
+fn paused_backup(env: &Env, name: &str, pause_s: u32) -> std::process::Child {
+    Command::new(harness::tend_bin())
+        .arg("--state-dir")
+        .arg(env.state_path())
+        .args(["--scope", &env.scope, "--lock-dir"])
+        .arg(env.lock_path())
+        .args(["backup", "run", name, "--specs", env.spec_arg()])
+        .env("TEND_FAULT_BACKUP_PAUSE", pause_s.to_string())
+        .env("TEND_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the backup")
+}
+
 fn archives_in(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -185,18 +202,7 @@ fn a_tend_killed_mid_backup_leaves_no_archive_and_its_services_are_started_again
     let env = Env::new("backup_killed");
     let (db, web, _data, dest) = setup(&env);
     let db1 = format!("{db}-1");
-    let mut child = Command::new(harness::tend_bin())
-        .arg("--state-dir")
-        .arg(env.state_path())
-        .args(["--scope", &env.scope, "--lock-dir"])
-        .arg(env.lock_path())
-        .args(["backup", "run", "nightly", "--specs", env.spec_arg()])
-        .env("TEND_FAULT_BACKUP_PAUSE", "60")
-        .env("TEND_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the backup");
+    let mut child = paused_backup(&env, "nightly", 60);
     wait_for(Duration::from_secs(30), "the services to be stopped for the backup", || !running(&db1));
     let journal = env.state_path().join("quiesce/nightly.json");
     assert!(journal.exists(), "no quiesce journal");
@@ -479,18 +485,7 @@ fn a_postgres_dump_restores_into_a_database_of_another_name() {
 fn an_operator_is_told_a_target_is_mid_backup() {
     let env = Env::new("backup_mid_maint");
     let (db, _web, _data, _dest) = setup(&env);
-    let mut child = Command::new(harness::tend_bin())
-        .arg("--state-dir")
-        .arg(env.state_path())
-        .args(["--scope", &env.scope, "--lock-dir"])
-        .arg(env.lock_path())
-        .args(["backup", "run", "nightly", "--specs", env.spec_arg()])
-        .env("TEND_FAULT_BACKUP_PAUSE", "5")
-        .env("TEND_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the backup");
+    let mut child = paused_backup(&env, "nightly", 5);
     wait_for(Duration::from_secs(30), "the backup to quiesce db", || !running(&format!("{db}-1")));
     let out = env.tend(&["maintain", "--specs", env.spec_arg(), &db, "--", "true"]);
     assert!(!out.status.success(), "an operator took a target mid-backup\n{}", describe(&out));
