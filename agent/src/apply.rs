@@ -290,8 +290,16 @@ pub fn plan_for(
 ) -> Plan {
     let ctx = options.units.ctx();
     let ignore_windows = options.ignore_windows;
-    let plan =
-        plan::plan(Input { desired, observed, state, now_ms: now_ms(), pulled, units: Some(&ctx), ignore_windows });
+    let plan = plan::plan(Input {
+        desired,
+        observed,
+        state,
+        now_ms: now_ms(),
+        pulled,
+        units: Some(&ctx),
+        ignore_windows,
+        zone: plan::window::host_zone(),
+    });
     if options.skip_owners.is_empty() { plan } else { plan.without_owners(&options.skip_owners) }
 }
 

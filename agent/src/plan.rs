@@ -564,6 +564,9 @@ pub struct Input<'a> {
     pub units: Option<&'a crate::units::Context<'a>>,
     /// Make changes now even where a service's update window is closed (`tend apply --now`).
     pub ignore_windows: bool,
+    /// The host's time zone, in which update windows without a zone are read (as systemd
+    /// reads `OnCalendar=`); the caller reads it, so planning stays pure.
+    pub zone: &'a tend_specs::calendar::LocalZone,
 }
 
 /// Normalizes an image reference the way the engine lists it (`busybox` → `busybox:latest`).
@@ -607,11 +610,11 @@ pub fn plan(input: Input<'_>) -> Plan {
     if let Some(drain) = &input.state.drain {
         return drain::plan_drained(input, drain);
     }
-    let Input { desired, observed, state, now_ms, pulled, units, ignore_windows } = input;
+    let Input { desired, observed, state, now_ms, pulled, units, ignore_windows, zone } = input;
     let mut b = Builder { steps: Vec::new(), notes: Vec::new() };
     // Services whose update window is closed: their running instances are not replaced or
     // removed in this pass.
-    let windows = window::closed(desired, now_ms, ignore_windows, window::host_zone());
+    let windows = window::closed(desired, now_ms, ignore_windows, zone);
 
     // Containers by service and instance; unrecognized ones are noted and left alone.
     let mut live: BTreeMap<&str, BTreeMap<u32, Vec<&Container>>> = BTreeMap::new();

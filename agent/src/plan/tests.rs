@@ -11,6 +11,10 @@ use crate::model::{Container, Health, Network, Observed, RunState};
 use crate::state::{Hold, RestartRecord, State};
 
 const NOW: u64 = 1_000_000_000;
+
+/// The zone update windows without a zone are read in (schedules in the tests name theirs).
+static UTC: std::sync::LazyLock<tend_specs::calendar::LocalZone> =
+    std::sync::LazyLock::new(|| tend_specs::calendar::LocalZone::from_tz(Some("UTC")));
 const IMG: &str = "sha256:aaaa";
 
 /// Specs from YAML documents (services only), with `image: img:1` unless given.
@@ -69,6 +73,7 @@ fn run(d: &Desired, o: &Observed, st: &State) -> Plan {
         pulled: &BTreeSet::new(),
         units: None,
         ignore_windows: false,
+        zone: &UTC,
     })
 }
 
@@ -132,6 +137,7 @@ fn pull_always_pulls_each_pass_until_pulled() {
         pulled: &pulled,
         units: None,
         ignore_windows: false,
+        zone: &UTC,
     });
     assert!(p.is_empty());
 }
@@ -592,6 +598,7 @@ fn plan_units(d: &Desired, units: BTreeMap<String, Unit>, st: &State) -> Plan {
             pulled: &BTreeSet::new(),
             units: Some(ctx),
             ignore_windows: false,
+            zone: &UTC,
         })
     })
 }
@@ -721,6 +728,7 @@ fn without_systemd_no_unit_is_planned() {
             pulled: &BTreeSet::new(),
             units: Some(ctx),
             ignore_windows: false,
+            zone: &UTC,
         })
     });
     assert!(p.is_empty());
@@ -843,6 +851,7 @@ fn a_systemd_service_or_timer_under_maintenance_is_left_alone() {
             pulled: &BTreeSet::new(),
             units: Some(ctx),
             ignore_windows: false,
+            zone: &UTC,
         })
     });
     assert!(p.is_empty(), "{:?}", show(&p));
@@ -1096,7 +1105,16 @@ const OPENS_MS: u64 = 1_000_800_000;
 fn plan_at(d: &Desired, o: &Observed, now_ms: u64, ignore_windows: bool) -> Plan {
     let st = State::default();
     let pulled = BTreeSet::new();
-    plan(Input { desired: d, observed: o, state: &st, now_ms, pulled: &pulled, units: None, ignore_windows })
+    plan(Input {
+        desired: d,
+        observed: o,
+        state: &st,
+        now_ms,
+        pulled: &pulled,
+        units: None,
+        ignore_windows,
+        zone: &UTC,
+    })
 }
 
 fn waiting(service: &str) -> Note {
@@ -1254,6 +1272,7 @@ fn plan_units_at(d: &Desired, units: BTreeMap<String, Unit>, ignore_windows: boo
             pulled: &pulled,
             units: Some(ctx),
             ignore_windows,
+            zone: &UTC,
         })
     })
 }
