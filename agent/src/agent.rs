@@ -526,7 +526,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 follow_up = false;
             }
             follow_up_at = follow_ups.pop_front().map(|d| tokio::time::Instant::now() + d);
-            record_jobs(&shared, &mut jobs_seen);
+            record_runs(&shared, &mut jobs_seen);
             update_scheduler(&shared, &mut scheduler, &stop);
             let line = status_line(&shared);
             sd_notify(&[sd_notify::NotifyState::Status(&line)]);
@@ -1248,7 +1248,7 @@ fn wait_for_release(shared: &Shared, target: &str) {
 }
 
 /// New job runs (from the histories) into the metrics, and the Backups' health.
-fn record_jobs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
+fn record_runs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
     let Some(set) = shared.current() else { return };
     for b in set.desired.backups.values() {
         let h = crate::backups::health(&shared.settings.state_dir, b, apply::now_ms());

@@ -576,8 +576,7 @@ fn agent_settings(
         (None, None, Some(dir)) => SourceSettings::Dir(dir.clone()),
         (None, None, None) => SourceSettings::Dir(PathBuf::from(DEFAULT_SPECS)),
     };
-    let tend_bin =
-        std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
+    let tend_bin = tend_bin();
     Ok(Settings {
         scope,
         state_dir: absolute(&pick("state_dir", &cli.state_dir, &file.state_dir)),
@@ -622,8 +621,7 @@ fn load(path: &Path) -> Result<Desired, CliError> {
 /// Loads specs as [`load`], with the Timers of scheduled Backups added.
 fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     let mut desired = load(path)?;
-    let tend_bin =
-        std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
+    let tend_bin = tend_bin();
     let (state_dir, lock_dir, specs) = (absolute(&cli.state_dir), absolute(&cli.lock_dir), absolute(path));
     let ctx = crate::backups::TimerContext {
         tend_bin: &tend_bin,
@@ -641,11 +639,15 @@ fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     Ok(desired)
 }
 
+/// This binary: Timers' units, hooks and scheduled backups run it (`tend job run`, …).
+fn tend_bin() -> PathBuf {
+    std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"))
+}
+
 /// The options of a pass from the command line.
 fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
     // Timers' service units run this very binary (`tend job run NAME`).
-    let tend_bin =
-        std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tend"));
+    let tend_bin = tend_bin();
     Options {
         scope: cli.scope.clone(),
         parallel,
@@ -1112,7 +1114,7 @@ fn maintain(
     if wait {
         eprintln!("waiting for {} …", keys.join(", "));
     }
-    let held = crate::maintain::take(&dir, &keys, &holder, wait)?;
+    let held = dir.take_exclusive(&keys, &holder, wait).map_err(crate::maintain::MaintainError::from)?;
     let paint = Paint::stderr();
     eprintln!(
         "{} {} ({}): tend leaves {} alone until this {} exits",

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tend_specs::Desired;
 use tend_specs::service::Runtime;
 
-use crate::locks::{Exclusive, Holder, LockDir, LockError};
+use crate::locks::{Exclusive, LockError};
 use crate::model::instance_name;
 use crate::plan::Action;
 
@@ -214,11 +214,6 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
         let _ = rustix::process::kill_process(pid, sig);
     }
-}
-
-/// Takes the locks of `keys` for `holder`; see [`LockDir::take_exclusive`].
-pub fn take(dir: &LockDir, keys: &[String], holder: &Holder, wait: bool) -> Result<Exclusive, MaintainError> {
-    Ok(dir.take_exclusive(keys, holder, wait)?)
 }
 
 #[cfg(test)]

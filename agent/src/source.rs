@@ -101,7 +101,7 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    /// git ran past [`GIT_TIMEOUT`] and was killed.
+    /// git ran past its time limit (5 minutes) and was killed.
     #[error("{op} {reference} of {url}: git ran longer than {}s and was killed", limit.as_secs())]
     Timeout {
         /// What git was doing.
