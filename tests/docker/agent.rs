@@ -82,8 +82,17 @@ impl Agent {
 
     /// Sends SIGTERM and waits for the exit; returns the exit code.
     pub(crate) fn stop(&mut self) -> Option<i32> {
+        self.stop_with(1)
+    }
+
+    /// Sends SIGTERM `signals` times (a second one forces the exit) and waits; returns the
+    /// exit code.
+    pub(crate) fn stop_with(&mut self, signals: usize) -> Option<i32> {
         let mut child = self.child.take().expect("the agent runs");
-        signal(child.id(), "TERM");
+        for _ in 0..signals {
+            signal(child.id(), "TERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().expect("wait for the agent") {
@@ -481,6 +490,22 @@ fn sigterm_during_a_replacement_finishes_it_so_the_service_is_not_left_down() {
     assert_ne!(container_id(&name), old, "the old container is still there");
     let env_of = docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &name]);
     assert!(env_of.contains("VERSION=2"), "{env_of}");
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_without_waiting_for_the_running_step() {
+    let env = Env::new("agent_sigterm_twice");
+    let web = env.name("web");
+    // Stopping takes five seconds: the TERM trap sleeps before it exits.
+    let slow = r#"command: ["sh", "-c", "trap 'sleep 5; exit 0' TERM; sleep 3600 & wait"]"#;
+    env.write_spec("web.yaml", &service(&web, slow));
+    let mut agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    wait_for(Duration::from_secs(30), "the service to run", || running(&format!("{web}-1")));
+    env.write_spec("web.yaml", &service(&web, &format!("{slow}\nenv: {{VERSION: '2'}}")));
+    wait_for(Duration::from_secs(20), "the replacement to begin", || agent.log().contains("action=\"remove\""));
+    // A graceful stop would finish the step and exit 0; the forced one exits 1 at once.
+    assert_eq!(agent.stop_with(2), Some(1), "a forced stop exits 1\n{}", agent.log());
+    assert!(agent.log().contains("second signal"), "{}", agent.log());
 }
 
 #[test]

