@@ -17,7 +17,8 @@ START=$SECONDS
 
 banner "setup: packages, Rust, Docker, demo image"
 mapfile -t PKGS < <(build_pkgs)
-need_pkgs "${PKGS[@]}" docker.io busybox-static docker-registry systemd tzdata git curl util-linux postgresql rsync
+need_pkgs "${PKGS[@]}" docker.io busybox-static docker-registry systemd tzdata git curl util-linux postgresql rsync \
+    openssh-server openssh-client
 ensure_rust
 ensure_docker
 ensure_demo_image

@@ -109,6 +109,8 @@ pub struct Context {
     pub state_dir: PathBuf,
     /// The maintenance lock directory.
     pub locks: LockDir,
+    /// The scope (labels of drill containers).
+    pub scope: String,
     /// Counts the bytes that went into the archive, for a progress display.
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
@@ -471,9 +473,16 @@ async fn copy_to(archive: &Path, rel: &Path, sha256: &str, to: CopyTo<'_>) -> Re
             let parent = rel.parent().map(|p| p.display().to_string()).unwrap_or_default();
             let target = if parent.is_empty() { format!("{dest}/") } else { format!("{dest}/{parent}/") };
             let manifest = catalog::manifest_path(archive);
+            // rsync's own `RSYNC_RSH`, when set, says how to reach the host (port, key, options):
+            // `-e` would override it. Otherwise ssh, never prompting. Its value is not printed.
+            let rsh = std::env::var_os("RSYNC_RSH").is_some_and(|v| !v.is_empty());
             let run = |extra: &[&str]| {
                 let mut c = tokio::process::Command::new("rsync");
-                c.args(["-a", "--checksum", "--mkpath", "-e", "ssh -o BatchMode=yes"]).args(extra);
+                c.args(["-a", "--checksum", "--mkpath"]);
+                if !rsh {
+                    c.args(["-e", "ssh -o BatchMode=yes"]);
+                }
+                c.args(extra);
                 c.arg(archive).arg(&manifest).arg(&target);
                 c
             };
@@ -774,21 +783,41 @@ async fn exec_restore(
         .as_ref()
         .and_then(|r| r.exec.as_ref())
         .ok_or_else(|| BackupError::Refused("no restore.exec".into()))?;
-    // Decompress into a pipe, read asynchronously into the command's stdin.
-    let (reader, writer) = std::io::pipe().map_err(io("making a pipe for", &plan.archive))?;
-    let a = plan.archive.clone();
-    let decompress = tokio::task::spawn_blocking(move || archive::stream_out(&a, sha.as_deref(), writer));
-    let input = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(reader)));
     let service = match r.runs_in() {
         RunsIn::Service(s) => desired.services.get(s),
         RunsIn::Host => None,
     };
-    let (code, stderr) = if let Some(s) = service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker) {
+    let container =
+        service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker).map(|s| instance_name(&s.name, 1));
+    let (code, stderr) = stream_into(engines, container.as_deref(), &command, &plan.archive, sha).await?;
+    if code != 0 {
+        return Err(BackupError::Command {
+            command: command.join(" "),
+            code,
+            stderr,
+            what: "the restore did not finish",
+        });
+    }
+    Ok(())
+}
+
+/// Decompresses `archive` into the standard input of `command`, run in `container` or on the
+/// host. Returns the command's exit code and the end of its stderr.
+async fn stream_into(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    container: Option<&str>,
+    command: &[String],
+    archive: &Path,
+    sha: Option<String>,
+) -> Result<(i64, String), BackupError> {
+    // Decompress into a pipe, read asynchronously into the command's stdin.
+    let (reader, writer) = std::io::pipe().map_err(io("making a pipe for", archive))?;
+    let a = archive.to_path_buf();
+    let decompress = tokio::task::spawn_blocking(move || archive::stream_out(&a, sha.as_deref(), writer));
+    let input = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(reader)));
+    let (code, stderr) = if let Some(container) = container {
         let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
-        docker
-            .exec_in(&instance_name(&s.name, 1), &command, None, input)
-            .await
-            .map_err(|e| BackupError::Engine(chain(&e)))?
+        docker.exec_in(container, command, None, input).await.map_err(|e| BackupError::Engine(chain(&e)))?
     } else {
         let mut child = tokio::process::Command::new(&command[0])
             .args(&command[1..])
@@ -808,16 +837,14 @@ async fn exec_restore(
         let out = out.map_err(io("waiting for the restore command", Path::new(&command[0])))?;
         (i64::from(out.status.code().unwrap_or(-1)), String::from_utf8_lossy(&out.stderr).trim().to_string())
     };
-    decompress.await.map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
-    if code != 0 {
-        return Err(BackupError::Command {
-            command: command.join(" "),
-            code,
-            stderr,
-            what: "the restore did not finish",
-        });
+    match decompress.await.map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))? {
+        // The command stopped reading because it failed: its own error says more.
+        Err(ArchiveError::Output { .. }) if code != 0 => {}
+        // A corrupt archive (checked before a byte is sent) wins over what it caused.
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
     }
-    Ok(())
+    Ok((code, stderr))
 }
 
 /// Verifies every archive of `backup` (or the one file given).
@@ -1026,25 +1053,69 @@ fn timer_yaml(name: &str, schedule: &str, persistent: &str, exec: &[String]) -> 
 pub struct DrillReport {
     /// The archive restored.
     pub archive: PathBuf,
-    /// Entries restored.
-    pub entries: u64,
+    /// Where it was restored: the scratch directory or the scratch container (both removed).
+    pub restored_into: String,
+    /// Entries restored (paths sources).
+    pub entries: Option<u64>,
     /// The check's exit code.
     pub check_code: i32,
     /// How long (ms).
     pub duration_ms: u64,
 }
 
-/// A restore drill: the newest complete archive restored into a scratch directory
-/// (`STATE/drills/NAME`), the check run with `TEND_DRILL_DIR` pointing at it (and the
-/// directory as its last argument), the scratch removed. Nothing live is stopped or touched.
-pub async fn drill(backup: &Backup, ctx: &Context) -> Result<DrillReport, BackupError> {
+/// A restore drill: the newest complete archive restored somewhere scratch, a check run on
+/// the host, the scratch removed. Nothing live is stopped or touched.
+///
+/// - paths sources: restored into the directory `STATE/drills/NAME`; the check gets it as its
+///   last argument and in `TEND_DRILL_DIR`.
+/// - exec sources: a scratch container `NAME-drill` is made from the image of the service
+///   `restore.exec` runs in (its command, environment and health check; no ports, no mounts,
+///   no network), waited for until healthy (or running, without a health check), and the
+///   archive is streamed into `restore.exec` there with the default `restore.vars`; the check
+///   gets the container's name as its last argument and in `TEND_DRILL_CONTAINER` (so it can
+///   `docker exec` a query), then the container is removed with its anonymous volumes.
+pub async fn drill(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    ctx: &Context,
+) -> Result<DrillReport, BackupError> {
     let started = Instant::now();
     let d = backup.spec.drill.as_ref().ok_or_else(|| BackupError::Refused(format!("{} has no drill", backup.name)))?;
-    if backup.spec.source_kind() != SourceKind::Paths {
-        return Err(BackupError::Refused(
-            "drills of exec sources (a scratch container) are not supported yet: restore by hand into a scratch database".into(),
-        ));
+    let mut report = match backup.spec.source_kind() {
+        SourceKind::Paths => paths_drill(backup, d, ctx).await?,
+        SourceKind::Exec => exec_drill(engines, desired, backup, d, ctx).await?,
+    };
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    if report.check_code != 0 {
+        return Err(BackupError::Command {
+            command: d.check.join(" "),
+            code: i64::from(report.check_code),
+            stderr: String::new(),
+            what: "the restored archive failed its check",
+        });
     }
+    Ok(report)
+}
+
+/// Runs a drill's check on the host with `target` as its last argument and `env` set.
+async fn run_check(d: &tend_specs::backup::Drill, target: &str, env: (&str, &str)) -> Result<i32, BackupError> {
+    let status = tokio::process::Command::new(&d.check[0])
+        .args(&d.check[1..])
+        .arg(target)
+        .env(env.0, env.1)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(io("running the drill check", Path::new(&d.check[0])))?;
+    Ok(status.code().unwrap_or(-1))
+}
+
+async fn paths_drill(
+    backup: &Backup,
+    d: &tend_specs::backup::Drill,
+    ctx: &Context,
+) -> Result<DrillReport, BackupError> {
     let plan = plan_restore(backup, None, Some(Path::new("/")), &[])?;
     let scratch = ctx.state_dir.join("drills").join(&backup.name);
     if scratch.exists() {
@@ -1056,29 +1127,102 @@ pub async fn drill(backup: &Backup, ctx: &Context) -> Result<DrillReport, Backup
     let extracted = tokio::task::spawn_blocking(move || archive::extract(&a, &t, sha.as_deref()))
         .await
         .map_err(|e| BackupError::Engine(format!("the drill task failed: {e}")))??;
-    let status = tokio::process::Command::new(&d.check[0])
-        .args(&d.check[1..])
-        .arg(&scratch)
-        .env("TEND_DRILL_DIR", &scratch)
-        .stdin(std::process::Stdio::null())
-        .status()
-        .await
-        .map_err(io("running the drill check", Path::new(&d.check[0])));
+    let dir = scratch.display().to_string();
+    let code = run_check(d, &dir, ("TEND_DRILL_DIR", &dir)).await;
     let _ = std::fs::remove_dir_all(&scratch);
-    let code = status?.code().unwrap_or(-1);
-    let report = DrillReport {
+    Ok(DrillReport {
         archive: plan.archive,
-        entries: extracted.entries,
-        check_code: code,
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    if code != 0 {
-        return Err(BackupError::Command {
-            command: d.check.join(" "),
-            code: i64::from(code),
-            stderr: String::new(),
-            what: "the restored archive failed its check",
-        });
+        restored_into: dir,
+        entries: Some(extracted.entries),
+        check_code: code?,
+        duration_ms: 0,
+    })
+}
+
+async fn exec_drill(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    d: &tend_specs::backup::Drill,
+    ctx: &Context,
+) -> Result<DrillReport, BackupError> {
+    let exec = backup.spec.restore.as_ref().and_then(|r| r.exec.as_ref()).ok_or_else(|| {
+        BackupError::Refused(format!("{} has no restore.exec: a drill restores through it", backup.name))
+    })?;
+    let service = match exec.runs_in() {
+        RunsIn::Service(s) => desired.services.get(s).filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker),
+        RunsIn::Host => None,
     }
-    Ok(report)
+    .ok_or_else(|| {
+        BackupError::Refused(format!(
+            "a drill of {} needs a scratch container made from the image of the Docker service restore.exec runs in; a restore on the host or into a systemd service has no scratch place (run the drill's restore by hand)",
+            backup.name
+        ))
+    })?;
+    let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
+    let plan = plan_restore(backup, None, None, &[])?;
+    let command = restore_command(backup, &[])?;
+    let sha = catalog::read_manifest(&plan.archive)?.map(|m| m.sha256);
+    let engine_err = |e: crate::engine::EngineError| BackupError::Engine(chain(&e));
+    // A drill that was killed leaves its container: remove it first.
+    for (id, name) in docker.drill_containers(&ctx.scope, &backup.name).await.map_err(engine_err)? {
+        docker.remove_drill(&id, &name).await.map_err(engine_err)?;
+    }
+    let name = format!("{}-drill", backup.name);
+    let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await.map_err(engine_err)?;
+    info!(backup = %backup.name, container = %name, "scratch container started for the drill");
+    let result = async {
+        wait_ready(docker, &name, service).await?;
+        let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha).await?;
+        if code != 0 {
+            return Err(BackupError::Command {
+                command: command.join(" "),
+                code,
+                stderr,
+                what: "the archive could not be restored into the scratch container",
+            });
+        }
+        run_check(d, &name, ("TEND_DRILL_CONTAINER", &name)).await
+    }
+    .await;
+    let removed = docker.remove_drill(&id, &name).await;
+    let code = result?;
+    removed.map_err(engine_err)?;
+    Ok(DrillReport { archive: plan.archive, restored_into: name, entries: None, check_code: code, duration_ms: 0 })
+}
+
+/// Waits until a drill's scratch container is healthy (running, for a service without a
+/// health check), within the time its health check allows plus a minute.
+async fn wait_ready(docker: &DockerEngine, name: &str, service: &tend_specs::Service) -> Result<(), BackupError> {
+    use crate::engine::ContainerEngine;
+    use crate::model::{Health, RunState};
+    let h = service.spec.healthcheck.as_ref();
+    let secs = |d: Option<tend_specs::quantity::Duration>, default: u64| d.map_or(default, |d| d.get().as_secs());
+    let allowed = h.map_or(0, |h| {
+        secs(h.start_period, 0) + (secs(h.interval, 30) + secs(h.timeout, 30)) * u64::from(h.retries.unwrap_or(3) + 1)
+    }) + 60;
+    let deadline = Instant::now() + Duration::from_secs(allowed);
+    loop {
+        let probe = docker.probe(name).await.map_err(|e| BackupError::Engine(chain(&e)))?;
+        match probe {
+            Some(p) if p.state == RunState::Running && (h.is_none() || p.health == Health::Healthy) => return Ok(()),
+            Some(p) if p.health == Health::Unhealthy => {
+                return Err(BackupError::Refused(format!("the drill's scratch container {name} is unhealthy")));
+            }
+            Some(p) if p.state == RunState::Exited => {
+                return Err(BackupError::Refused(format!(
+                    "the drill's scratch container {name} exited (code {}) before it was ready",
+                    p.exit_code.unwrap_or(-1)
+                )));
+            }
+            None => return Err(BackupError::Refused(format!("the drill's scratch container {name} is gone"))),
+            Some(_) => {}
+        }
+        if Instant::now() > deadline {
+            return Err(BackupError::Refused(format!(
+                "the drill's scratch container {name} was not ready within {allowed} s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -1208,7 +1208,7 @@ pub enum BackupCommand {
         output: Output,
     },
     /// Run the Backup's restore drill now: the newest archive restored into a scratch
-    /// directory and its check run there.
+    /// directory (paths) or a scratch container (exec), its check run, the scratch removed.
     Drill {
         /// The Backup.
         name: String,
@@ -1230,6 +1230,7 @@ fn backup_ctx(cli: &Cli) -> crate::backups::Context {
     crate::backups::Context {
         state_dir: cli.state_dir.clone(),
         locks: crate::locks::LockDir::new(&cli.lock_dir),
+        scope: cli.scope.clone(),
         progress: None,
     }
 }
@@ -1382,12 +1383,16 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
         BackupCommand::Drill { name, specs } => {
             let desired = load(&specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
-            let report = runtime()?.block_on(crate::backups::drill(b, &backup_ctx(cli)))?;
+            let report = runtime()?.block_on(async {
+                let (engines, _) = connect(&desired).await?;
+                crate::backups::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
+            })?;
+            let entries = report.entries.map(|n| format!(", {n} entries")).unwrap_or_default();
             println!(
-                "{} {name}: {} restored ({} entries) and checked in {} ms",
+                "{} {name}: {} restored into {}{entries} and checked in {} ms (scratch removed)",
                 Paint::stdout().green("drill passed"),
                 report.archive.display(),
-                report.entries,
+                report.restored_into,
                 report.duration_ms
             );
             Ok(ExitCode::SUCCESS)

@@ -371,10 +371,11 @@ impl ContainerEngine for DockerEngine {
         };
         let (containers, networks, volumes, images) =
             futures::try_join!(containers, networks, volumes, self.observe_images(images))?;
-        // Containers of job runs (`tend job run`) are the job runner's, not the planner's.
+        // Containers of job runs (`tend job run`) and of restore drills are theirs, not the
+        // planner's.
         let containers: Vec<Container> = containers
             .into_iter()
-            .filter(|c| c.labels.as_ref().and_then(|l| l.get(LABEL_KIND)).is_none_or(|k| k != "job"))
+            .filter(|c| c.labels.as_ref().and_then(|l| l.get(LABEL_KIND)).is_none_or(|k| k != "job" && k != "drill"))
             .map(to_container)
             .collect();
         let networks = networks
@@ -679,6 +680,60 @@ impl DockerEngine {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(e) => Err(err("stopping container", name)(e)),
+        }
+    }
+}
+
+/// Restore drills of exec sources (`crate::backups::drill`): a scratch container made from a
+/// service's image, labelled `tend.kind=drill` and `tend.name=BACKUP` so passes never take it
+/// for an instance, with no ports, no mounts and no network, removed with its anonymous
+/// volumes after the check.
+impl DockerEngine {
+    /// The IDs of the drill containers of backup `backup` in `scope` (leftovers of a drill
+    /// that was killed included).
+    pub async fn drill_containers(&self, scope: &str, backup: &str) -> Result<Vec<(String, String)>, EngineError> {
+        let filters = label_filter(&[(LABEL_SCOPE, scope), (LABEL_KIND, "drill"), (LABEL_NAME, backup)]);
+        let list = self.list_owned(filters).await?;
+        Ok(list.iter().map(|c| (c.id.clone().unwrap_or_default(), container_name(c))).collect())
+    }
+
+    /// Creates and starts the scratch container `name` for a drill of `backup`: `service`'s
+    /// image, command, environment, user and health check, nothing reachable from outside nor
+    /// anything of the live service's data. Returns its ID.
+    pub async fn start_drill(
+        &self,
+        scope: &str,
+        backup: &str,
+        service: &Service,
+        name: &str,
+    ) -> Result<String, EngineError> {
+        let mut body = container_body(scope, service, 1);
+        body.labels = Some(HashMap::from([
+            (LABEL_SCOPE.to_string(), scope.to_string()),
+            (LABEL_KIND.to_string(), "drill".to_string()),
+            (LABEL_NAME.to_string(), backup.to_string()),
+        ]));
+        body.exposed_ports = None;
+        body.networking_config = None;
+        if let Some(host) = body.host_config.as_mut() {
+            host.port_bindings = None;
+            host.mounts = None;
+            host.network_mode = Some("none".to_string());
+        }
+        let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+        let created =
+            self.docker.create_container(Some(options), body).await.map_err(err("creating container", name))?;
+        self.docker.start_container(&created.id, None).await.map_err(err("starting container", name))?;
+        Ok(created.id)
+    }
+
+    /// Removes a drill container and its anonymous volumes, running or not.
+    pub async fn remove_drill(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions { force: true, v: true, link: false };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(classify(&e), EngineErrorKind::NotFound | EngineErrorKind::Conflict) => Ok(()),
+            Err(e) => Err(err("removing container", name)(e)),
         }
     }
 }

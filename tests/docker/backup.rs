@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agent::{container_id, running};
-use crate::harness::{self, Env, describe, docker_ok, stdout_of, wait_for};
+use crate::harness::{self, Env, describe, docker, docker_ok, stdout_of, wait_for};
 use crate::services::service;
 
 fn backup_doc(name: &str, body: &str) -> String {
@@ -370,6 +370,90 @@ fn a_drill_restores_into_scratch_and_runs_its_check() {
     assert_eq!(std::fs::read_to_string(data.join("db.txt")).expect("read"), "the original records\n");
     // It is scheduled as a Timer.
     assert!(stdout_of(&env.tend(&["job", "list", env.spec_arg()])).contains("backup-drilled-drill"));
+}
+
+#[test]
+fn a_drill_of_a_dump_restores_into_a_scratch_container_and_removes_it() {
+    let env = Env::new("backup_exec_drill");
+    let (store, name) = (env.name("store"), env.name("dump"));
+    env.write_spec(
+        "store.yaml",
+        &service(&store, "healthcheck: {command: [test, -e, /tmp], interval: 1s, retries: 3}"),
+    );
+    let dest = env.state_path().join("dumps");
+    let (check, seen) = (env.state_path().join("check.sh"), env.state_path().join("seen"));
+    let expected = env.state_path().join("expected.md5");
+    // The check runs on the host and looks into the scratch container it is given.
+    std::fs::write(
+        &check,
+        format!(
+            "echo \"$1 $TEND_DRILL_CONTAINER\" > '{}'\ndocker exec \"$1\" md5sum /tmp/pipeline_prod.db | cut -d' ' -f1 | cmp -s - '{}'\n",
+            seen.display(),
+            expected.display()
+        ),
+    )
+    .expect("script");
+    // A scratch container left by a killed drill: a pass leaves it alone, the next drill
+    // removes it.
+    let leftover = format!("{name}-drill");
+    let scope_label = env.scope_filter().trim_start_matches("label=").to_string();
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &leftover,
+        "--label",
+        &scope_label,
+        "--label",
+        "tend.kind=drill",
+        "--label",
+        &format!("tend.name={name}"),
+        &harness::test_image(),
+        "sleep",
+        "600",
+    ]);
+    env.apply();
+    assert!(docker(&["inspect", &leftover]).status.success(), "a pass removed a drill's container");
+    env.write_spec(
+        "dump.yaml",
+        &backup_doc(
+            &name,
+            &format!(
+                "  source: {{exec: {{service: {store}, command: [cat, /tmp/pipeline_prod.db]}}}}\n  destination: {{dir: '{}'}}\n  restore:\n    exec: {{service: {store}, command: [sh, -c, 'cat > /tmp/${{db}}.db']}}\n    vars: {{db: pipeline_prod}}\n  drill: {{schedule: weekly, check: [/bin/sh, '{}']}}\n",
+                dest.display(),
+                check.display()
+            ),
+        ),
+    );
+    let c = format!("{store}-1");
+    docker_ok(&["exec", &c, "sh", "-c", "seq 1 20000 > /tmp/pipeline_prod.db"]);
+    let md5 = docker_ok(&["exec", &c, "md5sum", "/tmp/pipeline_prod.db"]);
+    std::fs::write(&expected, format!("{}\n", md5.split_whitespace().next().expect("md5"))).expect("write");
+    assert!(tend(&env, &["backup", "run", &name]).status.success());
+    // The live database moves on; the drill must not touch it.
+    docker_ok(&["exec", &c, "sh", "-c", "echo newer >> /tmp/pipeline_prod.db"]);
+    let live = docker_ok(&["exec", &c, "md5sum", "/tmp/pipeline_prod.db"]);
+    let before = started_at(&c);
+    let out = tend(&env, &["backup", "drill", &name]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout_of(&out).contains("drill passed"), "{}", describe(&out));
+    let scratch = std::fs::read_to_string(&seen).expect("the check ran");
+    assert_eq!(scratch.trim(), format!("{name}-drill {name}-drill"), "the check gets the container");
+    assert_eq!(docker_ok(&["exec", &c, "md5sum", "/tmp/pipeline_prod.db"]), live, "the live data changed");
+    assert_eq!(started_at(&c), before, "the live service was restarted");
+    let drills = || {
+        docker_ok(&["ps", "-aq", "--filter", "label=tend.kind=drill", "--filter", &env.scope_filter()])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(drills(), "", "the scratch container stayed");
+    // A failing check fails the drill and still removes the scratch container.
+    std::fs::write(&expected, "not the md5\n").expect("write");
+    let out = tend(&env, &["backup", "drill", &name]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed its check"), "{}", describe(&out));
+    assert_eq!(drills(), "", "the scratch container stayed after a failed check");
+    assert_eq!(env.container_ids().len(), 1, "only the live service is left");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod harness;
 
 mod agent;
 mod backup;
+mod backup_faults;
 mod bad_specs;
 mod drain;
 mod jobs;

@@ -259,6 +259,26 @@ fn check_backup(
                 "a drill restores the newest archive, and an exec source is restored through `restore.exec`, which this Backup does not have",
             ));
         }
+        // An exec source's drill restores into a scratch container made from the image of
+        // the Docker service `restore.exec` runs in: on the host there is no scratch place.
+        if kind == Some(SourceKind::Exec)
+            && let Some(exec) = spec.restore.as_ref().and_then(|r| r.exec.as_ref())
+        {
+            let runtime = exec.service.as_ref().and_then(|s| names.get(s)).and_then(|o| o.runtime);
+            let problem = match (&exec.service, runtime) {
+                (None, _) => Some("`restore.exec` runs on the host (`runtime: host`)".to_string()),
+                (Some(s), Some(Runtime::Systemd)) => Some(format!("`restore.exec` runs as systemd service `{s}`")),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                diags.push(Diagnostic::at(
+                    key_at(&["spec", "drill"]).unwrap_or_else(|| here(&path("schedule"))),
+                    format!(
+                        "a drill of an exec source restores into a scratch container made from the image of the Docker service `restore.exec` runs in; {problem}, which has no scratch place: leave the drill out, or restore into a Docker service"
+                    ),
+                ));
+            }
+        }
     }
     (diags.len() == before).then_some((calendar, drill_calendar, restore_vars))
 }
