@@ -567,7 +567,8 @@ fn record(state_dir: &Path, name: &str, result: Result<&RunReport, &str>) {
     let dir = state_dir.join("backups").join(name);
     let line = match result {
         Ok(r) => {
-            serde_json::json!({"endMs": now_ms(), "ok": true, "archive": r.archive, "bytes": r.bytes, "durationMs": r.duration_ms})
+            let copies_failed: Vec<&String> = r.warnings.iter().filter(|w| w.starts_with("copy ")).collect();
+            serde_json::json!({"endMs": now_ms(), "ok": true, "archive": r.archive, "bytes": r.bytes, "durationMs": r.duration_ms, "copiesFailed": copies_failed})
         }
         Err(e) => serde_json::json!({"endMs": now_ms(), "ok": false, "error": e}),
     };
@@ -895,6 +896,9 @@ pub struct Health {
     /// The last run's error, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The copies the last run could not make (the archive itself was written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies_failed: Vec<String>,
     /// The schedule elapsed since the last success without a run succeeding.
     #[serde(default)]
     pub missed: bool,
@@ -922,6 +926,9 @@ impl Health {
         }
         if let Some(e) = &self.last_error {
             p.push(format!("last run failed: {e}"));
+        }
+        for c in &self.copies_failed {
+            p.push(format!("last run: {c}"));
         }
         if self.missed {
             p.push("missed its schedule".to_string());
@@ -953,6 +960,12 @@ pub fn health(state_dir: &Path, backup: &Backup, now_ms: u64) -> Health {
         && last["ok"] == false
     {
         h.last_error = last["error"].as_str().map(str::to_string);
+    }
+    if let Some(last) = runs.last() {
+        h.copies_failed = last["copiesFailed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
     }
     if let (Some(cal), Some(last)) = (&backup.calendar, h.last_success_ms) {
         // Missed: an elapse after the last success that is more than an hour past.
