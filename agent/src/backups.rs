@@ -692,19 +692,20 @@ pub async fn restore(
     ctx: &Context,
 ) -> Result<(), BackupError> {
     let sha = catalog::read_manifest(&plan.archive)?.map(|m| m.sha256);
+    let progress = ctx.progress.clone();
     if backup.spec.source_kind() == SourceKind::Exec {
-        return exec_restore(engines, desired, backup, plan, sha, vars).await;
+        return exec_restore(engines, desired, backup, plan, sha, vars, progress).await;
     }
     if let Some(t) = to {
         let (a, t) = (plan.archive.clone(), t.to_path_buf());
-        tokio::task::spawn_blocking(move || archive::extract(&a, &t, sha.as_deref()))
+        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), progress.as_ref()))
             .await
             .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
         return Ok(());
     }
     // Before anything is stopped: the archive is whole and the move-aside target writable.
-    let (a, s) = (plan.archive.clone(), sha.clone());
-    tokio::task::spawn_blocking(move || archive::verify(&a, s.as_deref()))
+    let (a, s, p) = (plan.archive.clone(), sha.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || archive::verify_counted(&a, s.as_deref(), p.as_ref()))
         .await
         .map_err(|e| BackupError::Engine(format!("the verify task failed: {e}")))??;
     for (from, aside) in &plan.move_aside {
@@ -741,7 +742,7 @@ pub async fn restore(
         // Extract whole into a scratch directory next to the data, then swap.
         let scratch = scratch_dir(&paths[0]);
         let (a, s, t) = (plan.archive.clone(), sha.clone(), scratch.clone());
-        tokio::task::spawn_blocking(move || archive::extract(&a, &t, s.as_deref()))
+        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, s.as_deref(), progress.as_ref()))
             .await
             .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
         for (from, aside) in &plan.move_aside {
@@ -764,6 +765,18 @@ pub async fn restore(
     resumed.map_err(BackupError::Resume)
 }
 
+/// How many bytes of the archive a restore reads, for a progress display: its size, twice
+/// when it is checked whole before anything is stopped (into the live paths) or before a
+/// byte reaches the restore command (exec, with a manifest).
+pub fn restore_read_bytes(backup: &Backup, plan: &RestorePlan, to: Option<&Path>) -> u64 {
+    let size = std::fs::metadata(&plan.archive).map(|m| m.len()).unwrap_or(0);
+    let checked_first = match backup.spec.source_kind() {
+        SourceKind::Paths => to.is_none(),
+        SourceKind::Exec => catalog::manifest_path(&plan.archive).exists(),
+    };
+    if checked_first { size * 2 } else { size }
+}
+
 fn scratch_dir(first: &Path) -> PathBuf {
     let parent = first.parent().unwrap_or(Path::new("/"));
     parent.join(format!(".tend-restore-{}", std::process::id()))
@@ -776,6 +789,7 @@ async fn exec_restore(
     plan: &RestorePlan,
     sha: Option<String>,
     vars: &[(String, String)],
+    progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<(), BackupError> {
     let command = restore_command(backup, vars)?;
     let r = backup
@@ -790,7 +804,7 @@ async fn exec_restore(
     };
     let container =
         service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker).map(|s| instance_name(&s.name, 1));
-    let (code, stderr) = stream_into(engines, container.as_deref(), &command, &plan.archive, sha).await?;
+    let (code, stderr) = stream_into(engines, container.as_deref(), &command, &plan.archive, sha, progress).await?;
     if code != 0 {
         return Err(BackupError::Command {
             command: command.join(" "),
@@ -810,11 +824,13 @@ async fn stream_into(
     command: &[String],
     archive: &Path,
     sha: Option<String>,
+    progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<(i64, String), BackupError> {
     // Decompress into a pipe, read asynchronously into the command's stdin.
     let (reader, writer) = std::io::pipe().map_err(io("making a pipe for", archive))?;
     let a = archive.to_path_buf();
-    let decompress = tokio::task::spawn_blocking(move || archive::stream_out(&a, sha.as_deref(), writer));
+    let decompress =
+        tokio::task::spawn_blocking(move || archive::stream_out_counted(&a, sha.as_deref(), writer, progress.as_ref()));
     let input = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(reader)));
     let (code, stderr) = if let Some(container) = container {
         let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
@@ -1186,7 +1202,7 @@ async fn exec_drill(
     info!(backup = %backup.name, container = %name, "scratch container started for the drill");
     let result = async {
         wait_ready(docker, &name, service).await?;
-        let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha).await?;
+        let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha, None).await?;
         if code != 0 {
             return Err(BackupError::Command {
                 command: command.join(" "),

@@ -1235,6 +1235,35 @@ fn backup_ctx(cli: &Cli) -> crate::backups::Context {
     }
 }
 
+/// Bytes, rate and ETA of a backup or restore on a terminal (stderr), until dropped.
+struct ProgressLine {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shower: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    /// Counts through `ctx.progress` and shows the count against `total()` when stderr is a
+    /// terminal; does nothing otherwise.
+    fn start(ctx: &mut crate::backups::Context, total: impl FnOnce() -> Option<u64>) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shower = std::io::stderr().is_terminal().then(|| {
+            let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            ctx.progress = Some(counter.clone());
+            show_progress(counter, total(), done.clone())
+        });
+        ProgressLine { done, shower }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.shower.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Shows bytes, rate and ETA on a terminal (stderr) while `done` is false.
 fn show_progress(
     counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -1276,24 +1305,16 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             the_backup(&desired, name)?;
             let rt = runtime()?;
             let mut ctx = backup_ctx(cli);
-            // Progress (bytes, rate, ETA) on a terminal.
-            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let shower = std::io::stderr().is_terminal().then(|| {
-                let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-                ctx.progress = Some(counter.clone());
-                let b = &desired.backups[name.as_str()];
-                let paths: Vec<PathBuf> = b.spec.paths().iter().map(PathBuf::from).collect();
-                let total = (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten();
-                show_progress(counter, total, done.clone())
+            let b = &desired.backups[name.as_str()];
+            let paths: Vec<PathBuf> = b.spec.paths().iter().map(PathBuf::from).collect();
+            let progress = ProgressLine::start(&mut ctx, || {
+                (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten()
             });
             let result = rt.block_on(async {
                 let (engines, _) = connect(&desired).await?;
                 crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
             });
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            if let Some(h) = shower {
-                let _ = h.join();
-            }
+            drop(progress);
             match result {
                 Ok(report) => {
                     match output {
@@ -1472,12 +1493,14 @@ fn restore(
             return Ok(ExitCode::from(1));
         }
     }
-    runtime()?.block_on(async {
+    let mut ctx = backup_ctx(cli);
+    let progress = ProgressLine::start(&mut ctx, || Some(crate::backups::restore_read_bytes(b, &plan, to)));
+    let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired).await?;
-        crate::backups::restore(&engines, &desired, b, &plan, to, &vars, &backup_ctx(cli))
-            .await
-            .map_err(CliError::Backup)
-    })?;
+        crate::backups::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)
+    });
+    drop(progress);
+    result?;
     println!("{} {name}", Paint::stdout().green("restored"));
     Ok(ExitCode::SUCCESS)
 }

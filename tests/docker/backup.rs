@@ -456,6 +456,53 @@ fn a_drill_of_a_dump_restores_into_a_scratch_container_and_removes_it() {
     assert_eq!(env.container_ids().len(), 1, "only the live service is left");
 }
 
+/// Runs `tend ARGS --specs DIR` on a pseudo-terminal (`script`), for what only a terminal
+/// gets; its whole output.
+fn on_a_terminal(env: &Env, args: &[&str]) -> String {
+    let scope = env.scope_filter().rsplit('=').next().expect("scope").to_string();
+    let state = env.state_path().display().to_string();
+    let mut line =
+        vec![harness::tend_bin().display().to_string(), "--state-dir".into(), state, "--scope".into(), scope];
+    line.extend(args.iter().map(|a| a.to_string()));
+    line.extend(["--specs".to_string(), env.spec_arg().to_string()]);
+    let quoted: Vec<String> = line.iter().map(|a| format!("'{a}'")).collect();
+    let out = Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env("TEND_SOCKET", env.socket_path())
+        .env("TEND_LOCK_DIR", env.lock_path())
+        .env("TEND_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn backups_and_restores_show_their_progress_on_a_terminal() {
+    let env = Env::new("backup_progress");
+    let data = data_dir(&env);
+    std::fs::write(data.join("big"), vec![1u8; 8 << 20]).expect("write");
+    let dest = env.state_path().join("progress");
+    env.write_spec(
+        "b.yaml",
+        &backup_doc(
+            "shown",
+            &format!("  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n", data.display(), dest.display()),
+        ),
+    );
+    let run = on_a_terminal(&env, &["backup", "run", "shown"]);
+    assert!(run.contains(" MiB of ") && run.contains("MiB/s"), "{run}");
+    let to = env.state_path().join("restored");
+    let restore = on_a_terminal(&env, &["restore", "shown", "--yes", "--to", to.to_str().expect("utf-8")]);
+    assert!(restore.contains(" MiB of ") && restore.contains("MiB/s") && restore.contains("restored"), "{restore}");
+    // Not on a terminal: no progress line in the output.
+    let out =
+        tend(&env, &["restore", "shown", "--yes", "--to", env.state_path().join("again").to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("MiB/s"), "{}", describe(&out));
+}
+
 #[test]
 fn a_restore_refuses_a_move_aside_target_it_cannot_rename_into() {
     let env = Env::new("backup_aside_refused");

@@ -709,8 +709,13 @@ pub fn estimate_size(paths: &[PathBuf]) -> io::Result<u64> {
 
 /// The sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
+    sha256_file_counted(path, None)
+}
+
+/// [`sha256_file`], adding the bytes read to `progress`.
+fn sha256_file_counted(path: &Path, progress: Progress<'_>) -> Result<String, ArchiveError> {
     let file = File::open(path).map_err(|source| ArchiveError::Open { archive: path.to_path_buf(), source })?;
-    let mut reader = HashingReader::new(file);
+    let mut reader = HashingReader::new(Counted::new(file, progress));
     io::copy(&mut reader, &mut io::sink())
         .map_err(|source| ArchiveError::ReadArchive { archive: path.to_path_buf(), source })?;
     Ok(reader.hex())
@@ -919,6 +924,15 @@ fn header_for(meta: &fs::Metadata) -> Header {
 /// header and body. Any corruption is an error naming the archive and what failed; a checksum
 /// mismatch wins over the decode error it causes.
 pub fn verify(archive: &Path, expected_sha256: Option<&str>) -> Result<VerifyReport, ArchiveError> {
+    verify_counted(archive, expected_sha256, None)
+}
+
+/// [`verify`], adding the archive bytes read to `progress`.
+pub fn verify_counted(
+    archive: &Path,
+    expected_sha256: Option<&str>,
+    progress: Progress<'_>,
+) -> Result<VerifyReport, ArchiveError> {
     let span = info_span!("verify", archive = %archive.display());
     let _enter = span.enter();
     let format =
@@ -926,7 +940,7 @@ pub fn verify(archive: &Path, expected_sha256: Option<&str>) -> Result<VerifyRep
     let file = File::open(archive).map_err(|source| ArchiveError::Open { archive: archive.to_path_buf(), source })?;
     let bytes =
         file.metadata().map_err(|source| ArchiveError::ReadArchive { archive: archive.to_path_buf(), source })?.len();
-    let mut raw = HashingReader::new(file);
+    let mut raw = HashingReader::new(Counted::new(file, progress));
     let decoded = decode_all(archive, format, &mut raw);
     // The rest of the file, if the decoder stopped early, so the checksum covers all of it.
     io::copy(&mut raw, &mut io::sink())
@@ -941,20 +955,30 @@ pub fn verify(archive: &Path, expected_sha256: Option<&str>) -> Result<VerifyRep
 /// Decompresses `archive` into `writer`, e.g. the stdin of a restore command. With
 /// `expected_sha256`, the whole file is checked first, so a corrupt archive never reaches the
 /// command. Returns the decompressed size.
-pub fn stream_out(archive: &Path, expected_sha256: Option<&str>, mut writer: impl Write) -> Result<u64, ArchiveError> {
+pub fn stream_out(archive: &Path, expected_sha256: Option<&str>, writer: impl Write) -> Result<u64, ArchiveError> {
+    stream_out_counted(archive, expected_sha256, writer, None)
+}
+
+/// [`stream_out`], adding the archive bytes read (twice with a checksum) to `progress`.
+pub fn stream_out_counted(
+    archive: &Path,
+    expected_sha256: Option<&str>,
+    mut writer: impl Write,
+    progress: Progress<'_>,
+) -> Result<u64, ArchiveError> {
     let span = info_span!("stream_out", archive = %archive.display());
     let _enter = span.enter();
     if Format::of_path(archive).is_none() {
         return Err(ArchiveError::UnknownFormat { archive: archive.to_path_buf() });
     }
     if expected_sha256.is_some() {
-        let actual = sha256_file(archive)?;
+        let actual = sha256_file_counted(archive, progress)?;
         check_sha256(archive, expected_sha256, &actual)?;
     }
     let file = File::open(archive).map_err(|source| ArchiveError::Open { archive: archive.to_path_buf(), source })?;
     let decode_error = |source| ArchiveError::Decode { archive: archive.to_path_buf(), source };
     let output_error = |source| ArchiveError::Output { archive: archive.to_path_buf(), source };
-    let mut decoder = zstd::stream::read::Decoder::new(file).map_err(decode_error)?;
+    let mut decoder = zstd::stream::read::Decoder::new(Counted::new(file, progress)).map_err(decode_error)?;
     let mut buf = vec![0u8; BUFFER];
     let mut total = 0u64;
     loop {
@@ -1028,6 +1052,16 @@ fn decode_all<R: Read>(archive: &Path, format: Format, raw: R) -> Result<(Option
 /// belongs to the caller, as with GNU tar. With `expected_sha256`, the archive's checksum is
 /// checked as it is read, before anything is renamed into place.
 pub fn extract(archive: &Path, target: &Path, expected_sha256: Option<&str>) -> Result<ExtractReport, ArchiveError> {
+    extract_counted(archive, target, expected_sha256, None)
+}
+
+/// [`extract`], adding the archive bytes read to `progress`.
+pub fn extract_counted(
+    archive: &Path,
+    target: &Path,
+    expected_sha256: Option<&str>,
+    progress: Progress<'_>,
+) -> Result<ExtractReport, ArchiveError> {
     let span = info_span!("extract", archive = %archive.display(), target = %target.display());
     let _enter = span.enter();
     match Format::of_path(archive) {
@@ -1046,7 +1080,7 @@ pub fn extract(archive: &Path, target: &Path, expected_sha256: Option<&str>) -> 
         .map_err(|source| ArchiveError::CreateDir { path: staging.clone(), source })?;
     let mut guard = RemoveDirOnDrop { path: staging.clone(), armed: true };
 
-    let mut raw = HashingReader::new(file);
+    let mut raw = HashingReader::new(Counted::new(file, progress));
     let mut extractor = Extractor {
         archive,
         root: &staging,
@@ -1644,6 +1678,31 @@ impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A counter of archive bytes read, for a progress display (`None`: not counted).
+pub type Progress<'a> = Option<&'a Arc<AtomicU64>>;
+
+/// A reader adding what goes through it to a shared progress counter.
+struct Counted<'a, R> {
+    inner: R,
+    progress: Progress<'a>,
+}
+
+impl<'a, R> Counted<'a, R> {
+    fn new(inner: R, progress: Progress<'a>) -> Self {
+        Counted { inner, progress }
+    }
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(p) = self.progress {
+            p.fetch_add(n as u64, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }
