@@ -97,6 +97,11 @@ pub enum BackupError {
     Refused(String),
 }
 
+/// The last 4 KiB of a command's stderr, for an error message.
+fn stderr_tail(err: &[u8]) -> String {
+    String::from_utf8_lossy(&err[err.len().saturating_sub(4096)..]).trim().to_string()
+}
+
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
     let path = path.to_path_buf();
     move |source| BackupError::Io { op, path, source }
@@ -454,7 +459,7 @@ async fn run_exec(
     drop(tx);
     pumped.map_err(io("reading the dump command's output", Path::new(&command[0])))?;
     let status = child.wait().await.map_err(io("waiting for the dump command", Path::new(&command[0])))?;
-    let tail = String::from_utf8_lossy(&err[err.len().saturating_sub(4096)..]).trim().to_string();
+    let tail = stderr_tail(&err);
     Ok((i64::from(status.code().unwrap_or(-1)), tail))
 }
 
@@ -491,7 +496,7 @@ async fn copy_to(archive: &Path, rel: &Path, sha256: &str, to: CopyTo<'_>) -> Re
                 return Err(BackupError::Command {
                     command: format!("rsync … {target}"),
                     code: i64::from(out.status.code().unwrap_or(-1)),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    stderr: stderr_tail(&out.stderr),
                     what: "the copy was not made",
                 });
             }
@@ -852,7 +857,7 @@ async fn stream_into(
         };
         let (_, out) = tokio::join!(feed, child.wait_with_output());
         let out = out.map_err(io("waiting for the restore command", Path::new(&command[0])))?;
-        (i64::from(out.status.code().unwrap_or(-1)), String::from_utf8_lossy(&out.stderr).trim().to_string())
+        (i64::from(out.status.code().unwrap_or(-1)), stderr_tail(&out.stderr))
     };
     match decompress.await.map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))? {
         // The command stopped reading because it failed: its own error says more.
