@@ -23,14 +23,25 @@ fn every_example_validates() {
 }
 
 #[test]
-fn the_backups_example_declares_a_paths_and_an_exec_backup() {
+fn the_examples_declare_a_quiesced_paths_backup_and_a_streamed_dump() {
     use tend_specs::backup::SourceKind;
 
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/backups"));
-    let desired = tend_specs::load_path(path).unwrap_or_else(|diags| panic!("{diags:?}"));
-    let kinds: Vec<(&str, SourceKind)> =
-        desired.backups.values().map(|b| (b.name.as_str(), b.spec.source_kind())).collect();
-    assert_eq!(kinds, [("retro-db", SourceKind::Paths), ("srs-collections", SourceKind::Exec)]);
-    assert!(desired.backups.values().all(|b| b.calendar.is_some()), "both are scheduled");
-    assert_eq!(desired.backups["srs-collections"].restore_vars.iter().collect::<Vec<_>>(), ["db"]);
+    let load = |dir: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(dir);
+        tend_specs::load_path(&path).unwrap_or_else(|diags| panic!("{}: {diags:?}", path.display()))
+    };
+    let clinical = load("clinical-recorder");
+    let db = &clinical.backups["ims-db"];
+    assert_eq!(db.spec.source_kind(), SourceKind::Paths);
+    assert!(db.calendar.is_some(), "ims-db is scheduled");
+    assert_eq!(
+        db.spec.quiesce.as_ref().map(|q| q.stop.clone()).unwrap_or_default(),
+        ["ims-web", "ims-app", "ims-api", "ims-mongo"],
+        "everything that writes to the database is stopped"
+    );
+    let pipeline = load("sensor-pipeline");
+    let dump = &pipeline.backups["srs-collections"];
+    assert_eq!(dump.spec.source_kind(), SourceKind::Exec);
+    assert!(dump.calendar.is_some(), "srs-collections is scheduled");
+    assert_eq!(dump.restore_vars.iter().collect::<Vec<_>>(), ["db"]);
 }

@@ -9,6 +9,7 @@ mod backup;
 mod backup_faults;
 mod bad_specs;
 mod drain;
+mod examples;
 mod jobs;
 mod maintain;
 mod services;
