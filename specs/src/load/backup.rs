@@ -270,6 +270,22 @@ fn check_backup(
                 (Some(s), Some(Runtime::Systemd)) => Some(format!("`restore.exec` runs as systemd service `{s}`")),
                 _ => None,
             };
+            // A drill has no `--set`: every placeholder needs its default.
+            let defaults = spec.restore.as_ref().map(|r| &r.vars);
+            let missing: Vec<&String> =
+                restore_vars.iter().filter(|v| defaults.is_none_or(|d| !d.contains_key(*v))).collect();
+            if !missing.is_empty() {
+                let names: Vec<String> = missing.iter().map(|v| format!("`{v}`")).collect();
+                diags.push(Diagnostic::at(
+                    key_at(&["spec", "drill"]).unwrap_or_else(|| here(&path("schedule"))),
+                    format!(
+                        "a drill restores with the defaults of `restore.vars`, and {} {} none: add {} to `restore.vars`",
+                        names.join(", "),
+                        if missing.len() == 1 { "has" } else { "have" },
+                        if missing.len() == 1 { "it" } else { "them" }
+                    ),
+                ));
+            }
             if let Some(problem) = problem {
                 diags.push(Diagnostic::at(
                     key_at(&["spec", "drill"]).unwrap_or_else(|| here(&path("schedule"))),
