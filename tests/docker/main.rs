@@ -7,6 +7,7 @@ mod harness;
 mod agent;
 mod backup;
 mod backup_faults;
+mod backup_pg;
 mod bad_specs;
 mod drain;
 mod examples;
