@@ -30,8 +30,12 @@ pub const LAYOUT_TOKENS: &[(&str, &str)] = &[
 /// The default `quiesce.timeout`.
 pub const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The default zstd level.
-pub const DEFAULT_COMPRESSION_LEVEL: u32 = 3;
+/// The default zstd level: the lowest whose archives are no bigger than `tar czf`'s on a
+/// mixed data set (docs/BENCHMARKS.md, "Backups").
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 5;
+
+/// The default number of zstd workers: compression beside reading, on two cores.
+pub const DEFAULT_COMPRESSION_THREADS: u32 = 2;
 
 /// The spec of a `kind: Backup`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -223,13 +227,13 @@ pub struct Retention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Compression {
-    /// The zstd level, 1 (fastest) to 19 (smallest); default 3.
+    /// The zstd level, 1 (fastest) to 19 (smallest); default 5.
     #[serde(default = "default_level")]
     #[schemars(range(min = 1, max = 19))]
     pub level: u32,
-    /// Worker threads: 0 (the default) compresses on the calling thread, 1 to 64 use that
-    /// many workers.
-    #[serde(default)]
+    /// Worker threads: 0 compresses on the calling thread, 1 to 64 (default 2) use that many
+    /// workers beside the one reading the sources.
+    #[serde(default = "default_threads")]
     #[schemars(range(max = 64))]
     pub threads: u32,
 }
@@ -238,9 +242,13 @@ fn default_level() -> u32 {
     DEFAULT_COMPRESSION_LEVEL
 }
 
+fn default_threads() -> u32 {
+    DEFAULT_COMPRESSION_THREADS
+}
+
 impl Default for Compression {
     fn default() -> Self {
-        Self { level: DEFAULT_COMPRESSION_LEVEL, threads: 0 }
+        Self { level: DEFAULT_COMPRESSION_LEVEL, threads: DEFAULT_COMPRESSION_THREADS }
     }
 }
 

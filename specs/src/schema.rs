@@ -213,6 +213,6 @@ mod tests {
             assert_eq!(defs[def]["properties"].as_object().map(|p| p.len()), Some(fields.len()), "{def}");
         }
         let level = &defs["Compression"]["properties"]["level"];
-        assert_eq!((&level["minimum"], &level["maximum"], &level["default"]), (&json!(1), &json!(19), &json!(3)));
+        assert_eq!((&level["minimum"], &level["maximum"], &level["default"]), (&json!(1), &json!(19), &json!(5)));
     }
 }

@@ -100,7 +100,8 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> WriteOptions {
-        WriteOptions { level: 3, threads: 0, progress: None }
+        let d = tend_specs::backup::Compression::default();
+        WriteOptions { level: i32::try_from(d.level).unwrap_or(3), threads: d.threads, progress: None }
     }
 }
 
@@ -525,6 +526,9 @@ impl ArchiveWriter {
         encoder.include_checksum(true).map_err(compressor)?;
         if options.threads > 0 {
             encoder.multithread(options.threads).map_err(compressor)?;
+            // Small jobs keep the workers' buffers small (zstd's default job is 4 windows):
+            // 2 MiB costs < 0.1 % of ratio and keeps two workers well under 64 MB.
+            encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE)).map_err(compressor)?;
         }
         writer.encoder = Some(encoder);
         debug!(partial = %writer.partial.display(), "archive started");
@@ -1681,6 +1685,9 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
+
+/// The size of a zstd worker's job when compressing on several threads.
+const JOB_SIZE: u32 = 2 << 20;
 
 /// A counter of archive bytes read, for a progress display (`None`: not counted).
 pub type Progress<'a> = Option<&'a Arc<AtomicU64>>;

@@ -197,7 +197,7 @@ fn defaults_fill_in_the_layout_per_kind_of_source_compression_and_the_quiesce_ti
     let b = backup(&d, "b");
     assert_eq!(b.spec.layout(), DEFAULT_PATHS_LAYOUT);
     assert_eq!(b.spec.destination.layout, None, "kept as written");
-    assert_eq!((b.spec.compression.level, b.spec.compression.threads), (3, 0));
+    assert_eq!((b.spec.compression.level, b.spec.compression.threads), (5, 2));
     assert_eq!(b.spec.quiesce.as_ref().expect("quiesce").timeout, Duration::from_secs(60));
     assert!(b.calendar.is_none(), "no schedule: on demand only");
     assert!(b.spec.retention.is_none() && b.spec.copies.is_empty() && b.spec.restore.is_none());
@@ -214,7 +214,7 @@ fn defaults_fill_in_the_layout_per_kind_of_source_compression_and_the_quiesce_ti
 fn writing_a_default_does_not_change_the_hash() {
     let plain = load(&paths_backup(""));
     let written = load(&with_backup(&format!(
-        "source: {{paths: [/srv/data]}}\ndestination: {{dir: /var/backups, layout: \"{DEFAULT_PATHS_LAYOUT}\"}}\ncompression: {{level: 3, threads: 0}}"
+        "source: {{paths: [/srv/data]}}\ndestination: {{dir: /var/backups, layout: \"{DEFAULT_PATHS_LAYOUT}\"}}\ncompression: {{level: 5, threads: 2}}"
     )));
     assert_eq!(backup(&plain, "b").hash, backup(&written, "b").hash);
     let plain = load(&exec_backup(""));
@@ -238,7 +238,7 @@ fn the_hash_changes_with_what_shapes_an_archive_and_names_the_field() {
             "destination",
         ),
         (paths_backup("compression: {level: 19}"), "compression"),
-        (paths_backup("compression: {threads: 2}"), "compression"),
+        (paths_backup("compression: {threads: 0}"), "compression"),
     ] {
         let d = load(&text);
         let b = backup(&d, "b");
