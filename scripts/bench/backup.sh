@@ -11,8 +11,11 @@
 #
 #   backup   A paths backup of the data set (below). Subjects: `tar czf` (GNU tar, gzip -6
 #            on one thread: what the runbooks run), `tend backup run` with the default
-#            compression (zstd level 3, `threads: 0`, one thread), tend with `threads:
-#            NPROC` (BENCH_TEND_THREADS), and `tar cf - | zstd -3 -T0` as a reference.
+#            compression (read from `tend schema`: `compression: {level: 5, threads: 2}`
+#            at the time of writing, zstd level 5 on 2 workers), tend with other
+#            `compression: {level: L, threads: T}` (BENCH_TEND_VARIANTS, "3:0 3:2": the old
+#            default, level 3 on the calling thread, and level 3 on 2 workers), and
+#            `tar cf - | zstd -5 -T2` (tend's default level and workers) as a reference.
 #            Each: wall time, user + system CPU and peak RSS (GNU time `%e %U %S %M`), the
 #            archive's size and the ratio input bytes / archive bytes. tend fsyncs its
 #            archive before it returns, tar and zstd do not: after each peer run, `sync
@@ -25,10 +28,11 @@
 #   exec     A dump of about the size of the data set on stdout (`tar -C DATA -cf - .`):
 #            tend's exec source (`{runtime: host, command: [...]}`), streamed into the
 #            archive, vs the runbook way, the dump written to a file first and compressed
-#            afterwards: `tar -cf dump.tar ... && zstd -3 --rm dump.tar` (the same
-#            compressor as tend) and `... && gzip dump.tar`; and a shell pipe `tar -cf - ... |
-#            zstd -3` as a reference. Throughput = dump bytes / wall time; the extra disk
-#            is the dump file the runbook way needs beside the archive.
+#            afterwards: `tar -cf dump.tar ... && zstd -5 -T2 --rm dump.tar` (the same
+#            compressor and settings as tend's default) and `... && gzip dump.tar`; and a
+#            shell pipe `tar -cf - ... | zstd -5 -T2` as a reference. tend runs with the
+#            default compression. Throughput = dump bytes / wall time; the extra disk is
+#            the dump file the runbook way needs beside the archive.
 #   levels   (not run by default) A profile of the compressor: `tar -cf - DATA | zstd -L
 #            --single-thread` (what tend does with `threads: 0`) for each L of BENCH_LEVELS,
 #            and `zstd -L -T2` for each of BENCH_LEVELS_MT, one run each, to see which
@@ -69,7 +73,9 @@
 #   BENCH_SEED          the generator's seed                       1
 #   BENCH_LEVELS        zstd levels of the levels section          "1 3 4 5 6 7 9"
 #   BENCH_LEVELS_MT     the same with -T2                          "3 5 7"
-#   BENCH_TEND_THREADS  extra tend runs with `compression.threads` (space-separated; "" none)   nproc
+#   BENCH_TEND_VARIANTS extra tend backup runs, `LEVEL:THREADS` pairs written into the spec
+#                       as `compression: {level: L, threads: T}` (space-separated; "" none)
+#                                                                  "3:0 3:2"
 #   BENCH_DIR           work directory                             /var/tmp/tend-bench-backup
 #   BENCH_KEEP=1        keep the data set (same as --keep)
 #   BENCH_TEND          a tend binary to use instead of building one
@@ -101,7 +107,10 @@ done
 ROUNDS="${BENCH_ROUNDS:-3}"
 SIZE_MIB="${BENCH_SIZE_MIB:-1024}"
 SEED="${BENCH_SEED:-1}"
-TEND_THREADS="${BENCH_TEND_THREADS-$(nproc)}"
+TEND_VARIANTS="${BENCH_TEND_VARIANTS-3:0 3:2}"
+for v in $TEND_VARIANTS; do
+    [[ "$v" =~ ^[0-9]+:[0-9]+$ ]] || die "BENCH_TEND_VARIANTS: '$v' is not LEVEL:THREADS (e.g. 3:0)"
+done
 LEVELS="${BENCH_LEVELS:-1 3 4 5 6 7 9}"
 LEVELS_MT="${BENCH_LEVELS_MT:-3 5 7}"
 WORK="${BENCH_DIR:-/var/tmp/tend-bench-backup}"
@@ -181,6 +190,23 @@ else
     TEND_LABEL="${BENCH_TEND_LABEL:-release build of the working tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent specs 2>/dev/null || echo ' (with local changes)')}"
 fi
 TEND="$WORK/tend"
+
+# tend's default compression, from the JSON Schema it prints (`default` of
+# $defs.Compression.level / .threads), so that the labels and the zstd references follow it.
+read -r DEF_LEVEL DEF_THREADS < <("$TEND" schema | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["$defs"]["Compression"]["properties"]
+print(p["level"]["default"], p["threads"]["default"])') ||
+    die "could not read the default compression from 'tend schema'"
+[[ "$DEF_LEVEL $DEF_THREADS" =~ ^[0-9]+\ [0-9]+$ ]] || die "odd default compression from 'tend schema': '$DEF_LEVEL $DEF_THREADS'"
+# The zstd CLI's options for the same settings: `threads: 0` compresses on the calling
+# thread (--single-thread); T >= 1: T workers beside the reading thread (-T T).
+if [ "$DEF_THREADS" = 0 ]; then ZSTD_T=--single-thread; else ZSTD_T="-T$DEF_THREADS"; fi
+ZSTD_ARGS="-$DEF_LEVEL $ZSTD_T"
+# workers N: "one thread" (0), "1 worker", "N workers".
+workers() { case "$1" in 0) echo "one thread" ;; 1) echo "1 worker" ;; *) echo "$1 workers" ;; esac; }
+DEF_LABEL="zstd $DEF_LEVEL, $(workers "$DEF_THREADS")"
+log "tend's default compression: {level: $DEF_LEVEL, threads: $DEF_THREADS} (the zstd references: zstd $ZSTD_ARGS)"
 
 # ---------------------------------------------------------------- the data set
 
@@ -431,16 +457,16 @@ spec:
     exec: {runtime: host, command: ["$(command -v tar)", "-C", "$DATA", "-cf", "-", "."]}
   destination: {dir: "$TSTATE/dest", layout: "{name}/{date}_{time}_{name}.zst"}
 EOF
-    for t in $TEND_THREADS; do
+    for v in $TEND_VARIANTS; do
         cat <<EOF
 ---
 apiVersion: tend/v1
 kind: Backup
-metadata: {name: bench-paths-t$t}
+metadata: {name: bench-paths-l${v%%:*}-t${v#*:}}
 spec:
   source: {paths: ["$DATA"]}
   destination: {dir: "$TSTATE/dest", layout: "{name}/{date}_{time}_{name}.tar.zst"}
-  compression: {threads: $t}
+  compression: {level: ${v%%:*}, threads: ${v#*:}}
 EOF
     done
 } >"$TSTATE/specs/bench.yaml"
@@ -509,8 +535,8 @@ if has backup || has restore; then
     section_start backup
     subjects=(tar-czf tend)
     if has backup; then
-        for t in $TEND_THREADS; do subjects+=("tend-t$t"); done
-        subjects+=(tar-zstd-T0)
+        for v in $TEND_VARIANTS; do subjects+=("tend-l${v%%:*}-t${v#*:}"); done
+        subjects+=(tar-zstd)
     fi
     rounds="$ROUNDS"
     has backup || rounds=1 # restore alone: one archive of each
@@ -526,8 +552,10 @@ if has backup || has restore; then
                     synced backup "$sub" "$round" "$OUT/data.tar.gz"
                     mv "$OUT/data.tar.gz" "$OUT/keep.tgz"
                     ;;
-                tar-zstd-T0)
-                    timed backup "$sub" "$round" sh -c 'tar -cf - "$1" | zstd -3 -T0 -q -o "$2"' sh "$DATA" "$OUT/data.tar.zst"
+                tar-zstd)
+                    # shellcheck disable=SC2086 # ZSTD_ARGS: two options
+                    timed backup "$sub" "$round" sh -c 'd="$1" f="$2"; shift 2; tar -cf - "$d" | zstd "$@" -q -o "$f"' \
+                        sh "$DATA" "$OUT/data.tar.zst" $ZSTD_ARGS
                     record backup "$sub" "$round" bytes "$(size_of "$OUT/data.tar.zst")"
                     synced backup "$sub" "$round" "$OUT/data.tar.zst"
                     ;;
@@ -537,7 +565,7 @@ if has backup || has restore; then
                     rm -rf "$OUT/keep-tend"
                     mv "$TSTATE/dest/bench-paths" "$OUT/keep-tend"
                     ;;
-                tend-t*)
+                tend-l*)
                     timed backup "$sub" "$round" "$TEND" backup run "bench-paths-${sub#tend-}" "${TF[@]}"
                     record backup "$sub" "$round" bytes "$(size_of "$(newest "$TSTATE/dest/bench-paths-${sub#tend-}")")"
                     ;;
@@ -611,7 +639,9 @@ if has exec; then
                     record exec "$sub" "$round" bytes "$(size_of "$(newest "$TSTATE/dest/bench-exec")")"
                     ;;
                 dump-zstd)
-                    timed exec "$sub" "$round" sh -c 'tar -C "$1" -cf "$2" . && zstd -3 -q --rm "$2"' sh "$DATA" "$OUT/dump.tar"
+                    # shellcheck disable=SC2086 # ZSTD_ARGS: two options
+                    timed exec "$sub" "$round" sh -c 'd="$1" f="$2"; shift 2; tar -C "$d" -cf "$f" . && zstd "$@" -q --rm "$f"' \
+                        sh "$DATA" "$OUT/dump.tar" $ZSTD_ARGS
                     record exec "$sub" "$round" bytes "$(size_of "$OUT/dump.tar.zst")"
                     synced exec "$sub" "$round" "$OUT/dump.tar.zst"
                     ;;
@@ -621,7 +651,9 @@ if has exec; then
                     synced exec "$sub" "$round" "$OUT/dump.tar.gz"
                     ;;
                 pipe-zstd)
-                    timed exec "$sub" "$round" sh -c 'tar -C "$1" -cf - . | zstd -3 -q -o "$2"' sh "$DATA" "$OUT/dump.zst"
+                    # shellcheck disable=SC2086 # ZSTD_ARGS: two options
+                    timed exec "$sub" "$round" sh -c 'd="$1" f="$2"; shift 2; tar -C "$d" -cf - . | zstd "$@" -q -o "$f"' \
+                        sh "$DATA" "$OUT/dump.zst" $ZSTD_ARGS
                     record exec "$sub" "$round" bytes "$(size_of "$OUT/dump.zst")"
                     synced exec "$sub" "$round" "$OUT/dump.zst"
                     ;;
@@ -702,9 +734,9 @@ report() {
         echo "| subject | wall | input rate | CPU | peak RSS (max) | archive | ratio | fsync of the archive | runs |"
         echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         row backup tar-czf "\`tar czf\` (gzip -6, 1 thread)" "$FILE_BYTES"
-        row backup tend "\`tend backup run\`, default (zstd 3, threads 0)" "$FILE_BYTES"
-        for t in $TEND_THREADS; do row backup "tend-t$t" "\`tend backup run\`, \`threads: $t\`" "$FILE_BYTES"; done
-        row backup tar-zstd-T0 "\`tar cf - \| zstd -3 -T0\` (reference)" "$FILE_BYTES"
+        row backup tend "\`tend backup run\`, default ($DEF_LABEL)" "$FILE_BYTES"
+        for v in $TEND_VARIANTS; do row backup "tend-l${v%%:*}-t${v#*:}" "\`tend backup run\`, \`{level: ${v%%:*}, threads: ${v#*:}}\`" "$FILE_BYTES"; done
+        row backup tar-zstd "\`tar cf - \| zstd $ZSTD_ARGS\` (reference)" "$FILE_BYTES"
         echo
     fi
     if has restore; then
@@ -723,10 +755,10 @@ report() {
         echo
         echo "| subject | wall | dump rate | CPU | peak RSS (max) | archive | ratio | fsync of the archive | runs |"
         echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-        row exec tend "tend exec source, streamed (zstd 3)" "$DUMP_BYTES"
-        row exec dump-zstd "dump to a file, then \`zstd -3 --rm\`" "$DUMP_BYTES"
+        row exec tend "tend exec source, streamed, default ($DEF_LABEL)" "$DUMP_BYTES"
+        row exec dump-zstd "dump to a file, then \`zstd $ZSTD_ARGS --rm\`" "$DUMP_BYTES"
         row exec dump-gzip "dump to a file, then \`gzip\`" "$DUMP_BYTES"
-        row exec pipe-zstd "\`dump \| zstd -3\` (shell pipe, reference)" "$DUMP_BYTES"
+        row exec pipe-zstd "\`dump \| zstd $ZSTD_ARGS\` (shell pipe, reference)" "$DUMP_BYTES"
         echo
         echo "Extra disk the dump-first way needs: the dump file, $(fmt_mib "$DUMP_BYTES"), beside the archive being written (peak: dump + archive); streamed: none."
         echo
@@ -754,13 +786,16 @@ report() {
         echo "| backup ≥ 3× faster than \`tar czf\` (medians) | $tw s / $ttw s = $(ratio "$tw" "$ttw")× | $(verdict "$(awk -v a="$tw" -v b="$ttw" 'BEGIN { print (a / b >= 3) }')") |"
         echo "| at a compression ratio no worse | tar czf $(ratio "$FILE_BYTES" "$tb"), tend $(ratio "$FILE_BYTES" "$ttb") | $(verdict "$(awk -v a="$tb" -v b="$ttb" 'BEGIN { print (b <= a) }')") |"
         echo "| peak RSS ≤ 64 MB (max of the runs) | $(fmt_mb "$tr") | $(verdict "$(awk -v r="$tr" 'BEGIN { print (r <= 65536) }')") |"
-        for t in $TEND_THREADS; do
-            read -r _ _ tr _ <<<"$(stats "$(values backup "tend-t$t" rss-kB)")"
-            echo "| (\`threads: $t\`) ≥ 3× faster, ratio, RSS | $(ratio "$tw" "$(med backup "tend-t$t" wall-s)")×, $(ratio "$FILE_BYTES" "$(med backup "tend-t$t" bytes)"), $(fmt_mb "$tr") | (not the default) |"
+        for v in $TEND_VARIANTS; do
+            local vs="tend-l${v%%:*}-t${v#*:}"
+            read -r _ _ tr _ <<<"$(stats "$(values backup "$vs" rss-kB)")"
+            echo "| (\`{level: ${v%%:*}, threads: ${v#*:}}\`) ≥ 3× faster, ratio, RSS | $(ratio "$tw" "$(med backup "$vs" wall-s)")×, $(ratio "$FILE_BYTES" "$(med backup "$vs" bytes)"), $(fmt_mb "$tr") | (not the default) |"
         done
     fi
     echo
-    echo "Reproduce: \`BENCH_ROUNDS=$ROUNDS BENCH_SIZE_MIB=$SIZE_MIB BENCH_SEED=$SEED bash scripts/bench/backup.sh $SECTIONS\`."
+    local vars="BENCH_ROUNDS=$ROUNDS BENCH_SIZE_MIB=$SIZE_MIB BENCH_SEED=$SEED"
+    [ "$TEND_VARIANTS" = "3:0 3:2" ] || vars+=" BENCH_TEND_VARIANTS=\"$TEND_VARIANTS\""
+    echo "Reproduce: \`$vars bash scripts/bench/backup.sh $SECTIONS\`."
 }
 
 report | tee "$WORK/report.md"
