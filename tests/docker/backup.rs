@@ -78,7 +78,8 @@ fn paused_backup(env: &Env, name: &str, pause_s: u32) -> std::process::Child {
         .expect("start the backup")
 }
 
-fn archives_in(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir`, at any depth, sorted.
+pub(crate) fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -86,12 +87,18 @@ fn archives_in(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().ends_with(".zst") {
+            } else {
                 out.push(p);
             }
         }
     }
+    out.sort();
     out
+}
+
+/// The archives (`*.zst`: final names) under `dir`, at any depth, sorted.
+pub(crate) fn archives_in(dir: &Path) -> Vec<PathBuf> {
+    files_in(dir).into_iter().filter(|p| p.to_string_lossy().ends_with(".zst")).collect()
 }
 
 #[test]

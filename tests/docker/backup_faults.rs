@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agent::running;
+use crate::backup::{archives_in, files_in};
 use crate::harness::{self, Env, describe, docker_ok, run_with_timeout, stdout_of, wait_for};
 use crate::services::service;
 
@@ -46,28 +47,6 @@ fn run(cmd: &mut Command) -> Output {
 /// All of a run's output, for messages that may go to either stream.
 fn all_output(out: &Output) -> String {
     format!("{}{}", stdout_of(out), String::from_utf8_lossy(&out.stderr))
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The archives (final names) under `dir`.
-fn archives_in(dir: &Path) -> Vec<PathBuf> {
-    files_in(dir).into_iter().filter(|p| p.to_string_lossy().ends_with(".zst")).collect()
 }
 
 fn sha256sum(path: &Path) -> String {

@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::agent::started_at;
+use crate::backup::archives_in;
 use crate::harness::{Env, describe, docker, docker_ok, stdout_of, wait_until};
 use crate::services::service;
 
@@ -240,22 +241,6 @@ fn tend(env: &Env, args: &[&str]) -> Output {
     let mut full = args.to_vec();
     full.extend(["--specs", env.spec_arg()]);
     env.tend(&full)
-}
-
-fn archives_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".zst") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// `psql -tAc SQL` in the container `c`, as postgres over the Unix socket; trimmed output.

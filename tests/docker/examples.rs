@@ -22,6 +22,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::agent::running;
+use crate::backup::archives_in;
 use crate::harness::{self, Env, describe, docker, docker_ok, stdout_of, wait_for};
 
 /// `mongod`: keeps its data directory and stops at once on SIGTERM. A stand-in
@@ -349,23 +350,6 @@ fn comparable(t: &str) -> String {
 
 fn exec(container: &str, script: &str) -> String {
     docker_ok(&["exec", container, "sh", "-c", script])
-}
-
-/// The archives (`*.zst`) under `dir`, at any depth.
-fn archives_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".zst") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// The archive a `tend backup run --output json` made, checked to be under `dest` at the
