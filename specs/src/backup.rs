@@ -60,7 +60,7 @@ pub struct BackupSpec {
     /// Which archives are kept, per destination. Without it every archive is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
-    /// zstd settings (default level 3, single-threaded).
+    /// zstd settings (default level 5 on two workers).
     #[serde(default)]
     pub compression: Compression,
     /// How an archive is restored.
