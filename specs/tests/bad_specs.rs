@@ -11,34 +11,23 @@
 //!
 //! Companion files a case needs (a secret, say) sit next to it with another extension.
 //! Files named `*.secret` hold secret values: no diagnostic may ever show their content.
+//!
+//! Reading the corpus is shared with the docker test (`tests/harness/bad_spec_corpus.rs`);
+//! the matching here is this test's own.
+
+#[path = "../../tests/harness/bad_spec_corpus.rs"]
+// `Case::companions` is for the docker test, which copies them; the loader finds them itself.
+#[allow(dead_code)]
+mod bad_spec_corpus;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use bad_spec_corpus::{Case, Expected, cases};
 use tend_specs::{Diagnostic, load_path};
-
-/// Where the corpus lives.
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/bad-specs");
 
 /// The corpus must keep at least this many cases.
 const MIN_CASES: usize = 100;
-
-/// One expected diagnostic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Expected {
-    /// The file, relative to the case directory (or the case file's name).
-    file: String,
-    line: usize,
-    column: usize,
-    /// Parts that must appear in the message, in this order.
-    parts: Vec<String>,
-}
-
-impl fmt::Display for Expected {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.parts.join("…"))
-    }
-}
 
 /// One diagnostic as loaded, with its file made relative to the case.
 #[derive(Debug, Clone)]
@@ -53,103 +42,6 @@ impl fmt::Display for Actual {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
     }
-}
-
-/// A case of the corpus.
-struct Case {
-    /// `NN-name` (without extension).
-    name: String,
-    /// The path given to the loader: the `.yaml` file or the directory.
-    path: PathBuf,
-    /// What paths in diagnostics are made relative to.
-    root: PathBuf,
-    expected: Vec<Expected>,
-    /// Contents of the case's `*.secret` files.
-    secrets: Vec<String>,
-}
-
-/// Parses `LINE:COL: MESSAGE` (after the file part has been split off).
-fn parse_position(file: &str, rest: &str, origin: &str) -> Expected {
-    let mut it = rest.splitn(3, ':');
-    let (Some(line), Some(column), Some(message)) = (it.next(), it.next(), it.next()) else {
-        panic!("{origin}: expected `LINE:COL: MESSAGE`, found {rest:?}");
-    };
-    let num = |s: &str| s.trim().parse::<usize>().unwrap_or_else(|_| panic!("{origin}: bad number {s:?} in {rest:?}"));
-    let message = message.strip_prefix(' ').unwrap_or(message);
-    assert!(!message.trim().is_empty(), "{origin}: empty message in {rest:?}");
-    Expected {
-        file: file.to_string(),
-        line: num(line),
-        column: num(column),
-        parts: message.split('…').map(str::to_string).collect(),
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// `*.secret` files under `dir` (recursively) whose name starts with `prefix`.
-fn secrets_in(dir: &Path, prefix: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
-            let p = entry.expect("directory entry").path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if p.is_dir() && d == dir && !prefix.is_empty() {
-                continue;
-            } else if p.is_dir() {
-                stack.push(p);
-            } else if name.starts_with(prefix) && name.ends_with(".secret") {
-                let value = read(&p).trim().to_string();
-                assert!(value.len() >= 8, "{}: make secret values long enough to be unmistakable", p.display());
-                out.push(value);
-            }
-        }
-    }
-    out
-}
-
-/// Every case of the corpus, sorted by name.
-fn cases() -> Vec<Case> {
-    let corpus = PathBuf::from(CORPUS);
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&corpus)
-        .unwrap_or_else(|e| panic!("read the corpus {}: {e}", corpus.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
-    entries.sort();
-    let mut cases = Vec::new();
-    for path in entries {
-        let file_name = path.file_name().and_then(|n| n.to_str()).expect("UTF-8 file name").to_string();
-        if path.is_dir() {
-            let expect = path.join("expect");
-            let origin = expect.display().to_string();
-            let expected = read(&expect)
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .map(|l| {
-                    let (file, rest) = l
-                        .split_once(':')
-                        .unwrap_or_else(|| panic!("{origin}: expected `FILE:LINE:COL: MESSAGE`: {l:?}"));
-                    parse_position(file, rest, &origin)
-                })
-                .collect();
-            let secrets = secrets_in(&path, "");
-            cases.push(Case { name: file_name, root: path.clone(), path, expected, secrets });
-        } else if let Some(stem) = file_name.strip_suffix(".yaml").or_else(|| file_name.strip_suffix(".yml")) {
-            let origin = path.display().to_string();
-            let expected = read(&path)
-                .lines()
-                .map_while(|l| l.strip_prefix("# expect:"))
-                .map(|rest| parse_position(&file_name, rest.trim_start(), &origin))
-                .collect();
-            let secrets = secrets_in(&corpus, &format!("{stem}."));
-            cases.push(Case { name: stem.to_string(), root: corpus.clone(), path, expected, secrets });
-        }
-        // Anything else is a companion file or documentation.
-    }
-    cases
 }
 
 fn relative(d: &Diagnostic, root: &Path) -> Actual {
@@ -222,7 +114,7 @@ fn check(case: &Case) -> Option<String> {
         }
         Err(diags) => diags,
     };
-    let actual: Vec<Actual> = diags.iter().map(|d| relative(d, &case.root)).collect();
+    let actual: Vec<Actual> = diags.iter().map(|d| relative(d, case.root())).collect();
     let mut problems = Vec::new();
     if !all_paired(&case.expected, &actual) {
         let list = |items: Vec<String>| items.iter().map(|s| format!("    {s}\n")).collect::<String>();
