@@ -194,8 +194,15 @@ pub async fn run(
     let mut rel = catalog::render_layout(backup.spec.layout(), name, &now)?;
     if dest.join(&rel).exists() {
         // A second run the same day under a layout without {time}: the time goes in the name
-        // (the manifest still names the backup, so the catalog finds it).
-        rel = with_time(&rel, &now);
+        // (the manifest still names the backup, so the catalog finds it), and a number after
+        // it for a third run within the same second.
+        let (base, time) = (rel.clone(), now.strftime("%H%M%S").to_string());
+        rel = tagged(&base, &time);
+        let mut n = 2;
+        while dest.join(&rel).exists() {
+            rel = tagged(&base, &format!("{time}-{n}"));
+            n += 1;
+        }
     }
     let final_path = dest.join(&rel);
     let options = write_options(backup, ctx);
@@ -293,14 +300,14 @@ pub async fn run(
     Ok(report)
 }
 
-/// `a/2026-11-22_db.tar.zst` → `a/2026-11-22_db-061530.tar.zst`.
-fn with_time(rel: &Path, now: &Zoned) -> PathBuf {
+/// `a/2026-11-22_db.tar.zst` with tag `061530` → `a/2026-11-22_db-061530.tar.zst`.
+fn tagged(rel: &Path, tag: &str) -> PathBuf {
     let name = rel.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (stem, ext) = match name.find(".tar.zst").or_else(|| name.rfind(".zst")) {
         Some(i) => name.split_at(i),
         None => (name.as_str(), ""),
     };
-    rel.with_file_name(format!("{stem}-{}{ext}", now.strftime("%H%M%S")))
+    rel.with_file_name(format!("{stem}-{tag}{ext}"))
 }
 
 fn join_paths(p: &[PathBuf]) -> String {

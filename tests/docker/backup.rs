@@ -12,11 +12,13 @@ use crate::agent::{container_id, running};
 use crate::harness::{self, Env, describe, docker, docker_ok, stdout_of, wait_for};
 use crate::services::service;
 
-fn backup_doc(name: &str, body: &str) -> String {
+/// A `kind: Backup` document named `name`; `body` holds its `spec` lines, indented.
+pub(crate) fn backup_doc(name: &str, body: &str) -> String {
     format!("---\napiVersion: tend/v1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n{body}")
 }
 
-fn tend(env: &Env, args: &[&str]) -> Output {
+/// `tend ARGS --specs SPEC_DIR` in the test's scope.
+pub(crate) fn tend(env: &Env, args: &[&str]) -> Output {
     let mut full = args.to_vec();
     full.extend(["--specs", env.spec_arg()]);
     env.tend(&full)
@@ -508,6 +510,29 @@ fn backups_and_restores_show_their_progress_on_a_terminal() {
         tend(&env, &["restore", "shown", "--yes", "--to", env.state_path().join("again").to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("MiB/s"), "{}", describe(&out));
+}
+
+#[test]
+fn runs_in_quick_succession_each_keep_their_own_archive() {
+    let env = Env::new("backup_quick_runs");
+    let data = data_dir(&env);
+    let dest = env.state_path().join("quick");
+    env.write_spec(
+        "b.yaml",
+        &backup_doc(
+            "quick",
+            &format!("  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n", data.display(), dest.display()),
+        ),
+    );
+    // The day's name, then the time in it, then a number for runs within the same second.
+    for _ in 0..4 {
+        let out = tend(&env, &["backup", "run", "quick"]);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    assert_eq!(archives_in(&dest).len(), 4, "{:?}", archives_in(&dest));
+    let out = tend(&env, &["backup", "verify", "quick"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout_of(&out).lines().filter(|l| l.starts_with("ok ")).count(), 4, "{}", describe(&out));
 }
 
 #[test]

@@ -12,13 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agent::running;
-use crate::backup::{archives_in, files_in};
+use crate::backup::{archives_in, backup_doc, files_in};
 use crate::harness::{self, Env, describe, docker_ok, run_with_timeout, stdout_of, wait_for};
 use crate::services::service;
-
-fn backup_doc(name: &str, body: &str) -> String {
-    format!("---\napiVersion: tend/v1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n{body}")
-}
 
 /// `tend … backup run NAME --specs SPECS` with the environment of [`Env::tend`] plus `vars`.
 fn backup_run(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Command {

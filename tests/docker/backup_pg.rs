@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::agent::started_at;
-use crate::backup::archives_in;
+use crate::backup::{archives_in, backup_doc, tend};
 use crate::harness::{Env, describe, docker, docker_ok, stdout_of, wait_until};
 use crate::services::service;
 
@@ -231,16 +231,6 @@ fn pg_image() -> String {
     docker_ok(&args);
     eprintln!("built {image} ({banner}) in {:?}", t0.elapsed());
     image
-}
-
-fn backup_doc(name: &str, body: &str) -> String {
-    format!("---\napiVersion: tend/v1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n{body}")
-}
-
-fn tend(env: &Env, args: &[&str]) -> Output {
-    let mut full = args.to_vec();
-    full.extend(["--specs", env.spec_arg()]);
-    env.tend(&full)
 }
 
 /// `psql -tAc SQL` in the container `c`, as postgres over the Unix socket; trimmed output.

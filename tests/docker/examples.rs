@@ -22,7 +22,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::agent::running;
-use crate::backup::archives_in;
+use crate::backup::{archives_in, tend};
 use crate::harness::{self, Env, describe, docker, docker_ok, stdout_of, wait_for};
 
 /// `mongod`: keeps its data directory and stops at once on SIGTERM. A stand-in
@@ -322,12 +322,6 @@ fn copy_example(env: &Env, name: &str, rw: &Rewrite) {
     for w in wanted {
         assert!(seen.contains(&w), "examples/{name} no longer has `{w}`: update this test");
     }
-}
-
-fn tend(env: &Env, args: &[&str]) -> Output {
-    let mut full = args.to_vec();
-    full.extend(["--specs", env.spec_arg()]);
-    env.tend(&full)
 }
 
 fn tend_ok(env: &Env, args: &[&str]) -> Output {
