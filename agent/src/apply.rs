@@ -870,6 +870,17 @@ fn check(p: &Option<Probe>, condition: Condition) -> Result<bool, String> {
     }
 }
 
+/// Waits until the container `name`, made from `service`'s spec, is ready as a new instance
+/// of it would have to be (healthy, or running without a health check), within the same time.
+pub async fn await_ready<E: ContainerEngine>(
+    engine: &E,
+    name: &str,
+    service: &tend_specs::Service,
+) -> Result<(), StepError> {
+    let timeout = Duration::from_millis(crate::plan::ready_timeout_ms(service));
+    await_condition(engine, "", &service.name, Some(name), crate::plan::ready_condition(service), timeout).await
+}
+
 async fn await_condition<E: ContainerEngine>(
     engine: &E,
     scope: &str,

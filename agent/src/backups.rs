@@ -414,17 +414,16 @@ async fn run_exec(
     command: &[String],
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<(i64, String), BackupError> {
-    let service = match runs_in {
-        RunsIn::Service(s) => desired.services.get(s),
-        RunsIn::Host => None,
-    };
-    if let Some(s) = service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker) {
+    if let Some(s) = docker_service(desired, runs_in) {
         let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
         let container = instance_name(&s.name, 1);
         return docker.exec_out(&container, command, None, tx).await.map_err(|e| BackupError::Engine(chain(&e)));
     }
     // On the host (runtime: host, or a systemd service: as its user).
-    let user = service.and_then(|s| s.spec.user.clone());
+    let user = match runs_in {
+        RunsIn::Service(s) => desired.services.get(s).and_then(|s| s.spec.user.clone()),
+        RunsIn::Host => None,
+    };
     let mut cmd = match &user {
         Some(u) => {
             let mut c = tokio::process::Command::new("runuser");
@@ -810,12 +809,7 @@ async fn exec_restore(
         .as_ref()
         .and_then(|r| r.exec.as_ref())
         .ok_or_else(|| BackupError::Refused("no restore.exec".into()))?;
-    let service = match r.runs_in() {
-        RunsIn::Service(s) => desired.services.get(s),
-        RunsIn::Host => None,
-    };
-    let container =
-        service.filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker).map(|s| instance_name(&s.name, 1));
+    let container = docker_service(desired, r.runs_in()).map(|s| instance_name(&s.name, 1));
     let (code, stderr) = stream_into(engines, container.as_deref(), &command, &plan.archive, sha, progress).await?;
     if code != 0 {
         return Err(BackupError::Command {
@@ -826,6 +820,17 @@ async fn exec_restore(
         });
     }
     Ok(())
+}
+
+/// The Docker service a backup's command runs in, if it runs in one (not on the host, not as
+/// a systemd service).
+fn docker_service<'a>(desired: &'a Desired, runs_in: RunsIn<'_>) -> Option<&'a tend_specs::Service> {
+    match runs_in {
+        RunsIn::Service(s) => {
+            desired.services.get(s).filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker)
+        }
+        RunsIn::Host => None,
+    }
 }
 
 /// Decompresses `archive` into the standard input of `command`, run in `container` or on the
@@ -1190,11 +1195,7 @@ async fn exec_drill(
     let exec = backup.spec.restore.as_ref().and_then(|r| r.exec.as_ref()).ok_or_else(|| {
         BackupError::Refused(format!("{} has no restore.exec: a drill restores through it", backup.name))
     })?;
-    let service = match exec.runs_in() {
-        RunsIn::Service(s) => desired.services.get(s).filter(|s| s.spec.runtime == tend_specs::service::Runtime::Docker),
-        RunsIn::Host => None,
-    }
-    .ok_or_else(|| {
+    let service = docker_service(desired, exec.runs_in()).ok_or_else(|| {
         BackupError::Refused(format!(
             "a drill of {} needs a scratch container made from the image of the Docker service restore.exec runs in; a restore on the host or into a systemd service has no scratch place (run the drill's restore by hand)",
             backup.name
@@ -1213,7 +1214,7 @@ async fn exec_drill(
     let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await.map_err(engine_err)?;
     info!(backup = %backup.name, container = %name, "scratch container started for the drill");
     let result = async {
-        wait_ready(docker, &name, service).await?;
+        crate::apply::await_ready(docker, &name, service).await.map_err(|e| BackupError::Engine(chain(&e)))?;
         let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha, None).await?;
         if code != 0 {
             return Err(BackupError::Command {
@@ -1230,40 +1231,4 @@ async fn exec_drill(
     let code = result?;
     removed.map_err(engine_err)?;
     Ok(DrillReport { archive: plan.archive, restored_into: name, entries: None, check_code: code, duration_ms: 0 })
-}
-
-/// Waits until a drill's scratch container is healthy (running, for a service without a
-/// health check), within the time its health check allows plus a minute.
-async fn wait_ready(docker: &DockerEngine, name: &str, service: &tend_specs::Service) -> Result<(), BackupError> {
-    use crate::engine::ContainerEngine;
-    use crate::model::{Health, RunState};
-    let h = service.spec.healthcheck.as_ref();
-    let secs = |d: Option<tend_specs::quantity::Duration>, default: u64| d.map_or(default, |d| d.get().as_secs());
-    let allowed = h.map_or(0, |h| {
-        secs(h.start_period, 0) + (secs(h.interval, 30) + secs(h.timeout, 30)) * u64::from(h.retries.unwrap_or(3) + 1)
-    }) + 60;
-    let deadline = Instant::now() + Duration::from_secs(allowed);
-    loop {
-        let probe = docker.probe(name).await.map_err(|e| BackupError::Engine(chain(&e)))?;
-        match probe {
-            Some(p) if p.state == RunState::Running && (h.is_none() || p.health == Health::Healthy) => return Ok(()),
-            Some(p) if p.health == Health::Unhealthy => {
-                return Err(BackupError::Refused(format!("the drill's scratch container {name} is unhealthy")));
-            }
-            Some(p) if p.state == RunState::Exited => {
-                return Err(BackupError::Refused(format!(
-                    "the drill's scratch container {name} exited (code {}) before it was ready",
-                    p.exit_code.unwrap_or(-1)
-                )));
-            }
-            None => return Err(BackupError::Refused(format!("the drill's scratch container {name} is gone"))),
-            Some(_) => {}
-        }
-        if Instant::now() > deadline {
-            return Err(BackupError::Refused(format!(
-                "the drill's scratch container {name} was not ready within {allowed} s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }

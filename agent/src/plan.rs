@@ -1152,7 +1152,8 @@ fn start(s: &Service, c: &Container) -> Action {
 }
 
 /// The condition an instance of `s` must reach to count as up.
-fn ready_condition(s: &Service) -> Condition {
+/// What "ready" means for a new instance of `s`: healthy with a health check, else running.
+pub fn ready_condition(s: &Service) -> Condition {
     if s.spec.healthcheck.is_some() { Condition::Healthy } else { Condition::Started }
 }
 
