@@ -536,6 +536,87 @@ fn runs_in_quick_succession_each_keep_their_own_archive() {
 }
 
 #[test]
+fn status_reports_a_shrinking_archive_a_missed_schedule_and_leftovers_of_a_killed_run() {
+    let env = Env::new("backup_health");
+    let data = data_dir(&env);
+    std::fs::write(
+        data.join("big"),
+        (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>(),
+    )
+    .expect("write");
+    let dest = env.state_path().join("health");
+    env.write_spec(
+        "b.yaml",
+        &format!(
+            "{}{}",
+            backup_doc(
+                "shrinks",
+                &format!(
+                    "  schedule: '*-*-* 03:15:00'\n  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n",
+                    data.display(),
+                    dest.display()
+                ),
+            ),
+            backup_doc(
+                "killed",
+                &format!(
+                    "  source: {{exec: {{runtime: host, command: [/bin/sh, -c, 'head -c 300000 /dev/urandom; exec sleep 30']}}}}\n  destination: {{dir: '{}'}}\n",
+                    dest.display()
+                ),
+            )
+        ),
+    );
+    // (Stand-alone `status` exits 1 here, systemd not being PID 1 for the schedule's timer;
+    // its JSON is whole.)
+    let health = |name: &str| {
+        let out = env.tend(&["status", "--output", "json", env.spec_arg()]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+        let h = status["backups"].as_array().into_iter().flatten().find(|b| b["name"] == name).cloned();
+        h.unwrap_or_else(|| panic!("no health of {name}: {status}"))
+    };
+    // Two runs, the data losing most of its bytes in between: the newest archive shrank.
+    assert!(tend(&env, &["backup", "run", "shrinks"]).status.success());
+    assert!(health("shrinks")["shrunk"].is_null(), "{}", health("shrinks"));
+    std::fs::remove_file(data.join("big")).expect("remove");
+    assert!(tend(&env, &["backup", "run", "shrinks"]).status.success());
+    let h = health("shrinks");
+    let shrunk = h["shrunk"].as_array().cloned().unwrap_or_default();
+    assert!(shrunk.len() == 2 && shrunk[1].as_u64() < shrunk[0].as_u64(), "{h}");
+    assert_eq!(h["missed"], false, "{h}");
+    // The last success three days ago: the nightly schedule was missed since.
+    let history = env.state_path().join("backups/shrinks/history.jsonl");
+    let three_days_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+        as u64
+        - 3 * 86_400_000;
+    let aged: Vec<String> = std::fs::read_to_string(&history)
+        .expect("history")
+        .lines()
+        .map(|l| {
+            let mut run: serde_json::Value = serde_json::from_str(l).expect("a run");
+            run["endMs"] = three_days_ago.into();
+            run.to_string()
+        })
+        .collect();
+    std::fs::write(&history, aged.join("\n") + "\n").expect("write history");
+    assert_eq!(health("shrinks")["missed"], true, "{}", health("shrinks"));
+    // A run killed while writing its archive leaves its temporary file: a leftover.
+    let mut child = paused_backup(&env, "killed", 0);
+    let partial = || {
+        crate::backup::files_in(&dest).iter().any(|f| {
+            let f = f.to_string_lossy();
+            f.contains("killed") && f.contains(".partial-")
+        })
+    };
+    wait_for(Duration::from_secs(30), "the killed run's temporary file", partial);
+    child.kill().expect("SIGKILL tend");
+    let _ = child.wait();
+    let h = health("killed");
+    assert_eq!(h["leftovers"], 1, "{h}");
+    assert!(h["lastSuccessMs"].is_null(), "{h}");
+}
+
+#[test]
 fn a_restore_refuses_a_move_aside_target_it_cannot_rename_into() {
     let env = Env::new("backup_aside_refused");
     let (db, _web, data, _dest) = setup(&env);
