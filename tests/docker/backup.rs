@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::{container_id, running};
+use crate::agent::{container_id, running, started_at};
 use crate::harness::{self, Env, describe, docker, docker_ok, stdout_of, wait_for};
 use crate::services::service;
 
@@ -22,10 +22,6 @@ pub(crate) fn tend(env: &Env, args: &[&str]) -> Output {
     let mut full = args.to_vec();
     full.extend(["--specs", env.spec_arg()]);
     env.tend(&full)
-}
-
-fn started_at(name: &str) -> String {
-    docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", name]).trim().to_string()
 }
 
 /// A data directory with a few files, readable by the container's bind mount.
@@ -136,9 +132,10 @@ fn a_quiesced_backup_archives_the_data_and_starts_the_services_again() {
     assert_ne!(started_at(&db1), db_started, "db was not stopped for the backup");
     assert_ne!(started_at(&web1), web_started, "web was not stopped for the backup");
     // web (the dependent) stopped before db and started after it.
-    let finished = |c: &str| docker_ok(&["inspect", "-f", "{{.State.FinishedAt}}", c]).trim().to_string();
+    let finished = |c: &str| harness::comparable_time(&docker_ok(&["inspect", "-f", "{{.State.FinishedAt}}", c]));
     assert!(finished(&web1) <= finished(&db1), "web should stop first");
-    assert!(started_at(&db1) <= started_at(&web1), "db should start first");
+    let started = |c: &str| harness::comparable_time(&started_at(c));
+    assert!(started(&db1) <= started(&web1), "db should start first");
     // list and verify.
     let list = stdout_of(&tend(&env, &["backup", "list", "nightly"]));
     assert!(list.contains("complete"), "{list}");

@@ -334,14 +334,6 @@ fn state_time(container: &str, field: &str) -> String {
     docker_ok(&["inspect", "--format", &format!("{{{{.State.{field}}}}}"), container])
 }
 
-/// An RFC 3339 time as Docker prints it, as comparable text (the fraction padded to 9
-/// digits: Docker trims its trailing zeros).
-fn comparable(t: &str) -> String {
-    let t = t.trim_end_matches('Z');
-    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
-    format!("{secs}.{frac:0<9}")
-}
-
 fn exec(container: &str, script: &str) -> String {
     docker_ok(&["exec", container, "sh", "-c", script])
 }
@@ -417,7 +409,8 @@ fn clinical_recorder_backs_up_its_database_quiesced_and_restores_it_moving_the_b
         assert_ne!(&state_time(c, "StartedAt"), started, "{c} was not stopped for the backup");
     }
     // Dependents first: web stopped before the app, the app before the API, the API before mongod.
-    let finished: Vec<String> = containers.iter().map(|c| comparable(&state_time(c, "FinishedAt"))).collect();
+    let finished: Vec<String> =
+        containers.iter().map(|c| harness::comparable_time(&state_time(c, "FinishedAt"))).collect();
     let [mongo_f, api_f, app1_f, app2_f, web_f] = &finished[..] else { unreachable!() };
     assert!(web_f <= app1_f && web_f <= app2_f, "web stops before the app: {finished:?}");
     assert!(app1_f <= api_f && app2_f <= api_f, "the app stops before the API: {finished:?}");

@@ -143,6 +143,14 @@ pub fn docker<S: AsRef<OsStr>>(args: &[S]) -> Output {
     }
 }
 
+/// An RFC 3339 time as Docker prints it (`…:05.12Z`), as text that compares in time order:
+/// Docker trims the fraction's trailing zeros, so its own text does not.
+pub fn comparable_time(t: &str) -> String {
+    let t = t.trim().trim_end_matches('Z');
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{secs}.{frac:0<9}")
+}
+
 /// Runs `docker ARGS...`, asserts it succeeded, and returns its trimmed stdout.
 pub fn docker_ok<S: AsRef<OsStr>>(args: &[S]) -> String {
     let output = docker(args);
