@@ -265,9 +265,12 @@ fn check_backup(
             && let Some(exec) = spec.restore.as_ref().and_then(|r| r.exec.as_ref())
         {
             let runtime = exec.service.as_ref().and_then(|s| names.get(s)).and_then(|o| o.runtime);
-            let problem = match (&exec.service, runtime) {
-                (None, _) => Some("`restore.exec` runs on the host (`runtime: host`)".to_string()),
-                (Some(s), Some(Runtime::Systemd)) => Some(format!("`restore.exec` runs as systemd service `{s}`")),
+            // (Neither or both of `service` and `runtime` is reported by the command's check.)
+            let problem = match (&exec.service, exec.runtime, runtime) {
+                (None, Some(_), _) => Some("`restore.exec` runs on the host (`runtime: host`)".to_string()),
+                (Some(s), None, Some(Runtime::Systemd)) => {
+                    Some(format!("`restore.exec` runs as systemd service `{s}`"))
+                }
                 _ => None,
             };
             // A drill has no `--set`: every placeholder needs its default.
