@@ -158,6 +158,12 @@ fn fingerprint(desired: &Desired) -> String {
     for t in desired.timers.values() {
         s.push_str(&format!("t:{}:{};", t.name, t.hash));
     }
+    // A Backup's schedule, drill, retention and copies shape its Timers and runs, not only
+    // its archive hash: compare the whole spec.
+    for b in desired.backups.values() {
+        s.push_str(&format!("b:{}:{};", b.name, b.hash));
+        s.push_str(&serde_json::to_string(&b.spec).unwrap_or_default());
+    }
     tend_specs::hash::sha256_hex(s.as_bytes())
 }
 
@@ -1450,6 +1456,21 @@ mod tests {
         format!(
             "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: busybox:1\n{extra}"
         )
+    }
+
+    fn backup(schedule: &str, level: u32) -> String {
+        format!(
+            "---\napiVersion: tend/v1\nkind: Backup\nmetadata: {{name: nightly}}\nspec:\n  schedule: '{schedule}'\n  source: {{paths: [/srv/data]}}\n  destination: {{dir: /srv/backups}}\n  compression: {{level: {level}}}\n"
+        )
+    }
+
+    #[test]
+    fn an_edit_of_only_a_backup_changes_the_fingerprint() {
+        let base = fingerprint(&desired(&[service("web", ""), backup("daily", 5)].concat()));
+        assert_eq!(base, fingerprint(&desired(&[service("web", ""), backup("daily", 5)].concat())));
+        assert_ne!(base, fingerprint(&desired(&[service("web", ""), backup("hourly", 5)].concat())), "schedule");
+        assert_ne!(base, fingerprint(&desired(&[service("web", ""), backup("daily", 9)].concat())), "compression");
+        assert_ne!(base, fingerprint(&desired(&service("web", ""))), "removed");
     }
 
     #[test]

@@ -92,9 +92,18 @@ pub enum BackupError {
     /// Nothing to restore from.
     #[error("no complete archive of {0} to restore from")]
     NoArchive(String),
-    /// A restore cannot go ahead as asked.
-    #[error("restore refused: {0}")]
+    /// A run or restore cannot go ahead as asked.
+    #[error("{0}")]
     Refused(String),
+    /// A restore stopped before it stopped, moved or wrote anything.
+    #[error("restore of {backup} refused; nothing was changed")]
+    Unchanged {
+        /// The Backup.
+        backup: String,
+        /// Why.
+        #[source]
+        source: Box<BackupError>,
+    },
 }
 
 /// The last 4 KiB of a command's stderr, for an error message.
@@ -248,7 +257,11 @@ pub async fn run(
         tend_version: env!("CARGO_PKG_VERSION").to_string(),
         spec_hash: backup.hash.clone(),
         backup: name.to_string(),
-        format: archive::Format::of_path(&final_path).unwrap_or(archive::Format::TarZst),
+        // What the file holds, whatever its name: a dump is a stream even under `.tar.zst`.
+        format: match backup.spec.source_kind() {
+            SourceKind::Paths => archive::Format::TarZst,
+            SourceKind::Exec => archive::Format::Zst,
+        },
     };
     catalog::write_manifest(&final_path, &manifest)?;
     info!(backup = name, archive = %final_path.display(), bytes, "archive written");
@@ -609,8 +622,11 @@ pub fn archives(backup: &Backup) -> Result<Vec<catalog::Entry>, BackupError> {
 pub struct RestorePlan {
     /// The archive.
     pub archive: PathBuf,
-    /// Its age (ms).
-    pub age_ms: u64,
+    /// Its age (ms), from its manifest; `None` for an archive without one.
+    pub age_ms: Option<u64>,
+    /// Its manifest (`None` only when the operator restores one without, on purpose).
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
     /// Services stopped first (and started after).
     pub stop: Vec<String>,
     /// Current data moved aside: (from, to).
@@ -621,12 +637,17 @@ pub struct RestorePlan {
 
 /// Plans a restore of `backup` from `from` (default: the newest complete archive), into the
 /// source paths (moving the current data aside) or into `to` (nothing stopped or moved).
+/// Refused, before anything is touched: a `--set` of a variable `restore.exec` does not
+/// have, an archive whose manifest names another Backup or another kind of source, and an
+/// archive without a manifest unless `without_manifest` says the operator means it.
 pub fn plan_restore(
     backup: &Backup,
     from: Option<&Path>,
     to: Option<&Path>,
     vars: &[(String, String)],
+    without_manifest: bool,
 ) -> Result<RestorePlan, BackupError> {
+    check_vars(backup, vars)?;
     let archive = match from {
         Some(p) => p.to_path_buf(),
         None => archives(backup)?
@@ -636,8 +657,9 @@ pub fn plan_restore(
             .map(|e| e.path)
             .ok_or_else(|| BackupError::NoArchive(backup.name.clone()))?,
     };
-    let made = catalog::read_manifest(&archive)?.map(|m| m.started_ms).unwrap_or(0);
-    let age_ms = now_ms().saturating_sub(made);
+    let manifest = catalog::read_manifest(&archive)?;
+    check_belongs(backup, &archive, manifest.as_ref(), without_manifest)?;
+    let age_ms = manifest.as_ref().map(|m| now_ms().saturating_sub(m.started_ms));
     let stamp = Zoned::now().strftime("%Y-%m-%d_%H%M%S").to_string();
     match backup.spec.source_kind() {
         SourceKind::Paths => {
@@ -645,6 +667,7 @@ pub fn plan_restore(
                 return Ok(RestorePlan {
                     archive,
                     age_ms,
+                    manifest,
                     stop: vec![],
                     move_aside: vec![],
                     into: format!("{} (a new directory; nothing is stopped or moved)", t.display()),
@@ -665,13 +688,91 @@ pub fn plan_restore(
                 };
                 move_aside.push((p, target));
             }
-            Ok(RestorePlan { archive, age_ms, stop, move_aside, into: backup.spec.paths().join(" ") })
+            Ok(RestorePlan { archive, age_ms, manifest, stop, move_aside, into: backup.spec.paths().join(" ") })
         }
         SourceKind::Exec => {
             let cmd = restore_command(backup, vars)?;
-            Ok(RestorePlan { archive, age_ms, stop: vec![], move_aside: vec![], into: format!("`{}`", cmd.join(" ")) })
+            Ok(RestorePlan {
+                archive,
+                age_ms,
+                manifest,
+                stop: vec![],
+                move_aside: vec![],
+                into: format!("`{}`", cmd.join(" ")),
+            })
         }
     }
+}
+
+/// Every `--set` must name a placeholder of `restore.exec`: a misspelt one would otherwise be
+/// ignored and the restore run with the default, into the live database.
+fn check_vars(backup: &Backup, vars: &[(String, String)]) -> Result<(), BackupError> {
+    let known = &backup.restore_vars;
+    for (name, _) in vars {
+        if known.contains(name) {
+            continue;
+        }
+        let why = if known.is_empty() {
+            format!("the restore of {} has no variables (its restore.exec has no ${{…}} placeholder)", backup.name)
+        } else {
+            let near = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(name, k), k))
+                .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+                .min()
+                .map(|(_, k)| format!(", did you mean `{k}`?"))
+                .unwrap_or_default();
+            let list = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            format!("restore.exec of {} has {list}{near}", backup.name)
+        };
+        return Err(BackupError::Refused(format!("--set {name}: no such variable: {why}")));
+    }
+    Ok(())
+}
+
+/// The archive must be one of `backup`'s: its manifest names this Backup and the same kind of
+/// source. One without a manifest (a run that did not finish, or a file from elsewhere) is
+/// restored only when the operator says so.
+fn check_belongs(
+    backup: &Backup,
+    archive: &Path,
+    manifest: Option<&Manifest>,
+    without_manifest: bool,
+) -> Result<(), BackupError> {
+    let Some(m) = manifest else {
+        if without_manifest {
+            return Ok(());
+        }
+        return Err(BackupError::Refused(format!(
+            "{} has no manifest ({}): nothing says which Backup made it, when, or its checksum; restore it only if you know it is one of {}'s, with --without-manifest",
+            archive.display(),
+            catalog::manifest_path(archive).display(),
+            backup.name
+        )));
+    };
+    if m.backup != backup.name {
+        return Err(BackupError::Refused(format!(
+            "{} is an archive of Backup `{}` (its manifest says so), not of `{}`",
+            archive.display(),
+            m.backup,
+            backup.name
+        )));
+    }
+    let kind = backup.spec.source_kind();
+    if m.source_kind() != Some(kind) {
+        let name = |k: SourceKind| match k {
+            SourceKind::Paths => "paths",
+            SourceKind::Exec => "exec",
+        };
+        return Err(BackupError::Refused(format!(
+            "{} was made from another kind of source ({}); {} now backs up {}",
+            archive.display(),
+            m.source,
+            backup.name,
+            name(kind)
+        )));
+    }
+    Ok(())
 }
 
 fn restore_command(backup: &Backup, vars: &[(String, String)]) -> Result<Vec<String>, BackupError> {
@@ -692,33 +793,11 @@ fn restore_command(backup: &Backup, vars: &[(String, String)]) -> Result<Vec<Str
         .collect()
 }
 
-/// Carries out a planned restore.
-pub async fn restore(
-    engines: &Engines<DockerEngine, SystemdEngine>,
-    desired: &Desired,
-    backup: &Backup,
-    plan: &RestorePlan,
-    to: Option<&Path>,
-    vars: &[(String, String)],
-    ctx: &Context,
-) -> Result<(), BackupError> {
-    let sha = catalog::read_manifest(&plan.archive)?.map(|m| m.sha256);
-    let progress = ctx.progress.clone();
-    if backup.spec.source_kind() == SourceKind::Exec {
-        return exec_restore(engines, desired, backup, plan, sha, vars, progress).await;
-    }
-    if let Some(t) = to {
-        let (a, t) = (plan.archive.clone(), t.to_path_buf());
-        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), progress.as_ref()))
-            .await
-            .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
-        return Ok(());
-    }
-    // Before anything is stopped: the archive is whole and the move-aside target writable.
-    let (a, s, p) = (plan.archive.clone(), sha.clone(), progress.clone());
-    tokio::task::spawn_blocking(move || archive::verify_counted(&a, s.as_deref(), p.as_ref()))
-        .await
-        .map_err(|e| BackupError::Engine(format!("the verify task failed: {e}")))??;
+/// Checks that a planned restore can go ahead, without stopping anything: each move-aside
+/// directory exists or can be made, is writable, and is on the filesystem of the data it
+/// receives (a rename, never a copy).
+pub fn check_restore(plan: &RestorePlan) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
     for (from, aside) in &plan.move_aside {
         let dir = aside.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -729,11 +808,8 @@ pub async fn restore(
             BackupError::Refused(format!("the move-aside directory {} cannot be written: {e}", dir.display()))
         })?;
         let _ = std::fs::remove_file(&probe);
-        let same_fs = |a: &Path, b: &Path| {
-            use std::os::unix::fs::MetadataExt;
-            matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if x.dev() == y.dev())
-        };
-        if !same_fs(from, dir) {
+        let same_fs = matches!((std::fs::metadata(from), std::fs::metadata(dir)), (Ok(x), Ok(y)) if x.dev() == y.dev());
+        if !same_fs {
             return Err(BackupError::Refused(format!(
                 "{} and the move-aside directory {} are on different filesystems: moving the data aside would copy it",
                 from.display(),
@@ -741,7 +817,48 @@ pub async fn restore(
             )));
         }
     }
-    let locks = take_locks(ctx, desired, backup, "restore")?;
+    Ok(())
+}
+
+/// Carries out a planned restore. Before anything is stopped, moved or fed to a restore
+/// command, the archive is read whole (checksum, every frame and tar entry) and the
+/// move-aside directories are checked; a failure until then is
+/// [`BackupError::Unchanged`].
+pub async fn restore(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    plan: &RestorePlan,
+    to: Option<&Path>,
+    vars: &[(String, String)],
+    ctx: &Context,
+) -> Result<(), BackupError> {
+    let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
+    let progress = ctx.progress.clone();
+    let unchanged = |e: BackupError| BackupError::Unchanged { backup: backup.name.clone(), source: Box::new(e) };
+    let kind = backup.spec.source_kind();
+    if let (SourceKind::Paths, Some(t)) = (kind, to) {
+        // All or nothing into a new directory: nothing live is touched either way.
+        let (a, t) = (plan.archive.clone(), t.to_path_buf());
+        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), progress.as_ref()))
+            .await
+            .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
+        return Ok(());
+    }
+    let format = match kind {
+        SourceKind::Paths => archive::Format::TarZst,
+        SourceKind::Exec => archive::Format::Zst,
+    };
+    let (a, s, p) = (plan.archive.clone(), sha.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || archive::verify_counted(&a, format, s.as_deref(), p.as_ref()))
+        .await
+        .map_err(|e| BackupError::Engine(format!("the verify task failed: {e}")))?
+        .map_err(|e| unchanged(e.into()))?;
+    if kind == SourceKind::Exec {
+        return exec_restore(engines, desired, backup, plan, vars, progress).await;
+    }
+    check_restore(plan).map_err(unchanged)?;
+    let locks = take_locks(ctx, desired, backup, "restore").map_err(unchanged)?;
     let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
     let result = async {
@@ -783,7 +900,7 @@ pub fn restore_read_bytes(backup: &Backup, plan: &RestorePlan, to: Option<&Path>
     let size = std::fs::metadata(&plan.archive).map(|m| m.len()).unwrap_or(0);
     let checked_first = match backup.spec.source_kind() {
         SourceKind::Paths => to.is_none(),
-        SourceKind::Exec => catalog::manifest_path(&plan.archive).exists(),
+        SourceKind::Exec => true,
     };
     if checked_first { size * 2 } else { size }
 }
@@ -798,7 +915,6 @@ async fn exec_restore(
     desired: &Desired,
     backup: &Backup,
     plan: &RestorePlan,
-    sha: Option<String>,
     vars: &[(String, String)],
     progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<(), BackupError> {
@@ -810,7 +926,8 @@ async fn exec_restore(
         .and_then(|r| r.exec.as_ref())
         .ok_or_else(|| BackupError::Refused("no restore.exec".into()))?;
     let container = docker_service(desired, r.runs_in()).map(|s| instance_name(&s.name, 1));
-    let (code, stderr) = stream_into(engines, container.as_deref(), &command, &plan.archive, sha, progress).await?;
+    // Verified whole just before: streamed without a second checksum pass.
+    let (code, stderr) = stream_into(engines, container.as_deref(), &command, &plan.archive, None, progress).await?;
     if code != 0 {
         return Err(BackupError::Command {
             command: command.join(" "),
@@ -891,10 +1008,14 @@ pub fn verify_all(backup: Option<&Backup>, archive: Option<&Path>) -> Vec<(PathB
     targets
         .into_iter()
         .map(|p| {
-            let r = catalog::read_manifest(&p)
-                .map_err(BackupError::from)
-                .and_then(|m| Ok(archive::verify(&p, m.as_ref().map(|m| m.sha256.as_str()))?))
-                .map(|v| v.entries.unwrap_or(0));
+            let r = catalog::read_manifest(&p).map_err(BackupError::from).and_then(|m| {
+                // What the manifest says the archive is; by its name only without one.
+                let report = match &m {
+                    Some(m) => archive::verify_counted(&p, m.content_format(), Some(&m.sha256), None)?,
+                    None => archive::verify(&p, None)?,
+                };
+                Ok(report.entries.unwrap_or(0))
+            });
             (p, r)
         })
         .collect()
@@ -1162,13 +1283,13 @@ async fn paths_drill(
     d: &tend_specs::backup::Drill,
     ctx: &Context,
 ) -> Result<DrillReport, BackupError> {
-    let plan = plan_restore(backup, None, Some(Path::new("/")), &[])?;
+    let plan = plan_restore(backup, None, Some(Path::new("/")), &[], false)?;
     let scratch = ctx.state_dir.join("drills").join(&backup.name);
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(io("clearing the drill directory", &scratch))?;
     }
     std::fs::create_dir_all(scratch.parent().unwrap_or(Path::new("/"))).map_err(io("creating", &scratch))?;
-    let sha = catalog::read_manifest(&plan.archive)?.map(|m| m.sha256);
+    let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
     let (a, t) = (plan.archive.clone(), scratch.clone());
     let extracted = tokio::task::spawn_blocking(move || archive::extract(&a, &t, sha.as_deref()))
         .await
@@ -1202,9 +1323,9 @@ async fn exec_drill(
         ))
     })?;
     let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
-    let plan = plan_restore(backup, None, None, &[])?;
+    let plan = plan_restore(backup, None, None, &[], false)?;
     let command = restore_command(backup, &[])?;
-    let sha = catalog::read_manifest(&plan.archive)?.map(|m| m.sha256);
+    let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
     let engine_err = |e: crate::engine::EngineError| BackupError::Engine(chain(&e));
     // A drill that was killed leaves its container: remove it first.
     for (id, name) in docker.drill_containers(&ctx.scope, &backup.name).await.map_err(engine_err)? {

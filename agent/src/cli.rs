@@ -238,9 +238,14 @@ pub enum Command {
         /// Extract into this new directory instead (nothing is stopped or moved).
         #[arg(long, conflicts_with = "set")]
         to: Option<PathBuf>,
-        /// A value for a `${var}` of restore.exec (e.g. `--set db=pipeline_dev`).
+        /// A value for a `${var}` of restore.exec (e.g. `--set db=pipeline_dev`); a name
+        /// restore.exec does not have is an error.
         #[arg(long, value_name = "VAR=VALUE")]
         set: Vec<String>,
+        /// Restore an archive that has no manifest (nothing then says which Backup made it,
+        /// when, or what its checksum is).
+        #[arg(long)]
+        without_manifest: bool,
         /// Do not ask.
         #[arg(long)]
         yes: bool,
@@ -378,8 +383,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Locks { output } => locks(&cli, *output),
         Command::Backup { command } => backup(&cli, command),
-        Command::Restore { name, from, to, set, yes, specs } => {
-            restore(&cli, name, from.as_deref(), to.as_deref(), set, *yes, specs.as_deref())
+        Command::Restore { name, from, to, set, without_manifest, yes, specs } => {
+            let target =
+                RestoreTarget { from: from.as_deref(), to: to.as_deref(), without_manifest: *without_manifest };
+            restore(&cli, name, target, set, *yes, specs.as_deref())
         }
         Command::Plan { path, output } => {
             if path.is_none()
@@ -1445,33 +1452,48 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
     }
 }
 
-/// `tend restore`.
-#[allow(clippy::too_many_arguments)]
+/// Which archive `tend restore` reads and where it puts it.
+#[derive(Debug, Clone, Copy)]
+struct RestoreTarget<'a> {
+    /// The archive (default: the newest complete one).
+    from: Option<&'a Path>,
+    /// A new directory instead of the live paths.
+    to: Option<&'a Path>,
+    /// An archive without a manifest is restored on purpose.
+    without_manifest: bool,
+}
+
+/// `tend restore`: everything that can be checked without stopping anything is checked
+/// before the plan is shown; a refusal says nothing was changed.
 fn restore(
     cli: &Cli,
     name: &str,
-    from: Option<&Path>,
-    to: Option<&Path>,
+    target: RestoreTarget<'_>,
     set: &[String],
     yes: bool,
     specs: Option<&Path>,
 ) -> Result<ExitCode, CliError> {
+    use crate::backups::BackupError;
     let desired = load(&specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
+    let refused =
+        |e: BackupError| CliError::Backup(BackupError::Unchanged { backup: name.to_string(), source: Box::new(e) });
     let vars: Vec<(String, String)> = set
         .iter()
         .map(|kv| {
-            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| {
-                CliError::Backup(crate::backups::BackupError::Refused(format!("--set {kv}: write VAR=VALUE")))
-            })
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| refused(BackupError::Refused(format!("--set {kv}: write VAR=VALUE"))))
         })
         .collect::<Result<_, _>>()?;
-    let plan = crate::backups::plan_restore(b, from, to, &vars)?;
-    println!(
-        "Restore {name} from {} (made {} ago)",
-        plan.archive.display(),
-        crate::time::format_duration(std::time::Duration::from_millis(plan.age_ms))
-    );
+    let RestoreTarget { from, to, without_manifest } = target;
+    let plan = crate::backups::plan_restore(b, from, to, &vars, without_manifest).map_err(refused)?;
+    crate::backups::check_restore(&plan).map_err(refused)?;
+    let age = match plan.age_ms {
+        Some(ms) => format!("made {} ago", crate::time::format_duration(std::time::Duration::from_millis(ms))),
+        None => "no manifest: when it was made is unknown".to_string(),
+    };
+    println!("Restore {name} from {} ({age})", plan.archive.display());
     if !plan.stop.is_empty() {
         println!("  stop first (and start after): {}", plan.stop.join(", "));
     }
@@ -1481,7 +1503,7 @@ fn restore(
     println!("  restore into: {}", plan.into);
     if !yes {
         if !std::io::stdin().is_terminal() {
-            return Err(CliError::Backup(crate::backups::BackupError::Refused(
+            return Err(refused(BackupError::Refused(
                 "not confirmed: run it on a terminal to answer, or pass --yes".into(),
             )));
         }

@@ -192,6 +192,38 @@ fn a_spec_edit_is_picked_up_and_only_that_service_is_recreated() {
 }
 
 #[test]
+fn an_edit_of_only_a_backup_reaches_the_running_agent() {
+    let env = Env::new("agent_backup_edit");
+    let web = env.name("web");
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    env.write_spec("web.yaml", &service(&web, ""));
+    let backup = |schedule: &str| {
+        crate::backup::backup_doc(
+            "nightly",
+            &format!(
+                "  schedule: '{schedule}'\n  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n",
+                data.display(),
+                env.state_path().join("backups").display()
+            ),
+        )
+    };
+    env.write_spec("backup.yaml", &backup("*-*-* 03:15:00"));
+    let agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    let schedule = |agent: &Agent| {
+        let status = agent.status(&env);
+        let timer = status["timers"].as_array().into_iter().flatten().find(|t| t["name"] == "backup-nightly").cloned();
+        timer.and_then(|t| t["schedule"].as_str().map(str::to_string))
+    };
+    assert_eq!(schedule(&agent).as_deref(), Some("*-*-* 03:15:00"));
+    // Only the Backup changes: its schedule.
+    env.write_spec("backup.yaml", &backup("*-*-* 04:45:00"));
+    wait_for(Duration::from_secs(30), "the agent to use the new schedule", || {
+        schedule(&agent).as_deref() == Some("*-*-* 04:45:00")
+    });
+}
+
+#[test]
 fn a_bad_spec_set_is_rejected_whole_and_the_last_good_set_stays() {
     let env = Env::new("agent_bad_set");
     let web = env.name("web");

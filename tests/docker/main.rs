@@ -13,6 +13,7 @@ mod agent;
 mod backup;
 mod backup_faults;
 mod backup_pg;
+mod backup_safety;
 mod bad_specs;
 mod drain;
 mod examples;

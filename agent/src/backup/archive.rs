@@ -229,21 +229,25 @@ impl fmt::Display for Refusal {
             Refusal::EmptyPath => f.write_str("its path is empty"),
             Refusal::NoLinkTarget => f.write_str("it is a link without a target"),
             Refusal::AbsoluteLink { target } => {
-                write!(f, "it is a symlink to an absolute path ({})", target.display())
+                write!(f, "it is a symlink to an absolute path ({})", shown_entry(target))
             }
             Refusal::LinkOutside { target } => {
-                write!(f, "it is a symlink pointing outside the target ({})", target.display())
+                write!(f, "it is a symlink pointing outside the target ({})", shown_entry(target))
             }
             Refusal::LinkLoop { target } => {
-                write!(f, "it is a symlink that loops ({})", target.display())
+                write!(f, "it is a symlink that loops ({})", shown_entry(target))
             }
             Refusal::HardLinkOutside { target } => {
-                write!(f, "it is a hard link to {}, which is not a file extracted from this archive", target.display())
+                write!(
+                    f,
+                    "it is a hard link to {}, which is not a file extracted from this archive",
+                    shown_entry(target)
+                )
             }
             Refusal::Special { kind } => write!(f, "it is a {kind}"),
             Refusal::SetId { mode } => write!(f, "it has a setuid or setgid bit (mode {mode:04o})"),
             Refusal::ThroughLink { link } => {
-                write!(f, "it would be written through the symlink {}", link.display())
+                write!(f, "it would be written through the symlink {}", shown_entry(link))
             }
             Refusal::Duplicate => f.write_str("the path appears twice in the archive"),
             Refusal::Unsupported { kind } => write!(f, "its tar type {:?} is not restored", char::from(*kind)),
@@ -392,17 +396,19 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
-    /// The tar inside is corrupt or truncated.
-    #[error("archive {archive}: reading the tar entries")]
+    /// The tar inside is corrupt or truncated (or the archive is not a tar at all).
+    #[error("archive {archive}: reading the tar entries (after {entries} good ones)")]
     Tar {
         /// The archive.
         archive: PathBuf,
-        /// The cause.
+        /// The entries read before the problem.
+        entries: u64,
+        /// What is wrong, without the archive's content ([`tar_problem`]).
         #[source]
         source: io::Error,
     },
     /// An entry is refused; nothing of the archive is restored.
-    #[error("archive {archive}: refusing entry {entry}: {reason}")]
+    #[error("archive {archive}: refusing entry {}: {reason}", shown_entry(entry))]
     Refused {
         /// The archive.
         archive: PathBuf,
@@ -427,7 +433,7 @@ pub enum ArchiveError {
         source: io::Error,
     },
     /// Writing an extracted entry failed.
-    #[error("archive {archive}: extracting {entry}")]
+    #[error("archive {archive}: extracting {}", shown_entry(entry))]
     Extract {
         /// The archive.
         archive: PathBuf,
@@ -928,19 +934,21 @@ fn header_for(meta: &fs::Metadata) -> Header {
 /// header and body. Any corruption is an error naming the archive and what failed; a checksum
 /// mismatch wins over the decode error it causes.
 pub fn verify(archive: &Path, expected_sha256: Option<&str>) -> Result<VerifyReport, ArchiveError> {
-    verify_counted(archive, expected_sha256, None)
+    let format =
+        Format::of_path(archive).ok_or_else(|| ArchiveError::UnknownFormat { archive: archive.to_path_buf() })?;
+    verify_counted(archive, format, expected_sha256, None)
 }
 
-/// [`verify`], adding the archive bytes read to `progress`.
+/// [`verify`] of an archive known to be `format` (as its manifest says: an exec source's
+/// dump is a stream whatever its name), adding the archive bytes read to `progress`.
 pub fn verify_counted(
     archive: &Path,
+    format: Format,
     expected_sha256: Option<&str>,
     progress: Progress<'_>,
 ) -> Result<VerifyReport, ArchiveError> {
-    let span = info_span!("verify", archive = %archive.display());
+    let span = info_span!("verify", archive = %archive.display(), %format);
     let _enter = span.enter();
-    let format =
-        Format::of_path(archive).ok_or_else(|| ArchiveError::UnknownFormat { archive: archive.to_path_buf() })?;
     let file = File::open(archive).map_err(|source| ArchiveError::Open { archive: archive.to_path_buf(), source })?;
     let bytes =
         file.metadata().map_err(|source| ArchiveError::ReadArchive { archive: archive.to_path_buf(), source })?.len();
@@ -1013,9 +1021,8 @@ fn check_sha256(archive: &Path, expected: Option<&str>, actual: &str) -> Result<
 /// Decodes all of an archive: (tar entries, decompressed bytes).
 fn decode_all<R: Read>(archive: &Path, format: Format, raw: R) -> Result<(Option<u64>, u64), ArchiveError> {
     let decode_error = |source| ArchiveError::Decode { archive: archive.to_path_buf(), source };
-    let tar_error = |source| ArchiveError::Tar { archive: archive.to_path_buf(), source };
     let decoder = zstd::stream::read::Decoder::new(raw).map_err(decode_error)?;
-    let mut counting = CountingReader { inner: decoder, bytes: 0 };
+    let mut counting = CountingReader::new(decoder);
     match format {
         Format::Zst => {
             io::copy(&mut counting, &mut io::sink()).map_err(decode_error)?;
@@ -1024,15 +1031,24 @@ fn decode_all<R: Read>(archive: &Path, format: Format, raw: R) -> Result<(Option
         Format::TarZst => {
             let mut tar = tar::Archive::new(counting);
             let mut entries = 0u64;
-            for entry in tar.entries().map_err(tar_error)? {
-                let mut entry = entry.map_err(tar_error)?;
-                if entry.header().entry_type().is_pax_global_extensions() {
-                    continue;
+            let tar_error = |entries: u64, e: io::Error| ArchiveError::Tar {
+                archive: archive.to_path_buf(),
+                entries,
+                source: tar_problem(&e),
+            };
+            let read = (|| -> Result<(), ArchiveError> {
+                for entry in tar.entries().map_err(|e| tar_error(entries, e))? {
+                    let mut entry = entry.map_err(|e| tar_error(entries, e))?;
+                    if entry.header().entry_type().is_pax_global_extensions() {
+                        continue;
+                    }
+                    io::copy(&mut entry, &mut io::sink()).map_err(|e| tar_error(entries, e))?;
+                    entries += 1;
                 }
-                io::copy(&mut entry, &mut io::sink()).map_err(tar_error)?;
-                entries += 1;
-            }
+                Ok(())
+            })();
             let mut counting = tar.into_inner();
+            read.map_err(|e| counting.tar_failure(archive, e))?;
             // Past the tar's end blocks: the rest of the zstd stream (and its checksum).
             io::copy(&mut counting, &mut io::sink()).map_err(decode_error)?;
             Ok((Some(entries), counting.bytes))
@@ -1199,7 +1215,7 @@ struct Extractor<'a> {
 
 impl Extractor<'_> {
     fn tar_error(&self, source: io::Error) -> ArchiveError {
-        ArchiveError::Tar { archive: self.archive.to_path_buf(), source }
+        ArchiveError::Tar { archive: self.archive.to_path_buf(), entries: self.entries, source: tar_problem(&source) }
     }
 
     fn refuse(&self, entry: &Path, reason: Refusal) -> ArchiveError {
@@ -1216,12 +1232,16 @@ impl Extractor<'_> {
     fn read_all<R: Read>(&mut self, raw: R) -> Result<(), ArchiveError> {
         let decoder = zstd::stream::read::Decoder::new(raw)
             .map_err(|source| ArchiveError::Decode { archive: self.archive.to_path_buf(), source })?;
-        let mut tar = tar::Archive::new(decoder);
-        for entry in tar.entries().map_err(|e| self.tar_error(e))? {
-            let mut entry = entry.map_err(|e| self.tar_error(e))?;
-            self.entry(&mut entry)?;
-        }
+        let mut tar = tar::Archive::new(CountingReader::new(decoder));
+        let read = (|| -> Result<(), ArchiveError> {
+            for entry in tar.entries().map_err(|e| self.tar_error(e))? {
+                let mut entry = entry.map_err(|e| self.tar_error(e))?;
+                self.entry(&mut entry)?;
+            }
+            Ok(())
+        })();
         let mut decoder = tar.into_inner();
+        read.map_err(|e| decoder.tar_failure(self.archive, e))?;
         io::copy(&mut decoder, &mut io::sink())
             .map_err(|source| ArchiveError::Decode { archive: self.archive.to_path_buf(), source })?;
         Ok(())
@@ -1714,18 +1734,73 @@ impl<R: Read> Read for Counted<'_, R> {
     }
 }
 
-/// A reader that counts what goes through it.
+/// A reader that counts what goes through it, and remembers the first error it passed on
+/// (the decoder's): the tar reader above it reports that error as its own.
 struct CountingReader<R> {
     inner: R,
     bytes: u64,
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl<R> CountingReader<R> {
+    fn new(inner: R) -> Self {
+        CountingReader { inner, bytes: 0, failed: None }
+    }
+
+    /// The error of the tar layer as tend reports it: a decoding error when the stream below
+    /// failed, else the tar problem without the archive's bytes.
+    fn tar_failure(&self, archive: &Path, error: ArchiveError) -> ArchiveError {
+        match (&self.failed, error) {
+            (Some((kind, msg)), ArchiveError::Tar { .. }) => {
+                ArchiveError::Decode { archive: archive.to_path_buf(), source: io::Error::new(*kind, msg.clone()) }
+            }
+            (_, other) => other,
+        }
+    }
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if self.failed.is_none() && e.kind() != io::ErrorKind::Interrupted {
+                    self.failed = Some((e.kind(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
     }
+}
+
+/// A tar error that says what is wrong without quoting the archive: the tar crate's messages
+/// embed header fields and entry names, which for a file that is not a tar (a dump) are
+/// arbitrary bytes of its content. Only the fixed head of the message is kept.
+fn tar_problem(e: &io::Error) -> io::Error {
+    let msg = e.to_string();
+    let head = msg.split([':', '`', '"']).next().unwrap_or_default();
+    let head = head.split(" when ").next().unwrap_or_default().trim();
+    let plain = !head.is_empty()
+        && head.len() <= 80
+        && head.chars().all(|c| c.is_ascii_alphanumeric() || " -_,.()".contains(c));
+    let what = if plain { head } else { "malformed header or data" };
+    io::Error::new(e.kind(), format!("{what} (not a valid tar stream)"))
+}
+
+/// An entry's stored name for a message: control characters escaped, at most 200 characters
+/// (an entry name is archive content; a hostile or misread archive must not write to the
+/// operator's terminal).
+pub(crate) fn shown_entry(entry: &Path) -> String {
+    const MAX: usize = 200;
+    let text = entry.to_string_lossy();
+    let mut out: String = text.chars().take(MAX).flat_map(char::escape_debug).collect();
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -287,6 +287,31 @@ pub struct Manifest {
     pub format: Format,
 }
 
+impl Manifest {
+    /// What kind of source wrote the archive, from `source` (`paths …` or `exec …`).
+    pub fn source_kind(&self) -> Option<tend_specs::backup::SourceKind> {
+        use tend_specs::backup::SourceKind;
+        match self.source.split_once(' ').map_or(self.source.as_str(), |(kind, _)| kind) {
+            "paths" => Some(SourceKind::Paths),
+            "exec" => Some(SourceKind::Exec),
+            _ => None,
+        }
+    }
+
+    /// What the archive holds: a tar for a paths source, a compressed stream for an exec
+    /// source whatever its file is named (a dump's layout may end in `.tar.zst`; manifests
+    /// written before this was fixed record the name's format for it).
+    pub fn content_format(&self) -> Format {
+        match self.source_kind() {
+            Some(tend_specs::backup::SourceKind::Exec) => Format::Zst,
+            _ => self.format,
+        }
+    }
+}
+
+/// The largest manifest read (they are a few hundred bytes).
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+
 /// The manifest's path for an archive: `ARCHIVE.manifest.json` beside it.
 pub fn manifest_path(archive: &Path) -> PathBuf {
     let mut name = archive.as_os_str().to_os_string();
@@ -329,13 +354,34 @@ pub fn write_manifest(archive: &Path, manifest: &Manifest) -> Result<PathBuf, Ca
 
 /// Reads the manifest of `archive`; `None` if it has none.
 pub fn read_manifest(archive: &Path) -> Result<Option<Manifest>, CatalogError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = manifest_path(archive);
-    let data = match fs::read(&path) {
-        Ok(data) => data,
+    let read_error = |source| CatalogError::ReadManifest { path: path.clone(), source };
+    // A regular file (not a FIFO that would block, not a link), read with a cap.
+    let file = match fs::OpenOptions::new().read(true).custom_flags(libc_o_nofollow_nonblock()).open(&path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(CatalogError::ReadManifest { path, source }),
+        Err(source) => return Err(read_error(source)),
     };
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(read_error(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(read_error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes, more than a manifest's {MAX_MANIFEST_BYTES}", meta.len()),
+        )));
+    }
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST_BYTES), &mut data).map_err(read_error)?;
     serde_json::from_slice(&data).map(Some).map_err(|source| CatalogError::ParseManifest { path, source })
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a manifest is never read through a symlink, and opening a FIFO
+/// planted in its place does not block.
+fn libc_o_nofollow_nonblock() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
 // ---------------------------------------------------------------------------------------------
