@@ -293,6 +293,27 @@ fn write_marker(state_dir: &Path, marker: &BootMarker) -> Result<(), AgentError>
     write().map_err(|source| AgentError::Marker { path, source })
 }
 
+/// Whether this boot followed a clean shutdown of the host: the agent ran in another boot
+/// and recorded its clean stop there (a host shutting down stops tend first, then Docker
+/// stops the containers).
+pub fn clean_reboot(previous: Option<&BootMarker>, boot_id: &str) -> bool {
+    previous.is_some_and(|m| !m.running && m.boot_id != boot_id)
+}
+
+/// The containers of docker services that a clean shutdown of the host stopped: at the first
+/// pass of the boot that follows it, every instance that is not running and not held
+/// (Docker starts no container of tend's by itself: their restart policy is `no`).
+fn shutdown_stops(desired: &Desired, observed: &Observed, state: &state::State) -> Vec<String> {
+    desired
+        .docker_services()
+        .flat_map(|s| (1..=s.spec.replicas).map(|i| instance_name(&s.name, i)))
+        .filter(|name| !state.holds.contains_key(name))
+        .filter(|name| {
+            observed.containers.iter().any(|c| c.name == *name && matches!(c.state, RunState::Exited | RunState::Dead))
+        })
+        .collect()
+}
+
 /// Holds for the services marked `holdAfterUncleanBoot` that are not running now.
 fn unclean_boot_holds(desired: &Desired, observed: &Observed, now_ms: u64) -> BTreeMap<String, Hold> {
     let mut holds = BTreeMap::new();
@@ -431,31 +452,19 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     // Engines, and their wake-ups.
     connect_engines(&shared).await;
     spawn_engine_watchers(&shared, &stop);
-    // A backup killed while its services were stopped: start them again now.
-    {
-        let engines = shared.engines();
-        for (backup, r) in
-            crate::quiesce::recover(engines.docker.as_deref(), engines.systemd.as_deref(), &settings.state_dir).await
-        {
-            match r {
-                Ok(()) => info!(%backup, "started the services an interrupted backup had stopped"),
-                Err(e) => {
-                    error!(%backup, error = %apply::chain(&e), "could not start the services an interrupted backup had stopped")
-                }
-            }
-        }
-    }
-
     // The unclean-boot check: holds are placed with the first good spec set.
     let previous = read_marker(&settings.state_dir);
     let this_boot = boot_id();
     let mut unclean = unclean_boot(previous.as_ref(), &this_boot);
+    let mut after_shutdown = clean_reboot(previous.as_ref(), &this_boot);
     if unclean {
         warn!(
             "this boot follows one where the host went down while tend ran: holding services marked holdAfterUncleanBoot"
         );
         lock(&shared.agent).unclean_boot = true;
-    } else {
+    } else if !after_shutdown {
+        // After a clean shutdown the marker is rewritten once the first pass has marked what
+        // the shutdown stopped: an agent that dies before that still knows at its restart.
         write_marker(&settings.state_dir, &BootMarker { boot_id: this_boot.clone(), running: true })?;
     }
 
@@ -479,6 +488,23 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             let git = Arc::new(tokio::sync::Mutex::new(git));
             spawn_git_poller(git.clone(), wake_tx.clone(), stop.clone());
             let _ = GIT.set(git);
+        }
+    }
+
+    // A backup killed while its services were stopped: start them again now, dependencies
+    // first (each pass does so too; this one also when no spec set is valid yet).
+    {
+        let engines = shared.engines();
+        let current = shared.current();
+        let desired = pending.as_ref().or(current.as_ref()).map(|set| set.desired.clone());
+        let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
+        for (backup, r) in crate::quiesce::recover(docker, systemd, desired.as_deref(), &settings.state_dir).await {
+            match r {
+                Ok(()) => info!(%backup, "started the services an interrupted backup had stopped"),
+                Err(e) => {
+                    error!(%backup, error = %apply::chain(&e), "could not start the services an interrupted backup had stopped")
+                }
+            }
         }
     }
 
@@ -518,7 +544,8 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         }
         if pass_wanted {
             pass_wanted = false;
-            let pass = run_pass(&shared, &mut pending, &mut backoff, &mut unclean, &this_boot);
+            let boot = Boot { unclean: &mut unclean, after_shutdown: &mut after_shutdown, id: &this_boot };
+            let pass = run_pass(&shared, &mut pending, &mut backoff, boot);
             tokio::pin!(pass);
             loop {
                 tokio::select! {
@@ -964,15 +991,26 @@ fn spawn_git_poller(git: Arc<tokio::sync::Mutex<GitSource>>, wake: mpsc::Sender<
     );
 }
 
+/// What the first pass of a boot has to do about the boot before it.
+struct Boot<'a> {
+    /// The host went down under the agent: hold what `holdAfterUncleanBoot` marks.
+    unclean: &'a mut bool,
+    /// The host was shut down cleanly: what it stopped is started again, not held.
+    after_shutdown: &'a mut bool,
+    /// This boot's id.
+    id: &'a str,
+}
+
 /// One pass of the loop: accept a pending set (unless the mass-removal guard stops it),
-/// place unclean-boot holds, apply, then record outcomes, backoff and metrics.
+/// place unclean-boot holds (or mark what a clean shutdown stopped), apply, then record
+/// outcomes, backoff and metrics.
 async fn run_pass(
     shared: &Arc<Shared>,
     pending: &mut Option<SpecSet>,
     backoff: &mut BTreeMap<String, Backoff>,
-    unclean: &mut bool,
-    this_boot: &str,
+    boot: Boot<'_>,
 ) {
+    let Boot { unclean, after_shutdown, id: this_boot } = boot;
     let started = Instant::now();
     connect_engines(shared).await;
     let engines = shared.engines();
@@ -1013,6 +1051,20 @@ async fn run_pass(
                 .is_ok()
             {
                 *unclean = false;
+            }
+        }
+        if *after_shutdown {
+            let marked = mark_shutdown_stops(&engines, &options, &set.desired, &state_dir).await.and_then(|()| {
+                let marker = BootMarker { boot_id: this_boot.to_string(), running: true };
+                write_marker(&shared.settings.state_dir, &marker).map_err(|e| apply::chain(&e))
+            });
+            match marked {
+                Ok(()) => *after_shutdown = false,
+                Err(e) => {
+                    error!(error = %e, "marking what the host's shutdown stopped; nothing applied");
+                    lock(&shared.agent).last_result = Some(e);
+                    return;
+                }
             }
         }
         let result = apply::apply(engines.clone(), set.desired.clone(), &state_dir, &options).await;
@@ -1100,6 +1152,23 @@ async fn place_unclean_holds(
     for (name, hold) in holds {
         warn!(instance = %name, "held after an unclean boot: `tend release {name}` starts it");
         st.holds.entry(name).or_insert(hold);
+    }
+    state_dir.save(&st).map_err(|e| apply::chain(&e))
+}
+
+/// Marks the instances a clean shutdown of the host stopped ([`shutdown_stops`]) as stopped
+/// on purpose: started again, whatever their restart policy says of crashes.
+async fn mark_shutdown_stops(
+    engines: &Arc<Engines<DockerEngine, SystemdEngine>>,
+    options: &Options,
+    desired: &Desired,
+    state_dir: &StateDir,
+) -> Result<(), String> {
+    let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
+    let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
+    for name in shutdown_stops(desired, &observed, &st) {
+        info!(instance = %name, "stopped by the host's clean shutdown: starting it again");
+        st.stopped_on_purpose.insert(name, state::StopCause::HostShutdown);
     }
     state_dir.save(&st).map_err(|e| apply::chain(&e))
 }
@@ -1366,7 +1435,10 @@ impl Control for Api {
                 .values()
                 .map(|b| crate::backups::health(&shared.settings.state_dir, b, apply::now_ms()))
                 .collect();
-            status.agent = Some(shared.agent_status());
+            let mut agent = shared.agent_status();
+            // The banner lasts as long as one of its holds.
+            agent.unclean_boot &= st.holds.values().any(|h| h.unclean_boot);
+            status.agent = Some(agent);
             serde_json::to_value(&status).map_err(|e| Failure::new(500, e.to_string()))
         })
     }
@@ -1529,6 +1601,34 @@ mod tests {
         // The agent crashed but the host did not go down: not an unclean boot.
         assert!(!unclean_boot(Some(&running("same")), "same"));
         assert!(!unclean_boot(None, "new"));
+    }
+
+    #[test]
+    fn a_clean_reboot_is_another_boot_whose_agent_stopped_cleanly() {
+        let marker = |id: &str, running| BootMarker { boot_id: id.into(), running };
+        assert!(clean_reboot(Some(&marker("old", false)), "new"));
+        assert!(!clean_reboot(Some(&marker("old", true)), "new"), "unclean");
+        assert!(!clean_reboot(Some(&marker("same", false)), "same"), "the agent restarted, not the host");
+        assert!(!clean_reboot(None, "new"));
+    }
+
+    #[test]
+    fn a_clean_shutdown_stopped_every_exited_instance_that_is_not_held() {
+        let d = desired(&[service("db", "  replicas: 2\n  restart: {policy: hold}\n"), service("web", "")].concat());
+        let observed = Observed {
+            containers: vec![
+                container("db", 1, RunState::Exited),
+                container("db", 2, RunState::Exited),
+                container("web", 1, RunState::Running),
+            ],
+            ..Default::default()
+        };
+        let mut st = state::State::default();
+        st.holds.insert(
+            "db-2".into(),
+            Hold { service: "db".into(), instance: 2, since_ms: 1, exit_code: Some(1), unclean_boot: false },
+        );
+        assert_eq!(shutdown_stops(&d, &observed, &st), ["db-1"]);
     }
 
     #[test]

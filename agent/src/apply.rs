@@ -248,6 +248,23 @@ pub async fn observe_units<U: UnitEngine>(
         .collect())
 }
 
+/// Marks what was stopped on purpose, so that an exit nobody crashed into is not held for
+/// triage: every target under a maintenance lock now (an operator's `tend maintain`, or a
+/// backup quiescing it), and the targets of an interrupted backup that could not be started
+/// again. A mark goes once its target runs again.
+fn mark_stopped_on_purpose(state: &mut State, observed: &Observed, state_dir: &std::path::Path) {
+    use crate::state::StopCause;
+    for key in observed.maintenance.keys() {
+        state.stopped_on_purpose.entry(key.clone()).or_insert(StopCause::Maintenance);
+    }
+    for (_, journal) in crate::quiesce::interrupted(state_dir) {
+        for target in journal.targets() {
+            let name = target.split_once(':').map_or(target, |(_, n)| n);
+            state.stopped_on_purpose.insert(name.to_string(), StopCause::Backup);
+        }
+    }
+}
+
 /// The targets operators hold for maintenance now (`tend maintain`), by lock key.
 pub fn observe_maintenance(
     locks: &crate::locks::LockDir,
@@ -384,7 +401,18 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
         info_span!("pass", scope = %options.scope, services = desired.services.len(), timers = desired.timers.len());
     async move {
         let mut state = state_dir.load()?;
+        let loaded_marks = state.stopped_on_purpose.clone();
+        // A backup or restore killed while its services were stopped: they are started
+        // again first, so the host is as it was before that run.
+        let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
+        for (backup, r) in crate::quiesce::recover(docker, systemd, Some(&desired), state_dir.path()).await {
+            match r {
+                Ok(()) => info!(%backup, "started again the services an interrupted backup had stopped"),
+                Err(e) => warn!(%backup, error = %chain(&e), "the services an interrupted backup had stopped are not all back"),
+            }
+        }
         let mut observed = observe_all(&engines, options, &desired).await?;
+        mark_stopped_on_purpose(&mut state, &observed, state_dir.path());
         let mut plan = plan_for(&desired, &observed, &state, options, &BTreeSet::new());
         let mut report = Report::default();
         if plan.pulls().next().is_some() {
@@ -429,7 +457,20 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
             !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running)
                 && !running_units.contains(&name.as_str())
         });
-        let released_changed = state.released.len() != before || state.stopped_by_drain.len() != drained_before;
+        // And a stop on purpose: once it runs again (or is gone), a later exit is a crash.
+        let exists = |name: &str| {
+            observed.containers.iter().any(|c| c.name == name)
+                || observed.units.as_ref().is_some_and(|u| u.contains_key(name))
+        };
+        state.stopped_on_purpose.retain(|name, _| {
+            observed.maintenance.contains_key(name)
+                || (exists(name)
+                    && !observed.containers.iter().any(|c| c.name == *name && c.state == RunState::Running)
+                    && !running_units.contains(&name.as_str()))
+        });
+        let released_changed = state.released.len() != before
+            || state.stopped_by_drain.len() != drained_before
+            || state.stopped_on_purpose != loaded_marks;
         if record(&mut state, &plan, &outcomes, now_ms()) || released_changed {
             state_dir.save(&state)?;
         }
@@ -466,15 +507,18 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
                 state.restarts.insert(name.clone(), RestartRecord { attempts: *attempt, last_ms: now_ms });
                 state.released.remove(name);
                 state.stopped_by_drain.remove(name);
+                state.stopped_on_purpose.remove(name);
             }
             (Action::Start { name, .. }, _) => {
                 state.released.remove(name);
                 state.stopped_by_drain.remove(name);
+                state.stopped_on_purpose.remove(name);
             }
             (Action::Create { name, .. } | Action::Remove { name, .. }, _) => {
                 state.restarts.remove(name);
                 state.released.remove(name);
                 state.stopped_by_drain.remove(name);
+                state.stopped_on_purpose.remove(name);
             }
             // A drain's stops are remembered, so undrain starts them again.
             (Action::Stop { name, .. }, _) | (Action::StopUnit { unit: name }, Reason::Drained) => {
@@ -482,6 +526,7 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
             }
             (Action::StartUnit { unit } | Action::RestartUnit { unit } | Action::RemoveUnit { unit }, _) => {
                 state.stopped_by_drain.remove(unit);
+                state.stopped_on_purpose.remove(unit);
             }
             _ => {}
         }

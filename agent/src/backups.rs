@@ -86,8 +86,8 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    /// The archive was made but the services could not all be started again.
-    #[error("the archive was written, but services could not be started again")]
+    /// The archive was made (or the data restored) but starting the services again failed.
+    #[error("done, but starting the services again failed")]
     Resume(#[source] QuiesceError),
     /// Nothing to restore from.
     #[error("no complete archive of {0} to restore from")]
@@ -191,7 +191,8 @@ pub async fn run(
     let started = Instant::now();
     let started_ms = now_ms();
     // A run killed while its services were stopped: start them first.
-    for (b, r) in quiesce::recover(engines.docker.as_deref(), engines.systemd.as_deref(), &ctx.state_dir).await {
+    let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
+    for (b, r) in quiesce::recover(docker, systemd, Some(desired), &ctx.state_dir).await {
         if let Err(e) = r {
             warn!(backup = %b, error = %chain(&e), "services of an interrupted backup could not all be started again");
         }
@@ -341,7 +342,13 @@ async fn quiesced_archive(
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
     let result = async {
         if let Some(q) = &backup.spec.quiesce {
-            quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, paths, q.timeout.get(), &journal).await?;
+            let done =
+                quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, paths, q.timeout.get(), &journal)
+                    .await?;
+            // What a killed writer left may be half flushed: never archived.
+            if !done.killed.is_empty() {
+                return Err(QuiesceError::Killed { killed: done.killed.join(", ") }.into());
+            }
         }
         if let Some(pause) = fault_pause() {
             warn!(?pause, "TEND_FAULT_BACKUP_PAUSE: pausing with the services stopped");
@@ -354,7 +361,7 @@ async fn quiesced_archive(
         Ok::<_, BackupError>(written)
     }
     .await;
-    let resumed = quiesce::resume(docker, systemd, &journal).await;
+    let resumed = quiesce::resume(docker, systemd, Some(desired), &journal).await;
     match (result, resumed) {
         (Ok(r), Ok(())) => Ok(r),
         (Err(e), Ok(())) => Err(e),
@@ -864,8 +871,13 @@ pub async fn restore(
     let result = async {
         let paths: Vec<PathBuf> = backup.spec.paths().iter().map(PathBuf::from).collect();
         if let Some(q) = &backup.spec.quiesce {
-            quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, &paths, q.timeout.get(), &journal)
-                .await?;
+            let done =
+                quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, &paths, q.timeout.get(), &journal)
+                    .await?;
+            // The data a killed writer left is what is moved aside: kept, and said.
+            if !done.killed.is_empty() {
+                warn!(killed = %done.killed.join(", "), "services were killed when stopped for the restore; the data moved aside may be half written");
+            }
         }
         // Extract whole into a scratch directory next to the data, then swap.
         let scratch = scratch_dir(&paths[0]);
@@ -887,7 +899,7 @@ pub async fn restore(
         Ok::<(), BackupError>(())
     }
     .await;
-    let resumed = quiesce::resume(docker, systemd, &journal).await;
+    let resumed = quiesce::resume(docker, systemd, Some(desired), &journal).await;
     drop(locks);
     result?;
     resumed.map_err(BackupError::Resume)
@@ -1021,15 +1033,10 @@ pub fn verify_all(backup: Option<&Backup>, archive: Option<&Path>) -> Vec<(PathB
         .collect()
 }
 
-/// The names of backups whose quiesce journal says a run was interrupted.
+/// The names of backups whose quiesce journal says a run was interrupted (its tend is gone
+/// and its services are not all started again yet).
 pub fn interrupted(state_dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(state_dir.join("quiesce"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    quiesce::interrupted(state_dir).into_iter().map(|(_, j)| j.backup).collect()
 }
 
 /// A pause for tests of interrupted runs: `TEND_FAULT_BACKUP_PAUSE=SECONDS` makes a run wait

@@ -1122,6 +1122,8 @@ fn maintain(
         eprintln!("waiting for {} …", keys.join(", "));
     }
     let held = dir.take_exclusive(&keys, &holder, wait).map_err(crate::maintain::MaintainError::from)?;
+    // What the operator stops in the window is not a crash: not held for triage after it.
+    crate::maintain::mark_stopped_on_purpose(&cli.state_dir, &keys)?;
     let paint = Paint::stderr();
     eprintln!(
         "{} {} ({}): tend leaves {} alone until this {} exits",

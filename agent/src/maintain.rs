@@ -52,6 +52,9 @@ pub enum MaintainError {
     /// The locks could not be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The state directory could not record the window.
+    #[error("recording the maintenance window")]
+    State(#[from] crate::state::StateError),
     /// The command could not be started.
     #[error("starting `{command}`")]
     Spawn {
@@ -164,6 +167,18 @@ pub fn unit_key(unit: &str) -> Option<String> {
         Some(stem) => Some(format!("{stem}.job")),
         None => Some(unit.to_string()),
     }
+}
+
+/// Records the targets as under maintenance in the state directory, so that whatever the
+/// operator stops in the window is started again after it, not held as a crash — also when
+/// no pass of the agent sees the window.
+pub fn mark_stopped_on_purpose(state_dir: &std::path::Path, keys: &[String]) -> Result<(), MaintainError> {
+    let dir = crate::state::StateDir::open(state_dir)?;
+    let mut state = dir.load()?;
+    for key in keys {
+        state.stopped_on_purpose.entry(key.clone()).or_insert(crate::state::StopCause::Maintenance);
+    }
+    Ok(dir.save(&state)?)
 }
 
 /// Takes the locks and runs `command` (or the user's shell) until it exits or `window`

@@ -247,6 +247,12 @@ pub enum Reason {
     /// A drain stopped it and the node is undrained: started again whatever its restart
     /// policy.
     Undrained,
+    /// It was stopped on purpose (not a crash) and nothing holds it any more: started again
+    /// whatever its restart policy (`never` aside).
+    StoppedOnPurpose {
+        /// Who stopped it.
+        cause: crate::state::StopCause,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -277,6 +283,7 @@ impl fmt::Display for Reason {
             Self::Enablement { enabled: false } => f.write_str("not enabled in the spec"),
             Self::Drained => f.write_str("node drained"),
             Self::Undrained => f.write_str("stopped by drain; node undrained"),
+            Self::StoppedOnPurpose { cause } => write!(f, "{cause}, not a crash"),
         }
     }
 }
@@ -831,6 +838,13 @@ pub fn plan(input: Input<'_>) -> Plan {
                 // Stopped by a drain that is lifted: started again, whatever the policy says.
                 RunState::Exited if state.stopped_by_drain.contains(&name) => {
                     units.push(Unit::Now(start(s, current), Reason::Undrained));
+                }
+                // Stopped on purpose, not crashed: started again unless the policy is never.
+                RunState::Exited | RunState::Dead
+                    if s.spec.restart.policy != RestartPolicy::Never
+                        && let Some(cause) = state.stopped_on_purpose.get(&name) =>
+                {
+                    units.push(Unit::Now(start(s, current), Reason::StoppedOnPurpose { cause: *cause }));
                 }
                 RunState::Exited | RunState::Dead => {
                     let code = current.exit_code;

@@ -104,6 +104,35 @@ pub struct State {
     /// once undrained they are started again whatever their restart policy.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub stopped_by_drain: BTreeSet<String>,
+    /// Instances (container names) and units that were stopped on purpose rather than
+    /// crashing — by an operator under a maintenance lock, by a backup's quiesce, by a clean
+    /// shutdown of the host — and have not run since, with why. Once nothing holds them they
+    /// are started again whatever their restart policy (`never` aside): `restart: hold`
+    /// is for crashes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub stopped_on_purpose: BTreeMap<String, StopCause>,
+}
+
+/// Who stopped an instance that did not crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StopCause {
+    /// It was under a maintenance lock (`tend maintain`, or a backup) when last seen.
+    Maintenance,
+    /// A backup or restore stopped it and was killed before it started it again.
+    Backup,
+    /// The host was shut down cleanly (the agent recorded its clean stop in that boot).
+    HostShutdown,
+}
+
+impl std::fmt::Display for StopCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopCause::Maintenance => "stopped under a maintenance lock",
+            StopCause::Backup => "stopped by an interrupted backup",
+            StopCause::HostShutdown => "stopped by a clean shutdown of the host",
+        })
+    }
 }
 
 /// A drain of the node (`tend drain`): who, since when, why.
@@ -141,6 +170,11 @@ impl StateDir {
             .map_err(|source| StateError::Lock { path: lock_path.clone(), source })?;
         lock.lock().map_err(|source| StateError::Lock { path: lock_path, source })?;
         Ok(Self { dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 
     /// Reads the state; a missing file is an empty state.

@@ -368,6 +368,62 @@ fn after_an_unclean_boot_marked_services_are_held_until_released() {
     assert!(!marker.contains("an-earlier-boot"), "{marker}");
 }
 
+/// The instances the agent's status says are held.
+fn held(agent: &Agent, env: &Env) -> Vec<String> {
+    let status = agent.status(env);
+    let notes = status["notes"].as_array().cloned().unwrap_or_default();
+    notes.iter().filter(|n| n["note"] == "held").filter_map(|n| n["name"].as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn restart_hold_holds_after_a_crash_but_not_after_a_clean_reboot_or_a_stop_under_maintenance() {
+    let env = Env::new("agent_hold_rules");
+    let db = env.name("db");
+    let db1 = format!("{db}-1");
+    env.write_spec("db.yaml", &service(&db, "restart: {policy: hold}"));
+    let mut agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    wait_for(Duration::from_secs(30), "db to run", || running(&db1));
+    // A clean reboot: the agent stops cleanly (tend.service stops before Docker), then the
+    // host's shutdown stops the container, and the next boot has another id.
+    assert_eq!(agent.stop(), Some(0));
+    docker_ok(&["stop", "-t", "1", &db1]);
+    let marker_path = env.state_path().join("agent-run.json");
+    let marker: Value = serde_json::from_slice(&std::fs::read(&marker_path).expect("marker")).expect("JSON");
+    assert_eq!(marker["running"], false, "{marker}");
+    std::fs::write(&marker_path, r#"{"bootId":"an-earlier-boot","running":false}"#).expect("write the marker");
+    let agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    wait_for(Duration::from_secs(30), "db to be started again after the clean reboot", || running(&db1));
+    assert!(held(&agent, &env).is_empty(), "held after a clean reboot\n{}", agent.log());
+    // Stopped by an operator inside `tend maintain`: started again when the window ends.
+    let out = env.tend(&["maintain", &db, "--specs", env.spec_arg(), "--", "docker", "stop", "-t", "1", &db1]);
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for(Duration::from_secs(30), "db to be started again after the window", || running(&db1));
+    assert!(held(&agent, &env).is_empty(), "held after a stop under maintenance\n{}", agent.log());
+    // A crash is still held for triage.
+    docker_ok(&["kill", &db1]);
+    wait_for(Duration::from_secs(30), "the crash to be held", || held(&agent, &env) == [db1.clone()]);
+    assert!(!running(&db1));
+}
+
+#[test]
+fn the_unclean_boot_banner_goes_when_its_holds_are_released() {
+    let env = Env::new("agent_unclean_banner");
+    let db = env.name("db");
+    env.write_spec("db.yaml", &service(&db, "holdAfterUncleanBoot: true"));
+    env.apply();
+    docker_ok(&["stop", "-t", "1", &format!("{db}-1")]);
+    std::fs::write(env.state_path().join("agent-run.json"), r#"{"bootId":"an-earlier-boot","running":true}"#)
+        .expect("write the marker");
+    let agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    assert_eq!(agent.status(&env)["agent"]["uncleanBoot"], true);
+    assert!(stdout_of(&env.tend(&["status"])).contains("unclean boot:"));
+    let out = env.tend(&["release", &db]);
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for(Duration::from_secs(20), "the released service to start", || running(&format!("{db}-1")));
+    assert_ne!(agent.status(&env)["agent"]["uncleanBoot"], true);
+    assert!(!stdout_of(&env.tend(&["status"])).contains("unclean boot:"));
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")

@@ -61,7 +61,7 @@ fn setup(env: &Env) -> (String, String, PathBuf, PathBuf) {
 
 /// `tend backup run NAME` in the background, pausing `pause_s` seconds with its services
 /// quiesced (`TEND_FAULT_BACKUP_PAUSE`): a window in which to kill it or disturb it.
-fn paused_backup(env: &Env, name: &str, pause_s: u32) -> std::process::Child {
+pub(crate) fn paused_backup(env: &Env, name: &str, pause_s: u32) -> std::process::Child {
     Command::new(harness::tend_bin())
         .arg("--state-dir")
         .arg(env.state_path())

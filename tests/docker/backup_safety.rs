@@ -158,3 +158,183 @@ fn verify_reads_a_dump_named_tar_zst_as_the_stream_it_is_and_never_prints_it() {
     assert!(!text.contains("SECRET") && !text.contains("DUMP"), "archive content in an error: {text}");
     assert!(text.chars().all(|c| !c.is_control() || c == '\n'), "control characters in the output: {text:?}");
 }
+
+/// A command that writes `/data/term-NAME` when it gets SIGTERM, takes `flush_s` seconds to
+/// "flush" (then writes `/data/stopped-NAME`) and exits 0; at start it writes
+/// `/data/started-NAME`, and `/tmp/ready` after `ready_s` seconds.
+fn slow_stopper(name: &str, flush_s: u32, ready_s: u32) -> String {
+    format!(
+        "command: [sh, -c, \"touch /data/started-{name}; (sleep {ready_s}; touch /tmp/ready /data/ready-{name}) & trap 'touch /data/term-{name}; sleep {flush_s}; touch /data/stopped-{name}; exit 0' TERM; sleep 3600 & wait\"]"
+    )
+}
+
+fn mtime(path: &std::path::Path) -> std::time::SystemTime {
+    std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_quiesced_backup_stops_each_service_its_own_way_in_waves_and_starts_them_healthy_in_order() {
+    let env = Env::new("safety_quiesce_waves");
+    let (db, api, other) = (env.name("db"), env.name("api"), env.name("other"));
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    let mount = format!("volumes: ['{}:/data']", data.display());
+    // db needs 4 s to flush on SIGTERM and says so (stopTimeout 20s); quiesce.timeout is 1s.
+    env.write_spec(
+        "db.yaml",
+        &service(
+            &db,
+            &format!(
+                "{mount}\n{}\nstopTimeout: 20s\nhealthcheck: {{command: [test, -f, /tmp/ready], interval: 1s, timeout: 1s, retries: 30}}",
+                slow_stopper(&db, 4, 2)
+            ),
+        ),
+    );
+    env.write_spec(
+        "api.yaml",
+        &service(
+            &api,
+            &format!("{mount}\n{}\ndependsOn: [{{name: {db}, condition: healthy}}]", slow_stopper(&api, 2, 0)),
+        ),
+    );
+    env.write_spec("other.yaml", &service(&other, &format!("{mount}\n{}", slow_stopper(&other, 2, 0))));
+    let dest = env.state_path().join("backups");
+    env.write_spec(
+        "backup.yaml",
+        &backup_doc(
+            "nightly",
+            &format!(
+                "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{db}, {api}, {other}], timeout: 1s}}\n  destination: {{dir: '{}'}}\n",
+                data.display(),
+                dest.display()
+            ),
+        ),
+    );
+    env.apply();
+    let out = tend(&env, &["backup", "run", "nightly"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // db was not killed at the quiesce timeout: it flushed, and the flush is in the archive.
+    let f = |what: &str, name: &str| data.join(format!("{what}-{name}"));
+    assert!(f("stopped", &db).exists(), "db did not finish its flush");
+    let scratch = env.state_path().join("scratch");
+    let out = tend(&env, &["restore", "nightly", "--to", scratch.to_str().expect("utf-8"), "--yes"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let inside = scratch.join(data.strip_prefix("/").expect("absolute"));
+    assert!(inside.join(format!("stopped-{db}")).exists(), "the archive was made before db had flushed");
+    // api and other stopped together (each got SIGTERM before the other had stopped), and db
+    // only after api, which depends on it, had stopped.
+    assert!(mtime(&f("term", &api)) <= mtime(&f("stopped", &other)), "api was stopped after other, not beside it");
+    assert!(mtime(&f("term", &other)) <= mtime(&f("stopped", &api)), "other was stopped after api, not beside it");
+    assert!(mtime(&f("stopped", &api)) <= mtime(&f("term", &db)), "db was stopped before its dependent api");
+    // Started again dependencies first: api only once db was ready again.
+    assert!(mtime(&f("ready", &db)) <= mtime(&f("started", &api)), "api was started before db was healthy again");
+    for c in [&db, &api, &other] {
+        assert!(crate::agent::running(&format!("{c}-1")), "{c} is not running again");
+    }
+}
+
+#[test]
+fn a_writer_killed_at_its_stop_timeout_fails_the_backup_and_keeps_no_archive() {
+    let env = Env::new("safety_quiesce_killed");
+    let db = env.name("db");
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    // Ignores SIGTERM: Docker kills it when its stop timeout (2 s) runs out.
+    env.write_spec(
+        "db.yaml",
+        &service(
+            &db,
+            &format!(
+                "volumes: ['{}:/data']\ncommand: [sh, -c, \"trap '' TERM; while true; do sleep 1; done\"]\nstopTimeout: 2s",
+                data.display()
+            ),
+        ),
+    );
+    let dest = env.state_path().join("archives");
+    env.write_spec(
+        "backup.yaml",
+        &backup_doc(
+            "nightly",
+            &format!(
+                "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{db}]}}\n  destination: {{dir: '{}'}}\n",
+                data.display(),
+                dest.display()
+            ),
+        ),
+    );
+    env.apply();
+    let out = tend(&env, &["backup", "run", "nightly"]);
+    assert!(!out.status.success(), "a killed writer was archived: {}", describe(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains(&format!("{db}-1 (stop timeout 2s)")) && err.contains("was killed"), "{err}");
+    assert!(err.contains("nothing was archived"), "{err}");
+    assert!(crate::backup::files_in(&dest).is_empty(), "{:?}", crate::backup::files_in(&dest));
+    assert!(crate::agent::running(&format!("{db}-1")), "not started again after the failed run");
+    let status = env.status_json();
+    assert!(status["backups"][0]["lastError"].as_str().is_some_and(|e| e.contains("was killed")), "{status}");
+}
+
+#[test]
+fn a_backup_killed_after_stopping_the_database_leaves_the_host_as_it_was() {
+    let env = Env::new("safety_killed_run");
+    let (db, web, held) = (env.name("db"), env.name("web"), env.name("held"));
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    env.write_spec(
+        "db.yaml",
+        &service(&db, &format!("volumes: ['{}:/data']\nrestart: {{policy: hold}}", data.display())),
+    );
+    env.write_spec("web.yaml", &service(&web, &format!("dependsOn: [{{name: {db}}}]\nrestart: {{policy: hold}}")));
+    env.write_spec("held.yaml", &service(&held, "restart: {policy: hold}"));
+    env.write_spec(
+        "backup.yaml",
+        &backup_doc(
+            "nightly",
+            &format!(
+                "  source: {{paths: ['{}']}}\n  quiesce: {{stop: [{web}, {db}, {held}]}}\n  destination: {{dir: '{}'}}\n",
+                data.display(),
+                env.state_path().join("backups").display()
+            ),
+        ),
+    );
+    let agent = crate::agent::Agent::start(&env, &["--specs", env.spec_arg()]);
+    let (db1, web1, held1) = (format!("{db}-1"), format!("{web}-1"), format!("{held}-1"));
+    crate::harness::wait_for(std::time::Duration::from_secs(30), "the services to run", || {
+        [&db1, &web1, &held1].iter().all(|c| crate::agent::running(c))
+    });
+    // `held` crashes and is held for triage before the backup.
+    docker_ok(&["kill", &held1]);
+    let holds = |agent: &crate::agent::Agent| {
+        let status = agent.status(&env);
+        status["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["note"] == "held")
+            .filter_map(|n| n["name"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    crate::harness::wait_for(std::time::Duration::from_secs(30), "held to be held", || {
+        holds(&agent) == [held1.clone()]
+    });
+    // The run is SIGKILLed with its services stopped.
+    let mut child = crate::backup::paused_backup(&env, "nightly", 60);
+    crate::harness::wait_for(std::time::Duration::from_secs(30), "the backup to stop db", || {
+        !crate::agent::running(&db1) && !crate::agent::running(&web1)
+    });
+    child.kill().expect("SIGKILL tend backup run");
+    let _ = child.wait();
+    // The agent puts back exactly what was: db and web run (not held as crashes), held stays
+    // held, and nothing says the run is still interrupted.
+    crate::harness::wait_for(std::time::Duration::from_secs(60), "db and web to run again", || {
+        crate::agent::running(&db1) && crate::agent::running(&web1)
+    });
+    assert!(!crate::agent::running(&held1), "a held service was started by the recovery");
+    let status = agent.status(&env);
+    assert_eq!(holds(&agent), std::slice::from_ref(&held1), "{status}");
+    let backup = &status["backups"][0];
+    assert!(!backup["interrupted"].as_bool().unwrap_or(false), "{status}");
+    assert!(!env.state_path().join("quiesce/nightly.json").exists(), "the journal stayed");
+    let text = stdout_of(&env.tend(&["status"]));
+    assert!(!text.contains("interrupted"), "{text}");
+}

@@ -484,6 +484,50 @@ fn a_released_hold_starts_its_stopped_instance_again() {
 }
 
 #[test]
+fn an_instance_stopped_on_purpose_is_started_again_not_held() {
+    use crate::state::StopCause;
+    let d = desired(&[svc("a", "restart: {policy: hold}"), svc("b", "restart: {policy: never}")].concat());
+    let exited = |name: &str| {
+        let mut c = live(&d, name, 1, RunState::Exited);
+        c.exit_code = Some(143);
+        c
+    };
+    let o = observed(&d, vec![exited("a"), exited("b")]);
+    // A crash: held for triage.
+    assert_eq!(show(&run(&d, &o, &State::default())), ["hold a-1 (exited with code 143; restart policy is hold)"]);
+    for (cause, why) in [
+        (StopCause::HostShutdown, "stopped by a clean shutdown of the host"),
+        (StopCause::Maintenance, "stopped under a maintenance lock"),
+        (StopCause::Backup, "stopped by an interrupted backup"),
+    ] {
+        let mut st = State::default();
+        st.stopped_on_purpose.insert("a-1".into(), cause);
+        st.stopped_on_purpose.insert("b-1".into(), cause);
+        let p = run(&d, &o, &st);
+        // `never` keeps its meaning: left alone.
+        assert_eq!(show(&p), [format!("start a-1 ({why}, not a crash)")]);
+        assert!(matches!(&p.notes[..], [Note::Exited { name, .. }] if name == "b-1"), "{:?}", p.notes);
+    }
+    // A hold taken earlier stays.
+    let mut st = State::default();
+    st.stopped_on_purpose.insert("a-1".into(), StopCause::HostShutdown);
+    st.holds.insert(
+        "a-1".into(),
+        Hold { service: "a".into(), instance: 1, since_ms: 5, exit_code: Some(1), unclean_boot: false },
+    );
+    assert!(run(&d, &o, &st).steps.is_empty());
+    // Under the lock still: left alone.
+    let mut st = State::default();
+    st.stopped_on_purpose.insert("a-1".into(), StopCause::Maintenance);
+    let mut o = o.clone();
+    o.maintenance.insert(
+        "a-1".into(),
+        crate::model::Maintenance { user: "op".into(), since_ms: 1, until_ms: None, reason: None },
+    );
+    assert!(run(&d, &o, &st).steps.is_empty());
+}
+
+#[test]
 fn replacing_a_single_instance_waits_for_its_health_so_a_broken_version_fails_the_pass() {
     let old = desired(&svc("a", "command: [old]\nhealthcheck: {command: [ok]}"));
     let new = desired(&svc("a", "command: [new]\nhealthcheck: {command: [ok]}"));

@@ -180,6 +180,13 @@ pub(super) fn plan_units(
                             start_after_reload.push((name.clone(), Reason::Undrained));
                             continue;
                         }
+                        if let Some(cause) = state.stopped_on_purpose.get(name)
+                            && w.restart != Some(RestartPolicy::Never)
+                        {
+                            // Stopped on purpose, not crashed: started again.
+                            start_after_reload.push((name.clone(), Reason::StoppedOnPurpose { cause: *cause }));
+                            continue;
+                        }
                         match w.restart {
                             Some(RestartPolicy::Hold) if !state.released.contains_key(name) => {
                                 b.push(
