@@ -1028,9 +1028,10 @@ fn check_dependencies(
                 }
                 Some(_) => {}
                 None if all_named => {
+                    // Never the service itself: it cannot depend on itself.
                     let hint = names
                         .iter()
-                        .filter(|(_, o)| o.kind == "Service")
+                        .filter(|(k, o)| o.kind == "Service" && **k != c.name)
                         .map(|(k, _)| (strsim::jaro_winkler(k, &dep.name), k))
                         .filter(|(score, _)| *score > 0.8)
                         .max_by(|a, b| a.0.total_cmp(&b.0))

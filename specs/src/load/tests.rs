@@ -338,6 +338,15 @@ fn a_service_with_problems_still_counts_as_a_name_for_dependencies_and_duplicate
     assert!(messages[1].contains("duplicate Service name `db`"), "{}", lines(&diags));
 }
 
+#[test]
+fn a_dependency_suggestion_never_names_the_service_itself() {
+    assert_eq!(
+        problems(&web("dependsOn: [{name: webb}]")),
+        ["6:22: `dependsOn` names unknown service `webb`"],
+        "`web` is the nearest name, but a service cannot depend on itself"
+    );
+}
+
 /// A docker service with every template field set. Its hash is pinned: containers created by
 /// earlier versions carry it, and a change here would recreate every one of them.
 const PINNED_DOCKER: &str = r#"apiVersion: tend/v1
