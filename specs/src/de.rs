@@ -8,12 +8,17 @@
 //! the next problem. When a stand-in is refused too (a validated type rejecting `""`), the
 //! parent becomes the stand-in, silently: its cause has already been reported. Unknown
 //! fields are skipped and reported without stopping. A document with problems decodes to
-//! nothing, so stand-in values never leave this module.
+//! nothing, so stand-in values never leave [`from_node`]. (The value [`partial_from_node`]
+//! makes of such a document may hold stand-ins for missing mappings and lists, never a
+//! made-up name.)
 //!
 //! An unknown field is worded once decoding is over, when the fields of every struct that
 //! was decoded are known: a key written one level too far left (it lands in the parent
 //! mapping) is named as a field of the block mapping that ends just above it, rather than
 //! taken for a misspelling of one of the parent's fields.
+//!
+//! [`partial_from_node`] decodes a document with problems as far as it can, for the checks
+//! across documents.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -29,6 +34,10 @@ use serde::de::{
 
 use crate::diag::{Diagnostic, Location};
 use crate::yaml::{Mark, Node, Value};
+
+mod partial;
+
+pub use partial::{Partial, partial_from_node};
 
 /// A bound on decoding passes; each pass replaces one more node by a stand-in.
 const MAX_PASSES: usize = 500;
@@ -49,8 +58,10 @@ pub fn from_node<T: DeserializeOwned>(node: &Node, file: &Arc<Path>, diags: &mut
                 let Some(poison) = e.poison_target() else {
                     break;
                 };
-                if let Kind::Problem(message) = e.kind {
-                    state.record(e.mark.unwrap_or(node.mark), message);
+                match e.kind {
+                    Kind::Problem(message) => state.record(e.mark.unwrap_or(node.mark), message),
+                    missing @ Kind::Missing(_) => state.record(e.mark.unwrap_or(node.mark), missing.to_string()),
+                    _ => {}
                 }
                 if !state.poisoned.borrow_mut().insert(poison) {
                     // A node already stood in for failed again: nothing more to learn.
@@ -104,6 +115,10 @@ struct State {
     unknown: RefCell<Vec<Unknown>>,
     /// The fields of each mapping decoded as a struct (in any pass), by node.
     structs: RefCell<HashMap<usize, &'static [&'static str]>>,
+    /// Entries (by key node) decoded as if not written: partial decoding only.
+    left_out: RefCell<HashSet<usize>>,
+    /// Missing fields of mappings (by node) given a stand-in: partial decoding only.
+    stood_in: RefCell<HashMap<usize, Vec<&'static str>>>,
 }
 
 /// An unknown field: a key of a mapping decoded as a struct that names none of its fields.
@@ -126,6 +141,16 @@ impl State {
 
     fn is_poisoned(&self, node: &Node) -> bool {
         self.poisoned.borrow().contains(&node_id(node))
+    }
+
+    /// Whether the entry with key `key` is decoded (not left out by partial decoding).
+    fn is_kept(&self, key: &Node) -> bool {
+        !self.left_out.borrow().contains(&node_id(key))
+    }
+
+    /// The missing fields of `map` that partial decoding gives a stand-in.
+    fn stood_in(&self, map: &Node) -> Vec<&'static str> {
+        self.stood_in.borrow().get(&node_id(map)).cloned().unwrap_or_default()
     }
 
     /// Notes the unknown field `key` of `map` (once, though every pass meets it).
@@ -254,8 +279,8 @@ struct Error {
 
 #[derive(Debug, thiserror::Error)]
 enum Kind {
-    /// A problem to report; not something a stand-in can cause (a wrong type, a missing
-    /// field, an unknown name).
+    /// A problem to report; not something a stand-in can cause (a wrong type, an unknown
+    /// name).
     #[error("{0}")]
     Problem(String),
     /// A visitor's `invalid_type`; worded once its node's kind is known.
@@ -264,6 +289,9 @@ enum Kind {
     /// A custom error, usually a validation. It may be the doing of a stand-in below.
     #[error("{0}")]
     Custom(String),
+    /// A required field is not written: a problem, which partial decoding may mend.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
     /// Already reported, or caused by a stand-in: the claiming node is replaced silently.
     #[error("already reported")]
     Escalate,
@@ -327,7 +355,7 @@ impl de::Error for Error {
     }
 
     fn missing_field(field: &'static str) -> Self {
-        Self::problem(format!("missing field `{field}`"))
+        Self { kind: Kind::Missing(field), mark: None, node: None }
     }
 
     fn duplicate_field(field: &'static str) -> Self {
@@ -586,10 +614,13 @@ impl<'de> de::Deserializer<'de> for De<'de, '_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        self.st.structs.borrow_mut().insert(node_id(self.node), fields);
+        if !self.stand_in {
+            // (A stand-in's node is the one it stands in for: a nested struct's fields are not its.)
+            self.st.structs.borrow_mut().insert(node_id(self.node), fields);
+        }
         match &self.node.value {
             _ if self.stand_in => visitor.visit_map(StandInFields::new(&self, fields)),
-            Value::Map(entries) => visitor.visit_map(Entries::fields(self.node, entries, fields, self.st)),
+            Value::Map(_) => visitor.visit_map(Entries::fields(self.node, fields, self.st)),
             _ => Err(self.mismatch("a mapping")),
         }
     }
@@ -680,50 +711,72 @@ impl<'de> SeqAccess<'de> for Items<'de, '_> {
 
 /// The entries of a mapping: all of them, or for a struct only those naming one of its
 /// fields, the others being reported as unknown and left out. Entries with stand-ins
-/// come last, for the reason given at [`Items::stand_ins_last`].
+/// come last, for the reason given at [`Items::stand_ins_last`]. Partial decoding leaves
+/// out the entries it was told to, and adds stand-ins for the missing fields it was told
+/// to (after the written ones).
 struct Entries<'de, 's> {
     entries: std::vec::IntoIter<&'de (Node, Node)>,
     /// The struct's fields; `None` for a plain mapping.
     fields: Option<&'static [&'static str]>,
-    /// The mapping's identity, for unknown fields.
-    map: usize,
+    /// The struct's mapping; `None` for a plain mapping.
+    map: Option<&'de Node>,
+    /// Missing fields still to give a stand-in.
+    fill: std::vec::IntoIter<&'static str>,
     value: Option<&'de Node>,
+    /// Whether the value asked for next is a missing field's stand-in.
+    filling: bool,
     st: &'s State,
 }
 
 impl<'de, 's> Entries<'de, 's> {
+    fn new(entries: std::vec::IntoIter<&'de (Node, Node)>, st: &'s State) -> Self {
+        let fill = Vec::new().into_iter();
+        Self { entries, fields: None, map: None, fill, value: None, filling: false, st }
+    }
+
     /// Every entry, in order: for `deserialize_any`, which may buffer them.
     fn in_order(entries: &'de [(Node, Node)], st: &'s State) -> Self {
-        let entries = entries.iter().collect::<Vec<_>>().into_iter();
-        Self { entries, fields: None, map: 0, value: None, st }
+        Self::new(entries.iter().filter(|(k, _)| st.is_kept(k)).collect::<Vec<_>>().into_iter(), st)
     }
 
     /// Every entry, stand-ins last: for maps.
     fn all(entries: &'de [(Node, Node)], st: &'s State) -> Self {
-        Self { entries: Self::stand_ins_last(entries, st), fields: None, map: 0, value: None, st }
+        Self::new(Self::stand_ins_last(entries, st), st)
     }
 
-    /// The entries (of `map`) naming one of `fields`, stand-ins last: for structs.
-    fn fields(map: &Node, entries: &'de [(Node, Node)], fields: &'static [&'static str], st: &'s State) -> Self {
-        let entries = Self::stand_ins_last(entries, st);
-        Self { entries, fields: Some(fields), map: node_id(map), value: None, st }
+    /// The entries of `map` naming one of `fields`, stand-ins last: for structs.
+    fn fields(map: &'de Node, fields: &'static [&'static str], st: &'s State) -> Self {
+        let entries = match &map.value {
+            Value::Map(entries) => entries.as_slice(),
+            _ => &[],
+        };
+        let fill = st.stood_in(map).into_iter();
+        Self { fields: Some(fields), map: Some(map), fill, ..Self::new(Self::stand_ins_last(entries, st), st) }
     }
 
     fn stand_ins_last(entries: &'de [(Node, Node)], st: &'s State) -> std::vec::IntoIter<&'de (Node, Node)> {
         let (mut order, stand_ins): (Vec<_>, Vec<_>) =
-            entries.iter().partition(|(k, v)| !st.is_poisoned(k) && !st.is_poisoned(v));
+            entries.iter().filter(|(k, _)| st.is_kept(k)).partition(|(k, v)| !st.is_poisoned(k) && !st.is_poisoned(v));
         order.extend(stand_ins);
         order.into_iter()
+    }
+
+    /// Notes `key` as an unknown field when it names none of the struct's fields; returns
+    /// whether it did.
+    fn unknown(&self, key: &Node) -> bool {
+        let (Some(fields), Some(map)) = (self.fields, self.map) else { return false };
+        let unknown = !key.as_str().is_some_and(|k| fields.contains(&k));
+        if unknown {
+            self.st.unknown_field(key, node_id(map), fields);
+        }
+        unknown
     }
 
     /// Reports the unknown fields among the entries not yet read, when a failure stops
     /// the visitor from reading them.
     fn report_unknown_rest(&mut self) {
-        let Some(fields) = self.fields else { return };
-        for (key, _) in self.entries.by_ref() {
-            if !key.as_str().is_some_and(|k| fields.contains(&k)) {
-                self.st.unknown_field(key, self.map, fields);
-            }
+        while let Some((key, _)) = self.entries.next() {
+            self.unknown(key);
         }
     }
 }
@@ -732,21 +785,24 @@ impl<'de> MapAccess<'de> for Entries<'de, '_> {
     type Error = Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
-        for (key, value) in self.entries.by_ref() {
-            if let Some(fields) = self.fields {
-                let known = key.as_str().is_some_and(|k| fields.contains(&k));
-                if !known {
-                    self.st.unknown_field(key, self.map, fields);
-                    continue;
-                }
+        while let Some((key, value)) = self.entries.next() {
+            if self.unknown(key) {
+                continue;
             }
             self.value = Some(value);
             return decode_at(key, self.st, |de| seed.deserialize(de)).map(Some);
+        }
+        if let Some(field) = self.fill.next() {
+            self.filling = true;
+            return seed.deserialize(BorrowedStrDeserializer::new(field)).map(Some);
         }
         Ok(None)
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
+        if let (true, Some(map)) = (std::mem::take(&mut self.filling), self.map) {
+            return seed.deserialize(partial::Filler(De { node: map, st: self.st, stand_in: true }));
+        }
         match self.value.take() {
             Some(value) => {
                 decode_at(value, self.st, |de| seed.deserialize(de)).inspect_err(|_| self.report_unknown_rest())
