@@ -8,10 +8,20 @@
 //! the next problem. When a stand-in is refused too (a validated type rejecting `""`), the
 //! parent becomes the stand-in, silently: its cause has already been reported. Unknown
 //! fields are skipped and reported without stopping. A document with problems decodes to
-//! nothing, so stand-in values never leave this module.
+//! nothing, so stand-in values never leave [`from_node`]. (The value [`partial_from_node`]
+//! makes of such a document may hold stand-ins for missing mappings and lists, never a
+//! made-up name.)
+//!
+//! An unknown field is worded once decoding is over, when the fields of every struct that
+//! was decoded are known: a key written one level too far left (it lands in the parent
+//! mapping) is named as a field of the block mapping that ends just above it, rather than
+//! taken for a misspelling of one of the parent's fields.
+//!
+//! [`partial_from_node`] decodes a document with problems as far as it can, for the checks
+//! across documents.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +34,10 @@ use serde::de::{
 
 use crate::diag::{Diagnostic, Location};
 use crate::yaml::{Mark, Node, Value};
+
+mod partial;
+
+pub use partial::{Partial, partial_from_node};
 
 /// A bound on decoding passes; each pass replaces one more node by a stand-in.
 const MAX_PASSES: usize = 500;
@@ -44,8 +58,10 @@ pub fn from_node<T: DeserializeOwned>(node: &Node, file: &Arc<Path>, diags: &mut
                 let Some(poison) = e.poison_target() else {
                     break;
                 };
-                if let Kind::Problem(message) = e.kind {
-                    state.record(e.mark.unwrap_or(node.mark), message);
+                match e.kind {
+                    Kind::Problem(message) => state.record(e.mark.unwrap_or(node.mark), message),
+                    missing @ Kind::Missing(_) => state.record(e.mark.unwrap_or(node.mark), missing.to_string()),
+                    _ => {}
                 }
                 if !state.poisoned.borrow_mut().insert(poison) {
                     // A node already stood in for failed again: nothing more to learn.
@@ -55,7 +71,9 @@ pub fn from_node<T: DeserializeOwned>(node: &Node, file: &Arc<Path>, diags: &mut
         }
     }
 
+    let unknown = state.word_unknown_fields(node);
     let mut found = state.found.into_inner();
+    found.extend(unknown);
     if found.is_empty() && decoded.is_none() {
         // Only when passes ran out with nothing to show; never expected in practice.
         found.push((node.mark, "could not decode this document".to_owned()));
@@ -93,6 +111,24 @@ struct State {
     poisoned: RefCell<HashSet<usize>>,
     /// How many stand-ins this pass has used, to tell whether one is below an error.
     stand_ins: Cell<usize>,
+    /// Unknown fields met, worded when decoding is over ([`State::word_unknown_fields`]).
+    unknown: RefCell<Vec<Unknown>>,
+    /// The fields of each mapping decoded as a struct (in any pass), by node.
+    structs: RefCell<HashMap<usize, &'static [&'static str]>>,
+    /// Entries (by key node) decoded as if not written: partial decoding only.
+    left_out: RefCell<HashSet<usize>>,
+    /// Missing fields of mappings (by node) given a stand-in: partial decoding only.
+    stood_in: RefCell<HashMap<usize, Vec<&'static str>>>,
+}
+
+/// An unknown field: a key of a mapping decoded as a struct that names none of its fields.
+struct Unknown {
+    /// The key node.
+    key: usize,
+    /// The mapping it is in.
+    map: usize,
+    /// The struct's fields.
+    fields: &'static [&'static str],
 }
 
 impl State {
@@ -106,6 +142,107 @@ impl State {
     fn is_poisoned(&self, node: &Node) -> bool {
         self.poisoned.borrow().contains(&node_id(node))
     }
+
+    /// Whether the entry with key `key` is decoded (not left out by partial decoding).
+    fn is_kept(&self, key: &Node) -> bool {
+        !self.left_out.borrow().contains(&node_id(key))
+    }
+
+    /// The missing fields of `map` that partial decoding gives a stand-in.
+    fn stood_in(&self, map: &Node) -> Vec<&'static str> {
+        self.stood_in.borrow().get(&node_id(map)).cloned().unwrap_or_default()
+    }
+
+    /// Notes the unknown field `key` of `map` (once, though every pass meets it).
+    fn unknown_field(&self, key: &Node, map: usize, fields: &'static [&'static str]) {
+        let mut unknown = self.unknown.borrow_mut();
+        if !unknown.iter().any(|u| u.key == node_id(key)) {
+            unknown.push(Unknown { key: node_id(key), map, fields });
+        }
+    }
+
+    /// The problems of the unknown fields under `root`. A key that is a field of the block
+    /// mapping just above it gets the indentation hint ([`dedent_hint`]) instead of a
+    /// spelling suggestion, and a "missing field" of that mapping that it explains is
+    /// dropped from what was found.
+    fn word_unknown_fields(&self, root: &Node) -> Vec<(Mark, String)> {
+        let unknown = self.unknown.take();
+        if unknown.is_empty() {
+            return Vec::new();
+        }
+        let structs = self.structs.borrow();
+        let mappings = mappings(root);
+        let mut worded = Vec::new();
+        for u in unknown {
+            let Some(&(map, parent)) = mappings.get(&u.map) else { continue };
+            let Value::Map(entries) = &map.value else { continue };
+            let Some(at) = entries.iter().position(|(k, _)| node_id(k) == u.key) else { continue };
+            let key = &entries[at].0;
+            let name = key.key_text();
+            match dedent_hint(&entries[..at], &name, &structs) {
+                Some((sibling, value)) => {
+                    let within = parent.map(|p| format!(" in `{}`", p.key_text())).unwrap_or_default();
+                    let sibling_name = sibling.key_text();
+                    worded.push((
+                        key.mark,
+                        format!(
+                            "unknown field `{name}`{within}: it is a field of `{sibling_name}` (line {}) — indent it under `{sibling_name}`",
+                            sibling.mark.line
+                        ),
+                    ));
+                    let missing = format!("missing field `{name}`");
+                    self.found.borrow_mut().retain(|(mark, message)| !(*mark == value.mark && *message == missing));
+                }
+                None => worded.push((key.mark, unknown_field(&name, u.fields))),
+            }
+        }
+        worded
+    }
+}
+
+/// For a key `name` that is not a field of its mapping, written after `before` (the
+/// entries above it): the key and value of the block mapping it most likely belongs in.
+/// That is the value of the entry just above when it is a block mapping decoded as a
+/// struct that has the field `name` and does not set it yet; else the same asked of that
+/// mapping's last entry, and so on down (a key dedented by more than one level). A flow
+/// mapping (`{...}` on its key's line) ends on its own line, so it is never offered.
+fn dedent_hint<'n>(
+    before: &'n [(Node, Node)],
+    name: &str,
+    structs: &HashMap<usize, &'static [&'static str]>,
+) -> Option<(&'n Node, &'n Node)> {
+    let (mut key, mut value) = before.last().map(|(k, v)| (k, v))?;
+    loop {
+        let Value::Map(entries) = &value.value else { return None };
+        if value.mark.line <= key.mark.line {
+            return None;
+        }
+        let has = |field: &str| entries.iter().any(|(k, _)| k.as_str() == Some(field));
+        if structs.get(&node_id(value)).is_some_and(|fields| fields.contains(&name)) && !has(name) {
+            return Some((key, value));
+        }
+        (key, value) = entries.last().map(|(k, v)| (k, v))?;
+    }
+}
+
+/// Every mapping in the tree of `root`, by identity, with the key it is the value of (for a
+/// mapping in a sequence, the key of the sequence; none for `root`).
+fn mappings(root: &Node) -> HashMap<usize, (&Node, Option<&Node>)> {
+    fn walk<'n>(node: &'n Node, parent: Option<&'n Node>, out: &mut HashMap<usize, (&'n Node, Option<&'n Node>)>) {
+        match &node.value {
+            Value::Map(entries) => {
+                out.insert(node_id(node), (node, parent));
+                for (k, v) in entries {
+                    walk(v, Some(k), out);
+                }
+            }
+            Value::Seq(items) => items.iter().for_each(|item| walk(item, parent, out)),
+            _ => {}
+        }
+    }
+    let mut out = HashMap::new();
+    walk(root, None, &mut out);
+    out
 }
 
 /// A node's identity for the passes: its address, stable because the tree is not touched.
@@ -142,8 +279,8 @@ struct Error {
 
 #[derive(Debug, thiserror::Error)]
 enum Kind {
-    /// A problem to report; not something a stand-in can cause (a wrong type, a missing
-    /// field, an unknown name).
+    /// A problem to report; not something a stand-in can cause (a wrong type, an unknown
+    /// name).
     #[error("{0}")]
     Problem(String),
     /// A visitor's `invalid_type`; worded once its node's kind is known.
@@ -152,6 +289,9 @@ enum Kind {
     /// A custom error, usually a validation. It may be the doing of a stand-in below.
     #[error("{0}")]
     Custom(String),
+    /// A required field is not written: a problem, which partial decoding may mend.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
     /// Already reported, or caused by a stand-in: the claiming node is replaced silently.
     #[error("already reported")]
     Escalate,
@@ -215,7 +355,7 @@ impl de::Error for Error {
     }
 
     fn missing_field(field: &'static str) -> Self {
-        Self::problem(format!("missing field `{field}`"))
+        Self { kind: Kind::Missing(field), mark: None, node: None }
     }
 
     fn duplicate_field(field: &'static str) -> Self {
@@ -474,9 +614,13 @@ impl<'de> de::Deserializer<'de> for De<'de, '_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
+        if !self.stand_in {
+            // (A stand-in's node is the one it stands in for: a nested struct's fields are not its.)
+            self.st.structs.borrow_mut().insert(node_id(self.node), fields);
+        }
         match &self.node.value {
             _ if self.stand_in => visitor.visit_map(StandInFields::new(&self, fields)),
-            Value::Map(entries) => visitor.visit_map(Entries::fields(entries, fields, self.st)),
+            Value::Map(_) => visitor.visit_map(Entries::fields(self.node, fields, self.st)),
             _ => Err(self.mismatch("a mapping")),
         }
     }
@@ -567,48 +711,72 @@ impl<'de> SeqAccess<'de> for Items<'de, '_> {
 
 /// The entries of a mapping: all of them, or for a struct only those naming one of its
 /// fields, the others being reported as unknown and left out. Entries with stand-ins
-/// come last, for the reason given at [`Items::stand_ins_last`].
+/// come last, for the reason given at [`Items::stand_ins_last`]. Partial decoding leaves
+/// out the entries it was told to, and adds stand-ins for the missing fields it was told
+/// to (after the written ones).
 struct Entries<'de, 's> {
     entries: std::vec::IntoIter<&'de (Node, Node)>,
     /// The struct's fields; `None` for a plain mapping.
     fields: Option<&'static [&'static str]>,
+    /// The struct's mapping; `None` for a plain mapping.
+    map: Option<&'de Node>,
+    /// Missing fields still to give a stand-in.
+    fill: std::vec::IntoIter<&'static str>,
     value: Option<&'de Node>,
+    /// Whether the value asked for next is a missing field's stand-in.
+    filling: bool,
     st: &'s State,
 }
 
 impl<'de, 's> Entries<'de, 's> {
+    fn new(entries: std::vec::IntoIter<&'de (Node, Node)>, st: &'s State) -> Self {
+        let fill = Vec::new().into_iter();
+        Self { entries, fields: None, map: None, fill, value: None, filling: false, st }
+    }
+
     /// Every entry, in order: for `deserialize_any`, which may buffer them.
     fn in_order(entries: &'de [(Node, Node)], st: &'s State) -> Self {
-        let entries = entries.iter().collect::<Vec<_>>().into_iter();
-        Self { entries, fields: None, value: None, st }
+        Self::new(entries.iter().filter(|(k, _)| st.is_kept(k)).collect::<Vec<_>>().into_iter(), st)
     }
 
     /// Every entry, stand-ins last: for maps.
     fn all(entries: &'de [(Node, Node)], st: &'s State) -> Self {
-        Self { entries: Self::stand_ins_last(entries, st), fields: None, value: None, st }
+        Self::new(Self::stand_ins_last(entries, st), st)
     }
 
-    /// The entries naming one of `fields`, stand-ins last: for structs.
-    fn fields(entries: &'de [(Node, Node)], fields: &'static [&'static str], st: &'s State) -> Self {
-        let entries = Self::stand_ins_last(entries, st);
-        Self { entries, fields: Some(fields), value: None, st }
+    /// The entries of `map` naming one of `fields`, stand-ins last: for structs.
+    fn fields(map: &'de Node, fields: &'static [&'static str], st: &'s State) -> Self {
+        let entries = match &map.value {
+            Value::Map(entries) => entries.as_slice(),
+            _ => &[],
+        };
+        let fill = st.stood_in(map).into_iter();
+        Self { fields: Some(fields), map: Some(map), fill, ..Self::new(Self::stand_ins_last(entries, st), st) }
     }
 
     fn stand_ins_last(entries: &'de [(Node, Node)], st: &'s State) -> std::vec::IntoIter<&'de (Node, Node)> {
         let (mut order, stand_ins): (Vec<_>, Vec<_>) =
-            entries.iter().partition(|(k, v)| !st.is_poisoned(k) && !st.is_poisoned(v));
+            entries.iter().filter(|(k, _)| st.is_kept(k)).partition(|(k, v)| !st.is_poisoned(k) && !st.is_poisoned(v));
         order.extend(stand_ins);
         order.into_iter()
+    }
+
+    /// Notes `key` as an unknown field when it names none of the struct's fields; returns
+    /// whether it did.
+    fn unknown(&self, key: &Node) -> bool {
+        let (Some(fields), Some(map)) = (self.fields, self.map) else { return false };
+        let unknown = !key.as_str().is_some_and(|k| fields.contains(&k));
+        if unknown {
+            self.st.unknown_field(key, node_id(map), fields);
+        }
+        unknown
     }
 
     /// Reports the unknown fields among the entries not yet read, when a failure stops
     /// the visitor from reading them.
     fn report_unknown_rest(&mut self) {
-        let Some(fields) = self.fields else { return };
-        for (key, _) in self.entries.by_ref() {
-            if !key.as_str().is_some_and(|k| fields.contains(&k)) {
-                self.st.record(key.mark, unknown_field(&key.key_text(), fields));
-            }
+        while let Some((key, _)) = self.entries.next() {
+            self.unknown(key);
         }
     }
 }
@@ -617,21 +785,24 @@ impl<'de> MapAccess<'de> for Entries<'de, '_> {
     type Error = Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
-        for (key, value) in self.entries.by_ref() {
-            if let Some(fields) = self.fields {
-                let known = key.as_str().is_some_and(|k| fields.contains(&k));
-                if !known {
-                    self.st.record(key.mark, unknown_field(&key.key_text(), fields));
-                    continue;
-                }
+        while let Some((key, value)) = self.entries.next() {
+            if self.unknown(key) {
+                continue;
             }
             self.value = Some(value);
             return decode_at(key, self.st, |de| seed.deserialize(de)).map(Some);
+        }
+        if let Some(field) = self.fill.next() {
+            self.filling = true;
+            return seed.deserialize(BorrowedStrDeserializer::new(field)).map(Some);
         }
         Ok(None)
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
+        if let (true, Some(map)) = (std::mem::take(&mut self.filling), self.map) {
+            return seed.deserialize(partial::Filler(De { node: map, st: self.st, stand_in: true }));
+        }
         match self.value.take() {
             Some(value) => {
                 decode_at(value, self.st, |de| seed.deserialize(de)).inspect_err(|_| self.report_unknown_rest())
@@ -1133,6 +1304,49 @@ mod tests {
             problems::<Service>("health:\n  http: {pth: /, port: 1}\n"),
             ["web.yaml:1:1: missing field `image`", "web.yaml:2:10: unknown field `pth`, did you mean `path`?",]
         );
+    }
+
+    #[test]
+    fn a_key_dedented_out_of_the_block_mapping_above_it_is_told_to_indent() {
+        assert_eq!(
+            problems::<Service>("image: x\nresources:\n  cpu: 1\nmemoryMb: 5\n"),
+            [
+                "web.yaml:4:1: unknown field `memoryMb`: it is a field of `resources` (line 2) — indent it under `resources`"
+            ]
+        );
+        // Inside a mapping, the message says which.
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            spec: Service,
+        }
+        assert_eq!(
+            problems::<Doc>("spec:\n  image: x\n  resources:\n    cpu: 1\n  memoryMb: 5\n"),
+            [
+                "web.yaml:5:3: unknown field `memoryMb` in `spec`: it is a field of `resources` (line 3) — indent it under `resources`"
+            ]
+        );
+        // Two levels too far left: a field of the mapping that ends the one above. The
+        // required field it is, missing where it belongs, is not reported again.
+        assert_eq!(
+            problems::<Service>("image: x\nhealth:\n  http:\n    path: /\nport: 80\n"),
+            ["web.yaml:5:1: unknown field `port`: it is a field of `http` (line 3) — indent it under `http`"]
+        );
+    }
+
+    #[test]
+    fn a_key_after_a_flow_mapping_or_one_that_sets_it_gets_no_indentation_hint() {
+        let plain = "unknown field `memoryMb`; expected one of `image`, `restart`, `ports`, `env`, `stopTimeout`, `health`, `mounts`, `resources`";
+        for (text, line) in [
+            // A flow mapping ends on its own line.
+            ("image: x\nresources: {cpu: 1}\nmemoryMb: 5\n", 3),
+            // The mapping above sets it already.
+            ("image: x\nresources:\n  memoryMb: 1\nmemoryMb: 5\n", 4),
+            // The mapping with the field does not end just above it.
+            ("resources:\n  cpu: 1\nimage: x\nmemoryMb: 5\n", 4),
+        ] {
+            assert_eq!(problems::<Service>(text), [format!("web.yaml:{line}:1: {plain}")], "{text}");
+        }
     }
 
     #[test]

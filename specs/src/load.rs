@@ -1,6 +1,11 @@
 //! Loading: read spec files (a file, or a directory recursively), parse every document,
 //! decode and validate, and collect every problem with its file:line:column. A set with
 //! any problem is rejected whole.
+//!
+//! Every problem comes in one round: a document with problems of its own is still decoded
+//! as far as it can be ([`partial_from_node`]), and the checks across documents (the
+//! names `dependsOn`, hooks, `quiesce.stop` and a Backup's commands give; host ports) run
+//! on what it wrote correctly. Its own further checks wait until it decodes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -8,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::backup::BackupSpec;
-use crate::de::from_node;
+use crate::de::{Partial, from_node, partial_from_node};
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
 use crate::diag::{Diagnostic, Location};
 use crate::hash::sha256_hex;
@@ -58,10 +64,43 @@ struct Decoded<S> {
     source: Arc<str>,
     node: Node,
     metadata: Metadata,
-    /// `None` when the document has problems that were already reported. Its name still
-    /// counts, so that a typo in one service does not also make every `dependsOn` naming
-    /// it an "unknown service".
-    spec: Option<S>,
+    spec: Spec<S>,
+}
+
+/// How far a document's spec decoded. A document with problems still has its name, so
+/// that a typo in one service does not also make every `dependsOn` naming it an "unknown
+/// service".
+enum Spec<S> {
+    /// Without problems: every check runs on it.
+    Whole(S),
+    /// With problems (reported), leaving out what had them: only the checks across
+    /// documents run on it, on what it kept.
+    Partial(Partial<S>),
+    /// Not at all (its header is wrong, or nothing but its name could be read).
+    Unread,
+}
+
+impl<S> Spec<S> {
+    /// The spec, whole or partial.
+    fn value(&self) -> Option<&S> {
+        match self {
+            Spec::Whole(spec) => Some(spec),
+            Spec::Partial(partial) => Some(&partial.value),
+            Spec::Unread => None,
+        }
+    }
+}
+
+impl Decoded<ServiceSpec> {
+    /// The service's runtime, when it is known: as written, or not written and so the
+    /// default (unknown when it is written wrong).
+    fn runtime(&self) -> Option<Runtime> {
+        match &self.spec {
+            Spec::Whole(spec) => Some(spec.runtime),
+            Spec::Partial(p) => p.is_real(&self.node, &["spec", "runtime"]).then_some(p.value.runtime),
+            Spec::Unread => None,
+        }
+    }
 }
 
 /// The documents of a spec set, decoded as far as they could be.
@@ -82,13 +121,16 @@ impl Default for Documents {
 }
 
 /// A decoded service whose name is valid and unique: what the checks across services
-/// (dependencies, host ports) look at, whether or not its own checks passed.
+/// (dependencies, host ports) look at, whether or not its own checks passed, and also
+/// when it decoded only partly.
 struct Checked {
     file: Arc<Path>,
     node: Node,
     name: String,
     spec: ServiceSpec,
-    /// `None` when the service's own checks failed.
+    /// The runtime, unless it is unknown (written wrong).
+    runtime: Option<Runtime>,
+    /// `None` when the service's own checks failed, or it decoded only partly.
     service: Option<Service>,
 }
 
@@ -220,64 +262,55 @@ fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut V
             }
         }
         let kind = node.get("kind").and_then(Node::as_str).map(str::to_owned);
-        if check_header(file, &node, diags) {
-            match kind.as_deref() {
-                Some("Timer") => {
-                    if let Some(doc) = from_node::<Document<TimerSpec>>(&node, file, diags) {
-                        let (metadata, spec) = (doc.metadata, Some(doc.spec));
-                        docs.timers.push(Decoded { file: file.clone(), source: source.clone(), node, metadata, spec });
-                        continue;
-                    }
-                }
-                Some("Backup") => {
-                    if let Some(doc) = from_node::<Document<BackupSpec>>(&node, file, diags) {
-                        let (metadata, spec) = (doc.metadata, Some(doc.spec));
-                        docs.backups.push(Decoded { file: file.clone(), source: source.clone(), node, metadata, spec });
-                        continue;
-                    }
-                }
-                _ => {
-                    if let Some(doc) = from_node::<Document<ServiceSpec>>(&node, file, diags) {
-                        let (metadata, spec) = (doc.metadata, Some(doc.spec));
-                        docs.services.push(Decoded {
-                            file: file.clone(),
-                            source: source.clone(),
-                            node,
-                            metadata,
-                            spec,
-                        });
-                        continue;
-                    }
-                }
-            }
-        }
-        // Its problems are reported; keep its name if it can be read (quietly: decoding the
-        // document reported any problem of the metadata already).
-        let metadata = || node.get("metadata").and_then(|m| from_node::<Metadata>(m, file, &mut Vec::new()));
+        let header = check_header(file, &node, diags);
+        let source = source.clone();
         match kind.as_deref() {
-            Some(kind @ ("Service" | "Timer")) => match metadata() {
-                Some(metadata) => {
-                    let source = source.clone();
-                    if kind == "Timer" {
-                        docs.timers.push(Decoded { file: file.clone(), source, node, metadata, spec: None });
-                    } else {
-                        docs.services.push(Decoded { file: file.clone(), source, node, metadata, spec: None });
-                    }
-                }
+            Some("Service") => match decode_doc(file, source, node, header, diags) {
+                Some(d) => docs.services.push(d),
+                None => docs.all_named = false,
+            },
+            Some("Timer") => match decode_doc(file, source, node, header, diags) {
+                Some(d) => docs.timers.push(d),
                 None => docs.all_named = false,
             },
             // A Backup's name is its own namespace: keep it for duplicates, and since nothing
             // refers to a Backup, an unreadable one hides no reference.
-            Some("Backup") => {
-                if let Some(metadata) = metadata() {
-                    let source = source.clone();
-                    docs.backups.push(Decoded { file: file.clone(), source, node, metadata, spec: None });
-                }
-            }
+            Some("Backup") => docs.backups.extend(decode_doc(file, source, node, header, diags)),
             // Other kinds' names are not referenced yet; an unknown kind may be a typo.
             kind => docs.all_named &= KINDS.iter().any(|(k, _)| Some(*k) == kind),
         }
     }
+}
+
+/// Decodes a document of a kind this tend decodes: whole, or when it has problems (each
+/// reported into `diags`), partly. `header`: whether its apiVersion and kind are right (if
+/// not, only its name is read). `None` when its name cannot be read.
+fn decode_doc<S: DeserializeOwned>(
+    file: &Arc<Path>,
+    source: Arc<str>,
+    node: Node,
+    header: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Decoded<S>> {
+    let decoded = |node, metadata, spec| Some(Decoded { file: file.clone(), source, node, metadata, spec });
+    if header {
+        if let Some(doc) = from_node::<Document<S>>(&node, file, diags) {
+            return decoded(node, doc.metadata, Spec::Whole(doc.spec));
+        }
+        if let Some(partial) = partial_from_node::<Document<S>>(&node)
+            && partial.is_real(&node, &["metadata", "name"])
+        {
+            let mut metadata = None;
+            let spec = partial.map(|doc| {
+                metadata = Some(doc.metadata);
+                doc.spec
+            });
+            return decoded(node, metadata?, Spec::Partial(spec));
+        }
+    }
+    // Quietly: decoding the document reported any problem of the metadata already.
+    let metadata = node.get("metadata").and_then(|m| from_node::<Metadata>(m, file, &mut Vec::new()))?;
+    decoded(node, metadata, Spec::Unread)
 }
 
 /// Checks apiVersion and kind; returns whether the document is a kind this tend decodes.
@@ -457,7 +490,7 @@ fn claim_names(docs: &Documents, diags: &mut Vec<Diagnostic>) -> (BTreeMap<Strin
     for (location, kind, i) in claims {
         let (name, runtime) = if kind == "Service" {
             let d = &docs.services[i];
-            (&d.metadata.name, d.spec.as_ref().map(|s| s.runtime))
+            (&d.metadata.name, d.runtime())
         } else {
             (&docs.timers[i].metadata.name, None)
         };
@@ -490,7 +523,18 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     let (names, unique_services, unique_timers) = claim_names(&docs, diags);
     let mut checked: Vec<Checked> = Vec::new();
     for (d, unique) in docs.services.into_iter().zip(unique_services) {
-        let Some(mut spec) = d.spec else { continue };
+        let runtime = d.runtime();
+        let mut spec = match d.spec {
+            Spec::Whole(spec) => spec,
+            Spec::Partial(partial) => {
+                if unique {
+                    let (file, node, name, spec) = (d.file, d.node, d.metadata.name, partial.value);
+                    checked.push(Checked { file, node, name, spec, runtime, service: None });
+                }
+                continue;
+            }
+            Spec::Unread => continue,
+        };
         let checks = check_service(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
         if !unique {
             // Left out of the checks across services: its conflicts would only repeat the
@@ -515,11 +559,11 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
             }
             None => None,
         };
-        checked.push(Checked { file: d.file, node: d.node, name: d.metadata.name, spec, service });
+        checked.push(Checked { file: d.file, node: d.node, name: d.metadata.name, spec, runtime, service });
     }
     let mut timers = BTreeMap::new();
     for (d, unique) in docs.timers.into_iter().zip(unique_timers) {
-        let Some(mut spec) = d.spec else { continue };
+        let Spec::Whole(mut spec) = d.spec else { continue };
         let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
         if let (true, Some((calendar, env, file_digests))) = (unique, checks) {
             let (hash, field_hashes) = timer_hashes(&spec, &env, &file_digests);
@@ -1012,7 +1056,7 @@ fn check_dependencies(
                         ),
                     ));
                 }
-                Some(Owner { runtime: Some(theirs), .. }) if *theirs != c.spec.runtime => {
+                Some(Owner { runtime: Some(theirs), .. }) if c.runtime.is_some_and(|ours| ours != *theirs) => {
                     let ours = c.spec.runtime;
                     let (waiter, waited) = match ours {
                         Runtime::Systemd => ("a unit", "a container"),
@@ -1028,9 +1072,10 @@ fn check_dependencies(
                 }
                 Some(_) => {}
                 None if all_named => {
+                    // Never the service itself: it cannot depend on itself.
                     let hint = names
                         .iter()
-                        .filter(|(_, o)| o.kind == "Service")
+                        .filter(|(k, o)| o.kind == "Service" && **k != c.name)
                         .map(|(k, _)| (strsim::jaro_winkler(k, &dep.name), k))
                         .filter(|(score, _)| *score > 0.8)
                         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -1152,7 +1197,7 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
         Some(ip) => format!("{ip}:{port}/{protocol}"),
     };
     let mut claims: BTreeMap<(u16, Protocol), Vec<Claim>> = BTreeMap::new();
-    for c in services.iter().filter(|c| c.spec.runtime == Runtime::Docker) {
+    for c in services.iter().filter(|c| c.runtime == Some(Runtime::Docker)) {
         for (i, p) in c.spec.ports.iter().enumerate() {
             let loc = c.at(&[Seg::Key("spec"), Seg::Key("ports"), Seg::Index(i)]);
             let entry = claims.entry((p.host_port, p.protocol)).or_default();

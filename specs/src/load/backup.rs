@@ -29,13 +29,18 @@ pub(super) fn check_backups(
     let mut backups = BTreeMap::new();
     let mut checked: Vec<(&Decoded<BackupSpec>, &BackupSpec)> = Vec::new();
     for (d, unique) in docs.iter().zip(unique) {
-        let Some(spec) = &d.spec else { continue };
-        let inputs = check_backup(d, spec, names, all_named, diags);
+        let Some(spec) = d.spec.value() else { continue };
+        check_references(d, spec, names, all_named, diags);
+        let inputs = match &d.spec {
+            Spec::Whole(_) => check_backup(d, spec, names, diags),
+            // Its own checks wait until it decodes.
+            _ => None,
+        };
         if !unique {
             continue;
         }
         checked.push((d, spec));
-        if let Some((calendar, drill_calendar, restore_vars)) = inputs {
+        if let (Spec::Whole(_), Some((calendar, drill_calendar, restore_vars))) = (&d.spec, inputs) {
             let (hash, field_hashes) = backup_hashes(spec);
             let backup = Backup {
                 name: d.metadata.name.clone(),
@@ -82,7 +87,7 @@ fn claim_backup_names(
             continue;
         }
         claimed.insert(name, location.clone());
-        let has_drill = d.spec.as_ref().is_some_and(|s| s.drill.is_some());
+        let has_drill = d.spec.value().is_some_and(|s| s.drill.is_some());
         let mine = [
             Some((backup_unit_name(name), format!("Backup `{name}` runs as"), format!("the unit of Backup `{name}`"))),
             has_drill.then(|| {
@@ -120,13 +125,43 @@ fn claim_backup_names(
     unique
 }
 
-/// Checks one Backup on its own (its references to services included). `None` when it
-/// found a problem.
-fn check_backup(
+/// Checks that the services a Backup names exist: those `quiesce.stop` lists, and the
+/// ones `source.exec` and `restore.exec` run in. Also for a Backup that decoded only
+/// partly, so that these come with its other problems.
+fn check_references(
     d: &Decoded<BackupSpec>,
     spec: &BackupSpec,
     names: &BTreeMap<String, Owner>,
     all_named: bool,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
+    if let Some(quiesce) = &spec.quiesce {
+        // (A name listed twice is reported by the Backup's own checks, and named once here.)
+        let mut seen = BTreeSet::new();
+        for (i, name) in quiesce.stop.iter().enumerate().filter(|(_, name)| seen.insert(name.as_str())) {
+            let loc = here(&[Seg::Key("spec"), Seg::Key("quiesce"), Seg::Key("stop"), Seg::Index(i)]);
+            service_ref("quiesce.stop", name, names, all_named, loc, diags);
+        }
+    }
+    // A paths source's `restore.exec` is an error of its own, and runs nowhere.
+    let paths = spec.source.paths.is_some() && spec.source.exec.is_none();
+    let restore = spec.restore.as_ref().and_then(|r| r.exec.as_ref()).filter(|_| !paths);
+    for (parent, exec) in [("source", spec.source.exec.as_ref()), ("restore", restore)] {
+        // (With `runtime` too, the command's own check says it takes one of them.)
+        if let Some(ExecCommand { service: Some(service), runtime: None, .. }) = exec {
+            let loc = here(&[Seg::Key("spec"), Seg::Key(parent), Seg::Key("exec"), Seg::Key("service")]);
+            service_ref(&format!("{parent}.exec.service"), service, names, all_named, loc, diags);
+        }
+    }
+}
+
+/// Checks one Backup on its own (where its commands run included; whether the services it
+/// names exist is [`check_references`]'). `None` when it found a problem.
+fn check_backup(
+    d: &Decoded<BackupSpec>,
+    spec: &BackupSpec,
+    names: &BTreeMap<String, Owner>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<BackupInputs> {
     let (file, node) = (&d.file, &d.node);
@@ -178,13 +213,13 @@ fn check_backup(
     let paths: &[String] = spec.source.paths.as_deref().unwrap_or_default();
     check_source_paths(d, paths, diags);
     if let Some(exec) = &spec.source.exec {
-        check_exec_command(d, &["source", "exec"], exec, names, all_named, diags);
+        check_exec_command(d, &["source", "exec"], exec, names, diags);
     }
     // Checked paths only, for the checks of what must not lie inside them.
     let sources: Vec<&str> = paths.iter().map(String::as_str).filter(|p| host_path_problem("", p).is_none()).collect();
 
     if let Some(quiesce) = &spec.quiesce {
-        check_quiesce(d, quiesce, kind, names, all_named, diags);
+        check_quiesce(d, quiesce, kind, diags);
     }
 
     // The destination and its layout.
@@ -238,7 +273,7 @@ fn check_backup(
     }
 
     let restore_vars = match &spec.restore {
-        Some(restore) => check_restore(d, restore, kind, &sources, names, all_named, diags),
+        Some(restore) => check_restore(d, restore, kind, &sources, names, diags),
         None => BTreeSet::new(),
     };
 
@@ -302,14 +337,12 @@ fn check_backup(
     (diags.len() == before).then_some((calendar, drill_calendar, restore_vars))
 }
 
-/// Checks `quiesce`: a paths source's, naming each service of the set once, with a
-/// timeout.
+/// Checks `quiesce`: a paths source's, naming each service once (that they exist is
+/// [`check_references`]'), with a timeout.
 fn check_quiesce(
     d: &Decoded<BackupSpec>,
     quiesce: &crate::backup::Quiesce,
     kind: Option<SourceKind>,
-    names: &BTreeMap<String, Owner>,
-    all_named: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
     let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
@@ -334,8 +367,7 @@ fn check_quiesce(
             diags.push(Diagnostic::at(loc, format!("`quiesce.stop` lists `{name}` twice (first at {first})")));
             continue;
         }
-        seen.insert(name, loc.clone());
-        service_ref("quiesce.stop", name, names, all_named, loc, diags);
+        seen.insert(name, loc);
     }
     if quiesce.timeout.get().is_zero() {
         diags.push(Diagnostic::at(
@@ -409,7 +441,7 @@ fn check_copies(d: &Decoded<BackupSpec>, spec: &BackupSpec, sources: &[&str], di
 fn check_source_paths(d: &Decoded<BackupSpec>, paths: &[String], diags: &mut Vec<Diagnostic>) {
     let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
     let loc = |i| here(&[Seg::Key("spec"), Seg::Key("source"), Seg::Key("paths"), Seg::Index(i)]);
-    if paths.is_empty() && d.spec.as_ref().is_some_and(|s| s.source.paths.is_some()) {
+    if paths.is_empty() && d.spec.value().is_some_and(|s| s.source.paths.is_some()) {
         diags.push(Diagnostic::at(loc(0), "`source.paths` is empty; list the directories and files to archive"));
     }
     let mut good: Vec<(usize, &Path)> = Vec::new();
@@ -449,14 +481,14 @@ fn check_source_paths(d: &Decoded<BackupSpec>, paths: &[String], diags: &mut Vec
 }
 
 /// Checks a command a Backup runs (`source.exec`, `restore.exec`): where it runs (exactly
-/// one of `service` and `runtime: host`; the service exists) and its argv (on the host, an
-/// absolute program). `at_path`: the keys from `spec` down to the command.
+/// one of `service` and `runtime: host`; that the service exists is [`check_references`]')
+/// and its argv (on the host, an absolute program). `at_path`: the keys from `spec` down
+/// to the command.
 fn check_exec_command(
     d: &Decoded<BackupSpec>,
     at_path: &[&str],
     exec: &ExecCommand,
     names: &BTreeMap<String, Owner>,
-    all_named: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
     let (file, node) = (&d.file, &d.node);
@@ -487,14 +519,7 @@ fn check_exec_command(
             None
         }
         (Some(service), None) => {
-            match service_ref(
-                &format!("{field}.service"),
-                service,
-                names,
-                all_named,
-                here(&[Seg::Key("service")]),
-                diags,
-            ) {
+            match names.get(service).filter(|owner| owner.kind == "Service").and_then(|owner| owner.runtime) {
                 Some(Runtime::Systemd) => Some(ArgvUse::Host),
                 Some(Runtime::Docker) => Some(ArgvUse::Container),
                 None => None,
@@ -553,7 +578,6 @@ fn check_restore(
     kind: Option<SourceKind>,
     sources: &[&str],
     names: &BTreeMap<String, Owner>,
-    all_named: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeSet<String> {
     let (file, node) = (&d.file, &d.node);
@@ -587,7 +611,7 @@ fn check_restore(
             "`restore.exec` applies to `source.exec` only; paths are restored by extracting the archive in their place",
         )),
         Some(exec) => {
-            check_exec_command(d, &["restore", "exec"], exec, names, all_named, diags);
+            check_exec_command(d, &["restore", "exec"], exec, names, diags);
             for (i, arg) in exec.command.iter().enumerate() {
                 match placeholders(arg) {
                     Ok(found) => vars.extend(found.into_iter().map(str::to_string)),

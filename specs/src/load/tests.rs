@@ -338,6 +338,38 @@ fn a_service_with_problems_still_counts_as_a_name_for_dependencies_and_duplicate
     assert!(messages[1].contains("duplicate Service name `db`"), "{}", lines(&diags));
 }
 
+#[test]
+fn references_are_checked_in_a_document_with_problems_of_its_own() {
+    // Broken labels used to hide the name, and so every unknown reference in the set.
+    let text = "apiVersion: tend/v1\nkind: Service\nmetadata: {name: web, labels: [x]}\nspec:\n  image: busybox:1\n  dependsOn: [{name: nope}]\n";
+    assert_eq!(
+        problems(text),
+        ["3:31: expected a mapping, found a sequence", "6:22: `dependsOn` names unknown service `nope`"]
+    );
+}
+
+#[test]
+fn a_service_whose_runtime_is_unknown_is_not_called_the_wrong_runtime() {
+    let app = "---\napiVersion: tend/v1\nkind: Service\nmetadata: {name: app}\nspec: {runtime: systemd, exec: [/usr/bin/app], dependsOn: [{name: db}]}\n";
+    for (db, problem) in [
+        ("spec: [x]", "4:7: expected a mapping, found a sequence"),
+        ("spec: {runtime: sytemd}", "4:17: unknown value `sytemd`, did you mean `systemd`?"),
+        ("", "1:1: missing field `spec`"),
+    ] {
+        let text = format!("apiVersion: tend/v1\nkind: Service\nmetadata: {{name: db}}\n{db}\n{app}");
+        assert_eq!(problems(&text), [problem], "{text}");
+    }
+}
+
+#[test]
+fn a_dependency_suggestion_never_names_the_service_itself() {
+    assert_eq!(
+        problems(&web("dependsOn: [{name: webb}]")),
+        ["6:22: `dependsOn` names unknown service `webb`"],
+        "`web` is the nearest name, but a service cannot depend on itself"
+    );
+}
+
 /// A docker service with every template field set. Its hash is pinned: containers created by
 /// earlier versions carry it, and a change here would recreate every one of them.
 const PINNED_DOCKER: &str = r#"apiVersion: tend/v1
