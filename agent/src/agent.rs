@@ -232,10 +232,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Whether the specs would remove too much: `Some((removed, managed))` when more than
-/// `max_percent` of the managed objects (services and Timers that have containers or unit
-/// files of this scope) would be removed, and at least two of them.
-pub fn mass_removal(observed: &Observed, desired: &Desired, scope: &str, max_percent: u8) -> Option<(usize, usize)> {
+/// What a spec set would remove of the managed objects, when it is too much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MassRemoval {
+    /// The services and Timers it would remove.
+    pub removed: Vec<String>,
+    /// How many are managed now.
+    pub managed: usize,
+    /// The limit that was passed (percent).
+    pub max_percent: u8,
+}
+
+impl std::fmt::Display for MassRemoval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 10;
+        let mut names = self.removed.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+        if self.removed.len() > SHOWN {
+            names.push_str(&format!(" and {} more", self.removed.len() - SHOWN));
+        }
+        write!(
+            f,
+            "would remove {} of the {} managed services and Timers, more than {}% ({names})",
+            self.removed.len(),
+            self.managed,
+            self.max_percent
+        )
+    }
+}
+
+/// Whether the specs would remove too much: more than `max_percent` of the managed objects
+/// (services and Timers that have containers or unit files of this scope), and at least
+/// two of them.
+pub fn mass_removal(observed: &Observed, desired: &Desired, scope: &str, max_percent: u8) -> Option<MassRemoval> {
     let mut managed: BTreeSet<&str> = observed.containers.iter().map(|c| c.service.as_str()).collect();
     for u in observed.units.iter().flat_map(|u| u.values()) {
         if u.scope.as_deref() == Some(scope) {
@@ -243,10 +271,13 @@ pub fn mass_removal(observed: &Observed, desired: &Desired, scope: &str, max_per
             managed.insert(stem);
         }
     }
-    let removed =
-        managed.iter().filter(|n| !desired.services.contains_key(**n) && !desired.timers.contains_key(**n)).count();
-    let over = removed * 100 > usize::from(max_percent) * managed.len();
-    (removed >= 2 && over).then_some((removed, managed.len()))
+    let removed: Vec<String> = managed
+        .iter()
+        .filter(|n| !desired.services.contains_key(**n) && !desired.timers.contains_key(**n))
+        .map(|n| n.to_string())
+        .collect();
+    let over = removed.len() * 100 > usize::from(max_percent) * managed.len();
+    (removed.len() >= 2 && over).then_some(MassRemoval { removed, managed: managed.len(), max_percent })
 }
 
 /// The clean-shutdown marker: which boot the agent last ran in, and whether it stopped
@@ -1100,15 +1131,14 @@ async fn accept_or_block(shared: &Arc<Shared>, engines: &Arc<Engines<DockerEngin
     if !shared.settings.allow_mass_removal {
         match apply::observe_all(engines, &shared.options, &set.desired).await {
             Ok(observed) => {
-                if let Some((removed, managed)) =
+                if let Some(m) =
                     mass_removal(&observed, &set.desired, &shared.settings.scope, shared.settings.max_removal_percent)
                 {
                     let why = format!(
-                        "the newest spec set{} would remove {removed} of the {managed} managed services and Timers (more than {}%): not applied; the set in use stays (allow with `tend agent --allow-mass-removal` or massRemoval.allow in the agent config)",
+                        "the newest spec set{} {m}: not applied; the set in use stays (allow with `tend agent --allow-mass-removal` or massRemoval.allow in the agent config)",
                         set.commit.as_deref().map(|c| format!(" (commit {})", short(c))).unwrap_or_default(),
-                        shared.settings.max_removal_percent
                     );
-                    warn!(removed, managed, "{why}");
+                    warn!(removed = m.removed.len(), managed = m.managed, "{why}");
                     shared.metrics.mass_removal_blocked(true);
                     lock(&shared.agent).mass_removal = Some(why);
                     return;
@@ -1421,6 +1451,13 @@ impl Api {
     }
 }
 
+/// What of `desired` this agent cannot run (systemd services where systemd is missing), as
+/// the stand-alone commands say it.
+fn unchecked(shared: &Shared, desired: &Desired) -> Option<String> {
+    let why = lock(&shared.engines).systemd_missing.clone()?;
+    apply::unmet_without_systemd(desired, &why)
+}
+
 impl Control for Api {
     fn status(&self) -> Reply {
         let shared = self.0.clone();
@@ -1429,7 +1466,7 @@ impl Control for Api {
             let mut status: Status = crate::status::build(&desired, &observed, &st, &plan);
             status.timers =
                 crate::jobs::list(&shared.settings.state_dir, &desired, tend_specs::calendar::Timestamp::now());
-            status.unchecked = lock(&shared.engines).systemd_missing.clone().filter(|_| apply::needs_units(&desired));
+            status.unchecked = unchecked(&shared, &desired);
             status.backups = desired
                 .backups
                 .values()
@@ -1446,7 +1483,8 @@ impl Control for Api {
     fn plan(&self) -> Reply {
         let shared = self.0.clone();
         Box::pin(async move {
-            let (_, _, _, plan) = Api::observe(&shared).await?;
+            let (desired, _, _, mut plan) = Api::observe(&shared).await?;
+            plan.unchecked = unchecked(&shared, &desired);
             serde_json::to_value(&plan).map_err(|e| Failure::new(500, e.to_string()))
         })
     }
@@ -1545,6 +1583,10 @@ mod tests {
         assert_ne!(base, fingerprint(&desired(&service("web", ""))), "removed");
     }
 
+    fn counts(m: Option<MassRemoval>) -> Option<(usize, usize)> {
+        m.map(|m| (m.removed.len(), m.managed))
+    }
+
     #[test]
     fn removing_most_managed_services_is_a_mass_removal() {
         let mut observed = Observed::default();
@@ -1558,11 +1600,13 @@ mod tests {
         assert_eq!(mass_removal(&observed, &two, "t", 50), None);
         // Three of four is.
         let one = desired(&service("a", ""));
-        assert_eq!(mass_removal(&observed, &one, "t", 50), Some((3, 4)));
+        assert_eq!(counts(mass_removal(&observed, &one, "t", 50)), Some((3, 4)));
         // An empty set (a deleted directory's contents) removes everything.
-        assert_eq!(mass_removal(&observed, &Desired::default(), "t", 50), Some((4, 4)));
+        assert_eq!(counts(mass_removal(&observed, &Desired::default(), "t", 50)), Some((4, 4)));
         // A stricter limit.
-        assert_eq!(mass_removal(&observed, &two, "t", 25), Some((2, 4)));
+        assert_eq!(counts(mass_removal(&observed, &two, "t", 25)), Some((2, 4)));
+        let m = mass_removal(&observed, &one, "t", 50).expect("too much");
+        assert_eq!(m.to_string(), "would remove 3 of the 4 managed services and Timers, more than 50% (b, c, d)");
     }
 
     #[test]
@@ -1589,7 +1633,7 @@ mod tests {
             ("dump.timer".to_string(), unit("dump.timer", "t")),
             ("other.service".to_string(), unit("other.service", "elsewhere")),
         ]));
-        assert_eq!(mass_removal(&observed, &Desired::default(), "t", 50), Some((2, 2)));
+        assert_eq!(counts(mass_removal(&observed, &Desired::default(), "t", 50)), Some((2, 2)));
     }
 
     #[test]

@@ -198,9 +198,18 @@ pub async fn observe<E: ContainerEngine>(engine: &E, scope: &str, desired: &Desi
     engine.observe(scope, &wanted, &images, volumes).await.map_err(ApplyError::Observe)
 }
 
-/// Whether the specs need systemd units.
-pub fn needs_units(desired: &Desired) -> bool {
-    desired.systemd_services().next().is_some() || !desired.timers.is_empty()
+/// What of the specs cannot be had where systemd is not PID 1 (`why`): their systemd
+/// services. Scheduled Timers (and Backups) are not in it: the agent's own scheduler runs
+/// them then, and on-demand Timers run through `tend job run`.
+pub fn unmet_without_systemd(desired: &Desired, why: &str) -> Option<String> {
+    let n = desired.systemd_services().count();
+    (n > 0).then(|| format!("{why}: {n} systemd service(s) cannot run here (everything else is handled)"))
+}
+
+/// The enabled Timers with a schedule (those of scheduled Backups included): systemd timer
+/// units where systemd runs, the agent's own scheduler where it does not.
+pub fn scheduled_timers(desired: &Desired) -> usize {
+    desired.timers.values().filter(|t| t.spec.enabled && t.spec.schedule.is_some()).count()
 }
 
 /// The unit file names the specs would write.
@@ -417,7 +426,7 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
         let mut report = Report::default();
         if plan.pulls().next().is_some() {
             // Prepare phase: pull, then plan again against what the pulls brought.
-            let pull_plan = Plan { steps: plan.pulls().cloned().collect(), notes: vec![] };
+            let pull_plan = Plan { steps: plan.pulls().cloned().collect(), ..Plan::default() };
             let outcomes = execute(engines.clone(), desired.clone(), &pull_plan, options).await;
             for step in &pull_plan.steps {
                 let outcome = outcomes.get(&step.id).cloned().unwrap_or(Outcome::Skipped { because_of: 0 });

@@ -128,6 +128,10 @@ pub enum Command {
         /// Apply changes now, even outside the services' update windows.
         #[arg(long)]
         now: bool,
+        /// Apply even when the specs remove more than half of the managed services and
+        /// Timers at once (an empty or wrong directory would remove them all).
+        #[arg(long)]
+        allow_mass_removal: bool,
     },
     /// Show services, instances, health, holds and conflicts. Without PATH, a running
     /// agent's status (or /etc/tend/specs when no agent runs).
@@ -317,6 +321,14 @@ pub enum CliError {
     /// The agent stopped with an error.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    /// `tend apply` would remove too much at once.
+    #[error("{specs} {what}: nothing was changed (apply it anyway with --allow-mass-removal)")]
+    MassRemoval {
+        /// The spec set.
+        specs: PathBuf,
+        /// What it would remove.
+        what: crate::agent::MassRemoval,
+    },
     /// The agent's configuration has problems (already printed).
     #[error("{count} problem(s) in the agent configuration {path}")]
     Config {
@@ -392,37 +404,40 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             if path.is_none()
                 && let Some(plan) = runtime()?.block_on(from_agent::<Plan>(&cli.socket, "/v1/plan"))?
             {
-                match output {
-                    Output::Json => print_json(&plan)?,
-                    Output::Text => print_plan(&plan),
-                }
-                return Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }));
+                return show_plan(&plan, *output);
             }
             let path = &path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SPECS));
             let desired = load_with_backups(&cli, path)?;
+            warn_if_empty(&desired, path, &cli.scope);
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired).await?;
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
+                if let Some(m) = crate::agent::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
+                    eprintln!(
+                        "{} this plan {m}: `tend apply` refuses it without --allow-mass-removal",
+                        Paint::stderr().yellow("warning:")
+                    );
+                }
                 let st = state::read_state(&cli.state_dir)?;
-                let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
-                match output {
-                    Output::Json => print_json(&plan)?,
-                    Output::Text => print_plan(&plan),
-                }
-                if let Some(why) = missing {
-                    eprintln!("{} {why}", Paint::stderr().red("error:"));
-                    return Ok(ExitCode::from(1));
-                }
-                Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }))
+                let mut plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
+                plan.unchecked = missing;
+                show_plan(&plan, *output)
             })
         }
-        Command::Apply { path, output, parallel, now } => {
+        Command::Apply { path, output, parallel, now, allow_mass_removal } => {
             let desired = Arc::new(load_with_backups(&cli, path)?);
+            warn_if_empty(&desired, path, &cli.scope);
             runtime()?.block_on(async {
                 let (engines, missing) = connect(&desired).await?;
-                let state_dir = StateDir::open(&cli.state_dir)?;
                 let options = Options { ignore_windows: *now, ..options(&cli, path, *parallel) };
+                if !allow_mass_removal {
+                    let observed = apply::observe_all(&engines, &options, &desired).await?;
+                    if let Some(m) = crate::agent::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
+                        return Err(CliError::MassRemoval { specs: path.clone(), what: m });
+                    }
+                }
+                let state_dir = StateDir::open(&cli.state_dir)?;
                 let report = apply::apply(Arc::new(engines), desired, &state_dir, &options).await?;
                 match output {
                     Output::Json => print_json(&report)?,
@@ -458,9 +473,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired).await?;
-                if let Some(why) = &missing {
-                    eprintln!("{} {why}", Paint::stderr().red("error:"));
-                }
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
@@ -625,6 +637,22 @@ fn load(path: &Path) -> Result<Desired, CliError> {
     })
 }
 
+/// The largest share of the managed services and Timers `tend apply` removes at once
+/// without `--allow-mass-removal` (the agent's default `massRemoval.maxPercent`).
+const MAX_REMOVAL_PERCENT: u8 = 50;
+
+/// Says so when a spec directory holds no spec at all: a wrong path, or a checkout that
+/// lost its files, would otherwise read as "remove everything".
+fn warn_if_empty(desired: &Desired, path: &Path, scope: &str) {
+    if desired.services.is_empty() && desired.timers.is_empty() && desired.backups.is_empty() {
+        eprintln!(
+            "{} {} holds no spec at all: applied, it would remove everything tend manages in scope `{scope}`",
+            Paint::stderr().yellow("warning:"),
+            path.display()
+        );
+    }
+}
+
 /// Loads specs as [`load`], with the Timers of scheduled Backups added.
 fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     let mut desired = load(path)?;
@@ -688,15 +716,16 @@ async fn connect(desired: &Desired) -> Result<(Engines<DockerEngine, SystemdEngi
     let systemd = match SystemdEngine::connect().await {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
-            // On-demand Timers (no schedule, or not enabled) run through `tend job run`
-            // and need no systemd; systemd services and scheduled Timers do.
-            let services = desired.systemd_services().count();
-            let scheduled = desired.timers.values().filter(|t| t.spec.enabled && t.spec.schedule.is_some()).count();
-            if services + scheduled > 0 {
-                missing = Some(format!(
-                    "{}: {services} systemd service(s) and {scheduled} scheduled Timer(s) were not applied (Docker services were)",
-                    apply::chain(&e),
-                ));
+            // systemd services cannot run without systemd; scheduled Timers are the agent's
+            // scheduler's then (a fact worth a note, not a failure).
+            let why = apply::chain(&e);
+            missing = apply::unmet_without_systemd(desired, &why);
+            let scheduled = apply::scheduled_timers(desired);
+            if scheduled > 0 {
+                eprintln!(
+                    "{} {scheduled} scheduled Timer(s) run by the agent's own scheduler here, not by systemd ({why})",
+                    Paint::stderr().yellow("note:")
+                );
             }
             None
         }
@@ -810,6 +839,20 @@ fn print_notes(notes: &[Note]) {
     for n in notes {
         println!("  {} {n}", paint.yellow("!"));
     }
+}
+
+/// Prints a plan (from the agent or made here) and says by the exit code what it means:
+/// 0 nothing to do, 2 changes, 1 part of the specs cannot be planned here.
+fn show_plan(plan: &Plan, output: Output) -> Result<ExitCode, CliError> {
+    match output {
+        Output::Json => print_json(plan)?,
+        Output::Text => print_plan(plan),
+    }
+    if let Some(why) = &plan.unchecked {
+        eprintln!("{} {why}", Paint::stderr().red("error:"));
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }))
 }
 
 fn print_plan(plan: &Plan) {
@@ -938,8 +981,8 @@ fn print_status(status: &Status) {
     }
     if status.pending_steps > 0 {
         println!("{} step(s) pending: run `tend plan` to see them", status.pending_steps);
-    } else if status.unchecked.is_some() {
-        println!("Not all of the specs could be checked here (see the error).");
+    } else if let Some(why) = &status.unchecked {
+        println!("Not all of the specs could be checked here: {why}");
     } else if status.notes.is_empty() {
         println!("Converged: the host matches the specs.");
     } else {

@@ -491,6 +491,10 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// What the plan does not act on.
     pub notes: Vec<Note>,
+    /// Part of the specs that cannot be planned here (systemd services where systemd is not
+    /// PID 1), said by the caller that knows; the plan then does not make the host match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked: Option<String>,
 }
 
 impl Plan {
@@ -518,7 +522,7 @@ impl Plan {
                 steps.push(step.clone());
             }
         }
-        Plan { steps, notes: self.notes.clone() }
+        Plan { steps, notes: self.notes.clone(), unchecked: self.unchecked.clone() }
     }
 }
 
@@ -1148,7 +1152,7 @@ pub fn plan(input: Input<'_>) -> Plan {
     if let (Some(ctx), Some(live_units)) = (units, observed.units.as_ref()) {
         units::plan_units(&mut b, desired, live_units, state, ctx, &observed.maintenance, &windows);
     }
-    Plan { steps: b.steps, notes: b.notes }
+    Plan { steps: b.steps, notes: b.notes, unchecked: None }
 }
 
 fn remove(s: &Service, c: &Container) -> Action {

@@ -424,6 +424,68 @@ fn the_unclean_boot_banner_goes_when_its_holds_are_released() {
     assert!(!stdout_of(&env.tend(&["status"])).contains("unclean boot:"));
 }
 
+#[test]
+fn without_systemd_scheduled_backups_are_no_error_and_both_paths_agree_on_exit_codes() {
+    assert!(
+        !Path::new("/run/systemd/system").exists(),
+        "this test needs a host where systemd is not PID 1, as the Docker tests' machines are"
+    );
+    let env = Env::new("agent_exit_codes");
+    let web = env.name("web");
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    env.write_spec("web.yaml", &service(&web, ""));
+    env.write_spec(
+        "backup.yaml",
+        &crate::backup::backup_doc(
+            "nightly",
+            &format!(
+                "  schedule: daily\n  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n",
+                data.display(),
+                env.state_path().join("archives").display()
+            ),
+        ),
+    );
+    env.apply();
+    let code = |out: &std::process::Output| out.status.code();
+    // Stand-alone: the host matches; the scheduled Backup is the agent's scheduler's.
+    for cmd in ["plan", "apply", "status"] {
+        let out = env.tend(&[cmd, env.spec_arg()]);
+        assert_eq!(code(&out), Some(0), "{cmd}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("run by the agent's own scheduler"),
+            "{}",
+            describe(&out)
+        );
+    }
+    // Through the agent: the same.
+    let agent = Agent::start(&env, &["--specs", env.spec_arg()]);
+    for cmd in ["plan", "status"] {
+        let out = env.tend(&[cmd]);
+        assert_eq!(code(&out), Some(0), "{cmd} through the agent: {}", describe(&out));
+    }
+    // A systemd service cannot run here: every path says so, with the reason, and exits 1.
+    env.write_spec("unit.yaml", &format!(
+        "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {}}}\nspec: {{runtime: systemd, exec: [/bin/sleep, infinity]}}\n",
+        env.name("unit")
+    ));
+    for cmd in ["plan", "status"] {
+        let out = env.tend(&[cmd, env.spec_arg()]);
+        assert_eq!(code(&out), Some(1), "{cmd}: {}", describe(&out));
+        let text = format!("{}{}", stdout_of(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 systemd service(s) cannot run here"), "{cmd}: {text}");
+    }
+    wait_for(Duration::from_secs(30), "the agent to use the new set", || {
+        agent.status(&env)["unchecked"].as_str().is_some()
+    });
+    for cmd in ["plan", "status"] {
+        let out = env.tend(&[cmd]);
+        assert_eq!(code(&out), Some(1), "{cmd} through the agent: {}", describe(&out));
+        let text = format!("{}{}", stdout_of(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 systemd service(s) cannot run here"), "{cmd} through the agent: {text}");
+    }
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")

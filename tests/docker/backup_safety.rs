@@ -161,10 +161,11 @@ fn verify_reads_a_dump_named_tar_zst_as_the_stream_it_is_and_never_prints_it() {
 
 /// A command that writes `/data/term-NAME` when it gets SIGTERM, takes `flush_s` seconds to
 /// "flush" (then writes `/data/stopped-NAME`) and exits 0; at start it writes
-/// `/data/started-NAME`, and `/tmp/ready` after `ready_s` seconds.
+/// `/data/started-NAME`, and `/tmp/ready` after `ready_s` seconds (removed first: a container
+/// started again keeps its files).
 fn slow_stopper(name: &str, flush_s: u32, ready_s: u32) -> String {
     format!(
-        "command: [sh, -c, \"touch /data/started-{name}; (sleep {ready_s}; touch /tmp/ready /data/ready-{name}) & trap 'touch /data/term-{name}; sleep {flush_s}; touch /data/stopped-{name}; exit 0' TERM; sleep 3600 & wait\"]"
+        "command: [sh, -c, \"rm -f /tmp/ready; touch /data/started-{name}; (sleep {ready_s}; touch /tmp/ready /data/ready-{name}) & trap 'touch /data/term-{name}; sleep {flush_s}; touch /data/stopped-{name}; exit 0' TERM; sleep 3600 & wait\"]"
     )
 }
 

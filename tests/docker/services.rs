@@ -898,3 +898,36 @@ fn a_before_start_hook_runs_before_a_new_version_and_a_failing_one_keeps_the_old
         "{runs:#}"
     );
 }
+
+#[test]
+fn apply_on_an_empty_or_wrong_directory_removes_nothing_without_consent() {
+    let env = Env::new("apply_mass_removal");
+    let names: Vec<String> = (1..=3).map(|i| env.name(&format!("s{i}"))).collect();
+    for n in &names {
+        env.write_spec(&format!("{n}.yaml"), &service(n, ""));
+    }
+    env.apply();
+    let empty = env.state_path().join("empty");
+    std::fs::create_dir_all(&empty).expect("an empty directory");
+    let empty_arg = empty.to_str().expect("utf-8");
+    // The plan says the directory holds nothing, and that apply would refuse it.
+    let out = env.tend(&["plan", empty_arg]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("holds no spec at all"), "{}", describe(&out));
+    assert!(err.contains("refuses it without --allow-mass-removal"), "{}", describe(&out));
+    // apply refuses, naming what would go, and changes nothing.
+    let out = env.tend(&["apply", empty_arg]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("would remove 3 of the 3") && err.contains("nothing was changed"), "{err}");
+    assert!(names.iter().all(|n| err.contains(n.as_str())), "the services that would go are not named: {err}");
+    assert_eq!(env.containers().len(), 3, "a container was removed");
+    // Removing one of three is not a mass removal.
+    env.remove_spec(&format!("{}.yaml", names[0]));
+    env.apply();
+    assert_eq!(env.containers().len(), 2);
+    // With consent it goes ahead.
+    let out = env.tend(&["apply", empty_arg, "--allow-mass-removal"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(env.containers().is_empty());
+}

@@ -112,7 +112,7 @@ pub(super) fn plan_drained(input: Input<'_>, drain: &Drain) -> Plan {
     if !enabled.is_empty() {
         b.push(Action::DisableUnits { units: enabled }, Reason::Drained, vec![], 0);
     }
-    Plan { steps: b.steps, notes: b.notes }
+    Plan { steps: b.steps, notes: b.notes, unchecked: None }
 }
 
 /// Plans the stop of one container when it runs; returns the step's number.

@@ -1098,7 +1098,7 @@ fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
             step(2, Action::StopUnit { unit: "api.service".into() }, Reason::Drained),
             step(3, Action::StopUnit { unit: "gone.service".into() }, Reason::SpecRemoved),
         ],
-        notes: vec![],
+        ..Plan::default()
     };
     let done = |ids: &[usize]| -> BTreeMap<usize, crate::apply::Outcome> {
         ids.iter().map(|i| (*i, crate::apply::Outcome::Done { ms: 1 })).collect()
@@ -1112,7 +1112,7 @@ fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
             step(1, start, Reason::Undrained),
             step(2, Action::StartUnit { unit: "api.service".into() }, Reason::Undrained),
         ],
-        notes: vec![],
+        ..Plan::default()
     };
     assert!(crate::apply::record(&mut st, &plan, &done(&[1, 2]), NOW));
     assert!(st.stopped_by_drain.is_empty());

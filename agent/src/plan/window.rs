@@ -297,6 +297,7 @@ mod tests {
         let plan = Plan {
             steps: vec![],
             notes: vec![note("a", Some(5_000)), note("b", None), note("c", Some(3_000)), note("d", Some(4_000))],
+            unchecked: None,
         };
         assert_eq!(next_deferred_open(&plan), Some(3_000));
         assert_eq!(next_deferred_open(&Plan::default()), None);
