@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::api::{self, Control, Failure, Reply};
 use crate::apply::{self, Engines, Options, Outcome, Report, UnitsConfig};
 use crate::docker::DockerEngine;
+use crate::engine::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{Observed, RunState, UnitActive, instance_name};
 use crate::plan::{Action, Note, Reason};
@@ -116,6 +117,8 @@ pub struct Settings {
     pub allow_mass_removal: bool,
     /// The largest share (percent) of managed objects one set may remove.
     pub max_removal_percent: u8,
+    /// How long to wait for an engine to answer.
+    pub timeouts: Timeouts,
     /// This binary (Timers' units and hooks run `tend job run`).
     pub tend_bin: PathBuf,
 }
@@ -741,7 +744,7 @@ fn restart_due(shared: &Shared) -> Option<tokio::time::Instant> {
 async fn connect_engines(shared: &Shared) {
     let docker_missing = lock(&shared.engines).docker.is_none();
     if docker_missing {
-        match DockerEngine::connect().await {
+        match DockerEngine::connect(shared.settings.timeouts).await {
             Ok(d) => {
                 info!("connected to Docker");
                 lock(&shared.engines).docker = Some(Arc::new(d));
@@ -754,7 +757,7 @@ async fn connect_engines(shared: &Shared) {
         e.systemd.is_none() && e.systemd_missing.is_none()
     };
     if systemd_unknown {
-        match SystemdEngine::connect().await {
+        match SystemdEngine::connect(shared.settings.timeouts).await {
             Ok(s) => lock(&shared.engines).systemd = Some(Arc::new(s)),
             Err(e) => {
                 info!(why = %apply::chain(&e), "systemd is not used (Timers are scheduled by the agent)");
@@ -807,7 +810,7 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
-                if DockerEngine::connect().await.is_err() {
+                if DockerEngine::connect(s.settings.timeouts).await.is_err() {
                     lock(&s.engines).docker = None;
                 }
             }

@@ -79,14 +79,18 @@ fn systemd_is_reported_unavailable_on_a_host_without_it() {
     if Path::new("/run/systemd/system").is_dir() {
         // This host boots with systemd: then the adapter must find it.
         booted().expect("systemd is PID 1 here");
-        runtime.block_on(SystemdEngine::connect()).expect("the adapter connects to this host's systemd");
+        runtime
+            .block_on(SystemdEngine::connect(tend::engine::Timeouts::default()))
+            .expect("the adapter connects to this host's systemd");
         return;
     }
     let pid1 = std::fs::read_to_string("/proc/1/comm").expect("/proc/1/comm").trim().to_string();
     let e = booted().expect_err("systemd is not PID 1 on this host");
     assert_eq!(e.to_string(), format!("systemd is not running as PID 1 on this host (PID 1 is {pid1})"));
     assert_eq!(e.kind(), "unavailable");
-    let e = runtime.block_on(SystemdEngine::connect()).expect_err("no systemd to connect to");
+    let e = runtime
+        .block_on(SystemdEngine::connect(tend::engine::Timeouts::default()))
+        .expect_err("no systemd to connect to");
     assert!(matches!(e, SystemdError::NotBooted { .. }), "{e:?}");
 }
 
@@ -191,7 +195,8 @@ where
     Fut: Future<Output = ()>,
 {
     runtime().block_on(async {
-        let engine = SystemdEngine::connect().await.expect("connecting to systemd in the node");
+        let engine =
+            SystemdEngine::connect(tend::engine::Timeouts::default()).await.expect("connecting to systemd in the node");
         f(engine.with_job_timeout(Duration::from_secs(60))).await;
     });
 }
