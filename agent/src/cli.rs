@@ -962,6 +962,8 @@ fn print_status(status: &Status) {
     }
     if status.pending_steps > 0 {
         println!("{} step(s) pending: run `tend plan` to see them", status.pending_steps);
+    } else if let Some(why) = status.unchecked.as_ref().filter(|_| status.agent.is_some()) {
+        println!("Not all of the specs could be checked: {why}");
     } else if status.unchecked.is_some() {
         println!("Not all of the specs could be checked here (see the error).");
     } else if status.notes.is_empty() {
@@ -1004,6 +1006,11 @@ fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
     }
     if let Some(why) = &a.mass_removal {
         println!("{} {why}", paint.red("mass removal blocked:"));
+    }
+    for (engine, p) in &a.engines {
+        let name = if engine == "docker" { "Docker" } else { engine.as_str() };
+        let since = crate::time::format_ms(p.since_ms);
+        println!("{} since {since}: {}", paint.red(&format!("{name} is {}", p.state)), p.error);
     }
     for (name, until) in &a.backoff {
         println!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::time::format_ms(*until));
