@@ -15,6 +15,7 @@ mod backup_faults;
 mod backup_pg;
 mod bad_specs;
 mod drain;
+mod engine_timeout;
 mod examples;
 mod jobs;
 mod maintain;
