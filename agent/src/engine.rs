@@ -121,12 +121,6 @@ impl Timeouts {
         self.call.saturating_mul(4)
     }
 
-    /// A systemd job may take `job` (start and stop timeouts are the unit's), plus the call
-    /// timeout for the call that queues it.
-    pub fn job(&self, job: Duration) -> Duration {
-        job.saturating_add(self.call)
-    }
-
     /// The timeout of an engine client library for calls that tend bounds by `bound`: in
     /// whole seconds (bollard counts them) and a second longer, so that tend's own bound
     /// fires first and names the call. It still bounds what tend does not wrap: the
@@ -257,7 +251,6 @@ mod tests {
         assert_eq!(t.stop(None), Duration::from_secs(40));
         assert_eq!(t.pull_idle(), Duration::from_secs(60));
         assert_eq!(t.reload(), Duration::from_secs(120));
-        assert_eq!(t.job(Duration::from_secs(300)), Duration::from_secs(330));
         assert_eq!(Timeouts::default(), t);
         assert_eq!(Timeouts::client(Duration::from_millis(1500)), Duration::from_secs(3));
         assert_eq!(Timeouts::client(Duration::from_secs(2)), Duration::from_secs(3));

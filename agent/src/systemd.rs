@@ -11,9 +11,9 @@
 //! a unit may still name them.
 //!
 //! Every D-Bus call goes through [`SystemdEngine::call`], bounded by the call timeout
-//! ([`Timeouts`]; `Reload` by [`Timeouts::reload`]), and a job's wait by what the job may
-//! take plus the call timeout: a hung bus or manager is an error naming the call
-//! ([`SystemdError::Timeout`]), never a hang.
+//! ([`Timeouts`]; `Reload` by [`Timeouts::reload`]), and a job's wait, once the call that
+//! queues it returned, by the job timeout: a hung bus or manager is an error naming the
+//! call ([`SystemdError::Timeout`]), never a hang.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -39,9 +39,9 @@ pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 /// Keys in a unit's `[Unit]` section that start with this are tend's marks (`X-Tend-Hash`).
 pub const MARK_PREFIX: &str = "X-Tend-";
 
-/// How long a start, stop or restart job may take before [`SystemdError::JobTimeout`], unless
-/// set with [`SystemdEngine::with_job_timeout`] (the call timeout that queues it comes on
-/// top). Longer than systemd's own default start and stop timeouts (90 s), so that systemd
+/// How long a start, stop or restart job may take, once queued (queueing is a call, bounded
+/// by the call timeout), before [`SystemdError::JobTimeout`], unless set with
+/// [`SystemdEngine::with_job_timeout`]. Longer than systemd's own default start and stop timeouts (90 s), so that systemd
 /// normally gives the verdict.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -669,8 +669,8 @@ impl SystemdEngine {
         bounded(op, object, self.timeouts.call, call).await
     }
 
-    /// Sets how long [`UnitEngine::start`], `stop` and `restart` wait for their job (the
-    /// call timeout comes on top).
+    /// Sets how long [`UnitEngine::start`], `stop` and `restart` wait for their job once
+    /// it is queued.
     pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = timeout;
         self
@@ -692,46 +692,61 @@ impl SystemdEngine {
     }
 
     /// Queues a job and waits until systemd removes it. The signal stream is set up before
-    /// the job is queued, so even a job that finishes at once is seen; and it is read while
-    /// the call is under way, because zbus stops reading the socket (the call's reply
-    /// included) when a signal stream's queue is full.
+    /// the job is queued, so even a job that finishes at once is seen. Queueing is a call
+    /// (bounded by the call timeout); the wait from then on is bounded by the job timeout.
     async fn run_job(&self, kind: JobKind, unit: &str) -> Result<JobResult, SystemdError> {
         let op = kind.op();
         let mut removed = self.call(op, unit, self.job_removed_stream()).await?;
-        let run = async {
-            let queued = self.call(op, unit, async {
-                match kind {
-                    JobKind::Start => self.manager.start_unit(unit, "replace").await,
-                    JobKind::Stop => self.manager.stop_unit(unit, "replace").await,
-                    JobKind::Restart => self.manager.restart_unit(unit, "replace").await,
-                }
-            });
-            let mut queued = std::pin::pin!(queued);
-            // Jobs removed while the call was under way: ours may be among them.
-            let mut early = Vec::new();
-            let job = loop {
-                tokio::select! {
-                    job = &mut queued => break job?,
-                    msg = removed.next() => early.push(job_removed(op, unit, msg)?),
-                }
-            };
-            if let Some((_, result)) = early.into_iter().find(|(path, _)| *path == job) {
-                return Ok(result);
-            }
-            loop {
-                let (path, result) = job_removed(op, unit, removed.next().await)?;
-                if path == job {
-                    return Ok(result);
-                }
+        let result = match self.queue_job(kind, unit, &mut removed).await? {
+            (_, Some(result)) => result,
+            (job, None) => {
+                let wait = async {
+                    loop {
+                        let (path, result) = job_removed(op, unit, removed.next().await)?;
+                        if path == job {
+                            return Ok(result);
+                        }
+                    }
+                };
+                let timeout = self.job_timeout;
+                tokio::time::timeout(timeout, wait).await.map_err(|_| SystemdError::JobTimeout {
+                    op,
+                    unit: unit.to_string(),
+                    timeout,
+                })??
             }
         };
-        let bound = self.timeouts.job(self.job_timeout);
-        let result = tokio::time::timeout(bound, run).await.map_err(|_| SystemdError::JobTimeout {
-            op,
-            unit: unit.to_string(),
-            timeout: bound,
-        })??;
         if result.is_success() { Ok(result) } else { Err(SystemdError::Job { op, unit: unit.to_string(), result }) }
+    }
+
+    /// Queues `kind` for `unit`: the job's path, and its result when systemd removed it
+    /// already. `removed` is read while the call is under way, because zbus stops reading
+    /// the socket (the call's reply included) when a signal stream's queue is full.
+    async fn queue_job(
+        &self,
+        kind: JobKind,
+        unit: &str,
+        removed: &mut MessageStream,
+    ) -> Result<(OwnedObjectPath, Option<JobResult>), SystemdError> {
+        let op = kind.op();
+        let queued = self.call(op, unit, async {
+            match kind {
+                JobKind::Start => self.manager.start_unit(unit, "replace").await,
+                JobKind::Stop => self.manager.stop_unit(unit, "replace").await,
+                JobKind::Restart => self.manager.restart_unit(unit, "replace").await,
+            }
+        });
+        let mut queued = std::pin::pin!(queued);
+        // Jobs removed while the call was under way: ours may be among them.
+        let mut early = Vec::new();
+        let job = loop {
+            tokio::select! {
+                job = &mut queued => break job?,
+                msg = removed.next() => early.push(job_removed(op, unit, msg)?),
+            }
+        };
+        let done = early.into_iter().find(|(path, _)| *path == job).map(|(_, result)| result);
+        Ok((job, done))
     }
 
     async fn get_all(&self, path: &OwnedObjectPath, iface: &str) -> zbus::Result<HashMap<String, OwnedVariant>> {

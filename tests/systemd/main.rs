@@ -177,6 +177,12 @@ fn watch_wakes_up_when_a_unit_changes() {
     run_inner(&node, "inner_watch");
 }
 
+#[test]
+fn a_hung_bus_is_a_timeout_naming_the_call_and_the_wait() {
+    let node = Node::start("hung_bus");
+    run_inner(&node, "inner_hung_bus");
+}
+
 // ---------------------------------------------------------------------------------------
 // Inner side (in the node)
 
@@ -233,6 +239,47 @@ async fn wait_state(engine: &SystemdEngine, name: &str, done: impl Fn(&UnitState
         assert!(Instant::now() < deadline, "{name} did not reach the expected state: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sends `signal` to the system bus daemon (found through systemd's private socket, which
+/// does not need the bus).
+fn signal_bus(signal: &str) {
+    let out = std::process::Command::new("systemctl")
+        .args(["kill", "--kill-whom=main", "--signal", signal, "dbus.service"])
+        .output()
+        .expect("run systemctl kill");
+    assert!(out.status.success(), "systemctl kill {signal} dbus.service: {out:?}");
+}
+
+#[test]
+fn inner_hung_bus() {
+    if !in_node() {
+        return;
+    }
+    runtime().block_on(async {
+        let timeouts = tend::engine::Timeouts::new(Duration::from_secs(2));
+        let engine = SystemdEngine::connect(timeouts).await.expect("connecting to systemd in the node");
+        let unit = names(&["dbus.service"]);
+        engine.states(&unit).await.expect("the bus answers");
+        // A hung bus: it accepts connections and reads nothing.
+        signal_bus("STOP");
+        let e = engine.states(&unit).await.expect_err("a stopped bus does not answer");
+        let chain = tend::apply::chain(&e);
+        signal_bus("CONT");
+        assert_eq!(e.kind(), "timeout", "{chain}");
+        assert_eq!(chain, "listing units dbus.service: systemd did not answer within 2s");
+        signal_bus("STOP");
+        let e = SystemdEngine::connect(timeouts).await.map(|_| ()).expect_err("no connection to a stopped bus");
+        let chain = tend::apply::chain(&e);
+        signal_bus("CONT");
+        assert_eq!(e.kind(), "timeout", "{chain}");
+        assert_eq!(
+            chain,
+            "connecting to the system bus (/run/dbus/system_bus_socket): systemd did not answer within 2s"
+        );
+        // The same connection works again once the bus does.
+        assert_eq!(engine.states(&unit).await.expect("the bus answers again").len(), 1);
+    });
 }
 
 #[test]
