@@ -883,6 +883,92 @@ fn engine_mounts(volumes: &[tend_specs::service::VolumeMount]) -> Vec<Mount> {
 mod tests {
     use super::*;
 
+    /// An engine on a daemon that accepts connections and never answers (a Unix socket in
+    /// a temporary directory), with a 30 s call timeout.
+    async fn hung_engine(dir: &std::path::Path) -> DockerEngine {
+        let path = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind a socket");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let timeouts = Timeouts::new(Duration::from_secs(30));
+        let addr = path.to_str().expect("a UTF-8 path");
+        let docker = Docker::connect_with_unix(addr, 120, bollard::API_DEFAULT_VERSION).expect("a client");
+        DockerEngine { docker: docker.with_timeout(Timeouts::client(timeouts.call)), timeouts }
+    }
+
+    /// An engine on a daemon that answers every request with `200 OK` (enough for a ping).
+    async fn answering_engine(dir: &std::path::Path) -> DockerEngine {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let path = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind a socket");
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, mut write) = conn.into_split();
+                    let mut lines = tokio::io::BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        // The blank line ends a request's headers (none has a body).
+                        if line.is_empty()
+                            && write.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK").await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let timeouts = Timeouts::new(Duration::from_secs(30));
+        let addr = path.to_str().expect("a UTF-8 path");
+        let docker = Docker::connect_with_unix(addr, 120, bollard::API_DEFAULT_VERSION).expect("a client");
+        DockerEngine { docker: docker.with_timeout(Timeouts::client(timeouts.call)), timeouts }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_stream_is_not_cut_while_the_daemon_answers_its_pings() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let engine = answering_engine(dir.path()).await;
+        let an_hour = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(7)
+        };
+        assert_eq!(engine.while_alive("waiting for container", "job-run-1", an_hour).await.expect("alive"), 7);
+    }
+
+    // Time is paused: it jumps ahead whenever every task waits, so the bounds pass at once.
+    #[tokio::test(start_paused = true)]
+    async fn every_kind_of_call_on_a_hung_daemon_fails_naming_the_call_and_its_bound() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let engine = hung_engine(dir.path()).await;
+        let chain = |r: Result<(), EngineError>| {
+            let e = r.expect_err("a hung daemon cannot answer");
+            assert_eq!(e.kind(), "timeout", "{e:?}");
+            crate::apply::chain(&e)
+        };
+        let probe = engine.probe("web-1").await.map(|_| ());
+        assert_eq!(chain(probe), "inspecting container web-1: Docker did not answer within 30s");
+        // A stop has the container's grace period on top (Docker's 10 s when unset).
+        let stop = engine.stop("id", "web-1", Some(60)).await;
+        assert_eq!(chain(stop), "stopping container web-1: Docker did not answer within 1m30s");
+        let stop = engine.stop_and_remove("id", "web-1", None).await;
+        assert_eq!(chain(stop), "stopping container web-1: Docker did not answer within 40s");
+        // A pull may go twice the call timeout without progress.
+        let pull = engine.pull("busybox:1").await;
+        assert_eq!(chain(pull), "pulling image busybox:1: Docker did not answer within 1m");
+        // The setup of a stream (its response headers) is bounded by bollard's timeout, a
+        // second above the call timeout.
+        let wait = engine.wait_job("id", "job-run-1").await.map(|_| ());
+        assert_eq!(chain(wait), "waiting for container job-run-1: Docker did not answer within 31s");
+        let first = engine.events("default").next().await.expect("an error item");
+        assert_eq!(chain(first), "watching Docker events: Docker did not answer within 31s");
+        // Once it runs, a stream may last forever, but the daemon must answer its pings.
+        let forever = engine.while_alive("reading the output of container", "job-run-1", std::future::pending());
+        assert_eq!(chain(forever.await), "reading the output of container job-run-1: Docker did not answer within 30s");
+    }
+
     #[test]
     fn status_strings_give_health_and_exit_codes() {
         assert_eq!(parse_health("Up 3 seconds (healthy)"), Health::Healthy);
