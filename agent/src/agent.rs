@@ -472,6 +472,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             state_dir: settings.state_dir.clone(),
             tend_bin: settings.tend_bin.clone(),
             specs: PathBuf::new(),
+            timeouts: settings.timeouts,
         },
     };
     std::fs::create_dir_all(&settings.state_dir)
@@ -1488,6 +1489,7 @@ fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationT
         scope: shared.settings.scope.clone(),
         state_dir: shared.settings.state_dir.clone(),
         specs: set.dir.clone(),
+        timeouts: shared.settings.timeouts,
     };
     let timers: Vec<_> = set.desired.timers.values().cloned().collect();
     if timers.iter().any(crate::scheduler::scheduled) {

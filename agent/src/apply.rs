@@ -348,6 +348,9 @@ pub struct UnitsConfig {
     pub tend_bin: PathBuf,
     /// The spec set, which Timers' service units hand to `tend job run`.
     pub specs: PathBuf,
+    /// How long the hook jobs tend starts itself wait for an engine (not written into unit
+    /// files: jobs systemd starts use the default).
+    pub timeouts: crate::engine::Timeouts,
 }
 
 impl UnitsConfig {
@@ -792,6 +795,7 @@ async fn run_job(options: &Options, job: &str) -> Result<(), StepError> {
         .args(["job", "run", job])
         .arg(&options.specs)
         .args(["--trigger", "hook"])
+        .env(crate::engine::TIMEOUT_ENV, u.timeouts.env_value())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .status()

@@ -47,7 +47,7 @@ pub struct Cli {
     /// How long to wait for an engine (Docker, systemd) to answer one call before taking it
     /// for unresponsive: 1s to 10m. A stop gets its grace period on top, a pull may run as
     /// long as it progresses.
-    #[arg(long, global = true, env = "TEND_ENGINE_TIMEOUT", value_name = "DURATION",
+    #[arg(long, global = true, env = crate::engine::TIMEOUT_ENV, value_name = "DURATION",
           default_value_t = tend_specs::agent_config::DEFAULT_ENGINE_TIMEOUT, value_parser = engine_timeout)]
     pub engine_timeout: tend_specs::quantity::Duration,
     /// The global options given on the command line or in the environment, not defaulted
@@ -691,6 +691,7 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
             state_dir: std::path::absolute(&cli.state_dir).unwrap_or_else(|_| cli.state_dir.clone()),
             tend_bin,
             specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
+            timeouts: cli.timeouts(),
         },
     }
 }
@@ -1620,6 +1621,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
                 scope: cli.scope.clone(),
                 state_dir: options.units.state_dir.clone(),
                 specs: options.specs.clone(),
+                timeouts: cli.timeouts(),
             };
             println!(
                 "Scheduling {} Timer(s): {}",

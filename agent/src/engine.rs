@@ -93,6 +93,10 @@ impl Default for Timeouts {
     }
 }
 
+/// The environment variable that sets the call timeout of a command (`--engine-timeout`);
+/// the agent sets it for the `tend job run` it starts, so they wait as long as it does.
+pub const TIMEOUT_ENV: &str = "TEND_ENGINE_TIMEOUT";
+
 /// Docker's stop grace period for a container created without one.
 const DOCKER_DEFAULT_STOP: Duration = Duration::from_secs(10);
 
@@ -100,6 +104,11 @@ impl Timeouts {
     /// Timeouts with this call timeout.
     pub fn new(call: Duration) -> Self {
         Self { call }
+    }
+
+    /// The call timeout as [`TIMEOUT_ENV`] takes it (`30s`).
+    pub fn env_value(&self) -> String {
+        human(&self.call)
     }
 
     /// A container stop that signals, waits up to `grace_s` (Docker's default, 10 s, when
@@ -252,6 +261,7 @@ mod tests {
         assert_eq!(t.pull_idle(), Duration::from_secs(60));
         assert_eq!(t.reload(), Duration::from_secs(120));
         assert_eq!(Timeouts::default(), t);
+        assert_eq!(t.env_value(), "30s");
         assert_eq!(Timeouts::client(Duration::from_millis(1500)), Duration::from_secs(3));
         assert_eq!(Timeouts::client(Duration::from_secs(2)), Duration::from_secs(3));
         let waited = NoAnswer { engine: "systemd", waited: Duration::from_millis(1500) };
