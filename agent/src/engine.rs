@@ -15,7 +15,8 @@ use crate::model::{Health, Observed, RunState};
 /// What kind of engine failure this is, for messages and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineErrorKind {
-    /// The engine cannot be reached (no socket, connection refused or dropped).
+    /// The engine cannot be reached (no socket, connection refused or dropped), or its
+    /// answer could not be read.
     Unavailable,
     /// The engine was reached but did not answer in time: it is unresponsive.
     Timeout,
