@@ -16,6 +16,9 @@
 //!   the loop, STATUS with a one-line summary, STOPPING on shutdown.
 //! - SIGTERM finishes the running steps, starts no new one and leaves every service running;
 //!   a second signal exits at once.
+//! - An engine that does not answer in time (every call is bounded, see `engine::Timeouts`)
+//!   is reported unresponsive (`tend status`, `tend_engine_up`): passes fail, planning
+//!   nothing, and are retried until it answers again; the API and the watchdog pings go on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -33,12 +36,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::api::{self, Control, Failure, Reply};
 use crate::apply::{self, Engines, Options, Outcome, Report, UnitsConfig};
 use crate::docker::DockerEngine;
+use crate::engine::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{Observed, RunState, UnitActive, instance_name};
 use crate::plan::{Action, Note, Reason};
 use crate::source::{self, GitConfig, GitSource, Revision};
 use crate::state::{self, Hold, StateDir, StateError};
-use crate::status::{AgentStatus, Status};
+use crate::status::{AgentStatus, EngineProblem, Status};
 use crate::systemd::SystemdEngine;
 
 /// Errors that stop the agent (anything else is reported and retried).
@@ -116,6 +120,8 @@ pub struct Settings {
     pub allow_mass_removal: bool,
     /// The largest share (percent) of managed objects one set may remove.
     pub max_removal_percent: u8,
+    /// How long to wait for an engine to answer.
+    pub timeouts: Timeouts,
     /// This binary (Timers' units and hooks run `tend job run`).
     pub tend_bin: PathBuf,
 }
@@ -184,6 +190,39 @@ const ENGINE_FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(250), Duration::
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// The longest wait before passing again while an engine is unresponsive (the waits start
+/// at a second and double): each such pass costs one call timeout of waiting and nothing
+/// else, and the agent should notice soon when the engine answers again.
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// An engine tend talks to, for its health in `tend status` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Docker,
+    Systemd,
+}
+
+impl Engine {
+    /// The label in metrics and in the status's `engines`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Systemd => "systemd",
+        }
+    }
+
+    /// The name in messages.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "Docker",
+            Self::Systemd => "systemd",
+        }
+    }
+}
+
+const UNRESPONSIVE: &str = "unresponsive";
+const UNAVAILABLE: &str = "unavailable";
+
 fn backoff_delay(failures: u32) -> Duration {
     let factor = 1u32.checked_shl(failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
     BACKOFF_INITIAL.saturating_mul(factor).min(BACKOFF_MAX)
@@ -196,6 +235,9 @@ struct EngineHandles {
     systemd: Option<Arc<SystemdEngine>>,
     /// Why systemd is not used, when it is not.
     systemd_missing: Option<String>,
+    /// The engines (labels) that answered or were reached once: their `tend_engine_up`
+    /// series exists, and a failure to reach them is reported.
+    reached: BTreeSet<&'static str>,
 }
 
 /// What the loop and the API share.
@@ -230,6 +272,81 @@ impl Shared {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records how `engine` answered a call: `None` when it did; else the failed call's kind
+/// label and error chain. A `timeout` makes it unresponsive and `unavailable` unreachable
+/// (reported only for an engine reached before or needed by the specs); any other failure
+/// is an answer too (the engine refused something). Changes are logged once.
+fn note_engine(shared: &Shared, engine: Engine, failure: Option<(&'static str, String)>) {
+    let label = engine.label();
+    let state = match &failure {
+        Some(("timeout", _)) => Some(UNRESPONSIVE),
+        Some(("unavailable", _)) => Some(UNAVAILABLE),
+        _ => None,
+    };
+    let reached = {
+        let mut e = lock(&shared.engines);
+        if state != Some(UNAVAILABLE) {
+            e.reached.insert(label);
+        }
+        e.reached.contains(label)
+    };
+    let Some((state, (kind, error))) = state.zip(failure) else {
+        shared.metrics.engine_up(label, true);
+        if let Some(was) = lock(&shared.agent).engines.remove(label) {
+            info!(was = %was.state, "{} answers again", engine.name());
+        }
+        return;
+    };
+    if state == UNAVAILABLE && !reached && !needed(shared, engine) {
+        return;
+    }
+    shared.metrics.engine_error(label, kind);
+    if reached {
+        shared.metrics.engine_up(label, false);
+    }
+    let mut a = lock(&shared.agent);
+    let since_ms = match a.engines.get(label) {
+        Some(p) if p.state == state => p.since_ms,
+        _ => {
+            warn!(%error, "{} is {state}", engine.name());
+            apply::now_ms()
+        }
+    };
+    a.engines.insert(label.to_string(), EngineProblem { state: state.to_string(), error, since_ms });
+}
+
+/// Whether the spec set in use needs `engine`.
+fn needed(shared: &Shared, engine: Engine) -> bool {
+    shared.current().is_some_and(|s| match engine {
+        Engine::Docker => s.desired.docker_services().next().is_some(),
+        Engine::Systemd => apply::needs_units(&s.desired),
+    })
+}
+
+/// The engine an observation could not use, with the kind label and chain of its error.
+fn engine_failure(e: &apply::ApplyError) -> Option<(Engine, &'static str, String)> {
+    match e {
+        apply::ApplyError::Observe(e) => Some((Engine::Docker, e.kind(), apply::chain(e))),
+        apply::ApplyError::ObserveUnits(e) => Some((Engine::Systemd, e.kind(), apply::chain(e))),
+        _ => None,
+    }
+}
+
+/// The engines that are unresponsive now.
+fn unresponsive(shared: &Shared) -> Vec<Engine> {
+    let a = lock(&shared.agent);
+    let down = |e: &Engine| a.engines.get(e.label()).is_some_and(|p| p.state == UNRESPONSIVE);
+    [Engine::Docker, Engine::Systemd].into_iter().filter(down).collect()
+}
+
+/// `Docker is unresponsive: listing containers: Docker did not answer within 30s`.
+fn problem_line(shared: &Shared, engine: Engine) -> String {
+    match lock(&shared.agent).engines.get(engine.label()) {
+        Some(p) => format!("{} is {}: {}", engine.name(), p.state, p.error),
+        None => format!("{} answers", engine.name()),
+    }
 }
 
 /// What a spec set would remove of the managed objects, when it is too much.
@@ -413,6 +530,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             state_dir: settings.state_dir.clone(),
             tend_bin: settings.tend_bin.clone(),
             specs: PathBuf::new(),
+            timeouts: settings.timeouts,
         },
     };
     std::fs::create_dir_all(&settings.state_dir)
@@ -557,6 +675,9 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut follow_up_at: Option<tokio::time::Instant> = None;
     let mut follow_ups: std::collections::VecDeque<Duration> = Default::default();
     let mut jobs_seen: BTreeMap<String, u64> = BTreeMap::new();
+    // Passes while an engine is unresponsive, and when to try again.
+    let mut engine_retries = 0u32;
+    let mut engine_retry_at: Option<tokio::time::Instant> = None;
     loop {
         if let Some(path) = &hang_fault
             && path.exists()
@@ -590,6 +711,13 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 follow_up = false;
             }
             follow_up_at = follow_ups.pop_front().map(|d| tokio::time::Instant::now() + d);
+            engine_retry_at = if unresponsive(&shared).is_empty() {
+                engine_retries = 0;
+                None
+            } else {
+                engine_retries += 1;
+                Some(tokio::time::Instant::now() + backoff_delay(engine_retries).min(ENGINE_RETRY_MAX))
+            };
             record_runs(&shared, &mut jobs_seen);
             update_scheduler(&shared, &mut scheduler, &stop);
             let line = status_line(&shared);
@@ -603,7 +731,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         }
         // Sleep until something happens: a wake-up, the resync, a backoff deadline.
         let mut deadline = next_resync;
-        if let Some(at) = follow_up_at {
+        for at in follow_up_at.into_iter().chain(engine_retry_at) {
             deadline = deadline.min(at);
         }
         let now = Instant::now();
@@ -802,15 +930,22 @@ fn restart_due(shared: &Shared) -> Option<tokio::time::Instant> {
         .map(|due| tokio::time::Instant::now() + Duration::from_millis(due - now))
 }
 
+/// Connects to the engines not connected yet. Docker may come and go. systemd is found
+/// once: where it is not PID 1 it is never used; one that does not answer is tried again.
 async fn connect_engines(shared: &Shared) {
+    let timeouts = shared.settings.timeouts;
     let docker_missing = lock(&shared.engines).docker.is_none();
     if docker_missing {
-        match DockerEngine::connect().await {
+        match DockerEngine::connect(timeouts).await {
             Ok(d) => {
                 info!("connected to Docker");
                 lock(&shared.engines).docker = Some(Arc::new(d));
+                note_engine(shared, Engine::Docker, None);
             }
-            Err(e) => debug!(error = %apply::chain(&e), "Docker is not available"),
+            Err(e) => {
+                debug!(error = %apply::chain(&e), "Docker is not available");
+                note_engine(shared, Engine::Docker, Some((e.kind(), apply::chain(&e))));
+            }
         }
     }
     let systemd_unknown = {
@@ -818,8 +953,12 @@ async fn connect_engines(shared: &Shared) {
         e.systemd.is_none() && e.systemd_missing.is_none()
     };
     if systemd_unknown {
-        match SystemdEngine::connect().await {
-            Ok(s) => lock(&shared.engines).systemd = Some(Arc::new(s)),
+        match SystemdEngine::connect(timeouts).await {
+            Ok(s) => {
+                lock(&shared.engines).systemd = Some(Arc::new(s));
+                note_engine(shared, Engine::Systemd, None);
+            }
+            Err(e) if e.kind() == "timeout" => note_engine(shared, Engine::Systemd, Some((e.kind(), apply::chain(&e)))),
             Err(e) => {
                 info!(why = %apply::chain(&e), "systemd is not used (Timers are scheduled by the agent)");
                 lock(&shared.engines).systemd_missing = Some(apply::chain(&e));
@@ -848,8 +987,12 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                     continue;
                 };
                 let mut events = docker.events(&s.settings.scope);
-                // A fresh stream: whatever happened while it was down is seen by a pass.
-                let _ = s.wake.try_send(Wake::Engine);
+                // A fresh stream: whatever happened while it was down is seen by a pass. Not
+                // while Docker is unresponsive: the loop retries on its own then, and a
+                // stream that is only being set up would wake it into a pass that hangs.
+                if !unresponsive(&s).contains(&Engine::Docker) {
+                    let _ = s.wake.try_send(Wake::Engine);
+                }
                 loop {
                     tokio::select! {
                         () = token.cancelled() => return,
@@ -860,6 +1003,9 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                             }
                             Some(Err(e)) => {
                                 warn!(error = %apply::chain(&e), "Docker event stream failed; reconnecting");
+                                if e.kind == crate::engine::EngineErrorKind::Timeout {
+                                    note_engine(&s, Engine::Docker, Some((e.kind(), apply::chain(&e))));
+                                }
                                 break;
                             }
                             None => break,
@@ -871,7 +1017,8 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
-                if DockerEngine::connect().await.is_err() {
+                if let Err(e) = DockerEngine::connect(s.settings.timeouts).await {
+                    note_engine(&s, Engine::Docker, Some((e.kind(), apply::chain(&e))));
                     lock(&s.engines).docker = None;
                 }
             }
@@ -882,7 +1029,22 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
     tokio::spawn(
         async move {
             use crate::systemd::UnitEngine;
-            let Some(systemd) = lock(&s.engines).systemd.clone() else { return };
+            // systemd may not have answered yet (the passes keep connecting); where it is not
+            // PID 1 there is nothing to watch.
+            let systemd = loop {
+                let (handle, missing) = {
+                    let e = lock(&s.engines);
+                    (e.systemd.clone(), e.systemd_missing.is_some())
+                };
+                match handle {
+                    Some(systemd) => break systemd,
+                    None if missing => return,
+                    None => tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    },
+                }
+            };
             let mut delay = Duration::from_millis(500);
             let units = s.units_of_interest.clone();
             let interest: crate::systemd::Interest = Arc::new(move |unit: &str| {
@@ -1047,8 +1209,24 @@ async fn run_pass(
     let engines = shared.engines();
     let span = info_span!("agent-pass", commit = tracing::field::Empty);
     async {
-        if let Some(set) = pending.take() {
-            accept_or_block(shared, &engines, set).await;
+        // An engine that did not even connect: what it runs cannot be known, so nothing is
+        // planned (a pending set waits too). One that is connected is tried by the pass.
+        let handles = (engines.docker.is_none(), engines.systemd.is_none());
+        let blind = unresponsive(shared).into_iter().find(|e| match e {
+            Engine::Docker => handles.0,
+            Engine::Systemd => handles.1,
+        });
+        if let Some(engine) = blind {
+            fail_pass(shared, format!("{} (nothing was changed)", problem_line(shared, engine)), started.elapsed());
+            return;
+        }
+        if let Some(set) = pending.take()
+            && let Some((set, why)) = accept_or_block(shared, &engines, set).await
+        {
+            // Nothing is applied from what could not be observed; the set waits.
+            *pending = Some(set);
+            fail_pass(shared, why, started.elapsed());
+            return;
         }
         let Some(set) = shared.current() else {
             lock(&shared.agent).last_result = Some("no valid spec set yet: nothing applied".into());
@@ -1102,21 +1280,37 @@ async fn run_pass(
         drop(state_dir);
         let elapsed = started.elapsed();
         match result {
-            Ok(report) => record_report(shared, &report, backoff, elapsed),
+            Ok(report) => {
+                // Both engines answered what the pass asked.
+                if engines.docker.is_some() {
+                    note_engine(shared, Engine::Docker, None);
+                }
+                if engines.systemd.is_some() {
+                    note_engine(shared, Engine::Systemd, None);
+                }
+                record_report(shared, &report, backoff, elapsed)
+            }
             Err(e) => {
-                let why = apply::chain(&e);
-                warn!(error = %why, "pass failed");
-                shared.metrics.pass(elapsed, false);
-                let mut a = lock(&shared.agent);
-                a.last_result = Some(why);
-                a.passes += 1;
-                a.last_pass_ms = Some(apply::now_ms());
-                a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
+                if let Some((engine, kind, error)) = engine_failure(&e) {
+                    note_engine(shared, engine, Some((kind, error)));
+                }
+                fail_pass(shared, apply::chain(&e), elapsed);
             }
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Records a pass that failed before any step: `why` in the status and the log.
+fn fail_pass(shared: &Shared, why: String, elapsed: Duration) {
+    warn!(error = %why, "pass failed");
+    shared.metrics.pass(elapsed, false);
+    let mut a = lock(&shared.agent);
+    a.last_result = Some(why);
+    a.passes += 1;
+    a.last_pass_ms = Some(apply::now_ms());
+    a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
 }
 
 async fn open_state(dir: &Path) -> Result<StateDir, StateError> {
@@ -1127,7 +1321,13 @@ async fn open_state(dir: &Path) -> Result<StateDir, StateError> {
     }
 }
 
-async fn accept_or_block(shared: &Arc<Shared>, engines: &Arc<Engines<DockerEngine, SystemdEngine>>, set: SpecSet) {
+/// Puts a new set in use unless the mass-removal guard stops it. Returns the set, and why,
+/// when it could not be checked against live state (an engine failed): it stays pending.
+async fn accept_or_block(
+    shared: &Arc<Shared>,
+    engines: &Arc<Engines<DockerEngine, SystemdEngine>>,
+    set: SpecSet,
+) -> Option<(SpecSet, String)> {
     if !shared.settings.allow_mass_removal {
         match apply::observe_all(engines, &shared.options, &set.desired).await {
             Ok(observed) => {
@@ -1141,16 +1341,17 @@ async fn accept_or_block(shared: &Arc<Shared>, engines: &Arc<Engines<DockerEngin
                     warn!(removed = m.removed.len(), managed = m.managed, "{why}");
                     shared.metrics.mass_removal_blocked(true);
                     lock(&shared.agent).mass_removal = Some(why);
-                    return;
+                    return None;
                 }
             }
             Err(e) => {
-                // Unknown: keep the set in use and try again next pass.
-                warn!(error = %apply::chain(&e), "could not check the new spec set against live state");
-                let s = shared.clone();
-                let _ = s.wake.try_send(Wake::Engine);
+                // Unknown: the new set stays pending for a later pass (waking one at once
+                // would spin while an engine fails fast).
+                if let Some((engine, kind, error)) = engine_failure(&e) {
+                    note_engine(shared, engine, Some((kind, error)));
+                }
                 lock(&shared.agent).mass_removal = None;
-                return;
+                return Some((set, format!("checking the new spec set against live state: {}", apply::chain(&e))));
             }
         }
     }
@@ -1160,10 +1361,11 @@ async fn accept_or_block(shared: &Arc<Shared>, engines: &Arc<Engines<DockerEngin
         // Switch the checkout first: the set is read through the `current` link.
         if let Err(e) = git.lock().await.promote(rev) {
             error!(error = %apply::chain(&e), "switching to the new checkout failed; the set in use stays");
-            return;
+            return None;
         }
     }
     set_current(shared, desired, dir, commit);
+    None
 }
 
 fn short(commit: &str) -> &str {
@@ -1392,6 +1594,7 @@ fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationT
         scope: shared.settings.scope.clone(),
         state_dir: shared.settings.state_dir.clone(),
         specs: set.dir.clone(),
+        timeouts: shared.settings.timeouts,
     };
     let timers: Vec<_> = set.desired.timers.values().cloned().collect();
     if timers.iter().any(crate::scheduler::scheduled) {
@@ -1419,6 +1622,9 @@ fn status_line(shared: &Shared) -> String {
     if a.mass_removal.is_some() {
         parts.push("mass removal blocked".into());
     }
+    for (engine, p) in &a.engines {
+        parts.push(format!("{engine} {}", p.state));
+    }
     if !a.backoff.is_empty() {
         parts.push(format!("{} backing off", a.backoff.len()));
     }
@@ -1434,20 +1640,72 @@ fn status_line(shared: &Shared) -> String {
 /// The API, served from the shared state.
 struct Api(Arc<Shared>);
 
+/// What the API observed: the part of the specs it could check, what runs, the state and
+/// the plan, and the engines it left out because they do not answer.
+struct Observation {
+    desired: Desired,
+    observed: Observed,
+    state: state::State,
+    plan: crate::plan::Plan,
+    skipped: Vec<Engine>,
+}
+
+/// `desired` without what runs on `engines`.
+fn without(mut desired: Desired, engines: &[Engine]) -> Desired {
+    use tend_specs::service::Runtime;
+    for engine in engines {
+        let runtime = match engine {
+            Engine::Docker => Runtime::Docker,
+            Engine::Systemd => Runtime::Systemd,
+        };
+        desired.services.retain(|_, s| s.spec.runtime != runtime);
+        if *engine == Engine::Systemd {
+            desired.timers.clear();
+        }
+    }
+    desired
+}
+
 impl Api {
-    async fn observe(shared: &Shared) -> Result<(Desired, Observed, state::State, crate::plan::Plan), Failure> {
-        let desired = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
-        let engines = shared.engines();
+    /// Observes for the API. An engine known to be unresponsive is left out with the part
+    /// of the specs it runs (when `partial`; otherwise the request fails), so the API
+    /// answers at once while it hangs; one found unresponsive now is noted and left out
+    /// the same way. The loop's passes find out when it answers again.
+    async fn observe(shared: &Shared, partial: bool) -> Result<Observation, Failure> {
+        let full = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
         let mut options = shared.options.clone();
         if let Some(set) = shared.current() {
             options.specs = set.dir.clone();
             options.units.specs = set.dir;
         }
-        let observed =
-            apply::observe_all(&engines, &options, &desired).await.map_err(|e| Failure::new(503, apply::chain(&e)))?;
-        let st = state::read_state(&shared.settings.state_dir).map_err(|e| Failure::new(500, apply::chain(&e)))?;
-        let plan = apply::plan_for(&desired, &observed, &st, &options, &BTreeSet::new());
-        Ok((desired, observed, st, plan))
+        // At most one more try than there are engines: each failure leaves one out.
+        for _ in 0..3 {
+            let skipped = unresponsive(shared);
+            if let Some(engine) = skipped.first().filter(|_| !partial) {
+                return Err(Failure::new(503, problem_line(shared, *engine)));
+            }
+            let all = shared.engines();
+            let engines = Engines {
+                docker: all.docker.clone().filter(|_| !skipped.contains(&Engine::Docker)),
+                systemd: all.systemd.clone().filter(|_| !skipped.contains(&Engine::Systemd)),
+            };
+            let desired = without(full.clone(), &skipped);
+            let observed = match apply::observe_all(&engines, &options, &desired).await {
+                Ok(observed) => observed,
+                Err(e) => match engine_failure(&e) {
+                    Some((engine, kind @ "timeout", error)) => {
+                        note_engine(shared, engine, Some((kind, error)));
+                        continue;
+                    }
+                    _ => return Err(Failure::new(503, apply::chain(&e))),
+                },
+            };
+            let state =
+                state::read_state(&shared.settings.state_dir).map_err(|e| Failure::new(500, apply::chain(&e)))?;
+            let plan = apply::plan_for(&desired, &observed, &state, &options, &BTreeSet::new());
+            return Ok(Observation { desired, observed, state, plan, skipped });
+        }
+        Err(Failure::new(503, "the engines do not answer".to_string()))
     }
 }
 
@@ -1462,11 +1720,14 @@ impl Control for Api {
     fn status(&self) -> Reply {
         let shared = self.0.clone();
         Box::pin(async move {
-            let (desired, observed, st, plan) = Api::observe(&shared).await?;
-            let mut status: Status = crate::status::build(&desired, &observed, &st, &plan);
+            let seen = Api::observe(&shared, true).await?;
+            let mut status: Status = crate::status::build(&seen.desired, &seen.observed, &seen.state, &seen.plan);
+            let desired = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
             status.timers =
                 crate::jobs::list(&shared.settings.state_dir, &desired, tend_specs::calendar::Timestamp::now());
-            status.unchecked = unchecked(&shared, &desired);
+            let unanswered = seen.skipped.iter().map(|e| problem_line(&shared, *e));
+            let unchecked: Vec<String> = unanswered.chain(unchecked(&shared, &desired)).collect();
+            status.unchecked = (!unchecked.is_empty()).then(|| unchecked.join("; "));
             status.backups = desired
                 .backups
                 .values()
@@ -1474,7 +1735,7 @@ impl Control for Api {
                 .collect();
             let mut agent = shared.agent_status();
             // The banner lasts as long as one of its holds.
-            agent.unclean_boot &= st.holds.values().any(|h| h.unclean_boot);
+            agent.unclean_boot &= seen.state.holds.values().any(|h| h.unclean_boot);
             status.agent = Some(agent);
             serde_json::to_value(&status).map_err(|e| Failure::new(500, e.to_string()))
         })
@@ -1483,9 +1744,9 @@ impl Control for Api {
     fn plan(&self) -> Reply {
         let shared = self.0.clone();
         Box::pin(async move {
-            let (desired, _, _, mut plan) = Api::observe(&shared).await?;
-            plan.unchecked = unchecked(&shared, &desired);
-            serde_json::to_value(&plan).map_err(|e| Failure::new(500, e.to_string()))
+            let mut seen = Api::observe(&shared, false).await?;
+            seen.plan.unchecked = unchecked(&shared, &seen.desired);
+            serde_json::to_value(&seen.plan).map_err(|e| Failure::new(500, e.to_string()))
         })
     }
 

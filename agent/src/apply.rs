@@ -206,6 +206,11 @@ pub fn unmet_without_systemd(desired: &Desired, why: &str) -> Option<String> {
     (n > 0).then(|| format!("{why}: {n} systemd service(s) cannot run here (everything else is handled)"))
 }
 
+/// Whether the specs need systemd units (systemd services or Timers).
+pub fn needs_units(desired: &Desired) -> bool {
+    desired.systemd_services().next().is_some() || !desired.timers.is_empty()
+}
+
 /// The enabled Timers with a schedule (those of scheduled Backups included): systemd timer
 /// units where systemd runs, the agent's own scheduler where it does not.
 pub fn scheduled_timers(desired: &Desired) -> usize {
@@ -374,6 +379,9 @@ pub struct UnitsConfig {
     pub tend_bin: PathBuf,
     /// The spec set, which Timers' service units hand to `tend job run`.
     pub specs: PathBuf,
+    /// How long the hook jobs tend starts itself wait for an engine (not written into unit
+    /// files: jobs systemd starts use the default).
+    pub timeouts: crate::engine::Timeouts,
 }
 
 impl UnitsConfig {
@@ -846,6 +854,7 @@ async fn run_job(options: &Options, job: &str) -> Result<(), StepError> {
         .args(["job", "run", job])
         .arg(&options.specs)
         .args(["--trigger", "hook"])
+        .env(crate::engine::TIMEOUT_ENV, u.timeouts.env_value())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .status()

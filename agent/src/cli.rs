@@ -12,7 +12,7 @@ use tend_specs::{Desired, Diagnostic};
 
 use crate::apply::{self, ApplyError, Engines, Options, Outcome, Report};
 use crate::docker::DockerEngine;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, EngineErrorKind, Timeouts};
 use crate::plan::{self, Note, Plan};
 use crate::state::{self, StateDir, StateError};
 use crate::status::Status;
@@ -44,6 +44,12 @@ pub struct Cli {
     /// running agent through it.
     #[arg(long, global = true, env = "TEND_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// How long to wait for an engine (Docker, systemd) to answer one call before taking it
+    /// for unresponsive: 1s to 10m. A stop gets its grace period on top, a pull may run as
+    /// long as it progresses.
+    #[arg(long, global = true, env = crate::engine::TIMEOUT_ENV, value_name = "DURATION",
+          default_value_t = tend_specs::agent_config::DEFAULT_ENGINE_TIMEOUT, value_parser = engine_timeout)]
+    pub engine_timeout: tend_specs::quantity::Duration,
     /// The global options given on the command line or in the environment, not defaulted
     /// (they override the agent's configuration file).
     #[arg(skip)]
@@ -60,7 +66,7 @@ pub fn parse() -> Cli {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sub = matches.subcommand().map(|(_, m)| m);
-    for id in ["state_dir", "scope", "unit_dir", "env_dir", "socket"] {
+    for id in ["state_dir", "scope", "unit_dir", "env_dir", "socket", "engine_timeout"] {
         let explicit = [Some(&matches), sub].into_iter().flatten().any(|m| {
             matches!(m.try_get_raw(id), Ok(Some(_)))
                 && matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
@@ -70,6 +76,20 @@ pub fn parse() -> Cli {
         }
     }
     cli
+}
+
+/// Parses `--engine-timeout` within its bounds.
+fn engine_timeout(text: &str) -> Result<tend_specs::quantity::Duration, String> {
+    let d: tend_specs::quantity::Duration = text.parse().map_err(|e| format!("{e}"))?;
+    tend_specs::agent_config::check_engine_timeout(d)?;
+    Ok(d)
+}
+
+impl Cli {
+    /// How long stand-alone commands wait for an engine.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts::new(self.engine_timeout.get())
+    }
 }
 
 /// How the agent logs.
@@ -277,8 +297,8 @@ pub enum CliError {
     /// The scope name is not usable.
     #[error("invalid scope `{0}`: use a DNS label (lowercase letters, digits, `-`)")]
     Scope(String),
-    /// Connecting to the engine failed.
-    #[error("the container engine is not available (nothing was changed)")]
+    /// Docker, which the specs need, did not answer or could not be reached.
+    #[error("{} (nothing was changed)", docker_state(.0))]
     Engine(#[source] EngineError),
     /// A pass failed.
     #[error(transparent)]
@@ -337,6 +357,11 @@ pub enum CliError {
         /// How many.
         count: usize,
     },
+}
+
+/// What a failed connection says about Docker.
+fn docker_state(e: &EngineError) -> &'static str {
+    if e.kind == EngineErrorKind::Timeout { "Docker is unresponsive" } else { "Docker is not available" }
 }
 
 /// Runs a command; returns the exit code.
@@ -411,7 +436,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             warn_if_empty(&desired, path, &cli.scope);
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
-                let (engines, missing) = connect(&desired).await?;
+                let (engines, missing) = connect(&desired, cli.timeouts()).await?;
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 if let Some(m) = crate::agent::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
                     eprintln!(
@@ -429,7 +454,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let desired = Arc::new(load_with_backups(&cli, path)?);
             warn_if_empty(&desired, path, &cli.scope);
             runtime()?.block_on(async {
-                let (engines, missing) = connect(&desired).await?;
+                let (engines, missing) = connect(&desired, cli.timeouts()).await?;
                 let options = Options { ignore_windows: *now, ..options(&cli, path, *parallel) };
                 if !allow_mass_removal {
                     let observed = apply::observe_all(&engines, &options, &desired).await?;
@@ -472,7 +497,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let desired = load_with_backups(&cli, path)?;
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
-                let (engines, missing) = connect(&desired).await?;
+                let (engines, missing) = connect(&desired, cli.timeouts()).await?;
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
@@ -611,6 +636,9 @@ fn agent_settings(
         metrics_listen: metrics_listen.or_else(|| file.metrics.as_ref().and_then(|m| m.listen.parse().ok())),
         allow_mass_removal: allow_mass_removal || file.mass_removal.allow,
         max_removal_percent: file.mass_removal.max_percent,
+        timeouts: Timeouts::new(
+            if explicit("engine_timeout") { cli.engine_timeout } else { file.engine_timeout }.get(),
+        ),
         tend_bin,
     })
 }
@@ -698,6 +726,7 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
             state_dir: std::path::absolute(&cli.state_dir).unwrap_or_else(|_| cli.state_dir.clone()),
             tend_bin,
             specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
+            timeouts: cli.timeouts(),
         },
     }
 }
@@ -706,14 +735,17 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
 /// services (and used when it answers, so containers of removed specs are removed). systemd
 /// is used when it runs as PID 1; when the specs hold units and it does not, the second value
 /// says so: the rest is still planned and applied, and the command fails.
-async fn connect(desired: &Desired) -> Result<(Engines<DockerEngine, SystemdEngine>, Option<String>), CliError> {
-    let docker = match DockerEngine::connect().await {
+async fn connect(
+    desired: &Desired,
+    timeouts: Timeouts,
+) -> Result<(Engines<DockerEngine, SystemdEngine>, Option<String>), CliError> {
+    let docker = match DockerEngine::connect(timeouts).await {
         Ok(d) => Some(Arc::new(d)),
         Err(e) if desired.docker_services().next().is_some() => return Err(CliError::Engine(e)),
         Err(_) => None,
     };
     let mut missing = None;
-    let systemd = match SystemdEngine::connect().await {
+    let systemd = match SystemdEngine::connect(timeouts).await {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
             // systemd services cannot run without systemd; scheduled Timers are the agent's
@@ -1023,6 +1055,11 @@ fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
     }
     if let Some(why) = &a.mass_removal {
         println!("{} {why}", paint.red("mass removal blocked:"));
+    }
+    for (engine, p) in &a.engines {
+        let name = if engine == "docker" { "Docker" } else { engine.as_str() };
+        let since = crate::time::format_ms(p.since_ms);
+        println!("{} since {since}: {}", paint.red(&format!("{name} is {}", p.state)), p.error);
     }
     for (name, until) in &a.backoff {
         println!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::time::format_ms(*until));
@@ -1363,7 +1400,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                 (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten()
             });
             let result = rt.block_on(async {
-                let (engines, _) = connect(&desired).await?;
+                let (engines, _) = connect(&desired, cli.timeouts()).await?;
                 crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
             });
             drop(progress);
@@ -1457,7 +1494,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             let desired = load(&specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
             let report = runtime()?.block_on(async {
-                let (engines, _) = connect(&desired).await?;
+                let (engines, _) = connect(&desired, cli.timeouts()).await?;
                 crate::backups::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
             })?;
             let entries = report.entries.map(|n| format!(", {n} entries")).unwrap_or_default();
@@ -1563,7 +1600,7 @@ fn restore(
     let mut ctx = backup_ctx(cli);
     let progress = ProgressLine::start(&mut ctx, || Some(crate::backups::restore_read_bytes(b, &plan, to)));
     let result = runtime()?.block_on(async {
-        let (engines, _) = connect(&desired).await?;
+        let (engines, _) = connect(&desired, cli.timeouts()).await?;
         crate::backups::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)
     });
     drop(progress);
@@ -1649,6 +1686,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
                 scope: cli.scope.clone(),
                 state_dir: options.units.state_dir.clone(),
                 specs: options.specs.clone(),
+                timeouts: cli.timeouts(),
             };
             println!(
                 "Scheduling {} Timer(s): {}",
@@ -1696,6 +1734,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
                 state_dir: cli.state_dir.clone(),
                 scope: cli.scope.clone(),
                 trigger: *trigger,
+                timeouts: cli.timeouts(),
             };
             match runtime()?.block_on(crate::jobs::run(&options, timer)) {
                 Ok(outcome) => {

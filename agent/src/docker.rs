@@ -1,7 +1,19 @@
 //! The Docker adapter: tend's engine trait on the Engine API (bollard). Docker's types stop
 //! here; the rest of tend sees `model` types only.
+//!
+//! No call waits on the daemon without a bound ([`Timeouts`]). A request/response call
+//! goes through [`DockerEngine::call`] or [`DockerEngine::answer`], bounded by the call
+//! timeout (a stop by its grace period on top). bollard's own client timeout only bounds
+//! the arrival of a response's headers, never its body (bollard 0.21, `execute_request`):
+//! set a second above tend's bound ([`Timeouts::client`]), it bounds the setup of the
+//! streams (events, logs, waits, exec output). The streams themselves, which may rightly
+//! last hours, run under [`DockerEngine::while_alive`]: the daemon must answer a ping
+//! every call timeout. A pull fails when no progress message comes for
+//! [`Timeouts::pull_idle`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
@@ -18,20 +30,25 @@ use futures::StreamExt;
 use tend_specs::service::{MountSource, PortMapping};
 use tend_specs::{Env, Service};
 
-use crate::engine::{ContainerEngine, EngineError, EngineErrorKind, Probe};
+use crate::engine::{self, ContainerEngine, EngineError, EngineErrorKind, Probe, Timeouts};
 use crate::model::{
     Container, Health, LABEL_FIELDS, LABEL_HASH, LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_SCOPE, Network,
     Observed, RunState, encode_fields,
 };
 
+/// The engine's name in messages.
+const DOCKER: &str = "Docker";
+
 /// A connection to a Docker daemon.
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
     docker: Docker,
+    timeouts: Timeouts,
 }
 
 fn classify(e: &BollardError) -> EngineErrorKind {
     match e {
+        BollardError::RequestTimeoutError => EngineErrorKind::Timeout,
         BollardError::DockerResponseServerError { status_code: 404, .. } => EngineErrorKind::NotFound,
         BollardError::DockerResponseServerError { status_code: 409, .. } => EngineErrorKind::Conflict,
         BollardError::DockerResponseServerError { .. } => EngineErrorKind::Refused,
@@ -44,13 +61,90 @@ fn err(op: &'static str, object: impl Into<String>) -> impl FnOnce(BollardError)
     move |e| EngineError { op, object, kind: classify(&e), source: Box::new(e) }
 }
 
+/// As [`err`], but bollard's own timeout (the headers of a stream's response did not come
+/// within the client's timeout, `waited`) reads as no answer.
+fn fail(op: &'static str, object: impl Into<String>, waited: Duration) -> impl FnOnce(BollardError) -> EngineError {
+    let object = object.into();
+    move |e| match e {
+        BollardError::RequestTimeoutError => {
+            EngineError::timed_out(op, &object, engine::NoAnswer { engine: DOCKER, waited })
+        }
+        e => err(op, object)(e),
+    }
+}
+
 impl DockerEngine {
     /// Connects to the daemon named by `DOCKER_HOST`, or the local socket, and agrees on an
-    /// API version (Debian's docker.io 20.10 speaks 1.41).
-    pub async fn connect() -> Result<Self, EngineError> {
-        let docker = Docker::connect_with_local_defaults().map_err(err("connecting to", "the Docker daemon"))?;
-        let docker = docker.negotiate_version().await.map_err(err("connecting to", "the Docker daemon"))?;
-        Ok(Self { docker })
+    /// API version (Debian's docker.io 20.10 speaks 1.41). Every later call is bounded by
+    /// `timeouts`.
+    pub async fn connect(timeouts: Timeouts) -> Result<Self, EngineError> {
+        let (op, object) = ("connecting to", "the Docker daemon");
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(err(op, object))?
+            .with_timeout(Timeouts::client(timeouts.call));
+        let docker = engine::bounded(DOCKER, timeouts.call, docker.negotiate_version())
+            .await
+            .map_err(|e| EngineError::timed_out(op, object, e))?
+            .map_err(err(op, object))?;
+        Ok(Self { docker, timeouts })
+    }
+
+    /// One request/response call, bounded by `bound`. `Ok(Err(e))`: the daemon answered
+    /// with an error (for callers that accept some, such as a 404); `Err`: it did not
+    /// answer within `bound`.
+    async fn answer<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        bound: Duration,
+        call: impl Future<Output = Result<T, BollardError>>,
+    ) -> Result<Result<T, BollardError>, EngineError> {
+        engine::bounded(DOCKER, bound, call).await.map_err(|e| EngineError::timed_out(op, object, e))
+    }
+
+    /// One request/response call bounded by the call timeout, any error named `op object`.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        call: impl Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, EngineError> {
+        self.answer(op, object, self.timeouts.call, call).await?.map_err(self.fail(op, object))
+    }
+
+    /// The error of a failed call or stream item (see [`fail`]).
+    fn fail(&self, op: &'static str, object: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
+        fail(op, object, Timeouts::client(self.timeouts.call))
+    }
+
+    /// A client whose own timeout lets a call of `bound` finish (a stop, a pull).
+    fn client_for(&self, bound: Duration) -> Docker {
+        self.docker.clone().with_timeout(Timeouts::client(bound))
+    }
+
+    /// Runs `work` (a stream read to its end, a wait for a container), which may rightly
+    /// last any time, while asking the daemon every call timeout whether it still answers
+    /// (`/_ping`). A ping without an answer within the call timeout ends `work` with that
+    /// error, so a hung daemon is noticed even where the stream is rightly silent. A
+    /// refused ping is left to the stream, which ends by itself when the daemon went away.
+    async fn while_alive<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        work: impl Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        let check = async {
+            loop {
+                tokio::time::sleep(self.timeouts.call).await;
+                if let Err(e) = engine::bounded(DOCKER, self.timeouts.call, self.docker.ping()).await {
+                    return EngineError::timed_out(op, object, e);
+                }
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            e = check => Err(e),
+        }
     }
 
     /// Wake-ups from the daemon's event stream: one item for each event of a container in
@@ -62,7 +156,9 @@ impl DockerEngine {
         filters.insert("type".into(), vec!["container".into()]);
         filters.insert("event".into(), vec!["die".into(), "destroy".into(), "oom".into()]);
         let options = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
-        self.docker.events(Some(options)).map(|r| r.map(|_| ()).map_err(err("watching", "Docker events"))).boxed()
+        let waited = Timeouts::client(self.timeouts.call);
+        let stream = self.docker.events(Some(options));
+        stream.map(move |r| r.map(|_| ()).map_err(|e| fail("watching", "Docker events", waited)(e))).boxed()
     }
 
     /// Runs `cmd` in the container `name` (as `user`, else the container's), each chunk of
@@ -76,17 +172,22 @@ impl DockerEngine {
         stdout: tokio::sync::mpsc::Sender<bytes::Bytes>,
     ) -> Result<(i64, String), EngineError> {
         let (id, mut output, _input) = self.exec_start(name, cmd, user, false).await?;
-        let mut stderr = Vec::new();
-        while let Some(item) = output.next().await {
-            match item.map_err(err("reading the output of an exec in", name))? {
-                bollard::container::LogOutput::StdOut { message } => {
-                    // The reader gave up (the archive failed): stop reading.
-                    let Ok(()) = stdout.send(message).await else { break };
+        let op = "reading the output of an exec in";
+        let read = async {
+            let mut stderr = Vec::new();
+            while let Some(item) = output.next().await {
+                match item.map_err(self.fail(op, name))? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        // The reader gave up (the archive failed): stop reading.
+                        let Ok(()) = stdout.send(message).await else { break };
+                    }
+                    bollard::container::LogOutput::StdErr { message } => keep_tail(&mut stderr, &message),
+                    _ => {}
                 }
-                bollard::container::LogOutput::StdErr { message } => keep_tail(&mut stderr, &message),
-                _ => {}
             }
-        }
+            Ok(stderr)
+        };
+        let stderr = self.while_alive(op, name, read).await?;
         drop(stdout);
         self.exec_result(&id, name, stderr).await
     }
@@ -121,7 +222,8 @@ impl DockerEngine {
             }
             stderr
         };
-        let (fed, stderr) = tokio::join!(feed, drain);
+        let streams = async { Ok(tokio::join!(feed, drain)) };
+        let (fed, stderr) = self.while_alive("streaming into an exec in", name, streams).await?;
         let (code, tail) = self.exec_result(&id, name, stderr).await?;
         if let Err(e) = fed
             && code == 0
@@ -159,8 +261,8 @@ impl DockerEngine {
             user: user.map(str::to_string),
             ..Default::default()
         };
-        let exec = self.docker.create_exec(name, options).await.map_err(err("creating an exec in", name))?;
-        match self.docker.start_exec(&exec.id, None).await.map_err(err("starting an exec in", name))? {
+        let exec = self.call("creating an exec in", name, self.docker.create_exec(name, options)).await?;
+        match self.call("starting an exec in", name, self.docker.start_exec(&exec.id, None)).await? {
             bollard::exec::StartExecResults::Attached { output, input } => {
                 Ok((exec.id, output, stdin.then_some(input)))
             }
@@ -175,7 +277,7 @@ impl DockerEngine {
     async fn exec_result(&self, id: &str, name: &str, stderr: Vec<u8>) -> Result<(i64, String), EngineError> {
         // The exit code is set a moment after the output ends.
         for _ in 0..50 {
-            let info = self.docker.inspect_exec(id).await.map_err(err("inspecting an exec in", name))?;
+            let info = self.call("inspecting an exec in", name, self.docker.inspect_exec(id)).await?;
             if info.running != Some(true) {
                 return Ok((info.exit_code.unwrap_or(-1), String::from_utf8_lossy(&stderr).trim().to_string()));
             }
@@ -185,15 +287,13 @@ impl DockerEngine {
     }
 
     async fn list_owned(&self, filters: HashMap<String, Vec<String>>) -> Result<Vec<ContainerSummary>, EngineError> {
-        self.docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
-            .await
-            .map_err(err("listing", "containers"))
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        self.call("listing", "containers", self.docker.list_containers(Some(options))).await
     }
 
     async fn observe_images(&self, images: &BTreeSet<String>) -> Result<BTreeMap<String, String>, EngineError> {
         let lookups = images.iter().map(|image| async move {
-            match self.docker.inspect_image(image).await {
+            match self.answer("inspecting image", image, self.timeouts.call, self.docker.inspect_image(image)).await? {
                 Ok(info) => Ok(info.id.map(|id| (crate::plan::normalize_image(image), id))),
                 Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(None),
                 Err(e) => Err(err("inspecting image", image.clone())(e)),
@@ -352,21 +452,15 @@ impl ContainerEngine for DockerEngine {
         want_volumes: bool,
     ) -> Result<Observed, EngineError> {
         let containers = self.list_owned(label_filter(&[(LABEL_SCOPE, scope)]));
-        let networks = async {
-            self.docker
-                .list_networks(Some(ListNetworksOptions { filters: None }))
-                .await
-                .map_err(err("listing", "networks"))
-        };
+        let networks =
+            self.call("listing", "networks", self.docker.list_networks(Some(ListNetworksOptions { filters: None })));
         let volumes = async {
             if !want_volumes {
                 return Ok(BTreeSet::new());
             }
             let list = self
-                .docker
-                .list_volumes(Some(ListVolumesOptions { filters: None }))
-                .await
-                .map_err(err("listing", "volumes"))?;
+                .call("listing", "volumes", self.docker.list_volumes(Some(ListVolumesOptions { filters: None })))
+                .await?;
             Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
         };
         let (containers, networks, volumes, images) =
@@ -389,11 +483,8 @@ impl ContainerEngine for DockerEngine {
         let mut foreign = BTreeMap::new();
         if wanted.iter().any(|w| !owned_names.contains(w.as_str())) {
             // Only when something would be created: look for others' containers by name.
-            let all = self
-                .docker
-                .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
-                .await
-                .map_err(err("listing", "containers"))?;
+            let options = ListContainersOptions { all: true, ..Default::default() };
+            let all = self.call("listing", "containers", self.docker.list_containers(Some(options))).await?;
             for c in all {
                 let name = container_name(&c);
                 let ours = c.labels.as_ref().and_then(|l| l.get(LABEL_SCOPE)).is_some_and(|s| s == scope);
@@ -407,9 +498,13 @@ impl ContainerEngine for DockerEngine {
 
     async fn pull(&self, image: &str) -> Result<(), EngineError> {
         let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
-        let mut stream = self.docker.create_image(Some(options), None, None);
-        while let Some(item) = stream.next().await {
-            item.map_err(err("pulling image", image))?;
+        // Any time while it progresses; no answer for `pull_idle` (the first included) fails it.
+        let idle = self.timeouts.pull_idle();
+        let client = self.client_for(idle);
+        let mut stream = client.create_image(Some(options), None, None);
+        let next = |e| EngineError::timed_out("pulling image", image, e);
+        while let Some(item) = engine::bounded(DOCKER, idle, stream.next()).await.map_err(next)? {
+            item.map_err(fail("pulling image", image, Timeouts::client(idle)))?;
         }
         Ok(())
     }
@@ -420,7 +515,7 @@ impl ContainerEngine for DockerEngine {
             (LABEL_KIND.to_string(), "network".to_string()),
         ]);
         let req = NetworkCreateRequest { name: name.to_string(), labels: Some(labels), ..Default::default() };
-        match self.docker.create_network(req).await {
+        match self.answer("creating network", name, self.timeouts.call, self.docker.create_network(req)).await? {
             Ok(_) => Ok(()),
             // Created meanwhile (a retried pass): nothing to do.
             Err(e) if classify(&e) == EngineErrorKind::Conflict => Ok(()),
@@ -433,7 +528,7 @@ impl ContainerEngine for DockerEngine {
         // (moby#42119): retry a few times, then report.
         let mut last = None;
         for attempt in 0..5u64 {
-            match self.docker.remove_network(id).await {
+            match self.answer("removing network", name, self.timeouts.call, self.docker.remove_network(id)).await? {
                 Ok(()) => return Ok(()),
                 Err(e) if classify(&e) == EngineErrorKind::NotFound => return Ok(()),
                 Err(e) => last = Some(e),
@@ -449,7 +544,7 @@ impl ContainerEngine for DockerEngine {
             (LABEL_KIND.to_string(), "volume".to_string()),
         ]);
         let req = VolumeCreateRequest { name: Some(name.to_string()), labels: Some(labels), ..Default::default() };
-        self.docker.create_volume(req).await.map(|_| ()).map_err(err("creating volume", name))
+        self.call("creating volume", name, self.docker.create_volume(req)).await.map(|_| ())
     }
 
     async fn create_and_start(
@@ -461,21 +556,19 @@ impl ContainerEngine for DockerEngine {
     ) -> Result<String, EngineError> {
         let body = container_body(scope, service, instance);
         let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created =
-            self.docker.create_container(Some(options), body).await.map_err(err("creating container", name))?;
+        let created = self.call("creating container", name, self.docker.create_container(Some(options), body)).await?;
         for net in service.spec.networks.iter().skip(1) {
             let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: Some(endpoint(service)) };
-            self.docker
-                .connect_network(net, req)
-                .await
-                .map_err(err("connecting to network", format!("{name} → {net}")))?;
+            let object = format!("{name} → {net}");
+            self.call("connecting to network", &object, self.docker.connect_network(net, req)).await?;
         }
-        self.docker.start_container(&created.id, None).await.map_err(err("starting container", name))?;
+        self.call("starting container", name, self.docker.start_container(&created.id, None)).await?;
         Ok(created.id)
     }
 
     async fn start(&self, id: &str, name: &str) -> Result<(), EngineError> {
-        match self.docker.start_container(id, None).await {
+        match self.answer("starting container", name, self.timeouts.call, self.docker.start_container(id, None)).await?
+        {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) => Err(err("starting container", name)(e)),
@@ -484,13 +577,19 @@ impl ContainerEngine for DockerEngine {
 
     async fn stop_and_remove(&self, id: &str, name: &str, timeout_s: Option<u64>) -> Result<(), EngineError> {
         let t = timeout_s.map(|t| i32::try_from(t).unwrap_or(i32::MAX));
-        match self.docker.stop_container(id, Some(StopContainerOptions { t, signal: None })).await {
+        let bound = self.timeouts.stop(timeout_s);
+        let client = self.client_for(bound);
+        let stop = client.stop_container(id, Some(StopContainerOptions { t, signal: None }));
+        match self.answer("stopping container", name, bound, stop).await? {
             Ok(()) => {}
             Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => {}
             Err(e) => return Err(err("stopping container", name)(e)),
         }
         let options = RemoveContainerOptions { force: true, v: false, link: false };
-        match self.docker.remove_container(id, Some(options)).await {
+        match self
+            .answer("removing container", name, self.timeouts.call, self.docker.remove_container(id, Some(options)))
+            .await?
+        {
             Ok(()) => Ok(()),
             Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(()),
             // Already being removed (a retried pass): done once it is gone.
@@ -501,7 +600,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn stop(&self, id: &str, name: &str, timeout_s: Option<u64>) -> Result<(), EngineError> {
         let t = timeout_s.map(|t| i32::try_from(t).unwrap_or(i32::MAX));
-        match self.docker.stop_container(id, Some(StopContainerOptions { t, signal: None })).await {
+        let bound = self.timeouts.stop(timeout_s);
+        let client = self.client_for(bound);
+        let stop = client.stop_container(id, Some(StopContainerOptions { t, signal: None }));
+        match self.answer("stopping container", name, bound, stop).await? {
             // 304: already stopped; 404: gone, so not running either.
             Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(e) => Err(err("stopping container", name)(e)),
@@ -509,14 +611,13 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<(), EngineError> {
-        self.docker
-            .rename_container(from, RenameContainerOptions { name: to.to_string() })
-            .await
-            .map_err(err("renaming container", format!("{from} → {to}")))
+        let rename = self.docker.rename_container(from, RenameContainerOptions { name: to.to_string() });
+        self.call("renaming container", &format!("{from} → {to}"), rename).await
     }
 
     async fn probe(&self, name: &str) -> Result<Option<Probe>, EngineError> {
-        let info = match self.docker.inspect_container(name, None).await {
+        let inspect = self.docker.inspect_container(name, None);
+        let info = match self.answer("inspecting container", name, self.timeouts.call, inspect).await? {
             Ok(info) => info,
             Err(e) if classify(&e) == EngineErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(err("inspecting container", name)(e)),
@@ -565,7 +666,7 @@ pub struct JobContainer {
 impl DockerEngine {
     /// Whether `image` is present in the engine.
     pub async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
-        match self.docker.inspect_image(image).await {
+        match self.answer("inspecting image", image, self.timeouts.call, self.docker.inspect_image(image)).await? {
             Ok(_) => Ok(true),
             Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(false),
             Err(e) => Err(err("inspecting image", image)(e)),
@@ -630,14 +731,11 @@ impl DockerEngine {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created =
-            self.docker.create_container(Some(options), body).await.map_err(err("creating container", name))?;
+        let created = self.call("creating container", name, self.docker.create_container(Some(options), body)).await?;
         for net in job.networks.iter().skip(1) {
             let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: None };
-            self.docker
-                .connect_network(net, req)
-                .await
-                .map_err(err("connecting to network", format!("{name} → {net}")))?;
+            let object = format!("{name} → {net}");
+            self.call("connecting to network", &object, self.docker.connect_network(net, req)).await?;
         }
         Ok(created.id)
     }
@@ -648,35 +746,48 @@ impl DockerEngine {
         let options =
             bollard::query_parameters::LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
         let mut stream = self.docker.logs(id, Some(options));
-        while let Some(item) = stream.next().await {
-            let bytes = item.map_err(err("reading the output of container", name))?.into_bytes();
-            out.write_all(&bytes).map_err(|e| EngineError {
-                op: "saving the output of container",
-                object: name.to_string(),
-                kind: EngineErrorKind::Refused,
-                source: Box::new(e),
-            })?;
-        }
-        Ok(())
+        let op = "reading the output of container";
+        let copy = async {
+            while let Some(item) = stream.next().await {
+                let bytes = item.map_err(self.fail(op, name))?.into_bytes();
+                out.write_all(&bytes).map_err(|e| EngineError {
+                    op: "saving the output of container",
+                    object: name.to_string(),
+                    kind: EngineErrorKind::Refused,
+                    source: Box::new(e),
+                })?;
+            }
+            Ok(())
+        };
+        self.while_alive(op, name, copy).await
     }
 
     /// Waits until the container is not running; its exit code.
     pub async fn wait_job(&self, id: &str, name: &str) -> Result<i64, EngineError> {
         let options = bollard::query_parameters::WaitContainerOptions { condition: "not-running".to_string() };
         let mut stream = self.docker.wait_container(id, Some(options));
-        match stream.next().await {
-            Some(Ok(response)) => Ok(response.status_code),
-            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(err("waiting for container", name)(e)),
-            None => Err(err("waiting for container", name)(BollardError::RequestTimeoutError)),
-        }
+        let op = "waiting for container";
+        self.while_alive(op, name, async {
+            match stream.next().await {
+                Some(Ok(response)) => Ok(response.status_code),
+                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+                Some(Err(e)) => Err(self.fail(op, name)(e)),
+                None => Err(err(op, name)(BollardError::DockerStreamError {
+                    error: "the wait ended without an exit code".into(),
+                })),
+            }
+        })
+        .await
     }
 
     /// Stops a container: its stop signal (SIGTERM by default), SIGKILL after `grace_s`
     /// seconds. A container that is not running, or gone, counts as stopped.
     pub async fn stop_job(&self, id: &str, name: &str, grace_s: u64) -> Result<(), EngineError> {
         let t = Some(i32::try_from(grace_s).unwrap_or(i32::MAX));
-        match self.docker.stop_container(id, Some(StopContainerOptions { t, signal: None })).await {
+        let bound = self.timeouts.stop(Some(grace_s));
+        let client = self.client_for(bound);
+        let stop = client.stop_container(id, Some(StopContainerOptions { t, signal: None }));
+        match self.answer("stopping container", name, bound, stop).await? {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(e) => Err(err("stopping container", name)(e)),
@@ -721,16 +832,16 @@ impl DockerEngine {
             host.network_mode = Some("none".to_string());
         }
         let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created =
-            self.docker.create_container(Some(options), body).await.map_err(err("creating container", name))?;
-        self.docker.start_container(&created.id, None).await.map_err(err("starting container", name))?;
+        let created = self.call("creating container", name, self.docker.create_container(Some(options), body)).await?;
+        self.call("starting container", name, self.docker.start_container(&created.id, None)).await?;
         Ok(created.id)
     }
 
     /// Removes a drill container and its anonymous volumes, running or not.
     pub async fn remove_drill(&self, id: &str, name: &str) -> Result<(), EngineError> {
         let options = RemoveContainerOptions { force: true, v: true, link: false };
-        match self.docker.remove_container(id, Some(options)).await {
+        let remove = self.docker.remove_container(id, Some(options));
+        match self.answer("removing container", name, self.timeouts.call, remove).await? {
             Ok(()) => Ok(()),
             Err(e) if matches!(classify(&e), EngineErrorKind::NotFound | EngineErrorKind::Conflict) => Ok(()),
             Err(e) => Err(err("removing container", name)(e)),
@@ -771,6 +882,92 @@ fn engine_mounts(volumes: &[tend_specs::service::VolumeMount]) -> Vec<Mount> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine on a daemon that accepts connections and never answers (a Unix socket in
+    /// a temporary directory), with a 30 s call timeout.
+    async fn hung_engine(dir: &std::path::Path) -> DockerEngine {
+        let path = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind a socket");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let timeouts = Timeouts::new(Duration::from_secs(30));
+        let addr = path.to_str().expect("a UTF-8 path");
+        let docker = Docker::connect_with_unix(addr, 120, bollard::API_DEFAULT_VERSION).expect("a client");
+        DockerEngine { docker: docker.with_timeout(Timeouts::client(timeouts.call)), timeouts }
+    }
+
+    /// An engine on a daemon that answers every request with `200 OK` (enough for a ping).
+    async fn answering_engine(dir: &std::path::Path) -> DockerEngine {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let path = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind a socket");
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, mut write) = conn.into_split();
+                    let mut lines = tokio::io::BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        // The blank line ends a request's headers (none has a body).
+                        if line.is_empty()
+                            && write.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK").await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let timeouts = Timeouts::new(Duration::from_secs(30));
+        let addr = path.to_str().expect("a UTF-8 path");
+        let docker = Docker::connect_with_unix(addr, 120, bollard::API_DEFAULT_VERSION).expect("a client");
+        DockerEngine { docker: docker.with_timeout(Timeouts::client(timeouts.call)), timeouts }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_stream_is_not_cut_while_the_daemon_answers_its_pings() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let engine = answering_engine(dir.path()).await;
+        let an_hour = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(7)
+        };
+        assert_eq!(engine.while_alive("waiting for container", "job-run-1", an_hour).await.expect("alive"), 7);
+    }
+
+    // Time is paused: it jumps ahead whenever every task waits, so the bounds pass at once.
+    #[tokio::test(start_paused = true)]
+    async fn every_kind_of_call_on_a_hung_daemon_fails_naming_the_call_and_its_bound() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let engine = hung_engine(dir.path()).await;
+        let chain = |r: Result<(), EngineError>| {
+            let e = r.expect_err("a hung daemon cannot answer");
+            assert_eq!(e.kind(), "timeout", "{e:?}");
+            crate::apply::chain(&e)
+        };
+        let probe = engine.probe("web-1").await.map(|_| ());
+        assert_eq!(chain(probe), "inspecting container web-1: Docker did not answer within 30s");
+        // A stop has the container's grace period on top (Docker's 10 s when unset).
+        let stop = engine.stop("id", "web-1", Some(60)).await;
+        assert_eq!(chain(stop), "stopping container web-1: Docker did not answer within 1m30s");
+        let stop = engine.stop_and_remove("id", "web-1", None).await;
+        assert_eq!(chain(stop), "stopping container web-1: Docker did not answer within 40s");
+        // A pull may go twice the call timeout without progress.
+        let pull = engine.pull("busybox:1").await;
+        assert_eq!(chain(pull), "pulling image busybox:1: Docker did not answer within 1m");
+        // The setup of a stream (its response headers) is bounded by bollard's timeout, a
+        // second above the call timeout.
+        let wait = engine.wait_job("id", "job-run-1").await.map(|_| ());
+        assert_eq!(chain(wait), "waiting for container job-run-1: Docker did not answer within 31s");
+        let first = engine.events("default").next().await.expect("an error item");
+        assert_eq!(chain(first), "watching Docker events: Docker did not answer within 31s");
+        // Once it runs, a stream may last forever, but the daemon must answer its pings.
+        let forever = engine.while_alive("reading the output of container", "job-run-1", std::future::pending());
+        assert_eq!(chain(forever.await), "reading the output of container job-run-1: Docker did not answer within 30s");
+    }
 
     #[test]
     fn status_strings_give_health_and_exit_codes() {

@@ -588,7 +588,7 @@ impl JobDir {
     /// as replaced by `run`, then its process group gets SIGTERM (SIGKILL after
     /// [`KILL_GRACE`]) or its container is stopped. Runs that start meanwhile are stopped
     /// too; a run still preparing sees the mark and does not start its job.
-    async fn lock_replacing(&self, run: &str) -> Result<File, JobError> {
+    async fn lock_replacing(&self, run: &str, timeouts: crate::engine::Timeouts) -> Result<File, JobError> {
         let (f, path) = self.open_lock("lock")?;
         let started = Instant::now();
         let mut marked: Vec<String> = Vec::new();
@@ -617,7 +617,7 @@ impl JobDir {
                     stopped.push(c.clone());
                     tokio::spawn(async move {
                         let stop = async {
-                            let engine = DockerEngine::connect().await?;
+                            let engine = DockerEngine::connect(timeouts).await?;
                             engine.stop_job(&c, &c, KILL_GRACE.as_secs()).await
                         };
                         if let Err(e) = stop.await {
@@ -681,6 +681,8 @@ pub struct RunOptions {
     pub scope: String,
     /// What started the run.
     pub trigger: Trigger,
+    /// How long to wait for Docker (docker jobs).
+    pub timeouts: crate::engine::Timeouts,
 }
 
 /// Why a job was stopped before it ended by itself.
@@ -748,6 +750,7 @@ struct Ctx<'a> {
     run: &'a str,
     scope: &'a str,
     log: &'a File,
+    timeouts: crate::engine::Timeouts,
 }
 
 impl Ctx<'_> {
@@ -820,7 +823,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
                 return Ok(Outcome { record, blocked_by });
             }
         },
-        Concurrency::Replace => Some(dir.lock_replacing(&run).await?),
+        Concurrency::Replace => Some(dir.lock_replacing(&run, options.timeouts).await?),
     };
     let (log, reaped) = dir.locked(|d| {
         let reaped = d.reap_abandoned(&timer.hash)?;
@@ -841,7 +844,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
         tracing::warn!(job = %timer.name, job.run = %r.run, "recorded a run whose tend ended without recording it");
     }
     record.log = Some(dir.log_path(&run));
-    let ctx = Ctx { dir: &dir, timer, run: &run, scope: &options.scope, log: &log };
+    let ctx = Ctx { dir: &dir, timer, run: &run, scope: &options.scope, log: &log, timeouts: options.timeouts };
     ctx.note(&format!(
         "run {run} of {} ({} job, trigger {}) started {}",
         timer.name,
@@ -1104,7 +1107,7 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<i32>) -> Resu
 /// run's log, waits for its exit and removes it.
 async fn run_docker(ctx: &Ctx<'_>, stops: &mut Stops) -> Result<Ended, JobError> {
     let prepare = async {
-        let engine = DockerEngine::connect().await.map_err(JobError::Engine)?;
+        let engine = DockerEngine::connect(ctx.timeouts).await.map_err(JobError::Engine)?;
         let job = &ctx.timer.spec.job;
         let image = job.image.as_deref().ok_or(JobError::Incomplete("image"))?;
         for c in engine.job_containers(ctx.scope, &ctx.timer.name).await? {

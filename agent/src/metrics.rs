@@ -56,6 +56,17 @@ struct BackupLabels {
     backup: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    engine: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineErrorLabels {
+    engine: &'static str,
+    kind: &'static str,
+}
+
 fn result(ok: bool) -> &'static str {
     if ok { "ok" } else { "failed" }
 }
@@ -80,6 +91,8 @@ pub struct Metrics {
     job_duration: Family<JobLabels, Gauge<f64, AtomicU64>>,
     backup_last_success: Family<BackupLabels, Gauge>,
     backup_problems: Family<BackupLabels, Gauge>,
+    engine_up: Family<EngineLabels, Gauge>,
+    engine_errors: Family<EngineErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -165,7 +178,23 @@ impl Metrics {
             "Health problems of each Backup (failed or missed runs, a shrinking archive, leftovers, an interrupted quiesce)",
             backup_problems.clone(),
         );
+        let engine_up = Family::<EngineLabels, Gauge>::default();
+        registry.register(
+            "tend_engine_up",
+            "1 while an engine (docker, systemd) answers, 0 while it is unresponsive or cannot be \
+             reached; absent for an engine tend never reached",
+            engine_up.clone(),
+        );
+        let engine_errors = Family::<EngineErrorLabels, Counter>::default();
+        registry.register(
+            "tend_engine_errors",
+            "Failed engine calls that made the agent take an engine for down, by engine and kind \
+             (timeout: no answer in time; unavailable: not reachable)",
+            engine_errors.clone(),
+        );
         Metrics {
+            engine_up,
+            engine_errors,
             backup_last_success,
             backup_problems,
             registry,
@@ -244,6 +273,16 @@ impl Metrics {
         let labels = BackupLabels { backup: name.to_string() };
         self.backup_last_success.get_or_create(&labels).set(last_success_ms.map_or(0, |ms| (ms / 1000) as i64));
         self.backup_problems.get_or_create(&labels).set(problems as i64);
+    }
+
+    /// Sets `tend_engine_up{engine}` to 1 (it answers) or 0.
+    pub fn engine_up(&self, engine: &'static str, up: bool) {
+        self.engine_up.get_or_create(&EngineLabels { engine }).set(i64::from(up));
+    }
+
+    /// Counts a failed call that made an engine down: `tend_engine_errors_total{engine,kind}`.
+    pub fn engine_error(&self, engine: &'static str, kind: &'static str) {
+        self.engine_errors.get_or_create(&EngineErrorLabels { engine, kind }).inc();
     }
 
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), ending in `# EOF`.
@@ -399,6 +438,21 @@ mod tests {
         assert!(has(&m, r#"tend_job_runs_total{job="nightly-dump",result="ok"} 1"#));
         assert!(has(&m, r#"tend_job_runs_total{job="nightly-dump",result="failed"} 1"#));
         assert!(has(&m, r#"tend_job_duration_seconds{job="nightly-dump"} 2.5"#));
+    }
+
+    #[test]
+    fn engines_are_up_or_down_and_their_failures_counted_by_kind() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("tend_engine_up{"), "no series before an engine was seen");
+        m.engine_up("docker", true);
+        assert!(has(&m, "# TYPE tend_engine_up gauge"));
+        assert!(has(&m, r#"tend_engine_up{engine="docker"} 1"#));
+        m.engine_error("docker", "timeout");
+        m.engine_error("docker", "timeout");
+        m.engine_up("docker", false);
+        assert!(has(&m, r#"tend_engine_up{engine="docker"} 0"#));
+        assert!(has(&m, "# TYPE tend_engine_errors counter"));
+        assert!(has(&m, r#"tend_engine_errors_total{engine="docker",kind="timeout"} 2"#));
     }
 
     #[test]

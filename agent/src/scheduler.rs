@@ -25,6 +25,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The spec set.
     pub specs: PathBuf,
+    /// How long the runs wait for an engine.
+    pub timeouts: crate::engine::Timeouts,
 }
 
 /// Whether a Timer is scheduled by the scheduler.
@@ -66,6 +68,7 @@ async fn run(config: &Config, name: &str, trigger: &str) {
         .args(["job", "run", name])
         .arg(&config.specs)
         .args(["--trigger", trigger])
+        .env(crate::engine::TIMEOUT_ENV, config.timeouts.env_value())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(false)
         .status()

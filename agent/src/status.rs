@@ -68,6 +68,24 @@ pub struct AgentStatus {
     /// The node was drained (`tend drain`) as of the last pass.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// Engines the agent cannot use now, by name (`docker`, `systemd`); absent while they
+    /// answer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engines: BTreeMap<String, EngineProblem>,
+}
+
+/// An engine the agent cannot use now. Passes fail while it is `unresponsive` (nothing is
+/// planned from what could not be observed) and are retried until it answers again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineProblem {
+    /// `unresponsive` (reached, but no answer in time) or `unavailable` (not reachable).
+    pub state: String,
+    /// The last failed call, with its causes (`listing containers: Docker did not answer
+    /// within 30s`).
+    pub error: String,
+    /// Since when it is in this state (ms since the epoch).
+    pub since_ms: u64,
 }
 
 /// One instance in `tend status`.

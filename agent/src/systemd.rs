@@ -9,6 +9,11 @@
 //!
 //! Unit file contents are never logged: tend writes secrets to `EnvironmentFile=` files, but
 //! a unit may still name them.
+//!
+//! Every D-Bus call goes through [`SystemdEngine::call`], bounded by the call timeout
+//! ([`Timeouts`]; `Reload` by [`Timeouts::reload`]), and a job's wait, once the call that
+//! queues it returned, by the job timeout: a hung bus or manager is an error naming the
+//! call ([`SystemdError::Timeout`]), never a hang.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -23,6 +28,8 @@ use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
+use crate::engine::{self, NoAnswer, Timeouts};
+
 /// Where tend keeps the unit files it owns.
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 
@@ -32,14 +39,14 @@ pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 /// Keys in a unit's `[Unit]` section that start with this are tend's marks (`X-Tend-Hash`).
 pub const MARK_PREFIX: &str = "X-Tend-";
 
-/// How long a start, stop or restart job may take before [`SystemdError::JobTimeout`], unless
-/// set with [`SystemdEngine::with_job_timeout`]. Longer than systemd's own default start and
-/// stop timeouts (90 s), so that systemd normally gives the verdict.
+/// How long a start, stop or restart job may take, once queued (queueing is a call, bounded
+/// by the call timeout), before [`SystemdError::JobTimeout`], unless set with
+/// [`SystemdEngine::with_job_timeout`]. Longer than systemd's own default start and stop timeouts (90 s), so that systemd
+/// normally gives the verdict.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How long one D-Bus method call may take (the connection's method timeout). Generous
-/// because `Reload` on a host with many units takes a while; it only guards against a hang.
-pub const METHOD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The engine's name in messages.
+const SYSTEMD_NAME: &str = "systemd";
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
@@ -257,6 +264,17 @@ pub enum SystemdError {
         /// How the job ended.
         result: JobResult,
     },
+    /// A D-Bus call got no answer in time: the bus or the manager is unresponsive.
+    #[error("{op} {object}")]
+    Timeout {
+        /// The operation ("listing units").
+        op: &'static str,
+        /// The unit or object it was about.
+        object: String,
+        /// Which engine, and how long tend waited.
+        #[source]
+        source: NoAnswer,
+    },
     /// A job did not finish in time (it may still be running in systemd).
     #[error("{op} {unit}: the job did not finish within {}s", timeout.as_secs())]
     JobTimeout {
@@ -289,6 +307,7 @@ impl SystemdError {
             Self::NotRegular { .. } => "not_regular",
             Self::Job { .. } => "job_failed",
             Self::JobTimeout { .. } => "job_timeout",
+            Self::Timeout { .. } => "timeout",
         }
     }
 
@@ -298,6 +317,19 @@ impl SystemdError {
             Self::Job { result, .. } => Some(result),
             _ => None,
         }
+    }
+}
+
+/// Awaits one D-Bus call, bounded by `bound`; its error, or its silence, named `op object`.
+async fn bounded<T>(
+    op: &'static str,
+    object: &str,
+    bound: Duration,
+    call: impl Future<Output = zbus::Result<T>>,
+) -> Result<T, SystemdError> {
+    match engine::bounded(SYSTEMD_NAME, bound, call).await {
+        Ok(answer) => answer.map_err(bus(op, object)),
+        Err(source) => Err(SystemdError::Timeout { op, object: object.to_string(), source }),
     }
 }
 
@@ -600,34 +632,45 @@ pub struct SystemdEngine {
     conn: Connection,
     manager: ManagerProxy<'static>,
     job_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl SystemdEngine {
     /// Connects to the system bus, after checking that systemd is PID 1
     /// ([`SystemdError::NotBooted`] says what PID 1 is otherwise), and subscribes to the
-    /// manager's signals (systemd sends most of them only to subscribers). Needs a Tokio
-    /// runtime.
-    pub async fn connect() -> Result<Self, SystemdError> {
+    /// manager's signals (systemd sends most of them only to subscribers). Every later call
+    /// is bounded by `timeouts`. Needs a Tokio runtime.
+    pub async fn connect(timeouts: Timeouts) -> Result<Self, SystemdError> {
         booted()?;
         let object = format!("the system bus ({SYSTEM_BUS_SOCKET})");
-        // zbus's builders keep a bad argument's error until build().
+        // zbus's builders keep a bad argument's error until build(). Its own method timeout
+        // only backs up tend's bounds (the longest is Reload's).
         let conn = zbus::connection::Builder::address(format!("unix:path={SYSTEM_BUS_SOCKET}").as_str())
-            .method_timeout(METHOD_TIMEOUT)
-            .build()
-            .await
-            .map_err(bus("connecting to", &object))?;
+            .method_timeout(timeouts.reload().saturating_add(Duration::from_secs(1)))
+            .build();
+        let conn = bounded("connecting to", &object, timeouts.call, conn).await?;
         // No property cache: it would subscribe to the manager's PropertiesChanged for a
         // property read once.
-        let manager = ManagerProxy::builder(&conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(bus("connecting to", "the systemd manager"))?;
-        manager.subscribe().await.map_err(bus("subscribing to", "the systemd manager's signals"))?;
-        Ok(Self { conn, manager, job_timeout: DEFAULT_JOB_TIMEOUT })
+        let manager = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build();
+        let manager = bounded("connecting to", "the systemd manager", timeouts.call, manager).await?;
+        let subscribe = manager.subscribe();
+        bounded("subscribing to", "the systemd manager's signals", timeouts.call, subscribe).await?;
+        Ok(Self { conn, manager, job_timeout: DEFAULT_JOB_TIMEOUT, timeouts })
     }
 
-    /// Sets how long [`UnitEngine::start`], `stop` and `restart` wait for their job.
+    /// One D-Bus call bounded by the call timeout; its error, or its silence, named
+    /// `op object`.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        call: impl Future<Output = zbus::Result<T>>,
+    ) -> Result<T, SystemdError> {
+        bounded(op, object, self.timeouts.call, call).await
+    }
+
+    /// Sets how long [`UnitEngine::start`], `stop` and `restart` wait for their job once
+    /// it is queued.
     pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = timeout;
         self
@@ -635,7 +678,7 @@ impl SystemdEngine {
 
     /// systemd's version (`252.39-1~deb12u2`).
     pub async fn version(&self) -> Result<String, SystemdError> {
-        self.manager.version().await.map_err(bus("reading the version of", "the systemd manager"))
+        self.call("reading the version of", "the systemd manager", self.manager.version()).await
     }
 
     async fn job_removed_stream(&self) -> zbus::Result<MessageStream> {
@@ -649,45 +692,61 @@ impl SystemdEngine {
     }
 
     /// Queues a job and waits until systemd removes it. The signal stream is set up before
-    /// the job is queued, so even a job that finishes at once is seen; and it is read while
-    /// the call is under way, because zbus stops reading the socket (the call's reply
-    /// included) when a signal stream's queue is full.
+    /// the job is queued, so even a job that finishes at once is seen. Queueing is a call
+    /// (bounded by the call timeout); the wait from then on is bounded by the job timeout.
     async fn run_job(&self, kind: JobKind, unit: &str) -> Result<JobResult, SystemdError> {
         let op = kind.op();
-        let mut removed = self.job_removed_stream().await.map_err(bus(op, unit))?;
-        let run = async {
-            let queued = async {
-                match kind {
-                    JobKind::Start => self.manager.start_unit(unit, "replace").await,
-                    JobKind::Stop => self.manager.stop_unit(unit, "replace").await,
-                    JobKind::Restart => self.manager.restart_unit(unit, "replace").await,
-                }
-            };
-            let mut queued = std::pin::pin!(queued);
-            // Jobs removed while the call was under way: ours may be among them.
-            let mut early = Vec::new();
-            let job = loop {
-                tokio::select! {
-                    job = &mut queued => break job.map_err(bus(op, unit))?,
-                    msg = removed.next() => early.push(job_removed(op, unit, msg)?),
-                }
-            };
-            if let Some((_, result)) = early.into_iter().find(|(path, _)| *path == job) {
-                return Ok(result);
-            }
-            loop {
-                let (path, result) = job_removed(op, unit, removed.next().await)?;
-                if path == job {
-                    return Ok(result);
-                }
+        let mut removed = self.call(op, unit, self.job_removed_stream()).await?;
+        let result = match self.queue_job(kind, unit, &mut removed).await? {
+            (_, Some(result)) => result,
+            (job, None) => {
+                let wait = async {
+                    loop {
+                        let (path, result) = job_removed(op, unit, removed.next().await)?;
+                        if path == job {
+                            return Ok(result);
+                        }
+                    }
+                };
+                let timeout = self.job_timeout;
+                tokio::time::timeout(timeout, wait).await.map_err(|_| SystemdError::JobTimeout {
+                    op,
+                    unit: unit.to_string(),
+                    timeout,
+                })??
             }
         };
-        let result = tokio::time::timeout(self.job_timeout, run).await.map_err(|_| SystemdError::JobTimeout {
-            op,
-            unit: unit.to_string(),
-            timeout: self.job_timeout,
-        })??;
         if result.is_success() { Ok(result) } else { Err(SystemdError::Job { op, unit: unit.to_string(), result }) }
+    }
+
+    /// Queues `kind` for `unit`: the job's path, and its result when systemd removed it
+    /// already. `removed` is read while the call is under way, because zbus stops reading
+    /// the socket (the call's reply included) when a signal stream's queue is full.
+    async fn queue_job(
+        &self,
+        kind: JobKind,
+        unit: &str,
+        removed: &mut MessageStream,
+    ) -> Result<(OwnedObjectPath, Option<JobResult>), SystemdError> {
+        let op = kind.op();
+        let queued = self.call(op, unit, async {
+            match kind {
+                JobKind::Start => self.manager.start_unit(unit, "replace").await,
+                JobKind::Stop => self.manager.stop_unit(unit, "replace").await,
+                JobKind::Restart => self.manager.restart_unit(unit, "replace").await,
+            }
+        });
+        let mut queued = std::pin::pin!(queued);
+        // Jobs removed while the call was under way: ours may be among them.
+        let mut early = Vec::new();
+        let job = loop {
+            tokio::select! {
+                job = &mut queued => break job?,
+                msg = removed.next() => early.push(job_removed(op, unit, msg)?),
+            }
+        };
+        let done = early.into_iter().find(|(path, _)| *path == job).map(|(_, result)| result);
+        Ok((job, done))
     }
 
     async fn get_all(&self, path: &OwnedObjectPath, iface: &str) -> zbus::Result<HashMap<String, OwnedVariant>> {
@@ -731,16 +790,16 @@ impl SystemdEngine {
         } else {
             None
         };
-        let file_state = self.get(&path, UNIT_IFACE, "UnitFileState");
-        let typed = async {
+        let file_state = self.call(op, &state.name, self.get(&path, UNIT_IFACE, "UnitFileState"));
+        let typed = self.call(op, &state.name, async {
             match type_iface {
                 Some(iface) => self.get_all(&path, iface).await.map(Some),
                 None => Ok(None),
             }
-        };
+        });
         let (file_state, typed) = futures::join!(file_state, typed);
-        state.unit_file_state = String::try_from(file_state.map_err(bus(op, &state.name))?).unwrap_or_default();
-        if let Some(props) = typed.map_err(bus(op, &state.name))? {
+        state.unit_file_state = String::try_from(file_state?).unwrap_or_default();
+        if let Some(props) = typed? {
             let string = |key: &str| props.get(key).and_then(|v| <&str>::try_from(v).ok()).map(str::to_string);
             let int = |key: &str| props.get(key).and_then(|v| i32::try_from(v).ok());
             let uint = |key: &str| props.get(key).and_then(|v| u32::try_from(v).ok());
@@ -807,18 +866,19 @@ impl UnitEngine for SystemdEngine {
     }
 
     async fn daemon_reload(&self) -> Result<(), SystemdError> {
-        self.manager.reload().await.map_err(bus("reloading", "the systemd manager"))
+        bounded("reloading", "the systemd manager", self.timeouts.reload(), self.manager.reload()).await
     }
 
     async fn enable(&self, names: &[String]) -> Result<(), SystemdError> {
         let files: Vec<&str> = names.iter().map(String::as_str).collect();
-        self.manager.enable_unit_files(&files, false, false).await.map_err(bus("enabling units", names.join(" ")))?;
+        let enable = self.manager.enable_unit_files(&files, false, false);
+        self.call("enabling units", &names.join(" "), enable).await?;
         Ok(())
     }
 
     async fn disable(&self, names: &[String]) -> Result<(), SystemdError> {
         let files: Vec<&str> = names.iter().map(String::as_str).collect();
-        self.manager.disable_unit_files(&files, false).await.map_err(bus("disabling units", names.join(" ")))?;
+        self.call("disabling units", &names.join(" "), self.manager.disable_unit_files(&files, false)).await?;
         Ok(())
     }
 
@@ -839,7 +899,7 @@ impl UnitEngine for SystemdEngine {
             return Ok(Vec::new());
         }
         let query: Vec<&str> = names.iter().map(String::as_str).collect();
-        let rows = self.manager.list_units_by_names(&query).await.map_err(bus("listing units", names.join(" ")))?;
+        let rows = self.call("listing units", &names.join(" "), self.manager.list_units_by_names(&query)).await?;
         // The property reads go out together on the one connection: one round trip's wait.
         futures::future::try_join_all(rows.into_iter().map(|row| self.state_of(row))).await
     }
@@ -853,7 +913,7 @@ impl UnitEngine for SystemdEngine {
         ];
         let mut streams = Vec::new();
         for rule in rules {
-            streams.push(MessageStream::for_match_rule(rule, &self.conn, None).await.map_err(bus(op, object))?);
+            streams.push(self.call(op, object, MessageStream::for_match_rule(rule, &self.conn, None)).await?);
         }
         let mut signals = futures::stream::select_all(streams);
         // zbus blocks the whole connection (method replies included) when a signal stream's
@@ -1080,6 +1140,18 @@ mod tests {
         write_unit_file_in(d.path(), "gone.service", "[Unit]\n").expect("write");
         remove_unit_file_in(d.path(), "gone.service").expect("remove");
         assert!(!d.path().join("gone.service").exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_the_bus_never_answers_is_a_timeout_naming_call_unit_and_wait() {
+        let never = std::future::pending::<zbus::Result<()>>();
+        let e = bounded("listing units", "web.service", Duration::from_secs(30), never).await.expect_err("no answer");
+        assert_eq!(e.kind(), "timeout");
+        assert_eq!(crate::apply::chain(&e), "listing units web.service: systemd did not answer within 30s");
+        // An answer, even a refusal, is not a timeout.
+        let refused = async { Err::<(), _>(zbus::Error::Failure("refused".into())) };
+        let e = bounded("listing units", "web.service", Duration::from_secs(30), refused).await.expect_err("refused");
+        assert_ne!(e.kind(), "timeout");
     }
 
     #[test]

@@ -14,6 +14,28 @@ use crate::diag::{Diagnostic, Location};
 use crate::quantity::Duration;
 use crate::yaml::{Node, Value, parse_stream};
 
+/// How long tend waits for an engine (Docker, systemd) to answer one call, unless set
+/// (`engineTimeout`, `--engine-timeout`). A healthy engine answers in milliseconds and a
+/// loaded one in seconds; sd-bus, systemd's own client library, gives up after 25 s.
+pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shortest engine timeout: below a second a busy but healthy engine would be taken for
+/// a hung one (and Docker's client counts whole seconds).
+pub const MIN_ENGINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest engine timeout: beyond it a hung engine is no longer noticed in useful time.
+pub const MAX_ENGINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Checks an engine timeout against [`MIN_ENGINE_TIMEOUT`] and [`MAX_ENGINE_TIMEOUT`]; the
+/// error completes "engineTimeout …" with what is allowed.
+pub fn check_engine_timeout(d: Duration) -> Result<(), String> {
+    if (MIN_ENGINE_TIMEOUT..=MAX_ENGINE_TIMEOUT).contains(&d.get()) {
+        Ok(())
+    } else {
+        Err(format!("must be 1s to 10m (found {d})"))
+    }
+}
+
 /// The agent's configuration. Every field has a default, so an empty file is valid (specs
 /// from `/etc/tend/specs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -45,6 +67,11 @@ pub struct AgentConfig {
     /// Steps run at once in a pass (default 8).
     #[serde(default = "AgentConfig::default_parallel")]
     pub parallel: usize,
+    /// How long to wait for an engine (Docker, systemd) to answer one call before taking it
+    /// for unresponsive (default 30s; 1s to 10m). Calls that last by nature get more: a
+    /// stop its grace period on top, a pull this long twice without a progress message.
+    #[serde(default = "AgentConfig::default_engine_timeout")]
+    pub engine_timeout: Duration,
     /// The local API socket.
     #[serde(default)]
     pub socket: SocketConfig,
@@ -68,6 +95,10 @@ impl AgentConfig {
     fn default_parallel() -> usize {
         8
     }
+
+    fn default_engine_timeout() -> Duration {
+        DEFAULT_ENGINE_TIMEOUT
+    }
 }
 
 impl Default for AgentConfig {
@@ -81,6 +112,7 @@ impl Default for AgentConfig {
             resync: Self::default_resync(),
             debounce: Self::default_debounce(),
             parallel: Self::default_parallel(),
+            engine_timeout: Self::default_engine_timeout(),
             socket: SocketConfig::default(),
             metrics: None,
             mass_removal: MassRemoval::default(),
@@ -268,6 +300,9 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
     if config.parallel == 0 {
         diags.push(Diagnostic::at(at(&["parallel"]), "parallel must be at least 1"));
     }
+    if let Err(why) = check_engine_timeout(config.engine_timeout) {
+        diags.push(Diagnostic::at(at(&["engineTimeout"]), format!("engineTimeout {why}")));
+    }
     diags.sort();
     if diags.is_empty() { Ok(config) } else { Err(diags) }
 }
@@ -403,6 +438,22 @@ mod tests {
             "agent.yaml:6:19: `localhost` is not an address and port",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn the_engine_timeout_defaults_to_30s_and_is_bounded() {
+        assert_eq!(parse("").expect("empty").engine_timeout.get(), std::time::Duration::from_secs(30));
+        assert_eq!(parse("engineTimeout: 2m\n").expect("2m").engine_timeout.get(), std::time::Duration::from_secs(120));
+        for (text, found) in [("500ms", "500ms"), ("11m", "11m"), ("0s", "0s")] {
+            let errs = parse(&format!("parallel: 4\nengineTimeout: {text}\n")).expect_err(text).join("\n");
+            assert!(
+                errs.contains(&format!("agent.yaml:2:16: engineTimeout must be 1s to 10m (found {found})")),
+                "{errs}"
+            );
+        }
+        for edge in ["1s", "10m"] {
+            assert!(parse(&format!("engineTimeout: {edge}\n")).is_ok(), "{edge}");
         }
     }
 

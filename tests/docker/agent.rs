@@ -26,9 +26,15 @@ pub(crate) struct Agent {
 impl Agent {
     /// Starts `tend agent ARGS` for `env` and waits until its first pass is done.
     pub(crate) fn start(env: &Env, args: &[&str]) -> Agent {
+        Agent::start_with_env(env, args, &[])
+    }
+
+    /// As [`Agent::start`], with these variables in the agent's environment.
+    pub(crate) fn start_with_env(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Agent {
         let log = env.state_path().join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
         let file = std::fs::File::create(&log).expect("create the agent log");
         let child = Command::new(harness::tend_bin())
+            .envs(vars.iter().copied())
             .arg("--state-dir")
             .arg(env.state_path())
             .arg("--scope")
@@ -55,7 +61,7 @@ impl Agent {
 
     /// `tend status -o json` through the agent, whatever its exit status; None when it did
     /// not print JSON (no agent yet).
-    fn status_any(&self, env: &Env) -> Option<Value> {
+    pub(crate) fn status_any(&self, env: &Env) -> Option<Value> {
         let out = env.tend(&["status", "--output", "json"]);
         serde_json::from_slice(&out.stdout).ok()
     }
@@ -128,7 +134,7 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -16,6 +16,7 @@ mod backup_pg;
 mod backup_safety;
 mod bad_specs;
 mod drain;
+mod engine_timeout;
 mod examples;
 mod jobs;
 mod maintain;

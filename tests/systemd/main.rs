@@ -79,14 +79,18 @@ fn systemd_is_reported_unavailable_on_a_host_without_it() {
     if Path::new("/run/systemd/system").is_dir() {
         // This host boots with systemd: then the adapter must find it.
         booted().expect("systemd is PID 1 here");
-        runtime.block_on(SystemdEngine::connect()).expect("the adapter connects to this host's systemd");
+        runtime
+            .block_on(SystemdEngine::connect(tend::engine::Timeouts::default()))
+            .expect("the adapter connects to this host's systemd");
         return;
     }
     let pid1 = std::fs::read_to_string("/proc/1/comm").expect("/proc/1/comm").trim().to_string();
     let e = booted().expect_err("systemd is not PID 1 on this host");
     assert_eq!(e.to_string(), format!("systemd is not running as PID 1 on this host (PID 1 is {pid1})"));
     assert_eq!(e.kind(), "unavailable");
-    let e = runtime.block_on(SystemdEngine::connect()).expect_err("no systemd to connect to");
+    let e = runtime
+        .block_on(SystemdEngine::connect(tend::engine::Timeouts::default()))
+        .expect_err("no systemd to connect to");
     assert!(matches!(e, SystemdError::NotBooted { .. }), "{e:?}");
 }
 
@@ -173,6 +177,12 @@ fn watch_wakes_up_when_a_unit_changes() {
     run_inner(&node, "inner_watch");
 }
 
+#[test]
+fn a_hung_bus_is_a_timeout_naming_the_call_and_the_wait() {
+    let node = Node::start("hung_bus");
+    run_inner(&node, "inner_hung_bus");
+}
+
 // ---------------------------------------------------------------------------------------
 // Inner side (in the node)
 
@@ -191,7 +201,8 @@ where
     Fut: Future<Output = ()>,
 {
     runtime().block_on(async {
-        let engine = SystemdEngine::connect().await.expect("connecting to systemd in the node");
+        let engine =
+            SystemdEngine::connect(tend::engine::Timeouts::default()).await.expect("connecting to systemd in the node");
         f(engine.with_job_timeout(Duration::from_secs(60))).await;
     });
 }
@@ -228,6 +239,47 @@ async fn wait_state(engine: &SystemdEngine, name: &str, done: impl Fn(&UnitState
         assert!(Instant::now() < deadline, "{name} did not reach the expected state: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sends `signal` to the system bus daemon (found through systemd's private socket, which
+/// does not need the bus).
+fn signal_bus(signal: &str) {
+    let out = std::process::Command::new("systemctl")
+        .args(["kill", "--kill-whom=main", "--signal", signal, "dbus.service"])
+        .output()
+        .expect("run systemctl kill");
+    assert!(out.status.success(), "systemctl kill {signal} dbus.service: {out:?}");
+}
+
+#[test]
+fn inner_hung_bus() {
+    if !in_node() {
+        return;
+    }
+    runtime().block_on(async {
+        let timeouts = tend::engine::Timeouts::new(Duration::from_secs(2));
+        let engine = SystemdEngine::connect(timeouts).await.expect("connecting to systemd in the node");
+        let unit = names(&["dbus.service"]);
+        engine.states(&unit).await.expect("the bus answers");
+        // A hung bus: it accepts connections and reads nothing.
+        signal_bus("STOP");
+        let e = engine.states(&unit).await.expect_err("a stopped bus does not answer");
+        let chain = tend::apply::chain(&e);
+        signal_bus("CONT");
+        assert_eq!(e.kind(), "timeout", "{chain}");
+        assert_eq!(chain, "listing units dbus.service: systemd did not answer within 2s");
+        signal_bus("STOP");
+        let e = SystemdEngine::connect(timeouts).await.map(|_| ()).expect_err("no connection to a stopped bus");
+        let chain = tend::apply::chain(&e);
+        signal_bus("CONT");
+        assert_eq!(e.kind(), "timeout", "{chain}");
+        assert_eq!(
+            chain,
+            "connecting to the system bus (/run/dbus/system_bus_socket): systemd did not answer within 2s"
+        );
+        // The same connection works again once the bus does.
+        assert_eq!(engine.states(&unit).await.expect("the bus answers again").len(), 1);
+    });
 }
 
 #[test]
