@@ -1389,57 +1389,7 @@ fn the_backup<'a>(desired: &'a Desired, name: &str) -> Result<&'a tend_specs::de
 /// `tend backup …`.
 fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
     match command {
-        BackupCommand::Run { name, specs, output } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
-            the_backup(&desired, name)?;
-            let rt = runtime()?;
-            let mut ctx = backup_ctx(cli);
-            let b = &desired.backups[name.as_str()];
-            let paths: Vec<PathBuf> = b.spec.paths().iter().map(PathBuf::from).collect();
-            let progress = ProgressLine::start(&mut ctx, || {
-                (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten()
-            });
-            let result = rt.block_on(async {
-                let (engines, _) = connect(&desired, cli.timeouts()).await?;
-                crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
-            });
-            drop(progress);
-            match result {
-                Ok(report) => {
-                    match output {
-                        Output::Json => print_json(&report)?,
-                        Output::Text => {
-                            println!(
-                                "{} {} ({} bytes, sha256 {}, {} ms)",
-                                Paint::stdout().green("archived"),
-                                report.archive.display(),
-                                report.bytes,
-                                &report.sha256[..12.min(report.sha256.len())],
-                                report.duration_ms
-                            );
-                            for c in &report.copies {
-                                println!("copied to {c} (checksum verified)");
-                            }
-                            for p in &report.pruned {
-                                println!("removed by retention: {}", p.display());
-                            }
-                            for w in &report.warnings {
-                                println!("{} {w}", Paint::stdout().yellow("warning:"));
-                            }
-                        }
-                    }
-                    Ok(if report.warnings.iter().any(|w| w.starts_with("copy")) {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    })
-                }
-                Err(e) => {
-                    crate::backups::record_failure(&cli.state_dir, name, &apply::chain(&e));
-                    Err(e)
-                }
-            }
-        }
+        BackupCommand::Run { name, specs, output } => backup_run(cli, name, specs.as_deref(), *output),
         BackupCommand::List { name, specs, output } => {
             let desired = load(&specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
@@ -1490,23 +1440,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Drill { name, specs } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
-            let b = the_backup(&desired, name)?;
-            let report = runtime()?.block_on(async {
-                let (engines, _) = connect(&desired, cli.timeouts()).await?;
-                crate::backups::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
-            })?;
-            let entries = report.entries.map(|n| format!(", {n} entries")).unwrap_or_default();
-            println!(
-                "{} {name}: {} restored into {}{entries} and checked in {} ms (scratch removed)",
-                Paint::stdout().green("drill passed"),
-                report.archive.display(),
-                report.restored_into,
-                report.duration_ms
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        BackupCommand::Drill { name, specs } => backup_drill(cli, name, specs.as_deref()),
         BackupCommand::Verify { target, specs } => {
             let as_file = Path::new(target);
             let results = if as_file.is_file() {
@@ -1531,6 +1465,97 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             }
             Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+    }
+}
+
+/// `tend backup run NAME`: the run, its report, and a line in the history of the Backup's
+/// Timer when it has one (so its last run is this one).
+fn backup_run(cli: &Cli, name: &str, specs: Option<&Path>, output: Output) -> Result<ExitCode, CliError> {
+    let desired = load_with_backups(cli, &specs_for(cli, specs)?)?;
+    let b = the_backup(&desired, name)?;
+    let started_ms = apply::now_ms();
+    let rt = runtime()?;
+    let mut ctx = backup_ctx(cli);
+    let paths: Vec<PathBuf> = b.spec.paths().iter().map(PathBuf::from).collect();
+    let progress = ProgressLine::start(&mut ctx, || {
+        (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten()
+    });
+    let result = rt.block_on(async {
+        let (engines, _) = connect(&desired, cli.timeouts()).await?;
+        crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
+    });
+    drop(progress);
+    let copy_failed = |r: &crate::backups::RunReport| r.warnings.iter().find(|w| w.starts_with("copy")).cloned();
+    let outcome = match &result {
+        Ok(r) => copy_failed(r).map_or(Ok(()), Err),
+        Err(e) => Err(apply::chain(e)),
+    };
+    record_timer_run(cli, &desired, &b.unit_name(), started_ms, outcome);
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            crate::backups::record_failure(&cli.state_dir, name, &apply::chain(&e));
+            return Err(e);
+        }
+    };
+    match output {
+        Output::Json => print_json(&report)?,
+        Output::Text => {
+            println!(
+                "{} {} ({} bytes, sha256 {}, {} ms)",
+                Paint::stdout().green("archived"),
+                report.archive.display(),
+                report.bytes,
+                &report.sha256[..12.min(report.sha256.len())],
+                report.duration_ms
+            );
+            for c in &report.copies {
+                println!("copied to {c} (checksum verified)");
+            }
+            for p in &report.pruned {
+                println!("removed by retention: {}", p.display());
+            }
+            for w in &report.warnings {
+                println!("{} {w}", Paint::stdout().yellow("warning:"));
+            }
+        }
+    }
+    Ok(if copy_failed(&report).is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `tend backup drill NAME`, recorded in the history of the drill's Timer when it has one.
+fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Result<ExitCode, CliError> {
+    let desired = load_with_backups(cli, &specs_for(cli, specs)?)?;
+    let b = the_backup(&desired, name)?;
+    let started_ms = apply::now_ms();
+    let result = runtime()?.block_on(async {
+        let (engines, _) = connect(&desired, cli.timeouts()).await?;
+        crate::backups::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
+    });
+    let outcome = result.as_ref().map(|_| ()).map_err(|e| apply::chain(e));
+    record_timer_run(cli, &desired, &b.drill_unit_name(), started_ms, outcome);
+    let report = result?;
+    let entries = report.entries.map(|n| format!(", {n} entries")).unwrap_or_default();
+    println!(
+        "{} {name}: {} restored into {}{entries} and checked in {} ms (scratch removed)",
+        Paint::stdout().green("drill passed"),
+        report.archive.display(),
+        report.restored_into,
+        report.duration_ms
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Records a run made by hand in the history of Timer `timer`, when the specs have it; a
+/// failure to record is a warning (the run itself happened).
+fn record_timer_run(cli: &Cli, desired: &Desired, timer: &str, started_ms: u64, outcome: Result<(), String>) {
+    let Some(t) = desired.timers.get(timer) else { return };
+    if let Err(e) = crate::jobs::record_outside(&cli.state_dir, t, started_ms, outcome) {
+        eprintln!(
+            "{} recording the run in {timer}'s history: {}",
+            Paint::stderr().yellow("warning:"),
+            apply::chain(&e)
+        );
     }
 }
 

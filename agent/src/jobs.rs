@@ -786,6 +786,41 @@ pub struct Outcome {
     pub blocked_by: Vec<Running>,
 }
 
+/// The environment variable naming the Timer whose job a process runs as.
+pub const JOB_ENV: &str = "TEND_JOB";
+
+/// Records in Timer `timer`'s history a run of its job made outside `tend job run` (an
+/// operator's `tend backup run` or `tend backup drill`), so that the Timer's last run says
+/// what last happened; nothing when this process runs as that job already.
+pub fn record_outside(
+    state_dir: &Path,
+    timer: &Timer,
+    start_ms: u64,
+    result: Result<(), String>,
+) -> Result<(), JobError> {
+    if std::env::var(JOB_ENV).is_ok_and(|j| j == timer.name) {
+        return Ok(());
+    }
+    let dir = JobDir::new(state_dir, &timer.name);
+    dir.create()?;
+    let ok = result.is_ok();
+    let record = Record {
+        run: run_id(start_ms, std::process::id()),
+        trigger: Trigger::Manual,
+        start_ms,
+        end_ms: now_ms(),
+        result: if ok { RunResult::Ok } else { RunResult::Failed },
+        exit_code: Some(if ok { 0 } else { 1 }),
+        log: None,
+        hash: timer.hash.clone(),
+        detail: Some(match result {
+            Ok(()) => "run by hand, outside the Timer".to_string(),
+            Err(e) => format!("run by hand, outside the Timer: {e}"),
+        }),
+    };
+    dir.locked(|d| d.append(&record))
+}
+
 /// Runs `timer`'s job now, whether or not the Timer is enabled, under its concurrency and
 /// timeout, and records the run. tend's own failures once the run has an ID (an unknown
 /// user, a missing image, Docker unavailable) are recorded as `error` and returned in the
@@ -1033,7 +1068,9 @@ async fn run_host(ctx: &Ctx<'_>, stops: &mut Stops) -> Result<Ended, JobError> {
         .map_err(|source| JobError::Write { path: log_path.clone(), source })?;
     let err = out.try_clone().map_err(|source| JobError::Write { path: log_path.clone(), source })?;
     let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env_clear().env("PATH", DEFAULT_PATH);
+    // TEND_JOB: a `tend backup run` started as this job records nothing of its own in the
+    // job's history (the run is recorded here).
+    cmd.args(&argv[1..]).env_clear().env("PATH", DEFAULT_PATH).env(JOB_ENV, &ctx.timer.name);
     if let Some(a) = &ids.account {
         cmd.env("HOME", &a.home).env("USER", &a.name).env("LOGNAME", &a.name).env("SHELL", &a.shell);
     }

@@ -339,3 +339,51 @@ fn a_backup_killed_after_stopping_the_database_leaves_the_host_as_it_was() {
     let text = stdout_of(&env.tend(&["status"]));
     assert!(!text.contains("interrupted"), "{text}");
 }
+
+#[test]
+fn runs_and_drills_made_by_hand_are_their_timers_last_run() {
+    let env = Env::new("safety_manual_runs");
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    std::fs::write(data.join("f"), "x").expect("write");
+    env.write_spec(
+        "backup.yaml",
+        &backup_doc(
+            "nightly",
+            &format!(
+                "  schedule: '*-*-* 03:15:00'\n  source: {{paths: ['{}']}}\n  destination: {{dir: '{}'}}\n  drill: {{schedule: weekly, check: [/bin/true]}}\n",
+                data.display(),
+                env.state_path().join("archives").display()
+            ),
+        ),
+    );
+    let last = |timer: &str| {
+        let status = env.status_json();
+        let t = status["timers"].as_array().into_iter().flatten().find(|t| t["name"] == timer).cloned();
+        t.map(|t| t["last"].clone()).unwrap_or_default()
+    };
+    assert!(last("backup-nightly").is_null());
+    let out = tend(&env, &["backup", "run", "nightly"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let run = last("backup-nightly");
+    assert_eq!((run["trigger"].as_str(), run["result"].as_str()), (Some("manual"), Some("ok")), "{run}");
+    let out = tend(&env, &["backup", "drill", "nightly"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let drill = last("backup-nightly-drill");
+    assert_eq!((drill["trigger"].as_str(), drill["result"].as_str()), (Some("manual"), Some("ok")), "{drill}");
+    // A failing run is the last run too, with why.
+    std::fs::remove_dir_all(&data).expect("remove the source");
+    let out = tend(&env, &["backup", "run", "nightly"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let run = last("backup-nightly");
+    assert_eq!(run["result"], "failed", "{run}");
+    assert!(run["detail"].as_str().is_some_and(|d| d.contains("by hand")), "{run}");
+    // A run through the Timer's job is recorded once, by the job.
+    std::fs::create_dir_all(&data).expect("data");
+    let out = env.tend(&["job", "run", "backup-nightly", env.spec_arg()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = env.tend(&["job", "history", "backup-nightly", "--output", "json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON history");
+    let runs = history.as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 3, "{history}");
+}
