@@ -57,6 +57,9 @@ pub enum BackupError {
     /// Writing or reading an archive failed.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// A copy on another host could not be listed or pruned.
+    #[error(transparent)]
+    Remote(#[from] crate::backup::remote::RemoteError),
     /// The destination catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -127,6 +130,9 @@ pub struct Context {
     pub scope: String,
     /// Counts the bytes that went into the archive, for a progress display.
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Pin the new archive, for this reason (`tend backup run --keep`): pinned before
+    /// retention runs, so this run's retention cannot take it.
+    pub keep: Option<String>,
 }
 
 /// What a run did.
@@ -266,6 +272,10 @@ pub async fn run(
     };
     catalog::write_manifest(&final_path, &manifest)?;
     info!(backup = name, archive = %final_path.display(), bytes, "archive written");
+    if let Some(reason) = &ctx.keep {
+        let (user, _) = crate::locks::current_user();
+        catalog::pin(&final_path, &catalog::Pin { since_ms: now_ms(), user, reason: Some(reason.clone()) })?;
+    }
     drop(locks);
     // Copies, each verified by its checksum.
     let mut copies = Vec::new();
@@ -275,28 +285,9 @@ pub async fn run(
             Err(e) => warnings.push(format!("copy to {c} failed: {}", chain(&e))),
         }
     }
-    // Retention, per destination.
-    let mut pruned = Vec::new();
-    if let Some(r) = &backup.spec.retention {
-        let rules = retention::Rules {
-            keep_last: r.keep_last,
-            keep_daily: r.keep_daily,
-            keep_weekly: r.keep_weekly,
-            keep_monthly: r.keep_monthly,
-            keep_yearly: r.keep_yearly,
-        };
-        let mut dirs = vec![dest.clone()];
-        dirs.extend(backup.spec.copies.iter().filter_map(|c| match c.to() {
-            CopyTo::Dir(d) => Some(PathBuf::from(d)),
-            CopyTo::Rsync(_) => None,
-        }));
-        for dir in dirs {
-            match prune(&dir, backup, &rules) {
-                Ok(p) => pruned.extend(p),
-                Err(e) => warnings.push(format!("retention in {}: {}", dir.display(), chain(&e))),
-            }
-        }
-    }
+    // Retention, per destination: the local one, and each copy by its own rules or these.
+    let (pruned, problems) = apply_retention(backup, &dest).await;
+    warnings.extend(problems);
     for w in &warnings {
         warn!(backup = name, "{w}");
     }
@@ -504,15 +495,9 @@ async fn copy_to(archive: &Path, rel: &Path, sha256: &str, to: CopyTo<'_>) -> Re
             let parent = rel.parent().map(|p| p.display().to_string()).unwrap_or_default();
             let target = if parent.is_empty() { format!("{dest}/") } else { format!("{dest}/{parent}/") };
             let manifest = catalog::manifest_path(archive);
-            // rsync's own `RSYNC_RSH`, when set, says how to reach the host (port, key, options):
-            // `-e` would override it. Otherwise ssh, never prompting. Its value is not printed.
-            let rsh = std::env::var_os("RSYNC_RSH").is_some_and(|v| !v.is_empty());
             let run = |extra: &[&str]| {
-                let mut c = tokio::process::Command::new("rsync");
+                let mut c = crate::backup::remote::rsync();
                 c.args(["-a", "--checksum", "--mkpath"]);
-                if !rsh {
-                    c.args(["-e", "ssh -o BatchMode=yes"]);
-                }
                 c.args(extra);
                 c.arg(archive).arg(&manifest).arg(&target);
                 c
@@ -576,11 +561,63 @@ fn copy_file_verified(archive: &Path, target: &Path, sha256: &str) -> Result<Str
     Ok(format!("dir {}", target.display()))
 }
 
-/// Applies retention to the complete archives of `backup` in `dir`; returns what was removed.
-fn prune(dir: &Path, backup: &Backup, rules: &retention::Rules) -> Result<Vec<PathBuf>, BackupError> {
+fn rules_of(r: &tend_specs::backup::Retention) -> retention::Rules {
+    retention::Rules {
+        keep_last: r.keep_last,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+    }
+}
+
+/// Applies retention in the destination and in every copy (a copy's own `retention`, else
+/// the Backup's; none: everything is kept). Pinned archives are kept everywhere. Returns
+/// what was removed and the problems (each a warning: the archive of this run is whole).
+async fn apply_retention(backup: &Backup, dest: &Path) -> (Vec<PathBuf>, Vec<String>) {
+    let (mut pruned, mut problems) = (Vec::new(), Vec::new());
+    // Pins are kept with the local archives; they hold in every copy.
+    let pinned: BTreeSet<PathBuf> = archives(backup)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| catalog::is_pinned(&e.path))
+        .filter_map(|e| e.path.strip_prefix(dest).ok().map(Path::to_path_buf))
+        .collect();
+    if let Some(r) = &backup.spec.retention {
+        match prune(dest, backup, &rules_of(r), &pinned) {
+            Ok(p) => pruned.extend(p),
+            Err(e) => problems.push(format!("retention in {}: {}", dest.display(), chain(&e))),
+        }
+    }
+    for c in &backup.spec.copies {
+        let Some(r) = c.retention.as_ref().or(backup.spec.retention.as_ref()) else { continue };
+        let done = match c.to() {
+            CopyTo::Dir(dir) => prune(Path::new(dir), backup, &rules_of(r), &pinned),
+            CopyTo::Rsync(target) => prune_remote(target, backup, &rules_of(r), &pinned).await,
+        };
+        match done {
+            Ok(p) => pruned.extend(p),
+            Err(e) => problems.push(format!("retention in copy {c}: {}", chain(&e))),
+        }
+    }
+    (pruned, problems)
+}
+
+/// Applies retention to the complete archives of `backup` in `dir`, keeping those whose path
+/// relative to `dir` is `pinned` or that are pinned here; returns what was removed.
+fn prune(
+    dir: &Path,
+    backup: &Backup,
+    rules: &retention::Rules,
+    pinned: &BTreeSet<PathBuf>,
+) -> Result<Vec<PathBuf>, BackupError> {
     let entries = catalog::list(dir, &backup.name, backup.spec.layout())?;
-    let good: Vec<(PathBuf, tend_specs::calendar::Timestamp)> =
-        entries.iter().filter(|e| e.state == EntryState::Complete).map(|e| (e.path.clone(), e.time())).collect();
+    let kept_by_pin = |p: &Path| catalog::is_pinned(p) || p.strip_prefix(dir).is_ok_and(|r| pinned.contains(r));
+    let good: Vec<(PathBuf, tend_specs::calendar::Timestamp)> = entries
+        .iter()
+        .filter(|e| e.state == EntryState::Complete && !kept_by_pin(&e.path))
+        .map(|e| (e.path.clone(), e.time()))
+        .collect();
     let keep = retention::select(&good, rules, &tend_specs::calendar::LocalZone::from_env());
     let mut removed = Vec::new();
     for (path, _) in good.iter().filter(|(p, _)| !keep.contains(p)) {
@@ -590,6 +627,32 @@ fn prune(dir: &Path, backup: &Backup, rules: &retention::Rules) -> Result<Vec<Pa
         removed.push(path.clone());
     }
     Ok(removed)
+}
+
+/// [`prune`] of a copy on another host, through rsync: its archives are listed, the rules
+/// applied to the complete ones, and the rest removed with their manifests.
+async fn prune_remote(
+    target: &str,
+    backup: &Backup,
+    rules: &retention::Rules,
+    pinned: &BTreeSet<PathBuf>,
+) -> Result<Vec<PathBuf>, BackupError> {
+    let zone = tend_specs::calendar::LocalZone::from_env();
+    let root = catalog::fixed_root(backup.spec.layout(), &backup.name)?;
+    let listed = crate::backup::remote::list(target, &root, &zone).await?;
+    let good: Vec<(PathBuf, tend_specs::calendar::Timestamp)> =
+        catalog::archives_in_listing(&listed, &backup.name, backup.spec.layout())?
+            .into_iter()
+            .filter(|(path, _, complete)| *complete && !pinned.contains(&root.join(path)))
+            .map(|(path, time, _)| (path, time))
+            .collect();
+    let keep = retention::select(&good, rules, &zone);
+    let drop: Vec<PathBuf> = good.iter().filter(|(p, _)| !keep.contains(p)).map(|(p, _)| p.clone()).collect();
+    crate::backup::remote::remove(target, &root, &drop).await?;
+    for p in &drop {
+        info!(copy = target, archive = %root.join(p).display(), "removed by retention");
+    }
+    Ok(drop.into_iter().map(|p| PathBuf::from(format!("{target}/{}", root.join(p).display()))).collect())
 }
 
 /// One line per run in `STATE/backups/NAME/history.jsonl`: for health in `tend status`.
@@ -621,6 +684,42 @@ pub fn record_failure(state_dir: &Path, name: &str, error: &str) {
 /// The complete archives of a backup, newest last (for `list`, `verify`, `restore`).
 pub fn archives(backup: &Backup) -> Result<Vec<catalog::Entry>, BackupError> {
     Ok(catalog::list(Path::new(&backup.spec.destination.dir), &backup.name, backup.spec.layout())?)
+}
+
+/// The complete archive of `backup` named `given`: its path, or its file name.
+pub fn find_archive(backup: &Backup, given: &str) -> Result<catalog::Entry, BackupError> {
+    let as_path = std::path::absolute(given).unwrap_or_else(|_| PathBuf::from(given));
+    let entries = archives(backup)?;
+    let found = entries
+        .into_iter()
+        .filter(|e| e.state == EntryState::Complete)
+        .find(|e| e.path == as_path || e.path.file_name().is_some_and(|n| n == std::ffi::OsStr::new(given)));
+    found.ok_or_else(|| {
+        BackupError::Refused(format!(
+            "{given} is not a complete archive of {} (see `tend backup list {}`)",
+            backup.name, backup.name
+        ))
+    })
+}
+
+/// Pins an archive of `backup`: retention keeps it, here and in every copy, until unpinned.
+pub fn pin_archive(backup: &Backup, given: &str, reason: Option<String>) -> Result<PathBuf, BackupError> {
+    let entry = find_archive(backup, given)?;
+    if catalog::is_pinned(&entry.path) {
+        return Ok(entry.path);
+    }
+    let (user, _) = crate::locks::current_user();
+    catalog::pin(&entry.path, &catalog::Pin { since_ms: now_ms(), user, reason })?;
+    info!(archive = %entry.path.display(), "pinned");
+    Ok(entry.path)
+}
+
+/// Unpins an archive of `backup`; the next run's retention may remove it. Returns its path
+/// and whether it was pinned.
+pub fn unpin_archive(backup: &Backup, given: &str) -> Result<(PathBuf, bool), BackupError> {
+    let entry = find_archive(backup, given)?;
+    let was = catalog::unpin(&entry.path)?;
+    Ok((entry.path, was))
 }
 
 /// What a restore will do, shown before it does it.

@@ -1278,6 +1278,13 @@ pub enum BackupCommand {
     Run {
         /// The Backup.
         name: String,
+        /// Pin the new archive: retention keeps it (here and in the copies) until
+        /// `tend backup unpin` — a snapshot before an upgrade, say.
+        #[arg(long)]
+        keep: bool,
+        /// Why it is kept (with --keep; shown by `tend backup list`).
+        #[arg(long, requires = "keep")]
+        reason: Option<String>,
         /// The spec set (default: the running agent's, else /etc/tend/specs).
         #[arg(long)]
         specs: Option<PathBuf>,
@@ -1305,6 +1312,29 @@ pub enum BackupCommand {
         #[arg(long)]
         specs: Option<PathBuf>,
     },
+    /// Pin an archive: retention keeps it, here and in every copy, until it is unpinned.
+    Pin {
+        /// The Backup.
+        name: String,
+        /// The archive: its path or its file name.
+        archive: String,
+        /// Why (shown by `tend backup list`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// The spec set.
+        #[arg(long)]
+        specs: Option<PathBuf>,
+    },
+    /// Unpin an archive: the next run's retention may remove it.
+    Unpin {
+        /// The Backup.
+        name: String,
+        /// The archive: its path or its file name.
+        archive: String,
+        /// The spec set.
+        #[arg(long)]
+        specs: Option<PathBuf>,
+    },
     /// Verify archives: checksum against the manifest and a full read.
     Verify {
         /// The Backup (all its archives), or an archive file.
@@ -1321,6 +1351,7 @@ fn backup_ctx(cli: &Cli) -> crate::backups::Context {
         locks: crate::locks::LockDir::new(&cli.lock_dir),
         scope: cli.scope.clone(),
         progress: None,
+        keep: None,
     }
 }
 
@@ -1389,7 +1420,29 @@ fn the_backup<'a>(desired: &'a Desired, name: &str) -> Result<&'a tend_specs::de
 /// `tend backup …`.
 fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
     match command {
-        BackupCommand::Run { name, specs, output } => backup_run(cli, name, specs.as_deref(), *output),
+        BackupCommand::Run { name, keep, reason, specs, output } => {
+            let keep = keep.then(|| reason.clone().unwrap_or_else(|| "kept with tend backup run --keep".into()));
+            backup_run(cli, name, keep, specs.as_deref(), *output)
+        }
+        BackupCommand::Pin { name, archive, reason, specs } => {
+            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let path = crate::backups::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
+            println!(
+                "{} {}: retention keeps it until `tend backup unpin {name} {archive}`",
+                Paint::stdout().green("pinned"),
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Unpin { name, archive, specs } => {
+            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let (path, was) = crate::backups::unpin_archive(the_backup(&desired, name)?, archive)?;
+            match was {
+                true => println!("unpinned {}: the next run's retention may remove it", path.display()),
+                false => println!("{} was not pinned", path.display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BackupCommand::List { name, specs, output } => {
             let desired = load(&specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
@@ -1399,7 +1452,12 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                 .iter()
                 .map(|e| {
                     let age_s = (now.as_second() - e.time().as_second()).max(0);
+                    let pin = crate::backup::catalog::is_pinned(&e.path).then(|| {
+                        let pin = crate::backup::catalog::read_pin(&e.path);
+                        pin.and_then(|p| p.reason).unwrap_or_else(|| "pinned".into())
+                    });
                     serde_json::json!({
+                        "pinned": pin,
                         "archive": e.path,
                         "ageSeconds": age_s,
                         "bytes": e.size,
@@ -1428,7 +1486,10 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                                 .as_str()
                                 .map(|s| s[..12.min(s.len())].to_string())
                                 .unwrap_or_else(|| "-".into()),
-                            r["state"].as_str().unwrap_or_default().to_string(),
+                            match r["pinned"].as_str() {
+                                Some(why) => format!("{}, pinned ({why})", r["state"].as_str().unwrap_or_default()),
+                                None => r["state"].as_str().unwrap_or_default().to_string(),
+                            },
                         ]);
                     }
                     if rows.is_empty() {
@@ -1470,7 +1531,13 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
 
 /// `tend backup run NAME`: the run, its report, and a line in the history of the Backup's
 /// Timer when it has one (so its last run is this one).
-fn backup_run(cli: &Cli, name: &str, specs: Option<&Path>, output: Output) -> Result<ExitCode, CliError> {
+fn backup_run(
+    cli: &Cli,
+    name: &str,
+    keep: Option<String>,
+    specs: Option<&Path>,
+    output: Output,
+) -> Result<ExitCode, CliError> {
     let desired = load_with_backups(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
     let started_ms = apply::now_ms();
@@ -1480,6 +1547,7 @@ fn backup_run(cli: &Cli, name: &str, specs: Option<&Path>, output: Output) -> Re
     let progress = ProgressLine::start(&mut ctx, || {
         (!paths.is_empty()).then(|| crate::backup::archive::estimate_size(&paths).ok()).flatten()
     });
+    ctx.keep = keep;
     let result = rt.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
         crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
@@ -1511,6 +1579,9 @@ fn backup_run(cli: &Cli, name: &str, specs: Option<&Path>, output: Output) -> Re
             );
             for c in &report.copies {
                 println!("copied to {c} (checksum verified)");
+            }
+            if let Some(why) = &ctx.keep {
+                println!("pinned: retention keeps it until `tend backup unpin {name}` ({why})");
             }
             for p in &report.pruned {
                 println!("removed by retention: {}", p.display());

@@ -169,6 +169,10 @@ pub struct CopyTarget {
     /// An rsync destination, e.g. `user@nas:/backups/retro` (over SSH).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rsync: Option<String>,
+    /// Which archives this copy keeps; without it, the Backup's `retention` (and without
+    /// that, every archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
 }
 
 /// A validated copy target.

@@ -200,7 +200,7 @@ mod tests {
             ("ExecCommand", &["service", "runtime", "command"]),
             ("Quiesce", &["stop", "timeout"]),
             ("Destination", &["dir", "layout"]),
-            ("CopyTarget", &["dir", "rsync"]),
+            ("CopyTarget", &["dir", "rsync", "retention"]),
             ("Retention", &["keepLast", "keepDaily", "keepWeekly", "keepMonthly", "keepYearly"]),
             ("Compression", &["level", "threads"]),
             ("Restore", &["moveAsideTo", "exec", "vars"]),

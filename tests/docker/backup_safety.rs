@@ -387,3 +387,89 @@ fn runs_and_drills_made_by_hand_are_their_timers_last_run() {
     let runs = history.as_array().cloned().unwrap_or_default();
     assert_eq!(runs.len(), 3, "{history}");
 }
+
+/// The archive file names (without directories) under `dir`, sorted.
+fn archive_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = crate::backup::archives_in(dir)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn retention_reaches_the_copies_and_a_pinned_archive_outlives_it() {
+    let env = Env::new("safety_retention_copies");
+    let data = env.state_path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    let dir = |n: &str| env.state_path().join(n);
+    env.write_spec(
+        "backup.yaml",
+        &backup_doc(
+            "nightly",
+            &format!(
+                "  source: {{paths: ['{}']}}\n  destination: {{dir: '{}', layout: '{{name}}/{{date}}-{{time}}.tar.zst'}}\n  retention: {{keepLast: 1}}\n  copies:\n    - {{dir: '{}'}}\n    - {{dir: '{}', retention: {{keepLast: 3}}}}\n    - {{rsync: '{}', retention: {{keepLast: 2}}}}\n",
+                data.display(),
+                dir("local").display(),
+                dir("same").display(),
+                dir("three").display(),
+                dir("far").display()
+            ),
+        ),
+    );
+    let run = |args: &[&str]| {
+        std::fs::write(data.join("f"), format!("{args:?} {:?}", std::time::SystemTime::now())).expect("write");
+        let out = tend(&env, &[&["backup", "run", "nightly"][..], args].concat());
+        assert!(out.status.success(), "{}", describe(&out));
+        // Archives a second apart: distinct names and times.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+    };
+    run(&["--keep", "--reason", "before the upgrade"]);
+    let pinned = archive_names(&dir("local")).pop().expect("the pinned archive");
+    for _ in 0..3 {
+        run(&[]);
+    }
+    let all: Vec<String> = archive_names(&dir("three"));
+    assert_eq!(all.len(), 4, "{all:?}");
+    let newest = |n: usize| all[all.len() - n..].to_vec();
+    let with_pin = |mut v: Vec<String>| {
+        v.push(pinned.clone());
+        v.sort();
+        v
+    };
+    // Local keepLast 1, and the copy without its own rules the same; the pin everywhere.
+    assert_eq!(archive_names(&dir("local")), with_pin(newest(1)));
+    assert_eq!(archive_names(&dir("same")), with_pin(newest(1)));
+    // Copies with their own rules, over rsync too.
+    assert_eq!(archive_names(&dir("three")), with_pin(newest(3)));
+    assert_eq!(archive_names(&dir("far")), with_pin(newest(2)));
+    // No manifest is left without its archive.
+    for d in ["local", "same", "three", "far"] {
+        let manifests =
+            crate::backup::files_in(&dir(d)).iter().filter(|p| p.to_string_lossy().ends_with(".manifest.json")).count();
+        assert_eq!(manifests, archive_names(&dir(d)).len(), "{d}");
+    }
+    let list = stdout_of(&tend(&env, &["backup", "list", "nightly"]));
+    assert!(list.contains("pinned (before the upgrade)"), "{list}");
+    // Unpinned, the next run's retention takes it, here and in the copies.
+    let out = tend(&env, &["backup", "unpin", "nightly", &pinned]);
+    assert!(out.status.success(), "{}", describe(&out));
+    run(&[]);
+    for d in ["local", "same", "three", "far"] {
+        assert!(!archive_names(&dir(d)).contains(&pinned), "{d} kept the unpinned archive");
+    }
+    assert_eq!(archive_names(&dir("local")).len(), 1);
+    assert_eq!(archive_names(&dir("far")).len(), 2);
+    // Pinning by name works on an existing archive; an unknown one is refused.
+    let last = archive_names(&dir("local")).pop().expect("an archive");
+    let out = tend(&env, &["backup", "pin", "nightly", &last, "--reason", "audit"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = tend(&env, &["backup", "pin", "nightly", "nope.tar.zst"]);
+    assert!(
+        !out.status.success() && stderr_of(&out).contains("not a complete archive of nightly"),
+        "{}",
+        describe(&out)
+    );
+}

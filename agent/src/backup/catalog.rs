@@ -75,6 +75,15 @@ pub enum CatalogError {
         #[source]
         source: serde_json::Error,
     },
+    /// Writing or removing a pin failed.
+    #[error("writing pin {path}")]
+    WritePin {
+        /// The pin file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Walking the destination failed.
     #[error("listing {path}")]
     Walk {
@@ -96,6 +105,7 @@ impl CatalogError {
             CatalogError::WriteManifest { .. } => "write-manifest",
             CatalogError::ReadManifest { .. } => "read-manifest",
             CatalogError::ParseManifest { .. } => "parse-manifest",
+            CatalogError::WritePin { .. } => "write-pin",
             CatalogError::Walk { .. } => "walk",
         }
     }
@@ -521,6 +531,143 @@ fn walk(dir: &Path, rest: &[Vec<Piece>], name: &str, out: &mut Vec<Entry>) -> Re
     Ok(())
 }
 
+/// The part of a layout shared by every archive of backup `name` (its leading directories
+/// without a date token), relative to the destination: where a listing starts.
+pub fn fixed_root(layout: &str, name: &str) -> Result<PathBuf, CatalogError> {
+    check_name(name)?;
+    let parsed = Layout::parse(layout)?;
+    Ok(parsed.components[..parsed.fixed_dirs()].iter().map(|pieces| render_pieces(pieces, name, None)).collect())
+}
+
+/// A file in a listing of a destination made elsewhere (another host's, through rsync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its path relative to the layout's [`fixed_root`], `/`-separated.
+    pub path: String,
+    /// Its modification time.
+    pub modified: Timestamp,
+}
+
+/// The archives of backup `name` in a listing taken at the layout's [`fixed_root`]: paths
+/// that match the rest of the layout, with their time and whether their manifest is
+/// listed beside them (complete), oldest first. Temporary files and manifests are not
+/// archives.
+pub fn archives_in_listing(
+    files: &[Listed],
+    name: &str,
+    layout: &str,
+) -> Result<Vec<(PathBuf, Timestamp, bool)>, CatalogError> {
+    check_name(name)?;
+    let parsed = Layout::parse(layout)?;
+    let rest = &parsed.components[parsed.fixed_dirs()..];
+    let all: std::collections::BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let mut out: Vec<(PathBuf, Timestamp, bool)> = files
+        .iter()
+        .filter(|f| !f.path.ends_with(MANIFEST_SUFFIX) && partial_of(f.path.rsplit('/').next().unwrap_or("")).is_none())
+        .filter(|f| {
+            let parts: Vec<&str> = f.path.split('/').collect();
+            let last = parts.len().saturating_sub(1);
+            parts.len() == rest.len()
+                && parts.iter().zip(rest).enumerate().all(|(i, (part, pieces))| {
+                    matches(pieces, name, part)
+                        || (i == last && untagged(part).is_some_and(|u| matches(pieces, name, &u)))
+                })
+        })
+        .map(|f| (PathBuf::from(&f.path), f.modified, all.contains(format!("{}{MANIFEST_SUFFIX}", f.path).as_str())))
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
+}
+
+/// A file name without the `-HHMMSS` (and `-N`) a second run the same day gets before its
+/// extension (`2026-11-22_db-061530-2.tar.zst` → `2026-11-22_db.tar.zst`); `None` when it
+/// has none.
+fn untagged(file_name: &str) -> Option<String> {
+    let ext = [".tar.zst", ".zst"].into_iter().find(|e| file_name.ends_with(e))?;
+    let stem = &file_name[..file_name.len() - ext.len()];
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (head, last) = stem.rsplit_once('-')?;
+    let head = match head.rsplit_once('-') {
+        Some((h, time)) if time.len() == 6 && digits(time) && digits(last) => h,
+        _ if last.len() == 6 && digits(last) => head,
+        _ => return None,
+    };
+    Some(format!("{head}{ext}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pins
+// ---------------------------------------------------------------------------------------------
+
+/// What follows an archive's file name in its pin's.
+pub const PIN_SUFFIX: &str = ".pin";
+
+/// An archive kept whatever retention says (`tend backup pin`, `tend backup run --keep`),
+/// recorded beside it as `ARCHIVE.pin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    /// When (ms since the epoch).
+    pub since_ms: u64,
+    /// Who pinned it.
+    pub user: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The pin's path for an archive.
+pub fn pin_path(archive: &Path) -> PathBuf {
+    let mut name = archive.as_os_str().to_os_string();
+    name.push(PIN_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Pins `archive`: retention never removes it (here or in a copy) until it is unpinned.
+pub fn pin(archive: &Path, pin: &Pin) -> Result<PathBuf, CatalogError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = pin_path(archive);
+    let write_error = |source| CatalogError::WritePin { path: path.clone(), source };
+    let partial = archive::partial_sibling(&path)
+        .ok_or_else(|| write_error(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    let json = serde_json::to_vec_pretty(pin).map_err(|e| write_error(io::Error::other(e)))?;
+    let written = (|| -> io::Result<()> {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        fs::rename(&partial, &path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&partial);
+        return Err(write_error(e));
+    }
+    Ok(path)
+}
+
+/// Unpins `archive`; whether it was pinned.
+pub fn unpin(archive: &Path) -> Result<bool, CatalogError> {
+    let path = pin_path(archive);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(CatalogError::WritePin { path, source }),
+    }
+}
+
+/// Whether `archive` is pinned: its pin file exists, whatever it holds (an unreadable pin
+/// still keeps the archive).
+pub fn is_pinned(archive: &Path) -> bool {
+    fs::symlink_metadata(pin_path(archive)).is_ok()
+}
+
+/// The pin of `archive`, when it has one that can be read.
+pub fn read_pin(archive: &Path) -> Option<Pin> {
+    let file = fs::File::open(pin_path(archive)).ok()?;
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST_BYTES), &mut data).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
 /// For `.{name}.partial-{digits}`, the `name`.
 fn partial_of(file_name: &str) -> Option<&str> {
     let inner = file_name.strip_prefix('.')?;
@@ -541,6 +688,33 @@ mod tests {
     }
 
     const DEFAULT: &str = "{name}/{yyyy}/{mm}/{date}_{name}.tar.zst";
+
+    #[test]
+    fn a_listing_of_a_copy_yields_its_archives_tagged_ones_included() {
+        let t = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+        let f = |path: &str, time: &str| Listed { path: path.into(), modified: t(time) };
+        let files = [
+            f("2026/11/2026-11-22_db.tar.zst", "2026-11-22T03:00:00Z"),
+            f("2026/11/2026-11-22_db.tar.zst.manifest.json", "2026-11-22T03:00:00Z"),
+            f("2026/11/2026-11-22_db-061530.tar.zst", "2026-11-22T06:15:30Z"),
+            f("2026/11/2026-11-22_db-061530-2.tar.zst", "2026-11-22T06:15:31Z"),
+            f("2026/11/2026-11-22_other.tar.zst", "2026-11-22T03:00:00Z"),
+            f("2026/11/.2026-11-23_db.tar.zst.partial-77", "2026-11-23T03:00:00Z"),
+            f("2026/2026-11-24_db.tar.zst", "2026-11-24T03:00:00Z"),
+        ];
+        let found = archives_in_listing(&files, "db", DEFAULT).expect("listing");
+        let shown: Vec<(String, bool)> = found.iter().map(|(p, _, c)| (p.display().to_string(), *c)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("2026/11/2026-11-22_db.tar.zst".to_string(), true),
+                ("2026/11/2026-11-22_db-061530.tar.zst".to_string(), false),
+                ("2026/11/2026-11-22_db-061530-2.tar.zst".to_string(), false),
+            ]
+        );
+        assert_eq!(fixed_root(DEFAULT, "db").expect("root"), PathBuf::from("db"));
+        assert_eq!(untagged("x-123.zst"), None);
+    }
 
     #[test]
     fn renders_every_token() {

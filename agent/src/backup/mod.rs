@@ -7,7 +7,10 @@
 //! - [`catalog`]: the destination is the catalog — layout rendering, the manifest beside each
 //!   archive, and listing what a destination holds, leftovers of interrupted runs included.
 //! - [`retention`]: which archives to keep (pure).
+//! - [`remote`]: copies on another host through rsync — listing one, and removing what its
+//!   retention drops.
 
 pub mod archive;
 pub mod catalog;
+pub mod remote;
 pub mod retention;

@@ -244,11 +244,17 @@ fn check_backup(
 
     check_copies(d, spec, &sources, diags);
 
-    if let Some(r) = &spec.retention {
+    let retentions = std::iter::once((spec.retention.as_ref(), vec![Seg::Key("spec"), Seg::Key("retention")])).chain(
+        spec.copies.iter().enumerate().map(|(i, c)| {
+            (c.retention.as_ref(), vec![Seg::Key("spec"), Seg::Key("copies"), Seg::Index(i), Seg::Key("retention")])
+        }),
+    );
+    for (retention, path) in retentions {
+        let Some(r) = retention else { continue };
         let rules = [r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly, r.keep_yearly];
         if rules.iter().all(|n| n.unwrap_or(0) == 0) {
             diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("retention")]),
+                here(&path),
                 "`retention` keeps no archive by any rule (every `keep…` is 0 or missing); leave `retention` out to keep every archive, or write `keepLast: 1` to keep only the newest",
             ));
         }
