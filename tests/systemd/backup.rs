@@ -55,3 +55,29 @@ fn a_backup_stops_a_unit_for_its_archive_and_starts_it_again() {
     assert_eq!(node.systemctl_ok(&["is-active", "db.service"]).trim(), "active", "left stopped after a refusal");
     assert_eq!(node.exec_ok(&["find", "/var/backups/tend", "-name", "*.tar.zst"]).lines().count(), 1);
 }
+
+#[test]
+fn a_unit_killed_at_its_stop_timeout_fails_the_backup_and_is_started_again() {
+    node::require_systemd_node_image();
+    let node = Node::start("tend-backup-killed-unit");
+    node.copy_in(env!("CARGO_BIN_EXE_tend"), TEND);
+    node.exec_ok(&["mkdir", "-p", SPECS, "/srv/db"]);
+    node.write_file("/srv/db/records", "the records\n");
+    // Ignores SIGTERM: systemd kills it when TimeoutStopSec (2 s) runs out.
+    node.write_file(
+        &format!("{SPECS}/db.yaml"),
+        "apiVersion: tend/v1\nkind: Service\nmetadata: {name: db}\nspec:\n  runtime: systemd\n  exec: [/bin/sh, -c, \"trap '' TERM; while true; do sleep 1; done\"]\n  stopTimeout: 2s\n",
+    );
+    node.write_file(
+        &format!("{SPECS}/backup.yaml"),
+        "apiVersion: tend/v1\nkind: Backup\nmetadata: {name: nightly}\nspec:\n  source: {paths: [/srv/db]}\n  quiesce: {stop: [db]}\n  destination: {dir: /var/backups/tend}\n",
+    );
+    let out = tend(&node, &["apply", SPECS]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = tend(&node, &["backup", "run", "nightly", "--specs", SPECS]);
+    assert!(!out.status.success(), "a killed writer was archived: {}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("db.service (TimeoutStopSec)") && err.contains("was killed"), "{}", describe(&out));
+    assert_eq!(node.exec_ok(&["sh", "-c", "find /var/backups/tend -type f | wc -l"]).trim(), "0");
+    assert_eq!(node.systemctl_ok(&["is-active", "db.service"]).trim(), "active", "left stopped");
+}
