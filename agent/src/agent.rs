@@ -1372,20 +1372,33 @@ fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 
+/// Observes, then records in the state what the boot before this one means (`mark`).
+async fn record_boot(
+    engines: &Arc<Engines<DockerEngine, SystemdEngine>>,
+    options: &Options,
+    desired: &Desired,
+    state_dir: &StateDir,
+    mark: impl FnOnce(&Observed, &mut state::State),
+) -> Result<(), String> {
+    let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
+    let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
+    mark(&observed, &mut st);
+    state_dir.save(&st).map_err(|e| apply::chain(&e))
+}
+
 async fn place_unclean_holds(
     engines: &Arc<Engines<DockerEngine, SystemdEngine>>,
     options: &Options,
     desired: &Desired,
     state_dir: &StateDir,
 ) -> Result<(), String> {
-    let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
-    let holds = unclean_boot_holds(desired, &observed, apply::now_ms());
-    let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
-    for (name, hold) in holds {
-        warn!(instance = %name, "held after an unclean boot: `tend release {name}` starts it");
-        st.holds.entry(name).or_insert(hold);
-    }
-    state_dir.save(&st).map_err(|e| apply::chain(&e))
+    record_boot(engines, options, desired, state_dir, |observed, st| {
+        for (name, hold) in unclean_boot_holds(desired, observed, apply::now_ms()) {
+            warn!(instance = %name, "held after an unclean boot: `tend release {name}` starts it");
+            st.holds.entry(name).or_insert(hold);
+        }
+    })
+    .await
 }
 
 /// Marks the instances a clean shutdown of the host stopped ([`shutdown_stops`]) as stopped
@@ -1396,13 +1409,13 @@ async fn mark_shutdown_stops(
     desired: &Desired,
     state_dir: &StateDir,
 ) -> Result<(), String> {
-    let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
-    let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
-    for name in shutdown_stops(desired, &observed, &st) {
-        info!(instance = %name, "stopped by the host's clean shutdown: starting it again");
-        st.stopped_on_purpose.insert(name, state::StopCause::HostShutdown);
-    }
-    state_dir.save(&st).map_err(|e| apply::chain(&e))
+    record_boot(engines, options, desired, state_dir, |observed, st| {
+        for name in shutdown_stops(desired, observed, st) {
+            info!(instance = %name, "stopped by the host's clean shutdown: starting it again");
+            st.stopped_on_purpose.insert(name, state::StopCause::HostShutdown);
+        }
+    })
+    .await
 }
 
 fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String, Backoff>, elapsed: Duration) {
