@@ -939,36 +939,63 @@ pub async fn restore(
     vars: &[(String, String)],
     ctx: &Context,
 ) -> Result<(), BackupError> {
-    let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
     let progress = ctx.progress.clone();
     let unchanged = |e: BackupError| BackupError::Unchanged { backup: backup.name.clone(), source: Box::new(e) };
-    let kind = backup.spec.source_kind();
-    if let (SourceKind::Paths, Some(t)) = (kind, to) {
-        // All or nothing into a new directory: nothing live is touched either way.
-        let (a, t) = (plan.archive.clone(), t.to_path_buf());
-        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), progress.as_ref()))
-            .await
-            .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
-        return Ok(());
+    if backup.spec.source_kind() == SourceKind::Paths {
+        return paths_restore(engines, desired, backup, plan, to, ctx).await;
     }
-    let format = match kind {
-        SourceKind::Paths => archive::Format::TarZst,
-        SourceKind::Exec => archive::Format::Zst,
-    };
-    let (a, s, p) = (plan.archive.clone(), sha.clone(), progress.clone());
-    tokio::task::spawn_blocking(move || archive::verify_counted(&a, format, s.as_deref(), p.as_ref()))
+    let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
+    let (a, p) = (plan.archive.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || archive::verify_counted(&a, archive::Format::Zst, sha.as_deref(), p.as_ref()))
         .await
         .map_err(|e| BackupError::Engine(format!("the verify task failed: {e}")))?
         .map_err(|e| unchanged(e.into()))?;
-    if kind == SourceKind::Exec {
-        return exec_restore(engines, desired, backup, plan, vars, progress).await;
+    exec_restore(engines, desired, backup, plan, vars, progress).await
+}
+
+/// Removes a scratch directory when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %self.0.display(), error = %e, "could not remove a restore's scratch directory");
+        }
+    }
+}
+
+/// A paths restore. The archive is extracted whole into a scratch directory next to the
+/// data (or into `to`) while everything still runs — every entry confined to the path the
+/// Backup covers that holds it, the bytes bounded by the manifest and the free space, the
+/// checksum checked — and each restored path must be there and of the kind the live one
+/// is. Only then are the services stopped, the live data moved aside, the restored data
+/// renamed into place, and the services started again.
+async fn paths_restore(
+    engines: &Engines<DockerEngine, SystemdEngine>,
+    desired: &Desired,
+    backup: &Backup,
+    plan: &RestorePlan,
+    to: Option<&Path>,
+    ctx: &Context,
+) -> Result<(), BackupError> {
+    let unchanged = |e: BackupError| BackupError::Unchanged { backup: backup.name.clone(), source: Box::new(e) };
+    let paths: Vec<PathBuf> = backup.spec.paths().iter().map(PathBuf::from).collect();
+    let target = match to {
+        Some(t) => t.to_path_buf(),
+        None => scratch_dir(&paths[0]),
+    };
+    let scratch = to.is_none().then(|| Scratch(target.clone()));
+    extract_checked(backup, plan, &target, to.is_none(), ctx).await.map_err(unchanged)?;
+    if to.is_some() {
+        return Ok(());
     }
     check_restore(plan).map_err(unchanged)?;
     let locks = take_locks(ctx, desired, backup, "restore").map_err(unchanged)?;
     let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
     let result = async {
-        let paths: Vec<PathBuf> = backup.spec.paths().iter().map(PathBuf::from).collect();
         if let Some(q) = &backup.spec.quiesce {
             let done =
                 quiesce::quiesce(docker, systemd, desired, &backup.name, &q.stop, &paths, q.timeout.get(), &journal)
@@ -978,42 +1005,105 @@ pub async fn restore(
                 warn!(killed = %done.killed.join(", "), "services were killed when stopped for the restore; the data moved aside may be half written");
             }
         }
-        // Extract whole into a scratch directory next to the data, then swap.
-        let scratch = scratch_dir(&paths[0]);
-        let (a, s, t) = (plan.archive.clone(), sha.clone(), scratch.clone());
-        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, s.as_deref(), progress.as_ref()))
-            .await
-            .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
         for (from, aside) in &plan.move_aside {
             std::fs::rename(from, aside).map_err(io("moving aside", from))?;
             info!(from = %from.display(), to = %aside.display(), "current data moved aside");
         }
         for p in &paths {
-            let inside = scratch.join(p.strip_prefix("/").unwrap_or(p));
-            if inside.exists() {
-                std::fs::rename(&inside, p).map_err(io("putting the restored data in place at", p))?;
-            }
+            let inside = target.join(p.strip_prefix("/").unwrap_or(p));
+            std::fs::rename(&inside, p).map_err(io("putting the restored data in place at", p))?;
         }
-        let _ = std::fs::remove_dir_all(&scratch);
         Ok::<(), BackupError>(())
     }
     .await;
+    drop(scratch);
     let resumed = quiesce::resume(docker, systemd, Some(desired), &journal).await;
     drop(locks);
     result?;
     resumed.map_err(BackupError::Resume)
 }
 
-/// How many bytes of the archive a restore reads, for a progress display: its size, twice
-/// when it is checked whole before anything is stopped (into the live paths) or before a
-/// byte reaches the restore command (exec, with a manifest).
-pub fn restore_read_bytes(backup: &Backup, plan: &RestorePlan, to: Option<&Path>) -> u64 {
+/// Extracts the planned archive into `target` (which must not exist, or be empty) within
+/// [`restore_limits`]; for a restore in place (`live`), then checks that every path the
+/// Backup covers came out, as the kind of entry its live path is (a directory for a
+/// directory).
+async fn extract_checked(
+    backup: &Backup,
+    plan: &RestorePlan,
+    target: &Path,
+    live: bool,
+    ctx: &Context,
+) -> Result<(), BackupError> {
+    let limits = restore_limits(backup, plan, target)?;
+    let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
+    let (a, t, p) = (plan.archive.clone(), target.to_path_buf(), ctx.progress.clone());
+    tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), p.as_ref(), &limits))
+        .await
+        .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
+    if !live {
+        return Ok(());
+    }
+    for p in backup.spec.paths() {
+        let live = Path::new(p);
+        let restored = target.join(live.strip_prefix("/").unwrap_or(live));
+        let kind = |m: &std::fs::Metadata| if m.is_dir() { "a directory" } else { "a file" };
+        let Ok(got) = std::fs::symlink_metadata(&restored) else {
+            return Err(BackupError::Refused(format!(
+                "{} holds nothing for {p}, a path {} covers: restoring it would leave {p} empty",
+                plan.archive.display(),
+                backup.name
+            )));
+        };
+        if let Ok(now) = std::fs::symlink_metadata(live)
+            && now.is_dir() != got.is_dir()
+        {
+            return Err(BackupError::Refused(format!(
+                "{} holds {} for {p}, which is {} here",
+                plan.archive.display(),
+                kind(&got),
+                kind(&now)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What a paths restore into `target` may write: only the paths the Backup covers, and no
+/// more bytes than the manifest recorded (the tar stream holds every file's bytes) nor than
+/// the free space beside `target` less a reserve. Refused at once when the recorded size
+/// does not fit.
+fn restore_limits(backup: &Backup, plan: &RestorePlan, target: &Path) -> Result<archive::Limits, BackupError> {
+    let roots = backup.spec.paths().iter().map(|p| PathBuf::from(p.trim_start_matches('/'))).collect();
+    let dir = nearest_existing(target);
+    let room = archive::room(&dir).map_err(io("measuring free space of", &dir))?;
+    let recorded = plan.manifest.as_ref().map(|m| m.input_bytes.saturating_add(RESTORE_MARGIN));
+    if let Some(needed) = recorded
+        && needed > room
+    {
+        return Err(BackupError::NoSpace { dir, free: room, needed });
+    }
+    Ok(archive::Limits { roots, max_bytes: recorded.unwrap_or(u64::MAX).min(room) })
+}
+
+/// Slack on a manifest's recorded size (a tar stream already holds more than its files).
+const RESTORE_MARGIN: u64 = 1024 * 1024;
+
+/// `path`, or its nearest ancestor that exists (where a new directory would be made).
+fn nearest_existing(path: &Path) -> PathBuf {
+    path.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/")).to_path_buf()
+}
+
+/// How many bytes of the archive a restore reads, for a progress display: its size for
+/// paths (extracted once, checked as it is read), twice for an exec source (checked whole
+/// before a byte reaches the restore command).
+pub fn restore_read_bytes(backup: &Backup, plan: &RestorePlan) -> u64 {
     let size = std::fs::metadata(&plan.archive).map(|m| m.len()).unwrap_or(0);
-    let checked_first = match backup.spec.source_kind() {
-        SourceKind::Paths => to.is_none(),
-        SourceKind::Exec => true,
-    };
-    if checked_first { size * 2 } else { size }
+    match backup.spec.source_kind() {
+        // Extracted once, checked as it is read.
+        SourceKind::Paths => size,
+        // Checked whole before a byte reaches the command, then streamed.
+        SourceKind::Exec => size * 2,
+    }
 }
 
 fn scratch_dir(first: &Path) -> PathBuf {
@@ -1396,10 +1486,12 @@ async fn paths_drill(
     }
     std::fs::create_dir_all(scratch.parent().unwrap_or(Path::new("/"))).map_err(io("creating", &scratch))?;
     let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
+    let limits = restore_limits(backup, &plan, &scratch)?;
     let (a, t) = (plan.archive.clone(), scratch.clone());
-    let extracted = tokio::task::spawn_blocking(move || archive::extract(&a, &t, sha.as_deref()))
-        .await
-        .map_err(|e| BackupError::Engine(format!("the drill task failed: {e}")))??;
+    let extracted =
+        tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), None, &limits))
+            .await
+            .map_err(|e| BackupError::Engine(format!("the drill task failed: {e}")))??;
     let dir = scratch.display().to_string();
     let code = run_check(d, &dir, ("TEND_DRILL_DIR", &dir)).await;
     let _ = std::fs::remove_dir_all(&scratch);

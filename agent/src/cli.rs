@@ -1694,7 +1694,7 @@ fn restore(
         }
     }
     let mut ctx = backup_ctx(cli);
-    let progress = ProgressLine::start(&mut ctx, || Some(crate::backups::restore_read_bytes(b, &plan, to)));
+    let progress = ProgressLine::start(&mut ctx, || Some(crate::backups::restore_read_bytes(b, &plan)));
     let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
         crate::backups::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)

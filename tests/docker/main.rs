@@ -20,4 +20,5 @@ mod engine_timeout;
 mod examples;
 mod jobs;
 mod maintain;
+mod restore_escapes;
 mod services;

@@ -150,6 +150,36 @@ pub struct VerifyReport {
     pub decompressed_bytes: u64,
 }
 
+/// What an extraction may write: where, and how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The paths (relative, as stored: `srv/data` for `/srv/data`) the archive may hold.
+    /// Every entry must be one of them or inside one; each of them, when present, is a
+    /// directory or a regular file, never a link; and every link must resolve inside the
+    /// one that holds it, without passing above it. Empty: the whole target is the one
+    /// root (for archives not made by a Backup).
+    pub roots: Vec<PathBuf>,
+    /// The most bytes of file content written; past it the extraction stops (a
+    /// decompression bomb, a sparse file that would fill the disk).
+    pub max_bytes: u64,
+}
+
+impl Limits {
+    /// No roots, no size bound: the whole target is the root.
+    pub fn none() -> Limits {
+        Limits { roots: Vec::new(), max_bytes: u64::MAX }
+    }
+
+    /// The root holding `rel`: `Some(root)`, `Some("")` with no roots; `None` when it is
+    /// outside every root.
+    fn root_of(&self, rel: &Path) -> Option<PathBuf> {
+        if self.roots.is_empty() {
+            return Some(PathBuf::new());
+        }
+        self.roots.iter().find(|r| rel.starts_with(r)).cloned()
+    }
+}
+
 /// What [`extract`] restored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtractReport {
@@ -219,6 +249,21 @@ pub enum Refusal {
         /// The id.
         id: u64,
     },
+    /// The entry is outside every path the Backup covers.
+    OutsideSources {
+        /// The paths it covers.
+        roots: String,
+    },
+    /// A path the Backup covers is stored as something other than a directory or a file.
+    RootKind {
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The archive holds more than it may write.
+    TooLarge {
+        /// The bound, in bytes.
+        max_bytes: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -252,6 +297,14 @@ impl fmt::Display for Refusal {
             Refusal::Duplicate => f.write_str("the path appears twice in the archive"),
             Refusal::Unsupported { kind } => write!(f, "its tar type {:?} is not restored", char::from(*kind)),
             Refusal::BadOwner { id } => write!(f, "its owner id {id} is out of range"),
+            Refusal::OutsideSources { roots } => write!(f, "it is outside the paths the Backup covers ({roots})"),
+            Refusal::RootKind { kind } => {
+                write!(f, "it is a path the Backup covers, stored as a {kind}: only a directory or a file restores")
+            }
+            Refusal::TooLarge { max_bytes } => write!(
+                f,
+                "the archive writes more than {max_bytes} bytes, more than its manifest recorded or the free space allows: a decompression bomb or the wrong archive"
+            ),
         }
     }
 }
@@ -692,6 +745,17 @@ pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// What a restore may write on the filesystem holding `dir`: its free bytes less a reserve
+/// of 1 % of its size, at least 64 MiB, so a restore never fills the disk the services
+/// write to.
+pub fn room(dir: &Path) -> io::Result<u64> {
+    const MIN_RESERVE: u64 = 64 * 1024 * 1024;
+    let stat = rustix::fs::statvfs(dir)?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let size = stat.f_blocks.saturating_mul(stat.f_frsize);
+    Ok(free.saturating_sub((size / 100).max(MIN_RESERVE)))
+}
+
 /// The sum of the sizes of the regular files under `paths` (lstat, symlinks not followed):
 /// what a backup of them holds before compression. A tar adds 512 bytes or so per entry;
 /// compression usually takes far more off, but not for data that is already compressed, so
@@ -1072,7 +1136,7 @@ fn decode_all<R: Read>(archive: &Path, format: Format, raw: R) -> Result<(Option
 /// belongs to the caller, as with GNU tar. With `expected_sha256`, the archive's checksum is
 /// checked as it is read, before anything is renamed into place.
 pub fn extract(archive: &Path, target: &Path, expected_sha256: Option<&str>) -> Result<ExtractReport, ArchiveError> {
-    extract_counted(archive, target, expected_sha256, None)
+    extract_counted(archive, target, expected_sha256, None, &Limits::none())
 }
 
 /// [`extract`], adding the archive bytes read to `progress`.
@@ -1081,6 +1145,7 @@ pub fn extract_counted(
     target: &Path,
     expected_sha256: Option<&str>,
     progress: Progress<'_>,
+    limits: &Limits,
 ) -> Result<ExtractReport, ArchiveError> {
     let span = info_span!("extract", archive = %archive.display(), target = %target.display());
     let _enter = span.enter();
@@ -1110,6 +1175,7 @@ pub fn extract_counted(
         entries: 0,
         bytes: 0,
         buf: vec![0u8; BUFFER],
+        limits,
     };
     let extracted = extractor.read_all(&mut raw);
     // A refusal or a decode error may come from corruption: with a known checksum, say so.
@@ -1211,6 +1277,7 @@ struct Extractor<'a> {
     entries: u64,
     bytes: u64,
     buf: Vec<u8>,
+    limits: &'a Limits,
 }
 
 impl Extractor<'_> {
@@ -1269,6 +1336,20 @@ impl Extractor<'_> {
         if let Some(kind) = special {
             return Err(self.refuse(&stored, Refusal::Special { kind }));
         }
+        let Some(root) = self.limits.root_of(&rel) else {
+            let roots = self.limits.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+            return Err(self.refuse(&stored, Refusal::OutsideSources { roots }));
+        };
+        if rel == root && !matches!(kind, EntryType::Directory | EntryType::Regular | EntryType::Continuous) {
+            let what = if kind.is_symlink() {
+                "symlink"
+            } else if kind.is_hard_link() {
+                "hard link"
+            } else {
+                "special file"
+            };
+            return Err(self.refuse(&stored, Refusal::RootKind { kind: what }));
+        }
         let mode = header.mode().map_err(|e| self.tar_error(e))? & 0o7777;
         // setgid on a directory only makes new files inherit its group: kept.
         if mode & 0o4000 != 0 || (mode & 0o2000 != 0 && !kind.is_dir()) {
@@ -1299,7 +1380,7 @@ impl Extractor<'_> {
             }
             EntryType::Link => {
                 let target = entry.link_name().map_err(|e| self.tar_error(e))?.map(|t| t.into_owned());
-                self.hard_link(&stored, rel, target)?;
+                self.hard_link(&stored, rel, &root, target)?;
             }
             other => return Err(self.refuse(&stored, Refusal::Unsupported { kind: other.as_byte() })),
         }
@@ -1350,12 +1431,16 @@ impl Extractor<'_> {
             Err(e) => return Err(self.extract_error(stored, e)),
         };
         let mut buf = std::mem::take(&mut self.buf);
-        let copied = copy_entry(entry, &mut file, &mut buf);
+        let budget = self.limits.max_bytes.saturating_sub(self.bytes);
+        let copied = copy_entry(entry, &mut file, &mut buf, budget);
         self.buf = buf;
         let written = match copied {
             Ok(n) => n,
             Err(CopyError::Read(e)) => return Err(self.tar_error(e)),
             Err(CopyError::Write(e)) => return Err(self.extract_error(stored, e)),
+            Err(CopyError::Budget) => {
+                return Err(self.refuse(stored, Refusal::TooLarge { max_bytes: self.limits.max_bytes }));
+            }
         };
         let apply = || -> io::Result<()> {
             if self.owners {
@@ -1380,7 +1465,8 @@ impl Extractor<'_> {
             return Err(self.refuse(stored, Refusal::NoLinkTarget));
         };
         // Fail fast with what is known so far; `finish` checks again with every link known.
-        if let Err(reason) = resolve_inside(&self.links, &rel, &target) {
+        let floor = self.limits.root_of(&rel).unwrap_or_default();
+        if let Err(reason) = resolve_inside(&self.links, &rel, &target, &floor) {
             return Err(self.refuse(stored, reason));
         }
         if fs::symlink_metadata(self.root.join(&rel)).is_ok() {
@@ -1395,12 +1481,16 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    fn hard_link(&self, stored: &Path, rel: PathBuf, target: Option<PathBuf>) -> Result<(), ArchiveError> {
+    fn hard_link(&self, stored: &Path, rel: PathBuf, root: &Path, target: Option<PathBuf>) -> Result<(), ArchiveError> {
         let Some(target) = target.filter(|t| !t.as_os_str().is_empty()) else {
             return Err(self.refuse(stored, Refusal::NoLinkTarget));
         };
         let outside = || Refusal::HardLinkOutside { target: target.clone() };
         let target_rel = clean_entry_path(&target).map_err(|_| self.refuse(stored, outside()))?;
+        // Within the same restored path: another one may go elsewhere on the host.
+        if !target_rel.starts_with(root) {
+            return Err(self.refuse(stored, outside()));
+        }
         // Symlinks are only created at the end and the staging directory started empty, so
         // a regular file here is one extracted from this archive, reached through no link.
         let is_extracted_file = fs::symlink_metadata(self.root.join(&target_rel)).is_ok_and(|m| m.is_file());
@@ -1421,7 +1511,8 @@ impl Extractor<'_> {
     /// directories' owners, modes and mtimes (deepest first), then syncs the filesystem.
     fn finish(&mut self) -> Result<(), ArchiveError> {
         for (rel, link) in &self.links {
-            if let Err(reason) = resolve_inside(&self.links, rel, &link.target) {
+            let floor = self.limits.root_of(rel).unwrap_or_default();
+            if let Err(reason) = resolve_inside(&self.links, rel, &link.target, &floor) {
                 return Err(self.refuse(&link.entry, reason));
             }
         }
@@ -1461,10 +1552,13 @@ impl Extractor<'_> {
 enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    /// More than the budget would be written.
+    Budget,
 }
 
-/// Copies an entry's body, telling read (archive) errors from write (target) errors.
-fn copy_entry<R: Read, W: Write>(from: &mut R, to: &mut W, buf: &mut [u8]) -> Result<u64, CopyError> {
+/// Copies an entry's body, telling read (archive) errors from write (target) errors, and
+/// stopping before more than `budget` bytes are written.
+fn copy_entry<R: Read, W: Write>(from: &mut R, to: &mut W, buf: &mut [u8], budget: u64) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
         let n = match from.read(buf) {
@@ -1473,6 +1567,9 @@ fn copy_entry<R: Read, W: Write>(from: &mut R, to: &mut W, buf: &mut [u8]) -> Re
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(CopyError::Read(e)),
         };
+        if total + n as u64 > budget {
+            return Err(CopyError::Budget);
+        }
         to.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
     }
@@ -1518,10 +1615,18 @@ fn steps(target: &Path) -> Result<Vec<Step>, Refusal> {
 }
 
 /// Resolves the symlink `link` → `target` the way the kernel would, inside a tree whose only
-/// symlinks are `links` (paths relative to the target root): an error if it leaves the root,
-/// is absolute, or loops. Components that do not exist are taken as directories, which can
-/// only make the answer stricter.
-fn resolve_inside(links: &BTreeMap<PathBuf, PendingLink>, link: &Path, target: &Path) -> Result<(), Refusal> {
+/// symlinks are `links` (paths relative to the target root): an error if it leaves `floor`
+/// (the restored path holding the link; empty: the target root) at any step — passing
+/// above it, even to come back, would depend on what is there on the host — is absolute,
+/// or loops. Components that do not exist are taken as directories, which can only make
+/// the answer stricter.
+fn resolve_inside(
+    links: &BTreeMap<PathBuf, PendingLink>,
+    link: &Path,
+    target: &Path,
+    floor: &Path,
+) -> Result<(), Refusal> {
+    let depth = floor.components().count();
     // The directories walked so far, none of them a symlink of the archive.
     let mut at: Vec<OsString> = link.parent().map(|p| p.iter().map(OsStr::to_os_string).collect()).unwrap_or_default();
     let mut queue: VecDeque<Step> = steps(target)?.into();
@@ -1529,7 +1634,7 @@ fn resolve_inside(links: &BTreeMap<PathBuf, PendingLink>, link: &Path, target: &
     while let Some(step) = queue.pop_front() {
         match step {
             Step::Up => {
-                if at.pop().is_none() {
+                if at.len() <= depth || at.pop().is_none() {
                     return Err(Refusal::LinkOutside { target: target.to_path_buf() });
                 }
             }
@@ -1824,8 +1929,28 @@ mod tests {
     }
 
     fn check(pairs: &[(&str, &str)]) -> Vec<Result<(), Refusal>> {
+        check_in(pairs, "")
+    }
+
+    fn check_in(pairs: &[(&str, &str)], floor: &str) -> Vec<Result<(), Refusal>> {
         let links = links(pairs);
-        links.iter().map(|(rel, link)| resolve_inside(&links, rel, &link.target)).collect()
+        links.iter().map(|(rel, link)| resolve_inside(&links, rel, &link.target, Path::new(floor))).collect()
+    }
+
+    #[test]
+    fn links_stay_inside_the_restored_path_that_holds_them() {
+        let outside = |t: &str| Err(Refusal::LinkOutside { target: PathBuf::from(t) });
+        // Inside the tar's root, but above the restored path `srv/data`: refused.
+        assert_eq!(check_in(&[("srv/data/etc", "../../../etc")], "srv/data"), vec![outside("../../../etc")]);
+        assert_eq!(check_in(&[("srv/data/up", "..")], "srv/data"), vec![outside("..")]);
+        // Leaving it and coming back depends on the host's directories: refused too.
+        assert_eq!(check_in(&[("srv/data/x", "../data/y")], "srv/data"), vec![outside("../data/y")]);
+        // A chain that climbs out through another link.
+        assert_eq!(
+            check_in(&[("srv/data/a", "b/.."), ("srv/data/b", "..")], "srv/data"),
+            vec![outside("b/.."), outside("..")]
+        );
+        assert!(check_in(&[("srv/data/a/l", "../b"), ("srv/data/c", "a/l")], "srv/data").iter().all(Result::is_ok));
     }
 
     #[test]
