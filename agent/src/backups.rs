@@ -992,6 +992,7 @@ async fn paths_restore(
         return Ok(());
     }
     check_restore(plan).map_err(unchanged)?;
+    check_same_fs(&target, &paths).map_err(unchanged)?;
     let locks = take_locks(ctx, desired, backup, "restore").map_err(unchanged)?;
     let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
@@ -1005,15 +1006,7 @@ async fn paths_restore(
                 warn!(killed = %done.killed.join(", "), "services were killed when stopped for the restore; the data moved aside may be half written");
             }
         }
-        for (from, aside) in &plan.move_aside {
-            std::fs::rename(from, aside).map_err(io("moving aside", from))?;
-            info!(from = %from.display(), to = %aside.display(), "current data moved aside");
-        }
-        for p in &paths {
-            let inside = target.join(p.strip_prefix("/").unwrap_or(p));
-            std::fs::rename(&inside, p).map_err(io("putting the restored data in place at", p))?;
-        }
-        Ok::<(), BackupError>(())
+        swap_in(plan, &target, &paths)
     }
     .await;
     drop(scratch);
@@ -1021,6 +1014,55 @@ async fn paths_restore(
     drop(locks);
     result?;
     resumed.map_err(BackupError::Resume)
+}
+
+/// Moves the current data aside and renames the restored data into place. Should a rename
+/// fail half way, what was moved aside is moved back, so a path is never left empty.
+fn swap_in(plan: &RestorePlan, target: &Path, paths: &[PathBuf]) -> Result<(), BackupError> {
+    let mut moved: Vec<(&PathBuf, &PathBuf)> = Vec::new();
+    let mut placed: Vec<&PathBuf> = Vec::new();
+    let done = (|| {
+        for (from, aside) in &plan.move_aside {
+            std::fs::rename(from, aside).map_err(io("moving aside", from))?;
+            info!(from = %from.display(), to = %aside.display(), "current data moved aside");
+            moved.push((from, aside));
+        }
+        for p in paths {
+            let inside = target.join(p.strip_prefix("/").unwrap_or(p));
+            std::fs::rename(&inside, p).map_err(io("putting the restored data in place at", p))?;
+            placed.push(p);
+        }
+        Ok(())
+    })();
+    if done.is_err() {
+        for p in placed {
+            let _ = std::fs::rename(p, target.join(p.strip_prefix("/").unwrap_or(p)));
+        }
+        for (from, aside) in moved.into_iter().rev() {
+            if let Err(e) = std::fs::rename(aside, from) {
+                warn!(from = %aside.display(), to = %from.display(), error = %e, "could not move the current data back");
+            }
+        }
+    }
+    done
+}
+
+/// The restored data is put in place by rename: `scratch` must be on the filesystem of
+/// each path's directory.
+fn check_same_fs(scratch: &Path, paths: &[PathBuf]) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    for p in paths {
+        let dir = nearest_existing(p.parent().unwrap_or(Path::new("/")));
+        if dev(scratch) != dev(&dir) {
+            return Err(BackupError::Refused(format!(
+                "{} and {} are on different filesystems: the restored data is put in place by rename",
+                scratch.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Extracts the planned archive into `target` (which must not exist, or be empty) within
