@@ -212,9 +212,15 @@ impl Default for MassRemoval {
 
 /// Reads and checks the configuration file at `path`.
 pub fn load_agent_config(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic::general(format!("{}: cannot read the agent configuration: {e}", path.display()))]
-    })?;
+    let problem = |why: String| vec![Diagnostic::general(format!("{}: {why}", path.display()))];
+    let text = match crate::files::read_text(path, crate::files::AGENT_CONFIG) {
+        Ok(Ok(text)) => text,
+        Ok(Err(offset)) => return Err(problem(format!("not UTF-8 text (invalid byte at offset {offset})"))),
+        Err(e @ crate::files::ReadError::Read { .. }) => {
+            return Err(problem(format!("cannot read the agent configuration: {}", e.reason())));
+        }
+        Err(e) => return Err(problem(e.reason())),
+    };
     parse_agent_config(path, &text)
 }
 
@@ -464,6 +470,40 @@ mod tests {
         let all = errs.join("\n");
         assert!(all.contains("holds a password"), "{all}");
         assert!(!all.contains("s3cret"), "{all}");
+    }
+
+    #[test]
+    fn the_file_must_be_a_regular_file_of_at_most_1_mib() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("agent.yaml");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; (1 << 20) + 1]).expect("write");
+        for (path, why) in [
+            (
+                fifo.clone(),
+                "it is not a regular file (a FIFO); the agent configuration is read only from a regular file",
+            ),
+            (big.clone(), "it is 1048577 bytes; the agent configuration is at most 1048576"),
+            ("/dev/zero".into(), "it is not a regular file (a character device)"),
+        ] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(load_agent_config(&p));
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("no blocking");
+            let errs: Vec<String> = got.expect_err("refused").iter().map(ToString::to_string).collect();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with(&format!("{}: {why}", path.display())), "{errs:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod calendar;
 pub mod de;
 pub mod desired;
 pub mod diag;
+pub mod files;
 pub mod hash;
 pub mod load;
 pub mod quantity;

@@ -19,6 +19,7 @@ use crate::backup::BackupSpec;
 use crate::de::{Partial, from_node, partial_from_node};
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
 use crate::diag::{Diagnostic, Location};
+use crate::files::{self, io_reason};
 use crate::hash::sha256_hex;
 use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow, VolumeMount};
 use crate::timer::TimerSpec;
@@ -29,12 +30,6 @@ pub const API_VERSION: &str = "tend/v1";
 
 /// Kinds the language knows, and whether this version implements them.
 const KINDS: &[(&str, bool)] = &[("Service", true), ("Timer", true), ("Backup", true), ("Replica", false)];
-
-/// Largest spec file read (a guard against pointing tend at the wrong file).
-const MAX_FILE_BYTES: u64 = 4 << 20;
-
-/// Largest single file hashed for a bind mount; larger ones are mounted but not hashed.
-const MAX_HASHED_MOUNT_BYTES: u64 = 16 << 20;
 
 /// Object metadata.
 #[derive(Debug, Clone, Deserialize)]
@@ -181,13 +176,12 @@ pub fn load_str(file: &Path, text: &str) -> Result<Desired, Vec<Diagnostic>> {
 }
 
 fn read_spec_file(file: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("file is {} bytes; spec files are limited to {MAX_FILE_BYTES}", meta.len()));
+    match files::read_text(file, files::SPEC_FILE) {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(offset)) => Err(format!("not UTF-8 text (invalid byte at offset {offset})")),
+        Err(e @ files::ReadError::Read { .. }) => Err(format!("cannot read: {}", e.reason())),
+        Err(e) => Err(e.reason()),
     }
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 fn is_spec_file(p: &Path) -> bool {
@@ -198,7 +192,8 @@ fn is_spec_file(p: &Path) -> bool {
 fn spec_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Diagnostic::general(format!("{}: cannot read specs: {e}", path.display())))?;
-    if meta.is_file() {
+    if !meta.is_dir() {
+        // A FIFO or device named on its own is refused by the read, with what it is.
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
@@ -215,7 +210,9 @@ fn spec_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
                 std::fs::metadata(&p).map_err(|e| Diagnostic::general(format!("{}: cannot read: {e}", p.display())))?;
             if ft.is_dir() && !hidden {
                 stack.push(p);
-            } else if ft.is_file() && is_spec_file(&p) {
+            } else if !ft.is_dir() && is_spec_file(&p) {
+                // Not only regular files: a FIFO or device named `*.yaml` is reported by the
+                // read rather than skipped, so no spec file is ignored without a word.
                 out.push(p);
             }
         }
@@ -768,7 +765,7 @@ fn check_service(
         &spec.env,
         &base_dir,
         env_names,
-        |k| here(&[Seg::Key("spec"), Seg::Key("env"), Seg::Key(k)]),
+        |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()),
         diags,
     );
     let file_digests = if docker {
@@ -854,12 +851,12 @@ fn resolve_env(
     spec_env: &BTreeMap<String, EnvValue>,
     base_dir: &Path,
     names: EnvNames,
-    loc_of: impl Fn(&str) -> Location,
+    env_at: impl Fn(&[Seg<'_>]) -> Location,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Env> {
     let mut env = BTreeMap::new();
     for (key, value) in spec_env {
-        let loc = loc_of(key);
+        let loc = env_at(&[Seg::Key(key)]);
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             diags.push(Diagnostic::at(
                 loc.clone(),
@@ -889,44 +886,44 @@ fn resolve_env(
             }
             EnvValue::FromFile { from_file } => {
                 let path = normalize(&base_dir.join(from_file));
-                match std::fs::read(&path) {
-                    Ok(bytes) => match String::from_utf8(bytes) {
-                        Ok(mut s) => {
-                            if s.ends_with('\n') {
-                                s.pop();
-                                if s.ends_with('\r') {
-                                    s.pop();
-                                }
-                            }
-                            if names == EnvNames::Systemd && s.contains('\0') {
-                                diags.push(Diagnostic::at(
-                                    loc,
-                                    format!(
-                                        "secret file `{}` for `{key}` contains a NUL character, which an environment cannot hold",
-                                        path.display()
-                                    ),
-                                ));
-                            }
-                            env.insert(key.clone(), Env::Secret { path, value: Secret::new(s) });
-                        }
-                        Err(_) => {
-                            diags.push(Diagnostic::at(
-                                loc,
-                                format!("secret file `{}` for `{key}` is not UTF-8 text", path.display()),
-                            ));
-                        }
-                    },
-                    Err(e) => {
-                        diags.push(Diagnostic::at(
-                            loc,
-                            format!("cannot read secret file `{}` for `{key}`: {}", path.display(), io_reason(&e)),
-                        ));
+                match read_secret(key, &path) {
+                    Ok(value) => {
+                        env.insert(key.clone(), Env::Secret { path, value: Secret::new(value) });
                     }
+                    Err(msg) => diags.push(Diagnostic::at(env_at(&[Seg::Key(key), Seg::Key("fromFile")]), msg)),
                 }
             }
         }
     }
     env
+}
+
+/// Reads the secret of the variable `key` from `path` (a regular file of at most
+/// [`files::SECRET`]): UTF-8 text, one trailing line break removed, without NUL (which no
+/// environment can hold, whatever the runtime). A problem names the file and the variable,
+/// never the value.
+fn read_secret(key: &str, path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let mut value = match files::read_text(path, files::SECRET) {
+        Ok(Ok(value)) => value,
+        Ok(Err(_)) => return Err(format!("secret file `{shown}` for `{key}` is not UTF-8 text")),
+        Err(files::ReadError::Read { source, .. }) => {
+            return Err(format!("cannot read secret file `{shown}` for `{key}`: {}", io_reason(&source)));
+        }
+        Err(e) => return Err(format!("secret file for `{key}`: {e}")),
+    };
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.contains('\0') {
+        return Err(format!(
+            "secret file `{shown}` for `{key}` contains a NUL character, which an environment cannot hold"
+        ));
+    }
+    Ok(value)
 }
 
 /// Checks mounts: targets unique, volume names valid, bind sources resolved (in place) and
@@ -961,34 +958,39 @@ fn resolve_volumes(
             }
             MountSource::Bind(p) => {
                 let abs = normalize(&base_dir.join(&*p));
-                match std::fs::metadata(&abs) {
-                    Ok(meta) => {
-                        if meta.is_file() && meta.len() <= MAX_HASHED_MOUNT_BYTES {
-                            match std::fs::read(&abs) {
-                                Ok(bytes) => {
-                                    file_digests.insert(abs.clone(), sha256_hex(&bytes));
-                                }
-                                Err(e) => {
-                                    diags.push(Diagnostic::at(
-                                        loc,
-                                        format!("cannot read mounted file `{}`: {}", abs.display(), io_reason(&e)),
-                                    ));
-                                }
-                            }
-                        }
+                match mounted_file_digest(&abs) {
+                    Ok(Some(digest)) => {
+                        file_digests.insert(abs.clone(), digest);
                     }
-                    Err(e) => {
-                        diags.push(Diagnostic::at(
-                            loc,
-                            format!("bind mount source `{}`: {}", abs.display(), io_reason(&e)),
-                        ));
-                    }
+                    Ok(None) => {}
+                    Err(msg) => diags.push(Diagnostic::at(loc, msg)),
                 }
                 *p = abs;
             }
         }
     }
     file_digests
+}
+
+/// The digest of a bind-mount source that is a regular file of at most
+/// [`files::HASHED_MOUNT`], so that editing it recreates; `None` for anything else, which is
+/// mounted as it is and never read (a directory, a larger file, a socket such as
+/// `/var/run/docker.sock`, a device, a FIFO). An error when the source does not exist or
+/// cannot be read.
+fn mounted_file_digest(path: &Path) -> Result<Option<String>, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("bind mount source `{}`: {}", path.display(), io_reason(&e)))?;
+    if !meta.is_file() || meta.len() > files::HASHED_MOUNT.max {
+        return Ok(None);
+    }
+    match files::read(path, files::HASHED_MOUNT) {
+        Ok(bytes) => Ok(Some(sha256_hex(&bytes))),
+        // Replaced by something else, or grown, since it was looked at: mounted, not hashed.
+        Err(files::ReadError::NotRegular { .. } | files::ReadError::TooLarge { .. }) => Ok(None),
+        Err(files::ReadError::Read { source, .. }) => {
+            Err(format!("cannot read mounted file `{}`: {}", path.display(), io_reason(&source)))
+        }
+    }
 }
 
 /// The key node of the field at `path` (mapping keys from `node` down), if it is written.
@@ -1004,14 +1006,6 @@ fn key_node<'n>(node: &'n Node, path: &[&str]) -> Option<&'n Node> {
 /// Whether the mapping keys `path` all exist from `node` down.
 fn locate_has(node: &Node, path: &[&str]) -> bool {
     path.iter().try_fold(node, |n, k| n.get(k)).is_some()
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }
 
 /// Makes a path lexically clean (`a/./b/../c` → `a/c`) without touching the filesystem.

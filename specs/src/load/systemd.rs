@@ -333,7 +333,7 @@ fn check_job(
         }
     }
     let base_dir = base_dir(file);
-    let env_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("env"), Seg::Key(k)]);
+    let env_loc = |rest: &[Seg<'_>]| here(&[&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("env")], rest].concat());
     match job.runtime {
         JobRuntime::Docker => {
             match job.image.as_deref() {
@@ -418,9 +418,8 @@ fn timezone_problem(tz: &str) -> Option<String> {
         ));
     }
     let path = Path::new(ZONEINFO).join(tz);
-    let loads = std::fs::metadata(&path).is_ok_and(|m| m.is_file())
-        && std::fs::read(&path)
-            .is_ok_and(|data| data.starts_with(b"TZif") && jiff::tz::TimeZone::tzif(tz, &data).is_ok());
+    let loads = crate::files::read(&path, crate::files::ZONE_FILE)
+        .is_ok_and(|data| data.starts_with(b"TZif") && jiff::tz::TimeZone::tzif(tz, &data).is_ok());
     if loads {
         return None;
     }

@@ -986,3 +986,5 @@ fn a_bad_update_window_is_reported_where_it_goes_wrong() {
         assert!(got[0].starts_with(expected), "{window}: {got:?}");
     }
 }
+
+mod files;
