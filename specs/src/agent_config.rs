@@ -400,6 +400,11 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_is_read_past() {
+        assert_eq!(parse("\u{feff}parallel: 3\n").expect("with a BOM").parallel, 3);
+    }
+
+    #[test]
     fn an_empty_file_is_the_defaults() {
         assert_eq!(parse("").expect("empty"), AgentConfig::default());
         assert_eq!(parse("# nothing\n").expect("comment"), AgentConfig::default());

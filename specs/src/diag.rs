@@ -50,3 +50,10 @@ impl fmt::Display for Diagnostic {
         }
     }
 }
+
+/// Text of the specs for a message: control characters escaped (`\n`, `\0`, `\u{1b}`), so
+/// that a diagnostic stays one line and shows what is there; everything else (quotes,
+/// non-ASCII letters) as it is.
+pub fn shown(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}

@@ -18,12 +18,12 @@ use serde::de::DeserializeOwned;
 use crate::backup::BackupSpec;
 use crate::de::{Partial, from_node, partial_from_node};
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
-use crate::diag::{Diagnostic, Location};
+use crate::diag::{Diagnostic, Location, shown};
 use crate::files::{self, io_reason};
 use crate::hash::sha256_hex;
 use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow, VolumeMount};
 use crate::timer::TimerSpec;
-use crate::yaml::{Node, Value, parse_stream};
+use crate::yaml::{Node, Value, parse_stream, strip_bom};
 
 /// The only API version this tend reads.
 pub const API_VERSION: &str = "tend/v1";
@@ -226,6 +226,7 @@ fn at(file: &Arc<Path>, node: &Node) -> Location {
 }
 
 fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut Vec<Diagnostic>) {
+    let text = strip_bom(text);
     let source: Arc<str> = Arc::from(text);
     let nodes = match parse_stream(text) {
         Ok(n) => n,
@@ -628,12 +629,7 @@ fn check_service(
         &[("metadata", &metadata.labels)]
     };
     for (section, labels) in label_sections {
-        for key in labels.keys().filter(|k| k.starts_with("tend.")) {
-            diags.push(Diagnostic::at(
-                here(&[Seg::Key(section), Seg::Key("labels"), Seg::Key(key)]),
-                format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
-            ));
-        }
+        values::check_labels(labels, |key| here(&[Seg::Key(section), Seg::Key("labels"), Seg::Key(key)]), diags);
     }
     for (field, runtime) in SERVICE_RUNTIME_FIELDS {
         if *runtime != spec.runtime
@@ -659,23 +655,29 @@ fn check_service(
                     "missing field `image` (a docker service needs an image)",
                 ));
             }
-            Some(img) => check_image(img, spec_loc("image"), diags),
+            Some(img) => values::check_image(img, spec_loc("image"), diags),
         },
     }
     if docker {
-        for (field, argv) in [("command", &spec.command), ("entrypoint", &spec.entrypoint)] {
-            if argv.as_ref().is_some_and(|a| a.is_empty()) {
-                diags.push(Diagnostic::at(
-                    spec_loc(field),
-                    format!("`{field}` is empty; leave it out to use the image's"),
-                ));
-            }
-        }
+        check_container_fields(
+            spec.command.as_deref(),
+            spec.entrypoint.as_deref(),
+            spec.user.as_deref(),
+            spec.working_dir.as_deref(),
+            |path| here(&[&[Seg::Key("spec")], path].concat()),
+            diags,
+        );
         if let Some(hc) = &spec.healthcheck {
             let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
             if hc.command.is_empty() {
                 diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
             }
+            values::check_container_argv(
+                "healthcheck.command",
+                &hc.command,
+                |i| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key("command"), Seg::Index(i)]),
+                diags,
+            );
             for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
                 if value.is_some_and(|v| v.get().is_zero()) {
                     diags.push(Diagnostic::at(
@@ -760,14 +762,8 @@ fn check_service(
         check_update_window(file, source, node, window, diags);
     }
     let base_dir = base_dir(file);
-    let env_names = if docker { EnvNames::Docker } else { EnvNames::Systemd };
-    let env = resolve_env(
-        &spec.env,
-        &base_dir,
-        env_names,
-        |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()),
-        diags,
-    );
+    let env =
+        resolve_env(&spec.env, &base_dir, |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()), diags);
     let file_digests = if docker {
         resolve_volumes(
             &mut spec.volumes,
@@ -806,18 +802,32 @@ fn check_update_window(
     }
 }
 
-/// Checks an image reference (a docker service's or a job's).
-fn check_image(img: &str, loc: Location, diags: &mut Vec<Diagnostic>) {
-    if img.is_empty() {
-        diags.push(Diagnostic::at(loc, "`image` is empty"));
-    } else if img.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        diags.push(Diagnostic::at(
-            loc,
-            format!(
-                "invalid image reference `{}`: it must not contain spaces or control characters",
-                img.escape_default()
-            ),
-        ));
+/// Checks the fields a container is created with that a docker service and a docker job
+/// share: `command` and `entrypoint` (not empty, no NUL), `user` and `workingDir`. `at`
+/// locates a path from the mapping that holds them.
+fn check_container_fields(
+    command: Option<&[String]>,
+    entrypoint: Option<&[String]>,
+    user: Option<&str>,
+    working_dir: Option<&str>,
+    at: impl Fn(&[Seg<'_>]) -> Location,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (field, argv) in [("command", command), ("entrypoint", entrypoint)] {
+        let Some(argv) = argv else { continue };
+        if argv.is_empty() {
+            diags.push(Diagnostic::at(
+                at(&[Seg::Key(field)]),
+                format!("`{field}` is empty; leave it out to use the image's"),
+            ));
+        }
+        values::check_container_argv(field, argv, |i| at(&[Seg::Key(field), Seg::Index(i)]), diags);
+    }
+    if let Some(msg) = user.and_then(values::docker_user_problem) {
+        diags.push(Diagnostic::at(at(&[Seg::Key("user")]), msg));
+    }
+    if let Some(msg) = working_dir.and_then(values::container_dir_problem) {
+        diags.push(Diagnostic::at(at(&[Seg::Key("workingDir")]), msg));
     }
 }
 
@@ -836,50 +846,30 @@ fn base_dir(file: &Path) -> PathBuf {
     std::path::absolute(&base_dir).unwrap_or(base_dir)
 }
 
-/// Which environment variable names a runtime takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EnvNames {
-    /// Docker: anything without `=` (and NUL).
-    Docker,
-    /// systemd and host processes: shell-style names; values cannot hold NUL.
-    Systemd,
-}
-
-/// Checks environment names and reads secrets now, so a missing file is a spec error. No
-/// message here may show a secret's value: only its variable name and file.
+/// Checks environment names and values and reads secrets now, so a missing file is a spec
+/// error. Names and values follow one rule for every runtime ([`values::is_env_name`], no
+/// NUL). No message here may show a secret's value: only its variable name and file.
 fn resolve_env(
     spec_env: &BTreeMap<String, EnvValue>,
     base_dir: &Path,
-    names: EnvNames,
     env_at: impl Fn(&[Seg<'_>]) -> Location,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Env> {
     let mut env = BTreeMap::new();
     for (key, value) in spec_env {
         let loc = env_at(&[Seg::Key(key)]);
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            diags.push(Diagnostic::at(
-                loc.clone(),
-                format!(
-                    "invalid environment variable name `{}`: it must not be empty or contain `=`",
-                    key.escape_default()
-                ),
-            ));
-        } else if names == EnvNames::Systemd && !systemd::is_env_name(key) {
-            diags.push(Diagnostic::at(
-                loc.clone(),
-                format!(
-                    "invalid environment variable name `{}`: on the host, names are letters, digits and `_`, not starting with a digit (systemd drops other names)",
-                    key.escape_default()
-                ),
-            ));
+        if let Some(msg) = values::env_name_problem(key) {
+            diags.push(Diagnostic::at(loc.clone(), msg));
         }
         match value {
             EnvValue::Literal(s) => {
-                if names == EnvNames::Systemd && s.contains('\0') {
+                if s.contains('\0') {
                     diags.push(Diagnostic::at(
                         loc,
-                        format!("the value of `{key}` contains a NUL character, which an environment cannot hold"),
+                        format!(
+                            "the value of `{}` contains a NUL character, which an environment cannot hold",
+                            shown(key)
+                        ),
                     ));
                 }
                 env.insert(key.clone(), Env::Literal(s.clone()));
@@ -1213,6 +1203,7 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
 
 mod backup;
 mod systemd;
+mod values;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::diag::shown;
 use crate::quantity::{ByteSize, Duration};
 
 /// Where a service runs.
@@ -298,7 +299,7 @@ pub enum MappingError {
         "invalid port `{text}`: {why}; expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp], e.g. 127.0.0.1:8000:8000/tcp"
     )]
     Port {
-        /// The text given.
+        /// The text given (control characters escaped).
         text: String,
         /// What is wrong with it.
         why: &'static str,
@@ -308,7 +309,7 @@ pub enum MappingError {
         "invalid volume `{text}`: {why}; expected SOURCE:TARGET[:ro|rw], e.g. ./conf/app.ini:/etc/app.ini:ro or data:/var/lib/data"
     )]
     Volume {
-        /// The text given.
+        /// The text given (control characters escaped).
         text: String,
         /// What is wrong with it.
         why: &'static str,
@@ -319,7 +320,7 @@ impl FromStr for PortMapping {
     type Err = MappingError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |why| MappingError::Port { text: text.to_string(), why };
+        let err = |why| MappingError::Port { text: shown(text), why };
         let (addr, protocol) = match text.rsplit_once('/') {
             Some((a, "tcp")) => (a, Protocol::Tcp),
             Some((a, "udp")) => (a, Protocol::Udp),
@@ -389,7 +390,7 @@ impl FromStr for VolumeMount {
     type Err = MappingError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |why| MappingError::Volume { text: text.to_string(), why };
+        let err = |why| MappingError::Volume { text: shown(text), why };
         let parts: Vec<&str> = text.split(':').collect();
         let (source, target, read_only) = match parts.as_slice() {
             [s, t] => (*s, *t, false),
@@ -402,8 +403,19 @@ impl FromStr for VolumeMount {
         if source.is_empty() || target.is_empty() {
             return Err(err("both a source and a target are needed"));
         }
+        if text.contains(char::is_control) {
+            return Err(err("a mount cannot contain control characters"));
+        }
         if !target.starts_with('/') {
             return Err(err("the target must be an absolute path inside the container"));
+        }
+        if target.bytes().all(|b| b == b'/') {
+            return Err(err("the target cannot be `/`, the container's root"));
+        }
+        if !is_normalised_target(target) {
+            return Err(err(
+                "the target must be a normalised absolute path (no `.` or `..` components, no `//`, no `/` at the end)",
+            ));
         }
         let source =
             if source.starts_with('/') || source.starts_with("./") || source.starts_with("../") || source == "." {
@@ -413,6 +425,14 @@ impl FromStr for VolumeMount {
             };
         Ok(Self { source, target: target.to_string(), read_only })
     }
+}
+
+/// Whether an absolute `target` is written normalised: every component after the first
+/// `/` is a name, not empty (`//`, a `/` at the end), `.` or `..`. Docker would resolve
+/// `/data/../../etc` to `/etc` inside the container, and `/data/` and `/data` would be two
+/// targets to tend but one to Docker.
+fn is_normalised_target(target: &str) -> bool {
+    target.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 impl fmt::Display for VolumeMount {
@@ -712,6 +732,28 @@ mod tests {
         assert!("data:relative".parse::<VolumeMount>().is_err());
         assert!("data:/x:rx".parse::<VolumeMount>().is_err());
         assert!("/only".parse::<VolumeMount>().is_err());
+    }
+
+    #[test]
+    fn volume_targets_are_normalised_absolute_paths_other_than_the_root() {
+        for good in ["data:/data", "/srv/a:/var/lib/a.b:ro", "x:/a/..b/c.", "x:/.hidden"] {
+            assert!(good.parse::<VolumeMount>().is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("data:/", "cannot be `/`"),
+            ("data://", "cannot be `/`"),
+            ("/srv:/data/../../etc", "normalised"),
+            ("x:/a/./b", "normalised"),
+            ("x:/a//b", "normalised"),
+            ("x:/a/", "normalised"),
+            ("x:/..", "normalised"),
+            ("x:/a\nb", "control characters"),
+            ("/s\0rc:/a", "control characters"),
+        ] {
+            let e = bad.parse::<VolumeMount>().expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(!e.contains(['\n', '\0']), "control characters are escaped: {e:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::calendar::CalendarSpec;
+use crate::diag::shown;
 use crate::service::{Condition, ServiceType};
 use crate::timer::{Job, JobRuntime, TimerSpec};
 
@@ -33,16 +34,9 @@ const JOB_RUNTIME_FIELDS: &[(&str, JobRuntime)] = &[
     ("group", JobRuntime::Host),
 ];
 
-/// Whether `name` is an environment variable name systemd keeps: letters, digits and `_`,
-/// not starting with a digit.
-pub(super) fn is_env_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty() && !b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
 /// Whether `name` is a user or group systemd accepts: a numeric id, or a name of letters,
 /// digits, `_`, `.` and `-` that starts with a letter or `_` (at most 32 characters).
-fn is_account(name: &str) -> bool {
+pub(super) fn is_account(name: &str) -> bool {
     let b = name.as_bytes();
     if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
         return name.parse::<u32>().is_ok_and(|id| id < u32::MAX);
@@ -200,11 +194,6 @@ pub(super) fn check_argv(
     }
 }
 
-/// Text for a message: control characters escaped, everything else (quotes too) as is.
-fn shown(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-}
-
 /// Checks `user` and `group` of something that runs on the host.
 fn check_accounts(
     user: Option<&str>,
@@ -254,12 +243,11 @@ pub(super) fn check_timer(
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
     let spec_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key(k)]);
     let before = diags.len();
-    for key in metadata.labels.keys().filter(|k| k.starts_with("tend.")) {
-        diags.push(Diagnostic::at(
-            here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
-            format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
-        ));
-    }
+    super::values::check_labels(
+        &metadata.labels,
+        |key| here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
+        diags,
+    );
     let mut calendar = None;
     match &spec.schedule {
         None if spec.enabled => diags.push(Diagnostic::at(
@@ -341,19 +329,19 @@ fn check_job(
                     here(&[Seg::Key("spec"), Seg::Key("job")]),
                     "missing field `image` (a docker job needs an image)",
                 )),
-                Some(img) => check_image(img, job_loc("image"), diags),
+                Some(img) => values::check_image(img, job_loc("image"), diags),
             }
-            for (field, argv) in [("command", &job.command), ("entrypoint", &job.entrypoint)] {
-                if argv.as_ref().is_some_and(|a| a.is_empty()) {
-                    diags.push(Diagnostic::at(
-                        job_loc(field),
-                        format!("`{field}` is empty; leave it out to use the image's"),
-                    ));
-                }
-            }
+            check_container_fields(
+                job.command.as_deref(),
+                job.entrypoint.as_deref(),
+                job.user.as_deref(),
+                job.working_dir.as_deref(),
+                |path| here(&[&[Seg::Key("spec"), Seg::Key("job")], path].concat()),
+                diags,
+            );
             let net_loc = |i| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("networks"), Seg::Index(i)]);
             check_networks(&job.networks, net_loc, diags);
-            let env = resolve_env(&job.env, &base_dir, EnvNames::Docker, env_loc, diags);
+            let env = resolve_env(&job.env, &base_dir, env_loc, diags);
             let vol_loc = |i| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("volumes"), Seg::Index(i)]);
             let file_digests = resolve_volumes(&mut job.volumes, &base_dir, vol_loc, diags);
             (env, file_digests)
@@ -374,7 +362,7 @@ fn check_job(
             if let Some(dir) = &job.working_dir {
                 check_host_path("workingDir", dir, job_loc("workingDir"), diags);
             }
-            (resolve_env(&job.env, &base_dir, EnvNames::Systemd, env_loc, diags), BTreeMap::new())
+            (resolve_env(&job.env, &base_dir, env_loc, diags), BTreeMap::new())
         }
     }
 }

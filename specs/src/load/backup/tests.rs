@@ -575,6 +575,12 @@ fn restore_placeholders_are_collected_and_bad_ones_placed() {
             "`restore.vars` sets `dbname`, which no `${dbname}` in `restore.exec.command` uses, did you mean `db`?",
         ),
         ("[mongorestore, \"${db}\"]", "{Db: x}", (line(5), 12), "invalid variable name `Db`"),
+        (
+            "[mongorestore, \"${db}\"]",
+            "{db: \"a\\0b\"}",
+            (line(5), 16),
+            "the value of `db` in `restore.vars` contains a NUL character, which an argument cannot hold",
+        ),
     ] {
         assert_one(&restore(command, vars), at, message);
     }
