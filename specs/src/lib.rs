@@ -3,6 +3,7 @@
 
 pub mod agent_config;
 pub mod backup;
+pub mod bounds;
 pub mod calendar;
 pub mod de;
 pub mod desired;

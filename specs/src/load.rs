@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::backup::BackupSpec;
+use crate::bounds;
 use crate::de::{Partial, from_node, partial_from_node};
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
 use crate::diag::{Diagnostic, Location, shown};
@@ -107,11 +108,13 @@ struct Documents {
     /// a broken `metadata`): it may be the service a `dependsOn` (or the Timer a hook)
     /// names, so no reference is called unknown until that is fixed.
     all_named: bool,
+    /// Documents met so far (of any kind); past [`bounds::OBJECTS`] the rest is not read.
+    count: usize,
 }
 
 impl Default for Documents {
     fn default() -> Self {
-        Self { services: Vec::new(), timers: Vec::new(), backups: Vec::new(), all_named: true }
+        Self { services: Vec::new(), timers: Vec::new(), backups: Vec::new(), all_named: true, count: 0 }
     }
 }
 
@@ -246,7 +249,24 @@ fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut V
     for node in nodes {
         match &node.value {
             Value::Null => continue,
-            Value::Map(_) => {}
+            Value::Map(_) => {
+                docs.count += 1;
+                if docs.count > bounds::OBJECTS.max {
+                    if docs.count == bounds::OBJECTS.max + 1 {
+                        diags.push(Diagnostic::at(
+                            at(file, &node),
+                            format!(
+                                "this is document {} of the spec set; a set holds at most {} ({}), so it and the rest are not read",
+                                docs.count,
+                                bounds::OBJECTS.max,
+                                bounds::OBJECTS.why
+                            ),
+                        ));
+                    }
+                    docs.all_named = false;
+                    continue;
+                }
+            }
             _ => {
                 diags.push(Diagnostic::at(
                     at(file, &node),
@@ -581,6 +601,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     check_dependencies(&checked, &names, docs.all_named, diags);
     check_hooks(&checked, &names, docs.all_named, diags);
     check_ports(&checked, diags);
+    values::check_instances(&checked, diags);
     let backups = backup::check_backups(docs.backups, &names, docs.all_named, diags);
     let services = checked.into_iter().filter_map(|c| c.service).map(|s| (s.name.clone(), s)).collect();
     Desired { services, timers, backups }
@@ -714,13 +735,18 @@ fn check_service(
         ));
     }
     if let Some(cpus) = spec.resources.as_ref().and_then(|r| r.cpus)
-        && !(cpus > 0.0 && cpus <= 1024.0)
+        && !(bounds::MIN_CPUS..=bounds::CPUS.max).contains(&cpus)
     {
         diags.push(Diagnostic::at(
             here(&[Seg::Key("spec"), Seg::Key("resources"), Seg::Key("cpus")]),
-            format!("`cpus` must be more than 0 and at most 1024, found {cpus}"),
+            format!(
+                "`resources.cpus` must be at least {} (Docker's smallest share of a core) and at most {}, found {cpus}",
+                bounds::MIN_CPUS,
+                bounds::CPUS.max
+            ),
         ));
     }
+    values::Limits::new(&here, diags).service(&metadata.labels, spec);
     if let Some(sig) = &spec.stop_signal
         && !valid_signal(sig)
     {
@@ -1204,6 +1230,8 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
 mod backup;
 mod systemd;
 mod values;
+
+pub use systemd::is_account;
 
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,8 @@
 use super::systemd::{ArgvUse, check_argv, column_in_scalar};
 use super::*;
 use crate::backup::{
-    BackupSpec, ExecCommand, LAYOUT_TOKENS, LayoutPart, SourceKind, TemplateError, is_var_name, layout_parts,
-    placeholders,
+    BackupSpec, DEFAULT_COMPRESSION_LEVEL, ExecCommand, LAYOUT_TOKENS, LayoutPart, SourceKind, TemplateError,
+    is_var_name, layout_parts, placeholders,
 };
 use crate::calendar::CalendarSpec;
 use crate::desired::{Backup, backup_hashes, backup_unit_name, drill_unit_name};
@@ -264,18 +264,13 @@ fn check_backup(
     if !(1..=19).contains(&c.level) {
         diags.push(Diagnostic::at(
             comp_loc("level"),
-            format!("compression `level` must be from 1 to 19 (zstd's levels; default 3), found {}", c.level),
-        ));
-    }
-    if c.threads > 64 {
-        diags.push(Diagnostic::at(
-            comp_loc("threads"),
             format!(
-                "compression `threads` must be from 0 to 64 (0, the default, compresses on one thread), found {}",
-                c.threads
+                "compression `level` must be from 1 to 19 (zstd's levels; default {DEFAULT_COMPRESSION_LEVEL}), found {}",
+                c.level
             ),
         ));
     }
+    super::values::Limits::new(&here, diags).backup(&d.metadata.labels, spec);
 
     let restore_vars = match &spec.restore {
         Some(restore) => check_restore(d, restore, kind, &sources, names, diags),

@@ -36,7 +36,7 @@ const JOB_RUNTIME_FIELDS: &[(&str, JobRuntime)] = &[
 
 /// Whether `name` is a user or group systemd accepts: a numeric id, or a name of letters,
 /// digits, `_`, `.` and `-` that starts with a letter or `_` (at most 32 characters).
-pub(super) fn is_account(name: &str) -> bool {
+pub fn is_account(name: &str) -> bool {
     let b = name.as_bytes();
     if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
         return name.parse::<u32>().is_ok_and(|id| id < u32::MAX);
@@ -292,6 +292,7 @@ pub(super) fn check_timer(
     if spec.timeout.is_some_and(|t| t.get().is_zero()) {
         diags.push(Diagnostic::at(spec_loc("timeout"), "`timeout` must be more than 0s (leave it out for no limit)"));
     }
+    super::values::Limits::new(&here, diags).timer(&metadata.labels, spec);
     let (env, file_digests) = check_job(file, node, &mut spec.job, diags);
     (diags.len() == before).then_some((calendar, env, file_digests))
 }

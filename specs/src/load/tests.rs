@@ -1007,3 +1007,4 @@ fn a_byte_order_mark_at_the_start_of_a_file_is_read_past() {
 }
 
 mod files;
+mod limits;

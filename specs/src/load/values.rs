@@ -1,10 +1,20 @@
-//! Checks of the text that reaches Docker, unit files and processes: what the engine or
-//! the kernel would refuse only at apply (or take and run wrongly) is refused here, at the
-//! field. Image references (`NAME[:TAG][@sha256:DIGEST]`), environment names and values,
-//! argument lists (no NUL), docker users and working directories, labels.
+//! Checks of the values that reach Docker, unit files and processes, at their fields:
+//!
+//! - the bounds of [`crate::bounds`] on every count, duration, list and text of a Service,
+//!   a Timer and a Backup ([`Limits`]), so that a valid spec is also one the agent can
+//!   plan cheaply;
+//! - the shape of text the engine or the kernel would refuse only at apply, or take and
+//!   run wrongly: image references (`NAME[:TAG][@sha256:DIGEST]`), environment names and
+//!   values, argument lists (no NUL), docker users and working directories, labels.
+
+use std::fmt;
 
 use super::*;
+use crate::backup::{BackupSpec, ExecCommand, Retention};
+use crate::bounds::{self, Bound};
 use crate::diag::shown;
+use crate::quantity::Duration;
+use crate::timer::{Job, TimerSpec};
 
 /// What an image reference looks like, for messages.
 const IMAGE_FORM: &str = "expected NAME[:TAG][@sha256:DIGEST], e.g. `postgres:16`, `registry.example.org:5000/team/app:1.2` or `busybox@sha256:` and 64 hexadecimal digits";
@@ -230,6 +240,303 @@ pub(super) fn check_labels(
                 loc(key),
                 format!("the value of label `{}` contains a NUL character", shown(key)),
             ));
+        }
+    }
+}
+
+/// Reports the values of one document that are out of their bounds, each at its place.
+pub(super) struct Limits<'a, F: Fn(&[Seg<'_>]) -> Location> {
+    /// Locates a path from the document's root.
+    here: F,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl<'a, F: Fn(&[Seg<'_>]) -> Location> Limits<'a, F> {
+    pub(super) fn new(here: F, diags: &'a mut Vec<Diagnostic>) -> Self {
+        Self { here, diags }
+    }
+
+    /// Reports `problem`, if any, at `path`.
+    fn put(&mut self, path: &[Seg<'_>], problem: Option<String>) {
+        if let Some(message) = problem {
+            self.diags.push(Diagnostic::at((self.here)(path), message));
+        }
+    }
+
+    /// A value and its bound, at `path`, named `field` in the message.
+    fn value<T: PartialOrd + fmt::Display>(&mut self, path: &[Seg<'_>], field: &str, value: T, bound: Bound<T>) {
+        self.put(path, bound.check(field, value));
+    }
+
+    /// An optional duration and its bound.
+    fn duration(&mut self, path: &[Seg<'_>], field: &str, value: Option<Duration>, bound: Bound<Duration>) {
+        if let Some(value) = value {
+            self.value(path, field, value, bound);
+        }
+    }
+
+    /// A list's or a mapping's number of entries.
+    fn items(&mut self, path: &[Seg<'_>], field: &str, n: usize, bound: Bound<usize>) {
+        self.put(path, bound.check_items(field, n));
+    }
+
+    /// The length of a text; `subject` is the whole subject of the message.
+    fn bytes(&mut self, path: &[Seg<'_>], subject: &str, text: &str, bound: Bound<usize>) {
+        self.put(path, bound.check_bytes(subject, text.len()));
+    }
+
+    /// A path's length.
+    fn path(&mut self, path: &[Seg<'_>], field: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.bytes(path, &format!("`{field}`"), value, bounds::PATH);
+        }
+    }
+
+    /// An argument list: its length and each argument's.
+    fn argv(&mut self, path: &[Seg<'_>], field: &str, argv: Option<&[String]>) {
+        let Some(argv) = argv else { return };
+        self.items(path, field, argv.len(), bounds::ARGS);
+        let subject = format!("an argument of `{field}`");
+        for (i, arg) in argv.iter().enumerate() {
+            self.bytes(&[path, &[Seg::Index(i)]].concat(), &subject, arg, bounds::TEXT);
+        }
+    }
+
+    /// An environment: its size, each name's and literal value's length, each secret's path.
+    fn env(&mut self, path: &[Seg<'_>], env: &BTreeMap<String, EnvValue>) {
+        self.items(path, "env", env.len(), bounds::ENV);
+        for (key, value) in env {
+            let at = [path, &[Seg::Key(key)]].concat();
+            self.put(&at, bounds::ENV_NAME.check_bytes("the name of an environment variable", key.len()));
+            match value {
+                EnvValue::Literal(text) => {
+                    self.bytes(&at, &format!("the value of `{}`", shown_cut(key)), text, bounds::TEXT)
+                }
+                EnvValue::FromFile { from_file } => {
+                    let len = from_file.as_os_str().len();
+                    let at = [&at[..], &[Seg::Key("fromFile")]].concat();
+                    self.put(&at, bounds::PATH.check_bytes("`fromFile`", len));
+                }
+            }
+        }
+    }
+
+    /// A `labels` mapping: its size, each key's and value's length.
+    fn labels(&mut self, path: &[Seg<'_>], field: &str, labels: &BTreeMap<String, String>) {
+        self.items(path, field, labels.len(), bounds::LABELS);
+        for (key, value) in labels {
+            let at = [path, &[Seg::Key(key)]].concat();
+            self.put(&at, bounds::LABEL_KEY.check_bytes("a label key", key.len()));
+            self.bytes(&at, &format!("the value of label `{}`", shown_cut(key)), value, bounds::LABEL_VALUE);
+        }
+    }
+
+    /// A calendar expression's length.
+    fn schedule(&mut self, path: &[Seg<'_>], field: &str, expr: Option<&str>) {
+        if let Some(expr) = expr {
+            self.bytes(path, &format!("`{field}`"), expr, bounds::SCHEDULE);
+        }
+    }
+
+    /// The bounds of a Service: its metadata's labels and every value of its spec.
+    pub(super) fn service(&mut self, metadata_labels: &BTreeMap<String, String>, spec: &ServiceSpec) {
+        let p = |k: &'static str| [Seg::Key("spec"), Seg::Key(k)];
+        self.labels(&[Seg::Key("metadata"), Seg::Key("labels")], "metadata.labels", metadata_labels);
+        self.value(&p("replicas"), "replicas", spec.replicas, bounds::REPLICAS);
+        self.argv(&p("exec"), "exec", spec.exec.as_deref());
+        self.env(&p("env"), &spec.env);
+        self.path(&p("workingDir"), "workingDir", spec.working_dir.as_deref());
+        self.path(&p("pidFile"), "pidFile", spec.pid_file.as_deref());
+        self.duration(&p("stopTimeout"), "stopTimeout", spec.stop_timeout, bounds::STOP_TIMEOUT);
+        if let Some(memory) = spec.resources.as_ref().and_then(|r| r.memory) {
+            let at = [Seg::Key("spec"), Seg::Key("resources"), Seg::Key("memory")];
+            self.put(&at, memory_problem(memory.0));
+        }
+        self.items(&p("dependsOn"), "dependsOn", spec.depends_on.len(), bounds::DEPENDS_ON);
+        for (i, dep) in spec.depends_on.iter().enumerate() {
+            let at = [Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(i), Seg::Key("timeout")];
+            self.duration(&at, &format!("dependsOn[{i}].timeout"), dep.timeout, bounds::DEPENDENCY_TIMEOUT);
+        }
+        let backoff = |k| [Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff"), Seg::Key(k)];
+        let b = spec.restart.backoff;
+        self.value(&backoff("initial"), "restart.backoff.initial", b.initial, bounds::BACKOFF_INITIAL);
+        self.value(&backoff("max"), "restart.backoff.max", b.max, bounds::BACKOFF_MAX);
+        if let Some(window) = &spec.update_window {
+            let at = |k| [Seg::Key("spec"), Seg::Key("updateWindow"), Seg::Key(k)];
+            self.schedule(&at("schedule"), "updateWindow.schedule", Some(&window.schedule));
+            self.value(&at("duration"), "updateWindow.duration", window.duration, bounds::UPDATE_WINDOW);
+        }
+        if spec.runtime == Runtime::Docker {
+            self.docker_service(spec);
+        }
+    }
+
+    /// The bounds of the fields of a docker service only.
+    fn docker_service(&mut self, spec: &ServiceSpec) {
+        let p = |k: &'static str| [Seg::Key("spec"), Seg::Key(k)];
+        self.argv(&p("command"), "command", spec.command.as_deref());
+        self.argv(&p("entrypoint"), "entrypoint", spec.entrypoint.as_deref());
+        self.items(&p("ports"), "ports", spec.ports.len(), bounds::PORTS);
+        self.items(&p("volumes"), "volumes", spec.volumes.len(), bounds::VOLUMES);
+        self.items(&p("networks"), "networks", spec.networks.len(), bounds::NETWORKS);
+        self.labels(&p("labels"), "labels", &spec.labels);
+        let rollout = |k| [Seg::Key("spec"), Seg::Key("rollout"), Seg::Key(k)];
+        let r = spec.rollout;
+        self.value(&rollout("maxUnavailable"), "rollout.maxUnavailable", r.max_unavailable, bounds::REPLICAS);
+        self.value(&rollout("interval"), "rollout.interval", r.interval, bounds::ROLLOUT_PAUSE);
+        let field = "rollout.scaleDownInterval";
+        self.value(&rollout("scaleDownInterval"), field, r.scale_down_interval, bounds::ROLLOUT_PAUSE);
+        if let Some(hc) = &spec.healthcheck {
+            let at = |k| [Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)];
+            self.argv(&at("command"), "healthcheck.command", Some(&hc.command));
+            self.duration(&at("interval"), "healthcheck.interval", hc.interval, bounds::HEALTHCHECK_PERIOD);
+            self.duration(&at("timeout"), "healthcheck.timeout", hc.timeout, bounds::HEALTHCHECK_PERIOD);
+            let field = "healthcheck.startPeriod";
+            self.duration(&at("startPeriod"), field, hc.start_period, bounds::HEALTHCHECK_START_PERIOD);
+            if let Some(retries) = hc.retries {
+                self.value(&at("retries"), "healthcheck.retries", retries, bounds::HEALTHCHECK_RETRIES);
+            }
+        }
+    }
+
+    /// The bounds of a Timer: its metadata's labels, its settings and its job.
+    pub(super) fn timer(&mut self, metadata_labels: &BTreeMap<String, String>, spec: &TimerSpec) {
+        let p = |k: &'static str| [Seg::Key("spec"), Seg::Key(k)];
+        self.labels(&[Seg::Key("metadata"), Seg::Key("labels")], "metadata.labels", metadata_labels);
+        self.schedule(&p("schedule"), "schedule", spec.schedule.as_deref());
+        self.duration(&p("randomizedDelay"), "randomizedDelay", spec.randomized_delay, bounds::RANDOMIZED_DELAY);
+        self.duration(&p("accuracy"), "accuracy", spec.accuracy, bounds::ACCURACY);
+        self.duration(&p("timeout"), "timeout", spec.timeout, bounds::JOB_TIMEOUT);
+        self.job(&spec.job);
+    }
+
+    /// The bounds of a Timer's job.
+    fn job(&mut self, job: &Job) {
+        let p = |k: &'static str| [Seg::Key("spec"), Seg::Key("job"), Seg::Key(k)];
+        self.argv(&p("exec"), "exec", job.exec.as_deref());
+        self.argv(&p("command"), "command", job.command.as_deref());
+        self.argv(&p("entrypoint"), "entrypoint", job.entrypoint.as_deref());
+        self.env(&p("env"), &job.env);
+        self.items(&p("volumes"), "volumes", job.volumes.len(), bounds::VOLUMES);
+        self.items(&p("networks"), "networks", job.networks.len(), bounds::NETWORKS);
+        self.path(&p("workingDir"), "workingDir", job.working_dir.as_deref());
+    }
+
+    /// The bounds of a Backup: its metadata's labels and every value of its spec.
+    pub(super) fn backup(&mut self, metadata_labels: &BTreeMap<String, String>, spec: &BackupSpec) {
+        let p = |k: &'static str| [Seg::Key("spec"), Seg::Key(k)];
+        self.labels(&[Seg::Key("metadata"), Seg::Key("labels")], "metadata.labels", metadata_labels);
+        self.schedule(&p("schedule"), "schedule", spec.schedule.as_deref());
+        if let Some(paths) = &spec.source.paths {
+            let at = [Seg::Key("spec"), Seg::Key("source"), Seg::Key("paths")];
+            self.items(&at, "source.paths", paths.len(), bounds::SOURCE_PATHS);
+            for (i, path) in paths.iter().enumerate() {
+                self.path(&[&at[..], &[Seg::Index(i)]].concat(), "source.paths", Some(path));
+            }
+        }
+        self.exec(&["source", "exec"], spec.source.exec.as_ref());
+        if let Some(quiesce) = &spec.quiesce {
+            let at = |k| [Seg::Key("spec"), Seg::Key("quiesce"), Seg::Key(k)];
+            self.items(&at("stop"), "quiesce.stop", quiesce.stop.len(), bounds::QUIESCE_STOP);
+            self.value(&at("timeout"), "quiesce.timeout", quiesce.timeout, bounds::QUIESCE_TIMEOUT);
+        }
+        let dest = |k| [Seg::Key("spec"), Seg::Key("destination"), Seg::Key(k)];
+        self.path(&dest("dir"), "destination.dir", Some(&spec.destination.dir));
+        self.path(&dest("layout"), "destination.layout", spec.destination.layout.as_deref());
+        self.items(&p("copies"), "copies", spec.copies.len(), bounds::COPIES);
+        for (i, copy) in spec.copies.iter().enumerate() {
+            let at = |k| [Seg::Key("spec"), Seg::Key("copies"), Seg::Index(i), Seg::Key(k)];
+            self.path(&at("dir"), "copies.dir", copy.dir.as_deref());
+            self.path(&at("rsync"), "copies.rsync", copy.rsync.as_deref());
+            self.retention(&at("retention"), &format!("copies[{i}].retention"), copy.retention.as_ref());
+        }
+        self.retention(&p("retention"), "retention", spec.retention.as_ref());
+        let threads = [Seg::Key("spec"), Seg::Key("compression"), Seg::Key("threads")];
+        self.value(&threads, "compression.threads", spec.compression.threads, bounds::COMPRESSION_THREADS);
+        if let Some(restore) = &spec.restore {
+            let at = |k| [Seg::Key("spec"), Seg::Key("restore"), Seg::Key(k)];
+            self.path(&at("moveAsideTo"), "restore.moveAsideTo", restore.move_aside_to.as_deref());
+            self.exec(&["restore", "exec"], restore.exec.as_ref());
+            self.items(&at("vars"), "restore.vars", restore.vars.len(), bounds::RESTORE_VARS);
+            for (key, value) in &restore.vars {
+                let subject = format!("the value of `{}` in `restore.vars`", shown_cut(key));
+                self.bytes(&[&at("vars")[..], &[Seg::Key(key)]].concat(), &subject, value, bounds::TEXT);
+            }
+        }
+        if let Some(drill) = &spec.drill {
+            let at = |k| [Seg::Key("spec"), Seg::Key("drill"), Seg::Key(k)];
+            self.schedule(&at("schedule"), "drill.schedule", Some(&drill.schedule));
+            self.argv(&at("check"), "drill.check", Some(&drill.check));
+        }
+    }
+
+    /// A Backup's command, at `spec.PARENT.exec`.
+    fn exec(&mut self, keys: &[&'static str; 2], exec: Option<&ExecCommand>) {
+        let Some(exec) = exec else { return };
+        let at = [Seg::Key("spec"), Seg::Key(keys[0]), Seg::Key(keys[1]), Seg::Key("command")];
+        self.argv(&at, &format!("{}.{}.command", keys[0], keys[1]), Some(&exec.command));
+    }
+
+    /// A retention's counts.
+    fn retention(&mut self, path: &[Seg<'_>], field: &str, retention: Option<&Retention>) {
+        let Some(r) = retention else { return };
+        for (key, n) in [
+            ("keepLast", r.keep_last),
+            ("keepDaily", r.keep_daily),
+            ("keepWeekly", r.keep_weekly),
+            ("keepMonthly", r.keep_monthly),
+            ("keepYearly", r.keep_yearly),
+        ] {
+            if let Some(n) = n {
+                let at = [path, &[Seg::Key(key)]].concat();
+                self.value(&at, &format!("{field}.{key}"), n, bounds::RETENTION_KEEP);
+            }
+        }
+    }
+}
+
+/// The problem of a memory limit, if any: at least [`bounds::MIN_MEMORY`], at most
+/// [`bounds::MEMORY`].
+fn memory_problem(bytes: u64) -> Option<String> {
+    if bytes < bounds::MIN_MEMORY {
+        Some(format!(
+            "`resources.memory` is {bytes} bytes; at least {} (6 MiB: Docker refuses a smaller limit, and under systemd the service would only be killed)",
+            bounds::MIN_MEMORY
+        ))
+    } else if bytes > bounds::MEMORY.max {
+        Some(format!("`resources.memory` is {bytes} bytes; at most {} ({})", bounds::MEMORY.max, bounds::MEMORY.why))
+    } else {
+        None
+    }
+}
+
+/// A name for a message: control characters escaped, and cut after 64 characters.
+fn shown_cut(text: &str) -> String {
+    crate::diag::shown_cut(text, 64)
+}
+
+/// Checks that the docker services of a set run at most [`bounds::INSTANCES`] instances in
+/// all: reported once, at the `replicas` of the service (in file order) whose instances
+/// take the sum over it.
+pub(super) fn check_instances(services: &[Checked], diags: &mut Vec<Diagnostic>) {
+    let mut docker: Vec<&Checked> = services.iter().filter(|c| c.runtime == Some(Runtime::Docker)).collect();
+    docker.sort_by_key(|c| c.at(&[]));
+    // A service over its own bound is reported already: it counts as its bound here.
+    let replicas = |c: &Checked| u64::from(c.spec.replicas.min(bounds::REPLICAS.max));
+    let total: u64 = docker.iter().map(|c| replicas(c)).sum();
+    let mut sum = 0u64;
+    for c in docker {
+        sum += replicas(c);
+        if sum > bounds::INSTANCES.max {
+            diags.push(Diagnostic::at(
+                c.at(&[Seg::Key("spec"), Seg::Key("replicas")]),
+                format!(
+                    "the docker services of this set would run {total} instances; at most {} ({})",
+                    bounds::INSTANCES.max,
+                    bounds::INSTANCES.why
+                ),
+            ));
+            return;
         }
     }
 }

@@ -499,13 +499,18 @@ fn retention_and_compression_are_checked() {
     assert_one(
         &paths_backup("compression: {level: 25}"),
         (line(3), 24),
-        "compression `level` must be from 1 to 19 (zstd's levels; default 3), found 25",
+        "compression `level` must be from 1 to 19 (zstd's levels; default 5), found 25",
     );
     assert_one(&paths_backup("compression: {level: 0}"), (line(3), 24), "compression `level` must be from 1 to 19");
     assert_one(
         &paths_backup("compression: {threads: 65}"),
         (line(3), 26),
-        "compression `threads` must be from 0 to 64",
+        "`compression.threads` is 65; at most 64 (zstd workers beside the one reading the sources",
+    );
+    assert_one(
+        &paths_backup("retention: {keepWeekly: 10001}"),
+        (line(3), 27),
+        "`retention.keepWeekly` is 10001; at most 10000 (archives kept by one rule)",
     );
     assert_one(&paths_backup("compression: {level: fast}"), (line(3), 24), "expected a whole number");
 }
