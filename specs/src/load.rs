@@ -462,10 +462,17 @@ fn is_volume_name(name: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
+/// The signal names both Docker and systemd know (without `SIG`). Any other name passed
+/// validation and was refused by Docker at create ("Invalid signal").
+const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
+    "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
+    "PWR", "SYS",
+];
+
 fn valid_signal(s: &str) -> bool {
     let name = s.strip_prefix("SIG").unwrap_or(s);
-    (!name.is_empty() && name.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
-        || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
+    SIGNALS.contains(&name) || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
 /// What owns a name. Services and Timers share one namespace: each becomes a systemd unit

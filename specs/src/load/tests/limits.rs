@@ -99,3 +99,13 @@ fn a_set_of_more_than_a_thousand_documents_is_refused_and_the_rest_not_read() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].starts_with("6002:1: this is document 1001 of the spec set; a set holds at most 1000"), "{got:?}");
 }
+
+#[test]
+fn a_stop_signal_is_one_docker_and_systemd_both_know() {
+    for good in ["SIGTERM", "TERM", "SIGINT", "SIGQUIT", "SIGWINCH", "SIGUSR1", "15", "64"] {
+        load(&web(&format!("stopSignal: \"{good}\"")));
+    }
+    for bad in ["SIGFOO", "SIGTERMX", "sigterm", "0", "65", "SIG"] {
+        one(&web(&format!("stopSignal: \"{bad}\"")), "6:15", &format!("invalid signal `{bad}`"));
+    }
+}
