@@ -65,6 +65,13 @@ pub const INSTANCES: Bound<u64> = Bound {
 pub const OBJECTS: Bound<usize> =
     Bound { max: 1000, why: "Services, Timers and Backups in one spec set; a set describes one host" };
 
+/// The secrets of a spec set together, in bytes (each is at most 64 KiB as a file): they
+/// are held in memory while the set is in use.
+pub const SECRETS: Bound<u64> = Bound {
+    max: 16 << 20,
+    why: "16 MiB, the secrets of a spec set together; they are held in memory while the set is in use",
+};
+
 /// `healthcheck.retries`.
 pub const HEALTHCHECK_RETRIES: Bound<u32> =
     Bound { max: 1000, why: "consecutive failed checks before an instance is unhealthy" };

@@ -545,6 +545,7 @@ fn claim_names(docs: &Documents, diags: &mut Vec<Diagnostic>) -> (BTreeMap<Strin
 }
 
 fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
+    let mut secrets = SecretBudget::default();
     let (names, unique_services, unique_timers) = claim_names(&docs, diags);
     let mut checked: Vec<Checked> = Vec::new();
     for (d, unique) in docs.services.into_iter().zip(unique_services) {
@@ -560,7 +561,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
             }
             Spec::Unread => continue,
         };
-        let checks = check_service(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
+        let checks = check_service(&d.file, &d.source, &d.node, &d.metadata, &mut spec, &mut secrets, diags);
         if !unique {
             // Left out of the checks across services: its conflicts would only repeat the
             // problem with its name.
@@ -589,7 +590,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     let mut timers = BTreeMap::new();
     for (d, unique) in docs.timers.into_iter().zip(unique_timers) {
         let Spec::Whole(mut spec) = d.spec else { continue };
-        let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
+        let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, &mut secrets, diags);
         if let (true, Some((calendar, env, file_digests))) = (unique, checks) {
             let (hash, field_hashes) = timer_hashes(&spec, &env, &file_digests);
             let timer = Timer {
@@ -645,6 +646,7 @@ fn check_service(
     node: &Node,
     metadata: &Metadata,
     spec: &mut ServiceSpec,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ServiceInputs> {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
@@ -795,8 +797,13 @@ fn check_service(
         check_update_window(file, source, node, window, diags);
     }
     let base_dir = base_dir(file);
-    let env =
-        resolve_env(&spec.env, &base_dir, |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()), diags);
+    let env = resolve_env(
+        &spec.env,
+        &base_dir,
+        |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()),
+        secrets,
+        diags,
+    );
     let file_digests = if docker {
         resolve_volumes(
             &mut spec.volumes,
@@ -879,16 +886,46 @@ fn base_dir(file: &Path) -> PathBuf {
     std::path::absolute(&base_dir).unwrap_or(base_dir)
 }
 
+/// What the secrets of a set have taken so far, against [`bounds::SECRETS`].
+#[derive(Debug, Default)]
+struct SecretBudget {
+    /// Bytes of the secrets read so far.
+    used: u64,
+}
+
+impl SecretBudget {
+    /// Takes `bytes` for a secret; the problem when the set's secrets would exceed their
+    /// bound together (the secret is then not kept).
+    fn take(&mut self, bytes: usize) -> Result<(), String> {
+        let total = self.used.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if total > bounds::SECRETS.max {
+            return Err(format!(
+                "the secrets of this spec set would take {total} bytes together; at most {} ({})",
+                bounds::SECRETS.max,
+                bounds::SECRETS.why
+            ));
+        }
+        self.used = total;
+        Ok(())
+    }
+}
+
 /// Checks environment names and values and reads secrets now, so a missing file is a spec
 /// error. Names and values follow one rule for every runtime ([`values::is_env_name`], no
-/// NUL). No message here may show a secret's value: only its variable name and file.
+/// NUL). No message here may show a secret's value: only its variable name and file. An
+/// environment over its bound ([`bounds::ENV`], reported by the bounds' checks) is not
+/// read, and no secret is read past the set's [`SecretBudget`].
 fn resolve_env(
     spec_env: &BTreeMap<String, EnvValue>,
     base_dir: &Path,
     env_at: impl Fn(&[Seg<'_>]) -> Location,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Env> {
     let mut env = BTreeMap::new();
+    if spec_env.len() > bounds::ENV.max {
+        return env;
+    }
     for (key, value) in spec_env {
         let loc = env_at(&[Seg::Key(key)]);
         if let Some(msg) = values::env_name_problem(key) {
@@ -909,7 +946,7 @@ fn resolve_env(
             }
             EnvValue::FromFile { from_file } => {
                 let path = normalize(&base_dir.join(from_file));
-                match read_secret(key, &path) {
+                match read_secret(key, &path).and_then(|value| secrets.take(value.len()).map(|()| value)) {
                     Ok(value) => {
                         env.insert(key.clone(), Env::Secret { path, value: Secret::new(value) });
                     }
@@ -927,6 +964,7 @@ fn resolve_env(
 /// never the value.
 fn read_secret(key: &str, path: &Path) -> Result<String, String> {
     let shown = path.display();
+    let key = crate::diag::shown_cut(key, 64);
     let mut value = match files::read_text(path, files::SECRET) {
         Ok(Ok(value)) => value,
         Ok(Err(_)) => return Err(format!("secret file `{shown}` for `{key}` is not UTF-8 text")),

@@ -238,6 +238,7 @@ pub(super) fn check_timer(
     node: &Node,
     metadata: &Metadata,
     spec: &mut TimerSpec,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<TimerInputs> {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
@@ -293,7 +294,7 @@ pub(super) fn check_timer(
         diags.push(Diagnostic::at(spec_loc("timeout"), "`timeout` must be more than 0s (leave it out for no limit)"));
     }
     super::values::Limits::new(&here, diags).timer(&metadata.labels, spec);
-    let (env, file_digests) = check_job(file, node, &mut spec.job, diags);
+    let (env, file_digests) = check_job(file, node, &mut spec.job, secrets, diags);
     (diags.len() == before).then_some((calendar, env, file_digests))
 }
 
@@ -302,6 +303,7 @@ fn check_job(
     file: &Arc<Path>,
     node: &Node,
     job: &mut Job,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> (BTreeMap<String, Env>, BTreeMap<PathBuf, String>) {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
@@ -342,7 +344,7 @@ fn check_job(
             );
             let net_loc = |i| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("networks"), Seg::Index(i)]);
             check_networks(&job.networks, net_loc, diags);
-            let env = resolve_env(&job.env, &base_dir, env_loc, diags);
+            let env = resolve_env(&job.env, &base_dir, env_loc, secrets, diags);
             let vol_loc = |i| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("volumes"), Seg::Index(i)]);
             let file_digests = resolve_volumes(&mut job.volumes, &base_dir, vol_loc, diags);
             (env, file_digests)
@@ -363,7 +365,7 @@ fn check_job(
             if let Some(dir) = &job.working_dir {
                 check_host_path("workingDir", dir, job_loc("workingDir"), diags);
             }
-            (resolve_env(&job.env, &base_dir, env_loc, diags), BTreeMap::new())
+            (resolve_env(&job.env, &base_dir, env_loc, secrets, diags), BTreeMap::new())
         }
     }
 }

@@ -174,3 +174,22 @@ fn a_spec_file_that_is_a_fifo_is_reported_without_blocking() {
     let diags = load_in_time(&fifo).expect_err("a FIFO named");
     assert_eq!(diags.len(), 1, "{}", lines(&diags));
 }
+
+#[test]
+fn the_secrets_of_a_set_take_at_most_16_mib_together() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, vec![b'x'; 64 << 10]).expect("write");
+    // 256 secrets of 64 KiB are 16 MiB: the bound itself.
+    let env =
+        |n: usize| (0..n).map(|i| format!("S{i}: {{fromFile: {}}}", secret.display())).collect::<Vec<_>>().join(", ");
+    write(dir.path(), "web.yaml", &web(&format!("env: {{{}}}", env(256))));
+    load_in_time(dir.path()).unwrap_or_else(|d| panic!("{}", lines(&d)));
+    write(dir.path(), "web.yaml", &web(&format!("env: {{{}}}", env(257))));
+    let got = problems_in(dir.path());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("the secrets of this spec set would take 16842752 bytes together; at most 16777216"),
+        "{got:?}"
+    );
+}
