@@ -26,6 +26,36 @@ pub const MIN_ENGINE_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// The longest engine timeout: beyond it a hung engine is no longer noticed in useful time.
 pub const MAX_ENGINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// `resync`: at most 1h (and at least 1s: a pass more often than every second would be a
+/// busy loop).
+pub const RESYNC: crate::bounds::Bound<Duration> = crate::bounds::Bound {
+    max: Duration::from_secs(3600),
+    why: "drift no event announced is repaired within the hour",
+};
+
+/// `debounce`: at most 1m (changes wait this long before they are read).
+pub const DEBOUNCE: crate::bounds::Bound<Duration> =
+    crate::bounds::Bound { max: Duration::from_secs(60), why: "a spec change waits this long before it is read" };
+
+/// `parallel`: 1 to 64 steps at once (each may hold an engine connection).
+pub const PARALLEL: crate::bounds::Bound<usize> =
+    crate::bounds::Bound { max: 64, why: "steps at once, each holding a connection to an engine" };
+
+/// `source.git.interval`: at least 1s, at most 1d.
+pub const GIT_INTERVAL: crate::bounds::Bound<Duration> =
+    crate::bounds::Bound { max: Duration::from_secs(86_400), why: "a pushed commit is fetched within a day" };
+
+/// `socket.path`: a Unix socket's path holds at most 107 bytes (`sun_path`, 108 with the
+/// final NUL).
+pub const SOCKET_PATH: crate::bounds::Bound<usize> =
+    crate::bounds::Bound { max: 107, why: "a Unix socket's address holds at most 108 bytes with its final NUL" };
+
+/// `source.git.url`.
+pub const GIT_URL: crate::bounds::Bound<usize> = crate::bounds::Bound { max: 4096, why: "URLs" };
+
+/// A git branch or tag name.
+pub const GIT_REF: crate::bounds::Bound<usize> = crate::bounds::Bound { max: 255, why: "git ref names" };
+
 /// Checks an engine timeout against [`MIN_ENGINE_TIMEOUT`] and [`MAX_ENGINE_TIMEOUT`]; the
 /// error completes "engineTimeout …" with what is allowed.
 pub fn check_engine_timeout(d: Duration) -> Result<(), String> {
@@ -58,14 +88,16 @@ pub struct AgentConfig {
     /// Where environment files with secrets are written (default `/etc/tend/env`).
     #[serde(default)]
     pub env_dir: Option<PathBuf>,
-    /// A full pass at least this often, even when no event came (default 60s).
+    /// A full pass at least this often, even when no event came (default 60s; 1s to 1h).
     #[serde(default = "AgentConfig::default_resync")]
     pub resync: Duration,
-    /// Quiet time after a spec file changes before the set is read again (default 300ms).
+    /// Quiet time after a spec file changes before the set is read again (default 300ms; at
+    /// most 1m).
     #[serde(default = "AgentConfig::default_debounce")]
     pub debounce: Duration,
-    /// Steps run at once in a pass (default 8).
+    /// Steps run at once in a pass (default 8; 1 to 64).
     #[serde(default = "AgentConfig::default_parallel")]
+    #[schemars(range(min = 1, max = PARALLEL.max))]
     pub parallel: usize,
     /// How long to wait for an engine (Docker, systemd) to answer one call before taking it
     /// for unresponsive (default 30s; 1s to 10m). Calls that last by nature get more: a
@@ -148,7 +180,7 @@ pub struct GitSource {
     /// The directory inside the repository holding the specs (default: its root).
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// How often to fetch (default 60s).
+    /// How often to fetch (default 60s; 1s to 1d).
     #[serde(default = "GitSource::default_interval")]
     pub interval: Duration,
     /// A private key file for `ssh://` URLs.
@@ -169,7 +201,7 @@ impl GitSource {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SocketConfig {
-    /// Its path (default `/run/tend/tend.sock`).
+    /// Its path (default `/run/tend/tend.sock`; absolute, at most 107 bytes).
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// The group that may use it (mode 0660, owner root); default: root's group only.
@@ -193,8 +225,9 @@ pub struct MassRemoval {
     #[serde(default)]
     pub allow: bool,
     /// The largest share of managed objects (services and Timers), in percent, that one spec
-    /// set may remove (default 50). A set that removes more is not applied.
+    /// set may remove (default 50; at most 100). A set that removes more is not applied.
     #[serde(default = "MassRemoval::default_max_percent")]
+    #[schemars(range(max = 100))]
     pub max_percent: u8,
 }
 
@@ -212,9 +245,15 @@ impl Default for MassRemoval {
 
 /// Reads and checks the configuration file at `path`.
 pub fn load_agent_config(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic::general(format!("{}: cannot read the agent configuration: {e}", path.display()))]
-    })?;
+    let problem = |why: String| vec![Diagnostic::general(format!("{}: {why}", path.display()))];
+    let text = match crate::files::read_text(path, crate::files::AGENT_CONFIG) {
+        Ok(Ok(text)) => text,
+        Ok(Err(offset)) => return Err(problem(format!("not UTF-8 text (invalid byte at offset {offset})"))),
+        Err(e @ crate::files::ReadError::Read { .. }) => {
+            return Err(problem(format!("cannot read the agent configuration: {}", e.reason())));
+        }
+        Err(e) => return Err(problem(e.reason())),
+    };
     parse_agent_config(path, &text)
 }
 
@@ -275,10 +314,21 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
     if config.socket.path.as_ref().is_some_and(|p| !p.is_absolute()) {
         diags.push(Diagnostic::at(at(&["socket", "path"]), "socket.path must be an absolute path"));
     }
-    if let Some(group) = &config.socket.group
-        && (group.is_empty() || group.contains([':', '/', '\n']))
+    if let Some(path) = &config.socket.path
+        && let Some(msg) = SOCKET_PATH.check_bytes("`socket.path`", path.as_os_str().len())
     {
-        diags.push(Diagnostic::at(at(&["socket", "group"]), format!("`{group}` is not a group name or number")));
+        diags.push(Diagnostic::at(at(&["socket", "path"]), msg));
+    }
+    if let Some(group) = &config.socket.group
+        && !crate::load::is_account(group)
+    {
+        diags.push(Diagnostic::at(
+            at(&["socket", "group"]),
+            format!(
+                "`{}` is not a group name (letters, digits, `_`, `.` and `-`, starting with a letter or `_`, at most 32 characters) or number",
+                crate::diag::shown(group)
+            ),
+        ));
     }
     if let Some(m) = &config.metrics
         && m.listen.parse::<SocketAddr>().is_err()
@@ -299,6 +349,29 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
     }
     if config.parallel == 0 {
         diags.push(Diagnostic::at(at(&["parallel"]), "parallel must be at least 1"));
+    }
+    let bounded = [
+        ("resync", RESYNC.check("resync", config.resync)),
+        ("debounce", DEBOUNCE.check("debounce", config.debounce)),
+        ("parallel", PARALLEL.check("parallel", config.parallel)),
+    ];
+    for (key, problem) in bounded {
+        if let Some(msg) = problem {
+            diags.push(Diagnostic::at(at(&[key]), msg));
+        }
+    }
+    let paths = [
+        (&["stateDir"][..], &config.state_dir),
+        (&["unitDir"], &config.unit_dir),
+        (&["envDir"], &config.env_dir),
+        (&["source", "dir"], &config.source.dir),
+    ];
+    for (path, value) in paths {
+        if let Some(p) = value
+            && let Some(msg) = crate::bounds::PATH.check_bytes(&format!("`{}`", path.join(".")), p.as_os_str().len())
+        {
+            diags.push(Diagnostic::at(at(path), msg));
+        }
     }
     if let Err(why) = check_engine_timeout(config.engine_timeout) {
         diags.push(Diagnostic::at(at(&["engineTimeout"]), format!("engineTimeout {why}")));
@@ -336,13 +409,19 @@ fn check_git(git: &GitSource, at: &dyn Fn(&str) -> Location, diags: &mut Vec<Dia
     }
     for r in git.branch.iter().chain(&git.tag) {
         if r.is_empty()
+            || r.len() > GIT_REF.max
             || r.starts_with('-')
             || r.contains([' ', '~', '^', ':', '?', '*', '[', '\\'])
+            || r.contains(char::is_control)
             || r.contains("..")
         {
             diags.push(Diagnostic::at(
                 at(if git.branch.is_some() { "branch" } else { "tag" }),
-                format!("`{r}` is not a valid git ref name"),
+                format!(
+                    "`{}` is not a valid git ref name (at most {} bytes, without spaces, control characters, `..` or any of `~^:?*[\\`)",
+                    crate::diag::shown(r),
+                    GIT_REF.max
+                ),
             ));
         }
     }
@@ -365,6 +444,21 @@ fn check_git(git: &GitSource, at: &dyn Fn(&str) -> Location, diags: &mut Vec<Dia
     }
     if git.interval.get() < std::time::Duration::from_secs(1) {
         diags.push(Diagnostic::at(at("interval"), "source.git.interval must be at least 1s"));
+    }
+    if let Some(msg) = GIT_INTERVAL.check("source.git.interval", git.interval) {
+        diags.push(Diagnostic::at(at("interval"), msg));
+    }
+    if let Some(msg) = GIT_URL.check_bytes("`source.git.url`", git.url.len()) {
+        diags.push(Diagnostic::at(at("url"), msg));
+    } else if git.url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        diags.push(Diagnostic::at(at("url"), "source.git.url cannot contain spaces or control characters"));
+    }
+    for (key, file) in [("path", &git.path), ("sshKey", &git.ssh_key), ("tokenFile", &git.token_file)] {
+        if let Some(p) = file
+            && let Some(msg) = crate::bounds::PATH.check_bytes(&format!("`source.git.{key}`"), p.as_os_str().len())
+        {
+            diags.push(Diagnostic::at(at(key), msg));
+        }
     }
 }
 
@@ -391,6 +485,11 @@ mod tests {
 
     fn parse(text: &str) -> Result<AgentConfig, Vec<String>> {
         parse_agent_config(Path::new("agent.yaml"), text).map_err(|d| d.iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_read_past() {
+        assert_eq!(parse("\u{feff}parallel: 3\n").expect("with a BOM").parallel, 3);
     }
 
     #[test]
@@ -458,12 +557,75 @@ mod tests {
     }
 
     #[test]
+    fn every_value_has_a_bound() {
+        let ok = "resync: 1h\ndebounce: 1m\nparallel: 64\nsocket: {path: /run/tend/tend.sock, group: tend}\n\
+                  source:\n  git: {url: 'https://example.org/x.git', branch: main, interval: 1d}\n";
+        parse(ok).expect("at the bounds");
+        let long_socket = format!("/run/{}", "s".repeat(103));
+        let long_dir = format!("/{}", "d".repeat(4095));
+        let errs = parse(&format!(
+            "resync: 61m\ndebounce: 2m\nparallel: 65\nsocket: {{path: {long_socket}, group: \"a\\nb\"}}\nstateDir: {long_dir}\n\
+             source:\n  git: {{url: 'https://example.org/x y.git', branch: \"m\\tx\", interval: 2d}}\n"
+        ))
+        .expect_err("over the bounds");
+        let all = errs.join("\n");
+        for want in [
+            "agent.yaml:1:9: `resync` is 1h1m; at most 1h",
+            "agent.yaml:2:11: `debounce` is 2m; at most 1m",
+            "agent.yaml:3:11: `parallel` is 65; at most 64",
+            "agent.yaml:4:16: `socket.path` is 108 bytes long; at most 107",
+            "`a\\nb` is not a group name",
+            "agent.yaml:5:11: `stateDir` is 4096 bytes long; at most 4095",
+            "source.git.url cannot contain spaces or control characters",
+            "`m\\tx` is not a valid git ref name",
+            "`source.git.interval` is 2d; at most 1d",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert_eq!(errs.len(), 9, "{all}");
+    }
+
+    #[test]
     fn a_password_in_the_url_is_refused_without_echoing_it() {
         let errs = parse("source:\n  git: {url: 'https://bob:s3cret@example.org/x.git', branch: main}\n")
             .expect_err("password");
         let all = errs.join("\n");
         assert!(all.contains("holds a password"), "{all}");
         assert!(!all.contains("s3cret"), "{all}");
+    }
+
+    #[test]
+    fn the_file_must_be_a_regular_file_of_at_most_1_mib() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("agent.yaml");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; (1 << 20) + 1]).expect("write");
+        for (path, why) in [
+            (
+                fifo.clone(),
+                "it is not a regular file (a FIFO); the agent configuration is read only from a regular file",
+            ),
+            (big.clone(), "it is 1048577 bytes; the agent configuration is at most 1048576"),
+            ("/dev/zero".into(), "it is not a regular file (a character device)"),
+        ] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(load_agent_config(&p));
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("no blocking");
+            let errs: Vec<String> = got.expect_err("refused").iter().map(ToString::to_string).collect();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with(&format!("{}: {why}", path.display())), "{errs:?}");
+        }
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub const DEFAULT_COMPRESSION_THREADS: u32 = 2;
 pub struct BackupSpec {
     /// When a backup runs by itself: a systemd calendar expression (`systemd.time(7)`), e.g.
     /// `*-*-* 03:15:00`, `daily`. Without it the Backup runs only on demand
-    /// (`tend backup run NAME`). Quote it in YAML when it starts with `*`.
+    /// (`tend backup run NAME`). Quote it in YAML when it starts with `*`. At most 1024 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::SCHEDULE.max))]
     pub schedule: Option<String>,
     /// What is captured: `paths`, or the output of an `exec` command (exactly one).
     pub source: Source,
@@ -54,8 +55,9 @@ pub struct BackupSpec {
     pub quiesce: Option<Quiesce>,
     /// Where archives are written.
     pub destination: Destination,
-    /// Further places each new archive is copied to, each verified by checksum.
+    /// Further places each new archive is copied to, each verified by checksum (at most 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::COPIES.max))]
     pub copies: Vec<CopyTarget>,
     /// Which archives are kept, per destination. Without it every archive is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,8 +78,9 @@ pub struct BackupSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     /// Directories and files on the host, archived as one tar: absolute paths, none inside
-    /// another, not `/`.
+    /// another, not `/`. At most 256 paths of 4095 bytes each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::SOURCE_PATHS.max), inner(length(max = crate::bounds::PATH.max)))]
     pub paths: Option<Vec<String>>,
     /// A dump command whose standard output is streamed into the archive (no temporary copy
     /// on disk), e.g. `mongodump --archive` or `pg_dump -Fc`.
@@ -98,7 +101,8 @@ pub struct ExecCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<ExecRuntime>,
     /// The program and its arguments: argv, no shell. On the host the program is an
-    /// absolute path.
+    /// absolute path. At most 1024 arguments of 64 KiB each, without NUL.
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub command: Vec<String>,
 }
 
@@ -135,9 +139,12 @@ impl ExecCommand {
 #[serde(rename_all = "camelCase")]
 pub struct Quiesce {
     /// Services of the spec set, stopped in dependency order (dependents first) before a
-    /// byte is read, and started again in reverse order afterwards, whatever happens.
+    /// byte is read, and started again in reverse order afterwards, whatever happens. At most
+    /// 256.
+    #[schemars(length(max = crate::bounds::QUIESCE_STOP.max))]
     pub stop: Vec<String>,
-    /// How long stopping them may take before the backup fails (default 60s; more than 0s).
+    /// How long stopping them may take before the backup fails (default 60s; more than 0s,
+    /// at most 1h).
     #[serde(default = "default_quiesce_timeout")]
     pub timeout: Duration,
 }
@@ -150,12 +157,16 @@ fn default_quiesce_timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
-    /// An absolute directory; it and the layout's directories are created as needed.
+    /// An absolute directory; it and the layout's directories are created as needed (at most
+    /// 4095 bytes).
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub dir: String,
     /// The archive's path under `dir`, with tokens `{name}`, `{yyyy}`, `{mm}`, `{dd}`,
     /// `{date}` (YYYY-MM-DD) and `{time}` (HHMMSS). Default
-    /// `{name}/{yyyy}/{mm}/{date}_{name}.tar.zst` for paths, `….zst` for exec sources.
+    /// `{name}/{yyyy}/{mm}/{date}_{name}.tar.zst` for paths, `….zst` for exec sources. At
+    /// most 4095 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub layout: Option<String>,
 }
 
@@ -163,11 +174,14 @@ pub struct Destination {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyTarget {
-    /// An absolute directory (another disk, a mounted NAS); the archive keeps its layout path.
+    /// An absolute directory (another disk, a mounted NAS); the archive keeps its layout path
+    /// (at most 4095 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub dir: Option<String>,
-    /// An rsync destination, e.g. `user@nas:/backups/retro` (over SSH).
+    /// An rsync destination, e.g. `user@nas:/backups/retro` (over SSH; at most 4095 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub rsync: Option<String>,
     /// Which archives this copy keeps; without it, the Backup's `retention` (and without
     /// that, every archive).
@@ -206,24 +220,29 @@ impl fmt::Display for CopyTarget {
 
 /// Which archives are kept in each destination. Each rule keeps the newest archive of each
 /// of its last N periods (`keepLast`: the N newest); an archive kept by any rule stays.
-/// The newest good archive is never deleted.
+/// The newest good archive is never deleted. Each N is at most 10000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
     /// Keep the N newest archives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::RETENTION_KEEP.max))]
     pub keep_last: Option<u32>,
     /// Keep the newest archive of each of the last N days that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::RETENTION_KEEP.max))]
     pub keep_daily: Option<u32>,
     /// Keep the newest archive of each of the last N ISO weeks that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::RETENTION_KEEP.max))]
     pub keep_weekly: Option<u32>,
     /// Keep the newest archive of each of the last N months that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::RETENTION_KEEP.max))]
     pub keep_monthly: Option<u32>,
     /// Keep the newest archive of each of the last N years that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::RETENTION_KEEP.max))]
     pub keep_yearly: Option<u32>,
 }
 
@@ -238,7 +257,7 @@ pub struct Compression {
     /// Worker threads: 0 compresses on the calling thread, 1 to 64 (default 2) use that many
     /// workers beside the one reading the sources.
     #[serde(default = "default_threads")]
-    #[schemars(range(max = 64))]
+    #[schemars(range(max = crate::bounds::COMPRESSION_THREADS.max))]
     pub threads: u32,
 }
 
@@ -262,15 +281,19 @@ impl Default for Compression {
 #[serde(rename_all = "camelCase")]
 pub struct Restore {
     /// paths sources: an absolute directory, outside the source paths, the current data is
-    /// moved into (in a timestamped directory) before the archive is extracted.
+    /// moved into (in a timestamped directory) before the archive is extracted (at most 4095
+    /// bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub move_aside_to: Option<String>,
     /// exec sources: the command the archive is streamed into (its standard input). Its
     /// arguments may hold `${var}` placeholders, filled by `tend restore --set var=value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecCommand>,
-    /// Default values of the placeholders of `exec` (`--set` overrides them).
+    /// Default values of the placeholders of `exec` (`--set` overrides them): at most 64, each
+    /// at most 64 KiB, without NUL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::bounds::RESTORE_VARS.max))]
     pub vars: BTreeMap<String, String>,
 }
 
@@ -279,10 +302,12 @@ pub struct Restore {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Drill {
-    /// When the drill runs: a systemd calendar expression.
+    /// When the drill runs: a systemd calendar expression (at most 1024 bytes).
+    #[schemars(length(max = crate::bounds::SCHEDULE.max))]
     pub schedule: String,
     /// The check, run on the host after the restore: argv (no shell), the program an
-    /// absolute path; exit status 0 means the drill passed.
+    /// absolute path; exit status 0 means the drill passed. At most 1024 arguments.
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub check: Vec<String>,
 }
 

@@ -8,6 +8,7 @@
 //! included, on top of the system tz database (`/usr/share/zoneinfo`), read through `jiff`.
 
 use std::fmt::{self, Write as _};
+use std::path::Path;
 use std::str::FromStr;
 
 use jiff::tz::TimeZone;
@@ -284,7 +285,7 @@ impl LocalZone {
                 if v.starts_with('/') { (v.to_owned(), None) } else { (format!("{ZONEINFO}/{v}"), Some(v.to_owned())) }
             }
         };
-        if let Ok(data) = std::fs::read(&path)
+        if let Ok(data) = crate::files::read(Path::new(&path), crate::files::ZONE_FILE)
             && let Some(zone) = LocalZone::from_tzif(name.as_deref().unwrap_or("localtime"), &data)
         {
             return zone;
@@ -452,10 +453,7 @@ fn load_named_zone(name: &str) -> Option<TimeZone> {
         return None;
     }
     let path = format!("{ZONEINFO}/{name}");
-    if !std::fs::metadata(&path).ok()?.is_file() {
-        return None;
-    }
-    let data = std::fs::read(&path).ok()?;
+    let data = crate::files::read(Path::new(&path), crate::files::ZONE_FILE).ok()?;
     if !data.starts_with(b"TZif") {
         return None;
     }

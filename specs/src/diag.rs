@@ -50,3 +50,20 @@ impl fmt::Display for Diagnostic {
         }
     }
 }
+
+/// [`shown`], cut after `max` characters (then `…`): for a message about text that may be
+/// long, so that the message stays short.
+pub fn shown_cut(text: &str, max: usize) -> String {
+    let mut out: String = shown(text).chars().take(max).collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// Text of the specs for a message: control characters escaped (`\n`, `\0`, `\u{1b}`), so
+/// that a diagnostic stays one line and shows what is there; everything else (quotes,
+/// non-ASCII letters) as it is.
+pub fn shown(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}

@@ -3,10 +3,12 @@
 
 pub mod agent_config;
 pub mod backup;
+pub mod bounds;
 pub mod calendar;
 pub mod de;
 pub mod desired;
 pub mod diag;
+pub mod files;
 pub mod hash;
 pub mod load;
 pub mod quantity;

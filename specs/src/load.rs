@@ -16,25 +16,21 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::backup::BackupSpec;
+use crate::bounds;
 use crate::de::{Partial, from_node, partial_from_node};
 use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, template_hashes, timer_hashes};
-use crate::diag::{Diagnostic, Location};
+use crate::diag::{Diagnostic, Location, shown};
+use crate::files::{self, io_reason};
 use crate::hash::sha256_hex;
 use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow, VolumeMount};
 use crate::timer::TimerSpec;
-use crate::yaml::{Node, Value, parse_stream};
+use crate::yaml::{Node, Value, parse_stream, strip_bom};
 
 /// The only API version this tend reads.
 pub const API_VERSION: &str = "tend/v1";
 
 /// Kinds the language knows, and whether this version implements them.
 const KINDS: &[(&str, bool)] = &[("Service", true), ("Timer", true), ("Backup", true), ("Replica", false)];
-
-/// Largest spec file read (a guard against pointing tend at the wrong file).
-const MAX_FILE_BYTES: u64 = 4 << 20;
-
-/// Largest single file hashed for a bind mount; larger ones are mounted but not hashed.
-const MAX_HASHED_MOUNT_BYTES: u64 = 16 << 20;
 
 /// Object metadata.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,11 +108,13 @@ struct Documents {
     /// a broken `metadata`): it may be the service a `dependsOn` (or the Timer a hook)
     /// names, so no reference is called unknown until that is fixed.
     all_named: bool,
+    /// Documents met so far (of any kind); past [`bounds::OBJECTS`] the rest is not read.
+    count: usize,
 }
 
 impl Default for Documents {
     fn default() -> Self {
-        Self { services: Vec::new(), timers: Vec::new(), backups: Vec::new(), all_named: true }
+        Self { services: Vec::new(), timers: Vec::new(), backups: Vec::new(), all_named: true, count: 0 }
     }
 }
 
@@ -181,13 +179,12 @@ pub fn load_str(file: &Path, text: &str) -> Result<Desired, Vec<Diagnostic>> {
 }
 
 fn read_spec_file(file: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("file is {} bytes; spec files are limited to {MAX_FILE_BYTES}", meta.len()));
+    match files::read_text(file, files::SPEC_FILE) {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(offset)) => Err(format!("not UTF-8 text (invalid byte at offset {offset})")),
+        Err(e @ files::ReadError::Read { .. }) => Err(format!("cannot read: {}", e.reason())),
+        Err(e) => Err(e.reason()),
     }
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 fn is_spec_file(p: &Path) -> bool {
@@ -198,7 +195,8 @@ fn is_spec_file(p: &Path) -> bool {
 fn spec_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Diagnostic::general(format!("{}: cannot read specs: {e}", path.display())))?;
-    if meta.is_file() {
+    if !meta.is_dir() {
+        // A FIFO or device named on its own is refused by the read, with what it is.
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
@@ -215,7 +213,9 @@ fn spec_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
                 std::fs::metadata(&p).map_err(|e| Diagnostic::general(format!("{}: cannot read: {e}", p.display())))?;
             if ft.is_dir() && !hidden {
                 stack.push(p);
-            } else if ft.is_file() && is_spec_file(&p) {
+            } else if !ft.is_dir() && is_spec_file(&p) {
+                // Not only regular files: a FIFO or device named `*.yaml` is reported by the
+                // read rather than skipped, so no spec file is ignored without a word.
                 out.push(p);
             }
         }
@@ -229,6 +229,7 @@ fn at(file: &Arc<Path>, node: &Node) -> Location {
 }
 
 fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut Vec<Diagnostic>) {
+    let text = strip_bom(text);
     let source: Arc<str> = Arc::from(text);
     let nodes = match parse_stream(text) {
         Ok(n) => n,
@@ -248,7 +249,24 @@ fn decode_file(file: &Arc<Path>, text: &str, docs: &mut Documents, diags: &mut V
     for node in nodes {
         match &node.value {
             Value::Null => continue,
-            Value::Map(_) => {}
+            Value::Map(_) => {
+                docs.count += 1;
+                if docs.count > bounds::OBJECTS.max {
+                    if docs.count == bounds::OBJECTS.max + 1 {
+                        diags.push(Diagnostic::at(
+                            at(file, &node),
+                            format!(
+                                "this is document {} of the spec set; a set holds at most {} ({}), so it and the rest are not read",
+                                docs.count,
+                                bounds::OBJECTS.max,
+                                bounds::OBJECTS.why
+                            ),
+                        ));
+                    }
+                    docs.all_named = false;
+                    continue;
+                }
+            }
             _ => {
                 diags.push(Diagnostic::at(
                     at(file, &node),
@@ -444,10 +462,17 @@ fn is_volume_name(name: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
+/// The signal names both Docker and systemd know (without `SIG`). Any other name passed
+/// validation and was refused by Docker at create ("Invalid signal").
+const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
+    "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
+    "PWR", "SYS",
+];
+
 fn valid_signal(s: &str) -> bool {
     let name = s.strip_prefix("SIG").unwrap_or(s);
-    (!name.is_empty() && name.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
-        || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
+    SIGNALS.contains(&name) || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
 /// What owns a name. Services and Timers share one namespace: each becomes a systemd unit
@@ -520,6 +545,7 @@ fn claim_names(docs: &Documents, diags: &mut Vec<Diagnostic>) -> (BTreeMap<Strin
 }
 
 fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
+    let mut secrets = SecretBudget::default();
     let (names, unique_services, unique_timers) = claim_names(&docs, diags);
     let mut checked: Vec<Checked> = Vec::new();
     for (d, unique) in docs.services.into_iter().zip(unique_services) {
@@ -535,7 +561,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
             }
             Spec::Unread => continue,
         };
-        let checks = check_service(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
+        let checks = check_service(&d.file, &d.source, &d.node, &d.metadata, &mut spec, &mut secrets, diags);
         if !unique {
             // Left out of the checks across services: its conflicts would only repeat the
             // problem with its name.
@@ -564,7 +590,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     let mut timers = BTreeMap::new();
     for (d, unique) in docs.timers.into_iter().zip(unique_timers) {
         let Spec::Whole(mut spec) = d.spec else { continue };
-        let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, diags);
+        let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, &mut secrets, diags);
         if let (true, Some((calendar, env, file_digests))) = (unique, checks) {
             let (hash, field_hashes) = timer_hashes(&spec, &env, &file_digests);
             let timer = Timer {
@@ -583,6 +609,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
     check_dependencies(&checked, &names, docs.all_named, diags);
     check_hooks(&checked, &names, docs.all_named, diags);
     check_ports(&checked, diags);
+    values::check_instances(&checked, diags);
     let backups = backup::check_backups(docs.backups, &names, docs.all_named, diags);
     let services = checked.into_iter().filter_map(|c| c.service).map(|s| (s.name.clone(), s)).collect();
     Desired { services, timers, backups }
@@ -619,6 +646,7 @@ fn check_service(
     node: &Node,
     metadata: &Metadata,
     spec: &mut ServiceSpec,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ServiceInputs> {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
@@ -631,12 +659,7 @@ fn check_service(
         &[("metadata", &metadata.labels)]
     };
     for (section, labels) in label_sections {
-        for key in labels.keys().filter(|k| k.starts_with("tend.")) {
-            diags.push(Diagnostic::at(
-                here(&[Seg::Key(section), Seg::Key("labels"), Seg::Key(key)]),
-                format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
-            ));
-        }
+        values::check_labels(labels, |key| here(&[Seg::Key(section), Seg::Key("labels"), Seg::Key(key)]), diags);
     }
     for (field, runtime) in SERVICE_RUNTIME_FIELDS {
         if *runtime != spec.runtime
@@ -662,23 +685,29 @@ fn check_service(
                     "missing field `image` (a docker service needs an image)",
                 ));
             }
-            Some(img) => check_image(img, spec_loc("image"), diags),
+            Some(img) => values::check_image(img, spec_loc("image"), diags),
         },
     }
     if docker {
-        for (field, argv) in [("command", &spec.command), ("entrypoint", &spec.entrypoint)] {
-            if argv.as_ref().is_some_and(|a| a.is_empty()) {
-                diags.push(Diagnostic::at(
-                    spec_loc(field),
-                    format!("`{field}` is empty; leave it out to use the image's"),
-                ));
-            }
-        }
+        check_container_fields(
+            spec.command.as_deref(),
+            spec.entrypoint.as_deref(),
+            spec.user.as_deref(),
+            spec.working_dir.as_deref(),
+            |path| here(&[&[Seg::Key("spec")], path].concat()),
+            diags,
+        );
         if let Some(hc) = &spec.healthcheck {
             let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
             if hc.command.is_empty() {
                 diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
             }
+            values::check_container_argv(
+                "healthcheck.command",
+                &hc.command,
+                |i| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key("command"), Seg::Index(i)]),
+                diags,
+            );
             for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
                 if value.is_some_and(|v| v.get().is_zero()) {
                     diags.push(Diagnostic::at(
@@ -715,13 +744,18 @@ fn check_service(
         ));
     }
     if let Some(cpus) = spec.resources.as_ref().and_then(|r| r.cpus)
-        && !(cpus > 0.0 && cpus <= 1024.0)
+        && !(bounds::MIN_CPUS..=bounds::CPUS.max).contains(&cpus)
     {
         diags.push(Diagnostic::at(
             here(&[Seg::Key("spec"), Seg::Key("resources"), Seg::Key("cpus")]),
-            format!("`cpus` must be more than 0 and at most 1024, found {cpus}"),
+            format!(
+                "`resources.cpus` must be at least {} (Docker's smallest share of a core) and at most {}, found {cpus}",
+                bounds::MIN_CPUS,
+                bounds::CPUS.max
+            ),
         ));
     }
+    values::Limits::new(&here, diags).service(&metadata.labels, spec);
     if let Some(sig) = &spec.stop_signal
         && !valid_signal(sig)
     {
@@ -763,12 +797,11 @@ fn check_service(
         check_update_window(file, source, node, window, diags);
     }
     let base_dir = base_dir(file);
-    let env_names = if docker { EnvNames::Docker } else { EnvNames::Systemd };
     let env = resolve_env(
         &spec.env,
         &base_dir,
-        env_names,
-        |k| here(&[Seg::Key("spec"), Seg::Key("env"), Seg::Key(k)]),
+        |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()),
+        secrets,
         diags,
     );
     let file_digests = if docker {
@@ -809,18 +842,32 @@ fn check_update_window(
     }
 }
 
-/// Checks an image reference (a docker service's or a job's).
-fn check_image(img: &str, loc: Location, diags: &mut Vec<Diagnostic>) {
-    if img.is_empty() {
-        diags.push(Diagnostic::at(loc, "`image` is empty"));
-    } else if img.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        diags.push(Diagnostic::at(
-            loc,
-            format!(
-                "invalid image reference `{}`: it must not contain spaces or control characters",
-                img.escape_default()
-            ),
-        ));
+/// Checks the fields a container is created with that a docker service and a docker job
+/// share: `command` and `entrypoint` (not empty, no NUL), `user` and `workingDir`. `at`
+/// locates a path from the mapping that holds them.
+fn check_container_fields(
+    command: Option<&[String]>,
+    entrypoint: Option<&[String]>,
+    user: Option<&str>,
+    working_dir: Option<&str>,
+    at: impl Fn(&[Seg<'_>]) -> Location,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (field, argv) in [("command", command), ("entrypoint", entrypoint)] {
+        let Some(argv) = argv else { continue };
+        if argv.is_empty() {
+            diags.push(Diagnostic::at(
+                at(&[Seg::Key(field)]),
+                format!("`{field}` is empty; leave it out to use the image's"),
+            ));
+        }
+        values::check_container_argv(field, argv, |i| at(&[Seg::Key(field), Seg::Index(i)]), diags);
+    }
+    if let Some(msg) = user.and_then(values::docker_user_problem) {
+        diags.push(Diagnostic::at(at(&[Seg::Key("user")]), msg));
+    }
+    if let Some(msg) = working_dir.and_then(values::container_dir_problem) {
+        diags.push(Diagnostic::at(at(&[Seg::Key("workingDir")]), msg));
     }
 }
 
@@ -839,94 +886,105 @@ fn base_dir(file: &Path) -> PathBuf {
     std::path::absolute(&base_dir).unwrap_or(base_dir)
 }
 
-/// Which environment variable names a runtime takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EnvNames {
-    /// Docker: anything without `=` (and NUL).
-    Docker,
-    /// systemd and host processes: shell-style names; values cannot hold NUL.
-    Systemd,
+/// What the secrets of a set have taken so far, against [`bounds::SECRETS`].
+#[derive(Debug, Default)]
+struct SecretBudget {
+    /// Bytes of the secrets read so far.
+    used: u64,
 }
 
-/// Checks environment names and reads secrets now, so a missing file is a spec error. No
-/// message here may show a secret's value: only its variable name and file.
+impl SecretBudget {
+    /// Takes `bytes` for a secret; the problem when the set's secrets would exceed their
+    /// bound together (the secret is then not kept).
+    fn take(&mut self, bytes: usize) -> Result<(), String> {
+        let total = self.used.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if total > bounds::SECRETS.max {
+            return Err(format!(
+                "the secrets of this spec set would take {total} bytes together; at most {} ({})",
+                bounds::SECRETS.max,
+                bounds::SECRETS.why
+            ));
+        }
+        self.used = total;
+        Ok(())
+    }
+}
+
+/// Checks environment names and values and reads secrets now, so a missing file is a spec
+/// error. Names and values follow one rule for every runtime ([`values::is_env_name`], no
+/// NUL). No message here may show a secret's value: only its variable name and file. An
+/// environment over its bound ([`bounds::ENV`], reported by the bounds' checks) is not
+/// read, and no secret is read past the set's [`SecretBudget`].
 fn resolve_env(
     spec_env: &BTreeMap<String, EnvValue>,
     base_dir: &Path,
-    names: EnvNames,
-    loc_of: impl Fn(&str) -> Location,
+    env_at: impl Fn(&[Seg<'_>]) -> Location,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Env> {
     let mut env = BTreeMap::new();
+    if spec_env.len() > bounds::ENV.max {
+        return env;
+    }
     for (key, value) in spec_env {
-        let loc = loc_of(key);
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            diags.push(Diagnostic::at(
-                loc.clone(),
-                format!(
-                    "invalid environment variable name `{}`: it must not be empty or contain `=`",
-                    key.escape_default()
-                ),
-            ));
-        } else if names == EnvNames::Systemd && !systemd::is_env_name(key) {
-            diags.push(Diagnostic::at(
-                loc.clone(),
-                format!(
-                    "invalid environment variable name `{}`: on the host, names are letters, digits and `_`, not starting with a digit (systemd drops other names)",
-                    key.escape_default()
-                ),
-            ));
+        let loc = env_at(&[Seg::Key(key)]);
+        if let Some(msg) = values::env_name_problem(key) {
+            diags.push(Diagnostic::at(loc.clone(), msg));
         }
         match value {
             EnvValue::Literal(s) => {
-                if names == EnvNames::Systemd && s.contains('\0') {
+                if s.contains('\0') {
                     diags.push(Diagnostic::at(
                         loc,
-                        format!("the value of `{key}` contains a NUL character, which an environment cannot hold"),
+                        format!(
+                            "the value of `{}` contains a NUL character, which an environment cannot hold",
+                            shown(key)
+                        ),
                     ));
                 }
                 env.insert(key.clone(), Env::Literal(s.clone()));
             }
             EnvValue::FromFile { from_file } => {
                 let path = normalize(&base_dir.join(from_file));
-                match std::fs::read(&path) {
-                    Ok(bytes) => match String::from_utf8(bytes) {
-                        Ok(mut s) => {
-                            if s.ends_with('\n') {
-                                s.pop();
-                                if s.ends_with('\r') {
-                                    s.pop();
-                                }
-                            }
-                            if names == EnvNames::Systemd && s.contains('\0') {
-                                diags.push(Diagnostic::at(
-                                    loc,
-                                    format!(
-                                        "secret file `{}` for `{key}` contains a NUL character, which an environment cannot hold",
-                                        path.display()
-                                    ),
-                                ));
-                            }
-                            env.insert(key.clone(), Env::Secret { path, value: Secret::new(s) });
-                        }
-                        Err(_) => {
-                            diags.push(Diagnostic::at(
-                                loc,
-                                format!("secret file `{}` for `{key}` is not UTF-8 text", path.display()),
-                            ));
-                        }
-                    },
-                    Err(e) => {
-                        diags.push(Diagnostic::at(
-                            loc,
-                            format!("cannot read secret file `{}` for `{key}`: {}", path.display(), io_reason(&e)),
-                        ));
+                match read_secret(key, &path).and_then(|value| secrets.take(value.len()).map(|()| value)) {
+                    Ok(value) => {
+                        env.insert(key.clone(), Env::Secret { path, value: Secret::new(value) });
                     }
+                    Err(msg) => diags.push(Diagnostic::at(env_at(&[Seg::Key(key), Seg::Key("fromFile")]), msg)),
                 }
             }
         }
     }
     env
+}
+
+/// Reads the secret of the variable `key` from `path` (a regular file of at most
+/// [`files::SECRET`]): UTF-8 text, one trailing line break removed, without NUL (which no
+/// environment can hold, whatever the runtime). A problem names the file and the variable,
+/// never the value.
+fn read_secret(key: &str, path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let key = crate::diag::shown_cut(key, 64);
+    let mut value = match files::read_text(path, files::SECRET) {
+        Ok(Ok(value)) => value,
+        Ok(Err(_)) => return Err(format!("secret file `{shown}` for `{key}` is not UTF-8 text")),
+        Err(files::ReadError::Read { source, .. }) => {
+            return Err(format!("cannot read secret file `{shown}` for `{key}`: {}", io_reason(&source)));
+        }
+        Err(e) => return Err(format!("secret file for `{key}`: {e}")),
+    };
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.contains('\0') {
+        return Err(format!(
+            "secret file `{shown}` for `{key}` contains a NUL character, which an environment cannot hold"
+        ));
+    }
+    Ok(value)
 }
 
 /// Checks mounts: targets unique, volume names valid, bind sources resolved (in place) and
@@ -961,34 +1019,39 @@ fn resolve_volumes(
             }
             MountSource::Bind(p) => {
                 let abs = normalize(&base_dir.join(&*p));
-                match std::fs::metadata(&abs) {
-                    Ok(meta) => {
-                        if meta.is_file() && meta.len() <= MAX_HASHED_MOUNT_BYTES {
-                            match std::fs::read(&abs) {
-                                Ok(bytes) => {
-                                    file_digests.insert(abs.clone(), sha256_hex(&bytes));
-                                }
-                                Err(e) => {
-                                    diags.push(Diagnostic::at(
-                                        loc,
-                                        format!("cannot read mounted file `{}`: {}", abs.display(), io_reason(&e)),
-                                    ));
-                                }
-                            }
-                        }
+                match mounted_file_digest(&abs) {
+                    Ok(Some(digest)) => {
+                        file_digests.insert(abs.clone(), digest);
                     }
-                    Err(e) => {
-                        diags.push(Diagnostic::at(
-                            loc,
-                            format!("bind mount source `{}`: {}", abs.display(), io_reason(&e)),
-                        ));
-                    }
+                    Ok(None) => {}
+                    Err(msg) => diags.push(Diagnostic::at(loc, msg)),
                 }
                 *p = abs;
             }
         }
     }
     file_digests
+}
+
+/// The digest of a bind-mount source that is a regular file of at most
+/// [`files::HASHED_MOUNT`], so that editing it recreates; `None` for anything else, which is
+/// mounted as it is and never read (a directory, a larger file, a socket such as
+/// `/var/run/docker.sock`, a device, a FIFO). An error when the source does not exist or
+/// cannot be read.
+fn mounted_file_digest(path: &Path) -> Result<Option<String>, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("bind mount source `{}`: {}", path.display(), io_reason(&e)))?;
+    if !meta.is_file() || meta.len() > files::HASHED_MOUNT.max {
+        return Ok(None);
+    }
+    match files::read(path, files::HASHED_MOUNT) {
+        Ok(bytes) => Ok(Some(sha256_hex(&bytes))),
+        // Replaced by something else, or grown, since it was looked at: mounted, not hashed.
+        Err(files::ReadError::NotRegular { .. } | files::ReadError::TooLarge { .. }) => Ok(None),
+        Err(files::ReadError::Read { source, .. }) => {
+            Err(format!("cannot read mounted file `{}`: {}", path.display(), io_reason(&source)))
+        }
+    }
 }
 
 /// The key node of the field at `path` (mapping keys from `node` down), if it is written.
@@ -1004,14 +1067,6 @@ fn key_node<'n>(node: &'n Node, path: &[&str]) -> Option<&'n Node> {
 /// Whether the mapping keys `path` all exist from `node` down.
 fn locate_has(node: &Node, path: &[&str]) -> bool {
     path.iter().try_fold(node, |n, k| n.get(k)).is_some()
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }
 
 /// Makes a path lexically clean (`a/./b/../c` → `a/c`) without touching the filesystem.
@@ -1219,6 +1274,9 @@ fn check_ports(services: &[Checked], diags: &mut Vec<Diagnostic>) {
 
 mod backup;
 mod systemd;
+mod values;
+
+pub use systemd::is_account;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,11 @@
 //! Scalar value types of the spec language: durations (`500ms`, `30s`, `5m`, `1h`) and
 //! byte sizes (`512Mi`, `1G`). Each parses from a string and prints back canonically.
+//!
+//! Parsing is bounded whatever the text: at most [`MAX_TEXT`] characters are looked at
+//! (a longer text is refused, and messages show only its start), the arithmetic is
+//! checked, and a duration is at most [`Duration::MAX`], so that adding one to a time
+//! anywhere in tend cannot overflow. Each field has its own, lower bound
+//! ([`crate::bounds`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,7 +18,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
 
+/// The longest text read as a duration or a size; the longest real one (`1d23h59m59s999ms`)
+/// is 16 characters.
+pub const MAX_TEXT: usize = 64;
+
+/// `text` for a message: at most [`MAX_TEXT`] characters, then `…`.
+fn cut(text: &str) -> String {
+    let mut out: String = text.chars().take(MAX_TEXT).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 impl Duration {
+    /// The longest duration read: 36500 days (100 years). Every field has a lower bound of
+    /// its own; this one keeps `now + duration` representable everywhere.
+    pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
+
     /// A duration of whole seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Self(std::time::Duration::from_secs(secs))
@@ -41,6 +64,9 @@ pub enum QuantityError {
     /// The text is not a duration.
     #[error("invalid duration `{0}`: expected a number followed by ms, s, m, h or d (e.g. 500ms, 30s, 5m, 1h30m)")]
     Duration(String),
+    /// The text is a duration longer than [`Duration::MAX`].
+    #[error("duration `{0}` is longer than 36500d (100 years), the longest tend reads")]
+    DurationTooLong(String),
     /// The text is not a byte size.
     #[error(
         "invalid size `{0}`: expected bytes or a number with a unit: k, M, G (powers of 1000) or Ki, Mi, Gi (powers of 1024), e.g. 512Mi"
@@ -52,9 +78,9 @@ impl FromStr for Duration {
     type Err = QuantityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || QuantityError::Duration(s.to_string());
+        let err = || QuantityError::Duration(cut(s));
         let mut rest = s.trim();
-        if rest.is_empty() {
+        if rest.is_empty() || rest.len() > MAX_TEXT {
             return Err(err());
         }
         let mut total: u64 = 0;
@@ -77,7 +103,11 @@ impl FromStr for Duration {
             rest = &rest[unit_len..];
             total = n.checked_mul(factor).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
         }
-        Ok(Self::from_millis(total))
+        let d = Self::from_millis(total);
+        if d > Self::MAX {
+            return Err(QuantityError::DurationTooLong(cut(s)));
+        }
+        Ok(d)
     }
 }
 
@@ -132,8 +162,11 @@ impl FromStr for ByteSize {
     type Err = QuantityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || QuantityError::Size(s.to_string());
+        let err = || QuantityError::Size(cut(s));
         let t = s.trim();
+        if t.len() > MAX_TEXT {
+            return Err(err());
+        }
         let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         if digits == 0 {
             return Err(err());
@@ -232,6 +265,23 @@ mod tests {
         for text in ["", "5", "m", "5 m", "5mins", "1.5s", "-1s", "s5", "99999999999999999999d"] {
             assert!(text.parse::<Duration>().is_err(), "{text:?} should fail");
         }
+    }
+
+    #[test]
+    fn parsing_is_bounded_and_messages_show_only_the_start_of_a_long_text() {
+        assert_eq!("36500d".parse::<Duration>(), Ok(Duration::MAX));
+        assert_eq!(
+            "36500d1ms".parse::<Duration>().map_err(|e| e.to_string()),
+            Err("duration `36500d1ms` is longer than 36500d (100 years), the longest tend reads".into())
+        );
+        assert!("18446744073709551615ms".parse::<Duration>().is_err());
+        assert!("18446744073709551615d".parse::<Duration>().is_err());
+        assert!("18446744073709551615Ti".parse::<ByteSize>().is_err());
+        let long = "1s".repeat(1000);
+        let e = long.parse::<Duration>().expect_err("too long").to_string();
+        assert!(e.len() < 200 && e.contains("1s1s…"), "{e}");
+        let e = "1".repeat(1000).parse::<ByteSize>().expect_err("too long").to_string();
+        assert!(e.len() < 300 && e.contains("11…"), "{e}");
     }
 
     #[test]

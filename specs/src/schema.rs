@@ -17,8 +17,11 @@ struct Metadata {
     /// The object's name: a DNS label (lowercase letters, digits, `-`; at most 63).
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     name: String,
-    /// Labels for selecting objects (`tend maintain --selector app=ims`).
+    /// Labels for selecting objects (`tend maintain --selector app=ims`): at most 128, keys
+    /// printable without spaces or `=` (at most 255 bytes), values without NUL (at most 4096
+    /// bytes).
     #[serde(default)]
+    #[schemars(extend("maxProperties" = crate::bounds::LABELS.max))]
     labels: std::collections::BTreeMap<String, String>,
 }
 

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::diag::shown_cut;
 use crate::quantity::{ByteSize, Duration};
 
 /// Where a service runs.
@@ -90,8 +91,9 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub runtime: Runtime,
     /// The program of a systemd service and its arguments (argv, no shell); the program is
-    /// an absolute path.
+    /// an absolute path. At most 1024 arguments of 64 KiB each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub exec: Option<Vec<String>>,
     /// The image reference (docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,44 +101,59 @@ pub struct ServiceSpec {
     /// When to pull the image: `ifNotPresent` (default), `always`, `never`.
     #[serde(default)]
     pub pull_policy: PullPolicy,
-    /// Overrides the image's entrypoint.
+    /// Overrides the image's entrypoint (at most 1024 arguments of 64 KiB each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub entrypoint: Option<Vec<String>>,
-    /// Overrides the image's command (argv, no shell).
+    /// Overrides the image's command (argv, no shell; at most 1024 arguments of 64 KiB each, no NUL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub command: Option<Vec<String>>,
-    /// Environment variables: a literal value, or `{fromFile: PATH}` for secrets.
+    /// Environment variables: a literal value, or `{fromFile: PATH}` for secrets. At most 1024;
+    /// names are letters, digits and `_`, not starting with a digit (at most 255 bytes);
+    /// values at most 64 KiB, without NUL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::bounds::ENV.max))]
     pub env: BTreeMap<String, EnvValue>,
-    /// Published ports: `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]`.
+    /// Published ports: `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]` (at most 1024).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::PORTS.max))]
     pub ports: Vec<PortMapping>,
     /// Mounts: `SOURCE:TARGET[:ro|rw]`. A SOURCE starting with `/`, `./` or `../` is a bind
-    /// mount (relative to the spec file's directory); otherwise it names a volume.
+    /// mount (relative to the spec file's directory); otherwise it names a volume. TARGET is an
+    /// absolute path written normalised, not `/`. At most 256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::VOLUMES.max))]
     pub volumes: Vec<VolumeMount>,
-    /// Networks to join; tend creates the ones that do not exist.
+    /// Networks to join; tend creates the ones that do not exist (at most 32).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::NETWORKS.max))]
     pub networks: Vec<String>,
-    /// Labels put on the containers.
+    /// Labels put on the containers: at most 128, keys printable without spaces or `=` (at
+    /// most 255 bytes), values without NUL (at most 4096 bytes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::bounds::LABELS.max))]
     pub labels: BTreeMap<String, String>,
-    /// The user the process runs as. docker: `name`, `uid` or `uid:gid`; systemd: a user
-    /// name or uid (default root).
+    /// The user the process runs as. docker: `NAME` or `UID`, optionally `:GROUP` or `:GID`;
+    /// systemd: a user name or uid (default root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The group the process of a systemd service runs as (default: the user's group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// The working directory (inside the container, or an absolute path on the host for systemd).
+    /// The working directory: an absolute path inside the container, or on the host for
+    /// systemd (at most 4095 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub working_dir: Option<String>,
     /// systemd: how systemd tells the service has started: `simple` (default), `notify`,
     /// `forking` (needs `pidFile`), `exec`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub service_type: Option<ServiceType>,
-    /// systemd, `type: forking` only: the absolute path of the file the daemon writes its PID to.
+    /// systemd, `type: forking` only: the absolute path of the file the daemon writes its PID
+    /// to (at most 4095 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub pid_file: Option<String>,
     /// systemd: whether the unit is started at boot (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,17 +167,20 @@ pub struct ServiceSpec {
     /// The signal that stops the process (default: the image's, usually SIGTERM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
-    /// How long to wait after the stop signal before killing (default 10s).
+    /// How long to wait after the stop signal before killing (default 10s; at most 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<Duration>,
-    /// Services that must be up (or healthy, or completed) before this one starts.
+    /// Services that must be up (or healthy, or completed) before this one starts (at most 256).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::DEPENDS_ON.max))]
     pub depends_on: Vec<Dependency>,
     /// What to do when an instance exits.
     #[serde(default)]
     pub restart: Restart,
-    /// How many instances to run (default 1).
+    /// How many instances to run (default 1; at most 1000, and the docker services of a set at
+    /// most 2000 together).
     #[serde(default = "one")]
+    #[schemars(range(max = crate::bounds::REPLICAS.max))]
     pub replicas: u32,
     /// How instances are replaced and scaled.
     #[serde(default)]
@@ -298,7 +318,7 @@ pub enum MappingError {
         "invalid port `{text}`: {why}; expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp], e.g. 127.0.0.1:8000:8000/tcp"
     )]
     Port {
-        /// The text given.
+        /// The text given (control characters escaped, cut after 200 characters).
         text: String,
         /// What is wrong with it.
         why: &'static str,
@@ -308,7 +328,7 @@ pub enum MappingError {
         "invalid volume `{text}`: {why}; expected SOURCE:TARGET[:ro|rw], e.g. ./conf/app.ini:/etc/app.ini:ro or data:/var/lib/data"
     )]
     Volume {
-        /// The text given.
+        /// The text given (control characters escaped, cut after 200 characters).
         text: String,
         /// What is wrong with it.
         why: &'static str,
@@ -319,7 +339,7 @@ impl FromStr for PortMapping {
     type Err = MappingError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |why| MappingError::Port { text: text.to_string(), why };
+        let err = |why| MappingError::Port { text: shown_cut(text, 200), why };
         let (addr, protocol) = match text.rsplit_once('/') {
             Some((a, "tcp")) => (a, Protocol::Tcp),
             Some((a, "udp")) => (a, Protocol::Udp),
@@ -389,7 +409,7 @@ impl FromStr for VolumeMount {
     type Err = MappingError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |why| MappingError::Volume { text: text.to_string(), why };
+        let err = |why| MappingError::Volume { text: shown_cut(text, 200), why };
         let parts: Vec<&str> = text.split(':').collect();
         let (source, target, read_only) = match parts.as_slice() {
             [s, t] => (*s, *t, false),
@@ -402,8 +422,22 @@ impl FromStr for VolumeMount {
         if source.is_empty() || target.is_empty() {
             return Err(err("both a source and a target are needed"));
         }
+        if text.contains(char::is_control) {
+            return Err(err("a mount cannot contain control characters"));
+        }
+        if source.len().max(target.len()) > crate::bounds::PATH.max {
+            return Err(err("a path is at most 4095 bytes (Linux's PATH_MAX)"));
+        }
         if !target.starts_with('/') {
             return Err(err("the target must be an absolute path inside the container"));
+        }
+        if target.bytes().all(|b| b == b'/') {
+            return Err(err("the target cannot be `/`, the container's root"));
+        }
+        if !is_normalised_target(target) {
+            return Err(err(
+                "the target must be a normalised absolute path (no `.` or `..` components, no `//`, no `/` at the end)",
+            ));
         }
         let source =
             if source.starts_with('/') || source.starts_with("./") || source.starts_with("../") || source == "." {
@@ -413,6 +447,14 @@ impl FromStr for VolumeMount {
             };
         Ok(Self { source, target: target.to_string(), read_only })
     }
+}
+
+/// Whether an absolute `target` is written normalised: every component after the first
+/// `/` is a name, not empty (`//`, a `/` at the end), `.` or `..`. Docker would resolve
+/// `/data/../../etc` to `/etc` inside the container, and `/data/` and `/data` would be two
+/// targets to tend but one to Docker.
+fn is_normalised_target(target: &str) -> bool {
+    target.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 impl fmt::Display for VolumeMount {
@@ -473,18 +515,21 @@ string_form!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
-    /// The command (argv, run without a shell); exit 0 means healthy.
+    /// The command (argv, run without a shell); exit 0 means healthy. At most 1024 arguments
+    /// of 64 KiB each, without NUL.
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub command: Vec<String>,
-    /// Time between checks (default 30s).
+    /// Time between checks (default 30s; more than 0s, at most 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// How long one check may take (default 30s).
+    /// How long one check may take (default 30s; more than 0s, at most 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    /// Consecutive failures before the instance is unhealthy (default 3).
+    /// Consecutive failures before the instance is unhealthy (default 3; at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::HEALTHCHECK_RETRIES.max))]
     pub retries: Option<u32>,
-    /// Grace period after start during which failures do not count.
+    /// Grace period after start during which failures do not count (at most 1d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_period: Option<Duration>,
 }
@@ -493,11 +538,12 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
-    /// Memory limit, e.g. `512Mi`.
+    /// Memory limit, e.g. `512Mi`: at least 6Mi (Docker's smallest), at most 16Ti.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<ByteSize>,
-    /// CPU limit in cores, e.g. `0.5`.
+    /// CPU limit in cores, e.g. `0.5`: at least 0.01, at most 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = crate::bounds::MIN_CPUS, max = crate::bounds::CPUS.max))]
     pub cpus: Option<f64>,
 }
 
@@ -533,7 +579,7 @@ pub struct Dependency {
     /// What it must have reached: `started` (default), `healthy`, `completed`.
     #[serde(default)]
     pub condition: Condition,
-    /// How long to wait for the condition before failing (default 2m).
+    /// How long to wait for the condition before failing (default 2m; at most 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
@@ -580,10 +626,10 @@ pub struct Restart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Backoff {
-    /// The first delay (default 1s).
+    /// The first delay (default 1s; more than 0s, at most 1h).
     #[serde(default = "Backoff::default_initial")]
     pub initial: Duration,
-    /// The longest delay (default 5m).
+    /// The longest delay (default 5m; at most 1d).
     #[serde(default = "Backoff::default_max")]
     pub max: Duration,
 }
@@ -626,13 +672,14 @@ pub enum RolloutOrder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
-    /// How many instances may be down at once during a replacement (default 1).
+    /// How many instances may be down at once during a replacement (default 1; 1 to 1000).
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = crate::bounds::REPLICAS.max))]
     pub max_unavailable: u32,
-    /// Pause between instance starts (default 0s).
+    /// Pause between instance starts (default 0s; at most 1h).
     #[serde(default)]
     pub interval: Duration,
-    /// Pause between instance stops when scaling down (default 0s).
+    /// Pause between instance stops when scaling down (default 0s; at most 1h).
     #[serde(default)]
     pub scale_down_interval: Duration,
     /// `stop-first` (default) or `start-first`.
@@ -658,9 +705,10 @@ impl Default for Rollout {
 pub struct UpdateWindow {
     /// When the window opens: a systemd calendar expression (`systemd.time(7)`), e.g.
     /// `Sun 02:00`, `Mon..Fri 22:00`, `*-*-* 03:00 Europe/Berlin` (default zone: the host's).
-    /// Quote it in YAML when it starts with `*`.
+    /// Quote it in YAML when it starts with `*`. At most 1024 bytes.
+    #[schemars(length(max = crate::bounds::SCHEDULE.max))]
     pub schedule: String,
-    /// How long the window stays open after each opening, e.g. `2h` (more than 0).
+    /// How long the window stays open after each opening, e.g. `2h` (more than 0, at most 31d).
     pub duration: Duration,
 }
 
@@ -712,6 +760,30 @@ mod tests {
         assert!("data:relative".parse::<VolumeMount>().is_err());
         assert!("data:/x:rx".parse::<VolumeMount>().is_err());
         assert!("/only".parse::<VolumeMount>().is_err());
+    }
+
+    #[test]
+    fn volume_targets_are_normalised_absolute_paths_other_than_the_root() {
+        for good in ["data:/data", "/srv/a:/var/lib/a.b:ro", "x:/a/..b/c.", "x:/.hidden"] {
+            assert!(good.parse::<VolumeMount>().is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("data:/", "cannot be `/`"),
+            ("data://", "cannot be `/`"),
+            ("/srv:/data/../../etc", "normalised"),
+            ("x:/a/./b", "normalised"),
+            ("x:/a//b", "normalised"),
+            ("x:/a/", "normalised"),
+            ("x:/..", "normalised"),
+            ("x:/a\nb", "control characters"),
+            ("/s\0rc:/a", "control characters"),
+            (&format!("x:/{}", "a".repeat(4095)), "a path is at most 4095 bytes"),
+        ] {
+            let e = bad.parse::<VolumeMount>().expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(!e.contains(['\n', '\0']), "control characters are escaped: {e:?}");
+            assert!(e.len() < 500, "a long text is cut: {e}");
+        }
     }
 
     #[test]

@@ -16,17 +16,19 @@ use crate::service::{EnvValue, PullPolicy, VolumeMount};
 pub struct TimerSpec {
     /// When the job runs: a systemd calendar expression (`systemd.time(7)`), e.g.
     /// `*-*-* 01:00:00`, `Mon..Fri 09:00`, `daily`. Required unless `enabled: false`.
-    /// Quote it in YAML: a value starting with `*` would be read as an alias.
+    /// Quote it in YAML: a value starting with `*` would be read as an alias. At most 1024
+    /// bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::SCHEDULE.max))]
     pub schedule: Option<String>,
     /// Run a missed run at the next boot when the machine was off at its time (default false).
     #[serde(default)]
     pub persistent: bool,
-    /// Delay each run by a random time up to this (systemd's `RandomizedDelaySec`).
+    /// Delay each run by a random time up to this (systemd's `RandomizedDelaySec`; at most 7d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub randomized_delay: Option<Duration>,
     /// How late a run may start so that wake-ups can be batched (systemd's `AccuracySec`,
-    /// default 1m).
+    /// default 1m; at most 1d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<Duration>,
     /// The IANA time zone the schedule is read in, e.g. `Europe/Berlin` (default: the host's).
@@ -40,7 +42,8 @@ pub struct TimerSpec {
     /// but never scheduled: it runs only with `tend job run` (or as a hook).
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// A run that takes longer than this is stopped and counts as failed (default: no limit).
+    /// A run that takes longer than this is stopped and counts as failed (default: no limit;
+    /// more than 0s, at most 7d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// What runs.
@@ -106,31 +109,44 @@ pub struct Job {
     /// docker: when to pull the image: `ifNotPresent` (default), `always`, `never`.
     #[serde(default)]
     pub pull_policy: PullPolicy,
-    /// docker: overrides the image's entrypoint.
+    /// docker: overrides the image's entrypoint (at most 1024 arguments of 64 KiB each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub entrypoint: Option<Vec<String>>,
-    /// docker: overrides the image's command (argv, no shell).
+    /// docker: overrides the image's command (argv, no shell; at most 1024 arguments of 64 KiB
+    /// each, no NUL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub command: Option<Vec<String>>,
-    /// host: the program (an absolute path) and its arguments (argv, no shell).
+    /// host: the program (an absolute path) and its arguments (argv, no shell; at most 1024
+    /// arguments of 64 KiB each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::ARGS.max), inner(length(max = crate::bounds::TEXT.max)))]
     pub exec: Option<Vec<String>>,
-    /// Environment variables: a literal value, or `{fromFile: PATH}` for secrets.
+    /// Environment variables: a literal value, or `{fromFile: PATH}` for secrets. At most 1024;
+    /// names are letters, digits and `_`, not starting with a digit; values at most 64 KiB,
+    /// without NUL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::bounds::ENV.max))]
     pub env: BTreeMap<String, EnvValue>,
-    /// docker: mounts, `SOURCE:TARGET[:ro|rw]` as for services.
+    /// docker: mounts, `SOURCE:TARGET[:ro|rw]` as for services (at most 256).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::VOLUMES.max))]
     pub volumes: Vec<VolumeMount>,
-    /// docker: networks to join.
+    /// docker: networks to join (at most 32).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::NETWORKS.max))]
     pub networks: Vec<String>,
-    /// The user the job runs as (docker: `name`, `uid` or `uid:gid`; host: a user name or uid).
+    /// The user the job runs as (docker: `NAME` or `UID`, optionally `:GROUP` or `:GID`; host:
+    /// a user name or uid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// host: the group the job runs as (default: the user's group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// The working directory (inside the container, or an absolute path on the host).
+    /// The working directory: an absolute path inside the container, or on the host (at most
+    /// 4095 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::PATH.max))]
     pub working_dir: Option<String>,
 }

@@ -206,11 +206,21 @@ fn float_text(f: f64) -> String {
     }
 }
 
-/// Parses every document of a YAML stream, one node per document.
+/// `text` without the UTF-8 byte order mark it may start with. YAML allows one there, and
+/// editors on Windows write it; read as text it would become part of the first key
+/// (`\u{feff}apiVersion`). Callers that map columns back to the text strip it first, so
+/// that columns on the first line are counted as an editor shows them.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Parses every document of a YAML stream, one node per document. A byte order mark at
+/// the start is read past ([`strip_bom`]).
 ///
 /// An empty document (a bare `---`) is a `Null` node; a stream with nothing but
 /// comments has no documents at all.
 pub fn parse_stream(text: &str) -> Result<Vec<Node>, YamlError> {
+    let text = strip_bom(text);
     let mut builder = Builder { parser: Parser::new_from_str(text), text, anchors: HashMap::new(), expanded: 0 };
     builder.stream()
 }

@@ -7,8 +7,8 @@
 use super::systemd::{ArgvUse, check_argv, column_in_scalar};
 use super::*;
 use crate::backup::{
-    BackupSpec, ExecCommand, LAYOUT_TOKENS, LayoutPart, SourceKind, TemplateError, is_var_name, layout_parts,
-    placeholders,
+    BackupSpec, DEFAULT_COMPRESSION_LEVEL, ExecCommand, LAYOUT_TOKENS, LayoutPart, SourceKind, TemplateError,
+    is_var_name, layout_parts, placeholders,
 };
 use crate::calendar::CalendarSpec;
 use crate::desired::{Backup, backup_hashes, backup_unit_name, drill_unit_name};
@@ -168,12 +168,11 @@ fn check_backup(
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
     let key_at = |path: &[&str]| key_node(node, path).map(|k| at(file, k));
     let before = diags.len();
-    for key in d.metadata.labels.keys().filter(|k| k.starts_with("tend.")) {
-        diags.push(Diagnostic::at(
-            here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
-            format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
-        ));
-    }
+    super::values::check_labels(
+        &d.metadata.labels,
+        |key| here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
+        diags,
+    );
     let schedule_at =
         |path: &[Seg<'_>], expr: &str, what: &str, diags: &mut Vec<Diagnostic>| match expr.parse::<CalendarSpec>() {
             Ok(calendar) => Some(calendar),
@@ -265,18 +264,13 @@ fn check_backup(
     if !(1..=19).contains(&c.level) {
         diags.push(Diagnostic::at(
             comp_loc("level"),
-            format!("compression `level` must be from 1 to 19 (zstd's levels; default 3), found {}", c.level),
-        ));
-    }
-    if c.threads > 64 {
-        diags.push(Diagnostic::at(
-            comp_loc("threads"),
             format!(
-                "compression `threads` must be from 0 to 64 (0, the default, compresses on one thread), found {}",
-                c.threads
+                "compression `level` must be from 1 to 19 (zstd's levels; default {DEFAULT_COMPRESSION_LEVEL}), found {}",
+                c.level
             ),
         ));
     }
+    super::values::Limits::new(&here, diags).backup(&d.metadata.labels, spec);
 
     let restore_vars = match &spec.restore {
         Some(restore) => check_restore(d, restore, kind, &sources, names, diags),
@@ -645,7 +639,16 @@ fn check_restore(
             "`restore.vars` gives defaults to the `${…}` placeholders of `restore.exec`, which this Backup does not have",
         ));
     } else {
-        for key in restore.vars.keys() {
+        for (key, value) in &restore.vars {
+            if value.contains('\0') {
+                diags.push(Diagnostic::at(
+                    here(&[Seg::Key("spec"), Seg::Key("restore"), Seg::Key("vars"), Seg::Key(key)]),
+                    format!(
+                        "the value of `{}` in `restore.vars` contains a NUL character, which an argument cannot hold",
+                        crate::diag::shown(key)
+                    ),
+                ));
+            }
             let loc = key_node(node, &["spec", "restore", "vars", key]).map_or_else(|| key_or("vars"), |k| at(file, k));
             if !is_var_name(key) {
                 diags.push(Diagnostic::at(

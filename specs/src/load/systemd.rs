@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::calendar::CalendarSpec;
+use crate::diag::shown;
 use crate::service::{Condition, ServiceType};
 use crate::timer::{Job, JobRuntime, TimerSpec};
 
@@ -33,16 +34,9 @@ const JOB_RUNTIME_FIELDS: &[(&str, JobRuntime)] = &[
     ("group", JobRuntime::Host),
 ];
 
-/// Whether `name` is an environment variable name systemd keeps: letters, digits and `_`,
-/// not starting with a digit.
-pub(super) fn is_env_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty() && !b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
 /// Whether `name` is a user or group systemd accepts: a numeric id, or a name of letters,
 /// digits, `_`, `.` and `-` that starts with a letter or `_` (at most 32 characters).
-fn is_account(name: &str) -> bool {
+pub fn is_account(name: &str) -> bool {
     let b = name.as_bytes();
     if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
         return name.parse::<u32>().is_ok_and(|id| id < u32::MAX);
@@ -200,11 +194,6 @@ pub(super) fn check_argv(
     }
 }
 
-/// Text for a message: control characters escaped, everything else (quotes too) as is.
-fn shown(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-}
-
 /// Checks `user` and `group` of something that runs on the host.
 fn check_accounts(
     user: Option<&str>,
@@ -249,17 +238,17 @@ pub(super) fn check_timer(
     node: &Node,
     metadata: &Metadata,
     spec: &mut TimerSpec,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<TimerInputs> {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
     let spec_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key(k)]);
     let before = diags.len();
-    for key in metadata.labels.keys().filter(|k| k.starts_with("tend.")) {
-        diags.push(Diagnostic::at(
-            here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
-            format!("label `{key}`: the `tend.` prefix is reserved for tend's own labels"),
-        ));
-    }
+    super::values::check_labels(
+        &metadata.labels,
+        |key| here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
+        diags,
+    );
     let mut calendar = None;
     match &spec.schedule {
         None if spec.enabled => diags.push(Diagnostic::at(
@@ -304,7 +293,8 @@ pub(super) fn check_timer(
     if spec.timeout.is_some_and(|t| t.get().is_zero()) {
         diags.push(Diagnostic::at(spec_loc("timeout"), "`timeout` must be more than 0s (leave it out for no limit)"));
     }
-    let (env, file_digests) = check_job(file, node, &mut spec.job, diags);
+    super::values::Limits::new(&here, diags).timer(&metadata.labels, spec);
+    let (env, file_digests) = check_job(file, node, &mut spec.job, secrets, diags);
     (diags.len() == before).then_some((calendar, env, file_digests))
 }
 
@@ -313,6 +303,7 @@ fn check_job(
     file: &Arc<Path>,
     node: &Node,
     job: &mut Job,
+    secrets: &mut SecretBudget,
     diags: &mut Vec<Diagnostic>,
 ) -> (BTreeMap<String, Env>, BTreeMap<PathBuf, String>) {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
@@ -333,7 +324,7 @@ fn check_job(
         }
     }
     let base_dir = base_dir(file);
-    let env_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("env"), Seg::Key(k)]);
+    let env_loc = |rest: &[Seg<'_>]| here(&[&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("env")], rest].concat());
     match job.runtime {
         JobRuntime::Docker => {
             match job.image.as_deref() {
@@ -341,19 +332,19 @@ fn check_job(
                     here(&[Seg::Key("spec"), Seg::Key("job")]),
                     "missing field `image` (a docker job needs an image)",
                 )),
-                Some(img) => check_image(img, job_loc("image"), diags),
+                Some(img) => values::check_image(img, job_loc("image"), diags),
             }
-            for (field, argv) in [("command", &job.command), ("entrypoint", &job.entrypoint)] {
-                if argv.as_ref().is_some_and(|a| a.is_empty()) {
-                    diags.push(Diagnostic::at(
-                        job_loc(field),
-                        format!("`{field}` is empty; leave it out to use the image's"),
-                    ));
-                }
-            }
+            check_container_fields(
+                job.command.as_deref(),
+                job.entrypoint.as_deref(),
+                job.user.as_deref(),
+                job.working_dir.as_deref(),
+                |path| here(&[&[Seg::Key("spec"), Seg::Key("job")], path].concat()),
+                diags,
+            );
             let net_loc = |i| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("networks"), Seg::Index(i)]);
             check_networks(&job.networks, net_loc, diags);
-            let env = resolve_env(&job.env, &base_dir, EnvNames::Docker, env_loc, diags);
+            let env = resolve_env(&job.env, &base_dir, env_loc, secrets, diags);
             let vol_loc = |i| here(&[Seg::Key("spec"), Seg::Key("job"), Seg::Key("volumes"), Seg::Index(i)]);
             let file_digests = resolve_volumes(&mut job.volumes, &base_dir, vol_loc, diags);
             (env, file_digests)
@@ -374,7 +365,7 @@ fn check_job(
             if let Some(dir) = &job.working_dir {
                 check_host_path("workingDir", dir, job_loc("workingDir"), diags);
             }
-            (resolve_env(&job.env, &base_dir, EnvNames::Systemd, env_loc, diags), BTreeMap::new())
+            (resolve_env(&job.env, &base_dir, env_loc, secrets, diags), BTreeMap::new())
         }
     }
 }
@@ -418,9 +409,8 @@ fn timezone_problem(tz: &str) -> Option<String> {
         ));
     }
     let path = Path::new(ZONEINFO).join(tz);
-    let loads = std::fs::metadata(&path).is_ok_and(|m| m.is_file())
-        && std::fs::read(&path)
-            .is_ok_and(|data| data.starts_with(b"TZif") && jiff::tz::TimeZone::tzif(tz, &data).is_ok());
+    let loads = crate::files::read(&path, crate::files::ZONE_FILE)
+        .is_ok_and(|data| data.starts_with(b"TZif") && jiff::tz::TimeZone::tzif(tz, &data).is_ok());
     if loads {
         return None;
     }

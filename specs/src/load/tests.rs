@@ -857,7 +857,7 @@ fn systemd_accounts_paths_and_environment_names_are_what_a_unit_file_takes() {
         ("user: \"1000:1000\"", "invalid user `1000:1000`: on the host, a user is a name"),
         ("group: \"a b\"", "invalid group `a b`"),
         ("workingDir: srv/ims", "`workingDir` must be an absolute path on the host, found `srv/ims`"),
-        ("env: {MY-VAR: x}", "invalid environment variable name `MY-VAR`: on the host"),
+        ("env: {MY-VAR: x}", "invalid environment variable name `MY-VAR`: names are letters, digits and `_`"),
         ("env: {1A: x}", "invalid environment variable name `1A`"),
         ("env: {A: \"x\\0y\"}", "the value of `A` contains a NUL character"),
         ("replicas: 2", "a systemd service runs one unit: `replicas` must be 1, found 2"),
@@ -869,8 +869,16 @@ fn systemd_accounts_paths_and_environment_names_are_what_a_unit_file_takes() {
         assert_eq!(got.len(), 1, "{extra}: {got:?}");
         assert!(got[0].contains(why), "{extra}: {got:?}");
     }
-    // A docker service keeps its own rules.
-    load(&web("user: \"1000:1000\"\nworkingDir: relative\nenv: {MY-VAR: x}"));
+    // A docker service takes `uid:gid`, and the same environment names; its working
+    // directory is inside the container, but absolute all the same.
+    load(&web("user: \"1000:1000\"\nworkingDir: /srv\nenv: {MY_VAR: x}"));
+    assert_eq!(
+        problems(&web("user: \"1000:1000\"\nworkingDir: relative\nenv: {MY-VAR: x}")),
+        [
+            "7:15: `workingDir` must be an absolute path inside the container, found `relative`",
+            "8:17: invalid environment variable name `MY-VAR`: names are letters, digits and `_`, not starting with a digit (as shells and systemd take them)",
+        ]
+    );
 }
 
 #[test]
@@ -927,7 +935,7 @@ fn a_job_takes_the_fields_of_its_runtime() {
     let job = |job: &str| {
         format!("apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: t}}\nspec:\n  enabled: false\n  job: {job}\n")
     };
-    load(&job("{runtime: docker, image: busybox:1, command: [\"true\"], env: {A-B: x}, user: \"1:1\", networks: [n]}"));
+    load(&job("{runtime: docker, image: busybox:1, command: [\"true\"], env: {A_B: x}, user: \"1:1\", networks: [n]}"));
     load(&job("{runtime: host, exec: [/bin/true], user: nobody, group: nogroup, workingDir: /tmp, env: {A: b}}"));
     for (spec, expected) in [
         (
@@ -986,3 +994,17 @@ fn a_bad_update_window_is_reported_where_it_goes_wrong() {
         assert!(got[0].starts_with(expected), "{window}: {got:?}");
     }
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_read_past() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "web.yaml", &format!("\u{feff}{}", web("")));
+    let with_bom = load_dir(dir.path());
+    assert_eq!(service(&with_bom, "web").hash, service(&load(&web("")), "web").hash);
+    // Columns on the first line are counted as an editor shows them (without the mark).
+    let text = format!("\u{feff}{}", web("")).replace("tend/v1", "tend/v2");
+    assert_eq!(problems(&text), ["1:13: unsupported apiVersion `tend/v2`: expected `tend/v1`"]);
+}
+
+mod files;
+mod limits;

@@ -499,13 +499,18 @@ fn retention_and_compression_are_checked() {
     assert_one(
         &paths_backup("compression: {level: 25}"),
         (line(3), 24),
-        "compression `level` must be from 1 to 19 (zstd's levels; default 3), found 25",
+        "compression `level` must be from 1 to 19 (zstd's levels; default 5), found 25",
     );
     assert_one(&paths_backup("compression: {level: 0}"), (line(3), 24), "compression `level` must be from 1 to 19");
     assert_one(
         &paths_backup("compression: {threads: 65}"),
         (line(3), 26),
-        "compression `threads` must be from 0 to 64",
+        "`compression.threads` is 65; at most 64 (zstd workers beside the one reading the sources",
+    );
+    assert_one(
+        &paths_backup("retention: {keepWeekly: 10001}"),
+        (line(3), 27),
+        "`retention.keepWeekly` is 10001; at most 10000 (archives kept by one rule)",
     );
     assert_one(&paths_backup("compression: {level: fast}"), (line(3), 24), "expected a whole number");
 }
@@ -575,6 +580,12 @@ fn restore_placeholders_are_collected_and_bad_ones_placed() {
             "`restore.vars` sets `dbname`, which no `${dbname}` in `restore.exec.command` uses, did you mean `db`?",
         ),
         ("[mongorestore, \"${db}\"]", "{Db: x}", (line(5), 12), "invalid variable name `Db`"),
+        (
+            "[mongorestore, \"${db}\"]",
+            "{db: \"a\\0b\"}",
+            (line(5), 16),
+            "the value of `db` in `restore.vars` contains a NUL character, which an argument cannot hold",
+        ),
     ] {
         assert_one(&restore(command, vars), at, message);
     }
