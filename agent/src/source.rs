@@ -602,7 +602,11 @@ impl GitSource {
         };
         if let Some(path) = &self.config.token_file {
             let token_err = |source| SourceError::TokenFile { path: path.clone(), url: self.shown_url.clone(), source };
-            let content = fs::read_to_string(path).map_err(token_err)?;
+            // A regular file with a cap, like every secret tend reads.
+            let content = tend_specs::files::read(path, tend_specs::files::SECRET)
+                .map_err(|e| token_err(io::Error::new(io::ErrorKind::InvalidInput, e.reason())))?;
+            let content = String::from_utf8(content)
+                .map_err(|_| token_err(io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8")))?;
             let token = content.trim();
             if token.is_empty() {
                 return Err(token_err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty")));
@@ -1136,6 +1140,26 @@ mod tests {
         let header = "Authorization: Basic eC1hY2Nlc3MtdG9rZW46YWJj".to_string();
         assert!(env.config.contains(&(key, header)), "{:?}", env.config);
         assert_eq!(env.secrets, ["eC1hY2Nlc3MtdG9rZW46YWJj", "x-access-token:abc", "abc"]);
+    }
+
+    #[test]
+    fn a_token_file_that_is_not_a_small_regular_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 70_000]).expect("write");
+        for path in [PathBuf::from("/dev/zero"), big] {
+            let config = GitConfig {
+                url: "https://git.example.org/ops/specs.git".into(),
+                reference: GitRef::Branch("main".into()),
+                path: None,
+                interval: Duration::from_secs(60),
+                ssh_key: None,
+                token_file: Some(path.clone()),
+            };
+            let source = GitSource::new(config, dir.path().join("git")).expect("source");
+            let e = source.git_env().expect_err("refused");
+            assert!(matches!(e, SourceError::TokenFile { .. }), "{path:?}: {e:?}");
+        }
     }
 
     #[test]
