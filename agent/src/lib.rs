@@ -15,6 +15,7 @@ pub mod locks;
 pub mod maintain;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod plan;
 pub mod quiesce;
 pub mod scheduler;
