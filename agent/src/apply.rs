@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tend_specs::Desired;
 use tend_specs::service::{Condition, MountSource};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -551,108 +550,185 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
     *state != before
 }
 
-/// Executes a plan: each step once its prerequisites succeeded, at most `parallel` at once.
+/// What a step's task reports to [`execute`].
+enum Event {
+    /// The step's rollout pause is over, or tend is stopping (`cancelled`).
+    Paused { id: usize, cancelled: bool },
+    /// The step ran.
+    Finished { id: usize, outcome: Outcome },
+}
+
+/// The tasks of a plan's execution: steps pausing (they take no slot) and steps acting.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<Event>,
+    pausing: BTreeMap<tokio::task::Id, usize>,
+    acting: BTreeMap<tokio::task::Id, usize>,
+}
+
+/// Executes a plan: each step once its prerequisites succeeded, at most `parallel` acting
+/// at once. A free slot goes first to a step that continues work begun on its object (a
+/// replacement's create after its remove, the await after that create), only then to the
+/// next step in plan order: so a stop-first replacement is one stop followed at once by
+/// its create, and however many services a plan replaces, at most `parallel` of them are
+/// down at once. Rollout pauses take no slot.
 pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     engines: Arc<Engines<E, U>>,
     desired: Arc<Desired>,
     plan: &Plan,
     options: &Options,
 ) -> BTreeMap<usize, Outcome> {
+    let steps: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
     let mut outcomes: BTreeMap<usize, Outcome> = BTreeMap::new();
-    let mut pending: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
-    let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
-    let mut running: JoinSet<(usize, Outcome)> = JoinSet::new();
+    let mut waiting: BTreeSet<usize> = steps.keys().copied().collect();
+    // Steps whose prerequisites are done, waiting for a slot: by (starts new work, id).
+    let mut ready: BTreeSet<(bool, usize)> = BTreeSet::new();
+    // When each step began, its pause included.
+    let mut began: BTreeMap<usize, Instant> = BTreeMap::new();
+    let mut tasks = Tasks::default();
+    let slots = options.parallel.max(1);
     loop {
-        // Resolve what can be resolved: skip steps behind a failure, start ready ones.
-        let mut progressed = true;
-        while progressed {
-            progressed = false;
-            let ids: Vec<usize> = pending.keys().copied().collect();
-            for id in ids {
-                let step = pending[&id];
-                if let Some(bad) = step
-                    .after
-                    .iter()
-                    .find(|a| matches!(outcomes.get(a), Some(Outcome::Failed { .. } | Outcome::Skipped { .. })))
-                {
-                    outcomes.insert(id, Outcome::Skipped { because_of: *bad });
-                    pending.remove(&id);
-                    progressed = true;
-                } else if options.stop.is_cancelled() && !continues_started_work(plan, step, &outcomes) {
-                    outcomes.insert(id, Outcome::Cancelled);
-                    pending.remove(&id);
-                    progressed = true;
-                } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
-                    pending.remove(&id);
-                    let finishing = continues_started_work(plan, step, &outcomes);
-                    let (engines, desired, permits, step, options) =
-                        (engines.clone(), desired.clone(), permits.clone(), step.clone(), options.clone());
-                    let span = info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action));
-                    running.spawn(
-                        async move {
-                            let started = Instant::now();
-                            if step.pause_ms > 0 {
-                                info!(pause_ms = step.pause_ms, "pausing before step");
-                                tokio::select! {
-                                    () = tokio::time::sleep(Duration::from_millis(step.pause_ms)) => {}
-                                    () = options.stop.cancelled() => return (step.id, Outcome::Cancelled),
-                                }
-                            }
-                            let _permit = permits.acquire_owned().await;
-                            if options.stop.is_cancelled() && !finishing {
-                                return (step.id, Outcome::Cancelled);
-                            }
-                            let result = match lock_target(&options.locks, &step.action) {
-                                Ok(guard) => {
-                                    let r = run_step(&engines, &desired, &options, &step).await;
-                                    if r.is_ok()
-                                        && let Some(guard) = &guard
-                                    {
-                                        record_pid(&engines, &options, &step.action, guard.key()).await;
-                                    }
-                                    r
-                                }
-                                Err(e) => Err(e),
-                            };
-                            let outcome = match result {
-                                Ok(()) => {
-                                    info!(reason = %step.reason, "done");
-                                    Outcome::Done { ms: started.elapsed().as_millis() as u64 }
-                                }
-                                Err(e) => {
-                                    let error = chain(&e);
-                                    warn!(%error, "step failed");
-                                    Outcome::Failed { error }
-                                }
-                            };
-                            (step.id, outcome)
-                        }
-                        .instrument(span),
-                    );
+        let mut again = true;
+        while again {
+            for id in settle(plan, &steps, options, &mut waiting, &mut outcomes) {
+                began.insert(id, Instant::now());
+                let step = steps[&id];
+                if step.pause_ms > 0 {
+                    let task = tasks.set.spawn(pause(step, options.stop.clone()));
+                    tasks.pausing.insert(task.id(), id);
+                } else {
+                    ready.insert((!continues_chain(plan, step, &outcomes), id));
                 }
             }
+            again = false;
+            while tasks.acting.len() < slots
+                && let Some((_, id)) = ready.pop_first()
+            {
+                let step = steps[&id];
+                if options.stop.is_cancelled() && !continues_started_work(plan, step, &outcomes) {
+                    outcomes.insert(id, Outcome::Cancelled);
+                    // Its dependents can be settled now.
+                    again = true;
+                    continue;
+                }
+                let started = began.get(&id).copied().unwrap_or_else(Instant::now);
+                let run = run_one(engines.clone(), desired.clone(), options.clone(), step.clone(), started);
+                let task = tasks.set.spawn(run);
+                tasks.acting.insert(task.id(), id);
+            }
         }
-        match running.join_next().await {
-            Some(Ok((id, outcome))) => {
+        let Some(event) = tasks.set.join_next_with_id().await else { break };
+        match event {
+            Ok((task, Event::Paused { id, cancelled })) => {
+                tasks.pausing.remove(&task);
+                if cancelled {
+                    outcomes.insert(id, Outcome::Cancelled);
+                } else {
+                    ready.insert((!continues_chain(plan, steps[&id], &outcomes), id));
+                }
+            }
+            Ok((task, Event::Finished { id, outcome })) => {
+                tasks.acting.remove(&task);
                 outcomes.insert(id, outcome);
             }
-            Some(Err(join_error)) => {
-                // A panicking step: record it against every step still unresolved.
+            Err(join_error) => {
+                // A panicking step: it failed, and what waits for it is skipped.
                 warn!(error = %join_error, "a step task failed");
-                let lost: Vec<usize> = plan
-                    .steps
-                    .iter()
-                    .map(|s| s.id)
-                    .filter(|id| !outcomes.contains_key(id) && !pending.contains_key(id))
-                    .collect();
-                for id in lost {
+                let task = join_error.id();
+                if let Some(id) = tasks.acting.remove(&task).or_else(|| tasks.pausing.remove(&task)) {
                     outcomes.insert(id, Outcome::Failed { error: format!("step task failed: {join_error}") });
                 }
             }
-            None => break,
         }
     }
     outcomes
+}
+
+/// Settles the waiting steps that can be: skipped behind a step that did not succeed,
+/// cancelled when tend is stopping, or runnable (returned in plan order).
+fn settle(
+    plan: &Plan,
+    steps: &BTreeMap<usize, &Step>,
+    options: &Options,
+    waiting: &mut BTreeSet<usize>,
+    outcomes: &mut BTreeMap<usize, Outcome>,
+) -> Vec<usize> {
+    let mut runnable = Vec::new();
+    let mut progressed = true;
+    while progressed {
+        progressed = false;
+        for id in waiting.clone() {
+            let step = steps[&id];
+            let not_ok = |a: &&usize| matches!(outcomes.get(a), Some(Outcome::Failed { .. } | Outcome::Skipped { .. }));
+            if let Some(bad) = step.after.iter().find(not_ok) {
+                outcomes.insert(id, Outcome::Skipped { because_of: *bad });
+            } else if options.stop.is_cancelled() && !continues_started_work(plan, step, outcomes) {
+                outcomes.insert(id, Outcome::Cancelled);
+            } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
+                runnable.push(id);
+            } else {
+                continue;
+            }
+            waiting.remove(&id);
+            progressed = true;
+        }
+    }
+    runnable
+}
+
+/// A step's rollout pause, ended early when tend stops.
+fn pause(step: &Step, stop: CancellationToken) -> impl Future<Output = Event> + Send + 'static {
+    let (id, pause_ms) = (step.id, step.pause_ms);
+    async move {
+        info!(pause_ms, "pausing before step");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(pause_ms)) => Event::Paused { id, cancelled: false },
+            () = stop.cancelled() => Event::Paused { id, cancelled: true },
+        }
+    }
+    .instrument(step_span(step))
+}
+
+fn step_span(step: &Step) -> tracing::Span {
+    info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action))
+}
+
+/// Runs one step under its target's lock and reports how it ended.
+fn run_one<E: ContainerEngine, U: UnitEngine>(
+    engines: Arc<Engines<E, U>>,
+    desired: Arc<Desired>,
+    options: Options,
+    step: Step,
+    started: Instant,
+) -> impl Future<Output = Event> + Send + 'static {
+    let span = step_span(&step);
+    async move {
+        let result = match lock_target(&options.locks, &step.action) {
+            Ok(guard) => {
+                let r = run_step(&engines, &desired, &options, &step).await;
+                if r.is_ok()
+                    && let Some(guard) = &guard
+                {
+                    record_pid(&engines, &options, &step.action, guard.key()).await;
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
+            Ok(()) => {
+                info!(reason = %step.reason, "done");
+                Outcome::Done { ms: started.elapsed().as_millis() as u64 }
+            }
+            Err(e) => {
+                let error = chain(&e);
+                warn!(%error, "step failed");
+                Outcome::Failed { error }
+            }
+        };
+        Event::Finished { id: step.id, outcome }
+    }
+    .instrument(span)
 }
 
 /// Takes the shared lock of the target `action` acts on, for as long as the guard lives;
@@ -710,6 +786,17 @@ fn continues_started_work(plan: &Plan, step: &Step, outcomes: &BTreeMap<usize, O
             matches!(outcomes.get(a), Some(Outcome::Done { .. }))
                 && plan.steps.iter().any(|s| s.id == *a && s.action.owner().as_deref() == Some(owner.as_str()))
         })
+}
+
+/// Whether `step` continues work begun on its object in this pass: a step it waits for,
+/// on the same object, is done. Such a step gets a free slot before any step that would
+/// start work on another object.
+fn continues_chain(plan: &Plan, step: &Step, outcomes: &BTreeMap<usize, Outcome>) -> bool {
+    let Some(owner) = step.action.owner() else { return false };
+    step.after.iter().any(|a| {
+        matches!(outcomes.get(a), Some(Outcome::Done { .. }))
+            && plan.steps.iter().any(|s| s.id == *a && s.action.owner().as_deref() == Some(owner.as_str()))
+    })
 }
 
 /// A short name for logs.
@@ -988,3 +1075,6 @@ async fn await_condition<E: ContainerEngine>(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 //! that must not show anywhere, a Docker that is down, how many services a mass change
 //! takes down at once, a foreign container on a `-next` name, unchecked job names.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};
 
 use crate::harness::{self, Env, describe};
@@ -66,4 +67,90 @@ fn a_closed_stdout_ends_every_command_quietly() {
     // The exit code is still the command's own: `plan` says whether there are changes.
     let out = tend_into_closed_pipe(&env, &["plan", spec]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+/// Now, as `docker events --since` takes it (Unix seconds and nanoseconds).
+fn docker_now() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// Docker's `die` and `start` events of the scope's containers since `since`
+/// ([`docker_now`]), as (time in ns, action, container ID, service).
+fn die_and_start_events(env: &Env, since: &str) -> Vec<(u128, String, String, String)> {
+    let (since, until, scope) = (since.to_string(), docker_now(), env.scope_filter());
+    let args = [
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &scope,
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=die",
+        "--filter",
+        "event=start",
+        "--format",
+        "{{json .}}",
+    ];
+    let text = harness::docker_ok(&args);
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let time = v["timeNano"].as_u64().map(u128::from).or_else(|| v["timeNano"].as_f64().map(|t| t as u128));
+            (
+                time.unwrap_or_else(|| panic!("no timeNano in {l}")),
+                v["Action"].as_str().unwrap_or_default().to_string(),
+                v["id"].as_str().unwrap_or_default().to_string(),
+                v["Actor"]["Attributes"]["tend.name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn changing_twenty_services_at_once_takes_down_at_most_parallel_of_them() {
+    let env = Env::new("mass_change");
+    let names: Vec<String> = (1..=20).map(|i| env.name(&format!("s{i:02}"))).collect();
+    for n in &names {
+        env.write_spec(&format!("{n}.yaml"), &service(n, "env: {V: a}"));
+    }
+    env.apply();
+    let old: BTreeSet<String> = env.container_ids().into_iter().collect();
+    assert_eq!(old.len(), 20);
+    let since = docker_now();
+    for n in &names {
+        env.write_spec(&format!("{n}.yaml"), &service(n, "env: {V: b}"));
+    }
+    env.tend_ok(&["apply", "--parallel", "4", env.spec_arg()]);
+    // Each service goes down when its old container dies and is back when its new one
+    // starts (Docker's own times): one stop and one start, never waiting on the others.
+    let mut events = die_and_start_events(&env, &since);
+    let mut seen: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (_, action, id, service) in &events {
+        let e = seen.entry(service.as_str()).or_default();
+        match (action.as_str(), old.contains(id)) {
+            ("die", true) => e.0 += 1,
+            ("start", false) => e.1 += 1,
+            other => panic!("unexpected event {other:?} of {service}"),
+        }
+    }
+    assert_eq!(seen.len(), 20, "{seen:?}");
+    assert!(seen.values().all(|c| *c == (1, 1)), "one old container died and one new started per service: {seen:?}");
+    // Sweep in time order (a start before a death at the same instant).
+    events.sort_by_key(|(t, action, ..)| (*t, action == "die"));
+    let (mut down, mut most) = (0usize, 0usize);
+    for (_, action, ..) in &events {
+        if action == "die" {
+            down += 1;
+            most = most.max(down);
+        } else {
+            down -= 1;
+        }
+    }
+    eprintln!("services down at once: at most {most} of 20 (--parallel 4)");
+    assert!(most <= 4, "{most} services were down at once with --parallel 4");
 }
