@@ -194,7 +194,35 @@ fn observe_args(desired: &Desired) -> (BTreeSet<String>, BTreeSet<String>, bool)
 /// Observes Docker for `desired` in one snapshot.
 pub async fn observe<E: ContainerEngine>(engine: &E, scope: &str, desired: &Desired) -> Result<Observed, ApplyError> {
     let (wanted, images, volumes) = observe_args(desired);
-    engine.observe(scope, &wanted, &images, volumes).await.map_err(ApplyError::Observe)
+    let mut observed = engine.observe(scope, &wanted, &images, volumes).await.map_err(ApplyError::Observe)?;
+    // A start-first replacement creates `SERVICE-N-next`: another's container under that
+    // name is a conflict too. Looked for only when such a replacement is due (it costs a
+    // listing of every container).
+    let next = next_names_due(desired, &observed);
+    if !next.is_empty() {
+        let more = engine.observe(scope, &next, &BTreeSet::new(), false).await.map_err(ApplyError::Observe)?;
+        observed.foreign.extend(more.foreign);
+    }
+    Ok(observed)
+}
+
+/// The `-next` names of the start-first replacements `desired` would make of what is
+/// observed: instances whose template or image changed, without a `-next` of their own.
+fn next_names_due(desired: &Desired, observed: &Observed) -> BTreeSet<String> {
+    use tend_specs::service::RolloutOrder;
+    let owned: BTreeSet<&str> = observed.containers.iter().map(|c| c.name.as_str()).collect();
+    let mut due = BTreeSet::new();
+    for s in desired.docker_services().filter(|s| s.spec.rollout.order == RolloutOrder::StartFirst) {
+        let image_id = s.spec.image.as_deref().and_then(|i| observed.images.get(&plan::normalize_image(i)));
+        for c in observed.containers.iter().filter(|c| c.service == s.name && c.instance >= 1) {
+            let next = format!("{}{}", instance_name(&s.name, c.instance), crate::model::NEXT_SUFFIX);
+            let outdated = c.hash != s.hash || image_id.is_some_and(|id| *id != c.image_id && !c.image_id.is_empty());
+            if c.name == instance_name(&s.name, c.instance) && outdated && !owned.contains(next.as_str()) {
+                due.insert(next);
+            }
+        }
+    }
+    due
 }
 
 /// What of the specs cannot be had where systemd is not PID 1 (`why`): their systemd

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};
 
 use crate::harness::{self, Env, describe};
-use crate::services::service;
+use crate::services::{HandMade, service};
 
 /// `tend --state-dir … --scope … ARGS` with its stdout a pipe whose reader is already
 /// closed, as `tend status | head -0` would leave it.
@@ -153,4 +153,38 @@ fn changing_twenty_services_at_once_takes_down_at_most_parallel_of_them() {
     }
     eprintln!("services down at once: at most {most} of 20 (--parallel 4)");
     assert!(most <= 4, "{most} services were down at once with --parallel 4");
+}
+
+#[test]
+fn a_foreign_container_on_the_next_name_is_a_conflict_not_a_docker_error() {
+    let env = Env::new("next_conflict");
+    let web = env.name("web");
+    env.write_spec("web.yaml", &service(&web, "env: {V: a}\nrollout: {order: start-first}"));
+    env.apply();
+    let old_id = harness::docker_ok(&["inspect", "-f", "{{.Id}}", &format!("{web}-1")]);
+    let squatter = format!("{web}-1-next");
+    let _guard = HandMade(squatter.clone());
+    let image = harness::test_image();
+    let foreign_id = harness::docker_ok(&["run", "-d", "--name", &squatter, &image, "sleep", "3600"]);
+    env.write_spec("web.yaml", &service(&web, "env: {V: b}\nrollout: {order: start-first}"));
+
+    let out = env.tend(&["apply", env.spec_arg()]);
+    let text = format!("{}{}", harness::stdout_of(&out), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "a conflict needs an operator\n{}", describe(&out));
+    assert!(text.contains(&format!("conflict: container {squatter}")), "{text}");
+    assert!(!text.contains("409") && !text.contains("already in use"), "not a Docker error: {text}");
+    // The old instance keeps running the old spec; the foreign container is untouched.
+    assert_eq!(harness::docker_ok(&["inspect", "-f", "{{.Id}}", &format!("{web}-1")]), old_id);
+    assert_eq!(
+        harness::docker_ok(&["inspect", "-f", "{{.Id}} {{.State.Running}}", &squatter]),
+        format!("{foreign_id} true")
+    );
+    let plan = env.tend(&["plan", "--output", "json", env.spec_arg()]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    assert!(
+        plan["notes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["note"] == "conflict" && n["name"] == squatter.as_str())),
+        "{plan:#}"
+    );
 }
