@@ -734,10 +734,18 @@ fn run_one<E: ContainerEngine, U: UnitEngine>(
         let result = match lock_target(&options.locks, &step.action) {
             Ok(guard) => {
                 let r = run_step(&engines, &desired, &options, &step).await;
+                let gone = gone_target(&desired, &step.action);
                 if r.is_ok()
+                    && gone.is_none()
                     && let Some(guard) = &guard
                 {
                     record_pid(&engines, &options, &step.action, guard.key()).await;
+                }
+                drop(guard);
+                if r.is_ok()
+                    && let Some(key) = gone
+                {
+                    remove_lock_file(&options.locks, &key);
                 }
                 r
             }
@@ -769,6 +777,32 @@ fn lock_target(locks: &crate::locks::LockDir, action: &Action) -> Result<Option<
         crate::locks::Shared::Maintenance(holder) => {
             Err(StepError::Maintenance { target: key, holder: holder.describe() })
         }
+    }
+}
+
+/// The lock key of the target `action` removes when the specs no longer want that target
+/// (an instance of a removed or scaled-down service, a unit no spec writes): its lock file
+/// can go once the step is done.
+fn gone_target(desired: &Desired, action: &Action) -> Option<String> {
+    let wanted = match action {
+        Action::Remove { service, instance, name, .. } if !name.ends_with(crate::model::NEXT_SUFFIX) => desired
+            .services
+            .get(service)
+            .is_some_and(|s| s.spec.runtime == tend_specs::service::Runtime::Docker && *instance <= s.spec.replicas),
+        Action::RemoveUnit { unit } => wanted_units(desired).contains(unit),
+        _ => return None,
+    };
+    if wanted { None } else { crate::maintain::lock_key(action) }
+}
+
+/// Removes the lock file of a target that is gone, unless someone holds it (best effort:
+/// a lock file left behind costs nothing but a directory entry; the lock directory is a
+/// tmpfs emptied at boot).
+fn remove_lock_file(locks: &crate::locks::LockDir, key: &str) {
+    match locks.remove_if_free(key) {
+        Ok(true) => tracing::debug!(target = key, "removed the lock file of a target that is gone"),
+        Ok(false) => {}
+        Err(e) => warn!(target = key, error = %chain(&e), "removing the lock file of a target that is gone"),
     }
 }
 

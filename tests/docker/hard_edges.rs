@@ -188,3 +188,31 @@ fn a_foreign_container_on_the_next_name_is_a_conflict_not_a_docker_error() {
         "{plan:#}"
     );
 }
+
+/// The lock files in the environment's lock directory, by name.
+fn lock_files(env: &Env) -> BTreeSet<String> {
+    std::fs::read_dir(env.lock_path())
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_lock_files_of_removed_instances_are_removed_with_them() {
+    let env = Env::new("lock_files_go");
+    let web = env.name("web");
+    env.write_spec("web.yaml", &service(&web, "replicas: 3"));
+    env.apply();
+    let lock = |i: u32| format!("{web}-{i}.lock");
+    assert!((1..=3).all(|i| lock_files(&env).contains(&lock(i))), "{:?}", lock_files(&env));
+    env.write_spec("web.yaml", &service(&web, "replicas: 1"));
+    env.apply();
+    assert_eq!(lock_files(&env), BTreeSet::from([lock(1)]), "scaled down: only web-1's lock file stays");
+    // A replacement keeps its instance's lock file.
+    env.write_spec("web.yaml", &service(&web, "replicas: 1\nenv: {V: b}"));
+    env.apply();
+    assert_eq!(lock_files(&env), BTreeSet::from([lock(1)]));
+    env.remove_spec("web.yaml");
+    env.tend_ok(&["apply", "--allow-mass-removal", env.spec_arg()]);
+    assert!(env.containers().is_empty());
+    assert_eq!(lock_files(&env), BTreeSet::new(), "the spec is gone, and so is its lock file");
+}

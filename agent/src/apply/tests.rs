@@ -212,3 +212,37 @@ async fn a_rollout_keeps_max_unavailable_and_its_pause_with_slots_to_spare() {
     let seen = fake.seen();
     assert_eq!(seen.came_up["s01"], (STOP + START + Duration::from_secs(10) + STOP + START).as_millis() as u64);
 }
+
+#[test]
+fn only_targets_the_specs_no_longer_want_lose_their_lock_files() {
+    let d = services(1, "a", "  replicas: 2\n");
+    let remove = |service: &str, instance: u32, name: &str| Action::Remove {
+        service: service.into(),
+        instance,
+        name: name.into(),
+        id: "x".into(),
+        stop_timeout_s: None,
+    };
+    // A replacement removes an instance the specs still want; a leftover `-next` is not one.
+    assert_eq!(gone_target(&d, &remove("s01", 2, "s01-2")), None);
+    assert_eq!(gone_target(&d, &remove("s01", 1, "s01-1-next")), None);
+    // Scaled down, or the spec removed.
+    assert_eq!(gone_target(&d, &remove("s01", 3, "s01-3")), Some("s01-3".into()));
+    assert_eq!(gone_target(&d, &remove("old", 1, "old-1")), Some("old-1".into()));
+    // Units: a Timer's timer unit is keyed by its job.
+    assert_eq!(gone_target(&d, &Action::RemoveUnit { unit: "x.timer".into() }), Some("x.job".into()));
+    assert_eq!(gone_target(&d, &Action::RemoveUnit { unit: "x.service".into() }), Some("x.service".into()));
+    assert_eq!(
+        gone_target(
+            &d,
+            &Action::Stop {
+                service: "s01".into(),
+                instance: 1,
+                name: "s01-1".into(),
+                id: "x".into(),
+                stop_timeout_s: None
+            }
+        ),
+        None
+    );
+}
