@@ -221,7 +221,10 @@ impl Engine {
 }
 
 const UNRESPONSIVE: &str = "unresponsive";
+/// An engine's state, and the kind of error that makes it so, when it cannot be reached.
 const UNAVAILABLE: &str = "unavailable";
+/// The kind of error that makes an engine unresponsive.
+const UNRESPONSIVE_KIND: &str = "timeout";
 
 fn backoff_delay(failures: u32) -> Duration {
     let factor = 1u32.checked_shl(failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
@@ -235,6 +238,8 @@ struct EngineHandles {
     systemd: Option<Arc<SystemdEngine>>,
     /// Why systemd is not used, when it is not.
     systemd_missing: Option<String>,
+    /// Why Docker could not be connected, the last time it was tried.
+    docker_error: Option<String>,
     /// The engines (labels) that answered or were reached once: their `tend_engine_up`
     /// series exists, and a failure to reach them is reported.
     reached: BTreeSet<&'static str>,
@@ -303,7 +308,7 @@ fn note_engine(shared: &Shared, engine: Engine, failure: Option<(&'static str, S
         return;
     }
     shared.metrics.engine_error(label, kind);
-    if reached {
+    if reached || needed(shared, engine) {
         shared.metrics.engine_up(label, false);
     }
     let mut a = lock(&shared.agent);
@@ -339,6 +344,37 @@ fn unresponsive(shared: &Shared) -> Vec<Engine> {
     let a = lock(&shared.agent);
     let down = |e: &Engine| a.engines.get(e.label()).is_some_and(|p| p.state == UNRESPONSIVE);
     [Engine::Docker, Engine::Systemd].into_iter().filter(down).collect()
+}
+
+/// Whether the specs in use need Docker and the agent is not connected to it (no socket,
+/// connection refused): their Docker part cannot be observed. Noted as `unavailable`.
+fn docker_unreachable(shared: &Shared) -> bool {
+    let unreachable = lock(&shared.engines).docker.is_none() && needed(shared, Engine::Docker);
+    if unreachable && !lock(&shared.agent).engines.contains_key(Engine::Docker.label()) {
+        // Not noted when it was tried: the specs that need it were not in use yet.
+        let error = lock(&shared.engines).docker_error.clone().unwrap_or_else(|| "not connected".into());
+        note_engine(shared, Engine::Docker, Some((UNAVAILABLE, error)));
+    }
+    unreachable
+}
+
+/// Lets go of a Docker that cannot be reached (`error`): passes apply the rest of the specs
+/// and leave Docker's part out until a connection is made again (by the next pass, or the
+/// event watcher, whose new stream then wakes the loop).
+fn lose_docker(shared: &Shared, error: String) {
+    let mut e = lock(&shared.engines);
+    e.docker = None;
+    e.docker_error = Some(error);
+}
+
+/// The engines the agent cannot observe now: unresponsive ones, and an unreachable Docker
+/// the specs need.
+fn unobservable(shared: &Shared) -> Vec<Engine> {
+    let mut engines = unresponsive(shared);
+    if !engines.contains(&Engine::Docker) && docker_unreachable(shared) {
+        engines.push(Engine::Docker);
+    }
+    engines
 }
 
 /// `Docker is unresponsive: listing containers: Docker did not answer within 30s`.
@@ -939,11 +975,15 @@ async fn connect_engines(shared: &Shared) {
         match DockerEngine::connect(timeouts).await {
             Ok(d) => {
                 info!("connected to Docker");
-                lock(&shared.engines).docker = Some(Arc::new(d));
+                let mut handles = lock(&shared.engines);
+                handles.docker = Some(Arc::new(d));
+                handles.docker_error = None;
+                drop(handles);
                 note_engine(shared, Engine::Docker, None);
             }
             Err(e) => {
                 debug!(error = %apply::chain(&e), "Docker is not available");
+                lock(&shared.engines).docker_error = Some(apply::chain(&e));
                 note_engine(shared, Engine::Docker, Some((e.kind(), apply::chain(&e))));
             }
         }
@@ -1019,7 +1059,12 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                 delay = (delay * 2).min(Duration::from_secs(30));
                 if let Err(e) = DockerEngine::connect(s.settings.timeouts).await {
                     note_engine(&s, Engine::Docker, Some((e.kind(), apply::chain(&e))));
-                    lock(&s.engines).docker = None;
+                    lose_docker(&s, apply::chain(&e));
+                    // A pass says so, and leaves Docker's part out, without waiting for the
+                    // resync (unless Docker hangs: the loop retries on its own then).
+                    if e.kind != crate::engine::EngineErrorKind::Timeout {
+                        let _ = s.wake.try_send(Wake::Engine);
+                    }
                 }
             }
         }
@@ -1236,6 +1281,14 @@ async fn run_pass(
         if let Some(commit) = &set.commit {
             tracing::Span::current().record("commit", short(commit));
         }
+        // Docker cannot be reached: the pass applies the rest of the specs, and plans nothing
+        // for Docker's part from what it could not observe (no create of every instance).
+        let unreachable = docker_unreachable(shared);
+        let desired = if unreachable {
+            Arc::new(without((*set.desired).clone(), &[Engine::Docker]))
+        } else {
+            set.desired.clone()
+        };
         let mut options = shared.options.clone();
         options.specs = set.dir.clone();
         options.units.specs = set.dir.clone();
@@ -1276,7 +1329,7 @@ async fn run_pass(
                 }
             }
         }
-        let result = apply::apply(engines.clone(), set.desired.clone(), &state_dir, &options).await;
+        let result = apply::apply(engines.clone(), desired, &state_dir, &options).await;
         drop(state_dir);
         let elapsed = started.elapsed();
         match result {
@@ -1288,11 +1341,15 @@ async fn run_pass(
                 if engines.systemd.is_some() {
                     note_engine(shared, Engine::Systemd, None);
                 }
-                record_report(shared, &report, backoff, elapsed)
+                let left_out = unreachable.then(|| problem_line(shared, Engine::Docker));
+                record_report(shared, &report, backoff, elapsed, left_out)
             }
             Err(e) => {
                 if let Some((engine, kind, error)) = engine_failure(&e) {
-                    note_engine(shared, engine, Some((kind, error)));
+                    note_engine(shared, engine, Some((kind, error.clone())));
+                    if engine == Engine::Docker && kind == UNAVAILABLE {
+                        lose_docker(shared, error);
+                    }
                 }
                 fail_pass(shared, apply::chain(&e), elapsed);
             }
@@ -1302,10 +1359,12 @@ async fn run_pass(
     .await;
 }
 
-/// Records a pass that failed before any step: `why` in the status and the log.
+/// Records a pass that failed before any step: `why` in the status and the log. It counted
+/// no objects, so none are reported as current.
 fn fail_pass(shared: &Shared, why: String, elapsed: Duration) {
     warn!(error = %why, "pass failed");
     shared.metrics.pass(elapsed, false);
+    shared.metrics.objects_unknown();
     let mut a = lock(&shared.agent);
     a.last_result = Some(why);
     a.passes += 1;
@@ -1418,7 +1477,15 @@ async fn mark_shutdown_stops(
     .await
 }
 
-fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String, Backoff>, elapsed: Duration) {
+/// Records a pass that ran: outcomes, backoff, metrics and the status. `left_out` says why
+/// part of the specs was not observed (an unreachable Docker): then no object is counted.
+fn record_report(
+    shared: &Shared,
+    report: &Report,
+    backoff: &mut BTreeMap<String, Backoff>,
+    elapsed: Duration,
+    left_out: Option<String>,
+) {
     let m = &shared.metrics;
     let mut failed_owners: BTreeSet<String> = BTreeSet::new();
     let mut ok_owners: BTreeSet<String> = BTreeSet::new();
@@ -1496,11 +1563,21 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
         *counts.entry(state).or_default() += 1;
     }
     let counts: Vec<(&str, u64)> = counts.into_iter().collect();
-    m.objects(&counts);
-    let result = match (done, failed) {
-        (0, 0) if report.plan.steps.is_empty() => "converged".to_string(),
-        (d, 0) => format!("applied {d} step(s)"),
-        (d, f) => format!("{f} step(s) failed, {d} done"),
+    let result = match (done, failed, &left_out) {
+        (0, 0, None) if report.plan.steps.is_empty() => "converged".to_string(),
+        (0, 0, Some(_)) if report.plan.steps.is_empty() => "nothing to do".to_string(),
+        (d, 0, _) => format!("applied {d} step(s)"),
+        (d, f, _) => format!("{f} step(s) failed, {d} done"),
+    };
+    let result = match &left_out {
+        Some(why) => {
+            m.objects_unknown();
+            format!("{result} for the rest of the specs; not checked: {why}")
+        }
+        None => {
+            m.objects(&counts);
+            result
+        }
     };
     if done + failed > 0 {
         info!(done, failed, ms = elapsed.as_millis() as u64, "pass: {result}");
@@ -1693,7 +1770,7 @@ impl Api {
         }
         // At most one more try than there are engines: each failure leaves one out.
         for _ in 0..3 {
-            let skipped = unresponsive(shared);
+            let skipped = unobservable(shared);
             if let Some(engine) = skipped.first().filter(|_| !partial) {
                 return Err(Failure::new(503, problem_line(shared, *engine)));
             }
@@ -1706,8 +1783,13 @@ impl Api {
             let observed = match apply::observe_all(&engines, &options, &desired).await {
                 Ok(observed) => observed,
                 Err(e) => match engine_failure(&e) {
-                    Some((engine, kind @ "timeout", error)) => {
+                    Some((engine, kind @ UNRESPONSIVE_KIND, error)) => {
                         note_engine(shared, engine, Some((kind, error)));
+                        continue;
+                    }
+                    Some((Engine::Docker, kind @ UNAVAILABLE, error)) => {
+                        note_engine(shared, Engine::Docker, Some((kind, error.clone())));
+                        lose_docker(shared, error);
                         continue;
                     }
                     _ => return Err(Failure::new(503, apply::chain(&e))),

@@ -408,7 +408,7 @@ fn the_lock_file_of_a_gone_target_is_removed_only_while_nobody_holds_it() {
     assert!(file.exists());
     drop(guard);
     // An operator holding it: kept, and still reported.
-    let mut op = Helper::spawn("hold", &dir, "web-3", &[]);
+    let op = Helper::spawn("hold", &dir, "web-3", &[]);
     assert_eq!(op.next_line(), "TAKEN web-3 marker=false");
     assert!(!dir.remove_if_free("web-3").expect("held exclusively"));
     assert!(dir.holder("web-3").expect("holder").is_some());

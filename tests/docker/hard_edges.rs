@@ -3,9 +3,12 @@
 //! takes down at once, a foreign container on a `-next` name, unchecked job names.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use crate::harness::{self, Env, describe};
+use crate::agent::{Agent, metric, running};
+use crate::harness::{self, Env, describe, wait_for};
 use crate::services::{HandMade, service};
 
 /// `tend --state-dir … --scope … ARGS` with its stdout a pipe whose reader is already
@@ -215,4 +218,150 @@ fn the_lock_files_of_removed_instances_are_removed_with_them() {
     env.tend_ok(&["apply", "--allow-mass-removal", env.spec_arg()]);
     assert!(env.containers().is_empty());
     assert_eq!(lock_files(&env), BTreeSet::new(), "the spec is gone, and so is its lock file");
+}
+
+/// A Docker socket that forwards to the real daemon and can go away (its socket removed,
+/// every connection cut) and come back, as a stopped and restarted daemon.
+struct DockerProxy {
+    path: std::path::PathBuf,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<UnixStream>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerProxy {
+    fn start() -> DockerProxy {
+        let dir = tempfile::tempdir().expect("a directory for the socket");
+        let proxy = DockerProxy { path: dir.path().join("docker.sock"), conns: Default::default(), _dir: dir };
+        proxy.up();
+        proxy
+    }
+
+    /// `DOCKER_HOST` for it.
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Listens (again) and forwards every connection to the real daemon.
+    fn up(&self) {
+        let listener = UnixListener::bind(&self.path).expect("bind the proxy's socket");
+        let conns = self.conns.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let Ok(real) = UnixStream::connect(real_docker_socket()) else { return };
+                let mut tracked = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                tracked.extend([conn.try_clone(), real.try_clone()].into_iter().flatten());
+                drop(tracked);
+                let (Ok(mut conn_in), Ok(mut real_out)) = (conn.try_clone(), real.try_clone()) else { return };
+                std::thread::spawn(move || std::io::copy(&mut conn_in, &mut real_out));
+                let (mut real_in, mut conn_out) = (real, conn);
+                std::thread::spawn(move || std::io::copy(&mut real_in, &mut conn_out));
+            }
+        });
+    }
+
+    /// Goes away: the socket is removed, and every connection through it is cut.
+    fn down(&self) {
+        std::fs::remove_file(&self.path).expect("remove the proxy's socket");
+        // (Its accepting thread waits on a socket nobody can reach any more.)
+        for c in self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The real daemon's socket: `DOCKER_HOST` when it names one, else the default.
+fn real_docker_socket() -> std::path::PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if host.starts_with("unix://") => host.trim_start_matches("unix://").into(),
+        _ => "/var/run/docker.sock".into(),
+    }
+}
+
+/// `tend ARGS` for `env` with `DOCKER_HOST` at `host`.
+fn tend_with_docker(env: &Env, host: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(harness::tend_bin());
+    cmd.arg("--state-dir")
+        .arg(env.state_path())
+        .arg("--scope")
+        .arg(&env.scope)
+        .args(args)
+        .env("DOCKER_HOST", host)
+        .env("TEND_LOG", "warn")
+        .env("TEND_SOCKET", env.socket_path())
+        .env("TEND_LOCK_DIR", env.lock_path());
+    harness::run_with_timeout(&mut cmd, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asserts what says Docker is down: `tend status` (text and JSON, through the agent) exits
+/// 1 naming it unavailable, lists no instance as missing, and the metrics say Docker is down
+/// and count no object.
+fn assert_reported_down(env: &Env, agent: &Agent) {
+    let out = env.tend(&["status"]);
+    let text = harness::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(text.contains("Docker is unavailable since "), "{}", describe(&out));
+    assert!(!text.contains("missing"), "instances are unknown, not missing\n{}", describe(&out));
+    let status = agent.status(env);
+    assert!(status["unchecked"].as_str().unwrap_or_default().contains("Docker is unavailable"), "{status:#}");
+    assert_eq!(status["agent"]["engines"]["docker"]["state"], "unavailable", "{status:#}");
+    let m = agent.metrics();
+    assert_eq!(metric(&m, "tend_engine_up{engine=\"docker\"}"), 0.0, "{m}");
+    assert!(!m.contains("tend_objects{"), "no object count is current while Docker is down\n{m}");
+    let out = env.tend(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+}
+
+#[test]
+fn a_docker_that_is_not_there_is_reported_not_its_instances_as_missing() {
+    let env = Env::new("docker_not_there");
+    let web = env.name("web");
+    env.write_spec("web.yaml", &service(&web, ""));
+    let host = "unix:///nonexistent/docker.sock";
+    // Stand-alone: an error naming Docker, exit 1.
+    for args in
+        [&["status", env.spec_arg()][..], &["status", "--output", "json", env.spec_arg()], &["plan", env.spec_arg()]]
+    {
+        let out = tend_with_docker(&env, host, args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Docker is not available"), "{}", describe(&out));
+    }
+    // An agent that never reached it: says so, plans no create, counts nothing.
+    let agent = Agent::start_with_env(&env, &["--specs", env.spec_arg()], &[("DOCKER_HOST", host)]);
+    wait_for(Duration::from_secs(30), "a pass that left Docker out", || {
+        agent
+            .status_any(&env)
+            .is_some_and(|s| s["agent"]["lastResult"].as_str().is_some_and(|r| r.contains("not checked")))
+    });
+    assert_reported_down(&env, &agent);
+    assert!(!agent.log().contains("step failed"), "nothing was tried without Docker\n{}", agent.log());
+}
+
+#[test]
+fn the_agent_reports_a_docker_that_went_away_and_converges_when_it_is_back() {
+    let env = Env::new("docker_went_away");
+    let web = env.name("web");
+    env.write_spec("web.yaml", &service(&web, ""));
+    let docker = DockerProxy::start();
+    let host = docker.host();
+    let agent = Agent::start_with_env(&env, &["--specs", env.spec_arg()], &[("DOCKER_HOST", host.as_str())]);
+    let name = format!("{web}-1");
+    wait_for(Duration::from_secs(60), "the service", || running(&name));
+    wait_for(Duration::from_secs(30), "a running object in the metrics", || {
+        metric(&agent.metrics(), "tend_objects{state=\"running\"}") == 1.0
+    });
+    docker.down();
+    wait_for(Duration::from_secs(60), "the agent to see Docker gone", || {
+        agent.status_any(&env).is_some_and(|s| s["agent"]["engines"]["docker"]["state"] == "unavailable")
+            && !agent.metrics().contains("tend_objects{")
+    });
+    assert_reported_down(&env, &agent);
+    // Back: the agent reconnects by itself, and the counts are current again.
+    docker.up();
+    wait_for(Duration::from_secs(90), "the agent to see Docker back", || {
+        agent.status_any(&env).is_some_and(|s| s["agent"]["engines"].get("docker").is_none())
+            && metric(&agent.metrics(), "tend_objects{state=\"running\"}") == 1.0
+    });
+    assert_eq!(metric(&agent.metrics(), "tend_engine_up{engine=\"docker\"}"), 1.0);
+    assert_eq!(env.tend(&["status"]).status.code(), Some(0));
 }
