@@ -40,6 +40,7 @@ use crate::engine::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{Observed, RunState, UnitActive, instance_name};
 use crate::plan::{Action, Note, Reason};
+use crate::secrets::Redactor;
 use crate::source::{self, GitConfig, GitSource, Revision};
 use crate::state::{self, Hold, StateDir, StateError};
 use crate::status::{AgentStatus, EngineProblem, Status};
@@ -69,6 +70,9 @@ pub enum AgentError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The host's salt of secrets' digests cannot be had.
+    #[error(transparent)]
+    Salt(#[from] crate::secrets::SaltError),
     /// The boot marker could not be written.
     #[error("writing the boot marker {path}")]
     Marker {
@@ -258,6 +262,8 @@ struct Shared {
     units_of_interest: Arc<RwLock<BTreeSet<String>>>,
     /// Targets under maintenance whose release is being waited for (to pass at once).
     releases: Arc<Mutex<BTreeSet<String>>>,
+    /// The host's salt of secrets' digests (`crate::secrets`).
+    secret_salt: Vec<u8>,
 }
 
 impl Shared {
@@ -571,6 +577,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     };
     std::fs::create_dir_all(&settings.state_dir)
         .map_err(|source| StateError::Dir { path: settings.state_dir.clone(), source })?;
+    let secret_salt = crate::secrets::host_salt(&settings.state_dir, true)?;
     let source_text = match &settings.source {
         SourceSettings::Dir(d) => d.display().to_string(),
         SourceSettings::Git(g) => {
@@ -596,6 +603,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         wake: wake_tx.clone(),
         units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
         releases: Arc::new(Mutex::new(BTreeSet::new())),
+        secret_salt,
     });
     info!(scope = %settings.scope, source = %shared.agent_status().source, "tend agent starting");
 
@@ -665,7 +673,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             if let Some(rev) = git.current() {
                 // The last promoted commit: in use again at once, even with the remote down.
                 let dir = stable_dir(&settings.state_dir, config);
-                match load(&dir) {
+                match load(&shared, &dir) {
                     Ok(desired) => set_current(&shared, desired, dir, rev.commit.clone()),
                     Err(errors) => reject(&shared, errors, rev.commit.clone()),
                 }
@@ -825,8 +833,10 @@ fn stable_dir(state_dir: &Path, config: &GitConfig) -> PathBuf {
     }
 }
 
-fn load(dir: &Path) -> Result<Desired, Vec<String>> {
-    tend_specs::load_path(dir).map_err(|diags| diags.iter().map(ToString::to_string).collect())
+/// Loads the specs in `dir`, secrets' digests keyed by the host's salt.
+fn load(shared: &Shared, dir: &Path) -> Result<Desired, Vec<String>> {
+    let options = tend_specs::LoadOptions { secret_salt: &shared.secret_salt };
+    tend_specs::load_path_with(dir, &options).map_err(|diags| diags.iter().map(ToString::to_string).collect())
 }
 
 fn set_current(shared: &Shared, mut desired: Desired, dir: PathBuf, commit: Option<String>) {
@@ -880,7 +890,7 @@ fn reject(shared: &Shared, errors: Vec<String>, commit: Option<String>) {
 
 /// Reads a directory source again; returns whether a pass is needed.
 fn reload_dir(shared: &Shared, dir: &Path) -> Option<SpecSet> {
-    match load(dir) {
+    match load(shared, dir) {
         Ok(desired) => {
             let fp = fingerprint(&desired);
             if shared.current().is_some_and(|c| c.fingerprint == fp) {
@@ -924,7 +934,7 @@ fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> boo
         }
         Wake::Candidate(rev) => {
             let SourceSettings::Git(config) = &shared.settings.source else { return false };
-            match load(&rev.dir) {
+            match load(shared, &rev.dir) {
                 Ok(desired) => {
                     let fp = fingerprint(&desired);
                     // Read through the stable path once promoted; validated here from the
@@ -1362,6 +1372,8 @@ async fn run_pass(
 /// Records a pass that failed before any step: `why` in the status and the log. It counted
 /// no objects, so none are reported as current.
 fn fail_pass(shared: &Shared, why: String, elapsed: Duration) {
+    // An engine's error may echo a request: no secret of the set is shown or logged.
+    let why = shared.current().map_or(why.clone(), |set| Redactor::of_desired(&set.desired).redact(&why));
     warn!(error = %why, "pass failed");
     shared.metrics.pass(elapsed, false);
     shared.metrics.objects_unknown();

@@ -615,6 +615,9 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     let mut began: BTreeMap<usize, Instant> = BTreeMap::new();
     let mut tasks = Tasks::default();
     let slots = options.parallel.max(1);
+    // Every step's error is shown, logged and recorded through it: an engine may echo a
+    // request, secrets and all.
+    let redactor = Arc::new(crate::secrets::Redactor::of_desired(&desired));
     loop {
         let mut again = true;
         while again {
@@ -640,7 +643,8 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
                     continue;
                 }
                 let started = began.get(&id).copied().unwrap_or_else(Instant::now);
-                let run = run_one(engines.clone(), desired.clone(), options.clone(), step.clone(), started);
+                let run =
+                    run_one(engines.clone(), desired.clone(), options.clone(), step.clone(), started, redactor.clone());
                 let task = tasks.set.spawn(run);
                 tasks.acting.insert(task.id(), id);
             }
@@ -721,13 +725,15 @@ fn step_span(step: &Step) -> tracing::Span {
     info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action))
 }
 
-/// Runs one step under its target's lock and reports how it ended.
+/// Runs one step under its target's lock and reports how it ended, its error with every
+/// secret of the set redacted.
 fn run_one<E: ContainerEngine, U: UnitEngine>(
     engines: Arc<Engines<E, U>>,
     desired: Arc<Desired>,
     options: Options,
     step: Step,
     started: Instant,
+    redactor: Arc<crate::secrets::Redactor>,
 ) -> impl Future<Output = Event> + Send + 'static {
     let span = step_span(&step);
     async move {
@@ -757,7 +763,7 @@ fn run_one<E: ContainerEngine, U: UnitEngine>(
                 Outcome::Done { ms: started.elapsed().as_millis() as u64 }
             }
             Err(e) => {
-                let error = chain(&e);
+                let error = redactor.redact(&chain(&e));
                 warn!(%error, "step failed");
                 Outcome::Failed { error }
             }

@@ -350,6 +350,9 @@ pub enum CliError {
         /// What it would remove.
         what: crate::agent::MassRemoval,
     },
+    /// The host's salt of secrets' digests cannot be had.
+    #[error(transparent)]
+    Salt(#[from] crate::secrets::SaltError),
     /// The agent's configuration has problems (already printed).
     #[error("{count} problem(s) in the agent configuration {path}")]
     Config {
@@ -394,7 +397,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => {
-            let desired = load(path)?;
+            // Nothing is compared with live state: no salt is needed, nor made.
+            let desired = load_with(path, &tend_specs::LoadOptions::default())?;
             let timers = match desired.timers.len() {
                 0 => String::new(),
                 n => format!(" and {n} timer(s)"),
@@ -522,6 +526,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
@@ -535,16 +540,39 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let ansi = std::io::stderr().is_terminal();
     let _ = match format {
         LogFormat::Journal => match tracing_journald::layer() {
-            Ok(journal) => registry.with(journal.with_syslog_identifier("tend".into())).try_init(),
-            Err(_) => {
-                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).try_init()
+            Ok(journal) => {
+                registry.with(journal.with_syslog_identifier("tend".into()).with_filter(own_detail_only())).try_init()
             }
+            Err(_) => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(ansi)
+                        .with_filter(own_detail_only()),
+                )
+                .try_init(),
         },
-        LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
-        }
-        _ => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(own_detail_only()))
+            .try_init(),
+        _ => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_filter(own_detail_only()),
+            )
+            .try_init(),
     };
+}
+
+/// Whatever `TEND_LOG` asks for, other crates log at most `info`: below it, bollard logs
+/// every request and response body (a container's create request holds its environment,
+/// secrets included; an inspect answer too), and hyper, zbus and the rest their traffic.
+/// `debug` and `trace` are for tend's own modules, which never log a secret.
+fn own_detail_only() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    Targets::new().with_default(LevelFilter::INFO).with_target("tend", LevelFilter::TRACE)
 }
 
 /// A running agent's answer to `GET path`; `None` when no agent runs.
@@ -652,9 +680,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(CliError::Runtime)
 }
 
-/// Loads specs, printing every problem.
-fn load(path: &Path) -> Result<Desired, CliError> {
-    tend_specs::load_path(path).map_err(|diags: Vec<Diagnostic>| {
+/// Loads specs, printing every problem. The digests of secrets in hashes are keyed by the
+/// host's salt ([`crate::secrets::host_salt`]), made by the first command that changes the
+/// host; the read-only ones (`plan`, `status`, `job list`) never make it.
+fn load(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
+    let read_only = matches!(
+        &cli.command,
+        Command::Plan { .. } | Command::Status { .. } | Command::Job { command: JobCommand::List { .. } }
+    );
+    let salt = crate::secrets::host_salt(&cli.state_dir, !read_only)?;
+    load_with(path, &tend_specs::LoadOptions { secret_salt: &salt })
+}
+
+/// Loads specs with `options`, printing every problem.
+fn load_with(path: &Path, options: &tend_specs::LoadOptions<'_>) -> Result<Desired, CliError> {
+    tend_specs::load_path_with(path, options).map_err(|diags: Vec<Diagnostic>| {
         let paint = Paint::stderr();
         for d in &diags {
             match &d.location {
@@ -684,7 +724,7 @@ fn warn_if_empty(desired: &Desired, path: &Path, scope: &str) {
 
 /// Loads specs as [`load`], with the Timers of scheduled Backups added.
 fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
-    let mut desired = load(path)?;
+    let mut desired = load(cli, path)?;
     let tend_bin = tend_bin();
     let (state_dir, lock_dir, specs) = (absolute(&cli.state_dir), absolute(&cli.lock_dir), absolute(path));
     let ctx = crate::backups::TimerContext {
@@ -1192,7 +1232,7 @@ fn maintain(
     command: &[String],
 ) -> Result<ExitCode, CliError> {
     let path = specs_for(cli, specs)?;
-    let desired = load(&path)?;
+    let desired = load(cli, &path)?;
     let keys = crate::maintain::resolve(&desired, targets, selectors)?;
     let (user, uid) = crate::locks::current_user();
     let since_ms = apply::now_ms();
@@ -1426,7 +1466,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             backup_run(cli, name, keep, specs.as_deref(), *output)
         }
         BackupCommand::Pin { name, archive, reason, specs } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let path = crate::backups::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
             outln!(
                 "{} {}: retention keeps it until `tend backup unpin {name} {archive}`",
@@ -1436,7 +1476,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Unpin { name, archive, specs } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let (path, was) = crate::backups::unpin_archive(the_backup(&desired, name)?, archive)?;
             match was {
                 true => outln!("unpinned {}: the next run's retention may remove it", path.display()),
@@ -1445,7 +1485,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::List { name, specs, output } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
             let entries = crate::backups::archives(b)?;
             let now = tend_specs::calendar::Timestamp::now();
@@ -1508,7 +1548,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             let results = if as_file.is_file() {
                 crate::backups::verify_all(None, Some(as_file))
             } else {
-                let desired = load(&specs_for(cli, specs.as_deref())?)?;
+                let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
                 crate::backups::verify_all(Some(the_backup(&desired, target)?), None)
             };
             let paint = Paint::stdout();
@@ -1649,7 +1689,7 @@ fn restore(
     specs: Option<&Path>,
 ) -> Result<ExitCode, CliError> {
     use crate::backups::BackupError;
-    let desired = load(&specs_for(cli, specs)?)?;
+    let desired = load(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
     let refused =
         |e: BackupError| CliError::Backup(BackupError::Unchanged { backup: name.to_string(), source: Box::new(e) });
@@ -1965,4 +2005,23 @@ fn print_job_list(entries: &[crate::jobs::TimerEntry]) {
         ]);
     }
     table(&rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    #[test]
+    fn other_crates_never_log_below_info_whatever_tend_log_says() {
+        let filter = super::own_detail_only();
+        // bollard logs request and response bodies (environments, secrets) at debug/trace.
+        for target in
+            ["bollard::docker", "bollard::uri", "hyper_util::client::legacy::client", "zbus::connection", "h2"]
+        {
+            assert!(!filter.would_enable(target, &Level::DEBUG), "{target}");
+            assert!(filter.would_enable(target, &Level::INFO), "{target}");
+        }
+        assert!(filter.would_enable("tend::apply", &Level::TRACE));
+        assert!(filter.would_enable("tend::agent", &Level::DEBUG));
+    }
 }

@@ -913,7 +913,8 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
     match ended {
         Err(e) => {
             record.result = RunResult::Error;
-            record.detail = Some(error_chain(&e));
+            // Docker's error may echo the container's request, the job's secrets with it.
+            record.detail = Some(crate::secrets::Redactor::of_envs([&timer.env]).redact(&error_chain(&e)));
         }
         Ok(ended) => {
             record.exit_code = ended.exit_code;

@@ -19,6 +19,7 @@ pub mod output;
 pub mod plan;
 pub mod quiesce;
 pub mod scheduler;
+pub mod secrets;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -365,3 +365,204 @@ fn the_agent_reports_a_docker_that_went_away_and_converges_when_it_is_back() {
     assert_eq!(metric(&agent.metrics(), "tend_engine_up{engine=\"docker\"}"), 1.0);
     assert_eq!(env.tend(&["status"]).status.code(), Some(0));
 }
+
+/// A spec directory with the service `web` whose `TOKEN` is a secret (in `secrets/token`),
+/// and the secret.
+fn env_with_a_secret(test: &str) -> (Env, String, String) {
+    let env = Env::new(test);
+    let web = env.name("web");
+    // A quote and a backslash: escaped differently by JSON, Go and Rust.
+    let secret = format!("s3cr\"t\\{}", env.scope);
+    env.write_spec("secrets/token", &format!("{secret}\n"));
+    env.write_spec("web.yaml", &service(&web, "env: {PLAIN: visible, TOKEN: {fromFile: secrets/token}}"));
+    (env, web, secret)
+}
+
+/// Panics when `text` (what `what` printed) holds `secret`, raw or JSON-escaped.
+fn assert_no_secret(what: &str, text: &str, secret: &str) {
+    let json = serde_json::to_string(secret).expect("json");
+    let json = &json[1..json.len() - 1];
+    for form in [secret, json] {
+        if let Some(at) = text.find(form) {
+            let start = text[..at].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
+            panic!("{what} shows the secret: …{}…", &text[start..(at + form.len()).min(text.len())]);
+        }
+    }
+}
+
+/// Everything `tend ARGS` printed at `TEND_LOG=trace`.
+fn printed_at_trace(env: &Env, args: &[&str]) -> (Output, String) {
+    let mut cmd = Command::new(harness::tend_bin());
+    cmd.arg("--state-dir")
+        .arg(env.state_path())
+        .arg("--scope")
+        .arg(&env.scope)
+        .args(args)
+        .env("TEND_LOG", "trace")
+        .env("TEND_SOCKET", env.socket_path())
+        .env("TEND_LOCK_DIR", env.lock_path());
+    let out = harness::run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
+    let text = format!("{}{}", harness::stdout_of(&out), String::from_utf8_lossy(&out.stderr));
+    (out, text)
+}
+
+#[test]
+fn a_secret_never_appears_in_any_output_at_any_log_level() {
+    let (env, web, secret) = env_with_a_secret("secret_nowhere");
+    let spec = env.spec_arg();
+    for args in [
+        &["apply", spec][..],
+        &["apply", "--output", "json", spec],
+        &["plan", spec],
+        &["plan", "--output", "json", spec],
+        &["status", spec],
+        &["status", "--output", "json", spec],
+    ] {
+        let (out, text) = printed_at_trace(&env, args);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_no_secret(&format!("tend {args:?}"), &text, &secret);
+    }
+    let name = format!("{web}-1");
+    let labels = harness::docker_ok(&["inspect", "-f", "{{json .Config.Labels}}", &name]);
+    assert_no_secret("the container's labels", &labels, &secret);
+    let env_seen = harness::docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &name]);
+    assert!(env_seen.contains("TOKEN=s3cr"), "the container does get its secret: {env_seen}");
+    // The salt that keys the secret's digest in the hash is the host's, 0600.
+    let salt = env.state_path().join("secret-salt");
+    assert_eq!(
+        std::fs::metadata(&salt).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).ok(),
+        Some(0o600)
+    );
+
+    // An agent at trace, through a change that recreates the container (its create request
+    // and inspect answers hold the environment).
+    let agent = Agent::start_with_env(&env, &["--specs", spec], &[("TEND_LOG", "trace")]);
+    env.write_spec("web.yaml", &service(&web, "env: {PLAIN: changed, TOKEN: {fromFile: secrets/token}}"));
+    wait_for(Duration::from_secs(60), "the agent to recreate the service", || {
+        harness::docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &name]).contains("PLAIN=changed")
+    });
+    for args in [&["status"][..], &["status", "--output", "json"], &["plan", "--output", "json"]] {
+        let (_, text) = printed_at_trace(&env, args);
+        assert_no_secret(&format!("tend {args:?} through the agent"), &text, &secret);
+    }
+    assert_no_secret("the metrics", &agent.metrics(), &secret);
+    let log = agent.log();
+    assert!(log.contains("DEBUG"), "the agent logs below info\n{log}");
+    assert_no_secret("the agent's log", &log, &secret);
+}
+
+/// A Docker daemon that knows nothing and refuses every container it is asked to create
+/// with an error that echoes the whole request, environment and all (as Docker's errors
+/// may). It answers what `tend apply` and an agent ask before that: a version, empty
+/// listings, a present image, an event stream that stays open.
+struct EchoingDocker {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl EchoingDocker {
+    fn start() -> EchoingDocker {
+        let dir = tempfile::tempdir().expect("a directory for the socket");
+        let path = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&path).expect("bind the fake daemon's socket");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || serve_echoing(conn));
+            }
+        });
+        EchoingDocker { path, _dir: dir }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+}
+
+/// Answers the requests of one connection (see [`EchoingDocker`]).
+fn serve_echoing(conn: UnixStream) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut head = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let length = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = target.split('?').next().unwrap_or("");
+        let (status, answer) = if path.ends_with("/version") {
+            ("200 OK", r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#.to_string())
+        } else if path.ends_with("/_ping") {
+            ("200 OK", "OK".to_string())
+        } else if path.ends_with("/events") {
+            let _ = out
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+            // Open, and silent, until the client goes.
+            let _ = reader.read(&mut [0u8; 1]);
+            return;
+        } else if path.ends_with("/containers/create") {
+            let message = format!("invalid container config: {}", String::from_utf8_lossy(&body));
+            ("500 Internal Server Error", serde_json::json!({ "message": message }).to_string())
+        } else if path.contains("/images/") {
+            (
+                "200 OK",
+                r#"{"Id":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}"#.to_string(),
+            )
+        } else if path.ends_with("/volumes") {
+            ("200 OK", r#"{"Volumes":[],"Warnings":[]}"#.to_string())
+        } else if path.ends_with("/json") || path.ends_with("/networks") {
+            ("200 OK", "[]".to_string())
+        } else {
+            ("404 Not Found", r#"{"message":"not here"}"#.to_string())
+        };
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if out.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_docker_error_that_echoes_the_request_never_shows_the_secret() {
+    let (env, web, secret) = env_with_a_secret("secret_echoed");
+    let docker = EchoingDocker::start();
+    let host = docker.host();
+    let spec = env.spec_arg();
+    for args in [&["apply", spec][..], &["apply", "--output", "json", spec]] {
+        let out = tend_with_docker(&env, &host, args);
+        let text = format!("{}{}", harness::stdout_of(&out), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        // The daemon's message is shown, the secret in it replaced by where it comes from.
+        assert!(text.contains("invalid container config: "), "{text}");
+        assert!(text.contains("TOKEN=<secret from "), "{text}");
+        assert!(text.contains("PLAIN=visible"), "only secrets are replaced: {text}");
+        assert_no_secret(&format!("tend {args:?}"), &text, &secret);
+    }
+    // The agent's log (its WARN of the failed step).
+    let agent =
+        Agent::start_with_env(&env, &["--specs", spec], &[("DOCKER_HOST", host.as_str()), ("TEND_LOG", "trace")]);
+    wait_for(Duration::from_secs(60), "the agent to try to create the service", || agent.log().contains("step failed"));
+    let log = agent.log();
+    assert!(log.contains(&format!("creating container {web}-1")) && log.contains("TOKEN=<secret from "), "{log}");
+    assert_no_secret("the agent's log", &log, &secret);
+    let (_, text) = printed_at_trace(&env, &["status", "--output", "json"]);
+    assert_no_secret("tend status through the agent", &text, &secret);
+}

@@ -32,11 +32,13 @@ struct Seen {
 struct Fake {
     t0: tokio::time::Instant,
     seen: Mutex<Seen>,
+    /// When set, every create fails with an error that says this (an echoed request).
+    echo: Option<String>,
 }
 
 impl Fake {
     fn new() -> Self {
-        Self { t0: tokio::time::Instant::now(), seen: Mutex::new(Seen::default()) }
+        Self { t0: tokio::time::Instant::now(), seen: Mutex::new(Seen::default()), echo: None }
     }
 
     fn now_ms(&self) -> u64 {
@@ -70,7 +72,15 @@ impl ContainerEngine for Fake {
     async fn create_volume(&self, _: &str, _: &str) -> Result<(), EngineError> {
         Ok(())
     }
-    async fn create_and_start(&self, _: &str, s: &Service, _: u32, _: &str) -> Result<String, EngineError> {
+    async fn create_and_start(&self, _: &str, s: &Service, _: u32, name: &str) -> Result<String, EngineError> {
+        if let Some(echo) = &self.echo {
+            return Err(EngineError {
+                op: "creating container",
+                object: name.to_string(),
+                kind: crate::engine::EngineErrorKind::Refused,
+                source: Box::new(std::io::Error::other(echo.clone())),
+            });
+        }
         tokio::time::sleep(START).await;
         let now = self.now_ms();
         let mut seen = self.seen();
@@ -245,4 +255,37 @@ fn only_targets_the_specs_no_longer_want_lose_their_lock_files() {
         ),
         None
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_error_that_echoes_any_secret_of_the_set_is_redacted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("a"), "alpha-secret\n").expect("secret");
+    std::fs::write(dir.path().join("b"), "beta-secret\n").expect("secret");
+    let doc = |name: &str, file: &str| {
+        format!(
+            "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: img:1\n  env: {{PW: {{fromFile: {file}}}}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("s.yaml"), doc("a", "a") + &doc("b", "b")).expect("specs");
+    let desired = Arc::new(tend_specs::load_path(dir.path()).unwrap_or_else(|d| panic!("{d:?}")));
+    let options = options(dir.path(), 2);
+    let plan = plan_for(&desired, &Observed::default(), &crate::state::State::default(), &options, &BTreeSet::new());
+    // The engine echoes both services' environments in each error, as an echo of a
+    // request holding another's secret would.
+    let fake = Arc::new(Fake { echo: Some("bad: [\"PW=alpha-secret\",\"PW=beta-secret\"]".into()), ..Fake::new() });
+    let engines = Arc::new(Engines::<Fake, SystemdEngine> { docker: Some(fake), systemd: None });
+    let outcomes = execute(engines, desired, &plan, &options).await;
+    let errors: Vec<&String> = outcomes
+        .values()
+        .filter_map(|o| match o {
+            Outcome::Failed { error } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 2, "{outcomes:?}");
+    for e in errors {
+        assert!(!e.contains("alpha-secret") && !e.contains("beta-secret"), "{e}");
+        assert!(e.contains("PW=<secret from ") && e.starts_with("creating container "), "{e}");
+    }
 }
