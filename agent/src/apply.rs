@@ -594,6 +594,69 @@ struct Tasks {
     acting: BTreeMap<tokio::task::Id, usize>,
 }
 
+/// Where an execution of a plan stands.
+struct Progress<'p> {
+    plan: &'p Plan,
+    steps: BTreeMap<usize, &'p Step>,
+    outcomes: BTreeMap<usize, Outcome>,
+    /// Steps waiting for their prerequisites.
+    waiting: BTreeSet<usize>,
+    /// Steps whose prerequisites are done, waiting for a slot: by (starts new work, id), so
+    /// a continuation of begun work comes first.
+    ready: BTreeSet<(bool, usize)>,
+    /// When each step began, its pause included.
+    began: BTreeMap<usize, Instant>,
+    tasks: Tasks,
+}
+
+impl<'p> Progress<'p> {
+    fn new(plan: &'p Plan) -> Self {
+        let steps: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
+        let waiting = steps.keys().copied().collect();
+        let (outcomes, ready, began, tasks) = Default::default();
+        Self { plan, steps, outcomes, waiting, ready, began, tasks }
+    }
+
+    /// A step whose prerequisites are done: it pauses first, or waits for a slot.
+    fn make_ready(&mut self, id: usize, stop: &CancellationToken) {
+        let step = self.steps[&id];
+        if step.pause_ms > 0 && !self.began.contains_key(&id) {
+            self.began.insert(id, Instant::now());
+            let task = self.tasks.set.spawn(pause(step, stop.clone()));
+            self.tasks.pausing.insert(task.id(), id);
+        } else {
+            self.began.entry(id).or_insert_with(Instant::now);
+            self.ready.insert((!continues_chain(self.plan, step, &self.outcomes), id));
+        }
+    }
+
+    /// Records what a task reported.
+    fn receive(&mut self, event: Result<(tokio::task::Id, Event), tokio::task::JoinError>, stop: &CancellationToken) {
+        match event {
+            Ok((task, Event::Paused { id, cancelled })) => {
+                self.tasks.pausing.remove(&task);
+                if cancelled {
+                    self.outcomes.insert(id, Outcome::Cancelled);
+                } else {
+                    self.make_ready(id, stop);
+                }
+            }
+            Ok((task, Event::Finished { id, outcome })) => {
+                self.tasks.acting.remove(&task);
+                self.outcomes.insert(id, outcome);
+            }
+            Err(join_error) => {
+                // A panicking step: it failed, and what waits for it is skipped.
+                warn!(error = %join_error, "a step task failed");
+                let task = join_error.id();
+                if let Some(id) = self.tasks.acting.remove(&task).or_else(|| self.tasks.pausing.remove(&task)) {
+                    self.outcomes.insert(id, Outcome::Failed { error: format!("step task failed: {join_error}") });
+                }
+            }
+        }
+    }
+}
+
 /// Executes a plan: each step once its prerequisites succeeded, at most `parallel` acting
 /// at once. A free slot goes first to a step that continues work begun on its object (a
 /// replacement's create after its remove, the await after that create), only then to the
@@ -606,14 +669,7 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     plan: &Plan,
     options: &Options,
 ) -> BTreeMap<usize, Outcome> {
-    let steps: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
-    let mut outcomes: BTreeMap<usize, Outcome> = BTreeMap::new();
-    let mut waiting: BTreeSet<usize> = steps.keys().copied().collect();
-    // Steps whose prerequisites are done, waiting for a slot: by (starts new work, id).
-    let mut ready: BTreeSet<(bool, usize)> = BTreeSet::new();
-    // When each step began, its pause included.
-    let mut began: BTreeMap<usize, Instant> = BTreeMap::new();
-    let mut tasks = Tasks::default();
+    let mut p = Progress::new(plan);
     let slots = options.parallel.max(1);
     // Every step's error is shown, logged and recorded through it: an engine may echo a
     // request, secrets and all.
@@ -621,59 +677,31 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     loop {
         let mut again = true;
         while again {
-            for id in settle(plan, &steps, options, &mut waiting, &mut outcomes) {
-                began.insert(id, Instant::now());
-                let step = steps[&id];
-                if step.pause_ms > 0 {
-                    let task = tasks.set.spawn(pause(step, options.stop.clone()));
-                    tasks.pausing.insert(task.id(), id);
-                } else {
-                    ready.insert((!continues_chain(plan, step, &outcomes), id));
-                }
+            for id in settle(plan, &p.steps, options, &mut p.waiting, &mut p.outcomes) {
+                p.make_ready(id, &options.stop);
             }
             again = false;
-            while tasks.acting.len() < slots
-                && let Some((_, id)) = ready.pop_first()
+            while p.tasks.acting.len() < slots
+                && let Some((_, id)) = p.ready.pop_first()
             {
-                let step = steps[&id];
-                if options.stop.is_cancelled() && !continues_started_work(plan, step, &outcomes) {
-                    outcomes.insert(id, Outcome::Cancelled);
+                let step = p.steps[&id];
+                if options.stop.is_cancelled() && !continues_started_work(plan, step, &p.outcomes) {
+                    p.outcomes.insert(id, Outcome::Cancelled);
                     // Its dependents can be settled now.
                     again = true;
                     continue;
                 }
-                let started = began.get(&id).copied().unwrap_or_else(Instant::now);
+                let started = p.began.get(&id).copied().unwrap_or_else(Instant::now);
                 let run =
                     run_one(engines.clone(), desired.clone(), options.clone(), step.clone(), started, redactor.clone());
-                let task = tasks.set.spawn(run);
-                tasks.acting.insert(task.id(), id);
+                let task = p.tasks.set.spawn(run);
+                p.tasks.acting.insert(task.id(), id);
             }
         }
-        let Some(event) = tasks.set.join_next_with_id().await else { break };
-        match event {
-            Ok((task, Event::Paused { id, cancelled })) => {
-                tasks.pausing.remove(&task);
-                if cancelled {
-                    outcomes.insert(id, Outcome::Cancelled);
-                } else {
-                    ready.insert((!continues_chain(plan, steps[&id], &outcomes), id));
-                }
-            }
-            Ok((task, Event::Finished { id, outcome })) => {
-                tasks.acting.remove(&task);
-                outcomes.insert(id, outcome);
-            }
-            Err(join_error) => {
-                // A panicking step: it failed, and what waits for it is skipped.
-                warn!(error = %join_error, "a step task failed");
-                let task = join_error.id();
-                if let Some(id) = tasks.acting.remove(&task).or_else(|| tasks.pausing.remove(&task)) {
-                    outcomes.insert(id, Outcome::Failed { error: format!("step task failed: {join_error}") });
-                }
-            }
-        }
+        let Some(event) = p.tasks.set.join_next_with_id().await else { break };
+        p.receive(event, &options.stop);
     }
-    outcomes
+    p.outcomes
 }
 
 /// Settles the waiting steps that can be: skipped behind a step that did not succeed,
