@@ -40,6 +40,7 @@ use crate::engine::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{Observed, RunState, UnitActive, instance_name};
 use crate::plan::{Action, Note, Reason};
+use crate::secrets::Redactor;
 use crate::source::{self, GitConfig, GitSource, Revision};
 use crate::state::{self, Hold, StateDir, StateError};
 use crate::status::{AgentStatus, EngineProblem, Status};
@@ -69,6 +70,9 @@ pub enum AgentError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The host's salt of secrets' digests cannot be had.
+    #[error(transparent)]
+    Salt(#[from] crate::secrets::SaltError),
     /// The boot marker could not be written.
     #[error("writing the boot marker {path}")]
     Marker {
@@ -221,7 +225,10 @@ impl Engine {
 }
 
 const UNRESPONSIVE: &str = "unresponsive";
+/// An engine's state, and the kind of error that makes it so, when it cannot be reached.
 const UNAVAILABLE: &str = "unavailable";
+/// The kind of error that makes an engine unresponsive.
+const UNRESPONSIVE_KIND: &str = "timeout";
 
 fn backoff_delay(failures: u32) -> Duration {
     let factor = 1u32.checked_shl(failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
@@ -235,6 +242,8 @@ struct EngineHandles {
     systemd: Option<Arc<SystemdEngine>>,
     /// Why systemd is not used, when it is not.
     systemd_missing: Option<String>,
+    /// Why Docker could not be connected, the last time it was tried.
+    docker_error: Option<String>,
     /// The engines (labels) that answered or were reached once: their `tend_engine_up`
     /// series exists, and a failure to reach them is reported.
     reached: BTreeSet<&'static str>,
@@ -253,6 +262,8 @@ struct Shared {
     units_of_interest: Arc<RwLock<BTreeSet<String>>>,
     /// Targets under maintenance whose release is being waited for (to pass at once).
     releases: Arc<Mutex<BTreeSet<String>>>,
+    /// The host's salt of secrets' digests (`crate::secrets`).
+    secret_salt: Vec<u8>,
 }
 
 impl Shared {
@@ -303,7 +314,7 @@ fn note_engine(shared: &Shared, engine: Engine, failure: Option<(&'static str, S
         return;
     }
     shared.metrics.engine_error(label, kind);
-    if reached {
+    if reached || needed(shared, engine) {
         shared.metrics.engine_up(label, false);
     }
     let mut a = lock(&shared.agent);
@@ -339,6 +350,37 @@ fn unresponsive(shared: &Shared) -> Vec<Engine> {
     let a = lock(&shared.agent);
     let down = |e: &Engine| a.engines.get(e.label()).is_some_and(|p| p.state == UNRESPONSIVE);
     [Engine::Docker, Engine::Systemd].into_iter().filter(down).collect()
+}
+
+/// Whether the specs in use need Docker and the agent is not connected to it (no socket,
+/// connection refused): their Docker part cannot be observed. Noted as `unavailable`.
+fn docker_unreachable(shared: &Shared) -> bool {
+    let unreachable = lock(&shared.engines).docker.is_none() && needed(shared, Engine::Docker);
+    if unreachable && !lock(&shared.agent).engines.contains_key(Engine::Docker.label()) {
+        // Not noted when it was tried: the specs that need it were not in use yet.
+        let error = lock(&shared.engines).docker_error.clone().unwrap_or_else(|| "not connected".into());
+        note_engine(shared, Engine::Docker, Some((UNAVAILABLE, error)));
+    }
+    unreachable
+}
+
+/// Lets go of a Docker that cannot be reached (`error`): passes apply the rest of the specs
+/// and leave Docker's part out until a connection is made again (by the next pass, or the
+/// event watcher, whose new stream then wakes the loop).
+fn lose_docker(shared: &Shared, error: String) {
+    let mut e = lock(&shared.engines);
+    e.docker = None;
+    e.docker_error = Some(error);
+}
+
+/// The engines the agent cannot observe now: unresponsive ones, and an unreachable Docker
+/// the specs need.
+fn unobservable(shared: &Shared) -> Vec<Engine> {
+    let mut engines = unresponsive(shared);
+    if !engines.contains(&Engine::Docker) && docker_unreachable(shared) {
+        engines.push(Engine::Docker);
+    }
+    engines
 }
 
 /// `Docker is unresponsive: listing containers: Docker did not answer within 30s`.
@@ -535,6 +577,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     };
     std::fs::create_dir_all(&settings.state_dir)
         .map_err(|source| StateError::Dir { path: settings.state_dir.clone(), source })?;
+    let secret_salt = crate::secrets::host_salt(&settings.state_dir, true)?;
     let source_text = match &settings.source {
         SourceSettings::Dir(d) => d.display().to_string(),
         SourceSettings::Git(g) => {
@@ -560,6 +603,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         wake: wake_tx.clone(),
         units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
         releases: Arc::new(Mutex::new(BTreeSet::new())),
+        secret_salt,
     });
     info!(scope = %settings.scope, source = %shared.agent_status().source, "tend agent starting");
 
@@ -629,7 +673,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             if let Some(rev) = git.current() {
                 // The last promoted commit: in use again at once, even with the remote down.
                 let dir = stable_dir(&settings.state_dir, config);
-                match load(&dir) {
+                match load(&shared, &dir) {
                     Ok(desired) => set_current(&shared, desired, dir, rev.commit.clone()),
                     Err(errors) => reject(&shared, errors, rev.commit.clone()),
                 }
@@ -789,8 +833,10 @@ fn stable_dir(state_dir: &Path, config: &GitConfig) -> PathBuf {
     }
 }
 
-fn load(dir: &Path) -> Result<Desired, Vec<String>> {
-    tend_specs::load_path(dir).map_err(|diags| diags.iter().map(ToString::to_string).collect())
+/// Loads the specs in `dir`, secrets' digests keyed by the host's salt.
+fn load(shared: &Shared, dir: &Path) -> Result<Desired, Vec<String>> {
+    let options = tend_specs::LoadOptions { secret_salt: &shared.secret_salt };
+    tend_specs::load_path_with(dir, &options).map_err(|diags| diags.iter().map(ToString::to_string).collect())
 }
 
 fn set_current(shared: &Shared, mut desired: Desired, dir: PathBuf, commit: Option<String>) {
@@ -844,7 +890,7 @@ fn reject(shared: &Shared, errors: Vec<String>, commit: Option<String>) {
 
 /// Reads a directory source again; returns whether a pass is needed.
 fn reload_dir(shared: &Shared, dir: &Path) -> Option<SpecSet> {
-    match load(dir) {
+    match load(shared, dir) {
         Ok(desired) => {
             let fp = fingerprint(&desired);
             if shared.current().is_some_and(|c| c.fingerprint == fp) {
@@ -888,7 +934,7 @@ fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> boo
         }
         Wake::Candidate(rev) => {
             let SourceSettings::Git(config) = &shared.settings.source else { return false };
-            match load(&rev.dir) {
+            match load(shared, &rev.dir) {
                 Ok(desired) => {
                     let fp = fingerprint(&desired);
                     // Read through the stable path once promoted; validated here from the
@@ -939,11 +985,15 @@ async fn connect_engines(shared: &Shared) {
         match DockerEngine::connect(timeouts).await {
             Ok(d) => {
                 info!("connected to Docker");
-                lock(&shared.engines).docker = Some(Arc::new(d));
+                let mut handles = lock(&shared.engines);
+                handles.docker = Some(Arc::new(d));
+                handles.docker_error = None;
+                drop(handles);
                 note_engine(shared, Engine::Docker, None);
             }
             Err(e) => {
                 debug!(error = %apply::chain(&e), "Docker is not available");
+                lock(&shared.engines).docker_error = Some(apply::chain(&e));
                 note_engine(shared, Engine::Docker, Some((e.kind(), apply::chain(&e))));
             }
         }
@@ -1019,7 +1069,12 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                 delay = (delay * 2).min(Duration::from_secs(30));
                 if let Err(e) = DockerEngine::connect(s.settings.timeouts).await {
                     note_engine(&s, Engine::Docker, Some((e.kind(), apply::chain(&e))));
-                    lock(&s.engines).docker = None;
+                    lose_docker(&s, apply::chain(&e));
+                    // A pass says so, and leaves Docker's part out, without waiting for the
+                    // resync (unless Docker hangs: the loop retries on its own then).
+                    if e.kind != crate::engine::EngineErrorKind::Timeout {
+                        let _ = s.wake.try_send(Wake::Engine);
+                    }
                 }
             }
         }
@@ -1236,6 +1291,14 @@ async fn run_pass(
         if let Some(commit) = &set.commit {
             tracing::Span::current().record("commit", short(commit));
         }
+        // Docker cannot be reached: the pass applies the rest of the specs, and plans nothing
+        // for Docker's part from what it could not observe (no create of every instance).
+        let unreachable = docker_unreachable(shared);
+        let desired = if unreachable {
+            Arc::new(without((*set.desired).clone(), &[Engine::Docker]))
+        } else {
+            set.desired.clone()
+        };
         let mut options = shared.options.clone();
         options.specs = set.dir.clone();
         options.units.specs = set.dir.clone();
@@ -1276,7 +1339,7 @@ async fn run_pass(
                 }
             }
         }
-        let result = apply::apply(engines.clone(), set.desired.clone(), &state_dir, &options).await;
+        let result = apply::apply(engines.clone(), desired, &state_dir, &options).await;
         drop(state_dir);
         let elapsed = started.elapsed();
         match result {
@@ -1288,11 +1351,15 @@ async fn run_pass(
                 if engines.systemd.is_some() {
                     note_engine(shared, Engine::Systemd, None);
                 }
-                record_report(shared, &report, backoff, elapsed)
+                let left_out = unreachable.then(|| problem_line(shared, Engine::Docker));
+                record_report(shared, &report, backoff, elapsed, left_out)
             }
             Err(e) => {
                 if let Some((engine, kind, error)) = engine_failure(&e) {
-                    note_engine(shared, engine, Some((kind, error)));
+                    note_engine(shared, engine, Some((kind, error.clone())));
+                    if engine == Engine::Docker && kind == UNAVAILABLE {
+                        lose_docker(shared, error);
+                    }
                 }
                 fail_pass(shared, apply::chain(&e), elapsed);
             }
@@ -1302,10 +1369,14 @@ async fn run_pass(
     .await;
 }
 
-/// Records a pass that failed before any step: `why` in the status and the log.
+/// Records a pass that failed before any step: `why` in the status and the log. It counted
+/// no objects, so none are reported as current.
 fn fail_pass(shared: &Shared, why: String, elapsed: Duration) {
+    // An engine's error may echo a request: no secret of the set is shown or logged.
+    let why = shared.current().map_or(why.clone(), |set| Redactor::of_desired(&set.desired).redact(&why));
     warn!(error = %why, "pass failed");
     shared.metrics.pass(elapsed, false);
+    shared.metrics.objects_unknown();
     let mut a = lock(&shared.agent);
     a.last_result = Some(why);
     a.passes += 1;
@@ -1418,7 +1489,15 @@ async fn mark_shutdown_stops(
     .await
 }
 
-fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String, Backoff>, elapsed: Duration) {
+/// Records a pass that ran: outcomes, backoff, metrics and the status. `left_out` says why
+/// part of the specs was not observed (an unreachable Docker): then no object is counted.
+fn record_report(
+    shared: &Shared,
+    report: &Report,
+    backoff: &mut BTreeMap<String, Backoff>,
+    elapsed: Duration,
+    left_out: Option<String>,
+) {
     let m = &shared.metrics;
     let mut failed_owners: BTreeSet<String> = BTreeSet::new();
     let mut ok_owners: BTreeSet<String> = BTreeSet::new();
@@ -1496,11 +1575,21 @@ fn record_report(shared: &Shared, report: &Report, backoff: &mut BTreeMap<String
         *counts.entry(state).or_default() += 1;
     }
     let counts: Vec<(&str, u64)> = counts.into_iter().collect();
-    m.objects(&counts);
-    let result = match (done, failed) {
-        (0, 0) if report.plan.steps.is_empty() => "converged".to_string(),
-        (d, 0) => format!("applied {d} step(s)"),
-        (d, f) => format!("{f} step(s) failed, {d} done"),
+    let result = match (done, failed, &left_out) {
+        (0, 0, None) if report.plan.steps.is_empty() => "converged".to_string(),
+        (0, 0, Some(_)) if report.plan.steps.is_empty() => "nothing to do".to_string(),
+        (d, 0, _) => format!("applied {d} step(s)"),
+        (d, f, _) => format!("{f} step(s) failed, {d} done"),
+    };
+    let result = match &left_out {
+        Some(why) => {
+            m.objects_unknown();
+            format!("{result} for the rest of the specs; not checked: {why}")
+        }
+        None => {
+            m.objects(&counts);
+            result
+        }
     };
     if done + failed > 0 {
         info!(done, failed, ms = elapsed.as_millis() as u64, "pass: {result}");
@@ -1693,7 +1782,7 @@ impl Api {
         }
         // At most one more try than there are engines: each failure leaves one out.
         for _ in 0..3 {
-            let skipped = unresponsive(shared);
+            let skipped = unobservable(shared);
             if let Some(engine) = skipped.first().filter(|_| !partial) {
                 return Err(Failure::new(503, problem_line(shared, *engine)));
             }
@@ -1706,8 +1795,13 @@ impl Api {
             let observed = match apply::observe_all(&engines, &options, &desired).await {
                 Ok(observed) => observed,
                 Err(e) => match engine_failure(&e) {
-                    Some((engine, kind @ "timeout", error)) => {
+                    Some((engine, kind @ UNRESPONSIVE_KIND, error)) => {
                         note_engine(shared, engine, Some((kind, error)));
+                        continue;
+                    }
+                    Some((Engine::Docker, kind @ UNAVAILABLE, error)) => {
+                        note_engine(shared, Engine::Docker, Some((kind, error.clone())));
+                        lose_docker(shared, error);
                         continue;
                     }
                     _ => return Err(Failure::new(503, apply::chain(&e))),

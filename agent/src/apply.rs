@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tend_specs::Desired;
 use tend_specs::service::{Condition, MountSource};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -195,7 +194,35 @@ fn observe_args(desired: &Desired) -> (BTreeSet<String>, BTreeSet<String>, bool)
 /// Observes Docker for `desired` in one snapshot.
 pub async fn observe<E: ContainerEngine>(engine: &E, scope: &str, desired: &Desired) -> Result<Observed, ApplyError> {
     let (wanted, images, volumes) = observe_args(desired);
-    engine.observe(scope, &wanted, &images, volumes).await.map_err(ApplyError::Observe)
+    let mut observed = engine.observe(scope, &wanted, &images, volumes).await.map_err(ApplyError::Observe)?;
+    // A start-first replacement creates `SERVICE-N-next`: another's container under that
+    // name is a conflict too. Looked for only when such a replacement is due (it costs a
+    // listing of every container).
+    let next = next_names_due(desired, &observed);
+    if !next.is_empty() {
+        let more = engine.observe(scope, &next, &BTreeSet::new(), false).await.map_err(ApplyError::Observe)?;
+        observed.foreign.extend(more.foreign);
+    }
+    Ok(observed)
+}
+
+/// The `-next` names of the start-first replacements `desired` would make of what is
+/// observed: instances whose template or image changed, without a `-next` of their own.
+fn next_names_due(desired: &Desired, observed: &Observed) -> BTreeSet<String> {
+    use tend_specs::service::RolloutOrder;
+    let owned: BTreeSet<&str> = observed.containers.iter().map(|c| c.name.as_str()).collect();
+    let mut due = BTreeSet::new();
+    for s in desired.docker_services().filter(|s| s.spec.rollout.order == RolloutOrder::StartFirst) {
+        let image_id = s.spec.image.as_deref().and_then(|i| observed.images.get(&plan::normalize_image(i)));
+        for c in observed.containers.iter().filter(|c| c.service == s.name && c.instance >= 1) {
+            let next = format!("{}{}", instance_name(&s.name, c.instance), crate::model::NEXT_SUFFIX);
+            let outdated = c.hash != s.hash || image_id.is_some_and(|id| *id != c.image_id && !c.image_id.is_empty());
+            if c.name == instance_name(&s.name, c.instance) && outdated && !owned.contains(next.as_str()) {
+                due.insert(next);
+            }
+        }
+    }
+    due
 }
 
 /// What of the specs cannot be had where systemd is not PID 1 (`why`): their systemd
@@ -551,108 +578,227 @@ pub fn record(state: &mut State, plan: &Plan, outcomes: &BTreeMap<usize, Outcome
     *state != before
 }
 
-/// Executes a plan: each step once its prerequisites succeeded, at most `parallel` at once.
+/// What a step's task reports to [`execute`].
+enum Event {
+    /// The step's rollout pause is over, or tend is stopping (`cancelled`).
+    Paused { id: usize, cancelled: bool },
+    /// The step ran.
+    Finished { id: usize, outcome: Outcome },
+}
+
+/// The tasks of a plan's execution: steps pausing (they take no slot) and steps acting.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<Event>,
+    pausing: BTreeMap<tokio::task::Id, usize>,
+    acting: BTreeMap<tokio::task::Id, usize>,
+}
+
+/// Where an execution of a plan stands.
+struct Progress<'p> {
+    plan: &'p Plan,
+    steps: BTreeMap<usize, &'p Step>,
+    outcomes: BTreeMap<usize, Outcome>,
+    /// Steps waiting for their prerequisites.
+    waiting: BTreeSet<usize>,
+    /// Steps whose prerequisites are done, waiting for a slot: by (starts new work, id), so
+    /// a continuation of begun work comes first.
+    ready: BTreeSet<(bool, usize)>,
+    /// When each step began, its pause included.
+    began: BTreeMap<usize, Instant>,
+    tasks: Tasks,
+}
+
+impl<'p> Progress<'p> {
+    fn new(plan: &'p Plan) -> Self {
+        let steps: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
+        let waiting = steps.keys().copied().collect();
+        let (outcomes, ready, began, tasks) = Default::default();
+        Self { plan, steps, outcomes, waiting, ready, began, tasks }
+    }
+
+    /// A step whose prerequisites are done: it pauses first, or waits for a slot.
+    fn make_ready(&mut self, id: usize, stop: &CancellationToken) {
+        let step = self.steps[&id];
+        if step.pause_ms > 0 && !self.began.contains_key(&id) {
+            self.began.insert(id, Instant::now());
+            let task = self.tasks.set.spawn(pause(step, stop.clone()));
+            self.tasks.pausing.insert(task.id(), id);
+        } else {
+            self.began.entry(id).or_insert_with(Instant::now);
+            self.ready.insert((!continues_chain(self.plan, step, &self.outcomes), id));
+        }
+    }
+
+    /// Records what a task reported.
+    fn receive(&mut self, event: Result<(tokio::task::Id, Event), tokio::task::JoinError>, stop: &CancellationToken) {
+        match event {
+            Ok((task, Event::Paused { id, cancelled })) => {
+                self.tasks.pausing.remove(&task);
+                if cancelled {
+                    self.outcomes.insert(id, Outcome::Cancelled);
+                } else {
+                    self.make_ready(id, stop);
+                }
+            }
+            Ok((task, Event::Finished { id, outcome })) => {
+                self.tasks.acting.remove(&task);
+                self.outcomes.insert(id, outcome);
+            }
+            Err(join_error) => {
+                // A panicking step: it failed, and what waits for it is skipped.
+                warn!(error = %join_error, "a step task failed");
+                let task = join_error.id();
+                if let Some(id) = self.tasks.acting.remove(&task).or_else(|| self.tasks.pausing.remove(&task)) {
+                    self.outcomes.insert(id, Outcome::Failed { error: format!("step task failed: {join_error}") });
+                }
+            }
+        }
+    }
+}
+
+/// Executes a plan: each step once its prerequisites succeeded, at most `parallel` acting
+/// at once. A free slot goes first to a step that continues work begun on its object (a
+/// replacement's create after its remove, the await after that create), only then to the
+/// next step in plan order: so a stop-first replacement is one stop followed at once by
+/// its create, and however many services a plan replaces, at most `parallel` of them are
+/// down at once. Rollout pauses take no slot.
 pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     engines: Arc<Engines<E, U>>,
     desired: Arc<Desired>,
     plan: &Plan,
     options: &Options,
 ) -> BTreeMap<usize, Outcome> {
-    let mut outcomes: BTreeMap<usize, Outcome> = BTreeMap::new();
-    let mut pending: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
-    let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
-    let mut running: JoinSet<(usize, Outcome)> = JoinSet::new();
+    let mut p = Progress::new(plan);
+    let slots = options.parallel.max(1);
+    // Every step's error is shown, logged and recorded through it: an engine may echo a
+    // request, secrets and all.
+    let redactor = Arc::new(crate::secrets::Redactor::of_desired(&desired));
     loop {
-        // Resolve what can be resolved: skip steps behind a failure, start ready ones.
-        let mut progressed = true;
-        while progressed {
-            progressed = false;
-            let ids: Vec<usize> = pending.keys().copied().collect();
-            for id in ids {
-                let step = pending[&id];
-                if let Some(bad) = step
-                    .after
-                    .iter()
-                    .find(|a| matches!(outcomes.get(a), Some(Outcome::Failed { .. } | Outcome::Skipped { .. })))
-                {
-                    outcomes.insert(id, Outcome::Skipped { because_of: *bad });
-                    pending.remove(&id);
-                    progressed = true;
-                } else if options.stop.is_cancelled() && !continues_started_work(plan, step, &outcomes) {
-                    outcomes.insert(id, Outcome::Cancelled);
-                    pending.remove(&id);
-                    progressed = true;
-                } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
-                    pending.remove(&id);
-                    let finishing = continues_started_work(plan, step, &outcomes);
-                    let (engines, desired, permits, step, options) =
-                        (engines.clone(), desired.clone(), permits.clone(), step.clone(), options.clone());
-                    let span = info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action));
-                    running.spawn(
-                        async move {
-                            let started = Instant::now();
-                            if step.pause_ms > 0 {
-                                info!(pause_ms = step.pause_ms, "pausing before step");
-                                tokio::select! {
-                                    () = tokio::time::sleep(Duration::from_millis(step.pause_ms)) => {}
-                                    () = options.stop.cancelled() => return (step.id, Outcome::Cancelled),
-                                }
-                            }
-                            let _permit = permits.acquire_owned().await;
-                            if options.stop.is_cancelled() && !finishing {
-                                return (step.id, Outcome::Cancelled);
-                            }
-                            let result = match lock_target(&options.locks, &step.action) {
-                                Ok(guard) => {
-                                    let r = run_step(&engines, &desired, &options, &step).await;
-                                    if r.is_ok()
-                                        && let Some(guard) = &guard
-                                    {
-                                        record_pid(&engines, &options, &step.action, guard.key()).await;
-                                    }
-                                    r
-                                }
-                                Err(e) => Err(e),
-                            };
-                            let outcome = match result {
-                                Ok(()) => {
-                                    info!(reason = %step.reason, "done");
-                                    Outcome::Done { ms: started.elapsed().as_millis() as u64 }
-                                }
-                                Err(e) => {
-                                    let error = chain(&e);
-                                    warn!(%error, "step failed");
-                                    Outcome::Failed { error }
-                                }
-                            };
-                            (step.id, outcome)
-                        }
-                        .instrument(span),
-                    );
+        let mut again = true;
+        while again {
+            for id in settle(plan, &p.steps, options, &mut p.waiting, &mut p.outcomes) {
+                p.make_ready(id, &options.stop);
+            }
+            again = false;
+            while p.tasks.acting.len() < slots
+                && let Some((_, id)) = p.ready.pop_first()
+            {
+                let step = p.steps[&id];
+                if options.stop.is_cancelled() && !continues_started_work(plan, step, &p.outcomes) {
+                    p.outcomes.insert(id, Outcome::Cancelled);
+                    // Its dependents can be settled now.
+                    again = true;
+                    continue;
                 }
+                let started = p.began.get(&id).copied().unwrap_or_else(Instant::now);
+                let run =
+                    run_one(engines.clone(), desired.clone(), options.clone(), step.clone(), started, redactor.clone());
+                let task = p.tasks.set.spawn(run);
+                p.tasks.acting.insert(task.id(), id);
             }
         }
-        match running.join_next().await {
-            Some(Ok((id, outcome))) => {
-                outcomes.insert(id, outcome);
+        let Some(event) = p.tasks.set.join_next_with_id().await else { break };
+        p.receive(event, &options.stop);
+    }
+    p.outcomes
+}
+
+/// Settles the waiting steps that can be: skipped behind a step that did not succeed,
+/// cancelled when tend is stopping, or runnable (returned in plan order).
+fn settle(
+    plan: &Plan,
+    steps: &BTreeMap<usize, &Step>,
+    options: &Options,
+    waiting: &mut BTreeSet<usize>,
+    outcomes: &mut BTreeMap<usize, Outcome>,
+) -> Vec<usize> {
+    let mut runnable = Vec::new();
+    let mut progressed = true;
+    while progressed {
+        progressed = false;
+        for id in waiting.clone() {
+            let step = steps[&id];
+            let not_ok = |a: &&usize| matches!(outcomes.get(a), Some(Outcome::Failed { .. } | Outcome::Skipped { .. }));
+            if let Some(bad) = step.after.iter().find(not_ok) {
+                outcomes.insert(id, Outcome::Skipped { because_of: *bad });
+            } else if options.stop.is_cancelled() && !continues_started_work(plan, step, outcomes) {
+                outcomes.insert(id, Outcome::Cancelled);
+            } else if step.after.iter().all(|a| matches!(outcomes.get(a), Some(Outcome::Done { .. }))) {
+                runnable.push(id);
+            } else {
+                continue;
             }
-            Some(Err(join_error)) => {
-                // A panicking step: record it against every step still unresolved.
-                warn!(error = %join_error, "a step task failed");
-                let lost: Vec<usize> = plan
-                    .steps
-                    .iter()
-                    .map(|s| s.id)
-                    .filter(|id| !outcomes.contains_key(id) && !pending.contains_key(id))
-                    .collect();
-                for id in lost {
-                    outcomes.insert(id, Outcome::Failed { error: format!("step task failed: {join_error}") });
-                }
-            }
-            None => break,
+            waiting.remove(&id);
+            progressed = true;
         }
     }
-    outcomes
+    runnable
+}
+
+/// A step's rollout pause, ended early when tend stops.
+fn pause(step: &Step, stop: CancellationToken) -> impl Future<Output = Event> + Send + 'static {
+    let (id, pause_ms) = (step.id, step.pause_ms);
+    async move {
+        info!(pause_ms, "pausing before step");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(pause_ms)) => Event::Paused { id, cancelled: false },
+            () = stop.cancelled() => Event::Paused { id, cancelled: true },
+        }
+    }
+    .instrument(step_span(step))
+}
+
+fn step_span(step: &Step) -> tracing::Span {
+    info_span!("step", id = step.id, action = action_name(&step.action), target = %target(&step.action))
+}
+
+/// Runs one step under its target's lock and reports how it ended, its error with every
+/// secret of the set redacted.
+fn run_one<E: ContainerEngine, U: UnitEngine>(
+    engines: Arc<Engines<E, U>>,
+    desired: Arc<Desired>,
+    options: Options,
+    step: Step,
+    started: Instant,
+    redactor: Arc<crate::secrets::Redactor>,
+) -> impl Future<Output = Event> + Send + 'static {
+    let span = step_span(&step);
+    async move {
+        let result = match lock_target(&options.locks, &step.action) {
+            Ok(guard) => {
+                let r = run_step(&engines, &desired, &options, &step).await;
+                let gone = gone_target(&desired, &step.action);
+                if r.is_ok()
+                    && gone.is_none()
+                    && let Some(guard) = &guard
+                {
+                    record_pid(&engines, &options, &step.action, guard.key()).await;
+                }
+                drop(guard);
+                if r.is_ok()
+                    && let Some(key) = gone
+                {
+                    remove_lock_file(&options.locks, &key);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
+            Ok(()) => {
+                info!(reason = %step.reason, "done");
+                Outcome::Done { ms: started.elapsed().as_millis() as u64 }
+            }
+            Err(e) => {
+                let error = redactor.redact(&chain(&e));
+                warn!(%error, "step failed");
+                Outcome::Failed { error }
+            }
+        };
+        Event::Finished { id: step.id, outcome }
+    }
+    .instrument(span)
 }
 
 /// Takes the shared lock of the target `action` acts on, for as long as the guard lives;
@@ -665,6 +811,32 @@ fn lock_target(locks: &crate::locks::LockDir, action: &Action) -> Result<Option<
         crate::locks::Shared::Maintenance(holder) => {
             Err(StepError::Maintenance { target: key, holder: holder.describe() })
         }
+    }
+}
+
+/// The lock key of the target `action` removes when the specs no longer want that target
+/// (an instance of a removed or scaled-down service, a unit no spec writes): its lock file
+/// can go once the step is done.
+fn gone_target(desired: &Desired, action: &Action) -> Option<String> {
+    let wanted = match action {
+        Action::Remove { service, instance, name, .. } if !name.ends_with(crate::model::NEXT_SUFFIX) => desired
+            .services
+            .get(service)
+            .is_some_and(|s| s.spec.runtime == tend_specs::service::Runtime::Docker && *instance <= s.spec.replicas),
+        Action::RemoveUnit { unit } => wanted_units(desired).contains(unit),
+        _ => return None,
+    };
+    if wanted { None } else { crate::maintain::lock_key(action) }
+}
+
+/// Removes the lock file of a target that is gone, unless someone holds it (best effort:
+/// a lock file left behind costs nothing but a directory entry; the lock directory is a
+/// tmpfs emptied at boot).
+fn remove_lock_file(locks: &crate::locks::LockDir, key: &str) {
+    match locks.remove_if_free(key) {
+        Ok(true) => tracing::debug!(target = key, "removed the lock file of a target that is gone"),
+        Ok(false) => {}
+        Err(e) => warn!(target = key, error = %chain(&e), "removing the lock file of a target that is gone"),
     }
 }
 
@@ -710,6 +882,17 @@ fn continues_started_work(plan: &Plan, step: &Step, outcomes: &BTreeMap<usize, O
             matches!(outcomes.get(a), Some(Outcome::Done { .. }))
                 && plan.steps.iter().any(|s| s.id == *a && s.action.owner().as_deref() == Some(owner.as_str()))
         })
+}
+
+/// Whether `step` continues work begun on its object in this pass: a step it waits for,
+/// on the same object, is done. Such a step gets a free slot before any step that would
+/// start work on another object.
+fn continues_chain(plan: &Plan, step: &Step, outcomes: &BTreeMap<usize, Outcome>) -> bool {
+    let Some(owner) = step.action.owner() else { return false };
+    step.after.iter().any(|a| {
+        matches!(outcomes.get(a), Some(Outcome::Done { .. }))
+            && plan.steps.iter().any(|s| s.id == *a && s.action.owner().as_deref() == Some(owner.as_str()))
+    })
 }
 
 /// A short name for logs.
@@ -988,3 +1171,6 @@ async fn await_condition<E: ContainerEngine>(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ use tend_specs::{Desired, Diagnostic};
 use crate::apply::{self, ApplyError, Engines, Options, Outcome, Report};
 use crate::docker::DockerEngine;
 use crate::engine::{EngineError, EngineErrorKind, Timeouts};
+use crate::output::{eout, eoutln, out, outln};
 use crate::plan::{self, Note, Plan};
 use crate::state::{self, StateDir, StateError};
 use crate::status::Status;
@@ -349,6 +350,9 @@ pub enum CliError {
         /// What it would remove.
         what: crate::agent::MassRemoval,
     },
+    /// The host's salt of secrets' digests cannot be had.
+    #[error(transparent)]
+    Salt(#[from] crate::secrets::SaltError),
     /// The agent's configuration has problems (already printed).
     #[error("{count} problem(s) in the agent configuration {path}")]
     Config {
@@ -376,9 +380,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Schema { agent_config } => {
             if *agent_config {
-                print!("{}", tend_specs::agent_config::json_schema_text());
+                out!("{}", tend_specs::agent_config::json_schema_text());
             } else {
-                print!("{}", tend_specs::schema::json_schema_text());
+                out!("{}", tend_specs::schema::json_schema_text());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -393,7 +397,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => {
-            let desired = load(path)?;
+            // Nothing is compared with live state: no salt is needed, nor made.
+            let desired = load_with(path, &tend_specs::LoadOptions::default())?;
             let timers = match desired.timers.len() {
                 0 => String::new(),
                 n => format!(" and {n} timer(s)"),
@@ -402,7 +407,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 0 => timers,
                 n => format!("{timers} and {n} backup(s)"),
             };
-            println!("ok: {} service(s){timers} in {}", desired.services.len(), path.display());
+            outln!("ok: {} service(s){timers} in {}", desired.services.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Release { name } => {
@@ -439,7 +444,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let (engines, missing) = connect(&desired, cli.timeouts()).await?;
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 if let Some(m) = crate::agent::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
-                    eprintln!(
+                    eoutln!(
                         "{} this plan {m}: `tend apply` refuses it without --allow-mass-removal",
                         Paint::stderr().yellow("warning:")
                     );
@@ -470,13 +475,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 let unmet = unmet(&report.plan.notes);
                 if unmet > 0 {
-                    eprintln!(
+                    eoutln!(
                         "{} the specs are not met: {unmet} name conflict(s) or missing image(s) need an operator (see the notes)",
                         Paint::stderr().red("error:")
                     );
                 }
                 if let Some(why) = &missing {
-                    eprintln!("{} {why}", Paint::stderr().red("error:"));
+                    eoutln!("{} {why}", Paint::stderr().red("error:"));
                 }
                 Ok(if report.ok() && unmet == 0 && missing.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
             })
@@ -521,6 +526,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
@@ -534,16 +540,39 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let ansi = std::io::stderr().is_terminal();
     let _ = match format {
         LogFormat::Journal => match tracing_journald::layer() {
-            Ok(journal) => registry.with(journal.with_syslog_identifier("tend".into())).try_init(),
-            Err(_) => {
-                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).try_init()
+            Ok(journal) => {
+                registry.with(journal.with_syslog_identifier("tend".into()).with_filter(own_detail_only())).try_init()
             }
+            Err(_) => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(ansi)
+                        .with_filter(own_detail_only()),
+                )
+                .try_init(),
         },
-        LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
-        }
-        _ => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(own_detail_only()))
+            .try_init(),
+        _ => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_filter(own_detail_only()),
+            )
+            .try_init(),
     };
+}
+
+/// Whatever `TEND_LOG` asks for, other crates log at most `info`: below it, bollard logs
+/// every request and response body (a container's create request holds its environment,
+/// secrets included; an inspect answer too), and hyper, zbus and the rest their traffic.
+/// `debug` and `trace` are for tend's own modules, which never log a secret.
+fn own_detail_only() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    Targets::new().with_default(LevelFilter::INFO).with_target("tend", LevelFilter::TRACE)
 }
 
 /// A running agent's answer to `GET path`; `None` when no agent runs.
@@ -559,7 +588,7 @@ async fn release_by_agent(socket: &Path, name: &str) -> Result<Option<ExitCode>,
     match client.post(&format!("/v1/release/{name}")).await {
         Ok(v) => {
             for k in v["released"].as_array().into_iter().flatten().filter_map(|k| k.as_str()) {
-                println!("released {k}: the agent starts it again now");
+                outln!("released {k}: the agent starts it again now");
             }
             Ok(Some(ExitCode::SUCCESS))
         }
@@ -588,7 +617,7 @@ fn agent_settings(
         Some(p) => load_agent_config(p).map_err(|diags| {
             let paint = Paint::stderr();
             for d in &diags {
-                eprintln!("{} {d}", paint.red("error:"));
+                eoutln!("{} {d}", paint.red("error:"));
             }
             CliError::Config { path: p.clone(), count: diags.len() }
         })?,
@@ -651,14 +680,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(CliError::Runtime)
 }
 
-/// Loads specs, printing every problem.
-fn load(path: &Path) -> Result<Desired, CliError> {
-    tend_specs::load_path(path).map_err(|diags: Vec<Diagnostic>| {
+/// Loads specs, printing every problem. The digests of secrets in hashes are keyed by the
+/// host's salt ([`crate::secrets::host_salt`]), made by the first command that changes the
+/// host; the read-only ones (`plan`, `status`, `job list`) never make it.
+fn load(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
+    let read_only = matches!(
+        &cli.command,
+        Command::Plan { .. } | Command::Status { .. } | Command::Job { command: JobCommand::List { .. } }
+    );
+    let salt = crate::secrets::host_salt(&cli.state_dir, !read_only)?;
+    load_with(path, &tend_specs::LoadOptions { secret_salt: &salt })
+}
+
+/// Loads specs with `options`, printing every problem.
+fn load_with(path: &Path, options: &tend_specs::LoadOptions<'_>) -> Result<Desired, CliError> {
+    tend_specs::load_path_with(path, options).map_err(|diags: Vec<Diagnostic>| {
         let paint = Paint::stderr();
         for d in &diags {
             match &d.location {
-                Some(loc) => eprintln!("{loc}: {} {}", paint.red("error:"), d.message),
-                None => eprintln!("{} {}", paint.red("error:"), d.message),
+                Some(loc) => eoutln!("{loc}: {} {}", paint.red("error:"), d.message),
+                None => eoutln!("{} {}", paint.red("error:"), d.message),
             }
         }
         CliError::Invalid { count: diags.len() }
@@ -673,7 +714,7 @@ const MAX_REMOVAL_PERCENT: u8 = 50;
 /// lost its files, would otherwise read as "remove everything".
 fn warn_if_empty(desired: &Desired, path: &Path, scope: &str) {
     if desired.services.is_empty() && desired.timers.is_empty() && desired.backups.is_empty() {
-        eprintln!(
+        eoutln!(
             "{} {} holds no spec at all: applied, it would remove everything tend manages in scope `{scope}`",
             Paint::stderr().yellow("warning:"),
             path.display()
@@ -683,7 +724,7 @@ fn warn_if_empty(desired: &Desired, path: &Path, scope: &str) {
 
 /// Loads specs as [`load`], with the Timers of scheduled Backups added.
 fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
-    let mut desired = load(path)?;
+    let mut desired = load(cli, path)?;
     let tend_bin = tend_bin();
     let (state_dir, lock_dir, specs) = (absolute(&cli.state_dir), absolute(&cli.lock_dir), absolute(path));
     let ctx = crate::backups::TimerContext {
@@ -695,7 +736,7 @@ fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     };
     crate::backups::add_schedule_timers(&mut desired, &ctx).map_err(|diags| {
         for d in &diags {
-            eprintln!("{} {d}", Paint::stderr().red("error:"));
+            eoutln!("{} {d}", Paint::stderr().red("error:"));
         }
         CliError::Invalid { count: diags.len() }
     })?;
@@ -754,7 +795,7 @@ async fn connect(
             missing = apply::unmet_without_systemd(desired, &why);
             let scheduled = apply::scheduled_timers(desired);
             if scheduled > 0 {
-                eprintln!(
+                eoutln!(
                     "{} {scheduled} scheduled Timer(s) run by the agent's own scheduler here, not by systemd ({why})",
                     Paint::stderr().yellow("note:")
                 );
@@ -766,7 +807,7 @@ async fn connect(
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
-    println!("{}", serde_json::to_string_pretty(v).map_err(CliError::Output)?);
+    outln!("{}", serde_json::to_string_pretty(v).map_err(CliError::Output)?);
     Ok(())
 }
 
@@ -811,7 +852,7 @@ fn table(rows: &[Vec<String>]) {
                 line.push_str(&" ".repeat(widths[i] - visible_len(cell) + 2));
             }
         }
-        println!("  {}", line.trim_end());
+        outln!("  {}", line.trim_end());
     }
 }
 
@@ -867,9 +908,9 @@ fn print_notes(notes: &[Note]) {
         return;
     }
     let paint = Paint::stdout();
-    println!("{}", paint.bold("Left alone:"));
+    outln!("{}", paint.bold("Left alone:"));
     for n in notes {
-        println!("  {} {n}", paint.yellow("!"));
+        outln!("  {} {n}", paint.yellow("!"));
     }
 }
 
@@ -881,7 +922,7 @@ fn show_plan(plan: &Plan, output: Output) -> Result<ExitCode, CliError> {
         Output::Text => print_plan(plan),
     }
     if let Some(why) = &plan.unchecked {
-        eprintln!("{} {why}", Paint::stderr().red("error:"));
+        eoutln!("{} {why}", Paint::stderr().red("error:"));
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::from(if plan.is_empty() { 0 } else { 2 }))
@@ -890,9 +931,9 @@ fn show_plan(plan: &Plan, output: Output) -> Result<ExitCode, CliError> {
 fn print_plan(plan: &Plan) {
     let paint = Paint::stdout();
     if plan.steps.is_empty() {
-        println!("{}", no_steps_line(&plan.notes));
+        outln!("{}", no_steps_line(&plan.notes));
     } else {
-        println!("{}", paint.bold(&format!("Plan: {} step(s)", plan.steps.len())));
+        outln!("{}", paint.bold(&format!("Plan: {} step(s)", plan.steps.len())));
         let mut rows = vec![vec!["#".into(), "ACTION".into(), "TARGET".into(), "REASON".into(), "AFTER".into()]];
         rows.extend(plan.steps.iter().map(step_row));
         table(&rows);
@@ -930,10 +971,10 @@ fn print_report(report: &Report) {
         rows.push(row);
     }
     if rows.is_empty() {
-        println!("{}", no_steps_line(&report.plan.notes));
+        outln!("{}", no_steps_line(&report.plan.notes));
     } else {
         table(&rows);
-        println!("{} done, {} failed, {} skipped", counts[0], counts[1], counts[2]);
+        outln!("{} done, {} failed, {} skipped", counts[0], counts[1], counts[2]);
     }
     print_notes(&report.plan.notes);
 }
@@ -944,7 +985,7 @@ fn print_status(status: &Status) {
         print_agent(paint, a);
     }
     if let Some(d) = &status.drain {
-        println!("{}\n", paint.yellow(&drained_line(d)));
+        outln!("{}\n", paint.yellow(&drained_line(d)));
     }
     if !status.timers.is_empty() {
         print_job_list(&status.timers);
@@ -1012,27 +1053,27 @@ fn print_status(status: &Status) {
         table(&rows);
     }
     if status.pending_steps > 0 {
-        println!("{} step(s) pending: run `tend plan` to see them", status.pending_steps);
+        outln!("{} step(s) pending: run `tend plan` to see them", status.pending_steps);
     } else if let Some(why) = &status.unchecked {
-        println!("Not all of the specs could be checked here: {why}");
+        outln!("Not all of the specs could be checked here: {why}");
     } else if status.notes.is_empty() {
-        println!("Converged: the host matches the specs.");
+        outln!("Converged: the host matches the specs.");
     } else {
-        println!("{}", no_steps_line(&status.notes));
+        outln!("{}", no_steps_line(&status.notes));
     }
     print_notes(&status.notes);
 }
 
 fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
     let commit = a.commit.as_deref().map(|c| format!(" at commit {}", c.get(..12).unwrap_or(c))).unwrap_or_default();
-    println!(
+    outln!(
         "agent: pid {}, running since {}, specs from {}{commit}",
         a.pid,
         crate::time::format_ms(a.started_ms),
         a.source
     );
     if let (Some(at), Some(result)) = (a.last_pass_ms, &a.last_result) {
-        println!(
+        outln!(
             "last pass: {} at {} ({} ms); {} pass(es) so far",
             result,
             crate::time::format_ms(at),
@@ -1040,34 +1081,34 @@ fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
             a.passes
         );
     } else if let Some(result) = &a.last_result {
-        println!("last pass: {result}");
+        outln!("last pass: {result}");
     }
     if !a.spec_errors.is_empty() {
         let commit =
             a.rejected_commit.as_deref().map(|c| format!(" (commit {})", c.get(..12).unwrap_or(c))).unwrap_or_default();
-        println!(
+        outln!(
             "{} the newest spec set{commit} was rejected; the last good set stays in use:",
             paint.red("spec errors:")
         );
         for e in &a.spec_errors {
-            println!("  {e}");
+            outln!("  {e}");
         }
     }
     if let Some(why) = &a.mass_removal {
-        println!("{} {why}", paint.red("mass removal blocked:"));
+        outln!("{} {why}", paint.red("mass removal blocked:"));
     }
     for (engine, p) in &a.engines {
         let name = if engine == "docker" { "Docker" } else { engine.as_str() };
         let since = crate::time::format_ms(p.since_ms);
-        println!("{} since {since}: {}", paint.red(&format!("{name} is {}", p.state)), p.error);
+        outln!("{} since {since}: {}", paint.red(&format!("{name} is {}", p.state)), p.error);
     }
     for (name, until) in &a.backoff {
-        println!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::time::format_ms(*until));
+        outln!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::time::format_ms(*until));
     }
     if a.unclean_boot {
-        println!("{} services marked holdAfterUncleanBoot are held (see the notes)", paint.yellow("unclean boot:"));
+        outln!("{} services marked holdAfterUncleanBoot are held (see the notes)", paint.yellow("unclean boot:"));
     }
-    println!();
+    outln!();
 }
 
 fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCode, CliError> {
@@ -1085,7 +1126,7 @@ fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCod
         text: expr.to_string(),
         source,
     })?;
-    print!("{text}");
+    out!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1095,11 +1136,11 @@ fn drain(cli: &Cli, reason: Option<String>) -> Result<ExitCode, CliError> {
     let user = crate::locks::current_user().0;
     let (drain, already) = state::drain(&cli.state_dir, state::Drain { reason, since_ms: apply::now_ms(), user })?;
     let line = drained_line(&drain);
-    println!("{}{line}", if already { "already " } else { "" });
+    outln!("{}{line}", if already { "already " } else { "" });
     match runtime()?.block_on(pass_by_agent(&cli.socket, true))? {
-        Some(true) => println!("the agent stops the services now, dependents first (see `tend status`)"),
+        Some(true) => outln!("the agent stops the services now, dependents first (see `tend status`)"),
         Some(false) => return Ok(agent_elsewhere(cli)),
-        None => println!("no agent runs here: `tend apply` stops the services, dependents first"),
+        None => outln!("no agent runs here: `tend apply` stops the services, dependents first"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1107,14 +1148,14 @@ fn drain(cli: &Cli, reason: Option<String>) -> Result<ExitCode, CliError> {
 /// `tend undrain`: lifts the drain; a running agent starts the services again at once.
 fn undrain(cli: &Cli) -> Result<ExitCode, CliError> {
     let Some(lifted) = state::undrain(&cli.state_dir)? else {
-        println!("not drained: nothing to do");
+        outln!("not drained: nothing to do");
         return Ok(ExitCode::SUCCESS);
     };
-    println!("undrained (was {})", drained_line(&lifted));
+    outln!("undrained (was {})", drained_line(&lifted));
     match runtime()?.block_on(pass_by_agent(&cli.socket, false))? {
-        Some(true) => println!("the agent starts the services again now, dependencies first (see `tend status`)"),
+        Some(true) => outln!("the agent starts the services again now, dependencies first (see `tend status`)"),
         Some(false) => return Ok(agent_elsewhere(cli)),
-        None => println!("no agent runs here: `tend apply` starts the services again, dependencies first"),
+        None => outln!("no agent runs here: `tend apply` starts the services again, dependencies first"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1139,7 +1180,7 @@ async fn pass_by_agent(socket: &Path, drained: bool) -> Result<Option<bool>, Cli
 
 /// The agent on the socket uses another state directory than this command did: say so.
 fn agent_elsewhere(cli: &Cli) -> ExitCode {
-    eprintln!(
+    eoutln!(
         "{} the agent on {} does not see this change: it keeps its state in another directory than {} (give the agent's --state-dir)",
         Paint::stderr().red("error:"),
         cli.socket.display(),
@@ -1154,7 +1195,7 @@ fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
         return Err(CliError::NotHeld(name.to_string()));
     }
     for k in &released {
-        println!("released {k}: the next apply starts it again");
+        outln!("released {k}: the next apply starts it again");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1173,7 +1214,7 @@ fn specs_for(cli: &Cli, specs: Option<&Path>) -> Result<PathBuf, CliError> {
         }
         Ok(None) => {}
         // No access to the agent (not root, not in its group): the default set still works.
-        Err(e) => eprintln!("{} {}: using {DEFAULT_SPECS}", Paint::stderr().yellow("note:"), apply::chain(&e)),
+        Err(e) => eoutln!("{} {}: using {DEFAULT_SPECS}", Paint::stderr().yellow("note:"), apply::chain(&e)),
     }
     Ok(PathBuf::from(DEFAULT_SPECS))
 }
@@ -1191,7 +1232,7 @@ fn maintain(
     command: &[String],
 ) -> Result<ExitCode, CliError> {
     let path = specs_for(cli, specs)?;
-    let desired = load(&path)?;
+    let desired = load(cli, &path)?;
     let keys = crate::maintain::resolve(&desired, targets, selectors)?;
     let (user, uid) = crate::locks::current_user();
     let since_ms = apply::now_ms();
@@ -1199,13 +1240,13 @@ fn maintain(
     let holder = crate::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
     let dir = crate::locks::LockDir::new(&cli.lock_dir);
     if wait {
-        eprintln!("waiting for {} …", keys.join(", "));
+        eoutln!("waiting for {} …", keys.join(", "));
     }
     let held = dir.take_exclusive(&keys, &holder, wait).map_err(crate::maintain::MaintainError::from)?;
     // What the operator stops in the window is not a crash: not held for triage after it.
     crate::maintain::mark_stopped_on_purpose(&cli.state_dir, &keys)?;
     let paint = Paint::stderr();
-    eprintln!(
+    eoutln!(
         "{} {} ({}): tend leaves {} alone until this {} exits",
         paint.green("holding"),
         held.keys().join(", "),
@@ -1220,7 +1261,7 @@ fn maintain(
         window.map(|w| w.get()),
         std::time::Duration::from_secs(10),
     ))?;
-    eprintln!("{} {}: the agent reconciles them on its next pass", paint.green("released"), keys.join(", "));
+    eoutln!("{} {}: the agent reconciles them on its next pass", paint.green("released"), keys.join(", "));
     // The agent looks at once (best effort: it also notices the release by itself).
     rt.block_on(async {
         if let Ok(Some(mut client)) = crate::api::Client::connect(&cli.socket).await {
@@ -1244,7 +1285,7 @@ fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
         }
         Output::Text => {
             if held.is_empty() {
-                println!("No target is held for maintenance.");
+                outln!("No target is held for maintenance.");
             } else {
                 let mut rows = vec![vec![
                     "TARGET".into(),
@@ -1407,9 +1448,9 @@ fn show_progress(
                 }
             }
             line.push_str(&format!(", {:.1} MiB/s   ", mib(rate as u64)));
-            eprint!("{line}");
+            eout!("{line}");
         }
-        eprintln!();
+        eoutln!();
     })
 }
 
@@ -1425,9 +1466,9 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             backup_run(cli, name, keep, specs.as_deref(), *output)
         }
         BackupCommand::Pin { name, archive, reason, specs } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let path = crate::backups::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
-            println!(
+            outln!(
                 "{} {}: retention keeps it until `tend backup unpin {name} {archive}`",
                 Paint::stdout().green("pinned"),
                 path.display()
@@ -1435,16 +1476,16 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Unpin { name, archive, specs } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let (path, was) = crate::backups::unpin_archive(the_backup(&desired, name)?, archive)?;
             match was {
-                true => println!("unpinned {}: the next run's retention may remove it", path.display()),
-                false => println!("{} was not pinned", path.display()),
+                true => outln!("unpinned {}: the next run's retention may remove it", path.display()),
+                false => outln!("{} was not pinned", path.display()),
             }
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::List { name, specs, output } => {
-            let desired = load(&specs_for(cli, specs.as_deref())?)?;
+            let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
             let entries = crate::backups::archives(b)?;
             let now = tend_specs::calendar::Timestamp::now();
@@ -1493,7 +1534,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                         ]);
                     }
                     if rows.is_empty() {
-                        println!("No archives of {name} yet.");
+                        outln!("No archives of {name} yet.");
                     } else {
                         table(&table_rows);
                     }
@@ -1507,22 +1548,22 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
             let results = if as_file.is_file() {
                 crate::backups::verify_all(None, Some(as_file))
             } else {
-                let desired = load(&specs_for(cli, specs.as_deref())?)?;
+                let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
                 crate::backups::verify_all(Some(the_backup(&desired, target)?), None)
             };
             let paint = Paint::stdout();
             let mut bad = 0;
             for (path, r) in &results {
                 match r {
-                    Ok(entries) => println!("{} {} ({entries} entries)", paint.green("ok"), path.display()),
+                    Ok(entries) => outln!("{} {} ({entries} entries)", paint.green("ok"), path.display()),
                     Err(e) => {
                         bad += 1;
-                        println!("{} {}: {}", paint.red("BAD"), path.display(), apply::chain(e));
+                        outln!("{} {}: {}", paint.red("BAD"), path.display(), apply::chain(e));
                     }
                 }
             }
             if results.is_empty() {
-                println!("No archives to verify.");
+                outln!("No archives to verify.");
             }
             Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -1569,7 +1610,7 @@ fn backup_run(
     match output {
         Output::Json => print_json(&report)?,
         Output::Text => {
-            println!(
+            outln!(
                 "{} {} ({} bytes, sha256 {}, {} ms)",
                 Paint::stdout().green("archived"),
                 report.archive.display(),
@@ -1578,16 +1619,16 @@ fn backup_run(
                 report.duration_ms
             );
             for c in &report.copies {
-                println!("copied to {c} (checksum verified)");
+                outln!("copied to {c} (checksum verified)");
             }
             if let Some(why) = &ctx.keep {
-                println!("pinned: retention keeps it until `tend backup unpin {name}` ({why})");
+                outln!("pinned: retention keeps it until `tend backup unpin {name}` ({why})");
             }
             for p in &report.pruned {
-                println!("removed by retention: {}", p.display());
+                outln!("removed by retention: {}", p.display());
             }
             for w in &report.warnings {
-                println!("{} {w}", Paint::stdout().yellow("warning:"));
+                outln!("{} {w}", Paint::stdout().yellow("warning:"));
             }
         }
     }
@@ -1607,7 +1648,7 @@ fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Result<ExitCode,
     record_timer_run(cli, &desired, &b.drill_unit_name(), started_ms, outcome);
     let report = result?;
     let entries = report.entries.map(|n| format!(", {n} entries")).unwrap_or_default();
-    println!(
+    outln!(
         "{} {name}: {} restored into {}{entries} and checked in {} ms (scratch removed)",
         Paint::stdout().green("drill passed"),
         report.archive.display(),
@@ -1622,11 +1663,7 @@ fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Result<ExitCode,
 fn record_timer_run(cli: &Cli, desired: &Desired, timer: &str, started_ms: u64, outcome: Result<(), String>) {
     let Some(t) = desired.timers.get(timer) else { return };
     if let Err(e) = crate::jobs::record_outside(&cli.state_dir, t, started_ms, outcome) {
-        eprintln!(
-            "{} recording the run in {timer}'s history: {}",
-            Paint::stderr().yellow("warning:"),
-            apply::chain(&e)
-        );
+        eoutln!("{} recording the run in {timer}'s history: {}", Paint::stderr().yellow("warning:"), apply::chain(&e));
     }
 }
 
@@ -1652,7 +1689,7 @@ fn restore(
     specs: Option<&Path>,
 ) -> Result<ExitCode, CliError> {
     use crate::backups::BackupError;
-    let desired = load(&specs_for(cli, specs)?)?;
+    let desired = load(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
     let refused =
         |e: BackupError| CliError::Backup(BackupError::Unchanged { backup: name.to_string(), source: Box::new(e) });
@@ -1671,25 +1708,25 @@ fn restore(
         Some(ms) => format!("made {} ago", crate::time::format_duration(std::time::Duration::from_millis(ms))),
         None => "no manifest: when it was made is unknown".to_string(),
     };
-    println!("Restore {name} from {} ({age})", plan.archive.display());
+    outln!("Restore {name} from {} ({age})", plan.archive.display());
     if !plan.stop.is_empty() {
-        println!("  stop first (and start after): {}", plan.stop.join(", "));
+        outln!("  stop first (and start after): {}", plan.stop.join(", "));
     }
     for (from, aside) in &plan.move_aside {
-        println!("  move aside (kept, not deleted): {} → {}", from.display(), aside.display());
+        outln!("  move aside (kept, not deleted): {} → {}", from.display(), aside.display());
     }
-    println!("  restore into: {}", plan.into);
+    outln!("  restore into: {}", plan.into);
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(refused(BackupError::Refused(
                 "not confirmed: run it on a terminal to answer, or pass --yes".into(),
             )));
         }
-        eprint!("Go ahead? [y/N] ");
+        eout!("Go ahead? [y/N] ");
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("Nothing was changed.");
+            outln!("Nothing was changed.");
             return Ok(ExitCode::from(1));
         }
     }
@@ -1701,7 +1738,7 @@ fn restore(
     });
     drop(progress);
     result?;
-    println!("{} {name}", Paint::stdout().green("restored"));
+    outln!("{} {name}", Paint::stdout().green("restored"));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1767,11 +1804,11 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
             let timers: Vec<tend_specs::Timer> =
                 desired.timers.values().filter(|t| crate::scheduler::scheduled(t)).cloned().collect();
             if timers.is_empty() {
-                println!("No scheduled Timers in {}: nothing to do.", path.display());
+                outln!("No scheduled Timers in {}: nothing to do.", path.display());
                 return Ok(ExitCode::SUCCESS);
             }
             if crate::systemd::booted().is_ok() {
-                eprintln!(
+                eoutln!(
                     "{} systemd is PID 1 here: its timers already run these jobs once `tend apply` wrote them; running both would run each job twice",
                     Paint::stderr().yellow("warning:")
                 );
@@ -1784,7 +1821,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
                 specs: options.specs.clone(),
                 timeouts: cli.timeouts(),
             };
-            println!(
+            outln!(
                 "Scheduling {} Timer(s): {}",
                 timers.len(),
                 timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
@@ -1848,10 +1885,10 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
             match output {
                 Output::Json => print_json(&records)?,
                 Output::Text if records.is_empty() => {
-                    println!("No runs of `{name}` are recorded in {}.", cli.state_dir.join("jobs").display());
+                    outln!("No runs of `{name}` are recorded in {}.", cli.state_dir.join("jobs").display());
                     let known = crate::jobs::recorded_timers(&cli.state_dir);
                     if let Some(near) = crate::jobs::near_name(name, &known).filter(|n| *n != name) {
-                        println!("Did you mean `{near}`?");
+                        outln!("Did you mean `{near}`?");
                     }
                 }
                 Output::Text => print_job_history(&records),
@@ -1872,7 +1909,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
 
 /// Prints a job error with its causes, as `main` prints the others; exit status 1.
 fn job_error(e: &crate::jobs::JobError) -> ExitCode {
-    eprintln!("{} {}", Paint::stderr().red("error:"), crate::jobs::error_chain(e));
+    eoutln!("{} {}", Paint::stderr().red("error:"), crate::jobs::error_chain(e));
     ExitCode::from(1)
 }
 
@@ -1896,9 +1933,9 @@ fn print_job_run(name: &str, r: &crate::jobs::Record) {
         line.push_str(&format!("\n  log: {}", log.display()));
     }
     match r.result {
-        RunResult::Ok => println!("{line}"),
-        RunResult::Error => eprintln!("{} {line}", Paint::stderr().red("error:")),
-        _ => eprintln!("{line}"),
+        RunResult::Ok => outln!("{line}"),
+        RunResult::Error => eoutln!("{} {line}", Paint::stderr().red("error:")),
+        _ => eoutln!("{line}"),
     }
 }
 
@@ -1940,7 +1977,7 @@ fn print_job_history(records: &[crate::jobs::Record]) {
 fn print_job_list(entries: &[crate::jobs::TimerEntry]) {
     let paint = Paint::stdout();
     if entries.is_empty() {
-        println!("No Timers in the specs.");
+        outln!("No Timers in the specs.");
         return;
     }
     let mut rows =
@@ -1968,4 +2005,23 @@ fn print_job_list(entries: &[crate::jobs::TimerEntry]) {
         ]);
     }
     table(&rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    #[test]
+    fn other_crates_never_log_below_info_whatever_tend_log_says() {
+        let filter = super::own_detail_only();
+        // bollard logs request and response bodies (environments, secrets) at debug/trace.
+        for target in
+            ["bollard::docker", "bollard::uri", "hyper_util::client::legacy::client", "zbus::connection", "h2"]
+        {
+            assert!(!filter.would_enable(target, &Level::DEBUG), "{target}");
+            assert!(filter.would_enable(target, &Level::INFO), "{target}");
+        }
+        assert!(filter.would_enable("tend::apply", &Level::TRACE));
+        assert!(filter.would_enable("tend::agent", &Level::DEBUG));
+    }
 }

@@ -35,6 +35,7 @@ use crate::model::{
     Container, Health, LABEL_FIELDS, LABEL_HASH, LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_SCOPE, Network,
     Observed, RunState, encode_fields,
 };
+use crate::secrets::Redactor;
 
 /// The engine's name in messages.
 const DOCKER: &str = "Docker";
@@ -554,15 +555,22 @@ impl ContainerEngine for DockerEngine {
         instance: u32,
         name: &str,
     ) -> Result<String, EngineError> {
+        // The request holds the environment, secrets and all; an error may echo it.
+        let redactor = Redactor::of_envs([&service.env]);
         let body = container_body(scope, service, instance);
         let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created = self.call("creating container", name, self.docker.create_container(Some(options), body)).await?;
+        let created = self
+            .call("creating container", name, self.docker.create_container(Some(options), body))
+            .await
+            .map_err(|e| redactor.engine_error(e))?;
         for net in service.spec.networks.iter().skip(1) {
             let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: Some(endpoint(service)) };
             let object = format!("{name} → {net}");
             self.call("connecting to network", &object, self.docker.connect_network(net, req)).await?;
         }
-        self.call("starting container", name, self.docker.start_container(&created.id, None)).await?;
+        self.call("starting container", name, self.docker.start_container(&created.id, None))
+            .await
+            .map_err(|e| redactor.engine_error(e))?;
         Ok(created.id)
     }
 
@@ -731,7 +739,10 @@ impl DockerEngine {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created = self.call("creating container", name, self.docker.create_container(Some(options), body)).await?;
+        let created = self
+            .call("creating container", name, self.docker.create_container(Some(options), body))
+            .await
+            .map_err(|e| Redactor::of_envs([&timer.env]).engine_error(e))?;
         for net in job.networks.iter().skip(1) {
             let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: None };
             let object = format!("{name} → {net}");
@@ -831,9 +842,15 @@ impl DockerEngine {
             host.mounts = None;
             host.network_mode = Some("none".to_string());
         }
+        let redactor = Redactor::of_envs([&service.env]);
         let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created = self.call("creating container", name, self.docker.create_container(Some(options), body)).await?;
-        self.call("starting container", name, self.docker.start_container(&created.id, None)).await?;
+        let created = self
+            .call("creating container", name, self.docker.create_container(Some(options), body))
+            .await
+            .map_err(|e| redactor.engine_error(e))?;
+        self.call("starting container", name, self.docker.start_container(&created.id, None))
+            .await
+            .map_err(|e| redactor.engine_error(e))?;
         Ok(created.id)
     }
 

@@ -181,6 +181,9 @@ pub enum JobError {
         /// ``, did you mean `x`?`` or a note, possibly empty.
         hint: String,
     },
+    /// The name given is not a Timer's (it would not stay a name in a path).
+    #[error("invalid Timer name `{}`: Timer names are DNS labels (lowercase letters, digits and `-`)", .0.escape_default())]
+    BadName(String),
     /// The job directory could not be created.
     #[error("creating job directory {path}")]
     Dir {
@@ -270,7 +273,7 @@ impl JobError {
     /// A fixed label for metrics and tests.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::UnknownTimer { .. } => "unknown_timer",
+            Self::UnknownTimer { .. } | Self::BadName(_) => "unknown_timer",
             Self::Dir { .. } | Self::Lock { .. } | Self::Read { .. } | Self::Write { .. } => "state",
             Self::Engine(_) => "engine_unavailable",
             Self::Docker(_) => "engine",
@@ -368,6 +371,13 @@ pub fn format_duration(ms: u64) -> String {
     }
 }
 
+/// Whether `name` can name a Timer: a DNS label, or the Timer of a scheduled Backup or of
+/// its drill (`backup-NAME`, `backup-NAME-drill`: longer than 63 characters for a long NAME).
+pub fn is_timer_name(name: &str) -> bool {
+    let backup = name.strip_prefix("backup-").map(|rest| rest.strip_suffix("-drill").unwrap_or(rest));
+    tend_specs::load::is_dns_label(name) || backup.is_some_and(tend_specs::load::is_dns_label)
+}
+
 /// The files of one Timer's jobs: `<state-dir>/jobs/<name>/`.
 #[derive(Debug, Clone)]
 pub struct JobDir {
@@ -379,10 +389,14 @@ const RUNNING: &str = "running.json";
 
 impl JobDir {
     /// The job directory of Timer `name` (not created). Made absolute, so that the log
-    /// paths recorded and printed hold wherever they are read from.
-    pub fn new(state_dir: &Path, name: &str) -> Self {
+    /// paths recorded and printed hold wherever they are read from. `name` is checked to be
+    /// a Timer's name before it becomes a path (`tend job history ../../x` names none).
+    pub fn new(state_dir: &Path, name: &str) -> Result<Self, JobError> {
+        if !is_timer_name(name) {
+            return Err(JobError::BadName(name.to_string()));
+        }
         let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-        Self { dir: state_dir.join("jobs").join(name) }
+        Ok(Self { dir: state_dir.join("jobs").join(name) })
     }
 
     /// The directory.
@@ -801,7 +815,7 @@ pub fn record_outside(
     if std::env::var(JOB_ENV).is_ok_and(|j| j == timer.name) {
         return Ok(());
     }
-    let dir = JobDir::new(state_dir, &timer.name);
+    let dir = JobDir::new(state_dir, &timer.name)?;
     dir.create()?;
     let ok = result.is_ok();
     let record = Record {
@@ -826,7 +840,7 @@ pub fn record_outside(
 /// user, a missing image, Docker unavailable) are recorded as `error` and returned in the
 /// outcome; only failures of the state directory are errors here.
 pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobError> {
-    let dir = JobDir::new(&options.state_dir, &timer.name);
+    let dir = JobDir::new(&options.state_dir, &timer.name)?;
     dir.create()?;
     let start_ms = now_ms();
     let run = run_id(start_ms, std::process::id());
@@ -899,7 +913,8 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
     match ended {
         Err(e) => {
             record.result = RunResult::Error;
-            record.detail = Some(error_chain(&e));
+            // Docker's error may echo the container's request, the job's secrets with it.
+            record.detail = Some(crate::secrets::Redactor::of_envs([&timer.env]).redact(&error_chain(&e)));
         }
         Ok(ended) => {
             record.exit_code = ended.exit_code;
@@ -1220,7 +1235,7 @@ async fn follow_container(
 
 /// The recorded runs of Timer `name`, newest first (by start), at most `limit`.
 pub fn history(state_dir: &Path, name: &str, limit: Option<usize>) -> Result<Vec<Record>, JobError> {
-    let mut records = JobDir::new(state_dir, name).history()?;
+    let mut records = JobDir::new(state_dir, name)?.history()?;
     records.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| b.run.cmp(&a.run)));
     records.truncate(limit.unwrap_or(usize::MAX));
     Ok(records)
@@ -1272,7 +1287,7 @@ pub fn list(state_dir: &Path, desired: &Desired, now: Timestamp) -> Vec<TimerEnt
         .values()
         .map(|t| {
             let next = t.calendar.as_ref().filter(|_| t.spec.enabled).and_then(|c| c.next_after(now));
-            let last = match JobDir::new(state_dir, &t.name).history() {
+            let last = match JobDir::new(state_dir, &t.name).and_then(|d| d.history()) {
                 Ok(records) => records.into_iter().max_by_key(|r| (r.start_ms, r.run.clone())),
                 Err(e) => {
                     tracing::warn!(job = %t.name, error = %error_chain(&e), "could not read the job's history");
@@ -1346,7 +1361,7 @@ mod tests {
     #[test]
     fn history_keeps_the_last_runs_and_their_logs() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let dir = JobDir::new(tmp.path(), "t");
+        let dir = JobDir::new(tmp.path(), "t").expect("a Timer name");
         dir.create().expect("create");
         for i in 0..(KEEP_RUNS as u64 + 3) {
             let run = format!("r{i:04}");
@@ -1366,9 +1381,34 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_is_no_timers_never_becomes_a_path() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = tmp.path().join("state");
+        // A history two levels up from where `../../x` would lead out of `jobs/`.
+        let outside = tmp.path().join("x");
+        std::fs::create_dir_all(&outside).expect("dir");
+        let line = serde_json::to_string(&record("r1", 1, RunResult::Ok, Some(0))).expect("json");
+        std::fs::write(outside.join(HISTORY), format!("{line}\n")).expect("write");
+        for bad in ["../../x", "../x", "x/../../x", "/x", "", ".", "X", "-x", "a.b"] {
+            let e = history(&state, bad, None).expect_err(bad);
+            assert!(matches!(e, JobError::BadName(_)), "{bad}: {e}");
+        }
+        assert!(!state.exists(), "nothing was created");
+        let long = "b".repeat(63);
+        for good in ["t", "nightly-1", &format!("backup-{long}"), &format!("backup-{long}-drill")] {
+            assert!(history(&state, good, None).expect(good).is_empty(), "{good}");
+        }
+        assert!(!is_timer_name(&format!("{long}x")));
+        assert_eq!(
+            JobError::BadName("../\u{1b}x".into()).to_string(),
+            "invalid Timer name `../\\u{1b}x`: Timer names are DNS labels (lowercase letters, digits and `-`)"
+        );
+    }
+
+    #[test]
     fn a_torn_history_line_is_skipped() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let dir = JobDir::new(tmp.path(), "t");
+        let dir = JobDir::new(tmp.path(), "t").expect("a Timer name");
         dir.create().expect("create");
         dir.locked(|d| d.append(&record("a", 1, RunResult::Ok, Some(0)))).expect("append");
         let path = dir.path().join(HISTORY);
@@ -1381,7 +1421,7 @@ mod tests {
     #[test]
     fn a_run_is_alive_while_its_log_is_locked() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let dir = JobDir::new(tmp.path(), "t");
+        let dir = JobDir::new(tmp.path(), "t").expect("a Timer name");
         dir.create().expect("create");
         assert!(!dir.is_alive("r1"), "no log");
         let log = dir.create_log("r1").expect("log");
@@ -1393,7 +1433,7 @@ mod tests {
     #[test]
     fn runs_whose_tend_died_are_recorded_as_errors() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let dir = JobDir::new(tmp.path(), "t");
+        let dir = JobDir::new(tmp.path(), "t").expect("a Timer name");
         dir.create().expect("create");
         let alive = dir.create_log("alive").expect("log");
         drop(dir.create_log("dead").expect("log"));

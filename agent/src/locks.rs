@@ -25,6 +25,12 @@
 //! Lock files are created with mode 0600: `flock(2)` needs only an open descriptor, not write
 //! access, so a lock file any user could open would let any user stop tend from managing a
 //! target.
+//!
+//! A lock file whose target is gone (its instance or unit removed) is removed by the agent
+//! ([`LockDir::remove_if_free`]) so they do not pile up: only while it holds the lock
+//! exclusively, and every locker checks, once it has its lock, that its file is still the one
+//! at the path (else it locks the new one). So nobody ever holds a lock on an unlinked file
+//! believing it holds the target.
 
 use std::fs::{DirBuilder, File};
 use std::io;
@@ -141,6 +147,15 @@ pub enum LockError {
         #[source]
         source: io::Error,
     },
+    /// A lock file of a target that is gone could not be removed.
+    #[error("removing lock file {path}")]
+    Remove {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The lock directory could not be listed.
     #[error("listing lock directory {path}")]
     List {
@@ -182,6 +197,7 @@ impl LockError {
             LockError::Read { .. } => "read",
             LockError::Write { .. } => "write",
             LockError::List { .. } => "list",
+            LockError::Remove { .. } => "remove",
             LockError::Busy { .. } => "busy",
         }
     }
@@ -322,6 +338,27 @@ pub enum Wait {
     Until(Instant),
 }
 
+/// A lock attempt on the file at a path: taken, or held by someone else (with the file,
+/// to read its holder).
+enum Attempt {
+    Taken(File),
+    Busy(File),
+}
+
+/// How often a lock attempt is made again when its file was unlinked under it.
+const MAX_RELINKS: usize = 16;
+
+/// Whether `file` is still the file at `path` (not unlinked, not replaced).
+fn still_linked(file: &File, path: &Path) -> Result<bool, LockError> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata().map_err(|source| LockError::Open { path: path.to_path_buf(), source })?;
+    match std::fs::symlink_metadata(path) {
+        Ok(now) => Ok(now.dev() == ours.dev() && now.ino() == ours.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(LockError::Open { path: path.to_path_buf(), source }),
+    }
+}
+
 /// A lock directory: `DIR/KEY.lock` per target.
 #[derive(Debug, Clone)]
 pub struct LockDir {
@@ -367,11 +404,41 @@ impl LockDir {
     pub fn try_shared(&self, key: &str) -> Result<Shared, LockError> {
         let path = self.path(key)?;
         self.ensure_dir()?;
-        let file = self.open_rw(&path)?;
-        if try_flock(&file, &path, FlockOperation::NonBlockingLockShared)? {
-            Ok(Shared::Taken(SharedGuard { key: key.to_string(), _file: file }))
-        } else {
-            Ok(Shared::Maintenance(recorded_holder(&file, &path)?))
+        match self.try_lock(&path, FlockOperation::NonBlockingLockShared)? {
+            Attempt::Taken(file) => Ok(Shared::Taken(SharedGuard { key: key.to_string(), _file: file })),
+            Attempt::Busy(file) => Ok(Shared::Maintenance(recorded_holder(&file, &path)?)),
+        }
+    }
+
+    /// Opens (creating if missing) the lock file at `path` and tries `op` on it without
+    /// blocking. A file unlinked meanwhile ([`LockDir::remove_if_free`]) is not the target's
+    /// lock any more: the attempt is made again on the file now at the path.
+    fn try_lock(&self, path: &Path, op: FlockOperation) -> Result<Attempt, LockError> {
+        for _ in 0..MAX_RELINKS {
+            let file = self.open_rw(path)?;
+            let taken = try_flock(&file, path, op)?;
+            if !still_linked(&file, path)? {
+                continue;
+            }
+            return Ok(if taken { Attempt::Taken(file) } else { Attempt::Busy(file) });
+        }
+        let source = io::Error::other("the lock file was removed under every attempt to lock it");
+        Err(LockError::Lock { path: path.to_path_buf(), source })
+    }
+
+    /// Removes `key`'s lock file if nobody holds or waits on it now: for a target that is
+    /// gone, so that lock files do not pile up. Unlinks only while holding the lock
+    /// exclusively (see the module). Returns whether it removed the file.
+    pub fn remove_if_free(&self, key: &str) -> Result<bool, LockError> {
+        let path = self.path(key)?;
+        let Some(file) = open_existing(&path)? else { return Ok(false) };
+        if !try_flock(&file, &path, FlockOperation::NonBlockingLockExclusive)? || !still_linked(&file, &path)? {
+            return Ok(false);
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(LockError::Remove { path, source }),
         }
     }
 
@@ -414,12 +481,12 @@ impl LockDir {
             let mut held = Vec::with_capacity(keys.len());
             let mut busy = None;
             for (key, path) in keys.iter().zip(&paths) {
-                let file = self.open_rw(path)?;
-                if try_flock(&file, path, FlockOperation::NonBlockingLockExclusive)? {
-                    held.push((path.clone(), file));
-                } else {
-                    busy = Some((key, path, file));
-                    break;
+                match self.try_lock(path, FlockOperation::NonBlockingLockExclusive)? {
+                    Attempt::Taken(file) => held.push((path.clone(), file)),
+                    Attempt::Busy(file) => {
+                        busy = Some((key, path, file));
+                        break;
+                    }
                 }
             }
             let Some((key, path, file)) = busy else {
@@ -474,8 +541,9 @@ impl LockDir {
     pub fn holder(&self, key: &str) -> Result<Option<Holder>, LockError> {
         let path = self.path(key)?;
         let Some(file) = open_existing(&path)? else { return Ok(None) };
-        if try_flock(&file, &path, FlockOperation::NonBlockingLockShared)? {
-            // Closing the file releases the probe's lock at once.
+        if try_flock(&file, &path, FlockOperation::NonBlockingLockShared)? || !still_linked(&file, &path)? {
+            // Free (closing the file releases the probe's lock at once), or being removed
+            // by the agent as its target is gone.
             return Ok(None);
         }
         recorded_holder(&file, &path).map(Some)
@@ -523,10 +591,9 @@ impl LockDir {
     pub fn record_pid(&self, key: &str, pid: Option<u32>) -> Result<(), LockError> {
         let path = self.path(key)?;
         self.ensure_dir()?;
-        let file = self.open_rw(&path)?;
-        if !try_flock(&file, &path, FlockOperation::NonBlockingLockShared)? {
+        let Attempt::Taken(file) = self.try_lock(&path, FlockOperation::NonBlockingLockShared)? else {
             return Ok(());
-        }
+        };
         let old = read_record(&file, &path)?;
         // Not held exclusively: a holder record in the file is stale, drop it.
         let new = Record { pid: pid.filter(|&p| p != 0), holder: None };

@@ -17,6 +17,7 @@ use tend_specs::service::Runtime;
 
 use crate::locks::{Exclusive, LockError};
 use crate::model::instance_name;
+use crate::output::eoutln;
 use crate::plan::Action;
 
 /// Errors of `tend maintain`.
@@ -206,7 +207,7 @@ pub async fn run_window(
             tokio::select! {
                 s = child.wait() => s,
                 () = tokio::time::sleep(window) => {
-                    eprintln!("tend maintain: the window of {} is over: stopping `{shown}`", crate::time::format_duration(window));
+                    eoutln!("tend maintain: the window of {} is over: stopping `{shown}`", crate::time::format_duration(window));
                     if let Some(pid) = child.id() {
                         signal(pid, rustix::process::Signal::TERM);
                     }

@@ -125,8 +125,9 @@ impl Metrics {
         let objects = Family::<StateLabels, Gauge>::default();
         registry.register(
             "tend_objects",
-            "Managed objects by state after the last pass (running, held, backing-off, exited, \
-             conflict, maintenance, ...)",
+            "Managed objects by state after the last pass that observed every engine the specs \
+             need (running, held, backing-off, exited, conflict, maintenance, ...); no series \
+             while one of them cannot be observed (see tend_engine_up)",
             objects.clone(),
         );
         let actions = Family::<ActionLabels, Counter>::default();
@@ -182,7 +183,7 @@ impl Metrics {
         registry.register(
             "tend_engine_up",
             "1 while an engine (docker, systemd) answers, 0 while it is unresponsive or cannot be \
-             reached; absent for an engine tend never reached",
+             reached; absent for an engine tend never reached and the specs do not need",
             engine_up.clone(),
         );
         let engine_errors = Family::<EngineErrorLabels, Counter>::default();
@@ -230,6 +231,13 @@ impl Metrics {
             let n = counts.iter().filter(|(s, _)| s == state).map(|(_, n)| *n).sum::<u64>();
             self.objects.get_or_create(&StateLabels { state: state.clone() }).set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Drops every `tend_objects{state}` series: a pass could not observe an engine the specs
+    /// need, so no count is current (a last value shown as current would read as "all
+    /// running" while nothing is known). The next complete pass sets them again.
+    pub fn objects_unknown(&self) {
+        self.objects.clear();
     }
 
     /// Counts an executed action: `tend_actions_total{kind,result}`.
@@ -389,6 +397,17 @@ mod tests {
         assert!(has(&m, r#"tend_objects{state="running"} 5"#));
         assert!(has(&m, r#"tend_objects{state="held"} 0"#));
         assert!(has(&m, r#"tend_objects{state="backing-off"} 2"#));
+    }
+
+    #[test]
+    fn object_counts_go_while_nothing_is_known_and_come_back_with_a_complete_pass() {
+        let m = Metrics::new();
+        m.objects(&[("running", 4), ("held", 1)]);
+        m.objects_unknown();
+        assert!(!m.encode().contains("tend_objects{"), "{}", m.encode());
+        m.objects(&[("running", 3)]);
+        assert!(has(&m, r#"tend_objects{state="running"} 3"#));
+        assert!(has(&m, r#"tend_objects{state="held"} 0"#));
     }
 
     #[test]

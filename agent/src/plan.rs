@@ -320,7 +320,8 @@ fn is_zero(v: &u64) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "note", rename_all = "kebab-case")]
 pub enum Note {
-    /// A container tend does not own has the instance's name: it is never touched.
+    /// A container tend does not own has the instance's name, or the `-next` name its
+    /// start-first replacement needs: it is never touched.
     Conflict {
         /// The service.
         service: String,
@@ -428,11 +429,18 @@ pub enum Note {
 impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Conflict { service, name, id } => write!(
-                f,
-                "conflict: container {name} ({}) exists and was not created by tend for this scope; {service} instance not created, the container is left untouched",
-                short_id(id)
-            ),
+            Self::Conflict { service, name, id } => match name.strip_suffix(NEXT_SUFFIX) {
+                Some(instance) => write!(
+                    f,
+                    "conflict: container {name} ({}) exists and was not created by tend for this scope; {service} instance {instance} is not replaced (start-first needs that name), it keeps running, and the container is left untouched",
+                    short_id(id)
+                ),
+                None => write!(
+                    f,
+                    "conflict: container {name} ({}) exists and was not created by tend for this scope; {service} instance not created, the container is left untouched",
+                    short_id(id)
+                ),
+            },
             Self::Held { name, unclean_boot: true, .. } => write!(
                 f,
                 "held: {name} was not started after an unclean boot; it stays down until `tend release {name}`"
@@ -799,6 +807,14 @@ pub fn plan(input: Input<'_>) -> Plan {
             if let Some(reason) = outdated {
                 if windows.contains_key(&s.name) && window::serving(current) {
                     deferred = true;
+                    continue;
+                }
+                // A start-first replacement needs the `-next` name: another's container
+                // there is a conflict, and the old instance keeps running meanwhile.
+                if s.spec.rollout.order == RolloutOrder::StartFirst
+                    && let Some(id) = observed.foreign.get(&next_name)
+                {
+                    b.notes.push(Note::Conflict { service: s.name.clone(), name: next_name, id: id.clone() });
                     continue;
                 }
                 let chain = match s.spec.rollout.order {

@@ -395,3 +395,82 @@ fn wait_released_returns_when_the_holder_exits() {
     let _guard = dir.try_shared("web-1").expect("try_shared");
     dir.wait_released("web-1").expect("wait_released");
 }
+
+#[test]
+fn the_lock_file_of_a_gone_target_is_removed_only_while_nobody_holds_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = lock_dir(&tmp);
+    let file = dir.dir().join("web-3.lock");
+    assert!(!dir.remove_if_free("web-3").expect("no file"), "nothing to remove");
+    // tend acting on it (shared): kept.
+    let Shared::Taken(guard) = dir.try_shared("web-3").expect("shared") else { panic!("free target") };
+    assert!(!dir.remove_if_free("web-3").expect("held shared"));
+    assert!(file.exists());
+    drop(guard);
+    // An operator holding it: kept, and still reported.
+    let op = Helper::spawn("hold", &dir, "web-3", &[]);
+    assert_eq!(op.next_line(), "TAKEN web-3 marker=false");
+    assert!(!dir.remove_if_free("web-3").expect("held exclusively"));
+    assert!(dir.holder("web-3").expect("holder").is_some());
+    op.finish();
+    // Free: removed.
+    assert!(dir.remove_if_free("web-3").expect("free"));
+    assert!(!file.exists());
+    assert!(dir.remove_if_free("../x").is_err(), "keys are checked");
+}
+
+#[test]
+fn removing_free_lock_files_never_lets_tend_and_an_operator_hold_one_target_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = Arc::new(lock_dir(&tmp));
+    let (user, uid) = current_user();
+    let holder = Holder { user, uid, pid: std::process::id(), reason: None, since_ms: SINCE_MS, until_ms: None };
+    let operator_holds = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    const ROUNDS: usize = 20_000;
+    // The agent removes the file whenever it is free, as after removing the target.
+    let remover = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut removed = 0;
+            while !stop.load(Ordering::SeqCst) {
+                removed += usize::from(dir.remove_if_free("web-1").expect("remove"));
+            }
+            removed
+        })
+    };
+    // An operator takes and releases it.
+    let operator = {
+        let (dir, flag, stop) = (dir.clone(), operator_holds.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = 0;
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(lock) = dir.take_exclusive(&["web-1".to_string()], &holder, false) {
+                    flag.store(true, Ordering::SeqCst);
+                    std::thread::yield_now();
+                    flag.store(false, Ordering::SeqCst);
+                    drop(lock);
+                    held += 1;
+                }
+            }
+            held
+        })
+    };
+    // tend acts on it whenever it can: never while the operator holds it.
+    let mut taken = 0;
+    for _ in 0..ROUNDS {
+        if let Shared::Taken(guard) = dir.try_shared("web-1").expect("shared") {
+            assert!(!operator_holds.load(Ordering::SeqCst), "tend and the operator both hold web-1");
+            taken += 1;
+            drop(guard);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (removed, held) = (remover.join().expect("remover"), operator.join().expect("operator"));
+    eprintln!(
+        "{ROUNDS} rounds: tend took web-1 {taken} times, the operator {held}, its file was removed {removed} times"
+    );
+    assert!(taken > 0 && held > 0 && removed > 0, "every party had its turn");
+}

@@ -227,14 +227,17 @@ pub const TIMER_FIELDS: &[&str] =
 /// not what is in one.
 pub const BACKUP_FIELDS: &[&str] = &["source", "destination", "compression"];
 
-/// The environment as it enters a hash: literals as they are, secrets as a salted digest.
-fn env_json(env: &BTreeMap<String, Env>) -> Value {
+/// The environment as it enters a hash: literals as they are, secrets as a digest keyed by
+/// the host's `salt` ([`hash::secret_digest`]).
+fn env_json(env: &BTreeMap<String, Env>, salt: &[u8]) -> Value {
     Value::Object(
         env.iter()
             .map(|(k, v)| {
                 let v = match v {
                     Env::Literal(s) => json!(s),
-                    Env::Secret { value, .. } => json!({"secret": hash::secret_digest(value.expose().as_bytes())}),
+                    Env::Secret { value, .. } => {
+                        json!({"secret": hash::secret_digest(salt, value.expose().as_bytes())})
+                    }
                 };
                 (k.clone(), v)
             })
@@ -266,7 +269,11 @@ fn hashes_of(fields: Vec<(&str, Value)>) -> (String, BTreeMap<String, String>) {
 /// Computes the hash and field hashes of a systemd service: every field that goes into its
 /// unit file, with defaults filled in (so writing a default changes nothing) and
 /// dependencies sorted (their order means nothing to systemd).
-pub(crate) fn systemd_hashes(spec: &ServiceSpec, env: &BTreeMap<String, Env>) -> (String, BTreeMap<String, String>) {
+pub(crate) fn systemd_hashes(
+    spec: &ServiceSpec,
+    env: &BTreeMap<String, Env>,
+    salt: &[u8],
+) -> (String, BTreeMap<String, String>) {
     let to = |v: &dyn erased::Ser| v.json();
     let mut deps: Vec<Value> =
         spec.depends_on.iter().map(|d| json!({"name": d.name, "condition": d.condition})).collect();
@@ -276,7 +283,7 @@ pub(crate) fn systemd_hashes(spec: &ServiceSpec, env: &BTreeMap<String, Env>) ->
         ("user", to(&spec.user)),
         ("group", to(&spec.group)),
         ("workingDir", to(&spec.working_dir)),
-        ("env", env_json(env)),
+        ("env", env_json(env, salt)),
         ("type", to(&spec.unit_type())),
         ("pidFile", to(&spec.pid_file)),
         ("resources", to(&spec.resources)),
@@ -296,11 +303,12 @@ pub(crate) fn timer_hashes(
     spec: &TimerSpec,
     env: &BTreeMap<String, Env>,
     file_digests: &BTreeMap<PathBuf, String>,
+    salt: &[u8],
 ) -> (String, BTreeMap<String, String>) {
     let to = |v: &dyn erased::Ser| v.json();
     let mut job = to(&spec.job);
     if let Value::Object(map) = &mut job {
-        map.insert("env".into(), env_json(env));
+        map.insert("env".into(), env_json(env, salt));
         map.insert("volumes".into(), volumes_json(&spec.job.volumes, file_digests));
     }
     let fields = vec![
@@ -344,6 +352,7 @@ pub(crate) fn template_hashes(
     metadata_labels: &BTreeMap<String, String>,
     env: &BTreeMap<String, Env>,
     file_digests: &BTreeMap<PathBuf, String>,
+    salt: &[u8],
 ) -> (String, BTreeMap<String, String>) {
     let to = |v: &dyn erased::Ser| v.json();
     let mut labels = metadata_labels.clone();
@@ -352,7 +361,7 @@ pub(crate) fn template_hashes(
         ("image", to(&spec.image)),
         ("entrypoint", to(&spec.entrypoint)),
         ("command", to(&spec.command)),
-        ("env", env_json(env)),
+        ("env", env_json(env, salt)),
         ("ports", to(&spec.ports)),
         ("volumes", volumes_json(&spec.volumes, file_digests)),
         ("networks", to(&spec.networks)),
@@ -411,5 +420,52 @@ impl Service {
         let mut labels = self.metadata_labels.clone();
         labels.extend(self.spec.labels.clone());
         labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::load::{LoadOptions, load_path, load_path_with};
+
+    /// A docker service and a systemd service with the same secret, and a Timer whose job
+    /// has it, in `dir`.
+    fn specs_with_a_secret(dir: &Path) {
+        std::fs::write(dir.join("pw"), "hunter2\n").expect("secret");
+        let doc = |name: &str, body: &str| {
+            format!("---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n{body}")
+        };
+        let text = [
+            doc("web", "  image: img:1\n  env: {PW: {fromFile: pw}, A: b}\n"),
+            doc("daemon", "  runtime: systemd\n  exec: [/bin/sleep, '1']\n  env: {PW: {fromFile: pw}}\n"),
+            "---\napiVersion: tend/v1\nkind: Timer\nmetadata: {name: job}\nspec:\n  schedule: daily\n  job: {runtime: host, exec: [/bin/true], env: {PW: {fromFile: pw}}}\n".to_string(),
+        ]
+        .concat();
+        std::fs::write(dir.join("specs.yaml"), text).expect("specs");
+    }
+
+    #[test]
+    fn the_hosts_salt_changes_the_hashes_of_objects_with_secrets_and_only_their_env() {
+        let dir = tempfile::tempdir().expect("tmp");
+        specs_with_a_secret(dir.path());
+        let load = |salt: &[u8]| {
+            load_path_with(dir.path(), &LoadOptions { secret_salt: salt }).unwrap_or_else(|d| panic!("{d:?}"))
+        };
+        let (a, b, none) = (load(&[1; 32]), load(&[2; 32]), load(&[]));
+        // Pinned: the same salt always gives the same hash (containers keep theirs).
+        assert_eq!(a.services["web"].hash, "3548942dc1e9946fde6438267d1600e3b41c32a053eeb3caf3018ba541f34a8e");
+        for name in ["web", "daemon"] {
+            let (x, y, z) = (&a.services[name], &b.services[name], &none.services[name]);
+            assert_ne!(x.hash, y.hash, "{name}");
+            assert_ne!(x.hash, z.hash, "{name}");
+            let changed: Vec<&String> =
+                x.field_hashes.keys().filter(|k| x.field_hashes[*k] != y.field_hashes[*k]).collect();
+            assert_eq!(changed, ["env"], "{name}");
+        }
+        assert_ne!(a.timers["job"].hash, b.timers["job"].hash);
+        // Without options: unsalted, as before host salts.
+        let plain = load_path(dir.path()).unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(plain.services["web"].hash, none.services["web"].hash);
     }
 }

@@ -52,13 +52,41 @@ pub fn hash_value(v: &Value) -> String {
     sha256_hex(canonical_json(v).as_bytes())
 }
 
-/// The digest that stands for a secret in hashes: domain-separated, so the hash of a
-/// config never equals the plain hash of a password.
-pub fn secret_digest(secret: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"tend-secret-v1\0");
-    h.update(secret);
-    hex::encode(h.finalize())
+/// The digest that stands for a secret in hashes. Hashes are not secret (they sit in
+/// container labels and unit files anyone on the host can read), so with a `salt` — the
+/// host's random salt, kept in the state directory — it is HMAC-SHA256 keyed by the salt:
+/// guessing a weak secret offline from a hash then needs the salt too. Without one (an empty
+/// `salt`: `tend validate`, tests) it is the unsalted, domain-separated digest of tend before
+/// host salts. Either way the hash of a config never equals the plain hash of a password.
+pub fn secret_digest(salt: &[u8], secret: &[u8]) -> String {
+    if salt.is_empty() {
+        let mut h = Sha256::new();
+        h.update(b"tend-secret-v1\0");
+        h.update(secret);
+        return hex::encode(h.finalize());
+    }
+    hex::encode(hmac_sha256(salt, &[b"tend-secret-v2\0", secret]))
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenated `parts`, keyed by `key`.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    for part in parts {
+        inner.update(part);
+    }
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 #[cfg(test)]
@@ -82,6 +110,27 @@ mod tests {
 
     #[test]
     fn a_secret_digest_is_not_its_plain_sha256() {
-        assert_ne!(secret_digest(b"hunter2"), sha256_hex(b"hunter2"));
+        assert_ne!(secret_digest(b"", b"hunter2"), sha256_hex(b"hunter2"));
+        assert_ne!(secret_digest(b"salt", b"hunter2"), sha256_hex(b"hunter2"));
+    }
+
+    #[test]
+    fn an_unsalted_digest_is_the_one_of_tend_before_host_salts() {
+        // Pinned: secrets' containers created by earlier versions carry hashes made with it.
+        assert_eq!(secret_digest(b"", b"hunter2"), sha256_hex(&[b"tend-secret-v1\0".as_slice(), b"hunter2"].concat()));
+    }
+
+    #[test]
+    fn a_salted_digest_depends_on_the_salt_and_is_an_hmac() {
+        let (a, b) = (secret_digest(&[1; 32], b"hunter2"), secret_digest(&[2; 32], b"hunter2"));
+        assert_ne!(a, b);
+        assert_ne!(a, secret_digest(b"", b"hunter2"));
+        assert_eq!(a, secret_digest(&[1; 32], b"hunter2"), "stable for one salt");
+        // RFC 4231, test case 2.
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // RFC 4231, test case 6: a key longer than a block is hashed first.
+        let mac = hmac_sha256(&[0xaa; 131], &[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
+        assert_eq!(hex::encode(mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
     }
 }

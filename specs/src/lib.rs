@@ -19,4 +19,4 @@ pub mod yaml;
 
 pub use desired::{Backup, Desired, Env, Secret, Service, Timer};
 pub use diag::{Diagnostic, Location};
-pub use load::{load_path, load_str};
+pub use load::{LoadOptions, load_path, load_path_with, load_str, load_str_with};

@@ -138,9 +138,24 @@ impl Checked {
     }
 }
 
+/// How specs are loaded. The loader stays pure: the caller reads what it needs (the host's
+/// salt from tend's state directory) and hands it in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    /// The host's salt of the digests that stand for secrets in hashes
+    /// ([`crate::hash::secret_digest`]). Empty: the unsalted digest (`tend validate`, tests).
+    pub secret_salt: &'a [u8],
+}
+
 /// Loads and validates the specs at `path` (a file or a directory, read recursively for
-/// `*.yaml` and `*.yml`; hidden files and editor backups are skipped).
+/// `*.yaml` and `*.yml`; hidden files and editor backups are skipped), with secrets' digests
+/// unsalted ([`load_path_with`] takes the host's salt).
 pub fn load_path(path: &Path) -> Result<Desired, Vec<Diagnostic>> {
+    load_path_with(path, &LoadOptions::default())
+}
+
+/// [`load_path`] with `options`.
+pub fn load_path_with(path: &Path, options: &LoadOptions<'_>) -> Result<Desired, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let files = match spec_files(path) {
         Ok(f) => f,
@@ -159,7 +174,7 @@ pub fn load_path(path: &Path) -> Result<Desired, Vec<Diagnostic>> {
         };
         decode_file(&file, &text, &mut docs, &mut diags);
     }
-    let desired = validate(docs, &mut diags);
+    let desired = validate(docs, options, &mut diags);
     if diags.is_empty() {
         Ok(desired)
     } else {
@@ -171,10 +186,15 @@ pub fn load_path(path: &Path) -> Result<Desired, Vec<Diagnostic>> {
 
 /// Loads specs from text, as if read from `file` (for tests and stdin).
 pub fn load_str(file: &Path, text: &str) -> Result<Desired, Vec<Diagnostic>> {
+    load_str_with(file, text, &LoadOptions::default())
+}
+
+/// [`load_str`] with `options`.
+pub fn load_str_with(file: &Path, text: &str, options: &LoadOptions<'_>) -> Result<Desired, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut docs = Documents::default();
     decode_file(&Arc::from(file), text, &mut docs, &mut diags);
-    let desired = validate(docs, &mut diags);
+    let desired = validate(docs, options, &mut diags);
     if diags.is_empty() { Ok(desired) } else { Err(diags) }
 }
 
@@ -544,8 +564,9 @@ fn claim_names(docs: &Documents, diags: &mut Vec<Diagnostic>) -> (BTreeMap<Strin
     (names, unique.0, unique.1)
 }
 
-fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
+fn validate(docs: Documents, options: &LoadOptions<'_>, diags: &mut Vec<Diagnostic>) -> Desired {
     let mut secrets = SecretBudget::default();
+    let salt = options.secret_salt;
     let (names, unique_services, unique_timers) = claim_names(&docs, diags);
     let mut checked: Vec<Checked> = Vec::new();
     for (d, unique) in docs.services.into_iter().zip(unique_services) {
@@ -570,8 +591,8 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
         let service = match checks {
             Some((env, file_digests)) => {
                 let (hash, field_hashes) = match spec.runtime {
-                    Runtime::Docker => template_hashes(&spec, &d.metadata.labels, &env, &file_digests),
-                    Runtime::Systemd => systemd_hashes(&spec, &env),
+                    Runtime::Docker => template_hashes(&spec, &d.metadata.labels, &env, &file_digests, salt),
+                    Runtime::Systemd => systemd_hashes(&spec, &env, salt),
                 };
                 Some(Service {
                     name: d.metadata.name.clone(),
@@ -592,7 +613,7 @@ fn validate(docs: Documents, diags: &mut Vec<Diagnostic>) -> Desired {
         let Spec::Whole(mut spec) = d.spec else { continue };
         let checks = systemd::check_timer(&d.file, &d.source, &d.node, &d.metadata, &mut spec, &mut secrets, diags);
         if let (true, Some((calendar, env, file_digests))) = (unique, checks) {
-            let (hash, field_hashes) = timer_hashes(&spec, &env, &file_digests);
+            let (hash, field_hashes) = timer_hashes(&spec, &env, &file_digests, salt);
             let timer = Timer {
                 name: d.metadata.name.clone(),
                 metadata_labels: d.metadata.labels,

@@ -29,12 +29,12 @@ impl Agent {
         Agent::start_with_env(env, args, &[])
     }
 
-    /// As [`Agent::start`], with these variables in the agent's environment.
+    /// As [`Agent::start`], with these variables in the agent's environment (they override
+    /// the harness's own, `TEND_LOG` included).
     pub(crate) fn start_with_env(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Agent {
         let log = env.state_path().join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
         let file = std::fs::File::create(&log).expect("create the agent log");
         let child = Command::new(harness::tend_bin())
-            .envs(vars.iter().copied())
             .arg("--state-dir")
             .arg(env.state_path())
             .arg("--scope")
@@ -47,6 +47,8 @@ impl Agent {
             .env("TEND_LOCK_DIR", env.lock_path())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            // Last, so a test may set any of the above (`TEND_LOG=trace`).
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)

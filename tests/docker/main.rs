@@ -18,6 +18,7 @@ mod bad_specs;
 mod drain;
 mod engine_timeout;
 mod examples;
+mod hard_edges;
 mod jobs;
 mod maintain;
 mod restore_escapes;

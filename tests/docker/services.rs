@@ -149,7 +149,7 @@ fn exec_cat(name: &str, path: &str) -> String {
 }
 
 /// Removes a container made by hand (without tend's labels, so the harness would not).
-struct HandMade(String);
+pub(crate) struct HandMade(pub(crate) String);
 
 impl Drop for HandMade {
     fn drop(&mut self) {

@@ -60,6 +60,9 @@ fn tend_apply_reconciles_systemd_services_in_a_real_systemd() {
     assert_eq!(node.exec_ok(&["cat", "/tmp/token"]).trim(), "s3cret-token-value");
     assert_eq!(node.exec_ok(&["stat", "-c", "%a", "/etc/tend/env/worker.env"]).trim(), "600");
     assert!(!out.contains("s3cret"), "{out}");
+    // The salt that keys the secret's digest in the unit's hash is the host's, and 0600.
+    assert_eq!(node.exec_ok(&["stat", "-c", "%a", "/var/lib/tend/secret-salt"]).trim(), "600");
+    assert!(node.exec(&["test", "-f", "/run/tend/locks/worker.service.lock"]).status.success());
 
     // Second apply: nothing to do.
     let plan = tend(&node, &["plan", SPECS]);
@@ -88,6 +91,8 @@ fn tend_apply_reconciles_systemd_services_in_a_real_systemd() {
     apply(&node);
     assert!(node.exec(&["test", "-e", "/etc/systemd/system/worker.service"]).status.code() == Some(1));
     assert!(node.exec(&["test", "-e", "/etc/tend/env/worker.env"]).status.code() == Some(1));
+    // And its lock file, its target gone.
+    assert!(node.exec(&["test", "-e", "/run/tend/locks/worker.service.lock"]).status.code() == Some(1));
     assert_ne!(node.systemctl(&["is-active", "worker.service"]).status.code(), Some(0));
     assert_eq!(node.systemctl_ok(&["is-active", "web.service"]).trim(), "active");
     // The hand-written unit is still there.

@@ -409,6 +409,22 @@ fn start_first_starts_the_new_instance_beside_the_old_then_swaps() {
 }
 
 #[test]
+fn a_foreign_container_on_the_next_name_is_a_conflict_and_the_old_instance_keeps_running() {
+    let old =
+        desired(&(svc("a", "command: [old]\nrollout: {order: start-first}") + &svc("b", "dependsOn: [{name: a}]")));
+    let new =
+        desired(&(svc("a", "command: [new]\nrollout: {order: start-first}") + &svc("b", "dependsOn: [{name: a}]")));
+    let mut o = observed(&new, vec![live(&old, "a", 1, RunState::Running), live(&new, "b", 1, RunState::Running)]);
+    o.foreign.insert("a-1-next".into(), "someone-elses".into());
+    let p = run(&new, &o, &State::default());
+    assert!(p.steps.is_empty(), "nothing of a is replaced: {:?}", show(&p));
+    let note = Note::Conflict { service: "a".into(), name: "a-1-next".into(), id: "someone-elses".into() };
+    assert!(p.notes.contains(&note), "{:?}", p.notes);
+    assert_eq!(p.notes.len(), 1, "b is not blocked: a still runs, {:?}", p.notes);
+    assert!(note.to_string().contains("a-1 is not replaced"), "{note}");
+}
+
+#[test]
 fn an_interrupted_start_first_replacement_is_completed_or_cleaned_up() {
     let old = desired(&svc("a", "command: [old]\nrollout: {order: start-first}"));
     let new = desired(&svc("a", "command: [new]\nrollout: {order: start-first}"));
