@@ -1443,7 +1443,10 @@ fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 
-/// Observes, then records in the state what the boot before this one means (`mark`).
+/// Observes, then records in the state what the boot before this one means (`mark`). Not
+/// before Docker answers when the specs have docker services: what it would show decides
+/// which containers are held or started again, so the marks wait for it (the pass fails,
+/// and the next one tries again).
 async fn record_boot(
     engines: &Arc<Engines<DockerEngine, SystemdEngine>>,
     options: &Options,
@@ -1451,6 +1454,9 @@ async fn record_boot(
     state_dir: &StateDir,
     mark: impl FnOnce(&Observed, &mut state::State),
 ) -> Result<(), String> {
+    if engines.docker.is_none() && desired.docker_services().next().is_some() {
+        return Err("Docker does not answer yet: what the last boot means for its containers waits for it".into());
+    }
     let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
     let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
     mark(&observed, &mut st);
