@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         }
     };
     // Output cut short by a full disk is an error; by a reader that went away, it is not.
-    if let Some(e) = tend::output::stdout_error() {
+    if let Some(e) = tend::cli::output::stdout_error() {
         let _ = writeln!(std::io::stderr(), "error: writing output: {e}");
         return ExitCode::from(1);
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tend::api::{self, ApiError, Client, Control, Failure, Reply};
+use tend::daemon::api::{self, ApiError, Client, Control, Failure, Reply};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ impl Control for Fixed {
     }
 
     fn metrics(&self) -> String {
-        let m = tend::metrics::Metrics::new();
+        let m = tend::daemon::metrics::Metrics::new();
         m.pass(Duration::from_millis(120), true);
         m.encode()
     }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use tend::locks::{Holder, LockDir, LockError, Shared, Wait, current_user};
+use tend::maintain::locks::{Holder, LockDir, LockError, Shared, Wait, current_user};
 
 /// The environment variable that turns this test binary into a helper process.
 const ROLE: &str = "TEND_LOCKS_TEST_ROLE";

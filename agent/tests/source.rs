@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tend::source::{GitConfig, GitRef, GitSource, Revision, SourceError, redact_url};
+use tend::daemon::source::{GitConfig, GitRef, GitSource, Revision, SourceError, redact_url};
 
 /// Runs git in `dir` as a fixed author; its trimmed standard output.
 fn git(dir: &Path, args: &[&str]) -> String {

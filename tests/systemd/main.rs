@@ -1,4 +1,4 @@
-//! Integration tests of tend's systemd adapter (`tend::systemd`) against a real systemd.
+//! Integration tests of tend's systemd adapter (`tend::engine::systemd`) against a real systemd.
 //!
 //! The adapter must run where systemd is PID 1, so each test boots its own systemd node
 //! (`tests/harness/systemd.rs`), copies this very test binary into it and runs one in-node
@@ -20,7 +20,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tend::systemd::{ActiveState, JobResult, SystemdEngine, SystemdError, UNIT_DIR, UnitEngine, UnitState, booted};
+use tend::engine::systemd::{
+    ActiveState, JobResult, SystemdEngine, SystemdError, UNIT_DIR, UnitEngine, UnitState, booted,
+};
 
 use node::{Node, describe};
 
@@ -264,13 +266,13 @@ fn inner_hung_bus() {
         // A hung bus: it accepts connections and reads nothing.
         signal_bus("STOP");
         let e = engine.states(&unit).await.expect_err("a stopped bus does not answer");
-        let chain = tend::apply::chain(&e);
+        let chain = tend::reconcile::apply::chain(&e);
         signal_bus("CONT");
         assert_eq!(e.kind(), "timeout", "{chain}");
         assert_eq!(chain, "listing units dbus.service: systemd did not answer within 2s");
         signal_bus("STOP");
         let e = SystemdEngine::connect(timeouts).await.map(|_| ()).expect_err("no connection to a stopped bus");
-        let chain = tend::apply::chain(&e);
+        let chain = tend::reconcile::apply::chain(&e);
         signal_bus("CONT");
         assert_eq!(e.kind(), "timeout", "{chain}");
         assert_eq!(
@@ -570,7 +572,7 @@ fn inner_remove_unit() {
 }
 
 /// Whether a wake-up arrived within `ms` (false when none did, or the stream ended).
-async fn drained(wakeups: &mut tend::systemd::Wakeups, ms: u64) -> bool {
+async fn drained(wakeups: &mut tend::engine::systemd::Wakeups, ms: u64) -> bool {
     matches!(tokio::time::timeout(Duration::from_millis(ms), wakeups.next()).await, Ok(Some(())))
 }
 
@@ -584,7 +586,7 @@ fn inner_watch() {
         let body = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sleep infinity\n";
         engine.write_unit_file(dir(), name, &unit(name, "h", body)).await.expect("write");
         engine.daemon_reload().await.expect("daemon-reload");
-        let interest: tend::systemd::Interest = std::sync::Arc::new(move |u: &str| u == name);
+        let interest: tend::engine::systemd::Interest = std::sync::Arc::new(move |u: &str| u == name);
         let mut wakeups = engine.watch(interest).await.expect("watch");
         // Let the reload's own signals pass, then drain what is pending.
         tokio::time::sleep(Duration::from_millis(300)).await;

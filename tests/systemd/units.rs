@@ -1,4 +1,4 @@
-//! The unit files `tend::units` renders, against a real systemd 252 in a node: each passes
+//! The unit files `tend::reconcile::unit_files` renders, against a real systemd 252 in a node: each passes
 //! `systemd-analyze verify`, and a service started from one gets exactly the argv and the
 //! environment its spec says (spaces, quotes, `$`, `%`, backslashes, line breaks), through
 //! `Environment=` lines and through an environment file. Rendering is pure, so it runs on
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tend::units::{Context, Rendered, render_service, render_timer};
+use tend::reconcile::unit_files::{Context, Rendered, render_service, render_timer};
 use tend_specs::Desired;
 
 use super::assert_verified;

@@ -12,5 +12,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod quiesce;
 pub mod remote;
 pub mod retention;
+pub mod run;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tend_specs::service::{Condition, MountSource, PullPolicy, RestartPolicy, RolloutOrder, Runtime};
 use tend_specs::{Desired, Service};
 
-use crate::model::{Container, NEXT_SUFFIX, Observed, RunState, instance_name};
-use crate::state::State;
+use crate::reconcile::model::{Container, NEXT_SUFFIX, Observed, RunState, instance_name};
+use crate::reconcile::state::State;
 
 /// Default time to wait for a dependency's condition.
 pub const DEFAULT_DEPENDENCY_TIMEOUT_MS: u64 = 120_000;
@@ -251,7 +251,7 @@ pub enum Reason {
     /// whatever its restart policy (`never` aside).
     StoppedOnPurpose {
         /// Who stopped it.
-        cause: crate::state::StopCause,
+        cause: crate::reconcile::state::StopCause,
     },
 }
 
@@ -352,7 +352,7 @@ pub enum Note {
         /// The lock key: an instance (`web-1`), a unit (`web.service`), a job (`x.job`).
         target: String,
         /// Who, since when, why.
-        window: crate::model::Maintenance,
+        window: crate::reconcile::model::Maintenance,
     },
     /// A crash-looping instance waits for its backoff.
     BackingOff {
@@ -453,7 +453,11 @@ impl fmt::Display for Note {
                 write!(f, "maintenance: {target} ({window}); left alone until the lock is released")
             }
             Self::BackingOff { name, attempt, until_ms, .. } => {
-                write!(f, "backing off: {name} restarts (restart {attempt}) at {}", crate::time::format_ms(*until_ms))
+                write!(
+                    f,
+                    "backing off: {name} restarts (restart {attempt}) at {}",
+                    crate::support::time::format_ms(*until_ms)
+                )
             }
             Self::Exited { name, code, policy, .. } => match code {
                 Some(c) => write!(f, "exited: {name} exited with code {c}; restart policy {policy} leaves it stopped"),
@@ -472,7 +476,7 @@ impl fmt::Display for Note {
                 write!(f, "conflict: unit file {unit} belongs to tend scope {other}; it is left untouched")
             }
             Self::Drained { since_ms, user, reason } => {
-                write!(f, "drained since {} by {user}", crate::time::format_ms(*since_ms))?;
+                write!(f, "drained since {} by {user}", crate::support::time::format_ms(*since_ms))?;
                 if let Some(reason) = reason {
                     write!(f, ": {reason}")?;
                 }
@@ -482,7 +486,11 @@ impl fmt::Display for Note {
                 write!(f, "unrecognized: {name} ({}) has tend labels but no valid instance; left alone", short_id(id))
             }
             Self::UpdateWindow { service, next_open_ms: Some(at), window } => {
-                write!(f, "waiting for update window: {service} changes at {} ({window})", crate::time::format_ms(*at))
+                write!(
+                    f,
+                    "waiting for update window: {service} changes at {} ({window})",
+                    crate::support::time::format_ms(*at)
+                )
             }
             Self::UpdateWindow { service, next_open_ms: None, window } => write!(
                 f,
@@ -580,7 +588,7 @@ pub struct Input<'a> {
     pub pulled: &'a BTreeSet<String>,
     /// How units are rendered; `None` when systemd units are not planned (no systemd here,
     /// or the specs need no unit).
-    pub units: Option<&'a crate::units::Context<'a>>,
+    pub units: Option<&'a crate::reconcile::unit_files::Context<'a>>,
     /// Make changes now even where a service's update window is closed (`tend apply --now`).
     pub ignore_windows: bool,
     /// The host's time zone, in which update windows without a zone are read (as systemd

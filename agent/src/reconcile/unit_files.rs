@@ -360,7 +360,7 @@ mod tests {
     use tend_specs::Desired;
 
     use super::*;
-    use crate::systemd::parse_marks;
+    use crate::engine::systemd::parse_marks;
 
     fn ctx() -> Context<'static> {
         Context {

@@ -42,7 +42,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::time::format_ms;
+use crate::support::time::format_ms;
 
 /// Where lock files live unless configured otherwise (a tmpfs).
 pub const DEFAULT_LOCK_DIR: &str = "/run/tend/locks";

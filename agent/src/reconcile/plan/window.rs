@@ -15,7 +15,7 @@ use tend_specs::service::UpdateWindow;
 use tend_specs::{Desired, Service};
 
 use super::{Note, Plan};
-use crate::model::{Container, RunState};
+use crate::reconcile::model::{Container, RunState};
 
 /// Whether a window is open at some time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use tend_specs::{Desired, Service};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::engine::systemd::SystemdEngine;
 use crate::engine::{ContainerEngine, EngineError, Probe};
-use crate::model::{Container, Health, Observed, RunState};
-use crate::systemd::SystemdEngine;
+use crate::reconcile::model::{Container, Health, Observed, RunState};
 
 /// How long the fake takes to stop a container, and to create and start one.
 const STOP: Duration = Duration::from_secs(3);
@@ -137,7 +137,7 @@ fn running(old: &Desired) -> Observed {
         for i in 1..=s.spec.replicas {
             o.containers.push(Container {
                 id: format!("id-{}-{i}", s.name),
-                name: crate::model::instance_name(&s.name, i),
+                name: crate::reconcile::model::instance_name(&s.name, i),
                 service: s.name.clone(),
                 instance: i,
                 hash: s.hash.clone(),
@@ -169,7 +169,7 @@ fn options(locks: &Path, parallel: usize) -> Options {
         stop: CancellationToken::new(),
         skip_owners: BTreeSet::new(),
         ignore_windows: true,
-        locks: crate::locks::LockDir::new(locks),
+        locks: crate::maintain::locks::LockDir::new(locks),
     }
 }
 
@@ -178,7 +178,7 @@ async fn change(old: &Desired, new: Desired, parallel: usize) -> (Arc<Fake>, Pla
     let dir = tempfile::tempdir().expect("a lock directory");
     let options = options(dir.path(), parallel);
     let observed = running(old);
-    let plan = plan_for(&new, &observed, &crate::state::State::default(), &options, &BTreeSet::new());
+    let plan = plan_for(&new, &observed, &crate::reconcile::state::State::default(), &options, &BTreeSet::new());
     let fake = Arc::new(Fake::new());
     let engines = Arc::new(Engines::<Fake, SystemdEngine> { docker: Some(fake.clone()), systemd: None });
     let outcomes = execute(engines, Arc::new(new), &plan, &options).await;
@@ -270,7 +270,13 @@ async fn a_step_error_that_echoes_any_secret_of_the_set_is_redacted() {
     std::fs::write(dir.path().join("s.yaml"), doc("a", "a") + &doc("b", "b")).expect("specs");
     let desired = Arc::new(tend_specs::load_path(dir.path()).unwrap_or_else(|d| panic!("{d:?}")));
     let options = options(dir.path(), 2);
-    let plan = plan_for(&desired, &Observed::default(), &crate::state::State::default(), &options, &BTreeSet::new());
+    let plan = plan_for(
+        &desired,
+        &Observed::default(),
+        &crate::reconcile::state::State::default(),
+        &options,
+        &BTreeSet::new(),
+    );
     // The engine echoes both services' environments in each error, as an echo of a
     // request holding another's secret would.
     let fake = Arc::new(Fake { echo: Some("bad: [\"PW=alpha-secret\",\"PW=beta-secret\"]".into()), ..Fake::new() });

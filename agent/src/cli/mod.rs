@@ -1,6 +1,8 @@
 //! The command line: argument definitions and the commands, each a thin layer over load,
 //! observe, plan and apply. Human output is a table, coloured only on a terminal.
 
+pub mod output;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,14 +12,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tend_specs::{Desired, Diagnostic};
 
-use crate::apply::{self, ApplyError, Engines, Options, Outcome, Report};
-use crate::docker::DockerEngine;
+use crate::cli::output::{eout, eoutln, out, outln};
+use crate::engine::docker::DockerEngine;
+use crate::engine::systemd::SystemdEngine;
 use crate::engine::{EngineError, EngineErrorKind, Timeouts};
-use crate::output::{eout, eoutln, out, outln};
-use crate::plan::{self, Note, Plan};
-use crate::state::{self, StateDir, StateError};
-use crate::status::Status;
-use crate::systemd::SystemdEngine;
+use crate::reconcile::apply::{self, ApplyError, Engines, Options, Outcome, Report};
+use crate::reconcile::plan::{self, Note, Plan};
+use crate::reconcile::state::{self, StateDir, StateError};
+use crate::reconcile::status::Status;
 
 /// Where specs are read from when no PATH is given.
 pub const DEFAULT_SPECS: &str = "/etc/tend/specs";
@@ -33,17 +35,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "TEND_SCOPE", default_value = "default")]
     pub scope: String,
     /// Where systemd unit files are written.
-    #[arg(long, global = true, env = "TEND_UNIT_DIR", default_value = crate::systemd::UNIT_DIR)]
+    #[arg(long, global = true, env = "TEND_UNIT_DIR", default_value = crate::engine::systemd::UNIT_DIR)]
     pub unit_dir: PathBuf,
     /// Where environment files holding secrets of systemd services are written (mode 0600).
     #[arg(long, global = true, env = "TEND_ENV_DIR", default_value = "/etc/tend/env")]
     pub env_dir: PathBuf,
     /// Where maintenance lock files live (one per target; tmpfs, so none survives a reboot).
-    #[arg(long, global = true, env = "TEND_LOCK_DIR", default_value = crate::locks::DEFAULT_LOCK_DIR)]
+    #[arg(long, global = true, env = "TEND_LOCK_DIR", default_value = crate::maintain::locks::DEFAULT_LOCK_DIR)]
     pub lock_dir: PathBuf,
     /// The agent's API socket: `status`, `plan`, `release`, `drain` and `undrain` use a
     /// running agent through it.
-    #[arg(long, global = true, env = "TEND_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "TEND_SOCKET", default_value = crate::daemon::api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// How long to wait for an engine (Docker, systemd) to answer one call before taking it
     /// for unresponsive: 1s to 10m. A stop gets its grace period on top, a pull may run as
@@ -329,30 +331,30 @@ pub enum CliError {
     Output(#[source] serde_json::Error),
     /// Talking to the running agent failed.
     #[error(transparent)]
-    Api(#[from] crate::api::ApiError),
+    Api(#[from] crate::daemon::api::ApiError),
     /// The agent's answer was not understood.
     #[error("reading the agent's answer")]
     AgentReply(#[source] serde_json::Error),
     /// A backup or restore failed.
     #[error(transparent)]
-    Backup(#[from] crate::backups::BackupError),
+    Backup(#[from] crate::backup::run::BackupError),
     /// `tend maintain` failed.
     #[error(transparent)]
     Maintain(#[from] crate::maintain::MaintainError),
     /// The agent stopped with an error.
     #[error(transparent)]
-    Agent(#[from] crate::agent::AgentError),
+    Agent(#[from] crate::daemon::AgentError),
     /// `tend apply` would remove too much at once.
     #[error("{specs} {what}: nothing was changed (apply it anyway with --allow-mass-removal)")]
     MassRemoval {
         /// The spec set.
         specs: PathBuf,
         /// What it would remove.
-        what: crate::agent::MassRemoval,
+        what: crate::daemon::MassRemoval,
     },
     /// The host's salt of secrets' digests cannot be had.
     #[error(transparent)]
-    Salt(#[from] crate::secrets::SaltError),
+    Salt(#[from] crate::support::redact::SaltError),
     /// The agent's configuration has problems (already printed).
     #[error("{count} problem(s) in the agent configuration {path}")]
     Config {
@@ -390,7 +392,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let settings =
                 agent_settings(&cli, config.as_deref(), specs.as_deref(), *allow_mass_removal, *metrics_listen)?;
             let rt = runtime()?;
-            let result = rt.block_on(crate::agent::run(settings));
+            let result = rt.block_on(crate::daemon::run(settings));
             // Threads waiting for maintenance windows to end must not keep the agent alive.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             result?;
@@ -443,7 +445,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired, cli.timeouts()).await?;
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
-                if let Some(m) = crate::agent::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
+                if let Some(m) = crate::daemon::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
                     eoutln!(
                         "{} this plan {m}: `tend apply` refuses it without --allow-mass-removal",
                         Paint::stderr().yellow("warning:")
@@ -463,7 +465,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let options = Options { ignore_windows: *now, ..options(&cli, path, *parallel) };
                 if !allow_mass_removal {
                     let observed = apply::observe_all(&engines, &options, &desired).await?;
-                    if let Some(m) = crate::agent::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
+                    if let Some(m) = crate::daemon::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
                         return Err(CliError::MassRemoval { specs: path.clone(), what: m });
                     }
                 }
@@ -506,12 +508,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let observed = apply::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
-                let mut status = crate::status::build(&desired, &observed, &st, &plan);
+                let mut status = crate::reconcile::status::build(&desired, &observed, &st, &plan);
                 status.timers = crate::jobs::list(&cli.state_dir, &desired, tend_specs::calendar::Timestamp::now());
                 status.backups = desired
                     .backups
                     .values()
-                    .map(|b| crate::backups::health(&cli.state_dir, b, apply::now_ms()))
+                    .map(|b| crate::backup::run::health(&cli.state_dir, b, apply::now_ms()))
                     .collect();
                 status.unchecked = missing.clone();
                 match output {
@@ -577,14 +579,14 @@ fn own_detail_only() -> tracing_subscriber::filter::Targets {
 
 /// A running agent's answer to `GET path`; `None` when no agent runs.
 async fn from_agent<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> Result<Option<T>, CliError> {
-    let Some(mut client) = crate::api::Client::connect(socket).await? else { return Ok(None) };
+    let Some(mut client) = crate::daemon::api::Client::connect(socket).await? else { return Ok(None) };
     let value = client.get(path).await?;
     serde_json::from_value(value).map(Some).map_err(CliError::AgentReply)
 }
 
 /// `tend release` through a running agent (which passes at once); `None` when no agent runs.
 async fn release_by_agent(socket: &Path, name: &str) -> Result<Option<ExitCode>, CliError> {
-    let Some(mut client) = crate::api::Client::connect(socket).await? else { return Ok(None) };
+    let Some(mut client) = crate::daemon::api::Client::connect(socket).await? else { return Ok(None) };
     match client.post(&format!("/v1/release/{name}")).await {
         Ok(v) => {
             for k in v["released"].as_array().into_iter().flatten().filter_map(|k| k.as_str()) {
@@ -592,7 +594,7 @@ async fn release_by_agent(socket: &Path, name: &str) -> Result<Option<ExitCode>,
             }
             Ok(Some(ExitCode::SUCCESS))
         }
-        Err(crate::api::ApiError::Agent { status: 404, .. }) => Err(CliError::NotHeld(name.to_string())),
+        Err(crate::daemon::api::ApiError::Agent { status: 404, .. }) => Err(CliError::NotHeld(name.to_string())),
         Err(e) => Err(e.into()),
     }
 }
@@ -604,8 +606,8 @@ fn agent_settings(
     specs: Option<&Path>,
     allow_mass_removal: bool,
     metrics_listen: Option<std::net::SocketAddr>,
-) -> Result<crate::agent::Settings, CliError> {
-    use crate::agent::{Settings, SourceSettings};
+) -> Result<crate::daemon::Settings, CliError> {
+    use crate::daemon::{Settings, SourceSettings};
     use tend_specs::agent_config::{AgentConfig, load_agent_config};
     const DEFAULT_CONFIG: &str = "/etc/tend/agent.yaml";
     let path = match (config, specs) {
@@ -634,12 +636,12 @@ fn agent_settings(
     };
     let source = match (specs, &file.source.git, &file.source.dir) {
         (Some(dir), _, _) => SourceSettings::Dir(absolute(dir)),
-        (None, Some(git), _) => SourceSettings::Git(crate::source::GitConfig {
+        (None, Some(git), _) => SourceSettings::Git(crate::daemon::source::GitConfig {
             url: git.url.clone(),
             reference: match (&git.branch, &git.tag) {
-                (_, Some(tag)) => crate::source::GitRef::Tag(tag.clone()),
-                (Some(branch), None) => crate::source::GitRef::Branch(branch.clone()),
-                (None, None) => crate::source::GitRef::Branch("main".into()),
+                (_, Some(tag)) => crate::daemon::source::GitRef::Tag(tag.clone()),
+                (Some(branch), None) => crate::daemon::source::GitRef::Branch(branch.clone()),
+                (None, None) => crate::daemon::source::GitRef::Branch("main".into()),
             },
             path: git.path.clone(),
             interval: git.interval.get(),
@@ -681,14 +683,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Loads specs, printing every problem. The digests of secrets in hashes are keyed by the
-/// host's salt ([`crate::secrets::host_salt`]), made by the first command that changes the
+/// host's salt ([`crate::support::redact::host_salt`]), made by the first command that changes the
 /// host; the read-only ones (`plan`, `status`, `job list`) never make it.
 fn load(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     let read_only = matches!(
         &cli.command,
         Command::Plan { .. } | Command::Status { .. } | Command::Job { command: JobCommand::List { .. } }
     );
-    let salt = crate::secrets::host_salt(&cli.state_dir, !read_only)?;
+    let salt = crate::support::redact::host_salt(&cli.state_dir, !read_only)?;
     load_with(path, &tend_specs::LoadOptions { secret_salt: &salt })
 }
 
@@ -727,14 +729,14 @@ fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     let mut desired = load(cli, path)?;
     let tend_bin = tend_bin();
     let (state_dir, lock_dir, specs) = (absolute(&cli.state_dir), absolute(&cli.lock_dir), absolute(path));
-    let ctx = crate::backups::TimerContext {
+    let ctx = crate::backup::run::TimerContext {
         tend_bin: &tend_bin,
         scope: &cli.scope,
         state_dir: &state_dir,
         lock_dir: &lock_dir,
         specs: &specs,
     };
-    crate::backups::add_schedule_timers(&mut desired, &ctx).map_err(|diags| {
+    crate::backup::run::add_schedule_timers(&mut desired, &ctx).map_err(|diags| {
         for d in &diags {
             eoutln!("{} {d}", Paint::stderr().red("error:"));
         }
@@ -755,7 +757,7 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
     Options {
         scope: cli.scope.clone(),
         parallel,
-        locks: crate::locks::LockDir::new(&cli.lock_dir),
+        locks: crate::maintain::locks::LockDir::new(&cli.lock_dir),
         stop: tokio_util::sync::CancellationToken::new(),
         skip_owners: Default::default(),
         ignore_windows: false,
@@ -997,7 +999,7 @@ fn print_status(status: &Status) {
             let health = if problems.is_empty() { paint.green("ok") } else { paint.red(&problems.join("; ")) };
             rows.push(vec![
                 b.name.clone(),
-                b.last_success_ms.map(crate::time::format_ms).unwrap_or_else(|| "never".into()),
+                b.last_success_ms.map(crate::support::time::format_ms).unwrap_or_else(|| "never".into()),
                 b.free_bytes.map(|f| format!("{} MiB", f / (1024 * 1024))).unwrap_or_else(|| "-".into()),
                 health,
             ]);
@@ -1064,19 +1066,19 @@ fn print_status(status: &Status) {
     print_notes(&status.notes);
 }
 
-fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
+fn print_agent(paint: Paint, a: &crate::reconcile::status::AgentStatus) {
     let commit = a.commit.as_deref().map(|c| format!(" at commit {}", c.get(..12).unwrap_or(c))).unwrap_or_default();
     outln!(
         "agent: pid {}, running since {}, specs from {}{commit}",
         a.pid,
-        crate::time::format_ms(a.started_ms),
+        crate::support::time::format_ms(a.started_ms),
         a.source
     );
     if let (Some(at), Some(result)) = (a.last_pass_ms, &a.last_result) {
         outln!(
             "last pass: {} at {} ({} ms); {} pass(es) so far",
             result,
-            crate::time::format_ms(at),
+            crate::support::time::format_ms(at),
             a.last_pass_duration_ms.unwrap_or(0),
             a.passes
         );
@@ -1099,11 +1101,11 @@ fn print_agent(paint: Paint, a: &crate::status::AgentStatus) {
     }
     for (engine, p) in &a.engines {
         let name = if engine == "docker" { "Docker" } else { engine.as_str() };
-        let since = crate::time::format_ms(p.since_ms);
+        let since = crate::support::time::format_ms(p.since_ms);
         outln!("{} since {since}: {}", paint.red(&format!("{name} is {}", p.state)), p.error);
     }
     for (name, until) in &a.backoff {
-        outln!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::time::format_ms(*until));
+        outln!("{} {name}: next attempt at {}", paint.yellow("backing off:"), crate::support::time::format_ms(*until));
     }
     if a.unclean_boot {
         outln!("{} services marked holdAfterUncleanBoot are held (see the notes)", paint.yellow("unclean boot:"));
@@ -1133,7 +1135,7 @@ fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCod
 /// `tend drain`: records the drain in the state directory, then has a running agent act on
 /// it at once; without an agent, the next `tend apply` stops the services.
 fn drain(cli: &Cli, reason: Option<String>) -> Result<ExitCode, CliError> {
-    let user = crate::locks::current_user().0;
+    let user = crate::maintain::locks::current_user().0;
     let (drain, already) = state::drain(&cli.state_dir, state::Drain { reason, since_ms: apply::now_ms(), user })?;
     let line = drained_line(&drain);
     outln!("{}{line}", if already { "already " } else { "" });
@@ -1163,13 +1165,13 @@ fn undrain(cli: &Cli) -> Result<ExitCode, CliError> {
 /// `drained since TIME by USER: REASON`.
 fn drained_line(d: &state::Drain) -> String {
     let reason = d.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-    format!("drained since {} by {}{reason}", crate::time::format_ms(d.since_ms), d.user)
+    format!("drained since {} by {}{reason}", crate::support::time::format_ms(d.since_ms), d.user)
 }
 
 /// Has a running agent pass now, once it sees the drain as `drained`: `None` when no agent
 /// runs; `Some(false)` when the agent keeps its state elsewhere (it does not see the change).
 async fn pass_by_agent(socket: &Path, drained: bool) -> Result<Option<bool>, CliError> {
-    let Some(mut client) = crate::api::Client::connect(socket).await? else { return Ok(None) };
+    let Some(mut client) = crate::daemon::api::Client::connect(socket).await? else { return Ok(None) };
     let status = client.get("/v1/status").await?;
     if status.get("drain").is_some_and(|d| !d.is_null()) != drained {
         return Ok(Some(false));
@@ -1234,11 +1236,11 @@ fn maintain(
     let path = specs_for(cli, specs)?;
     let desired = load(cli, &path)?;
     let keys = crate::maintain::resolve(&desired, targets, selectors)?;
-    let (user, uid) = crate::locks::current_user();
+    let (user, uid) = crate::maintain::locks::current_user();
     let since_ms = apply::now_ms();
     let until_ms = window.map(|w| since_ms + w.get().as_millis() as u64);
-    let holder = crate::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
-    let dir = crate::locks::LockDir::new(&cli.lock_dir);
+    let holder = crate::maintain::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
+    let dir = crate::maintain::locks::LockDir::new(&cli.lock_dir);
     if wait {
         eoutln!("waiting for {} …", keys.join(", "));
     }
@@ -1264,7 +1266,7 @@ fn maintain(
     eoutln!("{} {}: the agent reconciles them on its next pass", paint.green("released"), keys.join(", "));
     // The agent looks at once (best effort: it also notices the release by itself).
     rt.block_on(async {
-        if let Ok(Some(mut client)) = crate::api::Client::connect(&cli.socket).await {
+        if let Ok(Some(mut client)) = crate::daemon::api::Client::connect(&cli.socket).await {
             let _ = client.post("/v1/pass").await;
         }
     });
@@ -1276,7 +1278,8 @@ fn maintain(
 
 /// `tend locks`.
 fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
-    let held = crate::locks::LockDir::new(&cli.lock_dir).list().map_err(crate::maintain::MaintainError::from)?;
+    let held =
+        crate::maintain::locks::LockDir::new(&cli.lock_dir).list().map_err(crate::maintain::MaintainError::from)?;
     match output {
         Output::Json => {
             let v: Vec<serde_json::Value> =
@@ -1299,8 +1302,8 @@ fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
                     rows.push(vec![
                         k.clone(),
                         h.user.clone(),
-                        crate::time::format_ms(h.since_ms),
-                        h.until_ms.map(crate::time::format_ms).unwrap_or_else(|| "-".into()),
+                        crate::support::time::format_ms(h.since_ms),
+                        h.until_ms.map(crate::support::time::format_ms).unwrap_or_else(|| "-".into()),
                         h.pid.to_string(),
                         h.reason.clone().unwrap_or_else(|| "-".into()),
                     ]);
@@ -1386,10 +1389,10 @@ pub enum BackupCommand {
     },
 }
 
-fn backup_ctx(cli: &Cli) -> crate::backups::Context {
-    crate::backups::Context {
+fn backup_ctx(cli: &Cli) -> crate::backup::run::Context {
+    crate::backup::run::Context {
         state_dir: cli.state_dir.clone(),
-        locks: crate::locks::LockDir::new(&cli.lock_dir),
+        locks: crate::maintain::locks::LockDir::new(&cli.lock_dir),
         scope: cli.scope.clone(),
         progress: None,
         keep: None,
@@ -1405,7 +1408,7 @@ struct ProgressLine {
 impl ProgressLine {
     /// Counts through `ctx.progress` and shows the count against `total()` when stderr is a
     /// terminal; does nothing otherwise.
-    fn start(ctx: &mut crate::backups::Context, total: impl FnOnce() -> Option<u64>) -> Self {
+    fn start(ctx: &mut crate::backup::run::Context, total: impl FnOnce() -> Option<u64>) -> Self {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shower = std::io::stderr().is_terminal().then(|| {
             let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1455,7 +1458,10 @@ fn show_progress(
 }
 
 fn the_backup<'a>(desired: &'a Desired, name: &str) -> Result<&'a tend_specs::desired::Backup, CliError> {
-    desired.backups.get(name).ok_or_else(|| CliError::Backup(crate::backups::BackupError::Unknown(name.to_string())))
+    desired
+        .backups
+        .get(name)
+        .ok_or_else(|| CliError::Backup(crate::backup::run::BackupError::Unknown(name.to_string())))
 }
 
 /// `tend backup …`.
@@ -1467,7 +1473,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
         }
         BackupCommand::Pin { name, archive, reason, specs } => {
             let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
-            let path = crate::backups::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
+            let path = crate::backup::run::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
             outln!(
                 "{} {}: retention keeps it until `tend backup unpin {name} {archive}`",
                 Paint::stdout().green("pinned"),
@@ -1477,7 +1483,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
         }
         BackupCommand::Unpin { name, archive, specs } => {
             let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
-            let (path, was) = crate::backups::unpin_archive(the_backup(&desired, name)?, archive)?;
+            let (path, was) = crate::backup::run::unpin_archive(the_backup(&desired, name)?, archive)?;
             match was {
                 true => outln!("unpinned {}: the next run's retention may remove it", path.display()),
                 false => outln!("{} was not pinned", path.display()),
@@ -1487,7 +1493,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
         BackupCommand::List { name, specs, output } => {
             let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
-            let entries = crate::backups::archives(b)?;
+            let entries = crate::backup::run::archives(b)?;
             let now = tend_specs::calendar::Timestamp::now();
             let rows: Vec<serde_json::Value> = entries
                 .iter()
@@ -1521,7 +1527,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                         let age = std::time::Duration::from_secs(r["ageSeconds"].as_u64().unwrap_or(0));
                         table_rows.push(vec![
                             r["archive"].as_str().unwrap_or_default().to_string(),
-                            crate::time::format_duration(age),
+                            crate::support::time::format_duration(age),
                             r["bytes"].to_string(),
                             r["sha256"]
                                 .as_str()
@@ -1546,10 +1552,10 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
         BackupCommand::Verify { target, specs } => {
             let as_file = Path::new(target);
             let results = if as_file.is_file() {
-                crate::backups::verify_all(None, Some(as_file))
+                crate::backup::run::verify_all(None, Some(as_file))
             } else {
                 let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
-                crate::backups::verify_all(Some(the_backup(&desired, target)?), None)
+                crate::backup::run::verify_all(Some(the_backup(&desired, target)?), None)
             };
             let paint = Paint::stdout();
             let mut bad = 0;
@@ -1591,10 +1597,10 @@ fn backup_run(
     ctx.keep = keep;
     let result = rt.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
-        crate::backups::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
+        crate::backup::run::run(&engines, &desired, name, &ctx).await.map_err(CliError::Backup)
     });
     drop(progress);
-    let copy_failed = |r: &crate::backups::RunReport| r.warnings.iter().find(|w| w.starts_with("copy")).cloned();
+    let copy_failed = |r: &crate::backup::run::RunReport| r.warnings.iter().find(|w| w.starts_with("copy")).cloned();
     let outcome = match &result {
         Ok(r) => copy_failed(r).map_or(Ok(()), Err),
         Err(e) => Err(apply::chain(e)),
@@ -1603,7 +1609,7 @@ fn backup_run(
     let report = match result {
         Ok(report) => report,
         Err(e) => {
-            crate::backups::record_failure(&cli.state_dir, name, &apply::chain(&e));
+            crate::backup::run::record_failure(&cli.state_dir, name, &apply::chain(&e));
             return Err(e);
         }
     };
@@ -1642,7 +1648,7 @@ fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Result<ExitCode,
     let started_ms = apply::now_ms();
     let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
-        crate::backups::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
+        crate::backup::run::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
     });
     let outcome = result.as_ref().map(|_| ()).map_err(|e| apply::chain(e));
     record_timer_run(cli, &desired, &b.drill_unit_name(), started_ms, outcome);
@@ -1688,7 +1694,7 @@ fn restore(
     yes: bool,
     specs: Option<&Path>,
 ) -> Result<ExitCode, CliError> {
-    use crate::backups::BackupError;
+    use crate::backup::run::BackupError;
     let desired = load(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
     let refused =
@@ -1702,10 +1708,10 @@ fn restore(
         })
         .collect::<Result<_, _>>()?;
     let RestoreTarget { from, to, without_manifest } = target;
-    let plan = crate::backups::plan_restore(b, from, to, &vars, without_manifest).map_err(refused)?;
-    crate::backups::check_restore(&plan).map_err(refused)?;
+    let plan = crate::backup::run::plan_restore(b, from, to, &vars, without_manifest).map_err(refused)?;
+    crate::backup::run::check_restore(&plan).map_err(refused)?;
     let age = match plan.age_ms {
-        Some(ms) => format!("made {} ago", crate::time::format_duration(std::time::Duration::from_millis(ms))),
+        Some(ms) => format!("made {} ago", crate::support::time::format_duration(std::time::Duration::from_millis(ms))),
         None => "no manifest: when it was made is unknown".to_string(),
     };
     outln!("Restore {name} from {} ({age})", plan.archive.display());
@@ -1731,10 +1737,10 @@ fn restore(
         }
     }
     let mut ctx = backup_ctx(cli);
-    let progress = ProgressLine::start(&mut ctx, || Some(crate::backups::restore_read_bytes(b, &plan)));
+    let progress = ProgressLine::start(&mut ctx, || Some(crate::backup::run::restore_read_bytes(b, &plan)));
     let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
-        crate::backups::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)
+        crate::backup::run::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)
     });
     drop(progress);
     result?;
@@ -1802,19 +1808,19 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
         JobCommand::Schedule { path, duration } => {
             let desired = load_with_backups(cli, path)?;
             let timers: Vec<tend_specs::Timer> =
-                desired.timers.values().filter(|t| crate::scheduler::scheduled(t)).cloned().collect();
+                desired.timers.values().filter(|t| crate::jobs::scheduler::scheduled(t)).cloned().collect();
             if timers.is_empty() {
                 outln!("No scheduled Timers in {}: nothing to do.", path.display());
                 return Ok(ExitCode::SUCCESS);
             }
-            if crate::systemd::booted().is_ok() {
+            if crate::engine::systemd::booted().is_ok() {
                 eoutln!(
                     "{} systemd is PID 1 here: its timers already run these jobs once `tend apply` wrote them; running both would run each job twice",
                     Paint::stderr().yellow("warning:")
                 );
             }
             let options = options(cli, path, 1);
-            let config = crate::scheduler::Config {
+            let config = crate::jobs::scheduler::Config {
                 tend_bin: options.units.tend_bin.clone(),
                 scope: cli.scope.clone(),
                 state_dir: options.units.state_dir.clone(),
@@ -1853,7 +1859,7 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
                     }
                     stopper.cancel();
                 });
-                crate::scheduler::schedule(config, timers, stop).await;
+                crate::jobs::scheduler::schedule(config, timers, stop).await;
             });
             Ok(ExitCode::SUCCESS)
         }
@@ -1959,7 +1965,7 @@ fn print_job_history(records: &[crate::jobs::Record]) {
     let mut rows = vec![header];
     for r in records {
         let mut row = vec![
-            crate::time::format_ms(r.start_ms),
+            crate::support::time::format_ms(r.start_ms),
             crate::jobs::format_duration(r.duration_ms()),
             r.trigger.to_string(),
             job_result(paint, r),
@@ -1991,7 +1997,7 @@ fn print_job_list(entries: &[crate::jobs::TimerEntry]) {
         let (last, result) = match &e.last {
             Some(r) => {
                 let code = r.exit_code.filter(|c| *c != 0).map(|c| format!(" ({c})")).unwrap_or_default();
-                (crate::time::format_ms(r.start_ms), format!("{}{code}", job_result(paint, r)))
+                (crate::support::time::format_ms(r.start_ms), format!("{}{code}", job_result(paint, r)))
             }
             None => ("never".into(), "-".into()),
         };
@@ -2021,7 +2027,7 @@ mod tests {
             assert!(!filter.would_enable(target, &Level::DEBUG), "{target}");
             assert!(filter.would_enable(target, &Level::INFO), "{target}");
         }
-        assert!(filter.would_enable("tend::apply", &Level::TRACE));
-        assert!(filter.would_enable("tend::agent", &Level::DEBUG));
+        assert!(filter.would_enable("tend::reconcile::apply", &Level::TRACE));
+        assert!(filter.would_enable("tend::daemon", &Level::DEBUG));
     }
 }

@@ -20,6 +20,10 @@
 //!   is reported unresponsive (`tend status`, `tend_engine_up`): passes fail, planning
 //!   nothing, and are retried until it answers again; the API and the watchdog pings go on.
 
+pub mod api;
+pub mod metrics;
+pub mod source;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,18 +37,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::api::{self, Control, Failure, Reply};
-use crate::apply::{self, Engines, Options, Outcome, Report, UnitsConfig};
-use crate::docker::DockerEngine;
+use crate::daemon::api::{Control, Failure, Reply};
+use crate::daemon::metrics::Metrics;
+use crate::daemon::source::{GitConfig, GitSource, Revision};
 use crate::engine::Timeouts;
-use crate::metrics::Metrics;
-use crate::model::{Observed, RunState, UnitActive, instance_name};
-use crate::plan::{Action, Note, Reason};
-use crate::secrets::Redactor;
-use crate::source::{self, GitConfig, GitSource, Revision};
-use crate::state::{self, Hold, StateDir, StateError};
-use crate::status::{AgentStatus, EngineProblem, Status};
-use crate::systemd::SystemdEngine;
+use crate::engine::docker::DockerEngine;
+use crate::engine::systemd::SystemdEngine;
+use crate::reconcile::apply::{self, Engines, Options, Outcome, Report, UnitsConfig};
+use crate::reconcile::model::{Observed, RunState, UnitActive, instance_name};
+use crate::reconcile::plan::{Action, Note, Reason};
+use crate::reconcile::state::{self, Hold, StateDir, StateError};
+use crate::reconcile::status::{AgentStatus, EngineProblem, Status};
+use crate::support::redact::Redactor;
 
 /// Errors that stop the agent (anything else is reported and retried).
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +76,7 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
     /// The host's salt of secrets' digests cannot be had.
     #[error(transparent)]
-    Salt(#[from] crate::secrets::SaltError),
+    Salt(#[from] crate::support::redact::SaltError),
     /// The boot marker could not be written.
     #[error("writing the boot marker {path}")]
     Marker {
@@ -262,7 +266,7 @@ struct Shared {
     units_of_interest: Arc<RwLock<BTreeSet<String>>>,
     /// Targets under maintenance whose release is being waited for (to pass at once).
     releases: Arc<Mutex<BTreeSet<String>>>,
-    /// The host's salt of secrets' digests (`crate::secrets`).
+    /// The host's salt of secrets' digests (`crate::support::redact`).
     secret_salt: Vec<u8>,
 }
 
@@ -558,7 +562,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let stop = CancellationToken::new();
     let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(64);
     let options = Options {
-        locks: crate::locks::LockDir::new(&settings.lock_dir),
+        locks: crate::maintain::locks::LockDir::new(&settings.lock_dir),
         scope: settings.scope.clone(),
         parallel: settings.parallel,
         specs: PathBuf::new(),
@@ -577,7 +581,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     };
     std::fs::create_dir_all(&settings.state_dir)
         .map_err(|source| StateError::Dir { path: settings.state_dir.clone(), source })?;
-    let secret_salt = crate::secrets::host_salt(&settings.state_dir, true)?;
+    let secret_salt = crate::support::redact::host_salt(&settings.state_dir, true)?;
     let source_text = match &settings.source {
         SourceSettings::Dir(d) => d.display().to_string(),
         SourceSettings::Git(g) => {
@@ -691,7 +695,9 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         let current = shared.current();
         let desired = pending.as_ref().or(current.as_ref()).map(|set| set.desired.clone());
         let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
-        for (backup, r) in crate::quiesce::recover(docker, systemd, desired.as_deref(), &settings.state_dir).await {
+        for (backup, r) in
+            crate::backup::quiesce::recover(docker, systemd, desired.as_deref(), &settings.state_dir).await
+        {
             match r {
                 Ok(()) => info!(%backup, "started the services an interrupted backup had stopped"),
                 Err(e) => {
@@ -843,14 +849,14 @@ fn set_current(shared: &Shared, mut desired: Desired, dir: PathBuf, commit: Opti
     let fingerprint = fingerprint(&desired);
     // Scheduled Backups run as Timers (`tend backup run NAME`).
     let st = &shared.settings;
-    let ctx = crate::backups::TimerContext {
+    let ctx = crate::backup::run::TimerContext {
         tend_bin: &st.tend_bin,
         scope: &st.scope,
         state_dir: &st.state_dir,
         lock_dir: &st.lock_dir,
         specs: &dir,
     };
-    if let Err(diags) = crate::backups::add_schedule_timers(&mut desired, &ctx) {
+    if let Err(diags) = crate::backup::run::add_schedule_timers(&mut desired, &ctx) {
         for d in diags {
             error!(error = %d, "scheduling a Backup");
         }
@@ -1083,7 +1089,7 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
     let (s, token) = (shared.clone(), stop.clone());
     tokio::spawn(
         async move {
-            use crate::systemd::UnitEngine;
+            use crate::engine::systemd::UnitEngine;
             // systemd may not have answered yet (the passes keep connecting); where it is not
             // PID 1 there is nothing to watch.
             let systemd = loop {
@@ -1102,7 +1108,7 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
             };
             let mut delay = Duration::from_millis(500);
             let units = s.units_of_interest.clone();
-            let interest: crate::systemd::Interest = Arc::new(move |unit: &str| {
+            let interest: crate::engine::systemd::Interest = Arc::new(move |unit: &str| {
                 units.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(unit)
             });
             loop {
@@ -1626,7 +1632,7 @@ fn record_report(
     }
     let mut a = lock(&shared.agent);
     // Changes waiting for an update window: pass when it opens.
-    a.next_window_ms = crate::plan::window::next_deferred_open(&report.plan);
+    a.next_window_ms = crate::reconcile::plan::window::next_deferred_open(&report.plan);
     a.troubled = troubled.into_iter().collect();
     a.held = held;
     a.drained = report.plan.notes.iter().any(|n| matches!(n, Note::Drained { .. }));
@@ -1666,7 +1672,7 @@ fn wait_for_release(shared: &Shared, target: &str) {
 fn record_runs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
     let Some(set) = shared.current() else { return };
     for b in set.desired.backups.values() {
-        let h = crate::backups::health(&shared.settings.state_dir, b, apply::now_ms());
+        let h = crate::backup::run::health(&shared.settings.state_dir, b, apply::now_ms());
         shared.metrics.backup(&b.name, h.last_success_ms, h.problems().len());
     }
     for name in set.desired.timers.keys() {
@@ -1697,7 +1703,7 @@ fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationT
         token.cancel();
     }
     let token = stop.child_token();
-    let config = crate::scheduler::Config {
+    let config = crate::jobs::scheduler::Config {
         tend_bin: shared.settings.tend_bin.clone(),
         scope: shared.settings.scope.clone(),
         state_dir: shared.settings.state_dir.clone(),
@@ -1705,10 +1711,10 @@ fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationT
         timeouts: shared.settings.timeouts,
     };
     let timers: Vec<_> = set.desired.timers.values().cloned().collect();
-    if timers.iter().any(crate::scheduler::scheduled) {
-        info!(timers = timers.iter().filter(|t| crate::scheduler::scheduled(t)).count(), "scheduling Timers");
+    if timers.iter().any(crate::jobs::scheduler::scheduled) {
+        info!(timers = timers.iter().filter(|t| crate::jobs::scheduler::scheduled(t)).count(), "scheduling Timers");
     }
-    tokio::spawn(crate::scheduler::schedule(config, timers, token.clone()).instrument(info_span!("scheduler")));
+    tokio::spawn(crate::jobs::scheduler::schedule(config, timers, token.clone()).instrument(info_span!("scheduler")));
     *current = Some((key, token));
 }
 
@@ -1754,7 +1760,7 @@ struct Observation {
     desired: Desired,
     observed: Observed,
     state: state::State,
-    plan: crate::plan::Plan,
+    plan: crate::reconcile::plan::Plan,
     skipped: Vec<Engine>,
 }
 
@@ -1834,7 +1840,8 @@ impl Control for Api {
         let shared = self.0.clone();
         Box::pin(async move {
             let seen = Api::observe(&shared, true).await?;
-            let mut status: Status = crate::status::build(&seen.desired, &seen.observed, &seen.state, &seen.plan);
+            let mut status: Status =
+                crate::reconcile::status::build(&seen.desired, &seen.observed, &seen.state, &seen.plan);
             let desired = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
             status.timers =
                 crate::jobs::list(&shared.settings.state_dir, &desired, tend_specs::calendar::Timestamp::now());
@@ -1844,7 +1851,7 @@ impl Control for Api {
             status.backups = desired
                 .backups
                 .values()
-                .map(|b| crate::backups::health(&shared.settings.state_dir, b, apply::now_ms()))
+                .map(|b| crate::backup::run::health(&shared.settings.state_dir, b, apply::now_ms()))
                 .collect();
             let mut agent = shared.agent_status();
             // The banner lasts as long as one of its holds.
@@ -1915,7 +1922,7 @@ impl Control for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Container, Health, Unit};
+    use crate::reconcile::model::{Container, Health, Unit};
 
     fn container(service: &str, i: u32, state: RunState) -> Container {
         Container {

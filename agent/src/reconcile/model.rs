@@ -152,9 +152,9 @@ pub struct Maintenance {
 impl std::fmt::Display for Maintenance {
     /// `by USER since TIME: REASON`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "by {} since {}", self.user, crate::time::format_ms(self.since_ms))?;
+        write!(f, "by {} since {}", self.user, crate::support::time::format_ms(self.since_ms))?;
         if let Some(until) = self.until_ms {
-            write!(f, " until {}", crate::time::format_ms(until))?;
+            write!(f, " until {}", crate::support::time::format_ms(until))?;
         }
         if let Some(reason) = &self.reason {
             write!(f, ": {reason}")?;

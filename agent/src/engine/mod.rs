@@ -4,13 +4,16 @@
 //! Also what every engine adapter shares: how long tend waits for an engine
 //! ([`Timeouts`]) and the error of one that did not answer in time ([`NoAnswer`]).
 
+pub mod docker;
+pub mod systemd;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use tend_specs::Service;
 
-use crate::model::{Health, Observed, RunState};
+use crate::reconcile::model::{Health, Observed, RunState};
 
 /// What kind of engine failure this is, for messages and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +244,7 @@ mod tests {
             kind: EngineErrorKind::Timeout,
             source: Box::new(e),
         };
-        assert_eq!(crate::apply::chain(&e), "inspecting container web-1: Docker did not answer within 10s");
+        assert_eq!(crate::reconcile::apply::chain(&e), "inspecting container web-1: Docker did not answer within 10s");
         assert_eq!(e.kind(), "timeout");
     }
 

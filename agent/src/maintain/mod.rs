@@ -8,6 +8,8 @@
 //! selector) to lock keys, maps the planner's actions to the keys they act on, and runs the
 //! maintenance command.
 
+pub mod locks;
+
 use std::collections::BTreeSet;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -15,10 +17,10 @@ use std::time::Duration;
 use tend_specs::Desired;
 use tend_specs::service::Runtime;
 
-use crate::locks::{Exclusive, LockError};
-use crate::model::instance_name;
-use crate::output::eoutln;
-use crate::plan::Action;
+use crate::cli::output::eoutln;
+use crate::maintain::locks::{Exclusive, LockError};
+use crate::reconcile::model::instance_name;
+use crate::reconcile::plan::Action;
 
 /// Errors of `tend maintain`.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ pub enum MaintainError {
     Lock(#[from] LockError),
     /// The state directory could not record the window.
     #[error("recording the maintenance window")]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::reconcile::state::StateError),
     /// The command could not be started.
     #[error("starting `{command}`")]
     Spawn {
@@ -141,7 +143,9 @@ pub fn lock_key(action: &Action) -> Option<String> {
         | Action::Start { name, .. }
         | Action::Remove { name, .. }
         | Action::Stop { name, .. }
-        | Action::Hold { name, .. } => Some(name.strip_suffix(crate::model::NEXT_SUFFIX).unwrap_or(name).to_string()),
+        | Action::Hold { name, .. } => {
+            Some(name.strip_suffix(crate::reconcile::model::NEXT_SUFFIX).unwrap_or(name).to_string())
+        }
         Action::Rename { to, .. } => Some(to.clone()),
         Action::WriteUnit { unit, .. }
         | Action::RemoveUnit { unit }
@@ -174,10 +178,10 @@ pub fn unit_key(unit: &str) -> Option<String> {
 /// operator stops in the window is started again after it, not held as a crash — also when
 /// no pass of the agent sees the window.
 pub fn mark_stopped_on_purpose(state_dir: &std::path::Path, keys: &[String]) -> Result<(), MaintainError> {
-    let dir = crate::state::StateDir::open(state_dir)?;
+    let dir = crate::reconcile::state::StateDir::open(state_dir)?;
     let mut state = dir.load()?;
     for key in keys {
-        state.stopped_on_purpose.entry(key.clone()).or_insert(crate::state::StopCause::Maintenance);
+        state.stopped_on_purpose.entry(key.clone()).or_insert(crate::reconcile::state::StopCause::Maintenance);
     }
     Ok(dir.save(&state)?)
 }
@@ -207,7 +211,7 @@ pub async fn run_window(
             tokio::select! {
                 s = child.wait() => s,
                 () = tokio::time::sleep(window) => {
-                    eoutln!("tend maintain: the window of {} is over: stopping `{shown}`", crate::time::format_duration(window));
+                    eoutln!("tend maintain: the window of {} is over: stopping `{shown}`", crate::support::time::format_duration(window));
                     if let Some(pid) = child.id() {
                         signal(pid, rustix::process::Signal::TERM);
                     }

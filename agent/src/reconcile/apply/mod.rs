@@ -14,11 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::engine::systemd::{ActiveState, SystemdError, UnitEngine, UnitState};
 use crate::engine::{ContainerEngine, EngineError, Probe};
-use crate::model::{Health, Observed, RunState, Unit, UnitActive, instance_name};
-use crate::plan::{self, Action, Input, Plan, Reason, Step};
-use crate::state::{Hold, RestartRecord, State, StateDir, StateError};
-use crate::systemd::{ActiveState, SystemdError, UnitEngine, UnitState};
+use crate::reconcile::model::{Health, Observed, RunState, Unit, UnitActive, instance_name};
+use crate::reconcile::plan::{self, Action, Input, Plan, Reason, Step};
+use crate::reconcile::state::{Hold, RestartRecord, State, StateDir, StateError};
 
 /// Errors of a pass.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum ApplyError {
     ObserveUnits(#[source] SystemdError),
     /// Reading the maintenance locks failed: nothing was planned.
     #[error("reading maintenance locks (nothing was changed)")]
-    Locks(#[source] crate::locks::LockError),
+    Locks(#[source] crate::maintain::locks::LockError),
 }
 
 /// Why a step failed.
@@ -89,7 +89,7 @@ pub enum StepError {
     },
     /// The target's lock could not be taken.
     #[error(transparent)]
-    Lock(#[from] crate::locks::LockError),
+    Lock(#[from] crate::maintain::locks::LockError),
     /// tend is stopping: the wait was given up.
     #[error("tend is stopping")]
     Cancelled,
@@ -215,7 +215,7 @@ fn next_names_due(desired: &Desired, observed: &Observed) -> BTreeSet<String> {
     for s in desired.docker_services().filter(|s| s.spec.rollout.order == RolloutOrder::StartFirst) {
         let image_id = s.spec.image.as_deref().and_then(|i| observed.images.get(&plan::normalize_image(i)));
         for c in observed.containers.iter().filter(|c| c.service == s.name && c.instance >= 1) {
-            let next = format!("{}{}", instance_name(&s.name, c.instance), crate::model::NEXT_SUFFIX);
+            let next = format!("{}{}", instance_name(&s.name, c.instance), crate::reconcile::model::NEXT_SUFFIX);
             let outdated = c.hash != s.hash || image_id.is_some_and(|id| *id != c.image_id && !c.image_id.is_empty());
             if c.name == instance_name(&s.name, c.instance) && outdated && !owned.contains(next.as_str()) {
                 due.insert(next);
@@ -294,11 +294,11 @@ pub async fn observe_units<U: UnitEngine>(
 /// backup quiescing it), and the targets of an interrupted backup that could not be started
 /// again. A mark goes once its target runs again.
 fn mark_stopped_on_purpose(state: &mut State, observed: &Observed, state_dir: &std::path::Path) {
-    use crate::state::StopCause;
+    use crate::reconcile::state::StopCause;
     for key in observed.maintenance.keys() {
         state.stopped_on_purpose.entry(key.clone()).or_insert(StopCause::Maintenance);
     }
-    for (_, journal) in crate::quiesce::interrupted(state_dir) {
+    for (_, journal) in crate::backup::quiesce::interrupted(state_dir) {
         for target in journal.targets() {
             let name = target.split_once(':').map_or(target, |(_, n)| n);
             state.stopped_on_purpose.insert(name.to_string(), StopCause::Backup);
@@ -308,16 +308,16 @@ fn mark_stopped_on_purpose(state: &mut State, observed: &Observed, state_dir: &s
 
 /// The targets operators hold for maintenance now (`tend maintain`), by lock key.
 pub fn observe_maintenance(
-    locks: &crate::locks::LockDir,
-) -> Result<BTreeMap<String, crate::model::Maintenance>, ApplyError> {
+    locks: &crate::maintain::locks::LockDir,
+) -> Result<BTreeMap<String, crate::reconcile::model::Maintenance>, ApplyError> {
     // Non-blocking lock attempts on a handful of small files: no need for a blocking thread.
     let held = locks.list().map_err(ApplyError::Locks)?;
     Ok(held.into_iter().map(|(key, h)| (key, maintenance_of(h))).collect())
 }
 
 /// The planner's view of a lock holder.
-pub fn maintenance_of(h: crate::locks::Holder) -> crate::model::Maintenance {
-    crate::model::Maintenance { user: h.user, since_ms: h.since_ms, until_ms: h.until_ms, reason: h.reason }
+pub fn maintenance_of(h: crate::maintain::locks::Holder) -> crate::reconcile::model::Maintenance {
+    crate::reconcile::model::Maintenance { user: h.user, since_ms: h.since_ms, until_ms: h.until_ms, reason: h.reason }
 }
 
 /// Observes every engine the pass has. Docker is observed when it is there (and must be
@@ -388,7 +388,7 @@ pub struct Options {
     pub ignore_windows: bool,
     /// The maintenance lock directory: targets an operator holds are observed and left
     /// alone, and each step holds its target's lock (shared) while it acts.
-    pub locks: crate::locks::LockDir,
+    pub locks: crate::maintain::locks::LockDir,
 }
 
 /// Where tend writes unit files and their environment files, and what their jobs run.
@@ -413,8 +413,8 @@ pub struct UnitsConfig {
 
 impl UnitsConfig {
     /// The rendering context.
-    pub fn ctx(&self) -> crate::units::Context<'_> {
-        crate::units::Context {
+    pub fn ctx(&self) -> crate::reconcile::unit_files::Context<'_> {
+        crate::reconcile::unit_files::Context {
             scope: &self.scope,
             tend_bin: &self.tend_bin,
             state_dir: &self.state_dir,
@@ -449,7 +449,7 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
         // A backup or restore killed while its services were stopped: they are started
         // again first, so the host is as it was before that run.
         let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
-        for (backup, r) in crate::quiesce::recover(docker, systemd, Some(&desired), state_dir.path()).await {
+        for (backup, r) in crate::backup::quiesce::recover(docker, systemd, Some(&desired), state_dir.path()).await {
             match r {
                 Ok(()) => info!(%backup, "started again the services an interrupted backup had stopped"),
                 Err(e) => warn!(%backup, error = %chain(&e), "the services an interrupted backup had stopped are not all back"),
@@ -673,7 +673,7 @@ pub async fn execute<E: ContainerEngine, U: UnitEngine>(
     let slots = options.parallel.max(1);
     // Every step's error is shown, logged and recorded through it: an engine may echo a
     // request, secrets and all.
-    let redactor = Arc::new(crate::secrets::Redactor::of_desired(&desired));
+    let redactor = Arc::new(crate::support::redact::Redactor::of_desired(&desired));
     loop {
         let mut again = true;
         while again {
@@ -761,7 +761,7 @@ fn run_one<E: ContainerEngine, U: UnitEngine>(
     options: Options,
     step: Step,
     started: Instant,
-    redactor: Arc<crate::secrets::Redactor>,
+    redactor: Arc<crate::support::redact::Redactor>,
 ) -> impl Future<Output = Event> + Send + 'static {
     let span = step_span(&step);
     async move {
@@ -803,12 +803,15 @@ fn run_one<E: ContainerEngine, U: UnitEngine>(
 
 /// Takes the shared lock of the target `action` acts on, for as long as the guard lives;
 /// fails when an operator holds it. Steps that act on no single target take none.
-fn lock_target(locks: &crate::locks::LockDir, action: &Action) -> Result<Option<crate::locks::SharedGuard>, StepError> {
+fn lock_target(
+    locks: &crate::maintain::locks::LockDir,
+    action: &Action,
+) -> Result<Option<crate::maintain::locks::SharedGuard>, StepError> {
     let Some(key) = crate::maintain::lock_key(action) else { return Ok(None) };
     // A non-blocking attempt: no need for a blocking thread.
     match locks.try_shared(&key)? {
-        crate::locks::Shared::Taken(guard) => Ok(Some(guard)),
-        crate::locks::Shared::Maintenance(holder) => {
+        crate::maintain::locks::Shared::Taken(guard) => Ok(Some(guard)),
+        crate::maintain::locks::Shared::Maintenance(holder) => {
             Err(StepError::Maintenance { target: key, holder: holder.describe() })
         }
     }
@@ -819,10 +822,12 @@ fn lock_target(locks: &crate::locks::LockDir, action: &Action) -> Result<Option<
 /// can go once the step is done.
 fn gone_target(desired: &Desired, action: &Action) -> Option<String> {
     let wanted = match action {
-        Action::Remove { service, instance, name, .. } if !name.ends_with(crate::model::NEXT_SUFFIX) => desired
-            .services
-            .get(service)
-            .is_some_and(|s| s.spec.runtime == tend_specs::service::Runtime::Docker && *instance <= s.spec.replicas),
+        Action::Remove { service, instance, name, .. } if !name.ends_with(crate::reconcile::model::NEXT_SUFFIX) => {
+            desired
+                .services
+                .get(service)
+                .is_some_and(|s| s.spec.runtime == tend_specs::service::Runtime::Docker && *instance <= s.spec.replicas)
+        }
         Action::RemoveUnit { unit } => wanted_units(desired).contains(unit),
         _ => return None,
     };
@@ -832,7 +837,7 @@ fn gone_target(desired: &Desired, action: &Action) -> Option<String> {
 /// Removes the lock file of a target that is gone, unless someone holds it (best effort:
 /// a lock file left behind costs nothing but a directory entry; the lock directory is a
 /// tmpfs emptied at boot).
-fn remove_lock_file(locks: &crate::locks::LockDir, key: &str) {
+fn remove_lock_file(locks: &crate::maintain::locks::LockDir, key: &str) {
     match locks.remove_if_free(key) {
         Ok(true) => tracing::debug!(target = key, "removed the lock file of a target that is gone"),
         Ok(false) => {}
@@ -982,9 +987,9 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
         Action::WriteUnit { unit, owner } => {
             let ctx = options.units.ctx();
             let rendered = if let Some(s) = desired.services.get(owner) {
-                crate::units::render_service(&ctx, s)
+                crate::reconcile::unit_files::render_service(&ctx, s)
             } else if let Some(t) = desired.timers.get(owner) {
-                crate::units::render_timer(&ctx, t)
+                crate::reconcile::unit_files::render_timer(&ctx, t)
             } else {
                 return Err(StepError::NoSpec(owner.clone()));
             };
@@ -1123,8 +1128,9 @@ pub async fn await_ready<E: ContainerEngine>(
     name: &str,
     service: &tend_specs::Service,
 ) -> Result<(), StepError> {
-    let timeout = Duration::from_millis(crate::plan::ready_timeout_ms(service));
-    await_condition(engine, "", &service.name, Some(name), crate::plan::ready_condition(service), timeout).await
+    let timeout = Duration::from_millis(crate::reconcile::plan::ready_timeout_ms(service));
+    await_condition(engine, "", &service.name, Some(name), crate::reconcile::plan::ready_condition(service), timeout)
+        .await
 }
 
 async fn await_condition<E: ContainerEngine>(

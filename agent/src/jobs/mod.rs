@@ -12,6 +12,8 @@
 //!   logs;
 //! - `history.lock`: an flock serializing changes to `history.jsonl` and `running.json`.
 
+pub mod scheduler;
+
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -28,7 +30,7 @@ use tend_specs::timer::{Concurrency, JobRuntime};
 use tend_specs::{Desired, Env, Timer};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::docker::DockerEngine;
+use crate::engine::docker::DockerEngine;
 use crate::engine::{ContainerEngine, EngineError};
 
 /// Label: the run a job's container belongs to.
@@ -166,7 +168,7 @@ pub struct Running {
 
 impl fmt::Display for Running {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "run {} (tend pid {}) since {}", self.run, self.pid, crate::time::format_ms(self.start_ms))
+        write!(f, "run {} (tend pid {}) since {}", self.run, self.pid, crate::support::time::format_ms(self.start_ms))
     }
 }
 
@@ -353,7 +355,7 @@ fn now_ms() -> u64 {
 pub fn run_id(start_ms: u64, pid: u32) -> String {
     let secs = start_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = crate::time::civil_from_days(days as i64);
+    let (y, m, d) = crate::support::time::civil_from_days(days as i64);
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:03}-{pid}", rem / 3600, rem % 3600 / 60, rem % 60, start_ms % 1000)
 }
 
@@ -899,7 +901,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
         timer.name,
         timer.spec.job.runtime,
         options.trigger,
-        crate::time::format_ms(start_ms)
+        crate::support::time::format_ms(start_ms)
     ));
     let ended = match Stops::new(timer.spec.timeout.map(|t| t.get())) {
         Ok(mut stops) => match timer.spec.job.runtime {
@@ -914,7 +916,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
         Err(e) => {
             record.result = RunResult::Error;
             // Docker's error may echo the container's request, the job's secrets with it.
-            record.detail = Some(crate::secrets::Redactor::of_envs([&timer.env]).redact(&error_chain(&e)));
+            record.detail = Some(crate::support::redact::Redactor::of_envs([&timer.env]).redact(&error_chain(&e)));
         }
         Ok(ended) => {
             record.exit_code = ended.exit_code;

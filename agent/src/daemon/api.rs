@@ -238,7 +238,7 @@ pub trait Control: Send + Sync + 'static {
     fn release(&self, name: String) -> Reply;
     /// `GET /v1/jobs?name=X&limit=N`: job history, of one job or all, newest first.
     fn jobs(&self, name: Option<String>, limit: Option<usize>) -> Reply;
-    /// `GET /metrics`: the metrics in the format of [`crate::metrics::Metrics::encode`].
+    /// `GET /metrics`: the metrics in the format of [`crate::daemon::metrics::Metrics::encode`].
     fn metrics(&self) -> String;
 }
 
@@ -543,7 +543,7 @@ async fn respond(req: Request<Incoming>, control: Arc<dyn Control>, endpoints: E
     let reply = match route {
         Route::Metrics => {
             return Response::builder()
-                .header(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .header(CONTENT_TYPE, crate::daemon::metrics::CONTENT_TYPE)
                 .body(Body::from(control.metrics()))
                 .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "building the response".into()));
         }

@@ -48,24 +48,24 @@ pub fn stdout_error() -> Option<std::io::Error> {
 
 /// `print!` that survives a closed stdout.
 macro_rules! out {
-    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::cli::output::write_stdout(format_args!($($arg)*)) };
 }
 
 /// `println!` that survives a closed stdout.
 macro_rules! outln {
-    () => { $crate::output::write_stdout(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+    () => { $crate::cli::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
 /// `eprint!` that survives a closed stderr.
 macro_rules! eout {
-    ($($arg:tt)*) => { $crate::output::write_stderr(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::cli::output::write_stderr(format_args!($($arg)*)) };
 }
 
 /// `eprintln!` that survives a closed stderr.
 macro_rules! eoutln {
-    () => { $crate::output::write_stderr(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*))) };
+    () => { $crate::cli::output::write_stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::output::write_stderr(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
 pub(crate) use {eout, eoutln, out, outln};

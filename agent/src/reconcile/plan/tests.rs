@@ -7,8 +7,8 @@ use tend_specs::Desired;
 use tend_specs::service::{Condition, RestartPolicy};
 
 use super::*;
-use crate::model::{Container, Health, Network, Observed, RunState};
-use crate::state::{Hold, RestartRecord, State};
+use crate::reconcile::model::{Container, Health, Network, Observed, RunState};
+use crate::reconcile::state::{Hold, RestartRecord, State};
 
 const NOW: u64 = 1_000_000_000;
 
@@ -40,7 +40,7 @@ fn live(d: &Desired, service: &str, instance: u32, state: RunState) -> Container
     let s = &d.services[service];
     Container {
         id: format!("id-{service}-{instance}"),
-        name: crate::model::instance_name(service, instance),
+        name: crate::reconcile::model::instance_name(service, instance),
         service: service.to_string(),
         instance,
         hash: s.hash.clone(),
@@ -82,8 +82,12 @@ fn show(p: &Plan) -> Vec<String> {
     p.steps
         .iter()
         .map(|s| {
-            let mut line =
-                format!("{} {} ({})", crate::apply::action_name(&s.action), crate::apply::target(&s.action), s.reason);
+            let mut line = format!(
+                "{} {} ({})",
+                crate::reconcile::apply::action_name(&s.action),
+                crate::reconcile::apply::target(&s.action),
+                s.reason
+            );
             if !s.after.is_empty() {
                 line.push_str(&format!(" after {:?}", s.after));
             }
@@ -501,7 +505,7 @@ fn a_released_hold_starts_its_stopped_instance_again() {
 
 #[test]
 fn an_instance_stopped_on_purpose_is_started_again_not_held() {
-    use crate::state::StopCause;
+    use crate::reconcile::state::StopCause;
     let d = desired(&[svc("a", "restart: {policy: hold}"), svc("b", "restart: {policy: never}")].concat());
     let exited = |name: &str| {
         let mut c = live(&d, name, 1, RunState::Exited);
@@ -538,7 +542,7 @@ fn an_instance_stopped_on_purpose_is_started_again_not_held() {
     let mut o = o.clone();
     o.maintenance.insert(
         "a-1".into(),
-        crate::model::Maintenance { user: "op".into(), since_ms: 1, until_ms: None, reason: None },
+        crate::reconcile::model::Maintenance { user: "op".into(), since_ms: 1, until_ms: None, reason: None },
     );
     assert!(run(&d, &o, &st).steps.is_empty());
 }
@@ -590,15 +594,15 @@ fn a_docker_service_turned_systemd_has_its_containers_removed() {
 
 // ---- systemd units ---------------------------------------------------------------------
 
-use crate::model::{Unit, UnitActive};
+use crate::reconcile::model::{Unit, UnitActive};
 
 fn unit_ctx() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     ("/usr/local/bin/tend".into(), "/var/lib/tend".into(), "/etc/tend/env".into())
 }
 
-fn with_units<R>(f: impl FnOnce(&crate::units::Context<'_>) -> R) -> R {
+fn with_units<R>(f: impl FnOnce(&crate::reconcile::unit_files::Context<'_>) -> R) -> R {
     let (bin, state, env) = unit_ctx();
-    f(&crate::units::Context {
+    f(&crate::reconcile::unit_files::Context {
         scope: "default",
         tend_bin: &bin,
         state_dir: &state,
@@ -625,8 +629,8 @@ fn live_units(d: &Desired, active: UnitActive) -> BTreeMap<String, Unit> {
         let mut out = BTreeMap::new();
         let rendered = d
             .systemd_services()
-            .map(|s| crate::units::render_service(ctx, s))
-            .chain(d.timers.values().map(|t| crate::units::render_timer(ctx, t)));
+            .map(|s| crate::reconcile::unit_files::render_service(ctx, s))
+            .chain(d.timers.values().map(|t| crate::reconcile::unit_files::render_timer(ctx, t)));
         for r in rendered {
             for u in r.units {
                 let runs = !u.content.contains("Type=oneshot");
@@ -851,8 +855,8 @@ fn a_systemd_service_starts_its_new_version_only_after_its_hook() {
 
 // ---- maintenance locks -------------------------------------------------------------------
 
-fn window() -> crate::model::Maintenance {
-    crate::model::Maintenance {
+fn window() -> crate::reconcile::model::Maintenance {
+    crate::reconcile::model::Maintenance {
         user: "ops".into(),
         since_ms: NOW - 60_000,
         until_ms: None,
@@ -887,7 +891,7 @@ fn an_instance_under_maintenance_is_never_started_recreated_or_removed() {
         run(&Desired::default(), &o, &State::default())
             .steps
             .iter()
-            .all(|s| crate::apply::target(&s.action) != "web-2")
+            .all(|s| crate::reconcile::apply::target(&s.action) != "web-2")
     );
 }
 
@@ -930,7 +934,7 @@ fn a_systemd_service_or_timer_under_maintenance_is_left_alone() {
 
 fn drained() -> State {
     State {
-        drain: Some(crate::state::Drain {
+        drain: Some(crate::reconcile::state::Drain {
             reason: Some("kernel update".into()),
             since_ms: NOW - 5_000,
             user: "ops".into(),
@@ -1001,7 +1005,7 @@ fn a_drained_node_leaves_held_and_maintained_instances_alone_and_stops_removed_s
     let mut o = observed(&d, cs);
     o.maintenance.insert(
         "web-2".into(),
-        crate::model::Maintenance { user: "ops".into(), since_ms: NOW, until_ms: None, reason: None },
+        crate::reconcile::model::Maintenance { user: "ops".into(), since_ms: NOW, until_ms: None, reason: None },
     );
     let mut st = drained();
     st.holds.insert(
@@ -1116,11 +1120,11 @@ fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
         ],
         ..Plan::default()
     };
-    let done = |ids: &[usize]| -> BTreeMap<usize, crate::apply::Outcome> {
-        ids.iter().map(|i| (*i, crate::apply::Outcome::Done { ms: 1 })).collect()
+    let done = |ids: &[usize]| -> BTreeMap<usize, crate::reconcile::apply::Outcome> {
+        ids.iter().map(|i| (*i, crate::reconcile::apply::Outcome::Done { ms: 1 })).collect()
     };
     let mut st = drained();
-    assert!(crate::apply::record(&mut st, &plan, &done(&[1, 2, 3]), NOW));
+    assert!(crate::reconcile::apply::record(&mut st, &plan, &done(&[1, 2, 3]), NOW));
     assert_eq!(st.stopped_by_drain, ["api.service", "web-1"].map(String::from).into());
     let start = Action::Start { service: "web".into(), instance: 1, name: "web-1".into(), id: "c1".into() };
     let plan = Plan {
@@ -1130,7 +1134,7 @@ fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
         ],
         ..Plan::default()
     };
-    assert!(crate::apply::record(&mut st, &plan, &done(&[1, 2]), NOW));
+    assert!(crate::reconcile::apply::record(&mut st, &plan, &done(&[1, 2]), NOW));
     assert!(st.stopped_by_drain.is_empty());
     assert!(st.restarts.is_empty(), "an undrain start is no crash restart: {:?}", st.restarts);
 }
@@ -1138,20 +1142,20 @@ fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
 #[test]
 fn drain_is_recorded_once_and_undrain_lifts_it() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let first = crate::state::Drain { reason: Some("disk".into()), since_ms: 7, user: "ann".into() };
-    let (now, already) = crate::state::drain(tmp.path(), first.clone()).expect("drain");
+    let first = crate::reconcile::state::Drain { reason: Some("disk".into()), since_ms: 7, user: "ann".into() };
+    let (now, already) = crate::reconcile::state::drain(tmp.path(), first.clone()).expect("drain");
     assert_eq!((now, already), (first.clone(), false));
     // Drained again: the first drain stays (who and since), a new reason replaces the old.
-    let again = crate::state::Drain { reason: None, since_ms: 9, user: "bob".into() };
-    assert_eq!(crate::state::drain(tmp.path(), again).expect("drain"), (first.clone(), true));
-    let again = crate::state::Drain { reason: Some("kernel".into()), since_ms: 9, user: "bob".into() };
-    let (now, _) = crate::state::drain(tmp.path(), again).expect("drain");
+    let again = crate::reconcile::state::Drain { reason: None, since_ms: 9, user: "bob".into() };
+    assert_eq!(crate::reconcile::state::drain(tmp.path(), again).expect("drain"), (first.clone(), true));
+    let again = crate::reconcile::state::Drain { reason: Some("kernel".into()), since_ms: 9, user: "bob".into() };
+    let (now, _) = crate::reconcile::state::drain(tmp.path(), again).expect("drain");
     assert_eq!((now.user.as_str(), now.since_ms, now.reason.as_deref()), ("ann", 7, Some("kernel")));
     let json = std::fs::read_to_string(tmp.path().join("state.json")).expect("state file");
     assert!(json.contains(r#""drain""#) && !json.contains("stopped_by_drain"), "{json}");
-    assert_eq!(crate::state::undrain(tmp.path()).expect("undrain").map(|d| d.user), Some("ann".into()));
-    assert_eq!(crate::state::undrain(tmp.path()).expect("undrain"), None);
-    assert_eq!(crate::state::read_state(tmp.path()).expect("read").drain, None);
+    assert_eq!(crate::reconcile::state::undrain(tmp.path()).expect("undrain").map(|d| d.user), Some("ann".into()));
+    assert_eq!(crate::reconcile::state::undrain(tmp.path()).expect("undrain"), None);
+    assert_eq!(crate::reconcile::state::read_state(tmp.path()).expect("read").drain, None);
 }
 
 // ---- update windows ----------------------------------------------------------------------

@@ -13,8 +13,8 @@ use tend_specs::Desired;
 use tend_specs::service::Runtime;
 
 use super::{Action, Builder, Input, Note, Plan, Reason};
-use crate::model::{Container, RunState, Unit, UnitActive, instance_name};
-use crate::state::Drain;
+use crate::reconcile::model::{Container, RunState, Unit, UnitActive, instance_name};
+use crate::reconcile::state::Drain;
 
 /// The plan of a drained node: stop steps only, and a [`Note::Drained`] that says why
 /// nothing starts.
@@ -118,8 +118,8 @@ pub(super) fn plan_drained(input: Input<'_>, drain: &Drain) -> Plan {
 /// Plans the stop of one container when it runs; returns the step's number.
 fn stop_container(
     b: &mut Builder,
-    state: &crate::state::State,
-    observed: &crate::model::Observed,
+    state: &crate::reconcile::state::State,
+    observed: &crate::reconcile::model::Observed,
     c: &Container,
     stop_timeout_s: Option<u64>,
     after: &[usize],
@@ -155,8 +155,8 @@ fn stop_container(
 /// Plans the stop of a systemd service's unit when it runs; returns the step's number.
 fn stop_unit(
     b: &mut Builder,
-    state: &crate::state::State,
-    observed: &crate::model::Observed,
+    state: &crate::reconcile::state::State,
+    observed: &crate::reconcile::model::Observed,
     unit: Option<&Unit>,
     service: &str,
     after: &[usize],
@@ -198,7 +198,7 @@ fn runs(u: &Unit) -> bool {
 /// Whether `u` is a Timer's job unit (started by its timer or `tend job run`, never by a
 /// pass): a run in progress is left to finish.
 fn is_job(u: &Unit) -> bool {
-    u.content.lines().any(|l| l == format!("X-Tend-Kind={}", crate::units::KIND_TIMER_JOB))
+    u.content.lines().any(|l| l == format!("X-Tend-Kind={}", crate::reconcile::unit_files::KIND_TIMER_JOB))
 }
 
 /// Service name → the services that depend on it.

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tend_specs::Desired;
 
-use crate::model::{Health, Observed, instance_name};
-use crate::plan::{Note, Plan};
-use crate::state::State;
+use crate::reconcile::model::{Health, Observed, instance_name};
+use crate::reconcile::plan::{Note, Plan};
+use crate::reconcile::state::State;
 
 /// The agent's part of `tend status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -106,7 +106,7 @@ pub struct InstanceStatus {
     pub held: bool,
     /// An operator's maintenance window on it (`tend maintain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance: Option<crate::model::Maintenance>,
+    pub maintenance: Option<crate::reconcile::model::Maintenance>,
 }
 
 /// One service in `tend status`.
@@ -135,7 +135,7 @@ pub struct UnitStatus {
     pub held: bool,
     /// An operator's maintenance window on it (`tend maintain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance: Option<crate::model::Maintenance>,
+    pub maintenance: Option<crate::reconcile::model::Maintenance>,
 }
 
 /// The whole `tend status`.
@@ -157,10 +157,10 @@ pub struct Status {
     pub notes: Vec<Note>,
     /// The node's drain (`tend drain`), when it is drained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain: Option<crate::state::Drain>,
+    pub drain: Option<crate::reconcile::state::Drain>,
     /// Backups: last success, missed schedules, shrinking archives, leftovers, free space.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backups: Vec<crate::backups::Health>,
+    pub backups: Vec<crate::backup::run::Health>,
     /// The running agent's own state (absent from a stand-alone `tend status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
@@ -168,7 +168,7 @@ pub struct Status {
 
 /// The status of the host against `desired`, from one observation and the plan made from it.
 pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) -> Status {
-    let mut by_service: BTreeMap<&str, Vec<&crate::model::Container>> = BTreeMap::new();
+    let mut by_service: BTreeMap<&str, Vec<&crate::reconcile::model::Container>> = BTreeMap::new();
     for c in &observed.containers {
         by_service.entry(c.service.as_str()).or_default().push(c);
     }

@@ -31,11 +31,11 @@ use tend_specs::service::{MountSource, PortMapping};
 use tend_specs::{Env, Service};
 
 use crate::engine::{self, ContainerEngine, EngineError, EngineErrorKind, Probe, Timeouts};
-use crate::model::{
+use crate::reconcile::model::{
     Container, Health, LABEL_FIELDS, LABEL_HASH, LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_SCOPE, Network,
     Observed, RunState, encode_fields,
 };
-use crate::secrets::Redactor;
+use crate::support::redact::Redactor;
 
 /// The engine's name in messages.
 const DOCKER: &str = "Docker";
@@ -295,7 +295,7 @@ impl DockerEngine {
     async fn observe_images(&self, images: &BTreeSet<String>) -> Result<BTreeMap<String, String>, EngineError> {
         let lookups = images.iter().map(|image| async move {
             match self.answer("inspecting image", image, self.timeouts.call, self.docker.inspect_image(image)).await? {
-                Ok(info) => Ok(info.id.map(|id| (crate::plan::normalize_image(image), id))),
+                Ok(info) => Ok(info.id.map(|id| (crate::reconcile::plan::normalize_image(image), id))),
                 Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(None),
                 Err(e) => Err(err("inspecting image", image.clone())(e)),
             }
@@ -361,7 +361,7 @@ fn to_container(c: ContainerSummary) -> Container {
         service: labels.get(LABEL_NAME).cloned().unwrap_or_default(),
         instance: labels.get(LABEL_INSTANCE).and_then(|i| i.parse().ok()).unwrap_or(0),
         hash: labels.get(LABEL_HASH).cloned().unwrap_or_default(),
-        fields: labels.get(LABEL_FIELDS).map(|f| crate::model::decode_fields(f)).unwrap_or_default(),
+        fields: labels.get(LABEL_FIELDS).map(|f| crate::reconcile::model::decode_fields(f)).unwrap_or_default(),
         image_id: c.image_id.unwrap_or_default(),
         health: parse_health(&status),
         exit_code: if matches!(state, RunState::Exited | RunState::Dead) { parse_exit_code(&status) } else { None },
@@ -806,7 +806,7 @@ impl DockerEngine {
     }
 }
 
-/// Restore drills of exec sources (`crate::backups::drill`): a scratch container made from a
+/// Restore drills of exec sources (`crate::backup::run::drill`): a scratch container made from a
 /// service's image, labelled `tend.kind=drill` and `tend.name=BACKUP` so passes never take it
 /// for an instance, with no ports, no mounts and no network, removed with its anonymous
 /// volumes after the check.
@@ -963,7 +963,7 @@ mod tests {
         let chain = |r: Result<(), EngineError>| {
             let e = r.expect_err("a hung daemon cannot answer");
             assert_eq!(e.kind(), "timeout", "{e:?}");
-            crate::apply::chain(&e)
+            crate::reconcile::apply::chain(&e)
         };
         let probe = engine.probe("web-1").await.map(|_| ());
         assert_eq!(chain(probe), "inspecting container web-1: Docker did not answer within 30s");

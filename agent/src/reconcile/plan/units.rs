@@ -8,9 +8,9 @@ use tend_specs::service::RestartPolicy;
 use tend_specs::{Desired, Service};
 
 use super::{Action, Builder, Note, Reason};
-use crate::model::{Unit, UnitActive};
-use crate::state::State;
-use crate::units::{self, Context};
+use crate::reconcile::model::{Unit, UnitActive};
+use crate::reconcile::state::State;
+use crate::reconcile::unit_files::{self, Context};
 
 /// What a desired unit should be.
 struct Want {
@@ -32,7 +32,7 @@ fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
     let mut out = BTreeMap::new();
     for s in desired.systemd_services() {
         let enabled = s.spec.enabled.unwrap_or(true);
-        for u in units::render_service(ctx, s).units {
+        for u in unit_files::render_service(ctx, s).units {
             let want = Want {
                 owner: s.name.clone(),
                 content: u.content,
@@ -47,7 +47,7 @@ fn wanted(desired: &Desired, ctx: &Context<'_>) -> BTreeMap<String, Want> {
         }
     }
     for t in desired.timers.values() {
-        for u in units::render_timer(ctx, t).units {
+        for u in unit_files::render_timer(ctx, t).units {
             // The timer unit is enabled and started when scheduled; the job's service unit is
             // started by the timer or by hand (`tend job run`), never by apply.
             let is_timer = u.name.ends_with(".timer");
@@ -73,7 +73,7 @@ pub(super) fn plan_units(
     units: &BTreeMap<String, Unit>,
     state: &State,
     ctx: &Context<'_>,
-    maintenance: &BTreeMap<String, crate::model::Maintenance>,
+    maintenance: &BTreeMap<String, crate::reconcile::model::Maintenance>,
     windows: &BTreeMap<String, Note>,
 ) {
     let want = wanted(desired, ctx);

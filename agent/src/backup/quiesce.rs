@@ -23,9 +23,9 @@ use tend_specs::Desired;
 use tend_specs::service::Runtime;
 use tracing::{info, warn};
 
+use crate::engine::systemd::{ActiveState, SystemdError, UnitEngine};
 use crate::engine::{ContainerEngine, EngineError};
-use crate::model::{RunState, instance_name};
-use crate::systemd::{ActiveState, SystemdError, UnitEngine};
+use crate::reconcile::model::{RunState, instance_name};
 
 /// Docker's stop timeout when neither the spec nor the image sets one.
 const DOCKER_DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -269,7 +269,7 @@ pub async fn quiesce<E: ContainerEngine, U: UnitEngine>(
     let mut journal = Journal {
         backup: backup.to_string(),
         pid: std::process::id(),
-        started_ms: crate::apply::now_ms(),
+        started_ms: crate::reconcile::apply::now_ms(),
         ..Default::default()
     };
     write_journal(journal_file, &journal)?;
@@ -490,21 +490,23 @@ async fn start_target<E: ContainerEngine, U: UnitEngine>(
     desired: Option<&Desired>,
     target: &str,
 ) -> Result<(), Resumed> {
-    let chain = |e: &dyn std::error::Error| crate::apply::chain(e);
+    let chain = |e: &dyn std::error::Error| crate::reconcile::apply::chain(e);
     match Target::parse(target) {
         Some(Target::Container(c)) => {
             let d = docker.ok_or_else(|| Resumed::NotStarted("Docker is not available".into()))?;
             d.start(&c, &c).await.map_err(|e| Resumed::NotStarted(chain(&e)))?;
             let service = c.rsplit_once('-').and_then(|(s, _)| desired?.services.get(s));
             match service {
-                Some(s) => crate::apply::await_ready(d, &c, s).await.map_err(|e| Resumed::NotReady(chain(&e))),
+                Some(s) => {
+                    crate::reconcile::apply::await_ready(d, &c, s).await.map_err(|e| Resumed::NotReady(chain(&e)))
+                }
                 None => Ok(()),
             }
         }
         Some(Target::Unit(u)) => {
             let s = systemd.ok_or_else(|| Resumed::NotStarted("systemd is not available".into()))?;
             match s.start(&u).await.map_err(|e| Resumed::NotStarted(chain(&e)))? {
-                crate::systemd::JobResult::Done => Ok(()),
+                crate::engine::systemd::JobResult::Done => Ok(()),
                 other => Err(Resumed::NotStarted(format!("its start job ended: {other:?}"))),
             }
         }

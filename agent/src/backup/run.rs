@@ -16,15 +16,15 @@ use tend_specs::calendar::Zoned;
 use tend_specs::desired::Backup;
 use tracing::{info, warn};
 
-use crate::apply::{Engines, chain, now_ms};
 use crate::backup::archive::{self, ArchiveError, ArchiveWriter, WriteOptions};
 use crate::backup::catalog::{self, CatalogError, EntryState, Manifest};
+use crate::backup::quiesce::{self, QuiesceError};
 use crate::backup::retention;
-use crate::docker::DockerEngine;
-use crate::locks::{Exclusive, Holder, LockDir, LockError};
-use crate::model::instance_name;
-use crate::quiesce::{self, QuiesceError};
-use crate::systemd::SystemdEngine;
+use crate::engine::docker::DockerEngine;
+use crate::engine::systemd::SystemdEngine;
+use crate::maintain::locks::{Exclusive, Holder, LockDir, LockError};
+use crate::reconcile::apply::{Engines, chain, now_ms};
+use crate::reconcile::model::instance_name;
 
 /// Errors of backups and restores.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +167,7 @@ pub fn lock_keys(desired: &Desired, backup: &Backup) -> Vec<String> {
 }
 
 fn take_locks(ctx: &Context, desired: &Desired, backup: &Backup, what: &str) -> Result<Exclusive, BackupError> {
-    let (user, uid) = crate::locks::current_user();
+    let (user, uid) = crate::maintain::locks::current_user();
     let holder = Holder {
         user: format!("{user} (tend {what} {})", backup.name),
         uid,
@@ -273,7 +273,7 @@ pub async fn run(
     catalog::write_manifest(&final_path, &manifest)?;
     info!(backup = name, archive = %final_path.display(), bytes, "archive written");
     if let Some(reason) = &ctx.keep {
-        let (user, _) = crate::locks::current_user();
+        let (user, _) = crate::maintain::locks::current_user();
         catalog::pin(&final_path, &catalog::Pin { since_ms: now_ms(), user, reason: Some(reason.clone()) })?;
     }
     drop(locks);
@@ -708,7 +708,7 @@ pub fn pin_archive(backup: &Backup, given: &str, reason: Option<String>) -> Resu
     if catalog::is_pinned(&entry.path) {
         return Ok(entry.path);
     }
-    let (user, _) = crate::locks::current_user();
+    let (user, _) = crate::maintain::locks::current_user();
     catalog::pin(&entry.path, &catalog::Pin { since_ms: now_ms(), user, reason })?;
     info!(archive = %entry.path.display(), "pinned");
     Ok(entry.path)
@@ -1575,7 +1575,9 @@ async fn exec_drill(
     let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await.map_err(engine_err)?;
     info!(backup = %backup.name, container = %name, "scratch container started for the drill");
     let result = async {
-        crate::apply::await_ready(docker, &name, service).await.map_err(|e| BackupError::Engine(chain(&e)))?;
+        crate::reconcile::apply::await_ready(docker, &name, service)
+            .await
+            .map_err(|e| BackupError::Engine(chain(&e)))?;
         let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha, None).await?;
         if code != 0 {
             return Err(BackupError::Command {
