@@ -266,13 +266,13 @@ fn inner_hung_bus() {
         // A hung bus: it accepts connections and reads nothing.
         signal_bus("STOP");
         let e = engine.states(&unit).await.expect_err("a stopped bus does not answer");
-        let chain = tend::reconcile::apply::chain(&e);
+        let chain = tend::support::chain(&e);
         signal_bus("CONT");
         assert_eq!(e.kind(), "timeout", "{chain}");
         assert_eq!(chain, "listing units dbus.service: systemd did not answer within 2s");
         signal_bus("STOP");
         let e = SystemdEngine::connect(timeouts).await.map(|_| ()).expect_err("no connection to a stopped bus");
-        let chain = tend::reconcile::apply::chain(&e);
+        let chain = tend::support::chain(&e);
         signal_bus("CONT");
         assert_eq!(e.kind(), "timeout", "{chain}");
         assert_eq!(

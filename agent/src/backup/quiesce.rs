@@ -269,7 +269,7 @@ pub async fn quiesce<E: ContainerEngine, U: UnitEngine>(
     let mut journal = Journal {
         backup: backup.to_string(),
         pid: std::process::id(),
-        started_ms: crate::reconcile::apply::now_ms(),
+        started_ms: crate::support::now_ms(),
         ..Default::default()
     };
     write_journal(journal_file, &journal)?;
@@ -490,7 +490,7 @@ async fn start_target<E: ContainerEngine, U: UnitEngine>(
     desired: Option<&Desired>,
     target: &str,
 ) -> Result<(), Resumed> {
-    let chain = |e: &dyn std::error::Error| crate::reconcile::apply::chain(e);
+    let chain = |e: &dyn std::error::Error| crate::support::chain(e);
     match Target::parse(target) {
         Some(Target::Container(c)) => {
             let d = docker.ok_or_else(|| Resumed::NotStarted("Docker is not available".into()))?;
@@ -498,7 +498,7 @@ async fn start_target<E: ContainerEngine, U: UnitEngine>(
             let service = c.rsplit_once('-').and_then(|(s, _)| desired?.services.get(s));
             match service {
                 Some(s) => {
-                    crate::reconcile::apply::await_ready(d, &c, s).await.map_err(|e| Resumed::NotReady(chain(&e)))
+                    crate::reconcile::execute::await_ready(d, &c, s).await.map_err(|e| Resumed::NotReady(chain(&e)))
                 }
                 None => Ok(()),
             }
@@ -550,6 +550,28 @@ pub async fn recover<E: ContainerEngine, U: UnitEngine>(
         out.push((journal.backup.clone(), r));
     }
     out
+}
+
+/// Before a pass: starts again the services of every interrupted run ([`recover`]),
+/// saying how it went, and returns the targets still stopped (their exits are not crashes).
+pub async fn recover_before_pass<E: ContainerEngine, U: UnitEngine>(
+    engines: &crate::engine::Engines<E, U>,
+    desired: &Desired,
+    state_dir: &Path,
+) -> BTreeSet<String> {
+    let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
+    for (backup, r) in recover(docker, systemd, Some(desired), state_dir).await {
+        match r {
+            Ok(()) => info!(%backup, "started again the services an interrupted backup had stopped"),
+            Err(e) => {
+                warn!(%backup, error = %crate::support::chain(&e), "the services an interrupted backup had stopped are not all back")
+            }
+        }
+    }
+    interrupted(state_dir)
+        .iter()
+        .flat_map(|(_, j)| j.targets().map(|t| t.split_once(':').map_or(t, |(_, n)| n).to_string()).collect::<Vec<_>>())
+        .collect()
 }
 
 #[cfg(test)]

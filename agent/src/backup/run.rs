@@ -20,11 +20,12 @@ use crate::backup::archive::{self, ArchiveError, ArchiveWriter, WriteOptions};
 use crate::backup::catalog::{self, CatalogError, EntryState, Manifest};
 use crate::backup::quiesce::{self, QuiesceError};
 use crate::backup::retention;
+use crate::engine::Engines;
 use crate::engine::docker::DockerEngine;
 use crate::engine::systemd::SystemdEngine;
 use crate::maintain::locks::{Exclusive, Holder, LockDir, LockError};
-use crate::reconcile::apply::{Engines, chain, now_ms};
 use crate::reconcile::model::instance_name;
+use crate::support::{chain, now_ms};
 
 /// Errors of backups and restores.
 #[derive(Debug, thiserror::Error)]
@@ -1575,7 +1576,7 @@ async fn exec_drill(
     let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await.map_err(engine_err)?;
     info!(backup = %backup.name, container = %name, "scratch container started for the drill");
     let result = async {
-        crate::reconcile::apply::await_ready(docker, &name, service)
+        crate::reconcile::execute::await_ready(docker, &name, service)
             .await
             .map_err(|e| BackupError::Engine(chain(&e)))?;
         let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha, None).await?;

@@ -13,10 +13,12 @@ use serde::Serialize;
 use tend_specs::{Desired, Diagnostic};
 
 use crate::cli::output::{eout, eoutln, out, outln};
+use crate::engine::Engines;
 use crate::engine::docker::DockerEngine;
 use crate::engine::systemd::SystemdEngine;
 use crate::engine::{EngineError, EngineErrorKind, Timeouts};
-use crate::reconcile::apply::{self, ApplyError, Engines, Options, Outcome, Report};
+use crate::reconcile::apply::{self, ApplyError, Options, Report};
+use crate::reconcile::execute::Outcome;
 use crate::reconcile::plan::{self, Note, Plan};
 use crate::reconcile::state::{self, StateDir, StateError};
 use crate::reconcile::status::Status;
@@ -306,6 +308,9 @@ pub enum CliError {
     /// A pass failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Observing failed.
+    #[error(transparent)]
+    Observe(#[from] crate::reconcile::observe::ObserveError),
     /// The state directory failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -444,7 +449,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired, cli.timeouts()).await?;
-                let observed = apply::observe_all(&engines, &options, &desired).await?;
+                let observed = crate::reconcile::observe::observe_all(&engines, &options, &desired).await?;
                 if let Some(m) = crate::daemon::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
                     eoutln!(
                         "{} this plan {m}: `tend apply` refuses it without --allow-mass-removal",
@@ -464,12 +469,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let (engines, missing) = connect(&desired, cli.timeouts()).await?;
                 let options = Options { ignore_windows: *now, ..options(&cli, path, *parallel) };
                 if !allow_mass_removal {
-                    let observed = apply::observe_all(&engines, &options, &desired).await?;
+                    let observed = crate::reconcile::observe::observe_all(&engines, &options, &desired).await?;
                     if let Some(m) = crate::daemon::mass_removal(&observed, &desired, &cli.scope, MAX_REMOVAL_PERCENT) {
                         return Err(CliError::MassRemoval { specs: path.clone(), what: m });
                     }
                 }
                 let state_dir = StateDir::open(&cli.state_dir)?;
+                // A backup killed while its services were stopped: they are started again first.
+                let options = Options {
+                    stopped_by_backup: crate::backup::quiesce::recover_before_pass(&engines, &desired, &cli.state_dir)
+                        .await,
+                    ..options
+                };
                 let report = apply::apply(Arc::new(engines), desired, &state_dir, &options).await?;
                 match output {
                     Output::Json => print_json(&report)?,
@@ -505,7 +516,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             runtime()?.block_on(async {
                 let options = options(&cli, path, 1);
                 let (engines, missing) = connect(&desired, cli.timeouts()).await?;
-                let observed = apply::observe_all(&engines, &options, &desired).await?;
+                let observed = crate::reconcile::observe::observe_all(&engines, &options, &desired).await?;
                 let st = state::read_state(&cli.state_dir)?;
                 let plan = apply::plan_for(&desired, &observed, &st, &options, &Default::default());
                 let mut status = crate::reconcile::status::build(&desired, &observed, &st, &plan);
@@ -513,7 +524,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 status.backups = desired
                     .backups
                     .values()
-                    .map(|b| crate::backup::run::health(&cli.state_dir, b, apply::now_ms()))
+                    .map(|b| crate::backup::run::health(&cli.state_dir, b, crate::support::now_ms()))
                     .collect();
                 status.unchecked = missing.clone();
                 match output {
@@ -761,6 +772,7 @@ fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
         stop: tokio_util::sync::CancellationToken::new(),
         skip_owners: Default::default(),
         ignore_windows: false,
+        stopped_by_backup: Default::default(),
         specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
         units: apply::UnitsConfig {
             scope: cli.scope.clone(),
@@ -793,9 +805,9 @@ async fn connect(
         Err(e) => {
             // systemd services cannot run without systemd; scheduled Timers are the agent's
             // scheduler's then (a fact worth a note, not a failure).
-            let why = apply::chain(&e);
-            missing = apply::unmet_without_systemd(desired, &why);
-            let scheduled = apply::scheduled_timers(desired);
+            let why = crate::support::chain(&e);
+            missing = crate::reconcile::observe::unmet_without_systemd(desired, &why);
+            let scheduled = crate::reconcile::observe::scheduled_timers(desired);
             if scheduled > 0 {
                 eoutln!(
                     "{} {scheduled} scheduled Timer(s) run by the agent's own scheduler here, not by systemd ({why})",
@@ -873,7 +885,7 @@ fn visible_len(s: &str) -> usize {
 }
 
 fn step_row(step: &plan::Step) -> Vec<String> {
-    let mut what = apply::target(&step.action);
+    let mut what = crate::reconcile::execute::target(&step.action);
     if let plan::Action::Await { condition, .. } = &step.action {
         what = format!("{what} ({condition})");
     }
@@ -881,7 +893,13 @@ fn step_row(step: &plan::Step) -> Vec<String> {
     if step.pause_ms > 0 {
         after = format!("{after} +{}", tend_specs::quantity::Duration::from_millis(step.pause_ms));
     }
-    vec![step.id.to_string(), apply::action_name(&step.action).to_string(), what, step.reason.to_string(), after]
+    vec![
+        step.id.to_string(),
+        crate::reconcile::execute::action_name(&step.action).to_string(),
+        what,
+        step.reason.to_string(),
+        after,
+    ]
 }
 
 /// How many notes say the specs cannot be met until an operator acts (a name taken by a
@@ -1136,7 +1154,8 @@ fn calendar(expr: &str, iterations: usize, from: Option<&str>) -> Result<ExitCod
 /// it at once; without an agent, the next `tend apply` stops the services.
 fn drain(cli: &Cli, reason: Option<String>) -> Result<ExitCode, CliError> {
     let user = crate::maintain::locks::current_user().0;
-    let (drain, already) = state::drain(&cli.state_dir, state::Drain { reason, since_ms: apply::now_ms(), user })?;
+    let (drain, already) =
+        state::drain(&cli.state_dir, state::Drain { reason, since_ms: crate::support::now_ms(), user })?;
     let line = drained_line(&drain);
     outln!("{}{line}", if already { "already " } else { "" });
     match runtime()?.block_on(pass_by_agent(&cli.socket, true))? {
@@ -1192,7 +1211,7 @@ fn agent_elsewhere(cli: &Cli) -> ExitCode {
 }
 
 fn release(state_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
-    let released = state::release(state_dir, name, apply::now_ms())?;
+    let released = state::release(state_dir, name, crate::support::now_ms())?;
     if released.is_empty() {
         return Err(CliError::NotHeld(name.to_string()));
     }
@@ -1216,7 +1235,7 @@ fn specs_for(cli: &Cli, specs: Option<&Path>) -> Result<PathBuf, CliError> {
         }
         Ok(None) => {}
         // No access to the agent (not root, not in its group): the default set still works.
-        Err(e) => eoutln!("{} {}: using {DEFAULT_SPECS}", Paint::stderr().yellow("note:"), apply::chain(&e)),
+        Err(e) => eoutln!("{} {}: using {DEFAULT_SPECS}", Paint::stderr().yellow("note:"), crate::support::chain(&e)),
     }
     Ok(PathBuf::from(DEFAULT_SPECS))
 }
@@ -1237,7 +1256,7 @@ fn maintain(
     let desired = load(cli, &path)?;
     let keys = crate::maintain::resolve(&desired, targets, selectors)?;
     let (user, uid) = crate::maintain::locks::current_user();
-    let since_ms = apply::now_ms();
+    let since_ms = crate::support::now_ms();
     let until_ms = window.map(|w| since_ms + w.get().as_millis() as u64);
     let holder = crate::maintain::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
     let dir = crate::maintain::locks::LockDir::new(&cli.lock_dir);
@@ -1564,7 +1583,7 @@ fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, CliError> {
                     Ok(entries) => outln!("{} {} ({entries} entries)", paint.green("ok"), path.display()),
                     Err(e) => {
                         bad += 1;
-                        outln!("{} {}: {}", paint.red("BAD"), path.display(), apply::chain(e));
+                        outln!("{} {}: {}", paint.red("BAD"), path.display(), crate::support::chain(e));
                     }
                 }
             }
@@ -1587,7 +1606,7 @@ fn backup_run(
 ) -> Result<ExitCode, CliError> {
     let desired = load_with_backups(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
-    let started_ms = apply::now_ms();
+    let started_ms = crate::support::now_ms();
     let rt = runtime()?;
     let mut ctx = backup_ctx(cli);
     let paths: Vec<PathBuf> = b.spec.paths().iter().map(PathBuf::from).collect();
@@ -1603,13 +1622,13 @@ fn backup_run(
     let copy_failed = |r: &crate::backup::run::RunReport| r.warnings.iter().find(|w| w.starts_with("copy")).cloned();
     let outcome = match &result {
         Ok(r) => copy_failed(r).map_or(Ok(()), Err),
-        Err(e) => Err(apply::chain(e)),
+        Err(e) => Err(crate::support::chain(e)),
     };
     record_timer_run(cli, &desired, &b.unit_name(), started_ms, outcome);
     let report = match result {
         Ok(report) => report,
         Err(e) => {
-            crate::backup::run::record_failure(&cli.state_dir, name, &apply::chain(&e));
+            crate::backup::run::record_failure(&cli.state_dir, name, &crate::support::chain(&e));
             return Err(e);
         }
     };
@@ -1645,12 +1664,12 @@ fn backup_run(
 fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Result<ExitCode, CliError> {
     let desired = load_with_backups(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
-    let started_ms = apply::now_ms();
+    let started_ms = crate::support::now_ms();
     let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
         crate::backup::run::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
     });
-    let outcome = result.as_ref().map(|_| ()).map_err(|e| apply::chain(e));
+    let outcome = result.as_ref().map(|_| ()).map_err(|e| crate::support::chain(e));
     record_timer_run(cli, &desired, &b.drill_unit_name(), started_ms, outcome);
     let report = result?;
     let entries = report.entries.map(|n| format!(", {n} entries")).unwrap_or_default();
@@ -1669,7 +1688,11 @@ fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Result<ExitCode,
 fn record_timer_run(cli: &Cli, desired: &Desired, timer: &str, started_ms: u64, outcome: Result<(), String>) {
     let Some(t) = desired.timers.get(timer) else { return };
     if let Err(e) = crate::jobs::record_outside(&cli.state_dir, t, started_ms, outcome) {
-        eoutln!("{} recording the run in {timer}'s history: {}", Paint::stderr().yellow("warning:"), apply::chain(&e));
+        eoutln!(
+            "{} recording the run in {timer}'s history: {}",
+            Paint::stderr().yellow("warning:"),
+            crate::support::chain(&e)
+        );
     }
 }
 

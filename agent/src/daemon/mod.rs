@@ -40,11 +40,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::daemon::api::{Control, Failure, Reply};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::source::{GitConfig, GitSource, Revision};
+use crate::engine::Engines;
 use crate::engine::Timeouts;
 use crate::engine::docker::DockerEngine;
 use crate::engine::systemd::SystemdEngine;
-use crate::reconcile::apply::{self, Engines, Options, Outcome, Report, UnitsConfig};
+use crate::reconcile::apply::{self, Options, Report, UnitsConfig};
+use crate::reconcile::execute::Outcome;
 use crate::reconcile::model::{Observed, RunState, UnitActive, instance_name};
+use crate::reconcile::observe::ObserveError;
 use crate::reconcile::plan::{Action, Note, Reason};
 use crate::reconcile::state::{self, Hold, StateDir, StateError};
 use crate::reconcile::status::{AgentStatus, EngineProblem, Status};
@@ -326,7 +329,7 @@ fn note_engine(shared: &Shared, engine: Engine, failure: Option<(&'static str, S
         Some(p) if p.state == state => p.since_ms,
         _ => {
             warn!(%error, "{} is {state}", engine.name());
-            apply::now_ms()
+            crate::support::now_ms()
         }
     };
     a.engines.insert(label.to_string(), EngineProblem { state: state.to_string(), error, since_ms });
@@ -336,15 +339,23 @@ fn note_engine(shared: &Shared, engine: Engine, failure: Option<(&'static str, S
 fn needed(shared: &Shared, engine: Engine) -> bool {
     shared.current().is_some_and(|s| match engine {
         Engine::Docker => s.desired.docker_services().next().is_some(),
-        Engine::Systemd => apply::needs_units(&s.desired),
+        Engine::Systemd => crate::reconcile::observe::needs_units(&s.desired),
     })
 }
 
 /// The engine an observation could not use, with the kind label and chain of its error.
-fn engine_failure(e: &apply::ApplyError) -> Option<(Engine, &'static str, String)> {
+fn engine_failure(e: &ObserveError) -> Option<(Engine, &'static str, String)> {
     match e {
-        apply::ApplyError::Observe(e) => Some((Engine::Docker, e.kind(), apply::chain(e))),
-        apply::ApplyError::ObserveUnits(e) => Some((Engine::Systemd, e.kind(), apply::chain(e))),
+        ObserveError::Docker(e) => Some((Engine::Docker, e.kind(), crate::support::chain(e))),
+        ObserveError::Units(e) => Some((Engine::Systemd, e.kind(), crate::support::chain(e))),
+        ObserveError::Locks(_) => None,
+    }
+}
+
+/// [`engine_failure`] of a pass's error.
+fn pass_engine_failure(e: &apply::ApplyError) -> Option<(Engine, &'static str, String)> {
+    match e {
+        apply::ApplyError::Observe(e) => engine_failure(e),
         _ => None,
     }
 }
@@ -569,6 +580,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         stop: stop.clone(),
         skip_owners: BTreeSet::new(),
         ignore_windows: false,
+        stopped_by_backup: BTreeSet::new(),
         units: UnitsConfig {
             scope: settings.scope.clone(),
             unit_dir: settings.unit_dir.clone(),
@@ -599,7 +611,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         current: RwLock::new(None),
         agent: Mutex::new(AgentStatus {
             pid: std::process::id(),
-            started_ms: apply::now_ms(),
+            started_ms: crate::support::now_ms(),
             source: source_text,
             ..Default::default()
         }),
@@ -701,7 +713,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             match r {
                 Ok(()) => info!(%backup, "started the services an interrupted backup had stopped"),
                 Err(e) => {
-                    error!(%backup, error = %apply::chain(&e), "could not start the services an interrupted backup had stopped")
+                    error!(%backup, error = %crate::support::chain(&e), "could not start the services an interrupted backup had stopped")
                 }
             }
         }
@@ -972,7 +984,7 @@ fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> boo
 /// instance's restart, an object's retry, an update window opening.
 fn restart_due(shared: &Shared) -> Option<tokio::time::Instant> {
     let a = lock(&shared.agent);
-    let now = apply::now_ms();
+    let now = crate::support::now_ms();
     a.backoff
         .values()
         .copied()
@@ -998,9 +1010,9 @@ async fn connect_engines(shared: &Shared) {
                 note_engine(shared, Engine::Docker, None);
             }
             Err(e) => {
-                debug!(error = %apply::chain(&e), "Docker is not available");
-                lock(&shared.engines).docker_error = Some(apply::chain(&e));
-                note_engine(shared, Engine::Docker, Some((e.kind(), apply::chain(&e))));
+                debug!(error = %crate::support::chain(&e), "Docker is not available");
+                lock(&shared.engines).docker_error = Some(crate::support::chain(&e));
+                note_engine(shared, Engine::Docker, Some((e.kind(), crate::support::chain(&e))));
             }
         }
     }
@@ -1014,10 +1026,12 @@ async fn connect_engines(shared: &Shared) {
                 lock(&shared.engines).systemd = Some(Arc::new(s));
                 note_engine(shared, Engine::Systemd, None);
             }
-            Err(e) if e.kind() == "timeout" => note_engine(shared, Engine::Systemd, Some((e.kind(), apply::chain(&e)))),
+            Err(e) if e.kind() == "timeout" => {
+                note_engine(shared, Engine::Systemd, Some((e.kind(), crate::support::chain(&e))))
+            }
             Err(e) => {
-                info!(why = %apply::chain(&e), "systemd is not used (Timers are scheduled by the agent)");
-                lock(&shared.engines).systemd_missing = Some(apply::chain(&e));
+                info!(why = %crate::support::chain(&e), "systemd is not used (Timers are scheduled by the agent)");
+                lock(&shared.engines).systemd_missing = Some(crate::support::chain(&e));
             }
         }
     }
@@ -1058,9 +1072,9 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                                 let _ = s.wake.try_send(Wake::Engine);
                             }
                             Some(Err(e)) => {
-                                warn!(error = %apply::chain(&e), "Docker event stream failed; reconnecting");
+                                warn!(error = %crate::support::chain(&e), "Docker event stream failed; reconnecting");
                                 if e.kind == crate::engine::EngineErrorKind::Timeout {
-                                    note_engine(&s, Engine::Docker, Some((e.kind(), apply::chain(&e))));
+                                    note_engine(&s, Engine::Docker, Some((e.kind(), crate::support::chain(&e))));
                                 }
                                 break;
                             }
@@ -1074,8 +1088,8 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
                 if let Err(e) = DockerEngine::connect(s.settings.timeouts).await {
-                    note_engine(&s, Engine::Docker, Some((e.kind(), apply::chain(&e))));
-                    lose_docker(&s, apply::chain(&e));
+                    note_engine(&s, Engine::Docker, Some((e.kind(), crate::support::chain(&e))));
+                    lose_docker(&s, crate::support::chain(&e));
                     // A pass says so, and leaves Docker's part out, without waiting for the
                     // resync (unless Docker hangs: the loop retries on its own then).
                     if e.kind != crate::engine::EngineErrorKind::Timeout {
@@ -1122,7 +1136,7 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                             },
                         }
                     },
-                    Err(e) => warn!(error = %apply::chain(&e), "watching systemd failed; retrying"),
+                    Err(e) => warn!(error = %crate::support::chain(&e), "watching systemd failed; retrying"),
                 }
                 tokio::select! {
                     () = token.cancelled() => return,
@@ -1314,8 +1328,8 @@ async fn run_pass(
         let state_dir = match open_state(&shared.settings.state_dir).await {
             Ok(d) => d,
             Err(e) => {
-                error!(error = %apply::chain(&e), "state directory");
-                lock(&shared.agent).last_result = Some(apply::chain(&e));
+                error!(error = %crate::support::chain(&e), "state directory");
+                lock(&shared.agent).last_result = Some(crate::support::chain(&e));
                 return;
             }
         };
@@ -1334,7 +1348,7 @@ async fn run_pass(
         if *after_shutdown {
             let marked = mark_shutdown_stops(&engines, &options, &set.desired, &state_dir).await.and_then(|()| {
                 let marker = BootMarker { boot_id: this_boot.to_string(), running: true };
-                write_marker(&shared.settings.state_dir, &marker).map_err(|e| apply::chain(&e))
+                write_marker(&shared.settings.state_dir, &marker).map_err(|e| crate::support::chain(&e))
             });
             match marked {
                 Ok(()) => *after_shutdown = false,
@@ -1345,6 +1359,9 @@ async fn run_pass(
                 }
             }
         }
+        // A backup killed while its services were stopped: they are started again first.
+        options.stopped_by_backup =
+            crate::backup::quiesce::recover_before_pass(&engines, &desired, state_dir.path()).await;
         let result = apply::apply(engines.clone(), desired, &state_dir, &options).await;
         drop(state_dir);
         let elapsed = started.elapsed();
@@ -1361,13 +1378,13 @@ async fn run_pass(
                 record_report(shared, &report, backoff, elapsed, left_out)
             }
             Err(e) => {
-                if let Some((engine, kind, error)) = engine_failure(&e) {
+                if let Some((engine, kind, error)) = pass_engine_failure(&e) {
                     note_engine(shared, engine, Some((kind, error.clone())));
                     if engine == Engine::Docker && kind == UNAVAILABLE {
                         lose_docker(shared, error);
                     }
                 }
-                fail_pass(shared, apply::chain(&e), elapsed);
+                fail_pass(shared, crate::support::chain(&e), elapsed);
             }
         }
     }
@@ -1386,7 +1403,7 @@ fn fail_pass(shared: &Shared, why: String, elapsed: Duration) {
     let mut a = lock(&shared.agent);
     a.last_result = Some(why);
     a.passes += 1;
-    a.last_pass_ms = Some(apply::now_ms());
+    a.last_pass_ms = Some(crate::support::now_ms());
     a.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
 }
 
@@ -1406,7 +1423,7 @@ async fn accept_or_block(
     set: SpecSet,
 ) -> Option<(SpecSet, String)> {
     if !shared.settings.allow_mass_removal {
-        match apply::observe_all(engines, &shared.options, &set.desired).await {
+        match crate::reconcile::observe::observe_all(engines, &shared.options, &set.desired).await {
             Ok(observed) => {
                 if let Some(m) =
                     mass_removal(&observed, &set.desired, &shared.settings.scope, shared.settings.max_removal_percent)
@@ -1428,7 +1445,10 @@ async fn accept_or_block(
                     note_engine(shared, engine, Some((kind, error)));
                 }
                 lock(&shared.agent).mass_removal = None;
-                return Some((set, format!("checking the new spec set against live state: {}", apply::chain(&e))));
+                return Some((
+                    set,
+                    format!("checking the new spec set against live state: {}", crate::support::chain(&e)),
+                ));
             }
         }
     }
@@ -1437,7 +1457,7 @@ async fn accept_or_block(
     if let (Some(git), Some(rev)) = (GIT.get(), &set.rev) {
         // Switch the checkout first: the set is read through the `current` link.
         if let Err(e) = git.lock().await.promote(rev) {
-            error!(error = %apply::chain(&e), "switching to the new checkout failed; the set in use stays");
+            error!(error = %crate::support::chain(&e), "switching to the new checkout failed; the set in use stays");
             return None;
         }
     }
@@ -1463,10 +1483,12 @@ async fn record_boot(
     if engines.docker.is_none() && desired.docker_services().next().is_some() {
         return Err("Docker does not answer yet: what the last boot means for its containers waits for it".into());
     }
-    let observed = apply::observe_all(engines, options, desired).await.map_err(|e| apply::chain(&e))?;
-    let mut st = state_dir.load().map_err(|e| apply::chain(&e))?;
+    let observed = crate::reconcile::observe::observe_all(engines, options, desired)
+        .await
+        .map_err(|e| crate::support::chain(&e))?;
+    let mut st = state_dir.load().map_err(|e| crate::support::chain(&e))?;
     mark(&observed, &mut st);
-    state_dir.save(&st).map_err(|e| apply::chain(&e))
+    state_dir.save(&st).map_err(|e| crate::support::chain(&e))
 }
 
 async fn place_unclean_holds(
@@ -1476,7 +1498,7 @@ async fn place_unclean_holds(
     state_dir: &StateDir,
 ) -> Result<(), String> {
     record_boot(engines, options, desired, state_dir, |observed, st| {
-        for (name, hold) in unclean_boot_holds(desired, observed, apply::now_ms()) {
+        for (name, hold) in unclean_boot_holds(desired, observed, crate::support::now_ms()) {
             warn!(instance = %name, "held after an unclean boot: `tend release {name}` starts it");
             st.holds.entry(name).or_insert(hold);
         }
@@ -1516,7 +1538,7 @@ fn record_report(
     let mut repairs = 0u64;
     let (mut done, mut failed) = (0usize, 0usize);
     for (step, outcome) in report.steps() {
-        let kind = apply::action_name(&step.action);
+        let kind = crate::reconcile::execute::action_name(&step.action);
         match outcome {
             Some(Outcome::Done { .. }) => {
                 done += 1;
@@ -1541,7 +1563,7 @@ fn record_report(
     m.drift_repair(repairs);
     m.pass(elapsed, failed == 0);
     let now = Instant::now();
-    let now_ms = apply::now_ms();
+    let now_ms = crate::support::now_ms();
     for o in &failed_owners {
         let failures = backoff.get(o).map_or(0, |b| b.failures) + 1;
         let delay = backoff_delay(failures);
@@ -1659,7 +1681,7 @@ fn wait_for_release(shared: &Shared, target: &str) {
     let (releases, wake) = (shared.releases.clone(), shared.wake.clone());
     tokio::task::spawn_blocking(move || {
         if let Err(e) = locks.wait_released(&key) {
-            warn!(target = %key, error = %apply::chain(&e), "waiting for the end of a maintenance window");
+            warn!(target = %key, error = %crate::support::chain(&e), "waiting for the end of a maintenance window");
         } else {
             info!(target = %key, "maintenance window ended: passing again");
         }
@@ -1672,7 +1694,7 @@ fn wait_for_release(shared: &Shared, target: &str) {
 fn record_runs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
     let Some(set) = shared.current() else { return };
     for b in set.desired.backups.values() {
-        let h = crate::backup::run::health(&shared.settings.state_dir, b, apply::now_ms());
+        let h = crate::backup::run::health(&shared.settings.state_dir, b, crate::support::now_ms());
         shared.metrics.backup(&b.name, h.last_success_ms, h.problems().len());
     }
     for name in set.desired.timers.keys() {
@@ -1804,7 +1826,7 @@ impl Api {
                 systemd: all.systemd.clone().filter(|_| !skipped.contains(&Engine::Systemd)),
             };
             let desired = without(full.clone(), &skipped);
-            let observed = match apply::observe_all(&engines, &options, &desired).await {
+            let observed = match crate::reconcile::observe::observe_all(&engines, &options, &desired).await {
                 Ok(observed) => observed,
                 Err(e) => match engine_failure(&e) {
                     Some((engine, kind @ UNRESPONSIVE_KIND, error)) => {
@@ -1816,11 +1838,11 @@ impl Api {
                         lose_docker(shared, error);
                         continue;
                     }
-                    _ => return Err(Failure::new(503, apply::chain(&e))),
+                    _ => return Err(Failure::new(503, crate::support::chain(&e))),
                 },
             };
-            let state =
-                state::read_state(&shared.settings.state_dir).map_err(|e| Failure::new(500, apply::chain(&e)))?;
+            let state = state::read_state(&shared.settings.state_dir)
+                .map_err(|e| Failure::new(500, crate::support::chain(&e)))?;
             let plan = apply::plan_for(&desired, &observed, &state, &options, &BTreeSet::new());
             return Ok(Observation { desired, observed, state, plan, skipped });
         }
@@ -1832,7 +1854,7 @@ impl Api {
 /// the stand-alone commands say it.
 fn unchecked(shared: &Shared, desired: &Desired) -> Option<String> {
     let why = lock(&shared.engines).systemd_missing.clone()?;
-    apply::unmet_without_systemd(desired, &why)
+    crate::reconcile::observe::unmet_without_systemd(desired, &why)
 }
 
 impl Control for Api {
@@ -1851,7 +1873,7 @@ impl Control for Api {
             status.backups = desired
                 .backups
                 .values()
-                .map(|b| crate::backup::run::health(&shared.settings.state_dir, b, apply::now_ms()))
+                .map(|b| crate::backup::run::health(&shared.settings.state_dir, b, crate::support::now_ms()))
                 .collect();
             let mut agent = shared.agent_status();
             // The banner lasts as long as one of its holds.
@@ -1883,10 +1905,10 @@ impl Control for Api {
         Box::pin(async move {
             let dir = shared.settings.state_dir.clone();
             let n = name.clone();
-            let released = tokio::task::spawn_blocking(move || state::release(&dir, &n, apply::now_ms()))
+            let released = tokio::task::spawn_blocking(move || state::release(&dir, &n, crate::support::now_ms()))
                 .await
                 .map_err(|e| Failure::new(500, e.to_string()))?
-                .map_err(|e| Failure::new(500, apply::chain(&e)))?;
+                .map_err(|e| Failure::new(500, crate::support::chain(&e)))?;
             if released.is_empty() {
                 return Err(Failure::new(404, format!("nothing is held under `{name}` (see `tend status`)")));
             }
@@ -1901,8 +1923,8 @@ impl Control for Api {
             let dir = &shared.settings.state_dir;
             match name {
                 Some(name) => {
-                    let records =
-                        crate::jobs::history(dir, &name, limit).map_err(|e| Failure::new(404, apply::chain(&e)))?;
+                    let records = crate::jobs::history(dir, &name, limit)
+                        .map_err(|e| Failure::new(404, crate::support::chain(&e)))?;
                     serde_json::to_value(&records).map_err(|e| Failure::new(500, e.to_string()))
                 }
                 None => {

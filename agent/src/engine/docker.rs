@@ -963,7 +963,7 @@ mod tests {
         let chain = |r: Result<(), EngineError>| {
             let e = r.expect_err("a hung daemon cannot answer");
             assert_eq!(e.kind(), "timeout", "{e:?}");
-            crate::reconcile::apply::chain(&e)
+            crate::support::chain(&e)
         };
         let probe = engine.probe("web-1").await.map(|_| ());
         assert_eq!(chain(probe), "inspecting container web-1: Docker did not answer within 30s");

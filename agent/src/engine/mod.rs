@@ -9,6 +9,7 @@ pub mod systemd;
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tend_specs::Service;
@@ -244,7 +245,7 @@ mod tests {
             kind: EngineErrorKind::Timeout,
             source: Box::new(e),
         };
-        assert_eq!(crate::reconcile::apply::chain(&e), "inspecting container web-1: Docker did not answer within 10s");
+        assert_eq!(crate::support::chain(&e), "inspecting container web-1: Docker did not answer within 10s");
         assert_eq!(e.kind(), "timeout");
     }
 
@@ -271,4 +272,14 @@ mod tests {
         let waited = NoAnswer { engine: "systemd", waited: Duration::from_millis(1500) };
         assert_eq!(waited.to_string(), "systemd did not answer within 1s500ms");
     }
+}
+
+/// The engines of a pass. Either may be absent: a host without Docker still runs its
+/// systemd units, and a host where systemd is not PID 1 still runs its containers.
+#[derive(Debug)]
+pub struct Engines<E, U> {
+    /// Docker.
+    pub docker: Option<Arc<E>>,
+    /// systemd.
+    pub systemd: Option<Arc<U>>,
 }

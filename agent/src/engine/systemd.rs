@@ -1147,7 +1147,7 @@ mod tests {
         let never = std::future::pending::<zbus::Result<()>>();
         let e = bounded("listing units", "web.service", Duration::from_secs(30), never).await.expect_err("no answer");
         assert_eq!(e.kind(), "timeout");
-        assert_eq!(crate::reconcile::apply::chain(&e), "listing units web.service: systemd did not answer within 30s");
+        assert_eq!(crate::support::chain(&e), "listing units web.service: systemd did not answer within 30s");
         // An answer, even a refusal, is not a timeout.
         let refused = async { Err::<(), _>(zbus::Error::Failure("refused".into())) };
         let e = bounded("listing units", "web.service", Duration::from_secs(30), refused).await.expect_err("refused");

@@ -180,7 +180,7 @@ impl Redactor {
         if self.forms.is_empty() {
             return e;
         }
-        let cause = crate::reconcile::apply::chain(e.source.as_ref());
+        let cause = crate::support::chain(e.source.as_ref());
         let redacted = self.redact(&cause);
         if redacted == cause {
             return e;
@@ -313,7 +313,7 @@ mod tests {
         };
         let e = r.engine_error(e);
         assert_eq!((e.op, e.object.as_str(), e.kind()), ("creating container", "web-1", "refused"));
-        assert_eq!(crate::reconcile::apply::chain(&e), "creating container web-1: bad env PW=<secret from /s/PW>");
+        assert_eq!(crate::support::chain(&e), "creating container web-1: bad env PW=<secret from /s/PW>");
     }
 
     #[test]

@@ -84,8 +84,8 @@ fn show(p: &Plan) -> Vec<String> {
         .map(|s| {
             let mut line = format!(
                 "{} {} ({})",
-                crate::reconcile::apply::action_name(&s.action),
-                crate::reconcile::apply::target(&s.action),
+                crate::reconcile::execute::action_name(&s.action),
+                crate::reconcile::execute::target(&s.action),
                 s.reason
             );
             if !s.after.is_empty() {
@@ -891,7 +891,7 @@ fn an_instance_under_maintenance_is_never_started_recreated_or_removed() {
         run(&Desired::default(), &o, &State::default())
             .steps
             .iter()
-            .all(|s| crate::reconcile::apply::target(&s.action) != "web-2")
+            .all(|s| crate::reconcile::execute::target(&s.action) != "web-2")
     );
 }
 
@@ -1120,8 +1120,8 @@ fn a_drains_stops_are_recorded_and_forgotten_once_started_again() {
         ],
         ..Plan::default()
     };
-    let done = |ids: &[usize]| -> BTreeMap<usize, crate::reconcile::apply::Outcome> {
-        ids.iter().map(|i| (*i, crate::reconcile::apply::Outcome::Done { ms: 1 })).collect()
+    let done = |ids: &[usize]| -> BTreeMap<usize, crate::reconcile::execute::Outcome> {
+        ids.iter().map(|i| (*i, crate::reconcile::execute::Outcome::Done { ms: 1 })).collect()
     };
     let mut st = drained();
     assert!(crate::reconcile::apply::record(&mut st, &plan, &done(&[1, 2, 3]), NOW));

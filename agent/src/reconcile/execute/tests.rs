@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::engine::systemd::SystemdEngine;
 use crate::engine::{ContainerEngine, EngineError, Probe};
+use crate::reconcile::apply::{Options, UnitsConfig, plan_for};
 use crate::reconcile::model::{Container, Health, Observed, RunState};
 
 /// How long the fake takes to stop a container, and to create and start one.
@@ -170,6 +171,7 @@ fn options(locks: &Path, parallel: usize) -> Options {
         skip_owners: BTreeSet::new(),
         ignore_windows: true,
         locks: crate::maintain::locks::LockDir::new(locks),
+        stopped_by_backup: BTreeSet::new(),
     }
 }
 
