@@ -20,9 +20,9 @@ use crate::backup::archive::{self, ArchiveError, ArchiveWriter, WriteOptions};
 use crate::backup::catalog::{self, CatalogError, EntryState, Manifest};
 use crate::backup::quiesce::{self, QuiesceError};
 use crate::backup::retention;
+use crate::engine::ContainerRuns;
 use crate::engine::Engines;
-use crate::engine::docker::DockerEngine;
-use crate::engine::systemd::SystemdEngine;
+use crate::engine::systemd::UnitEngine;
 use crate::maintain::locks::{Exclusive, Holder, LockDir, LockError};
 use crate::reconcile::model::instance_name;
 use crate::support::{chain, now_ms};
@@ -188,8 +188,8 @@ fn write_options(backup: &Backup, ctx: &Context) -> WriteOptions {
 }
 
 /// Runs backup `name` once.
-pub async fn run(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+pub async fn run<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     name: &str,
     ctx: &Context,
@@ -321,8 +321,8 @@ fn join_paths(p: &[PathBuf]) -> String {
 }
 
 /// Quiesce, archive, resume — resume whatever happened.
-async fn quiesced_archive(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn quiesced_archive<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     ctx: &Context,
@@ -388,8 +388,8 @@ impl std::io::Read for ChannelReader {
 
 /// Streams the dump command's stdout straight into the archive; the archive gets its final
 /// name only when the command succeeded.
-async fn exec_archive(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn exec_archive<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     final_path: &Path,
@@ -419,8 +419,8 @@ async fn exec_archive(
 }
 
 /// Runs a dump command in a service's container, or on the host, its stdout into `tx`.
-async fn run_exec(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn run_exec<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     runs_in: RunsIn<'_>,
     command: &[String],
@@ -931,8 +931,8 @@ pub fn check_restore(plan: &RestorePlan) -> Result<(), BackupError> {
 /// command, the archive is read whole (checksum, every frame and tar entry) and the
 /// move-aside directories are checked; a failure until then is
 /// [`BackupError::Unchanged`].
-pub async fn restore(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+pub async fn restore<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     plan: &RestorePlan,
@@ -973,8 +973,8 @@ impl Drop for Scratch {
 /// checksum checked — and each restored path must be there and of the kind the live one
 /// is. Only then are the services stopped, the live data moved aside, the restored data
 /// renamed into place, and the services started again.
-async fn paths_restore(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn paths_restore<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     plan: &RestorePlan,
@@ -1154,8 +1154,8 @@ fn scratch_dir(first: &Path) -> PathBuf {
     parent.join(format!(".tend-restore-{}", std::process::id()))
 }
 
-async fn exec_restore(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn exec_restore<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     plan: &RestorePlan,
@@ -1196,8 +1196,8 @@ fn docker_service<'a>(desired: &'a Desired, runs_in: RunsIn<'_>) -> Option<&'a t
 
 /// Decompresses `archive` into the standard input of `command`, run in `container` or on the
 /// host. Returns the command's exit code and the end of its stderr.
-async fn stream_into(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn stream_into<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     container: Option<&str>,
     command: &[String],
     archive: &Path,
@@ -1480,8 +1480,8 @@ pub struct DrillReport {
 ///   archive is streamed into `restore.exec` there with the default `restore.vars`; the check
 ///   gets the container's name as its last argument and in `TEND_DRILL_CONTAINER` (so it can
 ///   `docker exec` a query), then the container is removed with its anonymous volumes.
-pub async fn drill(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+pub async fn drill<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     ctx: &Context,
@@ -1547,8 +1547,8 @@ async fn paths_drill(
     })
 }
 
-async fn exec_drill(
-    engines: &Engines<DockerEngine, SystemdEngine>,
+async fn exec_drill<E: ContainerRuns, U: UnitEngine>(
+    engines: &Engines<E, U>,
     desired: &Desired,
     backup: &Backup,
     d: &tend_specs::backup::Drill,

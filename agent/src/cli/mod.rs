@@ -1896,9 +1896,17 @@ fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
                 state_dir: cli.state_dir.clone(),
                 scope: cli.scope.clone(),
                 trigger: *trigger,
-                timeouts: cli.timeouts(),
             };
-            match runtime()?.block_on(crate::jobs::run(&options, timer)) {
+            let rt = runtime()?;
+            // Jobs never connect themselves: a docker job is handed Docker (or why not).
+            let docker = match timer.spec.job.runtime {
+                tend_specs::timer::JobRuntime::Host => crate::jobs::Docker::NotNeeded,
+                tend_specs::timer::JobRuntime::Docker => match rt.block_on(DockerEngine::connect(cli.timeouts())) {
+                    Ok(engine) => crate::jobs::Docker::Connected(Arc::new(engine)),
+                    Err(e) => crate::jobs::Docker::Failed(e),
+                },
+            };
+            match rt.block_on(crate::jobs::run(&options, timer, docker)) {
                 Ok(outcome) => {
                     print_job_run(&timer.name, &outcome.record);
                     Ok(ExitCode::from(outcome.record.exit_status()))

@@ -1056,7 +1056,7 @@ fn spawn_engine_watchers(shared: &Arc<Shared>, stop: &CancellationToken) {
                     delay = (delay * 2).min(Duration::from_secs(30));
                     continue;
                 };
-                let mut events = docker.events(&s.settings.scope);
+                let mut events = crate::engine::ContainerRuns::events(docker.as_ref(), &s.settings.scope);
                 // A fresh stream: whatever happened while it was down is seen by a pass. Not
                 // while Docker is unresponsive: the loop retries on its own then, and a
                 // stream that is only being set up would wake it into a pass that hangs.

@@ -30,10 +30,12 @@ use futures::StreamExt;
 use tend_specs::service::{MountSource, PortMapping};
 use tend_specs::{Env, Service};
 
-use crate::engine::{self, ContainerEngine, EngineError, EngineErrorKind, Probe, Timeouts};
+use crate::engine::{
+    self, ContainerEngine, ContainerRuns, EngineError, EngineErrorKind, JobContainer, Probe, Timeouts,
+};
 use crate::reconcile::model::{
-    Container, Health, LABEL_FIELDS, LABEL_HASH, LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_SCOPE, Network,
-    Observed, RunState, encode_fields,
+    Container, Health, LABEL_FIELDS, LABEL_HASH, LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_RUN, LABEL_SCOPE,
+    Network, Observed, RunState, encode_fields,
 };
 use crate::support::redact::Redactor;
 
@@ -148,97 +150,6 @@ impl DockerEngine {
         }
     }
 
-    /// Wake-ups from the daemon's event stream: one item for each event of a container in
-    /// `scope` that may need a pass (it died, was destroyed, was killed by the OOM killer).
-    /// Events only wake the loop; state is always observed afresh. The stream ends, after an
-    /// error item, when the connection to the daemon drops.
-    pub fn events(&self, scope: &str) -> futures::stream::BoxStream<'static, Result<(), EngineError>> {
-        let mut filters = label_filter(&[(LABEL_SCOPE, scope)]);
-        filters.insert("type".into(), vec!["container".into()]);
-        filters.insert("event".into(), vec!["die".into(), "destroy".into(), "oom".into()]);
-        let options = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
-        let waited = Timeouts::client(self.timeouts.call);
-        let stream = self.docker.events(Some(options));
-        stream.map(move |r| r.map(|_| ()).map_err(|e| fail("watching", "Docker events", waited)(e))).boxed()
-    }
-
-    /// Runs `cmd` in the container `name` (as `user`, else the container's), each chunk of
-    /// its stdout sent to `stdout` as it comes (a backup streams a dump this way, with no copy
-    /// on disk). Returns the exit code and the end of its stderr (for messages).
-    pub async fn exec_out(
-        &self,
-        name: &str,
-        cmd: &[String],
-        user: Option<&str>,
-        stdout: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    ) -> Result<(i64, String), EngineError> {
-        let (id, mut output, _input) = self.exec_start(name, cmd, user, false).await?;
-        let op = "reading the output of an exec in";
-        let read = async {
-            let mut stderr = Vec::new();
-            while let Some(item) = output.next().await {
-                match item.map_err(self.fail(op, name))? {
-                    bollard::container::LogOutput::StdOut { message } => {
-                        // The reader gave up (the archive failed): stop reading.
-                        let Ok(()) = stdout.send(message).await else { break };
-                    }
-                    bollard::container::LogOutput::StdErr { message } => keep_tail(&mut stderr, &message),
-                    _ => {}
-                }
-            }
-            Ok(stderr)
-        };
-        let stderr = self.while_alive(op, name, read).await?;
-        drop(stdout);
-        self.exec_result(&id, name, stderr).await
-    }
-
-    /// Runs `cmd` in the container `name` with `input` as its stdin (closed at its end): a
-    /// restore streams an archive into a command this way. Returns the exit code and the end
-    /// of its stderr.
-    pub async fn exec_in(
-        &self,
-        name: &str,
-        cmd: &[String],
-        user: Option<&str>,
-        mut input: impl tokio::io::AsyncRead + Unpin + Send,
-    ) -> Result<(i64, String), EngineError> {
-        use tokio::io::AsyncWriteExt;
-        let (id, mut output, stdin) = self.exec_start(name, cmd, user, true).await?;
-        let mut stdin = stdin.ok_or_else(|| {
-            err("attaching to the stdin of an exec in", name)(BollardError::DockerStreamError {
-                error: "no stdin".into(),
-            })
-        })?;
-        let feed = async {
-            tokio::io::copy(&mut input, &mut stdin).await?;
-            stdin.shutdown().await
-        };
-        let drain = async {
-            let mut stderr = Vec::new();
-            while let Some(item) = output.next().await {
-                if let Ok(bollard::container::LogOutput::StdErr { message }) = item {
-                    keep_tail(&mut stderr, &message);
-                }
-            }
-            stderr
-        };
-        let streams = async { Ok(tokio::join!(feed, drain)) };
-        let (fed, stderr) = self.while_alive("streaming into an exec in", name, streams).await?;
-        let (code, tail) = self.exec_result(&id, name, stderr).await?;
-        if let Err(e) = fed
-            && code == 0
-        {
-            return Err(EngineError {
-                op: "streaming into an exec in",
-                object: name.to_string(),
-                kind: EngineErrorKind::Unavailable,
-                source: Box::new(e),
-            });
-        }
-        Ok((code, tail))
-    }
-
     #[allow(clippy::type_complexity)]
     async fn exec_start(
         &self,
@@ -295,7 +206,7 @@ impl DockerEngine {
     async fn observe_images(&self, images: &BTreeSet<String>) -> Result<BTreeMap<String, String>, EngineError> {
         let lookups = images.iter().map(|image| async move {
             match self.answer("inspecting image", image, self.timeouts.call, self.docker.inspect_image(image)).await? {
-                Ok(info) => Ok(info.id.map(|id| (crate::reconcile::plan::normalize_image(image), id))),
+                Ok(info) => Ok(info.id.map(|id| (crate::reconcile::model::normalize_image(image), id))),
                 Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(None),
                 Err(e) => Err(err("inspecting image", image.clone())(e)),
             }
@@ -657,23 +568,107 @@ impl ContainerEngine for DockerEngine {
     }
 }
 
-/// A container of one job run, as [`DockerEngine::job_containers`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobContainer {
-    /// Container ID.
-    pub id: String,
-    /// Container name (`NAME-run-RUN`).
-    pub name: String,
-    /// The run it belongs to (label `tend.run`).
-    pub run: String,
-}
+/// One-off containers and execs: jobs (`crate::jobs`: a container created for one run of a
+/// Timer's job, followed to its exit and removed after it, never restarted, never observed
+/// by a pass), restore drills of exec sources (`crate::backup::run::drill`: a scratch
+/// container made from a service's image, labelled `tend.kind=drill` and `tend.name=BACKUP`
+/// so passes never take it for an instance, with no ports, no mounts and no network,
+/// removed with its anonymous volumes after the check), execs streaming a dump out or a
+/// restore in, and the event stream.
+impl ContainerRuns for DockerEngine {
+    /// Wake-ups from the daemon's event stream: one item for each event of a container in
+    /// `scope` that may need a pass (it died, was destroyed, was killed by the OOM killer).
+    /// Events only wake the loop; state is always observed afresh. The stream ends, after an
+    /// error item, when the connection to the daemon drops.
+    fn events(&self, scope: &str) -> futures::stream::BoxStream<'static, Result<(), EngineError>> {
+        let mut filters = label_filter(&[(LABEL_SCOPE, scope)]);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert("event".into(), vec!["die".into(), "destroy".into(), "oom".into()]);
+        let options = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
+        let waited = Timeouts::client(self.timeouts.call);
+        let stream = self.docker.events(Some(options));
+        stream.map(move |r| r.map(|_| ()).map_err(|e| fail("watching", "Docker events", waited)(e))).boxed()
+    }
 
-/// Jobs (`crate::jobs`): a container created for one run of a Timer's job, followed to its
-/// exit and removed after it. Unlike a service's, it is never restarted and never observed
-/// by a pass.
-impl DockerEngine {
+    /// Runs `cmd` in the container `name` (as `user`, else the container's), each chunk of
+    /// its stdout sent to `stdout` as it comes (a backup streams a dump this way, with no copy
+    /// on disk). Returns the exit code and the end of its stderr (for messages).
+    async fn exec_out(
+        &self,
+        name: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        stdout: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<(i64, String), EngineError> {
+        let (id, mut output, _input) = self.exec_start(name, cmd, user, false).await?;
+        let op = "reading the output of an exec in";
+        let read = async {
+            let mut stderr = Vec::new();
+            while let Some(item) = output.next().await {
+                match item.map_err(self.fail(op, name))? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        // The reader gave up (the archive failed): stop reading.
+                        let Ok(()) = stdout.send(message).await else { break };
+                    }
+                    bollard::container::LogOutput::StdErr { message } => keep_tail(&mut stderr, &message),
+                    _ => {}
+                }
+            }
+            Ok(stderr)
+        };
+        let stderr = self.while_alive(op, name, read).await?;
+        drop(stdout);
+        self.exec_result(&id, name, stderr).await
+    }
+
+    /// Runs `cmd` in the container `name` with `input` as its stdin (closed at its end): a
+    /// restore streams an archive into a command this way. Returns the exit code and the end
+    /// of its stderr.
+    async fn exec_in<R: tokio::io::AsyncRead + Unpin + Send>(
+        &self,
+        name: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        mut input: R,
+    ) -> Result<(i64, String), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let (id, mut output, stdin) = self.exec_start(name, cmd, user, true).await?;
+        let mut stdin = stdin.ok_or_else(|| {
+            err("attaching to the stdin of an exec in", name)(BollardError::DockerStreamError {
+                error: "no stdin".into(),
+            })
+        })?;
+        let feed = async {
+            tokio::io::copy(&mut input, &mut stdin).await?;
+            stdin.shutdown().await
+        };
+        let drain = async {
+            let mut stderr = Vec::new();
+            while let Some(item) = output.next().await {
+                if let Ok(bollard::container::LogOutput::StdErr { message }) = item {
+                    keep_tail(&mut stderr, &message);
+                }
+            }
+            stderr
+        };
+        let streams = async { Ok(tokio::join!(feed, drain)) };
+        let (fed, stderr) = self.while_alive("streaming into an exec in", name, streams).await?;
+        let (code, tail) = self.exec_result(&id, name, stderr).await?;
+        if let Err(e) = fed
+            && code == 0
+        {
+            return Err(EngineError {
+                op: "streaming into an exec in",
+                object: name.to_string(),
+                kind: EngineErrorKind::Unavailable,
+                source: Box::new(e),
+            });
+        }
+        Ok((code, tail))
+    }
+
     /// Whether `image` is present in the engine.
-    pub async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
         match self.answer("inspecting image", image, self.timeouts.call, self.docker.inspect_image(image)).await? {
             Ok(_) => Ok(true),
             Err(e) if classify(&e) == EngineErrorKind::NotFound => Ok(false),
@@ -682,14 +677,14 @@ impl DockerEngine {
     }
 
     /// The containers of job `name` in `scope`, running or not.
-    pub async fn job_containers(&self, scope: &str, name: &str) -> Result<Vec<JobContainer>, EngineError> {
+    async fn job_containers(&self, scope: &str, name: &str) -> Result<Vec<JobContainer>, EngineError> {
         let list =
             self.list_owned(label_filter(&[(LABEL_SCOPE, scope), (LABEL_KIND, "job"), (LABEL_NAME, name)])).await?;
         Ok(list
             .into_iter()
             .map(|c| JobContainer {
                 name: container_name(&c),
-                run: c.labels.as_ref().and_then(|l| l.get(crate::jobs::LABEL_RUN)).cloned().unwrap_or_default(),
+                run: c.labels.as_ref().and_then(|l| l.get(LABEL_RUN)).cloned().unwrap_or_default(),
                 id: c.id.unwrap_or_default(),
             })
             .collect())
@@ -697,7 +692,7 @@ impl DockerEngine {
 
     /// Creates (does not start) the container `name` for run `run` of `timer`'s job, joined to
     /// the job's networks. Returns its ID.
-    pub async fn create_job(
+    async fn create_job(
         &self,
         scope: &str,
         timer: &tend_specs::Timer,
@@ -709,7 +704,7 @@ impl DockerEngine {
             (LABEL_SCOPE.to_string(), scope.to_string()),
             (LABEL_KIND.to_string(), "job".to_string()),
             (LABEL_NAME.to_string(), timer.name.clone()),
-            (crate::jobs::LABEL_RUN.to_string(), run.to_string()),
+            (LABEL_RUN.to_string(), run.to_string()),
             (LABEL_HASH.to_string(), timer.hash.clone()),
         ]);
         let env = engine_env(&timer.env);
@@ -753,7 +748,12 @@ impl DockerEngine {
 
     /// Copies the container's output (stdout and stderr, in the order they come) into `out`
     /// until the container exits.
-    pub async fn copy_job_logs(&self, id: &str, name: &str, out: &mut impl std::io::Write) -> Result<(), EngineError> {
+    async fn copy_job_logs<W: std::io::Write + Send>(
+        &self,
+        id: &str,
+        name: &str,
+        out: &mut W,
+    ) -> Result<(), EngineError> {
         let options =
             bollard::query_parameters::LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
         let mut stream = self.docker.logs(id, Some(options));
@@ -774,7 +774,7 @@ impl DockerEngine {
     }
 
     /// Waits until the container is not running; its exit code.
-    pub async fn wait_job(&self, id: &str, name: &str) -> Result<i64, EngineError> {
+    async fn wait_job(&self, id: &str, name: &str) -> Result<i64, EngineError> {
         let options = bollard::query_parameters::WaitContainerOptions { condition: "not-running".to_string() };
         let mut stream = self.docker.wait_container(id, Some(options));
         let op = "waiting for container";
@@ -793,7 +793,7 @@ impl DockerEngine {
 
     /// Stops a container: its stop signal (SIGTERM by default), SIGKILL after `grace_s`
     /// seconds. A container that is not running, or gone, counts as stopped.
-    pub async fn stop_job(&self, id: &str, name: &str, grace_s: u64) -> Result<(), EngineError> {
+    async fn stop_job(&self, id: &str, name: &str, grace_s: u64) -> Result<(), EngineError> {
         let t = Some(i32::try_from(grace_s).unwrap_or(i32::MAX));
         let bound = self.timeouts.stop(Some(grace_s));
         let client = self.client_for(bound);
@@ -804,16 +804,10 @@ impl DockerEngine {
             Err(e) => Err(err("stopping container", name)(e)),
         }
     }
-}
 
-/// Restore drills of exec sources (`crate::backup::run::drill`): a scratch container made from a
-/// service's image, labelled `tend.kind=drill` and `tend.name=BACKUP` so passes never take it
-/// for an instance, with no ports, no mounts and no network, removed with its anonymous
-/// volumes after the check.
-impl DockerEngine {
     /// The IDs of the drill containers of backup `backup` in `scope` (leftovers of a drill
     /// that was killed included).
-    pub async fn drill_containers(&self, scope: &str, backup: &str) -> Result<Vec<(String, String)>, EngineError> {
+    async fn drill_containers(&self, scope: &str, backup: &str) -> Result<Vec<(String, String)>, EngineError> {
         let filters = label_filter(&[(LABEL_SCOPE, scope), (LABEL_KIND, "drill"), (LABEL_NAME, backup)]);
         let list = self.list_owned(filters).await?;
         Ok(list.iter().map(|c| (c.id.clone().unwrap_or_default(), container_name(c))).collect())
@@ -822,7 +816,7 @@ impl DockerEngine {
     /// Creates and starts the scratch container `name` for a drill of `backup`: `service`'s
     /// image, command, environment, user and health check, nothing reachable from outside nor
     /// anything of the live service's data. Returns its ID.
-    pub async fn start_drill(
+    async fn start_drill(
         &self,
         scope: &str,
         backup: &str,
@@ -855,7 +849,7 @@ impl DockerEngine {
     }
 
     /// Removes a drill container and its anonymous volumes, running or not.
-    pub async fn remove_drill(&self, id: &str, name: &str) -> Result<(), EngineError> {
+    async fn remove_drill(&self, id: &str, name: &str) -> Result<(), EngineError> {
         let options = RemoveContainerOptions { force: true, v: true, link: false };
         let remove = self.docker.remove_container(id, Some(options));
         match self.answer("removing container", name, self.timeouts.call, remove).await? {

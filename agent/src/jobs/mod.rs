@@ -21,6 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -30,11 +31,10 @@ use tend_specs::timer::{Concurrency, JobRuntime};
 use tend_specs::{Desired, Env, Timer};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::engine::docker::DockerEngine;
-use crate::engine::{ContainerEngine, EngineError};
+use crate::engine::{ContainerRuns, EngineError};
 
 /// Label: the run a job's container belongs to.
-pub const LABEL_RUN: &str = "tend.run";
+pub use crate::reconcile::model::LABEL_RUN;
 /// How many finished runs (records and logs) are kept per Timer.
 pub const KEEP_RUNS: usize = 100;
 /// Exit status of `tend job run` when the run was skipped (`forbid`): EX_TEMPFAIL.
@@ -228,6 +228,9 @@ pub enum JobError {
     /// A Docker operation failed.
     #[error(transparent)]
     Docker(#[from] EngineError),
+    /// A docker job was run without a container engine (a caller's mistake).
+    #[error("no container engine was handed to this docker job")]
+    NoDocker,
     /// The image is missing and may not be pulled.
     #[error("image {image} is not present and the job's pullPolicy is never")]
     ImageMissing {
@@ -279,6 +282,7 @@ impl JobError {
             Self::Dir { .. } | Self::Lock { .. } | Self::Read { .. } | Self::Write { .. } => "state",
             Self::Engine(_) => "engine_unavailable",
             Self::Docker(_) => "engine",
+            Self::NoDocker => "engine",
             Self::ImageMissing { .. } => "image_missing",
             Self::UnknownUser(_) | Self::NoGroupOf(_) | Self::UnknownGroup(_) => "identity",
             Self::Spawn { .. } | Self::Wait(_) | Self::Signals(_) => "process",
@@ -604,7 +608,7 @@ impl JobDir {
     /// as replaced by `run`, then its process group gets SIGTERM (SIGKILL after
     /// [`KILL_GRACE`]) or its container is stopped. Runs that start meanwhile are stopped
     /// too; a run still preparing sees the mark and does not start its job.
-    async fn lock_replacing(&self, run: &str, timeouts: crate::engine::Timeouts) -> Result<File, JobError> {
+    async fn lock_replacing<E: ContainerRuns>(&self, run: &str, docker: Option<Arc<E>>) -> Result<File, JobError> {
         let (f, path) = self.open_lock("lock")?;
         let started = Instant::now();
         let mut marked: Vec<String> = Vec::new();
@@ -631,10 +635,11 @@ impl JobDir {
                 }
                 if let Some(c) = r.container.clone().filter(|c| !stopped.contains(c)) {
                     stopped.push(c.clone());
+                    let engine = docker.clone();
                     tokio::spawn(async move {
                         let stop = async {
-                            let engine = DockerEngine::connect(timeouts).await?;
-                            engine.stop_job(&c, &c, KILL_GRACE.as_secs()).await
+                            let engine = engine.ok_or(JobError::NoDocker)?;
+                            engine.stop_job(&c, &c, KILL_GRACE.as_secs()).await.map_err(JobError::from)
                         };
                         if let Err(e) = stop.await {
                             tracing::warn!(container = %c, error = %error_chain(&e), "could not stop the run to replace");
@@ -697,8 +702,6 @@ pub struct RunOptions {
     pub scope: String,
     /// What started the run.
     pub trigger: Trigger,
-    /// How long to wait for Docker (docker jobs).
-    pub timeouts: crate::engine::Timeouts,
 }
 
 /// Why a job was stopped before it ended by itself.
@@ -766,7 +769,6 @@ struct Ctx<'a> {
     run: &'a str,
     scope: &'a str,
     log: &'a File,
-    timeouts: crate::engine::Timeouts,
 }
 
 impl Ctx<'_> {
@@ -837,11 +839,35 @@ pub fn record_outside(
     dir.locked(|d| d.append(&record))
 }
 
+/// The container engine a run may need, as its caller connected it: jobs never connect
+/// themselves.
+pub enum Docker<E> {
+    /// Not connected: the job runs on the host.
+    NotNeeded,
+    /// Connected.
+    Connected(Arc<E>),
+    /// Connecting failed: the run records it as its error.
+    Failed(EngineError),
+}
+
+impl<E> Docker<E> {
+    fn engine(&self) -> Option<Arc<E>> {
+        match self {
+            Docker::Connected(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// Runs `timer`'s job now, whether or not the Timer is enabled, under its concurrency and
 /// timeout, and records the run. tend's own failures once the run has an ID (an unknown
 /// user, a missing image, Docker unavailable) are recorded as `error` and returned in the
 /// outcome; only failures of the state directory are errors here.
-pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobError> {
+pub async fn run<E: ContainerRuns>(
+    options: &RunOptions,
+    timer: &Timer,
+    docker: Docker<E>,
+) -> Result<Outcome, JobError> {
     let dir = JobDir::new(&options.state_dir, &timer.name)?;
     dir.create()?;
     let start_ms = now_ms();
@@ -874,7 +900,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
                 return Ok(Outcome { record, blocked_by });
             }
         },
-        Concurrency::Replace => Some(dir.lock_replacing(&run, options.timeouts).await?),
+        Concurrency::Replace => Some(dir.lock_replacing(&run, docker.engine()).await?),
     };
     let (log, reaped) = dir.locked(|d| {
         let reaped = d.reap_abandoned(&timer.hash)?;
@@ -895,7 +921,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
         tracing::warn!(job = %timer.name, job.run = %r.run, "recorded a run whose tend ended without recording it");
     }
     record.log = Some(dir.log_path(&run));
-    let ctx = Ctx { dir: &dir, timer, run: &run, scope: &options.scope, log: &log, timeouts: options.timeouts };
+    let ctx = Ctx { dir: &dir, timer, run: &run, scope: &options.scope, log: &log };
     ctx.note(&format!(
         "run {run} of {} ({} job, trigger {}) started {}",
         timer.name,
@@ -906,7 +932,7 @@ pub async fn run(options: &RunOptions, timer: &Timer) -> Result<Outcome, JobErro
     let ended = match Stops::new(timer.spec.timeout.map(|t| t.get())) {
         Ok(mut stops) => match timer.spec.job.runtime {
             JobRuntime::Host => run_host(&ctx, &mut stops).await,
-            JobRuntime::Docker => run_docker(&ctx, &mut stops).await,
+            JobRuntime::Docker => run_docker(&ctx, &mut stops, docker).await,
         },
         Err(e) => Err(e),
     };
@@ -1159,9 +1185,13 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<i32>) -> Resu
 /// Runs a docker job: removes containers of this Timer's earlier runs whose tend died,
 /// pulls per `pullPolicy`, creates `NAME-run-RUN`, starts it, copies its output into the
 /// run's log, waits for its exit and removes it.
-async fn run_docker(ctx: &Ctx<'_>, stops: &mut Stops) -> Result<Ended, JobError> {
+async fn run_docker<E: ContainerRuns>(ctx: &Ctx<'_>, stops: &mut Stops, docker: Docker<E>) -> Result<Ended, JobError> {
     let prepare = async {
-        let engine = DockerEngine::connect(ctx.timeouts).await.map_err(JobError::Engine)?;
+        let engine = match docker {
+            Docker::Connected(engine) => engine,
+            Docker::Failed(e) => return Err(JobError::Engine(e)),
+            Docker::NotNeeded => return Err(JobError::NoDocker),
+        };
         let job = &ctx.timer.spec.job;
         let image = job.image.as_deref().ok_or(JobError::Incomplete("image"))?;
         for c in engine.job_containers(ctx.scope, &ctx.timer.name).await? {
@@ -1198,10 +1228,10 @@ async fn run_docker(ctx: &Ctx<'_>, stops: &mut Stops) -> Result<Ended, JobError>
 }
 
 /// Starts the job's container and follows it to its exit.
-async fn follow_container(
+async fn follow_container<E: ContainerRuns>(
     ctx: &Ctx<'_>,
     stops: &mut Stops,
-    engine: &DockerEngine,
+    engine: &Arc<E>,
     id: &str,
     name: &str,
 ) -> Result<Ended, JobError> {

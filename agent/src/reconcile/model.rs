@@ -15,6 +15,17 @@ pub const LABEL_INSTANCE: &str = "tend.instance";
 pub const LABEL_HASH: &str = "tend.hash";
 /// Label: short per-field hashes (`image=…,env=…`), to name what changed.
 pub const LABEL_FIELDS: &str = "tend.fields";
+/// Label of a job's container: the run it belongs to.
+pub const LABEL_RUN: &str = "tend.run";
+
+/// An image reference the way the engine lists it (`busybox` → `busybox:latest`).
+pub fn normalize_image(reference: &str) -> String {
+    if reference.contains('@') {
+        return reference.to_string();
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') { reference.to_string() } else { format!("{reference}:latest") }
+}
 
 /// Suffix of the container started beside the old one in a `start-first` replacement.
 pub const NEXT_SUFFIX: &str = "-next";

@@ -13,7 +13,6 @@ use crate::engine::systemd::{ActiveState, SystemdError, UnitEngine, UnitState};
 use crate::engine::{ContainerEngine, EngineError, Engines};
 use crate::reconcile::model::{Observed, Unit, UnitActive, instance_name};
 use crate::reconcile::options::Options;
-use crate::reconcile::plan;
 
 /// Errors of observing: nothing is planned from what could not be seen.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +65,8 @@ fn next_names_due(desired: &Desired, observed: &Observed) -> BTreeSet<String> {
     let owned: BTreeSet<&str> = observed.containers.iter().map(|c| c.name.as_str()).collect();
     let mut due = BTreeSet::new();
     for s in desired.docker_services().filter(|s| s.spec.rollout.order == RolloutOrder::StartFirst) {
-        let image_id = s.spec.image.as_deref().and_then(|i| observed.images.get(&plan::normalize_image(i)));
+        let image_id =
+            s.spec.image.as_deref().and_then(|i| observed.images.get(&crate::reconcile::model::normalize_image(i)));
         for c in observed.containers.iter().filter(|c| c.service == s.name && c.instance >= 1) {
             let next = format!("{}{}", instance_name(&s.name, c.instance), crate::reconcile::model::NEXT_SUFFIX);
             let outdated = c.hash != s.hash || image_id.is_some_and(|id| *id != c.image_id && !c.image_id.is_empty());
