@@ -12,6 +12,7 @@ pub mod files;
 pub mod hash;
 pub mod load;
 pub mod quantity;
+pub mod scheduled;
 pub mod schema;
 pub mod service;
 pub mod timer;

@@ -1395,32 +1395,10 @@ pub struct TimerContext<'a> {
     pub specs: &'a Path,
 }
 
-/// A Backup with a `schedule` runs as a Timer: `backup-NAME`, persistent (a run missed while
-/// the host was down is caught up), whose job is `tend backup run NAME`. Adding it to the set
-/// gives it everything Timers have: systemd timer units (or the agent's scheduler), `tend job
-/// list/history`, no overlapping runs. The unit names were checked free when the specs were
-/// loaded.
-pub fn add_schedule_timers(desired: &mut Desired, ctx: &TimerContext<'_>) -> Result<(), Vec<tend_specs::Diagnostic>> {
-    let mut added = Vec::new();
-    for b in desired.backups.values() {
-        // The backup itself (persistent: a run missed while the host was down is caught up),
-        // and its restore drill.
-        let runs = [
-            (b.unit_name(), b.spec.schedule.as_deref(), "run", "persistent: true\n  "),
-            (b.drill_unit_name(), b.spec.drill.as_ref().map(|d| d.schedule.as_str()), "drill", ""),
-        ];
-        for (name, schedule, command, persistent) in runs {
-            let Some(schedule) = schedule else { continue };
-            if desired.timers.contains_key(&name) {
-                continue;
-            }
-            let yaml = timer_yaml(&name, schedule, persistent, &job_argv(ctx, command, &b.name));
-            let file = format!("<the {command} schedule of Backup {}>", b.name);
-            added.extend(tend_specs::load_str(Path::new(&file), &yaml)?.timers);
-        }
-    }
-    desired.timers.extend(added);
-    Ok(())
+/// Adds the Timers of scheduled Backups and drills (`tend_specs::scheduled`), their jobs
+/// running this tend with this host's scope and directories.
+pub fn add_schedule_timers(desired: &mut Desired, ctx: &TimerContext<'_>) {
+    tend_specs::scheduled::add_backup_timers(desired, |command, name| job_argv(ctx, command, name));
 }
 
 /// `tend … backup COMMAND NAME --specs SPECS` with this agent's scope and directories.
@@ -1440,17 +1418,6 @@ fn job_argv(ctx: &TimerContext<'_>, command: &str, name: &str) -> Vec<String> {
         "--specs".into(),
         path(ctx.specs),
     ]
-}
-
-/// A Timer document running `exec` on `schedule` (JSON strings are YAML flow scalars).
-fn timer_yaml(name: &str, schedule: &str, persistent: &str, exec: &[String]) -> String {
-    let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
-    let exec: Vec<String> = exec.iter().map(|a| q(a)).collect();
-    format!(
-        "apiVersion: tend/v1\nkind: Timer\nmetadata: {{name: {name}}}\nspec:\n  schedule: {}\n  {persistent}job: {{runtime: host, exec: [{}]}}\n",
-        q(schedule),
-        exec.join(", ")
-    )
 }
 
 /// What a drill did.

@@ -868,11 +868,7 @@ fn set_current(shared: &Shared, mut desired: Desired, dir: PathBuf, commit: Opti
         lock_dir: &st.lock_dir,
         specs: &dir,
     };
-    if let Err(diags) = crate::backup::run::add_schedule_timers(&mut desired, &ctx) {
-        for d in diags {
-            error!(error = %d, "scheduling a Backup");
-        }
-    }
+    crate::backup::run::add_schedule_timers(&mut desired, &ctx);
     info!(dir = %dir.display(), commit = commit.as_deref().unwrap_or("-"), services = desired.services.len(), timers = desired.timers.len(), "spec set in use");
     shared.metrics.applied_commit(commit.as_deref());
     shared.metrics.spec_errors(0);
