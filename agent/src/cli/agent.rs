@@ -1,0 +1,78 @@
+//! `tend agent`: its settings, from the configuration file and the command line.
+
+use super::*;
+
+/// The agent's settings: the configuration file, overridden by explicit options.
+pub(super) fn agent_settings(
+    cli: &Cli,
+    config: Option<&Path>,
+    specs: Option<&Path>,
+    allow_mass_removal: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Result<crate::daemon::Settings, CliError> {
+    use crate::daemon::{Settings, SourceSettings};
+    use tend_specs::agent_config::{AgentConfig, load_agent_config};
+    const DEFAULT_CONFIG: &str = "/etc/tend/agent.yaml";
+    let path = match (config, specs) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, None) if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+        _ => None,
+    };
+    let file = match &path {
+        Some(p) => load_agent_config(p).map_err(|diags| {
+            let paint = Paint::stderr();
+            for d in &diags {
+                eoutln!("{} {d}", paint.red("error:"));
+            }
+            CliError::Config { path: p.clone(), count: diags.len() }
+        })?,
+        None => AgentConfig::default(),
+    };
+    let explicit = |id: &str| cli.explicit.iter().any(|e| e == id);
+    let pick = |id: &str, flag: &PathBuf, file: &Option<PathBuf>| match file {
+        Some(f) if !explicit(id) => f.clone(),
+        _ => flag.clone(),
+    };
+    let scope = match &file.scope {
+        Some(s) if !explicit("scope") => s.clone(),
+        _ => cli.scope.clone(),
+    };
+    let source = match (specs, &file.source.git, &file.source.dir) {
+        (Some(dir), _, _) => SourceSettings::Dir(absolute(dir)),
+        (None, Some(git), _) => SourceSettings::Git(crate::daemon::source::GitConfig {
+            url: git.url.clone(),
+            reference: match (&git.branch, &git.tag) {
+                (_, Some(tag)) => crate::daemon::source::GitRef::Tag(tag.clone()),
+                (Some(branch), None) => crate::daemon::source::GitRef::Branch(branch.clone()),
+                (None, None) => crate::daemon::source::GitRef::Branch("main".into()),
+            },
+            path: git.path.clone(),
+            interval: git.interval.get(),
+            ssh_key: git.ssh_key.clone(),
+            token_file: git.token_file.clone(),
+        }),
+        (None, None, Some(dir)) => SourceSettings::Dir(dir.clone()),
+        (None, None, None) => SourceSettings::Dir(PathBuf::from(DEFAULT_SPECS)),
+    };
+    let tend_bin = tend_bin();
+    Ok(Settings {
+        scope,
+        state_dir: absolute(&pick("state_dir", &cli.state_dir, &file.state_dir)),
+        lock_dir: absolute(&cli.lock_dir),
+        unit_dir: pick("unit_dir", &cli.unit_dir, &file.unit_dir),
+        env_dir: absolute(&pick("env_dir", &cli.env_dir, &file.env_dir)),
+        source,
+        resync: file.resync.get(),
+        debounce: file.debounce.get(),
+        parallel: file.parallel,
+        socket: absolute(&pick("socket", &cli.socket, &file.socket.path)),
+        socket_group: file.socket.group.clone(),
+        metrics_listen: metrics_listen.or_else(|| file.metrics.as_ref().and_then(|m| m.listen.parse().ok())),
+        allow_mass_removal: allow_mass_removal || file.mass_removal.allow,
+        max_removal_percent: file.mass_removal.max_percent,
+        timeouts: Timeouts::new(
+            if explicit("engine_timeout") { cli.engine_timeout } else { file.engine_timeout }.get(),
+        ),
+        tend_bin,
+    })
+}

@@ -1,0 +1,97 @@
+//! `tend maintain` and `tend locks`: maintenance windows on the command line.
+
+use super::*;
+
+/// `tend maintain`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn maintain(
+    cli: &Cli,
+    targets: &[String],
+    selectors: &[String],
+    reason: Option<String>,
+    window: Option<tend_specs::quantity::Duration>,
+    wait: bool,
+    specs: Option<&Path>,
+    command: &[String],
+) -> Result<ExitCode, CliError> {
+    let path = specs_for(cli, specs)?;
+    let desired = load(cli, &path)?;
+    let keys = crate::maintain::resolve(&desired, targets, selectors)?;
+    let (user, uid) = crate::maintain::locks::current_user();
+    let since_ms = crate::support::now_ms();
+    let until_ms = window.map(|w| since_ms + w.get().as_millis() as u64);
+    let holder = crate::maintain::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
+    let dir = crate::maintain::locks::LockDir::new(&cli.lock_dir);
+    if wait {
+        eoutln!("waiting for {} …", keys.join(", "));
+    }
+    let held = dir.take_exclusive(&keys, &holder, wait).map_err(crate::maintain::MaintainError::from)?;
+    // What the operator stops in the window is not a crash: not held for triage after it.
+    crate::maintain::mark_stopped_on_purpose(&cli.state_dir, &keys)?;
+    let paint = Paint::stderr();
+    eoutln!(
+        "{} {} ({}): tend leaves {} alone until this {} exits",
+        paint.green("holding"),
+        held.keys().join(", "),
+        holder.describe(),
+        if held.keys().len() == 1 { "it" } else { "them" },
+        if command.is_empty() { "shell" } else { "command" },
+    );
+    let rt = runtime()?;
+    let status = rt.block_on(crate::maintain::run_window(
+        held,
+        command,
+        window.map(|w| w.get()),
+        std::time::Duration::from_secs(10),
+    ))?;
+    eoutln!("{} {}: the agent reconciles them on its next pass", paint.green("released"), keys.join(", "));
+    // The agent looks at once (best effort: it also notices the release by itself).
+    rt.block_on(async {
+        if let Ok(Some(mut client)) = crate::daemon::api::Client::connect(&cli.socket).await {
+            let _ = client.post("/v1/pass").await;
+        }
+    });
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(128 + 15),
+    })
+}
+
+/// `tend locks`.
+pub(super) fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
+    let held =
+        crate::maintain::locks::LockDir::new(&cli.lock_dir).list().map_err(crate::maintain::MaintainError::from)?;
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> =
+                held.iter().map(|(k, h)| serde_json::json!({"target": k, "holder": h})).collect();
+            print_json(&v)?;
+        }
+        Output::Text => {
+            if held.is_empty() {
+                outln!("No target is held for maintenance.");
+            } else {
+                let mut rows = vec![vec![
+                    "TARGET".into(),
+                    "BY".into(),
+                    "SINCE".into(),
+                    "UNTIL".into(),
+                    "PID".into(),
+                    "REASON".into(),
+                ]];
+                for (k, h) in &held {
+                    rows.push(vec![
+                        k.clone(),
+                        h.user.clone(),
+                        crate::support::time::format_ms(h.since_ms),
+                        h.until_ms.map(crate::support::time::format_ms).unwrap_or_else(|| "-".into()),
+                        h.pid.to_string(),
+                        h.reason.clone().unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                table(&rows);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
