@@ -160,7 +160,7 @@ pub(super) fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, Cli
         }
         BackupCommand::Pin { name, archive, reason, specs } => {
             let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
-            let path = crate::backup::run::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
+            let path = crate::backup::prune::pin_archive(the_backup(&desired, name)?, archive, reason.clone())?;
             outln!(
                 "{} {}: retention keeps it until `tend backup unpin {name} {archive}`",
                 Paint::stdout().green("pinned"),
@@ -170,7 +170,7 @@ pub(super) fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, Cli
         }
         BackupCommand::Unpin { name, archive, specs } => {
             let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
-            let (path, was) = crate::backup::run::unpin_archive(the_backup(&desired, name)?, archive)?;
+            let (path, was) = crate::backup::prune::unpin_archive(the_backup(&desired, name)?, archive)?;
             match was {
                 true => outln!("unpinned {}: the next run's retention may remove it", path.display()),
                 false => outln!("{} was not pinned", path.display()),
@@ -239,10 +239,10 @@ pub(super) fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, Cli
         BackupCommand::Verify { target, specs } => {
             let as_file = Path::new(target);
             let results = if as_file.is_file() {
-                crate::backup::run::verify_all(None, Some(as_file))
+                crate::backup::health::verify_all(None, Some(as_file))
             } else {
                 let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
-                crate::backup::run::verify_all(Some(the_backup(&desired, target)?), None)
+                crate::backup::health::verify_all(Some(the_backup(&desired, target)?), None)
             };
             let paint = Paint::stdout();
             let mut bad = 0;
@@ -335,7 +335,7 @@ pub(super) fn backup_drill(cli: &Cli, name: &str, specs: Option<&Path>) -> Resul
     let started_ms = crate::support::now_ms();
     let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
-        crate::backup::run::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
+        crate::backup::drill::drill(&engines, &desired, b, &backup_ctx(cli)).await.map_err(CliError::Backup)
     });
     let outcome = result.as_ref().map(|_| ()).map_err(|e| crate::support::chain(e));
     record_timer_run(cli, &desired, &b.drill_unit_name(), started_ms, outcome);
@@ -405,8 +405,8 @@ pub(super) fn restore(
         })
         .collect::<Result<_, _>>()?;
     let RestoreTarget { from, to, without_manifest } = target;
-    let plan = crate::backup::run::plan_restore(b, from, to, &vars, without_manifest).map_err(refused)?;
-    crate::backup::run::check_restore(&plan).map_err(refused)?;
+    let plan = crate::backup::restore::plan_restore(b, from, to, &vars, without_manifest).map_err(refused)?;
+    crate::backup::restore::check_restore(&plan).map_err(refused)?;
     let age = match plan.age_ms {
         Some(ms) => format!("made {} ago", crate::support::time::format_duration(std::time::Duration::from_millis(ms))),
         None => "no manifest: when it was made is unknown".to_string(),
@@ -434,10 +434,10 @@ pub(super) fn restore(
         }
     }
     let mut ctx = backup_ctx(cli);
-    let progress = ProgressLine::start(&mut ctx, || Some(crate::backup::run::restore_read_bytes(b, &plan)));
+    let progress = ProgressLine::start(&mut ctx, || Some(crate::backup::restore::restore_read_bytes(b, &plan)));
     let result = runtime()?.block_on(async {
         let (engines, _) = connect(&desired, cli.timeouts()).await?;
-        crate::backup::run::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)
+        crate::backup::restore::restore(&engines, &desired, b, &plan, to, &vars, &ctx).await.map_err(CliError::Backup)
     });
     drop(progress);
     result?;

@@ -155,7 +155,7 @@ pub(super) fn status(cli: &Cli, path: Option<&Path>, output: Output) -> Result<E
         status.backups = desired
             .backups
             .values()
-            .map(|b| crate::backup::run::health(&cli.state_dir, b, crate::support::now_ms()))
+            .map(|b| crate::backup::health::health(&cli.state_dir, b, crate::support::now_ms()))
             .collect();
         status.unchecked = missing.clone();
         match output {

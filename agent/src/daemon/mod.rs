@@ -1690,7 +1690,7 @@ fn wait_for_release(shared: &Shared, target: &str) {
 fn record_runs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
     let Some(set) = shared.current() else { return };
     for b in set.desired.backups.values() {
-        let h = crate::backup::run::health(&shared.settings.state_dir, b, crate::support::now_ms());
+        let h = crate::backup::health::health(&shared.settings.state_dir, b, crate::support::now_ms());
         shared.metrics.backup(&b.name, h.last_success_ms, h.problems().len());
     }
     for name in set.desired.timers.keys() {
@@ -1869,7 +1869,7 @@ impl Control for Api {
             status.backups = desired
                 .backups
                 .values()
-                .map(|b| crate::backup::run::health(&shared.settings.state_dir, b, crate::support::now_ms()))
+                .map(|b| crate::backup::health::health(&shared.settings.state_dir, b, crate::support::now_ms()))
                 .collect();
             let mut agent = shared.agent_status();
             // The banner lasts as long as one of its holds.

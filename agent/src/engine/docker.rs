@@ -570,7 +570,7 @@ impl ContainerEngine for DockerEngine {
 
 /// One-off containers and execs: jobs (`crate::jobs`: a container created for one run of a
 /// Timer's job, followed to its exit and removed after it, never restarted, never observed
-/// by a pass), restore drills of exec sources (`crate::backup::run::drill`: a scratch
+/// by a pass), restore drills of exec sources (`crate::backup::drill::drill`: a scratch
 /// container made from a service's image, labelled `tend.kind=drill` and `tend.name=BACKUP`
 /// so passes never take it for an instance, with no ports, no mounts and no network,
 /// removed with its anonymous volumes after the check), execs streaming a dump out or a

@@ -160,7 +160,7 @@ pub struct Status {
     pub drain: Option<crate::reconcile::state::Drain>,
     /// Backups: last success, missed schedules, shrinking archives, leftovers, free space.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backups: Vec<crate::backup::run::Health>,
+    pub backups: Vec<crate::backup::health::Health>,
     /// The running agent's own state (absent from a stand-alone `tend status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
