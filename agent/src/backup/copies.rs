@@ -18,7 +18,7 @@ pub(crate) async fn copy_to(archive: &Path, rel: &Path, sha256: &str, to: CopyTo
             let sha = sha256.to_string();
             tokio::task::spawn_blocking(move || copy_file_verified(&archive, &target, &sha))
                 .await
-                .map_err(|e| BackupError::Engine(format!("the copy task failed: {e}")))?
+                .map_err(|source| BackupError::Task { what: "copy", source })?
         }
         CopyTo::Rsync(dest) => {
             // `dest` names a directory (user@host:/path); the layout's sub-path is kept.

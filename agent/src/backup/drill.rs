@@ -14,7 +14,6 @@ use crate::backup::archive;
 use crate::engine::ContainerRuns;
 use crate::engine::Engines;
 use crate::engine::systemd::UnitEngine;
-use crate::support::chain;
 
 use super::restore::*;
 use super::run::*;
@@ -104,7 +103,7 @@ pub(crate) async fn paths_drill(
     let extracted =
         tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), None, &limits))
             .await
-            .map_err(|e| BackupError::Engine(format!("the drill task failed: {e}")))??;
+            .map_err(|source| BackupError::Task { what: "drill", source })??;
     let dir = scratch.display().to_string();
     let code = run_check(d, &dir, ("TEND_DRILL_DIR", &dir)).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -133,22 +132,21 @@ pub(crate) async fn exec_drill<E: ContainerRuns, U: UnitEngine>(
             backup.name
         ))
     })?;
-    let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
+    let docker = engines.docker.as_deref().ok_or(BackupError::NoDocker)?;
     let plan = plan_restore(backup, None, None, &[], false)?;
     let command = restore_command(backup, &[])?;
     let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
-    let engine_err = |e: crate::engine::EngineError| BackupError::Engine(chain(&e));
     // A drill that was killed leaves its container: remove it first.
-    for (id, name) in docker.drill_containers(&ctx.scope, &backup.name).await.map_err(engine_err)? {
-        docker.remove_drill(&id, &name).await.map_err(engine_err)?;
+    for (id, name) in docker.drill_containers(&ctx.scope, &backup.name).await? {
+        docker.remove_drill(&id, &name).await?;
     }
     let name = format!("{}-drill", backup.name);
-    let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await.map_err(engine_err)?;
+    let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await?;
     info!(backup = %backup.name, container = %name, "scratch container started for the drill");
     let result = async {
         crate::reconcile::execute::await_ready(docker, &name, service)
             .await
-            .map_err(|e| BackupError::Engine(chain(&e)))?;
+            .map_err(|e| BackupError::NotReady { container: name.clone(), source: Box::new(e) })?;
         let (code, stderr) = stream_into(engines, Some(&name), &command, &plan.archive, sha, None).await?;
         if code != 0 {
             return Err(BackupError::Command {
@@ -163,6 +161,6 @@ pub(crate) async fn exec_drill<E: ContainerRuns, U: UnitEngine>(
     .await;
     let removed = docker.remove_drill(&id, &name).await;
     let code = result?;
-    removed.map_err(engine_err)?;
+    removed?;
     Ok(DrillReport { archive: plan.archive, restored_into: name, entries: None, check_code: code, duration_ms: 0 })
 }

@@ -18,7 +18,7 @@ use crate::engine::ContainerRuns;
 use crate::engine::Engines;
 use crate::engine::systemd::UnitEngine;
 use crate::reconcile::model::instance_name;
-use crate::support::{chain, now_ms};
+use crate::support::now_ms;
 
 use super::run::*;
 
@@ -248,7 +248,7 @@ pub async fn restore<E: ContainerRuns, U: UnitEngine>(
     let (a, p) = (plan.archive.clone(), progress.clone());
     tokio::task::spawn_blocking(move || archive::verify_counted(&a, archive::Format::Zst, sha.as_deref(), p.as_ref()))
         .await
-        .map_err(|e| BackupError::Engine(format!("the verify task failed: {e}")))?
+        .map_err(|source| BackupError::Task { what: "verify", source })?
         .map_err(|e| unchanged(e.into()))?;
     exec_restore(engines, desired, backup, plan, vars, progress).await
 }
@@ -381,7 +381,7 @@ pub(crate) async fn extract_checked(
     let (a, t, p) = (plan.archive.clone(), target.to_path_buf(), ctx.progress.clone());
     tokio::task::spawn_blocking(move || archive::extract_counted(&a, &t, sha.as_deref(), p.as_ref(), &limits))
         .await
-        .map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))??;
+        .map_err(|source| BackupError::Task { what: "restore", source })??;
     if !live {
         return Ok(());
     }
@@ -503,8 +503,8 @@ pub(crate) async fn stream_into<E: ContainerRuns, U: UnitEngine>(
         tokio::task::spawn_blocking(move || archive::stream_out_counted(&a, sha.as_deref(), writer, progress.as_ref()));
     let input = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(reader)));
     let (code, stderr) = if let Some(container) = container {
-        let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
-        docker.exec_in(container, command, None, input).await.map_err(|e| BackupError::Engine(chain(&e)))?
+        let docker = engines.docker.as_deref().ok_or(BackupError::NoDocker)?;
+        docker.exec_in(container, command, None, input).await?
     } else {
         let mut child = tokio::process::Command::new(&command[0])
             .args(&command[1..])
@@ -513,7 +513,7 @@ pub(crate) async fn stream_into<E: ContainerRuns, U: UnitEngine>(
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(io("starting the restore command", Path::new(&command[0])))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| BackupError::Engine("no stdin".into()))?;
+        let mut stdin = child.stdin.take().ok_or(BackupError::Pipe("stdin"))?;
         let mut input = input;
         let feed = async move {
             let r = tokio::io::copy(&mut input, &mut stdin).await;
@@ -524,7 +524,7 @@ pub(crate) async fn stream_into<E: ContainerRuns, U: UnitEngine>(
         let out = out.map_err(io("waiting for the restore command", Path::new(&command[0])))?;
         (i64::from(out.status.code().unwrap_or(-1)), stderr_tail(&out.stderr))
     };
-    match decompress.await.map_err(|e| BackupError::Engine(format!("the restore task failed: {e}")))? {
+    match decompress.await.map_err(|source| BackupError::Task { what: "restore", source })? {
         // The command stopped reading because it failed: its own error says more.
         Err(ArchiveError::Output { .. }) if code != 0 => {}
         // A corrupt archive (checked before a byte is sent) wins over what it caused.

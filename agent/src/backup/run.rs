@@ -76,9 +76,33 @@ pub enum BackupError {
         /// What that means.
         what: &'static str,
     },
-    /// The engine a step needs is missing, or refused.
-    #[error("{0}")]
-    Engine(String),
+    /// Docker refused or did not answer.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The run needs Docker, and there is none.
+    #[error("Docker is not available")]
+    NoDocker,
+    /// A scratch container did not become ready.
+    #[error("the scratch container {container} did not become ready")]
+    NotReady {
+        /// The container.
+        container: String,
+        /// Why.
+        #[source]
+        source: Box<crate::reconcile::execute::StepError>,
+    },
+    /// A task of the run ended abnormally (it panicked or was cancelled).
+    #[error("the {what} task failed")]
+    Task {
+        /// What it did.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A command's standard stream could not be connected.
+    #[error("the {0} of the command could not be connected")]
+    Pipe(&'static str),
     /// A file operation failed.
     #[error("{op} {path}")]
     Io {
@@ -354,7 +378,7 @@ pub(crate) async fn quiesced_archive<E: ContainerRuns, U: UnitEngine>(
         let (paths, final_path, options) = (paths.to_vec(), final_path.to_path_buf(), options.clone());
         let written = tokio::task::spawn_blocking(move || archive::write_paths(&final_path, &paths, &options))
             .await
-            .map_err(|e| BackupError::Engine(format!("the archive task failed: {e}")))??;
+            .map_err(|source| BackupError::Task { what: "archive", source })??;
         Ok::<_, BackupError>(written)
     }
     .await;
@@ -400,7 +424,8 @@ pub(crate) async fn exec_archive<E: ContainerRuns, U: UnitEngine>(
     final_path: &Path,
     options: &WriteOptions,
 ) -> Result<archive::Written, BackupError> {
-    let exec = backup.spec.source.exec.clone().ok_or_else(|| BackupError::Engine("no exec source".into()))?;
+    let exec =
+        backup.spec.source.exec.clone().ok_or_else(|| BackupError::Refused("the Backup has no exec source".into()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let (path, opts) = (final_path.to_path_buf(), options.clone());
     // The writer: a blocking thread reading the channel into a .partial file.
@@ -412,7 +437,7 @@ pub(crate) async fn exec_archive<E: ContainerRuns, U: UnitEngine>(
     });
     let command = exec.command.join(" ");
     let (code, stderr) = run_exec(engines, desired, exec.runs_in(), &exec.command, tx).await?;
-    let w = writer.await.map_err(|e| BackupError::Engine(format!("the archive task failed: {e}")))??;
+    let w = writer.await.map_err(|source| BackupError::Task { what: "archive", source })??;
     if code != 0 {
         // Dropping the writer removes the partial file: no archive under a final name.
         drop(w);
@@ -420,7 +445,7 @@ pub(crate) async fn exec_archive<E: ContainerRuns, U: UnitEngine>(
     }
     Ok(tokio::task::spawn_blocking(move || w.finish())
         .await
-        .map_err(|e| BackupError::Engine(format!("the archive task failed: {e}")))??)
+        .map_err(|source| BackupError::Task { what: "archive", source })??)
 }
 
 /// Runs a dump command in a service's container, or on the host, its stdout into `tx`.
@@ -432,9 +457,9 @@ pub(crate) async fn run_exec<E: ContainerRuns, U: UnitEngine>(
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<(i64, String), BackupError> {
     if let Some(s) = docker_service(desired, runs_in) {
-        let docker = engines.docker.as_deref().ok_or_else(|| BackupError::Engine("Docker is not available".into()))?;
+        let docker = engines.docker.as_deref().ok_or(BackupError::NoDocker)?;
         let container = instance_name(&s.name, 1);
-        return docker.exec_out(&container, command, None, tx).await.map_err(|e| BackupError::Engine(chain(&e)));
+        return Ok(docker.exec_out(&container, command, None, tx).await?);
     }
     // On the host (runtime: host, or a systemd service: as its user).
     let user = match runs_in {
@@ -460,8 +485,8 @@ pub(crate) async fn run_exec<E: ContainerRuns, U: UnitEngine>(
         .kill_on_drop(true)
         .spawn()
         .map_err(io("starting the dump command", Path::new(&command[0])))?;
-    let mut stdout = child.stdout.take().ok_or_else(|| BackupError::Engine("no stdout".into()))?;
-    let mut stderr_pipe = child.stderr.take().ok_or_else(|| BackupError::Engine("no stderr".into()))?;
+    let mut stdout = child.stdout.take().ok_or(BackupError::Pipe("stdout"))?;
+    let mut stderr_pipe = child.stderr.take().ok_or(BackupError::Pipe("stderr"))?;
     let pump = async {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 64 * 1024];
