@@ -271,6 +271,9 @@ struct Shared {
     releases: Arc<Mutex<BTreeSet<String>>>,
     /// The host's salt of secrets' digests (`crate::support::redact`).
     secret_salt: Vec<u8>,
+    /// The git source, when specs come from one: its poller checks out new commits, the
+    /// loop promotes a candidate once its set is accepted or tells it of a rejection.
+    git: Option<Arc<tokio::sync::Mutex<GitSource>>>,
 }
 
 impl Shared {
@@ -594,6 +597,13 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     std::fs::create_dir_all(&settings.state_dir)
         .map_err(|source| StateError::Dir { path: settings.state_dir.clone(), source })?;
     let secret_salt = crate::support::redact::host_salt(&settings.state_dir, true)?;
+    let git = match &settings.source {
+        SourceSettings::Dir(_) => None,
+        SourceSettings::Git(config) => {
+            let git = GitSource::new(config.clone(), settings.state_dir.join("git"))?;
+            Some(Arc::new(tokio::sync::Mutex::new(git)))
+        }
+    };
     let source_text = match &settings.source {
         SourceSettings::Dir(d) => d.display().to_string(),
         SourceSettings::Git(g) => {
@@ -620,6 +630,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
         releases: Arc::new(Mutex::new(BTreeSet::new())),
         secret_salt,
+        git,
     });
     info!(scope = %settings.scope, source = %shared.agent_status().source, "tend agent starting");
 
@@ -679,14 +690,16 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
 
     // The spec source.
     let mut pending: Option<SpecSet> = None;
-    match &settings.source {
-        SourceSettings::Dir(dir) => {
+    match (&settings.source, shared.git.clone()) {
+        (SourceSettings::Dir(dir), _) => {
             pending = reload_dir(&shared, dir);
             watch_dir(dir, settings.debounce, wake_tx.clone(), stop.clone())?;
         }
-        SourceSettings::Git(config) => {
-            let git = GitSource::new(config.clone(), settings.state_dir.join("git"))?;
-            if let Some(rev) = git.current() {
+        // The git source was made with the shared state.
+        (SourceSettings::Git(_), None) => {}
+        (SourceSettings::Git(config), Some(git)) => {
+            let current = git.lock().await.current();
+            if let Some(rev) = current {
                 // The last promoted commit: in use again at once, even with the remote down.
                 let dir = stable_dir(&settings.state_dir, config);
                 match load(&shared, &dir) {
@@ -694,9 +707,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                     Err(errors) => reject(&shared, errors, rev.commit.clone()),
                 }
             }
-            let git = Arc::new(tokio::sync::Mutex::new(git));
-            spawn_git_poller(git.clone(), wake_tx.clone(), stop.clone());
-            let _ = GIT.set(git);
+            spawn_git_poller(git, wake_tx.clone(), stop.clone());
         }
     }
 
@@ -744,11 +755,10 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         if let Some(path) = &hang_fault
             && path.exists()
         {
-            // Fault injection for the watchdog test: the loop hangs (and stops pinging).
+            // Fault injection for the watchdog test: the loop hangs (and stops pinging), on
+            // a future that never completes, so the runtime's threads stay free for the API.
             warn!(path = %path.display(), "TEND_FAULT_HANG: the loop hangs now");
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
+            std::future::pending::<()>().await;
         }
         if watchdog_every.is_some() {
             sd_notify(&[sd_notify::NotifyState::Watchdog]);
@@ -837,9 +847,6 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     info!("stopped; services keep running");
     Ok(())
 }
-
-/// The git source, for promotion from the loop.
-static GIT: std::sync::OnceLock<Arc<tokio::sync::Mutex<GitSource>>> = std::sync::OnceLock::new();
 
 /// The path through which a git source's promoted checkout is read: stable across
 /// commits, so paths in the specs (bind mounts next to them) do not change with each commit.
@@ -969,7 +976,7 @@ fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> boo
                 }
                 Err(errors) => {
                     reject(shared, errors, rev.commit.clone());
-                    if let Some(git) = GIT.get() {
+                    if let Some(git) = &shared.git {
                         let git = git.clone();
                         tokio::spawn(async move { git.lock().await.reject(&rev) });
                     }
@@ -1454,7 +1461,7 @@ async fn accept_or_block(
     }
     shared.metrics.mass_removal_blocked(false);
     let (desired, dir, commit) = ((*set.desired).clone(), set.dir.clone(), set.commit.clone());
-    if let (Some(git), Some(rev)) = (GIT.get(), &set.rev) {
+    if let (Some(git), Some(rev)) = (&shared.git, &set.rev) {
         // Switch the checkout first: the set is read through the `current` link.
         if let Err(e) = git.lock().await.promote(rev) {
             error!(error = %crate::support::chain(&e), "switching to the new checkout failed; the set in use stays");
