@@ -33,6 +33,7 @@ pub mod api;
 pub mod metrics;
 pub mod source;
 
+mod agent_loop;
 mod backoff;
 mod boot;
 mod control;
@@ -50,28 +51,24 @@ mod watch;
 pub use boot::{BootMarker, boot_id, clean_reboot, unclean_boot};
 pub use guard::{MassRemoval, mass_removal};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{error, info};
 
+use crate::daemon::agent_loop::AgentLoop;
 use crate::daemon::api::Control;
-use crate::daemon::backoff::{Backoffs, backoff_delay};
 use crate::daemon::boot::Boot;
 use crate::daemon::control::AgentControl;
-use crate::daemon::engine_health::unresponsive;
-use crate::daemon::record::record_runs;
-use crate::daemon::shared::lock;
 use crate::daemon::shared::{Shared, Wake};
 use crate::daemon::source::{GitConfig, GitSource};
 use crate::daemon::spec_set::SpecSet;
-use crate::daemon::systemd_notify::{Watchdog, status_line};
 use crate::engine::Timeouts;
 use crate::reconcile::apply::{Options, UnitsConfig};
 use crate::reconcile::state::StateError;
@@ -221,111 +218,9 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let pending = spec_set::open_source(&shared, &stop).await?;
     recover_interrupted_backups(&shared, pending.as_ref()).await;
 
-    let mut wake_rx = wake_rx;
-    let (mut pending, mut boot) = (pending, boot);
-    let settings = &shared.settings;
-
-    // The loop.
-    let mut watchdog = Watchdog::from_env();
-    let hang_fault = std::env::var_os("TEND_FAULT_HANG").map(PathBuf::from);
-    let mut scheduler: Option<(String, CancellationToken)> = None;
-    let mut backoff = Backoffs::default();
-    let mut ready = false;
-    let mut next_resync = tokio::time::Instant::now();
-    let mut pass_wanted = true;
-    let mut follow_up = false;
-    let mut follow_up_at: Option<tokio::time::Instant> = None;
-    let mut follow_ups: std::collections::VecDeque<Duration> = Default::default();
-    let mut jobs_seen: BTreeMap<String, u64> = BTreeMap::new();
-    // Passes while an engine is unresponsive, and when to try again.
-    let mut engine_retries = 0u32;
-    let mut engine_retry_at: Option<tokio::time::Instant> = None;
-    loop {
-        if let Some(path) = &hang_fault
-            && path.exists()
-        {
-            // Fault injection for the watchdog test: the loop hangs (and stops pinging), on
-            // a future that never completes, so the runtime's threads stay free for the API.
-            warn!(path = %path.display(), "TEND_FAULT_HANG: the loop hangs now");
-            std::future::pending::<()>().await;
-        }
-        watchdog.ping();
-        if stop.is_cancelled() {
-            break;
-        }
-        if pass_wanted {
-            pass_wanted = false;
-            let pass = pass::run(&shared, &mut pending, &mut backoff, &mut boot);
-            tokio::pin!(pass);
-            let pings = watchdog.enabled();
-            loop {
-                tokio::select! {
-                    () = &mut pass => break,
-                    () = watchdog.due(), if pings => watchdog.ping(),
-                }
-            }
-            next_resync = tokio::time::Instant::now() + settings.resync;
-            if follow_up {
-                follow_ups = ENGINE_FOLLOW_UPS.into_iter().collect();
-                follow_up = false;
-            }
-            follow_up_at = follow_ups.pop_front().map(|d| tokio::time::Instant::now() + d);
-            engine_retry_at = if unresponsive(&shared).is_empty() {
-                engine_retries = 0;
-                None
-            } else {
-                engine_retries += 1;
-                Some(tokio::time::Instant::now() + backoff_delay(engine_retries).min(ENGINE_RETRY_MAX))
-            };
-            record_runs(&shared, &mut jobs_seen);
-            update_scheduler(&shared, &mut scheduler, &stop);
-            let line = status_line(&shared);
-            systemd_notify::send(&[sd_notify::NotifyState::Status(&line)]);
-            if !ready {
-                ready = true;
-                info!("first pass done: ready");
-                systemd_notify::send(&[sd_notify::NotifyState::Ready]);
-            }
-            continue;
-        }
-        // Sleep until something happens: a wake-up, the resync, a backoff deadline.
-        let mut deadline = next_resync;
-        for at in follow_up_at.into_iter().chain(engine_retry_at) {
-            deadline = deadline.min(at);
-        }
-        if let Some(until) = backoff.earliest() {
-            deadline = deadline.min(tokio::time::Instant::now() + until.saturating_duration_since(Instant::now()));
-        }
-        if let Some(due) = restart_due(&shared) {
-            deadline = deadline.min(due);
-        }
-        let pings = watchdog.enabled();
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = watchdog.due(), if pings => {}
-            () = tokio::time::sleep_until(deadline) => pass_wanted = true,
-            msg = wake_rx.recv() => {
-                let Some(msg) = msg else { break };
-                let engine = matches!(msg, Wake::Engine);
-                pass_wanted |= handle_wake(&shared, msg, &mut pending);
-                if engine {
-                    // Docker reports a container's death a moment before its listing shows
-                    // it: let the engine settle, and look once more a little later.
-                    tokio::time::sleep(ENGINE_SETTLE).await;
-                    follow_up = true;
-                }
-                // Fold what else has arrived into the same pass.
-                while let Ok(msg) = wake_rx.try_recv() {
-                    pass_wanted |= handle_wake(&shared, msg, &mut pending);
-                }
-            }
-        }
-    }
+    let boot = AgentLoop::new(shared.clone(), stop.clone(), wake_rx, boot, pending).run().await;
 
     info!("stopping");
-    if let Some((_, token)) = scheduler.take() {
-        token.cancel();
-    }
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(6), api_task).await;
     boot.finish(&shared.settings.state_dir)?;
@@ -390,69 +285,4 @@ async fn recover_interrupted_backups(shared: &Shared, pending: Option<&SpecSet>)
             }
         }
     }
-}
-
-/// How long an engine event is left to settle before the pass it wakes.
-const ENGINE_SETTLE: Duration = Duration::from_millis(50);
-/// Second and third looks after an engine event, for what the first pass could not see yet
-/// (each no-op pass costs a few milliseconds).
-const ENGINE_FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(1000)];
-
-/// The longest wait before passing again while an engine is unresponsive (the waits start
-/// at a second and double): each such pass costs one call timeout of waiting and nothing
-/// else, and the agent should notice soon when the engine answers again.
-const ENGINE_RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Handles a wake-up; returns whether a pass is wanted.
-fn handle_wake(shared: &Shared, msg: Wake, pending: &mut Option<SpecSet>) -> bool {
-    debug!(?msg, "woken");
-    match msg {
-        Wake::Engine | Wake::Api => true,
-        Wake::Specs => spec_set::reread_dir(shared, pending),
-        Wake::Candidate(rev) => spec_set::check_candidate(shared, rev, pending),
-    }
-}
-
-/// The next deadline the planner is waiting for, from the last pass: a crash-looping
-/// instance's restart, an object's retry, an update window opening.
-fn restart_due(shared: &Shared) -> Option<tokio::time::Instant> {
-    let a = lock(&shared.agent);
-    let now = crate::support::now_ms();
-    a.backoff
-        .values()
-        .copied()
-        .chain(a.next_window_ms)
-        .filter(|due| *due > now)
-        .min()
-        .map(|due| tokio::time::Instant::now() + Duration::from_millis(due - now))
-}
-
-/// Where systemd is not PID 1, the agent schedules Timers itself; restarted when the set's
-/// Timers change.
-fn update_scheduler(shared: &Shared, current: &mut Option<(String, CancellationToken)>, stop: &CancellationToken) {
-    if lock(&shared.engines).systemd.is_some() {
-        return;
-    }
-    let Some(set) = shared.current() else { return };
-    let key: String = set.desired.timers.values().map(|t| format!("{}:{};", t.name, t.hash)).collect();
-    if current.as_ref().is_some_and(|(k, _)| *k == key) {
-        return;
-    }
-    if let Some((_, token)) = current.take() {
-        token.cancel();
-    }
-    let token = stop.child_token();
-    let config = crate::jobs::scheduler::Config {
-        tend_bin: shared.settings.tend_bin.clone(),
-        scope: shared.settings.scope.clone(),
-        state_dir: shared.settings.state_dir.clone(),
-        specs: set.dir.clone(),
-        timeouts: shared.settings.timeouts,
-    };
-    let timers: Vec<_> = set.desired.timers.values().cloned().collect();
-    if timers.iter().any(crate::jobs::scheduler::scheduled) {
-        info!(timers = timers.iter().filter(|t| crate::jobs::scheduler::scheduled(t)).count(), "scheduling Timers");
-    }
-    tokio::spawn(crate::jobs::scheduler::schedule(config, timers, token.clone()).instrument(info_span!("scheduler")));
-    *current = Some((key, token));
 }
