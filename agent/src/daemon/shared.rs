@@ -1,0 +1,121 @@
+//! What the loop, the watchers and the local API share: the settings, the engines, the spec
+//! set in use, the agent's status and metrics, the git source, and the channel that wakes
+//! the loop.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::mpsc;
+
+use crate::daemon::engine_health::{EngineHandles, LiveEngines};
+use crate::daemon::metrics::Metrics;
+use crate::daemon::source::{self, GitSource, Revision};
+use crate::daemon::spec_set::SpecSet;
+use crate::daemon::{Settings, SourceSettings};
+use crate::engine::Engines;
+use crate::reconcile::apply::Options;
+use crate::reconcile::status::AgentStatus;
+
+/// Why the loop woke.
+#[derive(Debug)]
+pub(super) enum Wake {
+    /// Spec files changed (directory source).
+    Specs,
+    /// A git source has a new commit, checked out and waiting for validation.
+    Candidate(Revision),
+    /// Docker or systemd reported a change.
+    Engine,
+    /// The API asked for a pass.
+    Api,
+}
+
+/// A git source, shared by its poller and the loop.
+pub(super) type SharedGit = Arc<tokio::sync::Mutex<GitSource>>;
+
+/// What the loop and the API share.
+pub(super) struct Shared {
+    pub(super) settings: Settings,
+    /// The options passes start from (`crate::daemon::pass_options`).
+    pub(super) options: Options,
+    pub(super) engines: Mutex<EngineHandles>,
+    pub(super) current: RwLock<Option<SpecSet>>,
+    pub(super) agent: Mutex<AgentStatus>,
+    pub(super) metrics: Metrics,
+    pub(super) wake: mpsc::Sender<Wake>,
+    /// The units whose changes wake the loop: the set's systemd services and timer units.
+    pub(super) units_of_interest: Arc<RwLock<BTreeSet<String>>>,
+    /// Targets under maintenance whose release is being waited for (to pass at once).
+    pub(super) releases: Arc<Mutex<BTreeSet<String>>>,
+    /// The host's salt of secrets' digests (`crate::support::redact`).
+    pub(super) secret_salt: Vec<u8>,
+    /// The git source, when specs come from one: its poller checks out new commits, the
+    /// loop promotes a candidate once its set is accepted or tells it of a rejection.
+    pub(super) git: Option<SharedGit>,
+}
+
+impl Shared {
+    /// The state at start: no engine connected yet, no spec set in use.
+    pub(super) fn new(
+        settings: Settings,
+        options: Options,
+        wake: mpsc::Sender<Wake>,
+        secret_salt: Vec<u8>,
+        git: Option<SharedGit>,
+    ) -> Self {
+        let agent = AgentStatus {
+            pid: std::process::id(),
+            started_ms: crate::support::now_ms(),
+            source: source_text(&settings.source),
+            ..Default::default()
+        };
+        Self {
+            settings,
+            options,
+            engines: Mutex::new(EngineHandles::default()),
+            current: RwLock::new(None),
+            agent: Mutex::new(agent),
+            metrics: Metrics::new(),
+            wake,
+            units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
+            releases: Arc::new(Mutex::new(BTreeSet::new())),
+            secret_salt,
+            git,
+        }
+    }
+
+    /// The engines connected now.
+    pub(super) fn engines(&self) -> Arc<LiveEngines> {
+        let e = lock(&self.engines);
+        Arc::new(Engines { docker: e.docker.clone(), systemd: e.systemd.clone() })
+    }
+
+    /// The spec set in use.
+    pub(super) fn current(&self) -> Option<SpecSet> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The agent's own status, as `tend status` shows it.
+    pub(super) fn agent_status(&self) -> AgentStatus {
+        lock(&self.agent).clone()
+    }
+}
+
+/// Locks `m`, also when a thread panicked holding it (what it guards stays usable).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where specs come from, for `tend status`: a directory, or a git URL (credentials
+/// redacted) and its ref.
+fn source_text(from: &SourceSettings) -> String {
+    match from {
+        SourceSettings::Dir(d) => d.display().to_string(),
+        SourceSettings::Git(g) => {
+            let r = match &g.reference {
+                source::GitRef::Branch(b) => format!("branch {b}"),
+                source::GitRef::Tag(t) => format!("tag {t}"),
+            };
+            format!("{} ({r})", source::redact_url(&g.url))
+        }
+    }
+}
