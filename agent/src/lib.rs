@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cli;
 pub mod daemon;
 pub mod engine;
+pub mod host;
 pub mod jobs;
 pub mod maintain;
 pub mod reconcile;

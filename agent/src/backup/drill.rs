@@ -92,7 +92,7 @@ pub(crate) async fn paths_drill(
     ctx: &Context,
 ) -> Result<DrillReport, BackupError> {
     let plan = plan_restore(backup, None, Some(Path::new("/")), &[], false)?;
-    let scratch = ctx.state_dir.join("drills").join(&backup.name);
+    let scratch = ctx.host.state_dir.join("drills").join(&backup.name);
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(io("clearing the drill directory", &scratch))?;
     }
@@ -137,11 +137,11 @@ pub(crate) async fn exec_drill<E: ContainerRuns, U: UnitEngine>(
     let command = restore_command(backup, &[])?;
     let sha = plan.manifest.as_ref().map(|m| m.sha256.clone());
     // A drill that was killed leaves its container: remove it first.
-    for (id, name) in docker.drill_containers(&ctx.scope, &backup.name).await? {
+    for (id, name) in docker.drill_containers(&ctx.host.scope, &backup.name).await? {
         docker.remove_drill(&id, &name).await?;
     }
     let name = format!("{}-drill", backup.name);
-    let id = docker.start_drill(&ctx.scope, &backup.name, service, &name).await?;
+    let id = docker.start_drill(&ctx.host.scope, &backup.name, service, &name).await?;
     info!(backup = %backup.name, container = %name, "scratch container started for the drill");
     let result = async {
         crate::reconcile::execute::await_ready(docker, &name, service)

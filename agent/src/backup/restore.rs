@@ -294,7 +294,7 @@ pub(crate) async fn paths_restore<E: ContainerRuns, U: UnitEngine>(
     check_restore(plan).map_err(unchanged)?;
     check_same_fs(&target, &paths).map_err(unchanged)?;
     let locks = take_locks(ctx, desired, backup, "restore").map_err(unchanged)?;
-    let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
+    let journal = quiesce::journal_path(&ctx.host.state_dir, &backup.name);
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
     let result = async {
         if let Some(q) = &backup.spec.quiesce {

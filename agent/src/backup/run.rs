@@ -20,7 +20,8 @@ use crate::backup::quiesce::{self, QuiesceError};
 use crate::engine::ContainerRuns;
 use crate::engine::Engines;
 use crate::engine::systemd::UnitEngine;
-use crate::maintain::locks::{Exclusive, Holder, LockDir, LockError};
+use crate::host::Host;
+use crate::maintain::locks::{Exclusive, Holder, LockError};
 use crate::reconcile::model::instance_name;
 use crate::support::{chain, now_ms};
 
@@ -144,15 +145,12 @@ pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -
     move |source| BackupError::Io { op, path, source }
 }
 
-/// Where a run keeps its journal and locks.
+/// What a run works with: the host (scope, state directory with quiesce journals and run
+/// history, maintenance locks) and the options of this run.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// The state directory (quiesce journals, run history).
-    pub state_dir: PathBuf,
-    /// The maintenance lock directory.
-    pub locks: LockDir,
-    /// The scope (labels of drill containers).
-    pub scope: String,
+    /// The host.
+    pub host: Host,
     /// Counts the bytes that went into the archive, for a progress display.
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Pin the new archive, for this reason (`tend backup run --keep`): pinned before
@@ -206,7 +204,8 @@ pub(crate) fn take_locks(
         since_ms: now_ms(),
         until_ms: None,
     };
-    ctx.locks
+    ctx.host
+        .locks
         .take_exclusive(&lock_keys(desired, backup), &holder, false)
         .map_err(|source| BackupError::Locked { backup: backup.name.clone(), source: Box::new(source) })
 }
@@ -228,7 +227,7 @@ pub async fn run<E: ContainerRuns, U: UnitEngine>(
     let started_ms = now_ms();
     // A run killed while its services were stopped: start them first.
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
-    for (b, r) in quiesce::recover(docker, systemd, Some(desired), &ctx.state_dir).await {
+    for (b, r) in quiesce::recover(docker, systemd, Some(desired), &ctx.host.state_dir).await {
         if let Err(e) = r {
             warn!(backup = %b, error = %chain(&e), "services of an interrupted backup could not all be started again");
         }
@@ -331,7 +330,7 @@ pub async fn run<E: ContainerRuns, U: UnitEngine>(
         pruned,
         warnings,
     };
-    record(&ctx.state_dir, name, Ok(&report));
+    record(&ctx.host.state_dir, name, Ok(&report));
     Ok(report)
 }
 
@@ -359,7 +358,7 @@ pub(crate) async fn quiesced_archive<E: ContainerRuns, U: UnitEngine>(
     final_path: &Path,
     options: &WriteOptions,
 ) -> Result<archive::PathsReport, BackupError> {
-    let journal = quiesce::journal_path(&ctx.state_dir, &backup.name);
+    let journal = quiesce::journal_path(&ctx.host.state_dir, &backup.name);
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
     let result = async {
         if let Some(q) = &backup.spec.quiesce {
@@ -557,44 +556,4 @@ pub(crate) fn docker_service<'a>(desired: &'a Desired, runs_in: RunsIn<'_>) -> O
 /// after quiescing, before reading a byte (a window in which to kill it).
 pub fn fault_pause() -> Option<Duration> {
     std::env::var("TEND_FAULT_BACKUP_PAUSE").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs)
-}
-
-/// Where the job of a scheduled Backup's Timer runs tend.
-#[derive(Debug, Clone, Copy)]
-pub struct TimerContext<'a> {
-    /// The tend binary.
-    pub tend_bin: &'a Path,
-    /// The scope.
-    pub scope: &'a str,
-    /// The state directory.
-    pub state_dir: &'a Path,
-    /// The lock directory.
-    pub lock_dir: &'a Path,
-    /// The spec set.
-    pub specs: &'a Path,
-}
-
-/// Adds the Timers of scheduled Backups and drills (`tend_specs::scheduled`), their jobs
-/// running this tend with this host's scope and directories.
-pub fn add_schedule_timers(desired: &mut Desired, ctx: &TimerContext<'_>) {
-    tend_specs::scheduled::add_backup_timers(desired, |command, name| job_argv(ctx, command, name));
-}
-
-/// `tend … backup COMMAND NAME --specs SPECS` with this agent's scope and directories.
-pub(crate) fn job_argv(ctx: &TimerContext<'_>, command: &str, name: &str) -> Vec<String> {
-    let path = |p: &Path| p.display().to_string();
-    vec![
-        path(ctx.tend_bin),
-        "--scope".into(),
-        ctx.scope.to_string(),
-        "--state-dir".into(),
-        path(ctx.state_dir),
-        "--lock-dir".into(),
-        path(ctx.lock_dir),
-        "backup".into(),
-        command.into(),
-        name.into(),
-        "--specs".into(),
-        path(ctx.specs),
-    ]
 }

@@ -54,13 +54,19 @@ pub(super) fn agent_settings(
         (None, None, Some(dir)) => SourceSettings::Dir(dir.clone()),
         (None, None, None) => SourceSettings::Dir(PathBuf::from(DEFAULT_SPECS)),
     };
-    let tend_bin = tend_bin();
-    Ok(Settings {
+    let host = crate::host::Host {
         scope,
         state_dir: absolute(&pick("state_dir", &cli.state_dir, &file.state_dir)),
-        lock_dir: absolute(&cli.lock_dir),
+        locks: crate::maintain::locks::LockDir::new(absolute(&cli.lock_dir)),
         unit_dir: pick("unit_dir", &cli.unit_dir, &file.unit_dir),
         env_dir: absolute(&pick("env_dir", &cli.env_dir, &file.env_dir)),
+        tend_bin: tend_bin(),
+        timeouts: Timeouts::new(
+            if explicit("engine_timeout") { cli.engine_timeout } else { file.engine_timeout }.get(),
+        ),
+    };
+    Ok(Settings {
+        host,
         source,
         resync: file.resync.get(),
         debounce: file.debounce.get(),
@@ -70,9 +76,5 @@ pub(super) fn agent_settings(
         metrics_listen: metrics_listen.or_else(|| file.metrics.as_ref().and_then(|m| m.listen.parse().ok())),
         allow_mass_removal: allow_mass_removal || file.mass_removal.allow,
         max_removal_percent: file.mass_removal.max_percent,
-        timeouts: Timeouts::new(
-            if explicit("engine_timeout") { cli.engine_timeout } else { file.engine_timeout }.get(),
-        ),
-        tend_bin,
     })
 }

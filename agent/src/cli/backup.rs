@@ -77,13 +77,7 @@ pub enum BackupCommand {
 }
 
 pub(super) fn backup_ctx(cli: &Cli) -> crate::backup::run::Context {
-    crate::backup::run::Context {
-        state_dir: cli.state_dir.clone(),
-        locks: crate::maintain::locks::LockDir::new(&cli.lock_dir),
-        scope: cli.scope.clone(),
-        progress: None,
-        keep: None,
-    }
+    crate::backup::run::Context { host: cli.host(), progress: None, keep: None }
 }
 
 /// Bytes, rate and ETA of a backup or restore on a terminal (stderr), until dropped.

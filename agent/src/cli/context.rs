@@ -97,19 +97,10 @@ pub(super) fn load_with(path: &Path, options: &tend_specs::LoadOptions<'_>) -> R
     })
 }
 
-/// Loads specs as [`load`], with the Timers of scheduled Backups added.
+/// Loads specs as [`load`], prepared for this host (scheduled Backups become Timers).
 pub(super) fn load_with_backups(cli: &Cli, path: &Path) -> Result<Desired, CliError> {
     let mut desired = load(cli, path)?;
-    let tend_bin = tend_bin();
-    let (state_dir, lock_dir, specs) = (absolute(&cli.state_dir), absolute(&cli.lock_dir), absolute(path));
-    let ctx = crate::backup::run::TimerContext {
-        tend_bin: &tend_bin,
-        scope: &cli.scope,
-        state_dir: &state_dir,
-        lock_dir: &lock_dir,
-        specs: &specs,
-    };
-    crate::backup::run::add_schedule_timers(&mut desired, &ctx);
+    cli.host().prepare(&mut desired, &absolute(path));
     Ok(desired)
 }
 
@@ -120,27 +111,7 @@ pub(super) fn tend_bin() -> PathBuf {
 
 /// The options of a pass from the command line.
 pub(super) fn options(cli: &Cli, specs: &Path, parallel: usize) -> Options {
-    // Timers' service units run this very binary (`tend job run NAME`).
-    let tend_bin = tend_bin();
-    Options {
-        scope: cli.scope.clone(),
-        parallel,
-        locks: crate::maintain::locks::LockDir::new(&cli.lock_dir),
-        stop: tokio_util::sync::CancellationToken::new(),
-        skip_owners: Default::default(),
-        ignore_windows: false,
-        stopped_by_backup: Default::default(),
-        specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
-        units: apply::UnitsConfig {
-            scope: cli.scope.clone(),
-            unit_dir: cli.unit_dir.clone(),
-            env_dir: cli.env_dir.clone(),
-            state_dir: std::path::absolute(&cli.state_dir).unwrap_or_else(|_| cli.state_dir.clone()),
-            tend_bin,
-            specs: std::path::absolute(specs).unwrap_or_else(|_| specs.to_path_buf()),
-            timeouts: cli.timeouts(),
-        },
-    }
+    Options::new(cli.host(), absolute(specs), parallel, tokio_util::sync::CancellationToken::new())
 }
 
 /// Connects to the engines the specs need. Docker is required when the specs hold docker

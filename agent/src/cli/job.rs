@@ -75,9 +75,9 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
             }
             let options = options(cli, path, 1);
             let config = crate::jobs::scheduler::Config {
-                tend_bin: options.units.tend_bin.clone(),
+                tend_bin: options.host.tend_bin.clone(),
                 scope: cli.scope.clone(),
-                state_dir: options.units.state_dir.clone(),
+                state_dir: options.host.state_dir.clone(),
                 specs: options.specs.clone(),
                 timeouts: cli.timeouts(),
             };

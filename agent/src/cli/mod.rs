@@ -109,6 +109,20 @@ fn engine_timeout(text: &str) -> Result<tend_specs::quantity::Duration, String> 
 }
 
 impl Cli {
+    /// This host as the command line says it (the state and lock directories made absolute:
+    /// Timers' units and scheduled Backups run tend with them).
+    pub fn host(&self) -> crate::host::Host {
+        crate::host::Host {
+            scope: self.scope.clone(),
+            state_dir: absolute(&self.state_dir),
+            locks: crate::maintain::locks::LockDir::new(absolute(&self.lock_dir)),
+            unit_dir: self.unit_dir.clone(),
+            env_dir: self.env_dir.clone(),
+            tend_bin: tend_bin(),
+            timeouts: self.timeouts(),
+        }
+    }
+
     /// How long stand-alone commands wait for an engine.
     pub fn timeouts(&self) -> Timeouts {
         Timeouts::new(self.engine_timeout.get())

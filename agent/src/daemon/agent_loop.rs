@@ -271,11 +271,11 @@ impl AgentLoop {
         }
         let token = self.stop.child_token();
         let config = crate::jobs::scheduler::Config {
-            tend_bin: shared.settings.tend_bin.clone(),
-            scope: shared.settings.scope.clone(),
-            state_dir: shared.settings.state_dir.clone(),
+            tend_bin: shared.settings.host.tend_bin.clone(),
+            scope: shared.settings.host.scope.clone(),
+            state_dir: shared.settings.host.state_dir.clone(),
             specs: set.dir.clone(),
-            timeouts: shared.settings.timeouts,
+            timeouts: shared.settings.host.timeouts,
         };
         let timers: Vec<_> = set.desired.timers.values().cloned().collect();
         if timers.iter().any(crate::jobs::scheduler::scheduled) {

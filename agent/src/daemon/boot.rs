@@ -88,7 +88,7 @@ impl Boot {
     /// in this boot — except when the boot before still has to be recorded (the first pass
     /// that does so marks it): an agent that dies before that still knows at its restart.
     pub(super) fn start(shared: &Shared) -> Result<Self, AgentError> {
-        let state_dir = &shared.settings.state_dir;
+        let state_dir = &shared.settings.host.state_dir;
         let previous = read_marker(state_dir);
         let id = boot_id();
         let unclean = unclean_boot(previous.as_ref(), &id);

@@ -71,7 +71,7 @@ impl AgentControl {
                     _ => return Err(Failure::new(503, crate::support::chain(&e))),
                 },
             };
-            let state = state::read_state(&shared.settings.state_dir)
+            let state = state::read_state(&shared.settings.host.state_dir)
                 .map_err(|e| Failure::new(500, crate::support::chain(&e)))?;
             let plan = apply::plan_for(&desired, &observed, &state, &options, &BTreeSet::new());
             return Ok(Observation { desired, observed, state, plan, skipped });
@@ -96,14 +96,14 @@ impl Control for AgentControl {
                 crate::reconcile::status::build(&seen.desired, &seen.observed, &seen.state, &seen.plan);
             let desired = shared.current().map(|s| (*s.desired).clone()).unwrap_or_default();
             status.timers =
-                crate::jobs::list(&shared.settings.state_dir, &desired, tend_specs::calendar::Timestamp::now());
+                crate::jobs::list(&shared.settings.host.state_dir, &desired, tend_specs::calendar::Timestamp::now());
             let unanswered = seen.skipped.iter().map(|e| problem_line(&shared, *e));
             let unchecked: Vec<String> = unanswered.chain(unchecked(&shared, &desired)).collect();
             status.unchecked = (!unchecked.is_empty()).then(|| unchecked.join("; "));
             status.backups = desired
                 .backups
                 .values()
-                .map(|b| crate::backup::health::health(&shared.settings.state_dir, b, crate::support::now_ms()))
+                .map(|b| crate::backup::health::health(&shared.settings.host.state_dir, b, crate::support::now_ms()))
                 .collect();
             let mut agent = shared.agent_status();
             // The banner lasts as long as one of its holds.
@@ -133,7 +133,7 @@ impl Control for AgentControl {
     fn release(&self, name: String) -> Reply {
         let shared = self.0.clone();
         Box::pin(async move {
-            let dir = shared.settings.state_dir.clone();
+            let dir = shared.settings.host.state_dir.clone();
             let n = name.clone();
             let released = tokio::task::spawn_blocking(move || state::release(&dir, &n, crate::support::now_ms()))
                 .await
@@ -150,7 +150,7 @@ impl Control for AgentControl {
     fn jobs(&self, name: Option<String>, limit: Option<usize>) -> Reply {
         let shared = self.0.clone();
         Box::pin(async move {
-            let dir = &shared.settings.state_dir;
+            let dir = &shared.settings.host.state_dir;
             match name {
                 Some(name) => {
                     let records = crate::jobs::history(dir, &name, limit)

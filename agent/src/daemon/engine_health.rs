@@ -198,7 +198,7 @@ pub(super) fn without(mut desired: Desired, engines: &[Engine]) -> Desired {
 /// Connects to the engines not connected yet. Docker may come and go. systemd is found
 /// once: where it is not PID 1 it is never used; one that does not answer is tried again.
 pub(super) async fn connect_engines(shared: &Shared) {
-    let timeouts = shared.settings.timeouts;
+    let timeouts = shared.settings.host.timeouts;
     let docker_missing = lock(&shared.engines).docker.is_none();
     if docker_missing {
         match DockerEngine::connect(timeouts).await {

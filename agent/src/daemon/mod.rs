@@ -51,7 +51,6 @@ mod watch;
 pub use boot::{BootMarker, boot_id, clean_reboot, unclean_boot};
 pub use guard::{MassRemoval, mass_removal};
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,8 +68,7 @@ use crate::daemon::control::AgentControl;
 use crate::daemon::shared::{Shared, Wake};
 use crate::daemon::source::{GitConfig, GitSource};
 use crate::daemon::spec_set::SpecSet;
-use crate::engine::Timeouts;
-use crate::reconcile::apply::{Options, UnitsConfig};
+use crate::reconcile::apply::Options;
 use crate::reconcile::state::StateError;
 
 /// Errors that stop the agent (anything else is reported and retried).
@@ -123,16 +121,8 @@ pub enum SourceSettings {
 /// Everything the agent runs with (from the configuration file and the command line).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The scope this agent owns.
-    pub scope: String,
-    /// The state directory.
-    pub state_dir: PathBuf,
-    /// The maintenance lock directory.
-    pub lock_dir: PathBuf,
-    /// Where unit files go.
-    pub unit_dir: PathBuf,
-    /// Where environment files with secrets go.
-    pub env_dir: PathBuf,
+    /// The host: scope, directories, this binary, engine timeouts.
+    pub host: crate::host::Host,
     /// Where specs come from.
     pub source: SourceSettings,
     /// A pass at least this often.
@@ -151,35 +141,13 @@ pub struct Settings {
     pub allow_mass_removal: bool,
     /// The largest share (percent) of managed objects one set may remove.
     pub max_removal_percent: u8,
-    /// How long to wait for an engine to answer.
-    pub timeouts: Timeouts,
-    /// This binary (Timers' units and hooks run `tend job run`).
-    pub tend_bin: PathBuf,
 }
 
 /// The options every pass of the agent starts from, and the API's plans: the one place they
 /// are built from the settings. A pass sets its own spec directory ([`with_specs`]), the
 /// objects it leaves out (backoff) and what an interrupted backup stopped.
 fn pass_options(settings: &Settings, stop: &CancellationToken) -> Options {
-    Options {
-        locks: crate::maintain::locks::LockDir::new(&settings.lock_dir),
-        scope: settings.scope.clone(),
-        parallel: settings.parallel,
-        specs: PathBuf::new(),
-        stop: stop.clone(),
-        skip_owners: BTreeSet::new(),
-        ignore_windows: false,
-        stopped_by_backup: BTreeSet::new(),
-        units: UnitsConfig {
-            scope: settings.scope.clone(),
-            unit_dir: settings.unit_dir.clone(),
-            env_dir: settings.env_dir.clone(),
-            state_dir: settings.state_dir.clone(),
-            tend_bin: settings.tend_bin.clone(),
-            specs: PathBuf::new(),
-            timeouts: settings.timeouts,
-        },
-    }
+    Options::new(settings.host.clone(), PathBuf::new(), settings.parallel, stop.clone())
 }
 
 /// `base` for the spec set read from `dir` (hooks and Timers' units hand it to `tend job
@@ -187,7 +155,7 @@ fn pass_options(settings: &Settings, stop: &CancellationToken) -> Options {
 fn with_specs(base: &Options, dir: &Path) -> Options {
     let mut options = base.clone();
     options.specs = dir.to_path_buf();
-    options.units.specs = dir.to_path_buf();
+    options.specs = dir.to_path_buf();
     options
 }
 
@@ -195,19 +163,19 @@ fn with_specs(base: &Options, dir: &Path) -> Options {
 pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let stop = CancellationToken::new();
     let (wake_tx, wake_rx) = mpsc::channel::<Wake>(64);
-    std::fs::create_dir_all(&settings.state_dir)
-        .map_err(|source| StateError::Dir { path: settings.state_dir.clone(), source })?;
-    let secret_salt = crate::support::redact::host_salt(&settings.state_dir, true)?;
+    std::fs::create_dir_all(&settings.host.state_dir)
+        .map_err(|source| StateError::Dir { path: settings.host.state_dir.clone(), source })?;
+    let secret_salt = crate::support::redact::host_salt(&settings.host.state_dir, true)?;
     let git = match &settings.source {
         SourceSettings::Dir(_) => None,
         SourceSettings::Git(config) => {
-            let git = GitSource::new(config.clone(), settings.state_dir.join("git"))?;
+            let git = GitSource::new(config.clone(), settings.host.state_dir.join("git"))?;
             Some(Arc::new(tokio::sync::Mutex::new(git)))
         }
     };
     let options = pass_options(&settings, &stop);
     let shared = Arc::new(Shared::new(settings, options, wake_tx, secret_salt, git));
-    info!(scope = %shared.settings.scope, source = %shared.agent_status().source, "tend agent starting");
+    info!(scope = %shared.settings.host.scope, source = %shared.agent_status().source, "tend agent starting");
     handle_signals(&stop)?;
     let api_task = serve_api(&shared, &stop).await?;
     // Engines, and their wake-ups.
@@ -223,7 +191,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     info!("stopping");
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(6), api_task).await;
-    boot.finish(&shared.settings.state_dir)?;
+    boot.finish(&shared.settings.host.state_dir)?;
     info!("stopped; services keep running");
     Ok(())
 }
@@ -276,7 +244,7 @@ async fn recover_interrupted_backups(shared: &Shared, pending: Option<&SpecSet>)
     let desired = pending.or(current.as_ref()).map(|set| set.desired.clone());
     let (docker, systemd) = (engines.docker.as_deref(), engines.systemd.as_deref());
     for (backup, r) in
-        crate::backup::quiesce::recover(docker, systemd, desired.as_deref(), &shared.settings.state_dir).await
+        crate::backup::quiesce::recover(docker, systemd, desired.as_deref(), &shared.settings.host.state_dir).await
     {
         match r {
             Ok(()) => info!(%backup, "started the services an interrupted backup had stopped"),

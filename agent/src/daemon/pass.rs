@@ -73,7 +73,7 @@ async fn converge(
         if unreachable { Arc::new(without((*set.desired).clone(), &[Engine::Docker])) } else { set.desired.clone() };
     let mut options = crate::daemon::with_specs(&shared.options, &set.dir);
     options.skip_owners = backoff.skipped(Instant::now());
-    let state_dir = match open_state(&shared.settings.state_dir).await {
+    let state_dir = match open_state(&shared.settings.host.state_dir).await {
         Ok(d) => d,
         Err(e) => {
             error!(error = %crate::support::chain(&e), "state directory");

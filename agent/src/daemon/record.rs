@@ -140,7 +140,7 @@ fn object_counts(shared: &Shared, report: &Report) -> Vec<(&'static str, u64)> {
         .units
         .iter()
         .flat_map(|u| u.values())
-        .filter(|u| u.scope.as_deref() == Some(&shared.settings.scope))
+        .filter(|u| u.scope.as_deref() == Some(&shared.settings.host.scope))
     {
         let state = match u.active {
             UnitActive::Active => "active",
@@ -205,11 +205,11 @@ pub(super) fn fail_pass(shared: &Shared, why: String, elapsed: Duration) {
 pub(super) fn record_runs(shared: &Shared, seen: &mut BTreeMap<String, u64>) {
     let Some(set) = shared.current() else { return };
     for b in set.desired.backups.values() {
-        let h = crate::backup::health::health(&shared.settings.state_dir, b, crate::support::now_ms());
+        let h = crate::backup::health::health(&shared.settings.host.state_dir, b, crate::support::now_ms());
         shared.metrics.backup(&b.name, h.last_success_ms, h.problems().len());
     }
     for name in set.desired.timers.keys() {
-        let Ok(records) = crate::jobs::history(&shared.settings.state_dir, name, Some(20)) else { continue };
+        let Ok(records) = crate::jobs::history(&shared.settings.host.state_dir, name, Some(20)) else { continue };
         let last = seen.get(name).copied().unwrap_or(0);
         let mut newest = last;
         for r in records.iter().rev().filter(|r| r.start_ms > last) {

@@ -72,7 +72,7 @@ pub(super) async fn open_source(shared: &Arc<Shared>, stop: &CancellationToken) 
         (SourceSettings::Git(config), Some(git)) => {
             let current = git.lock().await.current();
             if let Some(rev) = current {
-                let dir = stable_dir(&settings.state_dir, config);
+                let dir = stable_dir(&settings.host.state_dir, config);
                 match load(shared, &dir) {
                     Ok(desired) => set_current(shared, desired, dir, rev.commit.clone()),
                     Err(errors) => reject(shared, errors, rev.commit.clone()),
@@ -103,15 +103,7 @@ fn load(shared: &Shared, dir: &Path) -> Result<Desired, Vec<String>> {
 fn set_current(shared: &Shared, mut desired: Desired, dir: PathBuf, commit: Option<String>) {
     let fingerprint = fingerprint(&desired);
     // Scheduled Backups run as Timers (`tend backup run NAME`).
-    let st = &shared.settings;
-    let ctx = crate::backup::run::TimerContext {
-        tend_bin: &st.tend_bin,
-        scope: &st.scope,
-        state_dir: &st.state_dir,
-        lock_dir: &st.lock_dir,
-        specs: &dir,
-    };
-    crate::backup::run::add_schedule_timers(&mut desired, &ctx);
+    shared.settings.host.prepare(&mut desired, &dir);
     info!(dir = %dir.display(), commit = commit.as_deref().unwrap_or("-"), services = desired.services.len(), timers = desired.timers.len(), "spec set in use");
     shared.metrics.applied_commit(commit.as_deref());
     shared.metrics.spec_errors(0);
@@ -199,7 +191,7 @@ pub(super) fn check_candidate(shared: &Shared, rev: Revision, pending: &mut Opti
             // candidate's own checkout.
             *pending = Some(SpecSet {
                 desired: Arc::new(desired),
-                dir: stable_dir(&shared.settings.state_dir, config),
+                dir: stable_dir(&shared.settings.host.state_dir, config),
                 commit: rev.commit.clone(),
                 fingerprint: fp,
                 rev: Some(rev),
@@ -228,9 +220,12 @@ pub(super) async fn accept_or_block(
     if !shared.settings.allow_mass_removal {
         match crate::reconcile::observe::observe_all(engines, &shared.options, &set.desired).await {
             Ok(observed) => {
-                if let Some(m) =
-                    mass_removal(&observed, &set.desired, &shared.settings.scope, shared.settings.max_removal_percent)
-                {
+                if let Some(m) = mass_removal(
+                    &observed,
+                    &set.desired,
+                    &shared.settings.host.scope,
+                    shared.settings.max_removal_percent,
+                ) {
                     let why = format!(
                         "the newest spec set{} {m}: not applied; the set in use stays (allow with `tend agent --allow-mass-removal` or massRemoval.allow in the agent config)",
                         set.commit.as_deref().map(|c| format!(" (commit {})", short(c))).unwrap_or_default(),

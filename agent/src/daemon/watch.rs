@@ -150,7 +150,7 @@ async fn docker_events(s: Arc<Shared>, token: CancellationToken) {
             delay = (delay * 2).min(Duration::from_secs(30));
             continue;
         };
-        let mut events = crate::engine::ContainerRuns::events(docker.as_ref(), &s.settings.scope);
+        let mut events = crate::engine::ContainerRuns::events(docker.as_ref(), &s.settings.host.scope);
         // A fresh stream: whatever happened while it was down is seen by a pass. Not
         // while Docker is unresponsive: the loop retries on its own then, and a
         // stream that is only being set up would wake it into a pass that hangs.
@@ -181,7 +181,7 @@ async fn docker_events(s: Arc<Shared>, token: CancellationToken) {
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(30));
-        if let Err(e) = DockerEngine::connect(s.settings.timeouts).await {
+        if let Err(e) = DockerEngine::connect(s.settings.host.timeouts).await {
             note_engine(&s, Engine::Docker, Some((e.kind(), crate::support::chain(&e))));
             lose_docker(&s, crate::support::chain(&e));
             // A pass says so, and leaves Docker's part out, without waiting for the
@@ -246,7 +246,7 @@ pub(super) fn wait_for_release(shared: &Shared, target: &str) {
     if !lock(&shared.releases).insert(target.to_string()) {
         return;
     }
-    let (locks, key) = (shared.options.locks.clone(), target.to_string());
+    let (locks, key) = (shared.options.host.locks.clone(), target.to_string());
     let (releases, wake) = (shared.releases.clone(), shared.wake.clone());
     tokio::task::spawn_blocking(move || {
         if let Err(e) = locks.wait_released(&key) {

@@ -15,7 +15,7 @@ use crate::engine::{ContainerEngine, Engines};
 use crate::reconcile::execute::{Outcome, execute};
 use crate::reconcile::model::{Observed, RunState, UnitActive};
 use crate::reconcile::observe::{ObserveError, observe_all};
-pub use crate::reconcile::options::{Options, UnitsConfig};
+pub use crate::reconcile::options::Options;
 use crate::reconcile::plan::{self, Action, Input, Plan, Reason, Step};
 use crate::reconcile::state::{Hold, RestartRecord, State, StateDir, StateError};
 use crate::support::now_ms;
@@ -82,7 +82,7 @@ pub fn plan_for(
     options: &Options,
     pulled: &BTreeSet<String>,
 ) -> Plan {
-    let ctx = options.units.ctx();
+    let ctx = options.unit_context();
     let ignore_windows = options.ignore_windows;
     let plan = plan::plan(Input {
         desired,
@@ -104,8 +104,7 @@ pub async fn apply<E: ContainerEngine, U: UnitEngine>(
     state_dir: &StateDir,
     options: &Options,
 ) -> Result<Report, ApplyError> {
-    let span =
-        info_span!("pass", scope = %options.scope, services = desired.services.len(), timers = desired.timers.len());
+    let span = info_span!("pass", scope = %options.host.scope, services = desired.services.len(), timers = desired.timers.len());
     async move {
         let mut state = state_dir.load()?;
         let loaded_marks = state.stopped_on_purpose.clone();

@@ -164,12 +164,12 @@ pub async fn observe_all<E: ContainerEngine, U: UnitEngine>(
     desired: &Desired,
 ) -> Result<Observed, ObserveError> {
     let mut observed = match &engines.docker {
-        Some(docker) => observe(docker.as_ref(), &options.scope, desired).await?,
+        Some(docker) => observe(docker.as_ref(), &options.host.scope, desired).await?,
         None => Observed::default(),
     };
     if let Some(systemd) = &engines.systemd {
-        observed.units = Some(observe_units(systemd.as_ref(), &options.units.unit_dir, desired).await?);
+        observed.units = Some(observe_units(systemd.as_ref(), &options.host.unit_dir, desired).await?);
     }
-    observed.maintenance = observe_maintenance(&options.locks)?;
+    observed.maintenance = observe_maintenance(&options.host.locks)?;
     Ok(observed)
 }

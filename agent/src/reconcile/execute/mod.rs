@@ -306,7 +306,7 @@ fn run_one<E: ContainerEngine, U: UnitEngine>(
 ) -> impl Future<Output = Event> + Send + 'static {
     let span = step_span(&step);
     async move {
-        let result = match lock_target(&options.locks, &step.action) {
+        let result = match lock_target(&options.host.locks, &step.action) {
             Ok(guard) => {
                 let r = run_step(&engines, &desired, &options, &step).await;
                 let gone = gone_target(&desired, &step.action);
@@ -320,7 +320,7 @@ fn run_one<E: ContainerEngine, U: UnitEngine>(
                 if r.is_ok()
                     && let Some(key) = gone
                 {
-                    remove_lock_file(&options.locks, &key);
+                    remove_lock_file(&options.host.locks, &key);
                 }
                 r
             }
@@ -412,7 +412,7 @@ async fn record_pid<E: ContainerEngine, U: UnitEngine>(
         Action::Remove { .. } | Action::Stop { .. } | Action::StopUnit { .. } | Action::RemoveUnit { .. } => None,
         _ => return,
     };
-    if let Err(e) = options.locks.record_pid(key, pid) {
+    if let Err(e) = options.host.locks.record_pid(key, pid) {
         warn!(target = key, error = %chain(&e), "recording the pid in the lock file");
     }
 }
@@ -497,10 +497,10 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
     options: &Options,
     step: &Step,
 ) -> Result<(), StepError> {
-    let scope = options.scope.as_str();
+    let scope = options.host.scope.as_str();
     let docker = || engines.docker.as_deref().ok_or(StepError::NoEngine("Docker"));
     let systemd = || engines.systemd.as_deref().ok_or(StepError::NoEngine("systemd (as PID 1)"));
-    let unit_dir = options.units.unit_dir.as_path();
+    let unit_dir = options.host.unit_dir.as_path();
     match &step.action {
         Action::PullImage { image } => docker()?.pull(image).await?,
         Action::CreateNetwork { network } => docker()?.create_network(scope, network).await?,
@@ -526,7 +526,7 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
             }
         }
         Action::WriteUnit { unit, owner } => {
-            let ctx = options.units.ctx();
+            let ctx = options.unit_context();
             let rendered = if let Some(s) = desired.services.get(owner) {
                 crate::reconcile::unit_files::render_service(&ctx, s)
             } else if let Some(t) = desired.timers.get(owner) {
@@ -546,7 +546,7 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
         Action::RemoveUnit { unit } => {
             systemd()?.remove_unit_file(unit_dir, unit).await?;
             if let Some(stem) = unit.strip_suffix(".service") {
-                let path = options.units.env_dir.join(format!("{stem}.env"));
+                let path = options.host.env_dir.join(format!("{stem}.env"));
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -574,10 +574,10 @@ async fn run_step<E: ContainerEngine, U: UnitEngine>(
 /// Runs a Timer's job to completion through `tend job run` (so its concurrency rule, log
 /// and history apply), as a before-start hook; fails unless the job succeeded.
 async fn run_job(options: &Options, job: &str) -> Result<(), StepError> {
-    let u = &options.units;
+    let u = &options.host;
     let status = tokio::process::Command::new(&u.tend_bin)
         .arg("--scope")
-        .arg(&options.scope)
+        .arg(&options.host.scope)
         .arg("--state-dir")
         .arg(&u.state_dir)
         .args(["job", "run", job])

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::engine::systemd::SystemdEngine;
 use crate::engine::{ContainerEngine, EngineError, Probe};
-use crate::reconcile::apply::{Options, UnitsConfig, plan_for};
+use crate::reconcile::apply::{Options, plan_for};
 use crate::reconcile::model::{Container, Health, Observed, RunState};
 
 /// How long the fake takes to stop a container, and to create and start one.
@@ -154,25 +154,18 @@ fn running(old: &Desired) -> Observed {
 }
 
 fn options(locks: &Path, parallel: usize) -> Options {
-    Options {
+    let host = crate::host::Host {
         scope: "t".into(),
-        parallel,
-        units: UnitsConfig {
-            scope: "t".into(),
-            unit_dir: locks.join("units"),
-            env_dir: locks.join("env"),
-            state_dir: locks.join("state"),
-            tend_bin: "/bin/false".into(),
-            specs: locks.join("specs"),
-            timeouts: crate::engine::Timeouts::default(),
-        },
-        specs: locks.join("specs"),
-        stop: CancellationToken::new(),
-        skip_owners: BTreeSet::new(),
-        ignore_windows: true,
+        state_dir: locks.join("state"),
         locks: crate::maintain::locks::LockDir::new(locks),
-        stopped_by_backup: BTreeSet::new(),
-    }
+        unit_dir: locks.join("units"),
+        env_dir: locks.join("env"),
+        tend_bin: "/bin/false".into(),
+        timeouts: crate::engine::Timeouts::default(),
+    };
+    let mut options = Options::new(host, locks.join("specs"), parallel, CancellationToken::new());
+    options.ignore_windows = true;
+    options
 }
 
 /// Plans the change from `old` to `new` and executes it with `parallel` slots.
