@@ -1396,3 +1396,274 @@ fn a_window_that_never_opens_again_says_so() {
     assert!(note.to_string().contains("never opens again; `tend apply --now` makes them"), "{note}");
     assert_eq!(window::next_deferred_open(&p), None);
 }
+
+// ---- several phases in one plan ------------------------------------------------------------
+
+#[test]
+fn one_plan_creates_pulls_replaces_scales_down_and_removes_in_phase_order() {
+    let spec = |command: &str| {
+        desired(
+            &(svc("db", "image: db:1\nnetworks: [back]\nvolumes: ['data:/data']\nhealthcheck: {command: [ok]}")
+                + &svc(
+                    "web",
+                    &format!(
+                        "replicas: 2\ncommand: [{command}]\nnetworks: [back]\nrollout: {{interval: 5s}}\ndependsOn: [{{name: db, condition: healthy}}]"
+                    ),
+                )
+                + &svc("worker", "replicas: 1\nrollout: {scaleDownInterval: 7s}")),
+        )
+    };
+    let (old, new) = (spec("old"), spec("new"));
+    let three = desired(&svc("worker", "replicas: 3"));
+    let gone = desired(&svc("gone", "networks: [old-net]"));
+    let mut odd = live(&three, "worker", 1, RunState::Running);
+    odd.instance = 0;
+    odd.name = "odd".into();
+    let cs = vec![
+        odd,
+        live(&old, "web", 1, RunState::Running),
+        live(&old, "web", 2, RunState::Running),
+        live(&three, "worker", 1, RunState::Running),
+        live(&three, "worker", 2, RunState::Running),
+        live(&three, "worker", 3, RunState::Running),
+        live(&gone, "gone", 1, RunState::Running),
+        live(&gone, "gone", 2, RunState::Exited),
+    ];
+    let mut o = Observed { containers: cs, ..Default::default() };
+    o.images.insert("img:1".into(), IMG.into());
+    o.networks.push(Network { id: "net-old".into(), name: "old-net".into(), owned: true });
+    o.networks.push(Network { id: "net-mine".into(), name: "elsewhere".into(), owned: false });
+    let mut st = State::default();
+    st.holds.insert(
+        "gone-2".into(),
+        Hold { service: "gone".into(), instance: 2, since_ms: 5, exit_code: Some(1), unclean_boot: false },
+    );
+    let p = run(&new, &o, &st);
+    assert_eq!(
+        show(&p),
+        [
+            "create-network network/back (needed by db)",
+            "create-volume volume/data (needed by db)",
+            "pull db:1 (not on this host)",
+            "create db-1 (missing) after [1, 2, 3]",
+            "await db (needed by web) after [4]",
+            "remove web-1 (changed: command) after [1, 5]",
+            "create web-1 (changed: command) after [6]",
+            "remove web-2 (changed: command) after [1, 5, 7] +5000ms",
+            "create web-2 (changed: command) after [8]",
+            "remove worker-3 (scaled down to 1)",
+            "remove worker-2 (scaled down to 1) after [10] +7000ms",
+            "remove gone-1 (spec removed)",
+            "remove-network network/old-net (no spec uses it) after [6, 8, 10, 11, 12]",
+        ]
+    );
+    assert_eq!(
+        p.notes,
+        [
+            Note::Unrecognized { name: "odd".into(), id: "id-worker-1".into() },
+            Note::Held {
+                service: "gone".into(),
+                name: "gone-2".into(),
+                exit_code: Some(1),
+                since_ms: 5,
+                unclean_boot: false
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_blocked_dependency_stops_the_hook_and_the_starts_but_not_holds_or_leftovers() {
+    let hook = "hooks: {beforeStart: migrate}";
+    let job = timer("migrate", "  enabled: false");
+    let spec = |command: &str| {
+        desired(
+            &(svc("db", "restart: {policy: hold}")
+                + &svc(
+                    "web",
+                    &format!(
+                        "replicas: 3\ncommand: [{command}]\nrestart: {{policy: hold}}\ndependsOn: [{{name: db}}]\n{hook}"
+                    ),
+                )
+                + &svc("api", "dependsOn: [{name: web}]")
+                + &job),
+        )
+    };
+    let (old, new) = (spec("old"), spec("new"));
+    let mut crashed = live(&new, "web", 2, RunState::Exited);
+    crashed.exit_code = Some(2);
+    let mut stray = live(&new, "web", 3, RunState::Running);
+    stray.name = "web-3-old".into();
+    stray.id = "stray".into();
+    let cs = vec![live(&new, "db", 1, RunState::Exited), live(&old, "web", 1, RunState::Running), crashed, stray];
+    let mut st = State::default();
+    st.holds.insert(
+        "db-1".into(),
+        Hold { service: "db".into(), instance: 1, since_ms: 5, exit_code: Some(0), unclean_boot: false },
+    );
+    let p = run(&new, &observed(&new, cs), &st);
+    // web-1's replacement, its hook and web-3's creation wait; the hold and the stray do not.
+    assert_eq!(
+        show(&p),
+        [
+            "hold web-2 (exited with code 2; restart policy is hold)",
+            "remove web-3-old (left over from an interrupted replacement)"
+        ]
+    );
+    assert_eq!(
+        p.notes,
+        [
+            Note::Held {
+                service: "db".into(),
+                name: "db-1".into(),
+                exit_code: Some(0),
+                since_ms: 5,
+                unclean_boot: false
+            },
+            Note::Blocked { service: "web".into(), by: "db".into() },
+            Note::Blocked { service: "api".into(), by: "web".into() },
+        ]
+    );
+}
+
+#[test]
+fn a_dependency_is_awaited_once_per_condition_however_many_services_need_it() {
+    let d = desired(
+        &(svc("db", "")
+            + &svc("web", "dependsOn: [{name: db, condition: healthy}]")
+            + &svc("api", "dependsOn: [{name: db, condition: healthy}]")
+            + &svc("worker", "dependsOn: [{name: db, condition: started}]")),
+    );
+    assert_eq!(
+        show(&run(&d, &observed(&d, vec![]), &State::default())),
+        [
+            "create db-1 (missing)",
+            "await db (needed by api) after [1]",
+            "create api-1 (missing) after [2]",
+            "create web-1 (missing) after [2]",
+            "await db (needed by worker) after [1]",
+            "create worker-1 (missing) after [5]",
+        ]
+    );
+}
+
+#[test]
+fn a_hook_waits_for_the_pull_and_guards_a_start_first_replacement() {
+    let spec = |command: &str| {
+        desired(
+            &(svc(
+                "web",
+                &format!(
+                    "image: web:2\ncommand: [{command}]\nrollout: {{order: start-first}}\nhealthcheck: {{command: [ok]}}\nhooks: {{beforeStart: migrate}}"
+                ),
+            ) + &timer("migrate", "  enabled: false")),
+        )
+    };
+    let (old, new) = (spec("old"), spec("new"));
+    let o = Observed { containers: vec![live(&old, "web", 1, RunState::Running)], ..Default::default() };
+    let r = "changed: command";
+    assert_eq!(
+        show(&run(&new, &o, &State::default())),
+        [
+            "pull web:2 (not on this host)".to_string(),
+            "run-job job/migrate (before web starts its new version) after [1]".into(),
+            format!("create web-1-next ({r}) after [2]"),
+            "await web-1-next (rollout waits for it) after [3]".into(),
+            format!("remove web-1 ({r}) after [4]"),
+            "rename web-1-next → web-1 (replacement ready) after [5]".into(),
+        ]
+    );
+}
+
+#[test]
+fn without_its_image_a_service_starts_its_stopped_containers_but_creates_nothing() {
+    let d = desired(
+        &(svc("a", "image: gone:1\npullPolicy: never\nreplicas: 2\nnetworks: [n]")
+            + &svc("b", "dependsOn: [{name: a}]")),
+    );
+    let mut o = observed(&d, vec![live(&d, "a", 1, RunState::Created)]);
+    o.images.remove("gone:1");
+    o.networks.clear();
+    assert_eq!(
+        show(&run(&d, &o, &State::default())),
+        ["create-network network/n (needed by a)", "start a-1 (created but not started) after [1]"]
+    );
+    assert_eq!(
+        run(&d, &o, &State::default()).notes,
+        [
+            Note::ImageNotPresent { service: "a".into(), image: "gone:1".into() },
+            Note::Blocked { service: "b".into(), by: "a".into() },
+        ]
+    );
+}
+
+#[test]
+fn replacements_and_new_instances_go_in_their_own_batches_each_awaited_but_the_last_new_one() {
+    let old = desired(&svc("a", "command: [old]"));
+    let new = desired(&svc(
+        "a",
+        "replicas: 4\ncommand: [new]\nrollout: {maxUnavailable: 2, interval: 3s}\nhealthcheck: {command: [ok]}",
+    ));
+    let mut crashed = live(&new, "a", 4, RunState::Exited);
+    crashed.exit_code = Some(1);
+    let cs = vec![live(&old, "a", 1, RunState::Running), crashed];
+    let r = "changed: command, healthcheck";
+    assert_eq!(
+        show(&run(&new, &observed(&new, cs), &State::default())),
+        [
+            // Unpaced work goes first, at once.
+            "start a-4 (exited with code 1 (restart 1))".into(),
+            format!("remove a-1 ({r})"),
+            format!("create a-1 ({r}) after [2]"),
+            "await a-1 (rollout waits for it) after [3]".into(),
+            "create a-2 (missing) after [4] +3000ms".into(),
+            "await a-2 (rollout waits for it) after [5]".into(),
+            "create a-3 (missing) after [6] +3000ms".into(),
+        ]
+    );
+}
+
+#[test]
+fn start_first_batches_await_the_next_container_once_and_pause_between() {
+    let old = desired(&svc("a", "replicas: 2\ncommand: [old]\nrollout: {order: start-first}"));
+    let new = desired(&svc(
+        "a",
+        "replicas: 2\ncommand: [new]\nrollout: {order: start-first, interval: 4s}\nhealthcheck: {command: [ok]}",
+    ));
+    let cs = vec![live(&old, "a", 1, RunState::Running), live(&old, "a", 2, RunState::Running)];
+    let p = run(&new, &observed(&new, cs), &State::default());
+    // The rollout settings change in place: not a changed field.
+    let r = "changed: command, healthcheck";
+    assert_eq!(
+        show(&p),
+        [
+            format!("create a-1-next ({r})"),
+            "await a-1-next (rollout waits for it) after [1]".into(),
+            format!("remove a-1 ({r}) after [2]"),
+            "rename a-1-next → a-1 (replacement ready) after [3]".into(),
+            format!("create a-2-next ({r}) after [4] +4000ms"),
+            "await a-2-next (rollout waits for it) after [5]".into(),
+            format!("remove a-2 ({r}) after [6]"),
+            "rename a-2-next → a-2 (replacement ready) after [7]".into(),
+        ]
+    );
+    assert!(matches!(p.steps[1].action, Action::Await { condition: Condition::Healthy, .. }));
+}
+
+#[test]
+fn scaling_down_passes_over_a_held_instance_and_paces_the_rest() {
+    let d5 = desired(&svc("a", "replicas: 5"));
+    let d2 = desired(&svc("a", "replicas: 2\nrollout: {scaleDownInterval: 25s}"));
+    let cs = (1..=5).map(|i| live(&d5, "a", i, RunState::Running)).collect();
+    let mut st = State::default();
+    st.holds.insert(
+        "a-4".into(),
+        Hold { service: "a".into(), instance: 4, since_ms: 5, exit_code: None, unclean_boot: true },
+    );
+    let p = run(&d2, &observed(&d2, cs), &st);
+    assert_eq!(show(&p), ["remove a-5 (scaled down to 2)", "remove a-3 (scaled down to 2) after [1] +25000ms"]);
+    assert_eq!(
+        p.notes,
+        [Note::Held { service: "a".into(), name: "a-4".into(), exit_code: None, since_ms: 5, unclean_boot: true }]
+    );
+}
