@@ -1,10 +1,17 @@
-//! The narrow trait between apply and a container engine. The Docker adapter implements
-//! it against a real daemon; unit tests of the executor use a fake.
+//! The narrow traits between a pass and its engines: [`ContainerEngine`] here, and
+//! [`systemd::UnitEngine`] beside the systemd adapter. The Docker adapter ([`docker`]) and
+//! the systemd adapter ([`systemd`]) implement them against the real engines, and are tested
+//! against real ones (`tests/docker`, `tests/systemd`). The executor
+//! (`reconcile::execute`) is unit-tested against `fake::Fake` (compiled for tests only): one
+//! in-memory engine behind both traits, whose calls take virtual time under
+//! `tokio::time::pause()`, fail or hang where a test says so, and are all logged in order.
 //!
 //! Also what every engine adapter shares: how long tend waits for an engine
 //! ([`Timeouts`]) and the error of one that did not answer in time ([`NoAnswer`]).
 
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod systemd;
 
 use std::collections::BTreeSet;
