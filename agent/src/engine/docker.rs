@@ -288,16 +288,24 @@ fn port_key(p: &PortMapping) -> String {
     format!("{}/{}", p.container_port, p.protocol)
 }
 
-/// The container config of one instance.
-fn container_body(scope: &str, service: &Service, instance: u32) -> ContainerCreateBody {
-    let spec = &service.spec;
-    let mut labels: HashMap<String, String> = service.container_labels().into_iter().collect();
+/// The labels of instance `instance` of `service` in `scope`: the spec's own, then tend's
+/// identity (which [`ContainerEngine::observe`] reads back). The in-memory engine of unit
+/// tests labels its containers with them too.
+pub(crate) fn service_labels(scope: &str, service: &Service, instance: u32) -> BTreeMap<String, String> {
+    let mut labels = service.container_labels();
     labels.insert(LABEL_SCOPE.into(), scope.into());
     labels.insert(LABEL_KIND.into(), "service".into());
     labels.insert(LABEL_NAME.into(), service.name.clone());
     labels.insert(LABEL_INSTANCE.into(), instance.to_string());
     labels.insert(LABEL_HASH.into(), service.hash.clone());
     labels.insert(LABEL_FIELDS.into(), encode_fields(&service.field_hashes));
+    labels
+}
+
+/// The container config of one instance.
+fn container_body(scope: &str, service: &Service, instance: u32) -> ContainerCreateBody {
+    let spec = &service.spec;
+    let labels: HashMap<String, String> = service_labels(scope, service, instance).into_iter().collect();
     let env = engine_env(&service.env);
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &spec.ports {

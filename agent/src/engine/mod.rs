@@ -4,7 +4,11 @@
 //! execs need (a job's run, a drill's scratch container, a dump streamed out of a service, a
 //! restore streamed in, the event stream that wakes the agent). `unit`: [`UnitEngine`], the
 //! same for systemd units. The adapters (`docker`, `systemd`) implement them against the real
-//! engines, whose types never leave them; unit tests of the executor use an in-memory fake.
+//! engines, whose types never leave them, and are tested against real ones (`tests/docker`,
+//! `tests/systemd`). `fake` (compiled for tests only) is one in-memory engine behind
+//! [`ContainerEngine`] and [`UnitEngine`], whose calls take virtual time under
+//! `tokio::time::pause()`, fail or hang where a test says so, and are logged in order: the
+//! executor's unit tests run against it.
 //! Jobs, backups and quiesce receive an engine; only the command line and the agent connect.
 //! The next backends (cluster membership, database replicas) get a trait and an adapter
 //! here in the same way.
@@ -14,6 +18,8 @@
 
 pub mod container;
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod systemd;
 pub mod unit;
 
