@@ -72,7 +72,7 @@ pub fn plan(input: Input<'_>) -> Plan {
     removals::removed_services(&cx, &mut b, &live);
     removals::unreferenced_networks(&mut b, observed, &resources.needed_networks);
     if let (Some(ctx), Some(live_units)) = (units, observed.units.as_ref()) {
-        units::plan_units(&mut b, desired, live_units, state, ctx, &observed.maintenance, &cx.windows);
+        units::plan_units(&cx, &mut b, live_units, ctx);
     }
     Plan { steps: b.steps, notes: b.notes, unchecked: None }
 }

@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use tend_specs::service::RestartPolicy;
 use tend_specs::{Desired, Service};
 
-use super::{Action, Builder, Note, Reason};
+use super::{Action, Builder, Cx, Note, Reason};
 use crate::reconcile::model::{Unit, UnitActive};
-use crate::reconcile::state::State;
 use crate::reconcile::unit_files::{self, Context};
 
 /// What a desired unit should be.
@@ -65,39 +64,49 @@ fn policy(s: &Service) -> RestartPolicy {
     s.spec.restart.policy
 }
 
-/// Adds the unit steps to `b`: writes and removals, one daemon-reload, then enablement and
-/// starts. `units` is what systemd reports for the unit directory.
-pub(super) fn plan_units(
-    b: &mut Builder,
-    desired: &Desired,
-    units: &BTreeMap<String, Unit>,
-    state: &State,
-    ctx: &Context<'_>,
-    maintenance: &BTreeMap<String, crate::reconcile::model::Maintenance>,
-    windows: &BTreeMap<String, Note>,
-) {
-    let want = wanted(desired, ctx);
-    // The lock key of a unit: a Timer's units are its job's (`x.job`); a service's is its
-    // unit's name. A target under maintenance is left alone entirely.
-    let key = |unit: &str, owner: Option<&str>| match owner.filter(|o| desired.timers.contains_key(*o)) {
+/// The unit steps planned so far, before the daemon-reload that orders them.
+#[derive(Default)]
+struct Acc {
+    /// Unit files written or removed: the daemon-reload waits for them.
+    file_steps: Vec<usize>,
+    /// Running units whose new file they pick up by a restart.
+    restart_after_reload: Vec<String>,
+    /// Units whose new version starts in this pass, with their hook.
+    hooked: BTreeMap<String, String>,
+    /// Units to start, and why.
+    start_after_reload: Vec<(String, Reason)>,
+    enable: Vec<String>,
+    disable: Vec<String>,
+}
+
+/// The lock key of a unit: a Timer's units are its job's (`x.job`); a service's is its
+/// unit's name.
+fn lock_key(desired: &Desired, unit: &str, owner: Option<&str>) -> String {
+    match owner.filter(|o| desired.timers.contains_key(*o)) {
         Some(timer) => format!("{timer}.job"),
         None => match unit.strip_suffix(".timer") {
             Some(stem) => format!("{stem}.job"),
             None => unit.to_string(),
         },
-    };
-    let mut file_steps = Vec::new();
-    let mut restart_after_reload = Vec::new();
-    // Units whose new version starts in this pass, with their hook.
-    let mut hooked: BTreeMap<String, String> = BTreeMap::new();
-    let mut start_after_reload = Vec::new();
-    let (mut enable, mut disable) = (Vec::new(), Vec::new());
+    }
+}
+
+fn is_running(u: &Unit) -> bool {
+    matches!(u.active, UnitActive::Active | UnitActive::Activating)
+}
+
+/// Adds the unit steps to `b`: writes and removals, one daemon-reload, then enablement and
+/// starts. `units` is what systemd reports for the unit directory. A target under
+/// maintenance is left alone entirely.
+pub(super) fn plan_units(cx: &Cx<'_>, b: &mut Builder, units: &BTreeMap<String, Unit>, ctx: &Context<'_>) {
+    let want = wanted(cx.desired, ctx);
+    let mut acc = Acc::default();
     for (name, w) in &want {
-        let k = key(name, Some(&w.owner));
-        if let Some(window) = maintenance.get(&k) {
+        let key = lock_key(cx.desired, name, Some(&w.owner));
+        if let Some(window) = cx.observed.maintenance.get(&key) {
             // A Timer's two units share one key: one note.
-            if !b.notes.iter().any(|n| matches!(n, Note::Maintenance { target, .. } if *target == k)) {
-                b.notes.push(Note::Maintenance { service: w.owner.clone(), target: k, window: window.clone() });
+            if !b.notes.iter().any(|n| matches!(n, Note::Maintenance { target, .. } if *target == key)) {
+                b.notes.push(Note::Maintenance { service: w.owner.clone(), target: key, window: window.clone() });
             }
             continue;
         }
@@ -106,150 +115,137 @@ pub(super) fn plan_units(
                 b.notes.push(Note::UnitConflict { unit: name.clone(), scope: u.scope.clone() });
             }
             None => {
-                file_steps.push(b.push(
-                    Action::WriteUnit { unit: name.clone(), owner: w.owner.clone() },
-                    Reason::Missing,
-                    vec![],
-                    0,
-                ));
+                let write = Action::WriteUnit { unit: name.clone(), owner: w.owner.clone() };
+                acc.file_steps.push(b.push(write, Reason::Missing, vec![], 0));
                 if w.enable {
-                    enable.push(name.clone());
+                    acc.enable.push(name.clone());
                 }
                 if w.run {
-                    start_after_reload.push((name.clone(), Reason::Missing));
+                    acc.start_after_reload.push((name.clone(), Reason::Missing));
                     if let Some(job) = &w.hook {
-                        hooked.insert(name.clone(), job.clone());
+                        acc.hooked.insert(name.clone(), job.clone());
                     }
                 }
             }
-            Some(u) => {
-                if w.enable && !u.enabled {
-                    enable.push(name.clone());
-                } else if !w.enable && u.enabled {
-                    disable.push(name.clone());
-                }
-                if u.content != w.content {
-                    // A running unit's new file waits for its service's update window, and
-                    // its restart with it, so the file on disk is always the one that runs.
-                    if w.run
-                        && matches!(u.active, UnitActive::Active | UnitActive::Activating)
-                        && let Some(note) = windows.get(&w.owner)
-                    {
-                        if !b.notes.contains(note) {
-                            b.notes.push(note.clone());
-                        }
-                        continue;
-                    }
-                    file_steps.push(b.push(
-                        Action::WriteUnit { unit: name.clone(), owner: w.owner.clone() },
-                        Reason::Changed { fields: vec!["unit file".into()] },
-                        vec![],
-                        0,
-                    ));
-                    // A running unit picks up its new file by a restart; a stopped one that
-                    // should run is started below.
-                    if let (true, Some(job)) = (w.run, &w.hook) {
-                        hooked.insert(name.clone(), job.clone());
-                    }
-                    if w.run && matches!(u.active, UnitActive::Active | UnitActive::Activating) {
-                        restart_after_reload.push(name.clone());
-                        continue;
-                    }
-                }
-                if !w.run {
-                    continue;
-                }
-                match u.active {
-                    UnitActive::Active | UnitActive::Activating | UnitActive::Deactivating => {}
-                    UnitActive::Inactive | UnitActive::Failed => {
-                        let code = u.exit_status.map(i64::from);
-                        if let Some(hold) = state.holds.get(name) {
-                            // Held (after an exit, or after an unclean boot): stays down.
-                            b.notes.push(Note::Held {
-                                service: w.owner.clone(),
-                                name: name.clone(),
-                                exit_code: hold.exit_code.or(code),
-                                since_ms: hold.since_ms,
-                                unclean_boot: hold.unclean_boot,
-                            });
-                            continue;
-                        }
-                        if state.stopped_by_drain.contains(name) {
-                            // Stopped by a drain that is lifted: started again, whatever the
-                            // policy says.
-                            start_after_reload.push((name.clone(), Reason::Undrained));
-                            continue;
-                        }
-                        if let Some(cause) = state.stopped_on_purpose.get(name)
-                            && w.restart != Some(RestartPolicy::Never)
-                        {
-                            // Stopped on purpose, not crashed: started again.
-                            start_after_reload.push((name.clone(), Reason::StoppedOnPurpose { cause: *cause }));
-                            continue;
-                        }
-                        match w.restart {
-                            Some(RestartPolicy::Hold) if !state.released.contains_key(name) => {
-                                b.push(
-                                    Action::Hold {
-                                        service: w.owner.clone(),
-                                        instance: 1,
-                                        name: name.clone(),
-                                        exit_code: code,
-                                    },
-                                    Reason::UnexpectedExit { code },
-                                    vec![],
-                                    0,
-                                );
-                            }
-                            Some(RestartPolicy::Never) => {
-                                b.notes.push(Note::Exited {
-                                    service: w.owner.clone(),
-                                    name: name.clone(),
-                                    code,
-                                    policy: RestartPolicy::Never,
-                                });
-                            }
-                            Some(RestartPolicy::OnFailure) if u.active == UnitActive::Inactive => {
-                                b.notes.push(Note::Exited {
-                                    service: w.owner.clone(),
-                                    name: name.clone(),
-                                    code,
-                                    policy: RestartPolicy::OnFailure,
-                                });
-                            }
-                            _ => start_after_reload.push((name.clone(), Reason::Exited { code, attempt: 1 })),
-                        }
-                    }
-                }
-            }
+            Some(u) => existing(cx, b, name, w, u, &mut acc),
         }
     }
-    // Units tend wrote for specs that are gone: stop, disable, remove.
-    let mut removed = Vec::new();
+    removed(cx, b, units, &want, ctx, &mut acc);
+    reload_and_start(b, acc);
+}
+
+/// A unit of tend's that exists: enabled or disabled as wanted, its file rewritten when it
+/// changed (a running unit restarted for it), and started when it should run and does not.
+fn existing(cx: &Cx<'_>, b: &mut Builder, name: &str, w: &Want, u: &Unit, acc: &mut Acc) {
+    if w.enable && !u.enabled {
+        acc.enable.push(name.to_string());
+    } else if !w.enable && u.enabled {
+        acc.disable.push(name.to_string());
+    }
+    if u.content != w.content {
+        // A running unit's new file waits for its service's update window, and its restart
+        // with it, so the file on disk is always the one that runs.
+        if w.run
+            && is_running(u)
+            && let Some(note) = cx.windows.get(&w.owner)
+        {
+            if !b.notes.contains(note) {
+                b.notes.push(note.clone());
+            }
+            return;
+        }
+        let write = Action::WriteUnit { unit: name.to_string(), owner: w.owner.clone() };
+        acc.file_steps.push(b.push(write, Reason::Changed { fields: vec!["unit file".into()] }, vec![], 0));
+        // A running unit picks up its new file by a restart; a stopped one that should run
+        // is started below.
+        if let (true, Some(job)) = (w.run, &w.hook) {
+            acc.hooked.insert(name.to_string(), job.clone());
+        }
+        if w.run && is_running(u) {
+            acc.restart_after_reload.push(name.to_string());
+            return;
+        }
+    }
+    if w.run && matches!(u.active, UnitActive::Inactive | UnitActive::Failed) {
+        stopped(cx, b, name, w, u, acc);
+    }
+}
+
+/// A unit that should run and does not: held, started again (after a drain, when stopped on
+/// purpose, or as its restart policy says), or left exited.
+fn stopped(cx: &Cx<'_>, b: &mut Builder, name: &str, w: &Want, u: &Unit, acc: &mut Acc) {
+    let state = cx.state;
+    let code = u.exit_status.map(i64::from);
+    let owner = w.owner.clone();
+    let name = name.to_string();
+    if let Some(hold) = state.holds.get(&name) {
+        // Held (after an exit, or after an unclean boot): stays down.
+        let exit_code = hold.exit_code.or(code);
+        let (since_ms, unclean_boot) = (hold.since_ms, hold.unclean_boot);
+        b.notes.push(Note::Held { service: owner, name, exit_code, since_ms, unclean_boot });
+        return;
+    }
+    if state.stopped_by_drain.contains(&name) {
+        // Stopped by a drain that is lifted: started again, whatever the policy says.
+        acc.start_after_reload.push((name, Reason::Undrained));
+        return;
+    }
+    if let Some(cause) = state.stopped_on_purpose.get(&name)
+        && w.restart != Some(RestartPolicy::Never)
+    {
+        // Stopped on purpose, not crashed: started again.
+        acc.start_after_reload.push((name, Reason::StoppedOnPurpose { cause: *cause }));
+        return;
+    }
+    match w.restart {
+        Some(RestartPolicy::Hold) if !state.released.contains_key(&name) => {
+            let hold = Action::Hold { service: owner, instance: 1, name, exit_code: code };
+            b.push(hold, Reason::UnexpectedExit { code }, vec![], 0);
+        }
+        Some(policy @ RestartPolicy::Never) => b.notes.push(Note::Exited { service: owner, name, code, policy }),
+        Some(policy @ RestartPolicy::OnFailure) if u.active == UnitActive::Inactive => {
+            b.notes.push(Note::Exited { service: owner, name, code, policy });
+        }
+        _ => acc.start_after_reload.push((name, Reason::Exited { code, attempt: 1 })),
+    }
+}
+
+/// Units tend wrote for specs that are gone: stopped, disabled, removed.
+fn removed(
+    cx: &Cx<'_>,
+    b: &mut Builder,
+    units: &BTreeMap<String, Unit>,
+    want: &BTreeMap<String, Want>,
+    ctx: &Context<'_>,
+    acc: &mut Acc,
+) {
+    let mut removals = Vec::new();
     for (name, u) in units {
         if want.contains_key(name) || u.scope.as_deref() != Some(ctx.scope) {
             continue;
         }
-        if let Some(window) = maintenance.get(&key(name, None)) {
+        let key = lock_key(cx.desired, name, None);
+        if let Some(window) = cx.observed.maintenance.get(&key) {
             let service = name.rsplit_once('.').map_or(name.as_str(), |(stem, _)| stem).to_string();
-            b.notes.push(Note::Maintenance { service, target: key(name, None), window: window.clone() });
+            b.notes.push(Note::Maintenance { service, target: key, window: window.clone() });
             continue;
         }
         let mut after = vec![];
-        if matches!(u.active, UnitActive::Active | UnitActive::Activating) {
+        if is_running(u) {
             after.push(b.push(Action::StopUnit { unit: name.clone() }, Reason::SpecRemoved, vec![], 0));
         }
         if u.enabled {
-            after.push(b.push(
-                Action::DisableUnits { units: vec![name.clone()] },
-                Reason::SpecRemoved,
-                after.clone(),
-                0,
-            ));
+            let disable = Action::DisableUnits { units: vec![name.clone()] };
+            after.push(b.push(disable, Reason::SpecRemoved, after.clone(), 0));
         }
-        removed.push(b.push(Action::RemoveUnit { unit: name.clone() }, Reason::SpecRemoved, after, 0));
+        removals.push(b.push(Action::RemoveUnit { unit: name.clone() }, Reason::SpecRemoved, after, 0));
     }
-    file_steps.extend(removed);
+    acc.file_steps.extend(removals);
+}
+
+/// One daemon-reload after every file step, then enablement, hooks, restarts and starts.
+fn reload_and_start(b: &mut Builder, acc: Acc) {
+    let Acc { file_steps, restart_after_reload, hooked, start_after_reload, enable, disable } = acc;
     let mut ready = file_steps.clone();
     if !file_steps.is_empty() {
         ready = vec![b.push(Action::DaemonReload, Reason::UnitFilesChanged, file_steps, 0)];
@@ -259,12 +255,8 @@ pub(super) fn plan_units(
     }
     let mut started_after = ready.clone();
     if !enable.is_empty() {
-        started_after.push(b.push(
-            Action::EnableUnits { units: enable },
-            Reason::Enablement { enabled: true },
-            ready.clone(),
-            0,
-        ));
+        let enable = Action::EnableUnits { units: enable };
+        started_after.push(b.push(enable, Reason::Enablement { enabled: true }, ready.clone(), 0));
     }
     // A unit's new version starts only once its hook succeeded.
     let mut hook_steps: BTreeMap<String, usize> = BTreeMap::new();
