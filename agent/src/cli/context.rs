@@ -16,24 +16,16 @@ pub(super) fn init_logging(format: LogFormat, default_level: &str) {
     };
     let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::stderr().is_terminal();
-    let _ = match format {
-        LogFormat::Journal => match tracing_journald::layer() {
-            Ok(journal) => {
-                registry.with(journal.with_syslog_identifier("tend".into()).with_filter(own_detail_only())).try_init()
-            }
-            Err(_) => registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_writer(std::io::stderr)
-                        .with_ansi(ansi)
-                        .with_filter(own_detail_only()),
-                )
-                .try_init(),
-        },
-        LogFormat::Json => registry
+    // The journal when asked for and reachable; text otherwise.
+    let journal = matches!(format, LogFormat::Journal).then(tracing_journald::layer).and_then(Result::ok);
+    let _ = match (journal, format) {
+        (Some(journal), _) => {
+            registry.with(journal.with_syslog_identifier("tend".into()).with_filter(own_detail_only())).try_init()
+        }
+        (None, LogFormat::Json) => registry
             .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(own_detail_only()))
             .try_init(),
-        _ => registry
+        (None, _) => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)

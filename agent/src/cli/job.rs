@@ -177,7 +177,7 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
 
 /// Prints a job error with its causes, as `main` prints the others; exit status 1.
 pub(super) fn job_error(e: &crate::jobs::JobError) -> ExitCode {
-    eoutln!("{} {}", Paint::stderr().red("error:"), crate::jobs::error_chain(e));
+    eoutln!("{} {}", Paint::stderr().red("error:"), crate::support::chain(e));
     ExitCode::from(1)
 }
 

@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::support::{chain, short};
+
 /// How long one git command may run before it is killed.
 const GIT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The bare repository the ref is fetched into.
@@ -958,23 +960,6 @@ fn check_subdir(path: &Path) -> Result<PathBuf, String> {
 /// A full commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
 fn is_commit_id(s: &str) -> bool {
     matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The abbreviation shown in logs.
-fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
-}
-
-/// An error with its causes, on one line (for the log).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SourceError> {

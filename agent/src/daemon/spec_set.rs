@@ -51,10 +51,7 @@ fn fingerprint(desired: &Desired) -> String {
     tend_specs::hash::sha256_hex(s.as_bytes())
 }
 
-/// The first 12 characters of a commit id, as messages show it.
-pub(super) fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
-}
+pub(super) use crate::support::short;
 
 /// Opens the spec source: reads a directory (its set is returned, pending for the first
 /// pass) and watches it, or puts the last promoted commit of a git source in use again at

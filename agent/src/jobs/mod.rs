@@ -32,6 +32,7 @@ use tend_specs::{Desired, Env, Timer};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::engine::{ContainerRuns, EngineError};
+use crate::support::{chain, now_ms};
 
 /// Label: the run a job's container belongs to.
 pub use crate::reconcile::model::LABEL_RUN;
@@ -292,18 +293,6 @@ impl JobError {
     }
 }
 
-/// An error and its causes on one line, `outer: cause: cause`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The Timer `name` of `desired`, or an error naming the nearest Timer (or saying that
 /// `name` is a Service).
 pub fn find_timer<'a>(desired: &'a Desired, name: &str) -> Result<&'a Timer, JobError> {
@@ -349,18 +338,10 @@ fn levenshtein(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Milliseconds since the epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// A run's ID: `YYYYMMDD-HHMMSS-mmm-PID` from its start (UTC) and tend's pid. IDs sort by
 /// start time, and two tends cannot start the same one.
 pub fn run_id(start_ms: u64, pid: u32) -> String {
-    let secs = start_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = crate::support::time::civil_from_days(days as i64);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:03}-{pid}", rem / 3600, rem % 3600 / 60, rem % 60, start_ms % 1000)
+    format!("{}-{:03}-{pid}", crate::support::time::utc(start_ms, "%Y%m%d-%H%M%S"), start_ms % 1000)
 }
 
 /// A duration for people: `850ms`, `4.2s`, `3m05s`, `2h07m`.
@@ -642,7 +623,7 @@ impl JobDir {
                             engine.stop_job(&c, &c, KILL_GRACE.as_secs()).await.map_err(JobError::from)
                         };
                         if let Err(e) = stop.await {
-                            tracing::warn!(container = %c, error = %error_chain(&e), "could not stop the run to replace");
+                            tracing::warn!(container = %c, error = %chain(&e), "could not stop the run to replace");
                         }
                     });
                 }
@@ -942,7 +923,7 @@ pub async fn run<E: ContainerRuns>(
         Err(e) => {
             record.result = RunResult::Error;
             // Docker's error may echo the container's request, the job's secrets with it.
-            record.detail = Some(crate::support::redact::Redactor::of_envs([&timer.env]).redact(&error_chain(&e)));
+            record.detail = Some(crate::support::redact::Redactor::of_envs([&timer.env]).redact(&chain(&e)));
         }
         Ok(ended) => {
             record.exit_code = ended.exit_code;
@@ -1221,7 +1202,7 @@ async fn run_docker<E: ContainerRuns>(ctx: &Ctx<'_>, stops: &mut Stops, docker: 
     let id = engine.create_job(ctx.scope, ctx.timer, ctx.run, &name).await?;
     let result = follow_container(ctx, stops, &engine, &id, &name).await;
     if let Err(e) = engine.stop_and_remove(&id, &name, Some(0)).await {
-        tracing::warn!(container = %name, error = %error_chain(&e), "could not remove the job's container");
+        tracing::warn!(container = %name, error = %chain(&e), "could not remove the job's container");
         ctx.note(&format!("could not remove container {name}; the next run removes it"));
     }
     result
@@ -1259,7 +1240,7 @@ async fn follow_container<E: ContainerRuns>(
     // The output ends with the container; give its last lines a moment to arrive.
     match tokio::time::timeout(Duration::from_secs(5), logs).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => ctx.note(&format!("the output may be incomplete: {}", error_chain(&e))),
+        Ok(Ok(Err(e))) => ctx.note(&format!("the output may be incomplete: {}", chain(&e))),
         Ok(Err(_)) | Err(_) => ctx.note("the output may be incomplete"),
     }
     Ok(Ended { exit_code: Some(code), stop })
@@ -1322,7 +1303,7 @@ pub fn list(state_dir: &Path, desired: &Desired, now: Timestamp) -> Vec<TimerEnt
             let last = match JobDir::new(state_dir, &t.name).and_then(|d| d.history()) {
                 Ok(records) => records.into_iter().max_by_key(|r| (r.start_ms, r.run.clone())),
                 Err(e) => {
-                    tracing::warn!(job = %t.name, error = %error_chain(&e), "could not read the job's history");
+                    tracing::warn!(job = %t.name, error = %chain(&e), "could not read the job's history");
                     None
                 }
             };

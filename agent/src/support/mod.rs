@@ -20,6 +20,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The abbreviation of a commit id that messages and logs show: its first 12 characters.
+pub fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

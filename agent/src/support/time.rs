@@ -1,27 +1,20 @@
-//! Wall-clock formatting without a time-zone database: UTC, in the layout systemd prints
-//! (`2026-11-22 03:15:00 UTC`).
+//! Wall-clock formatting in UTC, in the layout systemd prints (`2026-11-22 03:15:00 UTC`),
+//! through `jiff` (re-exported by `tend_specs::calendar`), and durations for people.
+
+use tend_specs::calendar::Timestamp;
 
 /// Formats milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    utc(ms, "%Y-%m-%d %H:%M:%S UTC")
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Howard Hinnant's algorithm, shifted so the era starts on March 1st.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// Formats milliseconds since the epoch in UTC with a `strftime` pattern (`jiff`'s); an
+/// instant past the year 9999 is shown as its count of milliseconds.
+pub fn utc(ms: u64, pattern: &str) -> String {
+    match i64::try_from(ms).ok().and_then(|ms| Timestamp::from_millisecond(ms).ok()) {
+        Some(t) => t.strftime(pattern).to_string(),
+        None => format!("{ms} ms after the epoch"),
+    }
 }
 
 /// A duration for people: `2h`, `1h30m`, `45s`, `250ms`.
