@@ -8,7 +8,7 @@ use tend_specs::backup::CopyTo;
 use crate::backup::archive;
 use crate::backup::catalog;
 
-use super::run::*;
+use super::error::{BackupError, io, stderr_tail};
 
 /// Copies the archive and its manifest to another destination and checks the copy.
 pub(crate) async fn copy_to(archive: &Path, rel: &Path, sha256: &str, to: CopyTo<'_>) -> Result<String, BackupError> {

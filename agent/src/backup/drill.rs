@@ -15,6 +15,7 @@ use crate::engine::ContainerRuns;
 use crate::engine::Engines;
 use crate::engine::systemd::UnitEngine;
 
+use super::error::io;
 use super::restore::*;
 use super::run::*;
 

@@ -11,6 +11,7 @@ use crate::backup::archive;
 use crate::backup::catalog::{self, EntryState};
 use crate::backup::quiesce;
 
+use super::prune::archives;
 use super::run::*;
 
 /// Verifies every archive of `backup` (or the one file given).

@@ -10,7 +10,7 @@
 //! - [`remote`]: copies on another host through rsync — listing one, and removing what its
 //!   retention drops.
 //!
-//! And what runs it, with engines and specs: [`run`] (a backup run), [`quiesce`] (stopping
+//! And what runs it, with engines and specs, failing with one [`BackupError`]: [`run`] (a backup run), [`quiesce`] (stopping
 //! services for it and starting them again), [`copies`], [`prune`] (retention applied,
 //! pins), [`restore`], [`drill`] and [`health`].
 
@@ -18,6 +18,7 @@ pub mod archive;
 pub mod catalog;
 pub mod copies;
 pub mod drill;
+mod error;
 pub mod health;
 pub mod prune;
 pub mod quiesce;
@@ -25,3 +26,5 @@ pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod run;
+
+pub use error::BackupError;

@@ -12,7 +12,7 @@ use crate::backup::catalog::{self, EntryState};
 use crate::backup::retention;
 use crate::support::{chain, now_ms};
 
-use super::run::*;
+use super::error::{BackupError, io};
 
 pub(crate) fn rules_of(r: &tend_specs::backup::Retention) -> retention::Rules {
     retention::Rules {
@@ -142,4 +142,9 @@ pub fn unpin_archive(backup: &Backup, given: &str) -> Result<(PathBuf, bool), Ba
     let entry = find_archive(backup, given)?;
     let was = catalog::unpin(&entry.path)?;
     Ok((entry.path, was))
+}
+
+/// The complete archives of a backup, newest last (for `list`, `verify`, `restore`).
+pub fn archives(backup: &Backup) -> Result<Vec<catalog::Entry>, BackupError> {
+    Ok(catalog::list(Path::new(&backup.spec.destination.dir), &backup.name, backup.spec.layout())?)
 }

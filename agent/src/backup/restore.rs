@@ -20,6 +20,8 @@ use crate::engine::systemd::UnitEngine;
 use crate::reconcile::model::instance_name;
 use crate::support::now_ms;
 
+use super::error::{io, stderr_tail};
+use super::prune::archives;
 use super::run::*;
 
 /// What a restore will do, shown before it does it.

@@ -15,135 +15,20 @@ use tend_specs::desired::Backup;
 use tracing::{info, warn};
 
 use crate::backup::archive::{self, ArchiveError, ArchiveWriter, WriteOptions};
-use crate::backup::catalog::{self, CatalogError, Manifest};
+use crate::backup::catalog::{self, Manifest};
 use crate::backup::quiesce::{self, QuiesceError};
 use crate::engine::ContainerRuns;
 use crate::engine::Engines;
 use crate::engine::systemd::UnitEngine;
 use crate::host::Host;
-use crate::maintain::locks::{Exclusive, Holder, LockError};
+use crate::maintain::locks::{Exclusive, Holder};
 use crate::reconcile::model::instance_name;
 use crate::support::{chain, now_ms};
 
 use super::copies::copy_to;
+pub use super::error::BackupError;
+use super::error::{io, stderr_tail};
 use super::prune::apply_retention;
-
-/// Errors of backups and restores.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    /// No Backup of that name.
-    #[error("no Backup `{0}` in the specs")]
-    Unknown(String),
-    /// Another run, an operator or the agent holds a target.
-    #[error("backup {backup} did not run")]
-    Locked {
-        /// The backup.
-        backup: String,
-        /// Who holds what.
-        #[source]
-        source: Box<LockError>,
-    },
-    /// The destination has no room: nothing was stopped.
-    #[error("{dir} has {free} bytes free, the sources hold {needed}: the backup did not run (nothing was stopped)")]
-    NoSpace {
-        /// The destination.
-        dir: PathBuf,
-        /// Free bytes.
-        free: u64,
-        /// Bytes of the sources.
-        needed: u64,
-    },
-    /// Quiescing failed (services were started again).
-    #[error(transparent)]
-    Quiesce(#[from] QuiesceError),
-    /// Writing or reading an archive failed.
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
-    /// A copy on another host could not be listed or pruned.
-    #[error(transparent)]
-    Remote(#[from] crate::backup::remote::RemoteError),
-    /// The destination catalog failed.
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    /// The dump or restore command failed.
-    #[error("`{command}` exited with code {code}{}: {what}", if stderr.is_empty() { String::new() } else { format!(" ({stderr})") })]
-    Command {
-        /// The command.
-        command: String,
-        /// Its exit code.
-        code: i64,
-        /// The end of its stderr.
-        stderr: String,
-        /// What that means.
-        what: &'static str,
-    },
-    /// Docker refused or did not answer.
-    #[error(transparent)]
-    Engine(#[from] crate::engine::EngineError),
-    /// The run needs Docker, and there is none.
-    #[error("Docker is not available")]
-    NoDocker,
-    /// A scratch container did not become ready.
-    #[error("the scratch container {container} did not become ready")]
-    NotReady {
-        /// The container.
-        container: String,
-        /// Why.
-        #[source]
-        source: Box<crate::reconcile::execute::StepError>,
-    },
-    /// A task of the run ended abnormally (it panicked or was cancelled).
-    #[error("the {what} task failed")]
-    Task {
-        /// What it did.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: tokio::task::JoinError,
-    },
-    /// A command's standard stream could not be connected.
-    #[error("the {0} of the command could not be connected")]
-    Pipe(&'static str),
-    /// A file operation failed.
-    #[error("{op} {path}")]
-    Io {
-        /// What was done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The archive was made (or the data restored) but starting the services again failed.
-    #[error("done, but starting the services again failed")]
-    Resume(#[source] QuiesceError),
-    /// Nothing to restore from.
-    #[error("no complete archive of {0} to restore from")]
-    NoArchive(String),
-    /// A run or restore cannot go ahead as asked.
-    #[error("{0}")]
-    Refused(String),
-    /// A restore stopped before it stopped, moved or wrote anything.
-    #[error("restore of {backup} refused; nothing was changed")]
-    Unchanged {
-        /// The Backup.
-        backup: String,
-        /// Why.
-        #[source]
-        source: Box<BackupError>,
-    },
-}
-
-/// The last 4 KiB of a command's stderr, for an error message.
-pub(crate) fn stderr_tail(err: &[u8]) -> String {
-    String::from_utf8_lossy(&err[err.len().saturating_sub(4096)..]).trim().to_string()
-}
-
-pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
-    let path = path.to_path_buf();
-    move |source| BackupError::Io { op, path, source }
-}
 
 /// What a run works with: the host (scope, state directory with quiesce journals and run
 /// history, maintenance locks) and the options of this run.
@@ -534,11 +419,6 @@ pub(crate) fn record(state_dir: &Path, name: &str, result: Result<&RunReport, &s
 /// Records a failed run (the CLI calls it with the error).
 pub fn record_failure(state_dir: &Path, name: &str, error: &str) {
     record(state_dir, name, Err(error));
-}
-
-/// The complete archives of a backup, newest last (for `list`, `verify`, `restore`).
-pub fn archives(backup: &Backup) -> Result<Vec<catalog::Entry>, BackupError> {
-    Ok(catalog::list(Path::new(&backup.spec.destination.dir), &backup.name, backup.spec.layout())?)
 }
 
 /// The Docker service a backup's command runs in, if it runs in one (not on the host, not as

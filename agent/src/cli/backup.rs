@@ -139,10 +139,7 @@ pub(super) fn show_progress(
 }
 
 pub(super) fn the_backup<'a>(desired: &'a Desired, name: &str) -> Result<&'a tend_specs::desired::Backup, CliError> {
-    desired
-        .backups
-        .get(name)
-        .ok_or_else(|| CliError::Backup(crate::backup::run::BackupError::Unknown(name.to_string())))
+    desired.backups.get(name).ok_or_else(|| CliError::Backup(crate::backup::BackupError::Unknown(name.to_string())))
 }
 
 /// `tend backup …`.
@@ -174,7 +171,7 @@ pub(super) fn backup(cli: &Cli, command: &BackupCommand) -> Result<ExitCode, Cli
         BackupCommand::List { name, specs, output } => {
             let desired = load(cli, &specs_for(cli, specs.as_deref())?)?;
             let b = the_backup(&desired, name)?;
-            let entries = crate::backup::run::archives(b)?;
+            let entries = crate::backup::prune::archives(b)?;
             let now = tend_specs::calendar::Timestamp::now();
             let rows: Vec<serde_json::Value> = entries
                 .iter()
@@ -385,7 +382,7 @@ pub(super) fn restore(
     yes: bool,
     specs: Option<&Path>,
 ) -> Result<ExitCode, CliError> {
-    use crate::backup::run::BackupError;
+    use crate::backup::BackupError;
     let desired = load(cli, &specs_for(cli, specs)?)?;
     let b = the_backup(&desired, name)?;
     let refused =

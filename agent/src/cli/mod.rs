@@ -374,7 +374,7 @@ pub enum CliError {
     AgentReply(#[source] serde_json::Error),
     /// A backup or restore failed.
     #[error(transparent)]
-    Backup(#[from] crate::backup::run::BackupError),
+    Backup(#[from] crate::backup::BackupError),
     /// `tend maintain` failed.
     #[error(transparent)]
     Maintain(#[from] crate::maintain::MaintainError),

@@ -3,67 +3,24 @@
 //! reached) — for `tend status`, the `tend_engine_up` metric and the passes, which plan
 //! nothing from what they could not observe.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tend_specs::Desired;
 use tracing::{debug, info, warn};
 
+pub(super) use crate::daemon::shared::{Engine, LiveEngines};
 use crate::daemon::shared::{Shared, lock};
-use crate::engine::Engines;
 use crate::engine::docker::DockerEngine;
 use crate::engine::systemd::SystemdEngine;
 use crate::reconcile::apply;
 use crate::reconcile::observe::ObserveError;
 use crate::reconcile::status::EngineProblem;
 
-/// The engines a pass or the API works with.
-pub(super) type LiveEngines = Engines<DockerEngine, SystemdEngine>;
-
-/// An engine tend talks to, for its health in `tend status` and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Engine {
-    Docker,
-    Systemd,
-}
-
-impl Engine {
-    /// The label in metrics and in the status's `engines`.
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Self::Docker => "docker",
-            Self::Systemd => "systemd",
-        }
-    }
-
-    /// The name in messages.
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Self::Docker => "Docker",
-            Self::Systemd => "systemd",
-        }
-    }
-}
-
 const UNRESPONSIVE: &str = "unresponsive";
 /// An engine's state, and the kind of error that makes it so, when it cannot be reached.
 pub(super) const UNAVAILABLE: &str = "unavailable";
 /// The kind of error that makes an engine unresponsive.
 pub(super) const UNRESPONSIVE_KIND: &str = "timeout";
-
-/// The engines the agent has now. Docker may come and go; systemd is found once.
-#[derive(Debug, Default)]
-pub(super) struct EngineHandles {
-    pub(super) docker: Option<Arc<DockerEngine>>,
-    pub(super) systemd: Option<Arc<SystemdEngine>>,
-    /// Why systemd is not used, when it is not.
-    pub(super) systemd_missing: Option<String>,
-    /// Why Docker could not be connected, the last time it was tried.
-    pub(super) docker_error: Option<String>,
-    /// The engines (labels) that answered or were reached once: their `tend_engine_up`
-    /// series exists, and a failure to reach them is reported.
-    reached: BTreeSet<&'static str>,
-}
 
 /// Records how `engine` answered a call: `None` when it did; else the failed call's kind
 /// label and error chain. A `timeout` makes it unresponsive and `unavailable` unreachable

@@ -1,20 +1,78 @@
 //! What the loop, the watchers and the local API share: the settings, the engines, the spec
 //! set in use, the agent's status and metrics, the git source, and the channel that wakes
-//! the loop.
+//! the loop; and the types they hold (the engines and their health, the spec set).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use tend_specs::Desired;
 use tokio::sync::mpsc;
 
-use crate::daemon::engine_health::{EngineHandles, LiveEngines};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::source::{self, GitSource, Revision};
-use crate::daemon::spec_set::SpecSet;
 use crate::daemon::{Settings, SourceSettings};
 use crate::engine::Engines;
+use crate::engine::docker::DockerEngine;
+use crate::engine::systemd::SystemdEngine;
 use crate::reconcile::apply::Options;
 use crate::reconcile::status::AgentStatus;
+
+/// The engines a pass or the API works with.
+pub(super) type LiveEngines = Engines<DockerEngine, SystemdEngine>;
+
+/// An engine tend talks to, for its health in `tend status` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Engine {
+    Docker,
+    Systemd,
+}
+
+impl Engine {
+    /// The label in metrics and in the status's `engines`.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Systemd => "systemd",
+        }
+    }
+
+    /// The name in messages.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "Docker",
+            Self::Systemd => "systemd",
+        }
+    }
+}
+
+/// The engines the agent has now. Docker may come and go; systemd is found once.
+#[derive(Debug, Default)]
+pub(super) struct EngineHandles {
+    pub(super) docker: Option<Arc<DockerEngine>>,
+    pub(super) systemd: Option<Arc<SystemdEngine>>,
+    /// Why systemd is not used, when it is not.
+    pub(super) systemd_missing: Option<String>,
+    /// Why Docker could not be connected, the last time it was tried.
+    pub(super) docker_error: Option<String>,
+    /// The engines (labels) that answered or were reached once: their `tend_engine_up`
+    /// series exists, and a failure to reach them is reported.
+    pub(super) reached: BTreeSet<&'static str>,
+}
+
+/// A validated spec set.
+#[derive(Debug, Clone)]
+pub(super) struct SpecSet {
+    pub(super) desired: Arc<Desired>,
+    /// Where it was loaded from.
+    pub(super) dir: PathBuf,
+    /// Its commit (git sources).
+    pub(super) commit: Option<String>,
+    /// A fingerprint of every object's hash, to tell whether a re-read changed anything.
+    pub(super) fingerprint: String,
+    /// The git candidate it came from, promoted when the set is accepted.
+    pub(super) rev: Option<Revision>,
+}
 
 /// Why the loop woke.
 #[derive(Debug)]

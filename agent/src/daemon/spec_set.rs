@@ -13,23 +13,10 @@ use tracing::{error, info, warn};
 
 use crate::daemon::engine_health::{LiveEngines, engine_failure, note_engine};
 use crate::daemon::guard::mass_removal;
+pub(super) use crate::daemon::shared::SpecSet;
 use crate::daemon::shared::{Shared, lock};
 use crate::daemon::source::{GitConfig, Revision};
 use crate::daemon::{AgentError, SourceSettings, watch};
-
-/// A validated spec set.
-#[derive(Debug, Clone)]
-pub(super) struct SpecSet {
-    pub(super) desired: Arc<Desired>,
-    /// Where it was loaded from.
-    pub(super) dir: PathBuf,
-    /// Its commit (git sources).
-    pub(super) commit: Option<String>,
-    /// A fingerprint of every object's hash, to tell whether a re-read changed anything.
-    fingerprint: String,
-    /// The git candidate it came from, promoted when the set is accepted.
-    rev: Option<Revision>,
-}
 
 fn fingerprint(desired: &Desired) -> String {
     let mut s = String::new();

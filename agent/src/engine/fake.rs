@@ -19,14 +19,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tend_specs::{Desired, Service};
 use tokio::time::Instant;
 
-use crate::engine::systemd::{
-    self, ActiveState, Interest, JobResult, SystemdError, UnitEngine, UnitFile, UnitState, Wakeups,
+use crate::engine::systemd;
+use crate::engine::unit::{
+    ActiveState, BusErrorKind, Interest, JobResult, SystemdError, UnitEngine, UnitFile, UnitState, Wakeups,
 };
 use crate::engine::{ContainerEngine, EngineError, EngineErrorKind, NoAnswer, Probe, Timeouts};
 use crate::reconcile::model::{
@@ -375,23 +376,24 @@ impl FromRefusal for EngineError {
 
 impl FromRefusal for SystemdError {
     /// A job that fails is a failed job; a file operation an I/O error; anything else an
-    /// error on the bus. (The bus error of a missing unit is a generic one here: systemd's own
-    /// `NoSuchUnit` reply cannot be made without a bus.)
+    /// error on the bus of the refusal's kind.
     fn from_refusal(op: Op, object: &str, r: Refusal) -> Self {
         let (op_name, object) = (op.doing(), object.to_string());
-        let bus = |source| SystemdError::Bus { op: op_name, object: object.clone(), source };
+        let message = r.message.clone();
+        let bus = |kind| SystemdError::Bus {
+            op: op_name,
+            object: object.clone(),
+            kind,
+            source: Box::new(std::io::Error::other(message)),
+        };
         match (r.kind, op) {
             (EngineErrorKind::Timeout, _) => SystemdError::Timeout {
                 op: op_name,
                 object: object.clone(),
                 source: NoAnswer { engine: "systemd", waited: Timeouts::default().call },
             },
-            (EngineErrorKind::Unavailable, _) => {
-                bus(zbus::Error::InputOutput(Arc::new(std::io::Error::other(r.message))))
-            }
-            (EngineErrorKind::NotFound, _) => {
-                bus(zbus::Error::FDO(Box::new(zbus::fdo::Error::FileNotFound(r.message))))
-            }
+            (EngineErrorKind::Unavailable, _) => bus(BusErrorKind::Unavailable),
+            (EngineErrorKind::NotFound, _) => bus(BusErrorKind::NotFound),
             (_, Op::StartUnit | Op::StopUnit | Op::RestartUnit) => {
                 SystemdError::Job { op: op_name, unit: object.clone(), result: JobResult::Failed }
             }
@@ -400,7 +402,7 @@ impl FromRefusal for SystemdError {
                 path: PathBuf::from(&object),
                 source: std::io::Error::other(r.message),
             },
-            _ => bus(zbus::Error::FDO(Box::new(zbus::fdo::Error::Failed(r.message)))),
+            _ => bus(BusErrorKind::Refused),
         }
     }
 }

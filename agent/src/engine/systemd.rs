@@ -27,8 +27,10 @@ use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
-pub use crate::engine::unit::{ActiveState, Interest, JobResult, UnitEngine, UnitFile, UnitState, Wakeups};
-use crate::engine::{self, NoAnswer, Timeouts};
+pub use crate::engine::unit::{
+    ActiveState, BusErrorKind, Interest, JobResult, SystemdError, UnitEngine, UnitFile, UnitState, Wakeups,
+};
+use crate::engine::{self, Timeouts};
 
 /// Where tend keeps the unit files it owns.
 pub const UNIT_DIR: &str = "/etc/systemd/system";
@@ -56,121 +58,6 @@ const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
 const TIMER_IFACE: &str = "org.freedesktop.systemd1.Timer";
 const UNIT_PATH_NAMESPACE: &str = "/org/freedesktop/systemd1/unit";
 
-/// A failed systemd operation, naming the operation and the unit (or file).
-#[derive(Debug, thiserror::Error)]
-pub enum SystemdError {
-    /// systemd is not PID 1 here (sd_booted() is false).
-    #[error("systemd is not running as PID 1 on this host (PID 1 is {pid1})")]
-    NotBooted {
-        /// What PID 1 is (`/proc/1/comm`), or why that could not be read.
-        pid1: String,
-    },
-    /// A D-Bus call failed, or the bus could not be reached.
-    #[error("{op} {object}")]
-    Bus {
-        /// The operation ("starting unit").
-        op: &'static str,
-        /// The unit or object it was about.
-        object: String,
-        /// The D-Bus error.
-        #[source]
-        source: zbus::Error,
-    },
-    /// A unit file operation failed.
-    #[error("{op} {}", path.display())]
-    File {
-        /// The operation ("writing unit file").
-        op: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// A unit name that tend does not write or remove.
-    #[error("refusing unit file name {name:?}: {why}")]
-    BadName {
-        /// The name given.
-        name: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// A unit file path that is not a regular file (a symlink, a directory, ...).
-    #[error("refusing to {op} {}: {why}", path.display())]
-    NotRegular {
-        /// The operation ("write", "remove").
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// What it is instead ("it is a symlink to /dev/null").
-        why: String,
-    },
-    /// A job finished without doing what it was asked.
-    #[error("{op} {unit}: the job finished with result '{result}'")]
-    Job {
-        /// The operation ("starting unit").
-        op: &'static str,
-        /// The unit.
-        unit: String,
-        /// How the job ended.
-        result: JobResult,
-    },
-    /// A D-Bus call got no answer in time: the bus or the manager is unresponsive.
-    #[error("{op} {object}")]
-    Timeout {
-        /// The operation ("listing units").
-        op: &'static str,
-        /// The unit or object it was about.
-        object: String,
-        /// Which engine, and how long tend waited.
-        #[source]
-        source: NoAnswer,
-    },
-    /// A job did not finish in time (it may still be running in systemd).
-    #[error("{op} {unit}: the job did not finish within {}s", timeout.as_secs())]
-    JobTimeout {
-        /// The operation ("starting unit").
-        op: &'static str,
-        /// The unit.
-        unit: String,
-        /// How long tend waited.
-        timeout: Duration,
-    },
-}
-
-impl SystemdError {
-    /// A fixed label for metrics and tests.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::NotBooted { .. } => "unavailable",
-            Self::Bus { source, .. } => match source {
-                zbus::Error::MethodError(name, ..)
-                    if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
-                        || name.as_str() == "org.freedesktop.systemd1.LoadFailed" =>
-                {
-                    "not_found"
-                }
-                zbus::Error::MethodError(..) | zbus::Error::FDO(..) => "refused",
-                _ => "unavailable",
-            },
-            Self::File { .. } => "file",
-            Self::BadName { .. } => "bad_name",
-            Self::NotRegular { .. } => "not_regular",
-            Self::Job { .. } => "job_failed",
-            Self::JobTimeout { .. } => "job_timeout",
-            Self::Timeout { .. } => "timeout",
-        }
-    }
-
-    /// The job's result when this is a job that finished unsuccessfully.
-    pub fn job_result(&self) -> Option<&JobResult> {
-        match self {
-            Self::Job { result, .. } => Some(result),
-            _ => None,
-        }
-    }
-}
-
 /// Awaits one D-Bus call, bounded by `bound`; its error, or its silence, named `op object`.
 async fn bounded<T>(
     op: &'static str,
@@ -186,7 +73,21 @@ async fn bounded<T>(
 
 fn bus(op: &'static str, object: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
     let object = object.into();
-    move |source| SystemdError::Bus { op, object, source }
+    move |source| SystemdError::Bus { op, object, kind: bus_error_kind(&source), source: Box::new(source) }
+}
+
+/// What kind of refusal a D-Bus error is.
+fn bus_error_kind(e: &zbus::Error) -> BusErrorKind {
+    match e {
+        zbus::Error::MethodError(name, ..)
+            if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
+                || name.as_str() == "org.freedesktop.systemd1.LoadFailed" =>
+        {
+            BusErrorKind::NotFound
+        }
+        zbus::Error::MethodError(..) | zbus::Error::FDO(..) => BusErrorKind::Refused,
+        _ => BusErrorKind::Unavailable,
+    }
 }
 
 fn file(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> SystemdError {

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use futures::stream::BoxStream;
 
-use crate::engine::systemd::SystemdError;
+use std::io;
+use std::time::Duration;
+
+use crate::engine::NoAnswer;
 
 /// One `*.service` or `*.timer` entry of a unit directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,4 +221,127 @@ pub trait UnitEngine: Send + Sync + 'static {
     /// and on unit file changes and reloads. The stream ends when the connection to the bus
     /// is lost.
     fn watch(&self, interest: Interest) -> impl Future<Output = Result<Wakeups, SystemdError>> + Send;
+}
+
+/// A failed systemd operation, naming the operation and the unit (or file).
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// systemd is not PID 1 here (sd_booted() is false).
+    #[error("systemd is not running as PID 1 on this host (PID 1 is {pid1})")]
+    NotBooted {
+        /// What PID 1 is (`/proc/1/comm`), or why that could not be read.
+        pid1: String,
+    },
+    /// A D-Bus call failed, or the bus could not be reached.
+    #[error("{op} {object}")]
+    Bus {
+        /// The operation ("starting unit").
+        op: &'static str,
+        /// The unit or object it was about.
+        object: String,
+        /// What kind of refusal it was.
+        kind: BusErrorKind,
+        /// The D-Bus error (the adapter's own type, erased here).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A unit file operation failed.
+    #[error("{op} {}", path.display())]
+    File {
+        /// The operation ("writing unit file").
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A unit name that tend does not write or remove.
+    #[error("refusing unit file name {name:?}: {why}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A unit file path that is not a regular file (a symlink, a directory, ...).
+    #[error("refusing to {op} {}: {why}", path.display())]
+    NotRegular {
+        /// The operation ("write", "remove").
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("it is a symlink to /dev/null").
+        why: String,
+    },
+    /// A job finished without doing what it was asked.
+    #[error("{op} {unit}: the job finished with result '{result}'")]
+    Job {
+        /// The operation ("starting unit").
+        op: &'static str,
+        /// The unit.
+        unit: String,
+        /// How the job ended.
+        result: JobResult,
+    },
+    /// A D-Bus call got no answer in time: the bus or the manager is unresponsive.
+    #[error("{op} {object}")]
+    Timeout {
+        /// The operation ("listing units").
+        op: &'static str,
+        /// The unit or object it was about.
+        object: String,
+        /// Which engine, and how long tend waited.
+        #[source]
+        source: NoAnswer,
+    },
+    /// A job did not finish in time (it may still be running in systemd).
+    #[error("{op} {unit}: the job did not finish within {}s", timeout.as_secs())]
+    JobTimeout {
+        /// The operation ("starting unit").
+        op: &'static str,
+        /// The unit.
+        unit: String,
+        /// How long tend waited.
+        timeout: Duration,
+    },
+}
+
+impl SystemdError {
+    /// A fixed label for metrics and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotBooted { .. } => "unavailable",
+            Self::Bus { kind, .. } => match kind {
+                BusErrorKind::NotFound => "not_found",
+                BusErrorKind::Refused => "refused",
+                BusErrorKind::Unavailable => "unavailable",
+            },
+            Self::File { .. } => "file",
+            Self::BadName { .. } => "bad_name",
+            Self::NotRegular { .. } => "not_regular",
+            Self::Job { .. } => "job_failed",
+            Self::JobTimeout { .. } => "job_timeout",
+            Self::Timeout { .. } => "timeout",
+        }
+    }
+
+    /// The job's result when this is a job that finished unsuccessfully.
+    pub fn job_result(&self) -> Option<&JobResult> {
+        match self {
+            Self::Job { result, .. } => Some(result),
+            _ => None,
+        }
+    }
+}
+
+/// How a D-Bus call failed, as the adapter classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusErrorKind {
+    /// No such unit, or it could not be loaded.
+    NotFound,
+    /// The manager answered with an error.
+    Refused,
+    /// The bus could not be reached or broke.
+    Unavailable,
 }
