@@ -1008,3 +1008,38 @@ fn a_byte_order_mark_at_the_start_of_a_file_is_read_past() {
 
 mod files;
 mod limits;
+
+/// A Timer and a systemd service with most of their fields set. Their hashes are pinned:
+/// unit files written by earlier versions carry them, and a field added to the language
+/// must leave them alone for specs that do not use it.
+const PINNED_UNITS: &str = r#"apiVersion: tend/v1
+kind: Timer
+metadata: {name: nightly}
+spec:
+  schedule: "*-*-* 01:00:00"
+  persistent: true
+  randomizedDelay: 5m
+  timezone: Europe/Berlin
+  concurrency: replace
+  timeout: 1h
+  job: {runtime: host, exec: [/usr/local/bin/dump, --all], user: backup, env: {A: "1"}}
+---
+apiVersion: tend/v1
+kind: Service
+metadata: {name: daemon}
+spec:
+  runtime: systemd
+  exec: [/usr/bin/daemon, --foreground]
+  user: www-data
+  env: {B: two}
+  stopTimeout: 30s
+"#;
+
+#[test]
+fn a_timers_and_a_systemd_services_hashes_are_pinned() {
+    let desired = load(PINNED_UNITS);
+    assert_eq!(timer(&desired, "nightly").hash, "915f2062bd7399f7c1405571a2c4490cccbd0bc40d597a2279da033c55a5d280");
+    assert_eq!(service(&desired, "daemon").hash, "c0e7f9201a6fcf2464a51b5cfa1eaab55aeedbc3c9468688f65e5ef0ba50091b");
+    let minimal = load(&timer_doc("schedule: daily"));
+    assert_eq!(timer(&minimal, "t").hash, "11ab41bf1e9eeefb5c594ba5d4083c3707ca0f7cf5a0ae788927b071d8636e50");
+}
