@@ -418,13 +418,15 @@ fn check_header(file: &Arc<Path>, node: &Node, diags: &mut Vec<Diagnostic>) -> b
 
 /// A path into a document's node tree, for locating a problem found after decoding.
 #[derive(Debug, Clone, Copy)]
-enum Seg<'a> {
+pub(crate) enum Seg<'a> {
+    /// The value of a mapping's key.
     Key(&'a str),
+    /// An item of a sequence.
     Index(usize),
 }
 
 /// The node at `path`, or the deepest node on the way that exists.
-fn locate<'n>(node: &'n Node, path: &[Seg<'_>]) -> &'n Node {
+pub(crate) fn locate<'n>(node: &'n Node, path: &[Seg<'_>]) -> &'n Node {
     let mut cur = node;
     for seg in path {
         let next = match (seg, &cur.value) {

@@ -122,6 +122,28 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_config_schema_has_the_cluster_block_with_its_bounds() {
+        let schema = crate::agent_config::json_schema();
+        let defs = &schema["$defs"];
+        let cluster = &defs["ClusterConfig"];
+        assert_eq!(cluster["required"], json!(["name", "etcd"]));
+        assert_eq!(cluster["additionalProperties"], json!(false));
+        let props = &cluster["properties"];
+        for field in ["name", "node", "address", "roles", "etcd", "leaseTTL"] {
+            assert!(props.get(field).is_some(), "ClusterConfig lacks {field}: {props}");
+        }
+        assert_eq!(props.as_object().map(|p| p.len()), Some(6));
+        assert_eq!(props["leaseTTL"]["default"], json!("10s"));
+        assert_eq!(props["roles"]["maxItems"], json!(crate::agent_config::cluster::ROLES.max));
+        let etcd = &defs["EtcdConfig"]["properties"];
+        for field in ["endpoints", "caFile", "certFile", "keyFile", "usernameFile", "passwordFile"] {
+            assert!(etcd.get(field).is_some(), "EtcdConfig lacks {field}: {etcd}");
+        }
+        assert_eq!((&etcd["endpoints"]["minItems"], &etcd["endpoints"]["maxItems"]), (&json!(1), &json!(16)));
+        assert!(schema["properties"].get("cluster").is_some());
+    }
+
+    #[test]
     fn schema_lists_every_service_field() {
         let schema = json_schema();
         let props = &schema["$defs"]["ServiceSpec"]["properties"];
