@@ -158,6 +158,7 @@ mod tests {
             "restart",
             "replicas",
             "rollout",
+            "placement",
         ] {
             assert!(props.get(field).is_some(), "schema lacks {field}: {props}");
         }
@@ -181,6 +182,7 @@ mod tests {
             "accuracy",
             "timezone",
             "concurrency",
+            "runOn",
             "enabled",
             "timeout",
             "job",
@@ -206,6 +208,29 @@ mod tests {
         ] {
             assert!(job["properties"].get(field).is_some(), "job schema lacks {field}");
         }
+    }
+
+    #[test]
+    fn schema_has_a_placement_and_the_values_of_run_on() {
+        let schema = json_schema();
+        let defs = &schema["$defs"];
+        let placement = &defs["Placement"];
+        assert_eq!(placement["required"], json!(["role"]));
+        assert_eq!(placement["additionalProperties"], json!(false));
+        let props = &placement["properties"];
+        for field in ["role", "spread", "maxUnavailable", "onLostLease", "lostLeaseGrace"] {
+            assert!(props.get(field).is_some(), "Placement lacks {field}: {props}");
+        }
+        assert_eq!(props.as_object().map(|p| p.len()), Some(5));
+        assert_eq!(
+            (&props["spread"]["default"], &props["onLostLease"]["default"], &props["lostLeaseGrace"]["default"]),
+            (&json!(true), &json!("keep"), &json!("30s"))
+        );
+        let values = |def: &str| -> Vec<Value> {
+            defs[def]["oneOf"].as_array().map(|a| a.iter().map(|v| v["const"].clone()).collect()).unwrap_or_default()
+        };
+        assert_eq!(values("RunOn"), [json!("node"), json!("leader")]);
+        assert_eq!(values("OnLostLease"), [json!("keep"), json!("stop")]);
     }
 
     #[test]
