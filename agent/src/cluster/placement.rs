@@ -205,19 +205,25 @@ pub fn place(members: &[Member], services: &[PlacedService], current: &Assignmen
             .filter(|m| m.state == MemberState::Live && m.roles.contains(&service.role))
             .map(|m| m.node.as_str())
             .collect();
+        // Slots of this service each member holds.
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        for node in assigned.values() {
+            *held.entry(node.clone()).or_default() += 1;
+        }
         for slot in 1..=service.replicas {
             if assigned.contains_key(&slot) {
                 continue;
             }
-            let held = |node: &str| assigned.values().filter(|n| *n == node).count();
+            let held_by = |node: &str| held.get(node).copied().unwrap_or_default();
             let choice = eligible
                 .iter()
-                .filter(|node| !service.spread || held(node) == 0)
-                .min_by_key(|node| (held(node), load.get(**node).copied().unwrap_or_default(), **node))
+                .filter(|node| !service.spread || held_by(node) == 0)
+                .min_by_key(|node| (held_by(node), load.get(**node).copied().unwrap_or_default(), **node))
                 .copied();
             match choice {
                 Some(node) => {
                     *load.entry(node).or_default() += 1;
+                    *held.entry(node.to_string()).or_default() += 1;
                     assigned.insert(slot, node.to_string());
                 }
                 None => {
@@ -456,6 +462,29 @@ mod tests {
         let d = place(&members, &services, &Assignments::new());
         assert_eq!(nodes(&d, "etcd", 5), ["a", "b", "-", "-", "-"]);
         assert!(d.unplaced.is_empty(), "the first listing says 2 replicas");
+    }
+
+    #[test]
+    fn a_fresh_placement_at_the_bounds_places_every_slot_evenly() {
+        // Two services of 1000 replicas (the bound of one, and of a set together) on 50
+        // members.
+        let members: Vec<Member> = (0..50).map(|i| live(&format!("n{i:02}"))).collect();
+        let services = [service("a", 1000, false), service("b", 1000, false)];
+        let d = place(&members, &services, &Assignments::new());
+        assert!(d.unplaced.is_empty());
+        let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+        for node in d.assignments.values().flat_map(|slots| slots.values()) {
+            *load.entry(node.as_str()).or_default() += 1;
+        }
+        assert_eq!(load.len(), 50);
+        assert!(load.values().all(|n| *n == 40), "{load:?}");
+        // A member dies: its 40 slots go to the others, nothing else moves.
+        let survivors = &members[1..];
+        let again = place(survivors, &services, &d.assignments);
+        let ch = changes(&d.assignments, &again.assignments);
+        assert_eq!(ch["n00"].removed.len(), 40);
+        assert_eq!(ch.values().map(|c| c.added.len()).sum::<usize>(), 40);
+        assert!(ch.values().all(|c| c.added.len() <= 1), "spread over the survivors");
     }
 
     #[test]
