@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod engine;
 pub mod host;

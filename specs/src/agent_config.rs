@@ -1,7 +1,8 @@
 //! The agent's configuration file (`/etc/tend/agent.yaml`): where specs come from (a
 //! directory or a git repository), where state and the API socket live, how often to
-//! resync, and the mass-removal guard. It has its own schema (`tend schema --agent-config`)
-//! and is checked like the specs: every problem at once, each with its file:line:column.
+//! resync, the mass-removal guard, and membership of a cluster ([`cluster`]). It has its
+//! own schema (`tend schema --agent-config`) and is checked like the specs: every problem
+//! at once, each with its file:line:column.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -13,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::diag::{Diagnostic, Location};
 use crate::quantity::Duration;
 use crate::yaml::{Node, Value, parse_stream};
+
+pub mod cluster;
+
+pub use cluster::{ClusterConfig, EtcdConfig, NodeNameError};
 
 /// How long tend waits for an engine (Docker, systemd) to answer one call, unless set
 /// (`engineTimeout`, `--engine-timeout`). A healthy engine answers in milliseconds and a
@@ -113,6 +118,10 @@ pub struct AgentConfig {
     /// The guard against removing most of what is managed in one pass.
     #[serde(default)]
     pub mass_removal: MassRemoval,
+    /// Membership of a cluster coordinated through etcd (default: none; the node is a
+    /// cluster of one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl AgentConfig {
@@ -148,6 +157,7 @@ impl Default for AgentConfig {
             socket: SocketConfig::default(),
             metrics: None,
             mass_removal: MassRemoval::default(),
+            cluster: None,
         }
     }
 }
@@ -375,6 +385,9 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
     }
     if let Err(why) = check_engine_timeout(config.engine_timeout) {
         diags.push(Diagnostic::at(at(&["engineTimeout"]), format!("engineTimeout {why}")));
+    }
+    if let Some(cluster) = &config.cluster {
+        cluster::check(cluster, &node, &file, &mut diags);
     }
     diags.sort();
     if diags.is_empty() { Ok(config) } else { Err(diags) }
@@ -626,6 +639,121 @@ mod tests {
             assert_eq!(errs.len(), 1, "{errs:?}");
             assert!(errs[0].starts_with(&format!("{}: {why}", path.display())), "{errs:?}");
         }
+    }
+
+    const CLUSTER: &str = "cluster:\n  name: judicators\n  node: vm-a\n  address: 10.0.0.5\n  roles: [judicator, mongo]\n  etcd:\n    endpoints: ['https://10.0.0.1:2379', 'https://10.0.0.2:2379/']\n    caFile: /etc/tend/etcd/ca.pem\n    certFile: /etc/tend/etcd/vm-a.pem\n    keyFile: /etc/tend/etcd/vm-a-key.pem\n    usernameFile: /etc/tend/etcd/user\n    passwordFile: /etc/tend/etcd/password\n  leaseTTL: 15s\n";
+
+    #[test]
+    fn a_cluster_block_reads_and_is_absent_by_default() {
+        assert_eq!(parse("parallel: 3\n").expect("no cluster").cluster, None);
+        let c = parse(CLUSTER).expect("valid").cluster.expect("a cluster");
+        assert_eq!(
+            (c.name.as_str(), c.node.as_deref(), c.address.as_deref()),
+            ("judicators", Some("vm-a"), Some("10.0.0.5"))
+        );
+        assert_eq!(c.roles, ["judicator", "mongo"]);
+        assert_eq!(c.etcd.endpoints.len(), 2);
+        assert_eq!(c.etcd.cert_file.as_deref(), Some(Path::new("/etc/tend/etcd/vm-a.pem")));
+        assert_eq!(c.lease_ttl.get(), std::time::Duration::from_secs(15));
+        let minimal =
+            parse("cluster: {name: c, etcd: {endpoints: ['http://127.0.0.1:2379']}}\n").expect("minimal").cluster;
+        let minimal = minimal.expect("a cluster");
+        assert_eq!((minimal.node, minimal.address, minimal.roles.len()), (None, None, 0));
+        assert_eq!(minimal.lease_ttl.get(), std::time::Duration::from_secs(10), "the default");
+    }
+
+    #[test]
+    fn unknown_cluster_fields_are_named_with_the_nearest_one() {
+        let errs = parse(
+            "cluster:\n  name: c\n  role: [a]\n  leaseTtl: 5s\n  etcd:\n    endpoint: ['http://127.0.0.1:2379']\n",
+        )
+        .expect_err("typos");
+        let all = errs.join("\n");
+        for want in [
+            "agent.yaml:3:3: unknown field `role`, did you mean `roles`?",
+            "agent.yaml:4:3: unknown field `leaseTtl`, did you mean `leaseTTL`?",
+            "agent.yaml:6:5: unknown field `endpoint`, did you mean `endpoints`?",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        let errs = parse("cluster: {name: c}\n").expect_err("no etcd").join("\n");
+        assert!(errs.contains("agent.yaml:1:10: missing field `etcd`"), "{errs}");
+    }
+
+    #[test]
+    fn every_problem_of_a_cluster_block_is_reported_with_its_place() {
+        let errs = parse(
+            "cluster:\n  name: Judicators\n  node: vm_a\n  address: '10.0.0.5:22'\n  roles: [judicator, judicator, -x]\n  etcd:\n    endpoints: ['https://10.0.0.1:2379', 'http://10.0.0.2:2379', 'https://10.0.0.1:2379/', 'https://root:pw@10.0.0.3:2379', 'https://10.0.0.4']\n    caFile: etc/ca.pem\n    certFile: /etc/tend/etcd/cert.pem\n    usernameFile: /etc/tend/etcd/user\n  leaseTTL: 1500ms\n",
+        )
+        .expect_err("invalid");
+        let all = errs.join("\n");
+        for want in [
+            "agent.yaml:2:9: `cluster.name` `Judicators` is not a DNS label",
+            "agent.yaml:3:9: `cluster.node` `vm_a` is not a DNS label",
+            "agent.yaml:4:12: `cluster.address` `10.0.0.5:22` is not a host name or an IP address (without a port)",
+            "agent.yaml:5:22: `cluster.roles` lists `judicator` twice (first as roles[0])",
+            "agent.yaml:5:33: `cluster.roles[2]` `-x` is not a DNS label",
+            "agent.yaml:7:42: `cluster.etcd.endpoints[1]` is http://: the endpoints share one scheme, like the first (https://)",
+            "agent.yaml:7:66: `cluster.etcd.endpoints[2]` lists the endpoint of endpoints[0] again",
+            "agent.yaml:7:92: `cluster.etcd.endpoints[3]`: holds a user name or password",
+            "agent.yaml:7:125: `cluster.etcd.endpoints[4]`: `https://10.0.0.4` has no port",
+            "agent.yaml:8:13: `cluster.etcd.caFile` must be an absolute path",
+            "agent.yaml:9:15: `cluster.etcd.certFile` needs `keyFile` beside it (a client certificate goes with its key)",
+            "agent.yaml:10:19: `cluster.etcd.usernameFile` needs `passwordFile` beside it",
+            "agent.yaml:11:13: `cluster.leaseTTL` is 1s500ms; at least 2s",
+            "agent.yaml:11:13: `cluster.leaseTTL` is 1s500ms; write whole seconds",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert_eq!(errs.len(), 14, "{all}");
+        assert!(!all.contains("pw@"), "a password in an endpoint is not shown: {all}");
+    }
+
+    #[test]
+    fn a_cluster_block_has_bounds_and_takes_credentials_over_https_only() {
+        let roles: Vec<String> = (0..33).map(|i| format!("r{i}")).collect();
+        let endpoints: Vec<String> = (0..17).map(|i| format!("'http://10.0.0.{i}:2379'")).collect();
+        let errs = parse(&format!(
+            "cluster:\n  name: {}\n  roles: [{}]\n  etcd:\n    endpoints: [{}]\n    caFile: /ca.pem\n    usernameFile: /u\n    passwordFile: /p\n  leaseTTL: 6m\n",
+            "c".repeat(64),
+            roles.join(", "),
+            endpoints.join(", ")
+        ))
+        .expect_err("over the bounds");
+        let all = errs.join("\n");
+        for want in [
+            "agent.yaml:2:9: `cluster.name` is 64 bytes long; at most 63",
+            "agent.yaml:3:10: `cluster.roles` has 33 entries; at most 32",
+            "agent.yaml:5:16: `cluster.etcd.endpoints` has 17 entries; at most 16",
+            "agent.yaml:6:13: `cluster.etcd.caFile` is used only with https:// endpoints: it is for TLS",
+            "agent.yaml:7:19: `cluster.etcd.usernameFile` is used only with https:// endpoints: over http:// the password would cross the network in clear",
+            "agent.yaml:8:19: `cluster.etcd.passwordFile` is used only with https:// endpoints",
+            "agent.yaml:9:13: `cluster.leaseTTL` is 6m; at most 5m",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert_eq!(errs.len(), 7, "{all}");
+        let errs = parse("cluster: {name: c, etcd: {endpoints: []}}\n").expect_err("no endpoint").join("\n");
+        assert!(errs.contains("agent.yaml:1:38: `cluster.etcd.endpoints` is empty"), "{errs}");
+        for edge in ["2s", "5m"] {
+            let text =
+                format!("cluster: {{name: c, etcd: {{endpoints: ['http://127.0.0.1:2379']}}, leaseTTL: {edge}}}\n");
+            assert!(parse(&text).is_ok(), "{edge}");
+        }
+    }
+
+    #[test]
+    fn the_commented_cluster_block_of_the_sample_configuration_is_valid() {
+        let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../units/agent.yaml"))
+            .expect("units/agent.yaml");
+        let block: String = sample
+            .lines()
+            .skip_while(|l| *l != "# cluster:")
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let c = parse(&block).unwrap_or_else(|e| panic!("{e:?}\n{block}")).cluster.expect("a cluster block");
+        assert_eq!((c.name.as_str(), c.etcd.endpoints.len()), ("judicators", 3));
     }
 
     #[test]

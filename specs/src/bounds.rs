@@ -146,6 +146,21 @@ pub const JOB_TIMEOUT: Bound<Duration> =
 pub const QUIESCE_TIMEOUT: Bound<Duration> =
     Bound { max: Duration::from_secs(3600), why: "the services stay down while it runs" };
 
+// --- Cluster -------------------------------------------------------------------------------
+
+/// A role (`cluster.roles` in the agent's configuration, a Service's `placement.role`): a DNS
+/// label, like every name that reaches etcd.
+pub const ROLE: Bound<usize> =
+    Bound { max: 63, why: "a role is a DNS label, as every name tend writes into etcd keys is" };
+
+/// `placement.lostLeaseGrace`: how long a node cut off from etcd keeps the instances of a
+/// service with `onLostLease: stop` running, and so how long a slot of a dead node stays
+/// down before it is placed elsewhere.
+pub const LOST_LEASE_GRACE: Bound<Duration> = Bound {
+    max: Duration::from_secs(600),
+    why: "a slot of a dead node stays down this long (plus its stopTimeout) before it is placed on another node",
+};
+
 // --- Lists and mappings ---------------------------------------------------------------------
 
 /// The arguments of one command (`exec`, `command`, `entrypoint`, a health check's, a

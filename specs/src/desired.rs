@@ -222,6 +222,11 @@ pub const SYSTEMD_FIELDS: &[&str] = &[
 pub const TIMER_FIELDS: &[&str] =
     &["schedule", "persistent", "randomizedDelay", "accuracy", "timezone", "enabled", "concurrency", "timeout", "job"];
 
+/// Fields of a Timer that enter its hash only when they are not their default, so that
+/// Timers written before they existed keep their hash (and their units are not rewritten):
+/// `runOn` (`leader` changes who runs the job).
+pub const TIMER_OPTIONAL_FIELDS: &[&str] = &["runOn"];
+
 /// Names of the fields of a Backup's hash: what shapes an archive. Quiesce, copies,
 /// retention, schedule, restore and drill change how and when archives are made and kept,
 /// not what is in one.
@@ -298,7 +303,8 @@ pub(crate) fn systemd_hashes(
 }
 
 /// Computes the hash and field hashes of a Timer: its schedule and settings and its whole
-/// job (secrets as digests, single bound files by content, as for services).
+/// job (secrets as digests, single bound files by content, as for services), and the
+/// [`TIMER_OPTIONAL_FIELDS`] it sets to other than their default.
 pub(crate) fn timer_hashes(
     spec: &TimerSpec,
     env: &BTreeMap<String, Env>,
@@ -311,7 +317,7 @@ pub(crate) fn timer_hashes(
         map.insert("env".into(), env_json(env, salt));
         map.insert("volumes".into(), volumes_json(&spec.job.volumes, file_digests));
     }
-    let fields = vec![
+    let mut fields = vec![
         ("schedule", to(&spec.schedule)),
         ("persistent", to(&spec.persistent)),
         ("randomizedDelay", to(&spec.randomized_delay)),
@@ -323,6 +329,9 @@ pub(crate) fn timer_hashes(
         ("job", job),
     ];
     debug_assert_eq!(fields.len(), TIMER_FIELDS.len());
+    if !spec.run_on.is_node() {
+        fields.push(("runOn", to(&spec.run_on)));
+    }
     hashes_of(fields)
 }
 

@@ -22,7 +22,10 @@ use crate::desired::{Desired, Env, Secret, Service, Timer, systemd_hashes, templ
 use crate::diag::{Diagnostic, Location, shown};
 use crate::files::{self, io_reason};
 use crate::hash::sha256_hex;
-use crate::service::{EnvValue, MountSource, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow, VolumeMount};
+use crate::service::{
+    EnvValue, MountSource, OnLostLease, Placement, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow,
+    VolumeMount,
+};
 use crate::timer::TimerSpec;
 use crate::yaml::{Node, Value, parse_stream, strip_bom};
 
@@ -418,13 +421,15 @@ fn check_header(file: &Arc<Path>, node: &Node, diags: &mut Vec<Diagnostic>) -> b
 
 /// A path into a document's node tree, for locating a problem found after decoding.
 #[derive(Debug, Clone, Copy)]
-enum Seg<'a> {
+pub(crate) enum Seg<'a> {
+    /// The value of a mapping's key.
     Key(&'a str),
+    /// An item of a sequence.
     Index(usize),
 }
 
 /// The node at `path`, or the deepest node on the way that exists.
-fn locate<'n>(node: &'n Node, path: &[Seg<'_>]) -> &'n Node {
+pub(crate) fn locate<'n>(node: &'n Node, path: &[Seg<'_>]) -> &'n Node {
     let mut cur = node;
     for seg in path {
         let next = match (seg, &cur.value) {
@@ -628,7 +633,7 @@ fn validate(docs: Documents, options: &LoadOptions<'_>, diags: &mut Vec<Diagnost
         }
     }
     check_dependencies(&checked, &names, docs.all_named, diags);
-    check_hooks(&checked, &names, docs.all_named, diags);
+    check_hooks(&checked, &names, &timers, docs.all_named, diags);
     check_ports(&checked, diags);
     values::check_instances(&checked, diags);
     let backups = backup::check_backups(docs.backups, &names, docs.all_named, diags);
@@ -652,6 +657,7 @@ const SERVICE_RUNTIME_FIELDS: &[(&str, Runtime)] = &[
     ("labels", Runtime::Docker),
     ("healthcheck", Runtime::Docker),
     ("rollout", Runtime::Docker),
+    ("placement", Runtime::Docker),
     ("exec", Runtime::Systemd),
     ("group", Runtime::Systemd),
     ("type", Runtime::Systemd),
@@ -689,6 +695,7 @@ fn check_service(
             let hint = match *field {
                 "command" | "entrypoint" => "; a systemd service runs `exec`",
                 "exec" => "; a docker service runs `command` in its image",
+                "placement" => "; a systemd service runs on the node whose specs hold it",
                 _ => "",
             };
             diags.push(Diagnostic::at(
@@ -745,6 +752,9 @@ fn check_service(
                 "`maxUnavailable` must be at least 1, or a rollout could never stop an instance",
             ));
         }
+        if let Some(placement) = &spec.placement {
+            check_placement(file, node, placement, diags);
+        }
     }
     let backoff = spec.restart.backoff;
     let backoff_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff"), Seg::Key(k)]);
@@ -788,7 +798,9 @@ fn check_service(
             ),
         ));
     }
-    if docker && spec.replicas > 1 && !spec.ports.is_empty() {
+    // Spread instances each run on a node of their own, so each may publish the ports.
+    let spread = spec.placement.as_ref().is_some_and(|p| p.spread);
+    if docker && spec.replicas > 1 && !spec.ports.is_empty() && !spread {
         diags.push(Diagnostic::at(
             spec_loc("replicas"),
             format!(
@@ -836,6 +848,36 @@ fn check_service(
         BTreeMap::new()
     };
     (diags.len() == before).then_some((env, file_digests))
+}
+
+/// Checks a docker service's `placement` (its bounds are checked with the others'): the
+/// role is a DNS label, a budget written is at least 1, and `lostLeaseGrace` is written
+/// only where it applies.
+fn check_placement(file: &Arc<Path>, node: &Node, placement: &Placement, diags: &mut Vec<Diagnostic>) {
+    let here = |k| at(file, locate(node, &[Seg::Key("spec"), Seg::Key("placement"), Seg::Key(k)]));
+    if placement.role.len() <= bounds::ROLE.max && !is_dns_label(&placement.role) {
+        diags.push(Diagnostic::at(
+            here("role"),
+            format!(
+                "`placement.role` `{}` is not a DNS label (lowercase letters, digits and `-`, not starting or ending with `-`), as the roles in `cluster.roles` of the agents' configuration are",
+                shown(&placement.role)
+            ),
+        ));
+    }
+    if placement.max_unavailable == Some(0) {
+        diags.push(Diagnostic::at(
+            here("maxUnavailable"),
+            "`placement.maxUnavailable` must be at least 1, or no member could ever be maintained; leave it out for a minority of `replicas`",
+        ));
+    }
+    if placement.on_lost_lease == OnLostLease::Keep
+        && let Some(key) = key_node(node, &["spec", "placement", "lostLeaseGrace"])
+    {
+        diags.push(Diagnostic::at(
+            at(file, key),
+            "`placement.lostLeaseGrace` applies only with `onLostLease: stop`; with `keep` the instances of a member cut off from etcd go on running",
+        ));
+    }
 }
 
 /// Checks `updateWindow`: its schedule parses (an error is reported at its column in the
@@ -1220,12 +1262,27 @@ fn check_dependencies(
     }
 }
 
-/// Checks `hooks.beforeStart`: it names a Timer of the set.
-fn check_hooks(services: &[Checked], names: &BTreeMap<String, Owner>, all_named: bool, diags: &mut Vec<Diagnostic>) {
+/// Checks `hooks.beforeStart`: it names a Timer of the set, one that runs on every node
+/// (`timers`: the Timers that passed their own checks).
+fn check_hooks(
+    services: &[Checked],
+    names: &BTreeMap<String, Owner>,
+    timers: &BTreeMap<String, Timer>,
+    all_named: bool,
+    diags: &mut Vec<Diagnostic>,
+) {
     for c in services {
         let Some(target) = c.spec.before_start() else { continue };
         let loc = || c.at(&[Seg::Key("spec"), Seg::Key("hooks"), Seg::Key("beforeStart")]);
         match names.get(target) {
+            Some(owner) if owner.kind == "Timer" && timers.get(target).is_some_and(|t| !t.spec.run_on.is_node()) => {
+                diags.push(Diagnostic::at(
+                    loc(),
+                    format!(
+                        "`hooks.beforeStart` names Timer `{target}`, which runs on the cluster's leader only (`runOn: leader`); a hook runs on the node that starts the service, so its Timer needs `runOn: node`"
+                    ),
+                ));
+            }
             Some(owner) if owner.kind == "Timer" => {}
             Some(owner) => diags.push(Diagnostic::at(
                 loc(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::desired::{Desired, Timer, timer_hashes};
 use crate::service::PullPolicy;
-use crate::timer::{Concurrency, Job, JobRuntime, TimerSpec};
+use crate::timer::{Concurrency, Job, JobRuntime, RunOn, TimerSpec};
 
 /// Adds the Timers of `desired`'s scheduled Backups and drills, each running the argv
 /// `job(COMMAND, BACKUP)` (`COMMAND` is `run` or `drill`): how this host runs tend, which
@@ -58,6 +58,7 @@ fn timer_spec(schedule: String, persistent: bool, exec: Vec<String>) -> TimerSpe
         accuracy: None,
         timezone: None,
         concurrency: Concurrency::default(),
+        run_on: RunOn::default(),
         enabled: true,
         timeout: None,
         job: Job {

@@ -122,6 +122,28 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_config_schema_has_the_cluster_block_with_its_bounds() {
+        let schema = crate::agent_config::json_schema();
+        let defs = &schema["$defs"];
+        let cluster = &defs["ClusterConfig"];
+        assert_eq!(cluster["required"], json!(["name", "etcd"]));
+        assert_eq!(cluster["additionalProperties"], json!(false));
+        let props = &cluster["properties"];
+        for field in ["name", "node", "address", "roles", "etcd", "leaseTTL"] {
+            assert!(props.get(field).is_some(), "ClusterConfig lacks {field}: {props}");
+        }
+        assert_eq!(props.as_object().map(|p| p.len()), Some(6));
+        assert_eq!(props["leaseTTL"]["default"], json!("10s"));
+        assert_eq!(props["roles"]["maxItems"], json!(crate::agent_config::cluster::ROLES.max));
+        let etcd = &defs["EtcdConfig"]["properties"];
+        for field in ["endpoints", "caFile", "certFile", "keyFile", "usernameFile", "passwordFile"] {
+            assert!(etcd.get(field).is_some(), "EtcdConfig lacks {field}: {etcd}");
+        }
+        assert_eq!((&etcd["endpoints"]["minItems"], &etcd["endpoints"]["maxItems"]), (&json!(1), &json!(16)));
+        assert!(schema["properties"].get("cluster").is_some());
+    }
+
+    #[test]
     fn schema_lists_every_service_field() {
         let schema = json_schema();
         let props = &schema["$defs"]["ServiceSpec"]["properties"];
@@ -136,6 +158,7 @@ mod tests {
             "restart",
             "replicas",
             "rollout",
+            "placement",
         ] {
             assert!(props.get(field).is_some(), "schema lacks {field}: {props}");
         }
@@ -159,6 +182,7 @@ mod tests {
             "accuracy",
             "timezone",
             "concurrency",
+            "runOn",
             "enabled",
             "timeout",
             "job",
@@ -184,6 +208,29 @@ mod tests {
         ] {
             assert!(job["properties"].get(field).is_some(), "job schema lacks {field}");
         }
+    }
+
+    #[test]
+    fn schema_has_a_placement_and_the_values_of_run_on() {
+        let schema = json_schema();
+        let defs = &schema["$defs"];
+        let placement = &defs["Placement"];
+        assert_eq!(placement["required"], json!(["role"]));
+        assert_eq!(placement["additionalProperties"], json!(false));
+        let props = &placement["properties"];
+        for field in ["role", "spread", "maxUnavailable", "onLostLease", "lostLeaseGrace"] {
+            assert!(props.get(field).is_some(), "Placement lacks {field}: {props}");
+        }
+        assert_eq!(props.as_object().map(|p| p.len()), Some(5));
+        assert_eq!(
+            (&props["spread"]["default"], &props["onLostLease"]["default"], &props["lostLeaseGrace"]["default"]),
+            (&json!(true), &json!("keep"), &json!("30s"))
+        );
+        let values = |def: &str| -> Vec<Value> {
+            defs[def]["oneOf"].as_array().map(|a| a.iter().map(|v| v["const"].clone()).collect()).unwrap_or_default()
+        };
+        assert_eq!(values("RunOn"), [json!("node"), json!("leader")]);
+        assert_eq!(values("OnLostLease"), [json!("keep"), json!("stop")]);
     }
 
     #[test]

@@ -185,6 +185,12 @@ pub struct ServiceSpec {
     /// How instances are replaced and scaled.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Docker only: run the instances on the cluster's members of a role rather than all on
+    /// this node, e.g. `{role: judicator}`. The cluster's leader assigns each instance (a
+    /// slot) to a member. Not part of the hash: a changed placement moves instances, it does
+    /// not recreate them where they stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
     /// Jobs run around the service's lifecycle (`beforeStart`: a Timer's job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Hooks>,
@@ -698,6 +704,71 @@ impl Default for Rollout {
     }
 }
 
+/// Where the instances of a placed service run: on the members of a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The role whose members run the instances (`cluster.roles` in their agent
+    /// configuration): a DNS label (at most 63 characters).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub role: String,
+    /// At most one instance per member (default true): an instance with no member of its
+    /// own left stays unplaced, and says so, rather than doubling up.
+    #[serde(default = "yes")]
+    pub spread: bool,
+    /// How many instances may be down at once for maintenance across the cluster (`tend
+    /// maintain`, `tend drain`: the disruption budget). Default: a minority,
+    /// floor((replicas − 1) / 2), so a quorum of them stays up. 1 to 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::bounds::REPLICAS.max))]
+    pub max_unavailable: Option<u32>,
+    /// What a member cut off from etcd does with its instances: `keep` (default: they go on
+    /// running) or `stop` (after `lostLeaseGrace`; the fencing for services of which two
+    /// copies of one instance would do harm).
+    #[serde(default)]
+    pub on_lost_lease: OnLostLease,
+    /// With `onLostLease: stop`: how long after its lease ran out a member cut off from etcd
+    /// keeps the instances running (default 30s; at most 10m). The leader waits as long, and
+    /// the instances' `stopTimeout`, before it places them elsewhere.
+    #[serde(default = "Placement::default_lost_lease_grace")]
+    pub lost_lease_grace: Duration,
+}
+
+impl Placement {
+    fn default_lost_lease_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// The disruption budget: `maxUnavailable`, or a minority of `replicas`.
+    pub fn budget(&self, replicas: u32) -> u32 {
+        self.max_unavailable.unwrap_or(replicas.saturating_sub(1) / 2)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a member cut off from etcd does with the instances of a placed service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnLostLease {
+    /// They go on running (the default): losing etcd never stops local work.
+    #[default]
+    Keep,
+    /// They are stopped `lostLeaseGrace` after the member's lease ran out.
+    Stop,
+}
+
+impl fmt::Display for OnLostLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Keep => "keep",
+            Self::Stop => "stop",
+        })
+    }
+}
+
 /// A recurring window in which changes that stop or recreate a service's running instances
 /// are made: it opens at every elapse of `schedule` and stays open for `duration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -784,6 +855,20 @@ mod tests {
             assert!(!e.contains(['\n', '\0']), "control characters are escaped: {e:?}");
             assert!(e.len() < 500, "a long text is cut: {e}");
         }
+    }
+
+    #[test]
+    fn the_disruption_budget_is_a_minority_unless_set() {
+        let p = |max_unavailable| Placement {
+            role: "judicator".into(),
+            spread: true,
+            max_unavailable,
+            on_lost_lease: OnLostLease::Keep,
+            lost_lease_grace: Duration::from_secs(30),
+        };
+        let budgets: Vec<u32> = [0, 1, 2, 3, 4, 5, 7].iter().map(|n| p(None).budget(*n)).collect();
+        assert_eq!(budgets, [0, 0, 0, 1, 1, 2, 3]);
+        assert_eq!(p(Some(2)).budget(1), 2, "as set, even above the replicas");
     }
 
     #[test]

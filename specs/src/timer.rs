@@ -38,6 +38,11 @@ pub struct TimerSpec {
     /// run), `replace` (stop the old one), `allow` (run both).
     #[serde(default)]
     pub concurrency: Concurrency,
+    /// Which nodes run the job: `node` (default: every node whose specs hold the Timer, as
+    /// without a cluster) or `leader` (only the cluster's leader, so the job runs once per
+    /// cluster; a node without a `cluster:` block leads its cluster of one).
+    #[serde(default, skip_serializing_if = "RunOn::is_node")]
+    pub run_on: RunOn,
     /// Whether the schedule is active (default true). A Timer with `enabled: false` is defined
     /// but never scheduled: it runs only with `tend job run` (or as a hook).
     #[serde(default = "yes")]
@@ -73,6 +78,33 @@ impl fmt::Display for Concurrency {
             Self::Forbid => "forbid",
             Self::Replace => "replace",
             Self::Allow => "allow",
+        })
+    }
+}
+
+/// Which nodes of a cluster run a Timer's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RunOn {
+    /// Every node whose specs hold the Timer (the default).
+    #[default]
+    Node,
+    /// Only the cluster's leader: once per cluster.
+    Leader,
+}
+
+impl RunOn {
+    /// Whether this is the default, `node` (which is left out of the Timer's hash).
+    pub fn is_node(&self) -> bool {
+        *self == Self::Node
+    }
+}
+
+impl fmt::Display for RunOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Node => "node",
+            Self::Leader => "leader",
         })
     }
 }

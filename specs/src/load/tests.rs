@@ -4,7 +4,8 @@ use tempfile::TempDir;
 
 use super::*;
 use crate::quantity::Duration;
-use crate::service::{Condition, PullPolicy, RestartPolicy, RolloutOrder};
+use crate::service::{Condition, OnLostLease, PullPolicy, RestartPolicy, RolloutOrder};
+use crate::timer::RunOn;
 
 /// The service of the issue, with its host paths under `root` (the secret, the media
 /// directory and the uwsgi.ini file), as written apart from that.
@@ -1008,3 +1009,159 @@ fn a_byte_order_mark_at_the_start_of_a_file_is_read_past() {
 
 mod files;
 mod limits;
+
+/// A Timer and a systemd service with most of their fields set. Their hashes are pinned:
+/// unit files written by earlier versions carry them, and a field added to the language
+/// must leave them alone for specs that do not use it.
+const PINNED_UNITS: &str = r#"apiVersion: tend/v1
+kind: Timer
+metadata: {name: nightly}
+spec:
+  schedule: "*-*-* 01:00:00"
+  persistent: true
+  randomizedDelay: 5m
+  timezone: Europe/Berlin
+  concurrency: replace
+  timeout: 1h
+  job: {runtime: host, exec: [/usr/local/bin/dump, --all], user: backup, env: {A: "1"}}
+---
+apiVersion: tend/v1
+kind: Service
+metadata: {name: daemon}
+spec:
+  runtime: systemd
+  exec: [/usr/bin/daemon, --foreground]
+  user: www-data
+  env: {B: two}
+  stopTimeout: 30s
+"#;
+
+#[test]
+fn a_timers_and_a_systemd_services_hashes_are_pinned() {
+    let desired = load(PINNED_UNITS);
+    assert_eq!(timer(&desired, "nightly").hash, "915f2062bd7399f7c1405571a2c4490cccbd0bc40d597a2279da033c55a5d280");
+    assert_eq!(service(&desired, "daemon").hash, "c0e7f9201a6fcf2464a51b5cfa1eaab55aeedbc3c9468688f65e5ef0ba50091b");
+    let minimal = load(&timer_doc("schedule: daily"));
+    assert_eq!(timer(&minimal, "t").hash, "11ab41bf1e9eeefb5c594ba5d4083c3707ca0f7cf5a0ae788927b071d8636e50");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: Timers that run on the leader, placed services
+
+#[test]
+fn run_on_defaults_to_node_and_enters_a_timers_hash_only_as_leader() {
+    let base = load(&timer_doc("schedule: daily"));
+    let base = timer(&base, "t");
+    assert_eq!(base.spec.run_on, RunOn::Node);
+    let node = load(&timer_doc("schedule: daily\nrunOn: node"));
+    assert_eq!(timer(&node, "t").hash, base.hash, "writing the default changes nothing");
+    assert_eq!(timer(&node, "t").field_hashes, base.field_hashes);
+    let leader = load(&timer_doc("schedule: daily\nrunOn: leader"));
+    let leader = timer(&leader, "t");
+    assert_eq!(leader.spec.run_on, RunOn::Leader);
+    assert_ne!(leader.hash, base.hash, "a leader-only Timer's units change");
+    let changed: Vec<&String> = leader.field_hashes.keys().filter(|k| !base.field_hashes.contains_key(*k)).collect();
+    assert_eq!(changed, ["runOn"], "the change is named");
+    for (name, h) in &base.field_hashes {
+        assert_eq!(&leader.field_hashes[name], h, "{name}");
+    }
+    // The pinned Timer keeps its hash with `runOn: node` written.
+    let pinned = PINNED_UNITS.replace("  concurrency: replace\n", "  concurrency: replace\n  runOn: node\n");
+    assert_eq!(
+        timer(&load(&pinned), "nightly").hash,
+        "915f2062bd7399f7c1405571a2c4490cccbd0bc40d597a2279da033c55a5d280"
+    );
+}
+
+#[test]
+fn a_hook_names_a_timer_that_runs_on_the_node() {
+    let hook_timer = |run_on: &str| {
+        format!("---\n{}", timer_doc(&format!("enabled: false\nrunOn: {run_on}")).replace("name: t", "name: migrate"))
+    };
+    load(&format!("{}{}", web("hooks: {beforeStart: migrate}"), hook_timer("node")));
+    assert_eq!(
+        problems(&format!("{}{}", web("hooks: {beforeStart: migrate}"), hook_timer("leader"))),
+        [
+            "6:24: `hooks.beforeStart` names Timer `migrate`, which runs on the cluster's leader only (`runOn: leader`); a hook runs on the node that starts the service, so its Timer needs `runOn: node`"
+        ]
+    );
+}
+
+#[test]
+fn a_placement_reads_with_its_defaults() {
+    let desired = load(&web("replicas: 3\nplacement: {role: judicator}"));
+    let p = service(&desired, "web").spec.placement.clone().expect("placement");
+    assert_eq!(p.role, "judicator");
+    assert!(p.spread, "spread by default");
+    assert_eq!((p.max_unavailable, p.budget(3)), (None, 1), "a minority of 3");
+    assert_eq!(p.on_lost_lease, OnLostLease::Keep);
+    assert_eq!(p.lost_lease_grace, Duration::from_secs(30));
+    let desired = load(&web(
+        "replicas: 5\nplacement: {role: judicator, spread: false, maxUnavailable: 2, onLostLease: stop, lostLeaseGrace: 0s}",
+    ));
+    let p = service(&desired, "web").spec.placement.clone().expect("placement");
+    assert!(!p.spread);
+    assert_eq!((p.max_unavailable, p.budget(5)), (Some(2), 2));
+    assert_eq!((p.on_lost_lease, p.lost_lease_grace), (OnLostLease::Stop, Duration::from_secs(0)));
+    assert_eq!(service(&load(&web("")), "web").spec.placement, None);
+}
+
+#[test]
+fn a_placement_leaves_the_hash_alone() {
+    let base = load(&web("replicas: 3"));
+    for extra in [
+        "replicas: 3\nplacement: {role: judicator}",
+        "replicas: 3\nplacement: {role: mongo, spread: false, maxUnavailable: 2, onLostLease: stop, lostLeaseGrace: 1m}",
+    ] {
+        let placed = load(&web(extra));
+        assert_eq!(service(&placed, "web").hash, service(&base, "web").hash, "{extra}");
+        assert_eq!(service(&placed, "web").field_hashes, service(&base, "web").field_hashes, "{extra}");
+    }
+    let pinned = PINNED_DOCKER.replace("  replicas: 1\n", "  replicas: 1\n  placement: {role: judicator}\n");
+    assert_eq!(
+        service(&load(&pinned), "pinned").hash,
+        "b823ce11f8dc6d767f637ff26d5e14b993af404e872be561fdf212554cb25094"
+    );
+}
+
+#[test]
+fn spread_instances_may_each_publish_the_ports_on_their_own_node() {
+    load(&web("replicas: 3\nports: [\"2379:2379\"]\nplacement: {role: judicator}"));
+    assert_eq!(
+        problems(&web("replicas: 3\nports: [\"2379:2379\"]\nplacement: {role: judicator, spread: false}")),
+        ["6:13: 3 replicas cannot all publish the same host ports; remove `ports` or use 1 replica"]
+    );
+}
+
+#[test]
+fn every_problem_of_a_placement_is_reported_at_its_field() {
+    assert_eq!(
+        problems(&format!(
+            "{}---\n{}",
+            web("placement: {role: Judicator, maxUnavailable: 0, lostLeaseGrace: 11m}"),
+            web("placement: {role: db, maxUnavailable: 1001, onLostLease: stop, lostLeaseGrace: 11m}")
+                .replace("name: web", "name: db")
+        )),
+        [
+            "6:21: `placement.role` `Judicator` is not a DNS label (lowercase letters, digits and `-`, not starting or ending with `-`), as the roles in `cluster.roles` of the agents' configuration are",
+            "6:48: `placement.maxUnavailable` must be at least 1, or no member could ever be maintained; leave it out for a minority of `replicas`",
+            "6:51: `placement.lostLeaseGrace` applies only with `onLostLease: stop`; with `keep` the instances of a member cut off from etcd go on running",
+            "6:67: `placement.lostLeaseGrace` is 11m; at most 10m (a slot of a dead node stays down this long (plus its stopTimeout) before it is placed on another node)",
+            "13:41: `placement.maxUnavailable` is 1001; at most 1000 (a host runs tens to hundreds of containers; planning a service costs memory per instance)",
+            "13:82: `placement.lostLeaseGrace` is 11m; at most 10m (a slot of a dead node stays down this long (plus its stopTimeout) before it is placed on another node)",
+        ]
+    );
+    let long = "r".repeat(64);
+    assert_eq!(
+        problems(&web(&format!("placement: {{role: {long}}}"))),
+        [
+            "6:21: `placement.role` is 64 bytes long; at most 63 (a role is a DNS label, as every name tend writes into etcd keys is)"
+        ]
+    );
+    assert_eq!(
+        problems(&unit("placement: {role: judicator}")),
+        [
+            "7:3: field `placement` applies to runtime docker only; a systemd service runs on the node whose specs hold it"
+        ]
+    );
+}

@@ -386,6 +386,15 @@ impl<'a, F: Fn(&[Seg<'_>]) -> Location> Limits<'a, F> {
         self.value(&rollout("interval"), "rollout.interval", r.interval, bounds::ROLLOUT_PAUSE);
         let field = "rollout.scaleDownInterval";
         self.value(&rollout("scaleDownInterval"), field, r.scale_down_interval, bounds::ROLLOUT_PAUSE);
+        if let Some(placement) = &spec.placement {
+            let at = |k| [Seg::Key("spec"), Seg::Key("placement"), Seg::Key(k)];
+            self.bytes(&at("role"), "`placement.role`", &placement.role, bounds::ROLE);
+            if let Some(n) = placement.max_unavailable {
+                self.value(&at("maxUnavailable"), "placement.maxUnavailable", n, bounds::REPLICAS);
+            }
+            let grace = placement.lost_lease_grace;
+            self.value(&at("lostLeaseGrace"), "placement.lostLeaseGrace", grace, bounds::LOST_LEASE_GRACE);
+        }
         if let Some(hc) = &spec.healthcheck {
             let at = |k| [Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)];
             self.argv(&at("command"), "healthcheck.command", Some(&hc.command));
