@@ -32,10 +32,13 @@ pub struct Host {
 
 impl Host {
     /// Prepares a spec set read from `specs` for this host: scheduled Backups and drills
-    /// become Timers whose jobs run this binary with this host's scope and directories. The
-    /// command line and the agent both call it, once per set.
+    /// become Timers whose jobs run this binary with this host's scope and directories, and
+    /// placed services run the slots a cluster of one gives this node (a cluster member's
+    /// agent assigns its own slots over that before each pass). The command line and the
+    /// agent both call it, once per set.
     pub fn prepare(&self, desired: &mut Desired, specs: &Path) {
         tend_specs::scheduled::add_backup_timers(desired, |command, name| self.backup_job(command, name, specs));
+        crate::cluster::place_locally(desired);
     }
 
     /// `tend … backup COMMAND NAME --specs SPECS` with this host's scope and directories.

@@ -100,6 +100,10 @@ pub struct Service {
     pub hash: String,
     /// A short hash per field of the hash, to name what changed.
     pub field_hashes: BTreeMap<String, String>,
+    /// The instances this node runs of a placed service (`spec.placement`): the slots the
+    /// cluster assigned to it. Set by the agent from the placement, never by the specs;
+    /// `None` runs every instance `1..=replicas`.
+    pub slots: Option<BTreeSet<u32>>,
 }
 
 /// A validated Timer with its identity hashes.
@@ -419,6 +423,20 @@ impl Timer {
 }
 
 impl Service {
+    /// The instances this node runs: the slots assigned to it when the service is placed,
+    /// else `1..=replicas`; ascending.
+    pub fn instances(&self) -> Vec<u32> {
+        match &self.slots {
+            Some(slots) => slots.iter().copied().filter(|i| (1..=self.spec.replicas).contains(i)).collect(),
+            None => (1..=self.spec.replicas).collect(),
+        }
+    }
+
+    /// Whether this node runs instance `i`.
+    pub fn runs_instance(&self, i: u32) -> bool {
+        (1..=self.spec.replicas).contains(&i) && self.slots.as_ref().is_none_or(|s| s.contains(&i))
+    }
+
     /// The environment as the plan shows it: secrets replaced by where they come from.
     pub fn env_redacted(&self) -> BTreeMap<String, String> {
         redacted(&self.env)

@@ -607,6 +607,7 @@ fn validate(docs: Documents, options: &LoadOptions<'_>, diags: &mut Vec<Diagnost
                     location: at(&d.file, &d.node),
                     hash,
                     field_hashes,
+                    slots: None,
                 })
             }
             None => None,

@@ -313,7 +313,7 @@ async fn running_targets<E: ContainerEngine, U: UnitEngine>(
     match s.spec.runtime {
         Runtime::Docker => {
             let docker = docker.ok_or_else(|| QuiesceError::NoEngine("Docker", name.to_string()))?;
-            for i in 1..=s.spec.replicas {
+            for i in s.instances() {
                 let c = instance_name(name, i);
                 if docker.probe(&c).await?.is_some_and(|p| p.state == RunState::Running) {
                     out.push(Target::Container(c));

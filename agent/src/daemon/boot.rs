@@ -155,7 +155,7 @@ impl Boot {
 fn shutdown_stops(desired: &Desired, observed: &Observed, state: &state::State) -> Vec<String> {
     desired
         .docker_services()
-        .flat_map(|s| (1..=s.spec.replicas).map(|i| instance_name(&s.name, i)))
+        .flat_map(|s| s.instances().into_iter().map(|i| instance_name(&s.name, i)))
         .filter(|name| !state.holds.contains_key(name))
         .filter(|name| {
             observed.containers.iter().any(|c| c.name == *name && matches!(c.state, RunState::Exited | RunState::Dead))
@@ -186,7 +186,7 @@ fn unclean_boot_holds(desired: &Desired, observed: &Observed, now_ms: u64) -> BT
             }
             continue;
         }
-        for i in 1..=s.spec.replicas {
+        for i in s.instances() {
             let name = instance_name(&s.name, i);
             let running = observed.containers.iter().any(|c| c.name == name && c.state == RunState::Running);
             if !running {

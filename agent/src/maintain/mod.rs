@@ -75,7 +75,7 @@ pub fn service_keys(desired: &Desired, service: &str) -> Option<Vec<String>> {
     if let Some(s) = desired.services.get(service) {
         return Some(match s.spec.runtime {
             Runtime::Systemd => vec![format!("{service}.service")],
-            Runtime::Docker => (1..=s.spec.replicas).map(|i| instance_name(service, i)).collect(),
+            Runtime::Docker => s.instances().into_iter().map(|i| instance_name(service, i)).collect(),
         });
     }
     desired.timers.contains_key(service).then(|| vec![format!("{service}.job")])
@@ -108,8 +108,11 @@ pub fn resolve(desired: &Desired, targets: &[String], selectors: &[String]) -> R
             None => keys.extend(all),
             Some(i) => {
                 let replicas = desired.services.get(name).map_or(1, |s| s.spec.replicas);
-                let n: u32 = i.parse().ok().filter(|n| (1..=replicas).contains(n)).ok_or_else(|| {
-                    MaintainError::UnknownInstance { target: target.clone(), service: name.to_string(), replicas }
+                let runs_here = |n: &u32| desired.services.get(name).map_or(*n == 1, |s| s.runs_instance(*n));
+                let n: u32 = i.parse().ok().filter(runs_here).ok_or_else(|| MaintainError::UnknownInstance {
+                    target: target.clone(),
+                    service: name.to_string(),
+                    replicas,
                 })?;
                 if desired.services.get(name).is_some_and(|s| s.spec.runtime == Runtime::Docker) {
                     keys.insert(instance_name(name, n));

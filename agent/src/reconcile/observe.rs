@@ -34,7 +34,7 @@ fn observe_args(desired: &Desired) -> (BTreeSet<String>, BTreeSet<String>, bool)
     let mut images = BTreeSet::new();
     let mut volumes = false;
     for s in desired.docker_services() {
-        for i in 1..=s.spec.replicas {
+        for i in s.instances() {
             wanted.insert(instance_name(&s.name, i));
         }
         images.extend(s.spec.image.clone());

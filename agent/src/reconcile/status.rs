@@ -193,7 +193,7 @@ pub fn build(desired: &Desired, observed: &Observed, st: &State, plan: &Plan) ->
                 maintenance: observed.maintenance.get(&c.name).cloned(),
             });
         }
-        for i in 1..=replicas {
+        for i in spec.map(|s| s.instances()).unwrap_or_default() {
             let n = instance_name(name, i);
             if !live.iter().any(|c| c.name == n) {
                 instances.push(InstanceStatus {

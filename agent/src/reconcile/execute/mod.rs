@@ -367,7 +367,7 @@ fn gone_target(desired: &Desired, action: &Action) -> Option<String> {
             desired
                 .services
                 .get(service)
-                .is_some_and(|s| s.spec.runtime == tend_specs::service::Runtime::Docker && *instance <= s.spec.replicas)
+                .is_some_and(|s| s.spec.runtime == tend_specs::service::Runtime::Docker && s.runs_instance(*instance))
         }
         Action::RemoveUnit { unit } => crate::reconcile::observe::wanted_units(desired).contains(unit),
         _ => return None,

@@ -35,7 +35,8 @@ pub(super) struct Work {
     pub deferred: bool,
 }
 
-/// The work instances `1..=replicas` of `s` need; `instances` is what runs of it.
+/// The work the instances of `s` this node runs need ([`Service::instances`]: `1..=replicas`,
+/// or the slots placed here); `instances` is what runs of it.
 pub(super) fn work(
     cx: &Cx<'_>,
     b: &mut Builder,
@@ -50,7 +51,7 @@ pub(super) fn work(
         w.blocked = true;
     }
     let image_id = cx.observed.images.get(&normalize_image(image));
-    for i in 1..=s.spec.replicas {
+    for i in s.instances() {
         let found: &[&Container] = instances.get(&i).map(Vec::as_slice).unwrap_or(&[]);
         instance(cx, b, s, i, found, image_id, &mut w);
     }

@@ -1,7 +1,7 @@
 //! Planning one Docker service: its instances' work (`instances`), the steps that work
 //! waits for (resources, dependencies awaited, the before-start hook), the work laid out in
 //! paced batches (`rollout.maxUnavailable`, `interval`, health awaited between batches),
-//! and the scale-down of instances beyond `replicas`.
+//! and the scale-down of instances beyond `replicas` (or not placed on this node).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -197,7 +197,8 @@ fn push_chain(
     last
 }
 
-/// Scale down: instances beyond `replicas` removed, highest first, `scaleDownInterval`
+/// Scale down: instances beyond `replicas`, or of a placed service not placed on this node,
+/// removed, highest first, `scaleDownInterval`
 /// apart; held instances, those under maintenance and (with the update window closed)
 /// serving ones are left.
 fn scale_down(
@@ -211,7 +212,7 @@ fn scale_down(
     let mut down_after: Vec<usize> = Vec::new();
     let down_pause = s.spec.rollout.scale_down_interval.get().as_millis() as u64;
     let mut first = true;
-    for (i, containers) in instances.range(s.spec.replicas + 1..).rev() {
+    for (i, containers) in instances.iter().rev().filter(|(i, _)| !s.runs_instance(**i)) {
         let name = instance_name(&s.name, *i);
         if held_or_in_maintenance(cx, b, &s.name, &name) {
             continue;
@@ -222,7 +223,11 @@ fn scale_down(
         }
         let mut ids = Vec::new();
         for c in containers {
-            let reason = Reason::ScaledDown { replicas: s.spec.replicas };
+            let reason = if *i > s.spec.replicas {
+                Reason::ScaledDown { replicas: s.spec.replicas }
+            } else {
+                Reason::PlacedElsewhere
+            };
             let id = b.push(remove(s, c), reason, down_after.clone(), if first { 0 } else { down_pause });
             ids.push(id);
             mine.push(id);

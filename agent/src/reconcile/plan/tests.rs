@@ -1667,3 +1667,39 @@ fn scaling_down_passes_over_a_held_instance_and_paces_the_rest() {
         [Note::Held { service: "a".into(), name: "a-4".into(), exit_code: None, since_ms: 5, unclean_boot: true }]
     );
 }
+
+#[test]
+fn a_placed_service_runs_only_its_slots_here_and_removes_the_ones_placed_elsewhere() {
+    let mut d = desired(&svc("judicator", "replicas: 3\nplacement: {role: judicator}"));
+    d.services.get_mut("judicator").expect("judicator").slots = Some(BTreeSet::from([2]));
+    let o =
+        observed(&d, vec![live(&d, "judicator", 1, RunState::Running), live(&d, "judicator", 4, RunState::Running)]);
+    assert_eq!(
+        show(&run(&d, &o, &State::default())),
+        [
+            "create judicator-2 (missing)",
+            "remove judicator-4 (scaled down to 3)",
+            "remove judicator-1 (placed on another node) after [2]",
+        ]
+    );
+}
+
+#[test]
+fn a_placed_service_with_no_slot_here_runs_nothing_here() {
+    let mut d = desired(&svc("judicator", "replicas: 3\nplacement: {role: judicator}"));
+    d.services.get_mut("judicator").expect("judicator").slots = Some(BTreeSet::new());
+    assert!(run(&d, &observed(&d, vec![]), &State::default()).is_empty());
+}
+
+#[test]
+fn outside_a_cluster_a_spread_service_runs_slot_one_and_one_not_spread_runs_every_slot() {
+    let mut d = desired(
+        &(svc("spread", "replicas: 3\nplacement: {role: judicator}")
+            + &svc("packed", "replicas: 2\nplacement: {role: judicator, spread: false}")
+            + &svc("plain", "replicas: 2")),
+    );
+    crate::cluster::place_locally(&mut d);
+    assert_eq!(d.services["spread"].instances(), [1]);
+    assert_eq!(d.services["packed"].instances(), [1, 2]);
+    assert_eq!((d.services["plain"].slots.as_ref(), d.services["plain"].instances()), (None, vec![1, 2]));
+}

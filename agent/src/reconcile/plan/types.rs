@@ -209,6 +209,8 @@ pub enum Reason {
         /// The new number of replicas.
         replicas: u32,
     },
+    /// The cluster placed this instance (slot) of the service on another node.
+    PlacedElsewhere,
     /// A container left by an interrupted replacement.
     Leftover,
     /// The last step of a start-first replacement.
@@ -267,6 +269,7 @@ impl fmt::Display for Reason {
             },
             Self::SpecRemoved => f.write_str("spec removed"),
             Self::ScaledDown { replicas } => write!(f, "scaled down to {replicas}"),
+            Self::PlacedElsewhere => f.write_str("placed on another node"),
             Self::Leftover => f.write_str("left over from an interrupted replacement"),
             Self::Replaced => f.write_str("replacement ready"),
             Self::NeededBy { service } => write!(f, "needed by {service}"),
