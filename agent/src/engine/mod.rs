@@ -14,6 +14,7 @@
 
 pub mod container;
 pub mod docker;
+pub mod etcd;
 pub mod systemd;
 pub mod unit;
 
