@@ -12,6 +12,7 @@ mod etcd;
 #[path = "../harness/netns.rs"]
 mod netns;
 
+mod auth;
 mod election;
 mod lease;
 mod partition;

@@ -56,9 +56,11 @@ fn a_client_whose_link_is_down_times_out_and_works_again_once_it_is_up() {
             let e = etcd.put("/t/p/x", b"1", None).await.expect_err("a put over a link that is down");
             let failed_in = t0.elapsed();
             eprintln!("measured: with its link down, a put failed after {failed_in:?}: {} (kind {})", chain(&e), e.kind());
+            // Either the call's own bound or the connection's unanswered HTTP/2 pings end it,
+            // whichever comes first: both are a timeout.
             assert_eq!(e.kind(), "timeout", "{}", chain(&e));
-            assert!(chain(&e).starts_with("etcd put /t/p/x: etcd did not answer within 2s"), "{}", chain(&e));
-            assert!(failed_in >= CALL && failed_in <= CALL + Duration::from_millis(500), "{failed_in:?}");
+            assert!(chain(&e).starts_with("etcd put /t/p/x: "), "{}", chain(&e));
+            assert!(failed_in <= CALL + Duration::from_millis(500), "{failed_in:?}");
             let why = tokio::time::timeout(TTL * 3, keep.lost()).await.expect("the lease is reported lost");
             let noticed = cut.elapsed();
             eprintln!("measured: with its link down, a {TTL:?} lease was reported lost {noticed:?} after the cut ({why})");

@@ -591,13 +591,21 @@ fn classify(code: i32, message: &str) -> EtcdErrorKind {
     if message.contains("no leader") || message.contains("leader changed") {
         return EtcdErrorKind::NoLeader;
     }
+    // A connection dropped because its HTTP/2 pings went unanswered ("keep-alive timed
+    // out", gRPC Unavailable) is etcd not answering, like the call's own timeout.
+    if message.contains("timed out") {
+        return EtcdErrorKind::Timeout;
+    }
+    // etcd answers a wrong password with InvalidArgument.
+    if message.contains("authentication failed") || message.contains("permission denied") {
+        return EtcdErrorKind::Denied;
+    }
     match code {
         DEADLINE_EXCEEDED => EtcdErrorKind::Timeout,
         NOT_FOUND if message.contains("lease not found") => EtcdErrorKind::LeaseNotFound,
         OUT_OF_RANGE if message.contains("compacted") => EtcdErrorKind::Compacted,
         PERMISSION_DENIED | UNAUTHENTICATED => EtcdErrorKind::Denied,
         UNAVAILABLE => EtcdErrorKind::Unavailable,
-        _ if message.contains("timed out") => EtcdErrorKind::Timeout,
         _ => EtcdErrorKind::Refused,
     }
 }
@@ -1358,9 +1366,17 @@ mod tests {
         assert_eq!(classify(14, "etcdserver: no leader"), EtcdErrorKind::NoLeader);
         assert_eq!(classify(14, "tcp connect error: Connection refused (os error 111)"), EtcdErrorKind::Unavailable);
         assert_eq!(classify(4, "context deadline exceeded"), EtcdErrorKind::Timeout);
+        assert_eq!(
+            classify(14, "http2 error: transport error: keep-alive timed out: operation timed out"),
+            EtcdErrorKind::Timeout
+        );
         assert_eq!(classify(5, "etcdserver: requested lease not found"), EtcdErrorKind::LeaseNotFound);
         assert_eq!(classify(11, "mvcc: required revision has been compacted"), EtcdErrorKind::Compacted);
         assert_eq!(classify(16, "etcdserver: invalid auth token"), EtcdErrorKind::Denied);
+        assert_eq!(
+            classify(3, "etcdserver: authentication failed, invalid user ID or password"),
+            EtcdErrorKind::Denied
+        );
         assert_eq!(classify(9, "etcdserver: duplicate key given in txn request"), EtcdErrorKind::Refused);
     }
 
