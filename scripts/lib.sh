@@ -129,6 +129,62 @@ ensure_rust() {
     log "rust: $(rustc --version), $(cargo --version)"
 }
 
+# ensure_protoc: `protoc` on PATH (Debian's protobuf-compiler), which the build of the etcd
+# client (etcd-client, through tonic) runs.
+ensure_protoc() {
+    command -v protoc >/dev/null 2>&1 || need_pkgs protobuf-compiler || return 1
+    command -v protoc >/dev/null 2>&1 || { die "protobuf-compiler is installed but protoc is not on PATH"; return 1; }
+    log "protoc: $(protoc --version)"
+}
+
+# ensure_etcd: `etcd` and `etcdctl` on PATH (Debian's etcd-server and etcd-client: etcd 3.4,
+# v3 API), for the cluster tests, which start their own members on free ports
+# (tests/harness/etcd.rs). Installed when missing; fails loudly when they do not run. When
+# this call installs etcd-server on a host where systemd is PID 1, the etcd service its
+# package enables is stopped and disabled again: nothing here needs a system etcd.
+ensure_etcd() {
+    local installed=""
+    if ! command -v etcd >/dev/null 2>&1; then
+        need_pkgs etcd-server || return 1
+        installed=1
+    fi
+    command -v etcdctl >/dev/null 2>&1 || need_pkgs etcd-client || return 1
+    if [ -n "$installed" ] && [ "$(ps -p 1 -o comm= 2>/dev/null)" = systemd ]; then
+        as_root systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
+    local v
+    v="$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p')" ||
+        { die "etcd is installed but does not run (etcd --version failed)"; return 1; }
+    [ -n "$v" ] || { die "etcd is installed but does not run (etcd --version printed no version)"; return 1; }
+    etcdctl version >/dev/null 2>&1 || { die "etcdctl is installed but does not run (etcdctl version failed)"; return 1; }
+    case "$v" in
+        3.*) ;;
+        *) die "etcd $v is not etcd 3 (the v3 API is needed)"; return 1 ;;
+    esac
+    log "etcd: $v ($(command -v etcd))"
+}
+
+# ensure_netns: network namespaces, veth pairs and bridges can be made here (the cluster
+# tests' partitions, tests/harness/netns.rs). Needs root and iproute2; fails loudly with the
+# step that failed (a container without CAP_SYS_ADMIN/CAP_NET_ADMIN cannot). Creates and
+# deletes one namespace of its own; touches nothing else.
+ensure_netns() {
+    command -v ip >/dev/null 2>&1 || need_pkgs iproute2 || return 1
+    local ns="tend-probe-$$" err
+    if ! err="$(as_root ip netns add "$ns" 2>&1)"; then
+        die "cannot create a network namespace (ip netns add: $err); the cluster tests need root with CAP_SYS_ADMIN and CAP_NET_ADMIN"
+        return 1
+    fi
+    if ! err="$(as_root ip -n "$ns" link add br0 type bridge 2>&1 &&
+        as_root ip -n "$ns" link add va type veth peer name vb 2>&1)"; then
+        as_root ip netns del "$ns" >/dev/null 2>&1 || true
+        die "network namespaces work, but a bridge or veth pair cannot be made in one: $err"
+        return 1
+    fi
+    as_root ip netns del "$ns" || { die "cannot delete the probe namespace $ns"; return 1; }
+    log "netns: namespaces, bridges and veth pairs work"
+}
+
 # Where the dockerd we start logs: /var/log when writable, $TMPDIR otherwise.
 _tend_dockerd_log() {
     if [ -w /var/log ]; then

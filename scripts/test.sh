@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README's second command; .ci/run runs exactly this).
 #
-# Installs what is missing (Debian packages, Rust, a running Docker engine, the local
+# Installs what is missing (Debian packages, Rust, protoc, etcd, a running Docker engine, the local
 # demo image), then runs, in order and with output streamed:
 #   cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test
 # Every stage runs even if an earlier one failed (except `test` after a failed build), so
@@ -15,11 +15,16 @@ source "$ROOT/scripts/lib.sh"
 
 START=$SECONDS
 
-banner "setup: packages, Rust, Docker, demo image"
+banner "setup: packages, Rust, protoc, etcd, namespaces, Docker, demo image"
 mapfile -t PKGS < <(build_pkgs)
 need_pkgs "${PKGS[@]}" docker.io busybox-static docker-registry systemd tzdata git curl util-linux postgresql rsync \
     openssh-server openssh-client
 ensure_rust
+ensure_protoc
+# The cluster tests (tests/cluster/) start a 3-member etcd of their own and put members and
+# clients in network namespaces.
+ensure_etcd
+ensure_netns
 ensure_docker
 ensure_demo_image
 # The systemd node image (debootstrap bookworm + systemd), built once and reused: the

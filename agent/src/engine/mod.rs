@@ -18,6 +18,7 @@
 
 pub mod container;
 pub mod docker;
+pub mod etcd;
 #[cfg(test)]
 pub mod fake;
 pub mod systemd;
