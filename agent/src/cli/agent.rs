@@ -76,5 +76,35 @@ pub(super) fn agent_settings(
         metrics_listen: metrics_listen.or_else(|| file.metrics.as_ref().and_then(|m| m.listen.parse().ok())),
         allow_mass_removal: allow_mass_removal || file.mass_removal.allow,
         max_removal_percent: file.mass_removal.max_percent,
+        cluster: file.cluster.as_ref().map(cluster_settings).transpose()?,
     })
+}
+
+/// The cluster this node joins, from the configuration's `cluster:` block.
+fn cluster_settings(
+    c: &tend_specs::agent_config::cluster::ClusterConfig,
+) -> Result<crate::daemon::cluster::ClusterSettings, CliError> {
+    use crate::engine::etcd::{CredentialFiles, EtcdConfig, TlsFiles};
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let node = c.node_name(host_name.trim()).map_err(CliError::NodeName)?;
+    let e = &c.etcd;
+    let tls = (e.ca_file.is_some() || e.cert_file.is_some()).then(|| TlsFiles {
+        ca_file: e.ca_file.clone().unwrap_or_default(),
+        cert_file: e.cert_file.clone(),
+        key_file: e.key_file.clone(),
+    });
+    let credentials = match (&e.username_file, &e.password_file) {
+        (Some(u), Some(p)) => Some(CredentialFiles { username_file: u.clone(), password_file: p.clone() }),
+        _ => None,
+    };
+    let mut etcd = EtcdConfig::new(c.etcd.endpoints.clone());
+    (etcd.tls, etcd.credentials) = (tls, credentials);
+    let identity = crate::cluster::node::Identity {
+        cluster: c.name.clone(),
+        node,
+        roles: c.roles.iter().cloned().collect(),
+        address: c.address.clone(),
+        ttl: c.lease_ttl.get(),
+    };
+    Ok(crate::daemon::cluster::ClusterSettings { identity, etcd })
 }

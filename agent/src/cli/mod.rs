@@ -392,6 +392,9 @@ pub enum CliError {
     /// The host's salt of secrets' digests cannot be had.
     #[error(transparent)]
     Salt(#[from] crate::support::redact::SaltError),
+    /// This node has no name in its cluster.
+    #[error("the agent configuration's cluster block")]
+    NodeName(#[source] tend_specs::agent_config::cluster::NodeNameError),
     /// The agent's configuration has problems (already printed).
     #[error("{count} problem(s) in the agent configuration {path}")]
     Config {

@@ -1,10 +1,14 @@
-//! The cluster: nodes whose agents coordinate through etcd. It will hold membership (each
-//! agent's key under a lease it keeps alive), leadership (one leader per cluster, through
-//! etcd's election API) and placement (the leader assigning the instances of placed
-//! services to members). Membership and leadership over etcd are being built; what is here
-//! is pure: the placement decision, and how a node's share of it becomes the instances it
-//! runs ([`assign`]; on a node outside a cluster, [`place_locally`]).
+//! The cluster: nodes whose agents coordinate through etcd (`engine::etcd`). `node` is
+//! one node's part — membership (its key under a lease it keeps alive), a candidacy for
+//! leadership (etcd's election API), the slots placed on it — and `leader` what the leader
+//! does: placement (`placement`, pure) paced across the cluster (`pacing`, pure), written
+//! under each node's prefix (`keys`). How a node's share becomes the instances it runs:
+//! [`assign`]; on a node outside a cluster, [`place_locally`].
 
+pub mod keys;
+pub mod leader;
+pub mod node;
+pub mod pacing;
 pub mod placement;
 
 use tend_specs::Desired;

@@ -208,7 +208,7 @@ impl AgentLoop {
     fn take(&mut self, msg: Wake) {
         debug!(?msg, "woken");
         self.pass_wanted |= match msg {
-            Wake::Engine | Wake::Api => true,
+            Wake::Engine | Wake::Api | Wake::Cluster => true,
             Wake::Specs => spec_set::reread_dir(&self.shared, &mut self.pending),
             Wake::Candidate(rev) => spec_set::check_candidate(&self.shared, rev, &mut self.pending),
         };

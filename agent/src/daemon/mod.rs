@@ -30,6 +30,7 @@
 //! share.
 
 pub mod api;
+pub mod cluster;
 pub mod metrics;
 pub mod source;
 
@@ -98,6 +99,9 @@ pub enum AgentError {
     /// The host's salt of secrets' digests cannot be had.
     #[error(transparent)]
     Salt(#[from] crate::support::redact::SaltError),
+    /// etcd cannot be used as configured (its TLS or credential files).
+    #[error("joining the cluster")]
+    Cluster(#[source] crate::engine::etcd::EtcdError),
     /// The boot marker could not be written.
     #[error("writing the boot marker {path}")]
     Marker {
@@ -141,6 +145,8 @@ pub struct Settings {
     pub allow_mass_removal: bool,
     /// The largest share (percent) of managed objects one set may remove.
     pub max_removal_percent: u8,
+    /// The cluster this node joins, when its configuration has a `cluster:` block.
+    pub cluster: Option<cluster::ClusterSettings>,
 }
 
 /// The options every pass of the agent starts from, and the API's plans: the one place they
@@ -174,7 +180,15 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         }
     };
     let options = pass_options(&settings, &stop);
-    let shared = Arc::new(Shared::new(settings, options, wake_tx, secret_salt, git));
+    let cluster = match &settings.cluster {
+        Some(c) => {
+            let handle = cluster::start(c, &stop).await.map_err(AgentError::Cluster)?;
+            cluster::spawn_wakeups(&handle, wake_tx.clone(), stop.clone());
+            Some(handle)
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(settings, options, wake_tx, secret_salt, git, cluster));
     info!(scope = %shared.settings.host.scope, source = %shared.agent_status().source, "tend agent starting");
     handle_signals(&stop)?;
     let api_task = serve_api(&shared, &stop).await?;

@@ -71,6 +71,11 @@ async fn converge(
     let unreachable = docker_unreachable(shared);
     let desired =
         if unreachable { Arc::new(without((*set.desired).clone(), &[Engine::Docker])) } else { set.desired.clone() };
+    // In a cluster: the slots placed here, and leader-only Timers while this node leads.
+    let desired = match &shared.cluster {
+        Some(cluster) => crate::daemon::cluster::localize(cluster, desired),
+        None => desired,
+    };
     let mut options = crate::daemon::with_specs(&shared.options, &set.dir);
     options.skip_owners = backoff.skipped(Instant::now());
     let state_dir = match open_state(&shared.settings.host.state_dir).await {

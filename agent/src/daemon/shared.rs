@@ -85,6 +85,8 @@ pub(super) enum Wake {
     Engine,
     /// The API asked for a pass.
     Api,
+    /// The slots placed on this node, or its leadership, changed.
+    Cluster,
 }
 
 /// A git source, shared by its poller and the loop.
@@ -109,6 +111,8 @@ pub(super) struct Shared {
     /// The git source, when specs come from one: its poller checks out new commits, the
     /// loop promotes a candidate once its set is accepted or tells it of a rejection.
     pub(super) git: Option<SharedGit>,
+    /// This node's part in its cluster, when it is in one.
+    pub(super) cluster: Option<crate::cluster::node::Handle>,
 }
 
 impl Shared {
@@ -119,6 +123,7 @@ impl Shared {
         wake: mpsc::Sender<Wake>,
         secret_salt: Vec<u8>,
         git: Option<SharedGit>,
+        cluster: Option<crate::cluster::node::Handle>,
     ) -> Self {
         let agent = AgentStatus {
             pid: std::process::id(),
@@ -138,6 +143,7 @@ impl Shared {
             releases: Arc::new(Mutex::new(BTreeSet::new())),
             secret_salt,
             git,
+            cluster,
         }
     }
 

@@ -1,0 +1,310 @@
+//! One node's part in the cluster, run by its agent: a session with etcd (a lease kept
+//! alive, the member record under it, a candidacy for leadership under the same lease), the
+//! slots placed on this node (its own assignment prefix, read and then watched), and, while
+//! this node leads, the placement of every placed service (`leader`).
+//!
+//! What the agent reads is a [`View`] on a watch channel: whether etcd answers, who leads,
+//! and the slots this node runs. When etcd cannot be reached or has lost quorum the view
+//! keeps the last slots (nothing local stops because etcd is gone), says so, and the
+//! session is tried again with backoff.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::keys::{Keys, MemberRecord};
+use crate::cluster::leader::{self, Services};
+use crate::cluster::placement::Assignments;
+use crate::engine::etcd::{ClusterStore, EtcdError, LeaseLost};
+
+/// Who this node is in which cluster.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The cluster's name.
+    pub cluster: String,
+    /// This node's name.
+    pub node: String,
+    /// Its roles.
+    pub roles: BTreeSet<String>,
+    /// Its address, if configured.
+    pub address: Option<String>,
+    /// The TTL of its lease.
+    pub ttl: Duration,
+}
+
+/// What the agent knows of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// This node's lease is alive and etcd answers.
+    pub connected: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+    /// The leader's node name, as last seen.
+    pub leader: Option<String>,
+    /// The leader's term: the create revision of its election key.
+    pub term: Option<i64>,
+    /// This node leads.
+    pub is_leader: bool,
+    /// How many times the leader changed since this agent started.
+    pub leader_changes: u64,
+    /// The slots placed on this node, by service (kept while etcd is unreachable).
+    pub mine: BTreeMap<String, BTreeSet<u32>>,
+    /// The slots the leader could not place, by service (this node's view while it leads).
+    pub unplaced: BTreeMap<String, Vec<u32>>,
+}
+
+/// A running node: its view, and the specs' placed services handed to it.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// This node.
+    pub identity: Arc<Identity>,
+    view: watch::Receiver<View>,
+    services: watch::Sender<Services>,
+}
+
+impl Handle {
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the view.
+    pub fn subscribe(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Hands in the placed services of the spec set in use (the leader places them).
+    pub fn set_services(&self, services: Services) {
+        self.services.send_if_modified(|s| {
+            let changed = *s != services;
+            *s = services;
+            changed
+        });
+    }
+}
+
+/// Starts this node's part in the cluster; it runs until `stop` is cancelled, then resigns
+/// and revokes its lease (so its member key and candidacy go at once).
+pub fn start<S: ClusterStore + 'static>(store: Arc<S>, identity: Identity, stop: CancellationToken) -> Handle {
+    let identity = Arc::new(identity);
+    let (view_tx, view) = watch::channel(View::default());
+    let (services, services_rx) = watch::channel(Services::default());
+    let view_tx = Arc::new(view_tx);
+    tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
+    tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
+    tokio::spawn(sessions(store, identity.clone(), view_tx, services_rx, stop));
+    Handle { identity, view, services }
+}
+
+/// The backoff between failed sessions or watches: 1 s doubling up to 30 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
+}
+
+async fn sessions<S: ClusterStore>(
+    store: Arc<S>,
+    id: Arc<Identity>,
+    view: Arc<watch::Sender<View>>,
+    services: watch::Receiver<Services>,
+    stop: CancellationToken,
+) {
+    let mut attempt = 0;
+    while !stop.is_cancelled() {
+        match session(&*store, &id, &view, services.clone(), &stop).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                let error = crate::support::chain(&e);
+                warn!(cluster = %id.cluster, node = %id.node, %error, "cluster session lost; retrying");
+                view.send_modify(|v| {
+                    v.connected = false;
+                    v.is_leader = false;
+                    v.error = Some(error);
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Why a session ended other than by a stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// An etcd call failed.
+    #[error("cluster session")]
+    Etcd(#[from] EtcdError),
+    /// The lease was lost.
+    #[error("cluster session: the lease of this node is lost: {0}")]
+    Lease(LeaseLost),
+    /// Leading failed.
+    #[error("leading the cluster")]
+    Leader(#[source] leader::LeaderError),
+}
+
+/// One session: a lease, the member record under it, and a candidacy; ends when the lease
+/// is gone (`Err`) or the agent stops (`Ok`, after resigning and revoking).
+async fn session<S: ClusterStore>(
+    store: &S,
+    id: &Identity,
+    view: &watch::Sender<View>,
+    services: watch::Receiver<Services>,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let lease = store.grant(id.ttl).await?;
+    let mut keep = store.keep_alive(lease);
+    let keys = Keys::new(&id.cluster);
+    let record = MemberRecord {
+        node: id.node.clone(),
+        roles: id.roles.clone(),
+        address: id.address.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms: crate::support::now_ms(),
+        drained: false,
+    };
+    let value = serde_json::to_vec(&record).unwrap_or_default();
+    store.put(&keys.member(&id.node), &value, Some(lease.id)).await?;
+    info!(cluster = %id.cluster, node = %id.node, lease = %lease.id, ttl_s = lease.ttl.as_secs(), "joined the cluster");
+    view.send_modify(|v| {
+        v.connected = true;
+        v.error = None;
+    });
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => Ok(None),
+        lost = keep.lost() => Err(SessionError::Lease(lost)),
+        led = campaign_and_lead(store, id, &keys, lease.id, view, services) => led.map(Some),
+    };
+    view.send_modify(|v| v.is_leader = false);
+    if outcome.is_ok() {
+        // Leaving on purpose: the member key and any candidacy go now, not after the TTL.
+        if let Err(e) = store.revoke(lease.id).await {
+            warn!(error = %crate::support::chain(&e), "revoking this node's lease");
+        }
+        info!(cluster = %id.cluster, node = %id.node, "left the cluster");
+    }
+    outcome.map(|_| ())
+}
+
+/// Campaigns for leadership under this node's lease and, once elected, leads until the
+/// leadership is lost (an error) — the caller's `select!` ends it when the lease is lost or
+/// the agent stops.
+async fn campaign_and_lead<S: ClusterStore>(
+    store: &S,
+    id: &Identity,
+    keys: &Keys,
+    lease: crate::engine::etcd::LeaseId,
+    view: &watch::Sender<View>,
+    services: watch::Receiver<Services>,
+) -> Result<(), SessionError> {
+    let won = store.campaign(&keys.election(), id.node.as_bytes(), lease).await?;
+    info!(cluster = %id.cluster, node = %id.node, term = won.revision, "leading the cluster");
+    view.send_modify(|v| v.is_leader = true);
+    let result = leader::lead(store, keys, &won, services, view).await;
+    let _ = store.resign(&won).await;
+    result.map_err(SessionError::Leader)
+}
+
+/// Keeps `view.leader` and `view.term` on the election's current leader.
+async fn observe_leader<S: ClusterStore>(
+    store: Arc<S>,
+    id: Arc<Identity>,
+    view: Arc<watch::Sender<View>>,
+    stop: CancellationToken,
+) {
+    let mut leaders = store.observe(&Keys::new(&id.cluster).election());
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = leaders.next() => next,
+        };
+        let Some(kv) = next else { return };
+        let name = String::from_utf8_lossy(&kv.value).into_owned();
+        view.send_if_modified(|v| {
+            if v.term == Some(kv.create_revision) {
+                return false;
+            }
+            if v.term.is_some() {
+                v.leader_changes += 1;
+            }
+            info!(cluster = %id.cluster, leader = %name, term = kv.create_revision, "cluster leader");
+            v.leader = Some(name.clone());
+            v.term = Some(kv.create_revision);
+            true
+        });
+    }
+}
+
+/// Keeps `view.mine` on this node's assignment prefix: read, then watched from the
+/// revision after; read again after a compaction or an error (with backoff). The last slots
+/// stay while etcd cannot be read.
+async fn follow_assignments<S: ClusterStore>(
+    store: Arc<S>,
+    id: Arc<Identity>,
+    view: Arc<watch::Sender<View>>,
+    stop: CancellationToken,
+) {
+    let keys = Keys::new(&id.cluster);
+    let prefix = keys.node_assignments(&id.node);
+    let mut attempt = 0;
+    while !stop.is_cancelled() {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = follow_once(&*store, &keys, &prefix, &view) => r,
+        };
+        if let Err(e) = result {
+            warn!(error = %crate::support::chain(&e), "reading this node's assignments; retrying");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff(attempt)) => {}
+            }
+            attempt += 1;
+        }
+    }
+}
+
+async fn follow_once<S: ClusterStore>(
+    store: &S,
+    keys: &Keys,
+    prefix: &str,
+    view: &watch::Sender<View>,
+) -> Result<(), EtcdError> {
+    let listing = store.get_prefix(prefix).await?;
+    let mut slots: BTreeSet<String> = listing.kvs.into_iter().map(|kv| kv.key).collect();
+    publish_mine(keys, &slots, view);
+    let mut watch = store.watch_prefix(prefix, listing.revision + 1).await?;
+    while let Some(batch) = watch.next().await {
+        for event in batch?.events {
+            match event {
+                crate::engine::etcd::WatchEvent::Put(kv) => slots.insert(kv.key),
+                crate::engine::etcd::WatchEvent::Delete { key, .. } => slots.remove(&key),
+            };
+        }
+        publish_mine(keys, &slots, view);
+    }
+    Ok(())
+}
+
+fn publish_mine(keys: &Keys, slots: &BTreeSet<String>, view: &watch::Sender<View>) {
+    let mine: BTreeMap<String, BTreeSet<u32>> = keys
+        .read_assignments(slots.iter().map(String::as_str))
+        .into_iter()
+        .map(|(service, slots)| (service, slots.into_keys().collect()))
+        .collect();
+    view.send_if_modified(|v| {
+        let changed = v.mine != mine;
+        v.mine = mine;
+        changed
+    });
+}
+
+/// The assignments of this node as the planner takes them ([`crate::cluster::assign`]).
+pub fn as_assignments(node: &str, mine: &BTreeMap<String, BTreeSet<u32>>) -> Assignments {
+    mine.iter().map(|(s, slots)| (s.clone(), slots.iter().map(|k| (*k, node.to_string())).collect())).collect()
+}

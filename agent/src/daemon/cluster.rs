@@ -1,0 +1,94 @@
+//! The agent in a cluster: it starts this node's part ([`crate::cluster::node`]) when its
+//! configuration has a `cluster:` block, wakes the loop when the slots placed here or the
+//! leadership change, and before each pass makes the spec set this node's: the placed
+//! services' slots assigned here, and the Timers with `runOn: leader` only while it leads.
+//! Without the block nothing of this runs (a node is a cluster of one).
+
+use std::sync::Arc;
+
+use tend_specs::Desired;
+use tend_specs::timer::RunOn;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::leader::Services;
+use crate::cluster::node::{self, Handle, Identity, View};
+use crate::cluster::pacing::Pace;
+use crate::cluster::placement::PlacedService;
+use crate::daemon::shared::Wake;
+use crate::engine::etcd::{EtcdConfig, EtcdError, EtcdStore};
+
+/// What the agent needs to join a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node in its cluster.
+    pub identity: Identity,
+    /// How to reach etcd.
+    pub etcd: EtcdConfig,
+}
+
+/// Connects to etcd (lazily: a member down now is tried later) and starts this node's part,
+/// which runs until `stop`.
+pub(super) async fn start(settings: &ClusterSettings, stop: &CancellationToken) -> Result<Handle, EtcdError> {
+    let store = Arc::new(EtcdStore::connect(&settings.etcd).await?);
+    Ok(node::start(store, settings.identity.clone(), stop.child_token()))
+}
+
+/// Wakes the loop when the slots placed on this node or its leadership change.
+pub(super) fn spawn_wakeups(handle: &Handle, wake: mpsc::Sender<Wake>, stop: CancellationToken) {
+    let mut view = handle.subscribe();
+    tokio::spawn(async move {
+        let mut seen = wanted(&view.borrow_and_update());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = view.changed() => if changed.is_err() { return },
+            }
+            let now = wanted(&view.borrow_and_update());
+            if now != seen {
+                seen = now;
+                let _ = wake.send(Wake::Cluster).await;
+            }
+        }
+    });
+}
+
+/// What of the view changes what a pass applies.
+fn wanted(view: &View) -> (std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>, bool) {
+    (view.mine.clone(), view.is_leader)
+}
+
+/// The placed services of `desired`, with their pacing, for the leader.
+pub(super) fn services_of(desired: &Desired) -> Services {
+    desired
+        .services
+        .values()
+        .filter_map(|s| {
+            let placed = PlacedService::from_service(s)?;
+            let rollout = &s.spec.rollout;
+            Some((
+                placed,
+                Pace { interval: rollout.interval.get(), scale_down_interval: rollout.scale_down_interval.get() },
+            ))
+        })
+        .collect()
+}
+
+/// The spec set as this node applies it: the slots placed here, and leader-only Timers
+/// only while this node leads. Hands the placed services to the leader side too.
+pub(super) fn localize(handle: &Handle, desired: Arc<Desired>) -> Arc<Desired> {
+    handle.set_services(services_of(&desired));
+    let view = handle.view();
+    let needs_change = desired.services.values().any(|s| s.spec.placement.is_some())
+        || (!view.is_leader && desired.timers.values().any(|t| t.spec.run_on == RunOn::Leader));
+    if !needs_change {
+        return desired;
+    }
+    let mut d = (*desired).clone();
+    let node = &handle.identity.node;
+    crate::cluster::assign(&mut d, &node::as_assignments(node, &view.mine), node);
+    if !view.is_leader {
+        d.timers.retain(|_, t| t.spec.run_on != RunOn::Leader);
+    }
+    Arc::new(d)
+}
