@@ -1426,6 +1426,125 @@ fn find_matching(clock: &mut Clock<'_>, chain: &[Component], eom: bool, tm: &Tm,
     }
 }
 
+/// The fields of a broken-down time find_next() matches against the spec, coarsest first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+}
+
+impl Field {
+    /// The field's chain in `spec`.
+    fn chain(self, spec: &CalendarSpec) -> &[Component] {
+        match self {
+            Field::Year => &spec.year,
+            Field::Month => &spec.month,
+            Field::Day => &spec.day,
+            Field::Hour => &spec.hour,
+            Field::Minute => &spec.minute,
+            Field::Second => &spec.second,
+        }
+    }
+
+    /// The field's value in `c` as its chain counts it: the year in full, the month from 1,
+    /// the second in µs (with `usec`).
+    fn get(self, c: &Tm, usec: i64) -> i64 {
+        match self {
+            Field::Year => c.year + 1900,
+            Field::Month => c.mon + 1,
+            Field::Day => c.mday,
+            Field::Hour => c.hour,
+            Field::Minute => c.min,
+            Field::Second => c.sec * USEC_PER_SEC + usec,
+        }
+    }
+
+    /// Sets the field in `c` (and `usec`) from a value counted as [`Field::get`] counts it.
+    fn set(self, c: &mut Tm, usec: &mut i64, v: i64) {
+        match self {
+            Field::Year => c.year = v - 1900,
+            Field::Month => c.mon = v - 1,
+            Field::Day => c.mday = v,
+            Field::Hour => c.hour = v,
+            Field::Minute => c.min = v,
+            Field::Second => {
+                *usec = v % USEC_PER_SEC;
+                c.sec = v / USEC_PER_SEC;
+            }
+        }
+    }
+
+    /// Sets the fields finer than this one, and the µs, to their first values.
+    fn reset_finer(self, c: &mut Tm, usec: &mut i64) {
+        match self {
+            Field::Year => (c.mon, c.mday, c.hour, c.min, c.sec, *usec) = (0, 1, 0, 0, 0, 0),
+            Field::Month => (c.mday, c.hour, c.min, c.sec, *usec) = (1, 0, 0, 0, 0),
+            Field::Day => (c.hour, c.min, c.sec, *usec) = (0, 0, 0, 0),
+            Field::Hour => (c.min, c.sec, *usec) = (0, 0, 0),
+            Field::Minute => (c.sec, *usec) = (0, 0),
+            Field::Second => *usec = 0,
+        }
+    }
+
+    /// The next coarser field, which a field with no match left carries into.
+    fn coarser(self) -> Option<Field> {
+        match self {
+            Field::Year => None,
+            Field::Month => Some(Field::Year),
+            Field::Day => Some(Field::Month),
+            Field::Hour => Some(Field::Day),
+            Field::Minute => Some(Field::Hour),
+            Field::Second => Some(Field::Minute),
+        }
+    }
+
+    /// Moves `c` to the start of this field's next value (the next year, month, …).
+    fn advance(self, c: &mut Tm, usec: &mut i64) {
+        match self {
+            Field::Year => c.year += 1,
+            Field::Month => c.mon += 1,
+            Field::Day => c.mday += 1,
+            Field::Hour => c.hour += 1,
+            Field::Minute => c.min += 1,
+            Field::Second => c.sec += 1,
+        }
+        self.reset_finer(c, usec);
+    }
+}
+
+/// One field's step of find_next(): moves `field` of `c` to the earliest value its chain
+/// allows at or after it (resetting the finer fields if that moved it) and checks the
+/// result with [`within_bounds`]: 1 if it is a real time, 0 if `c` was normalized forward,
+/// negative if the chain has no match left or the time is out of range.
+fn next_match(clock: &mut Clock<'_>, spec: &CalendarSpec, field: Field, c: &mut Tm, usec: &mut i64) -> i32 {
+    let mut v = field.get(c, *usec);
+    let eom = field == Field::Day && spec.end_of_month;
+    let r = find_matching(clock, field.chain(spec), eom, c, &mut v);
+    field.set(c, usec, v);
+    // (The µs are part of the second's value: a match sets them.)
+    if r > 0 && field != Field::Second {
+        field.reset_finer(c, usec);
+    }
+    if r < 0 { -1 } else { within_bounds(clock, c) }
+}
+
+/// [`next_match`] for a field below the year, carrying into the coarser field when it
+/// has no match left: `true` to go on to the finer fields, `false` to start over from
+/// where `c` moved.
+fn step(clock: &mut Clock<'_>, spec: &CalendarSpec, field: Field, c: &mut Tm, usec: &mut i64) -> bool {
+    let r = next_match(clock, spec, field, c, usec);
+    if r < 0
+        && let Some(coarser) = field.coarser()
+    {
+        coarser.advance(c, usec);
+    }
+    r > 0
+}
+
 /// `find_next()` of systemd 252.38, from the broken-down start time `tm` and its µs.
 fn find_next(spec: &CalendarSpec, clock: &mut Clock<'_>, tm: Tm, usec: i64) -> Result<(Tm, i64), Search> {
     let dst = spec.dst_hint();
@@ -1440,101 +1559,27 @@ fn find_next(spec: &CalendarSpec, clock: &mut Clock<'_>, tm: Tm, usec: i64) -> R
             c.isdst = dst;
         }
 
-        let mut v = c.year + 1900;
-        let r = find_matching(clock, &spec.year, false, &c, &mut v);
-        c.year = v - 1900;
-        if r > 0 {
-            (c.mon, c.mday, c.hour, c.min, c.sec, tm_usec) = (0, 1, 0, 0, 0, 0);
-        }
-        if r < 0 || within_bounds(clock, &mut c) <= 0 {
+        if next_match(clock, spec, Field::Year, &mut c, &mut tm_usec) <= 0 {
             return Err(Search::Never);
         }
-
-        let mut v = c.mon + 1;
-        let r = find_matching(clock, &spec.month, false, &c, &mut v);
-        c.mon = v - 1;
-        if r > 0 {
-            (c.mday, c.hour, c.min, c.sec, tm_usec) = (1, 0, 0, 0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.year += 1;
-            (c.mon, c.mday, c.hour, c.min, c.sec, tm_usec) = (0, 1, 0, 0, 0, 0);
+        if !step(clock, spec, Field::Month, &mut c, &mut tm_usec)
+            || !step(clock, spec, Field::Day, &mut c, &mut tm_usec)
+        {
             continue;
         }
-        if r == 0 {
-            continue;
-        }
-
-        let mut v = c.mday;
-        let r = find_matching(clock, &spec.day, spec.end_of_month, &c, &mut v);
-        c.mday = v;
-        if r > 0 {
-            (c.hour, c.min, c.sec, tm_usec) = (0, 0, 0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.mon += 1;
-            (c.mday, c.hour, c.min, c.sec, tm_usec) = (1, 0, 0, 0, 0);
-            continue;
-        }
-        if r == 0 {
-            continue;
-        }
-
         if !matches_weekday(clock, spec.weekdays, &c) {
-            c.mday += 1;
-            (c.hour, c.min, c.sec, tm_usec) = (0, 0, 0, 0);
+            Field::Day.advance(&mut c, &mut tm_usec);
+            continue;
+        }
+        // The hour may not exist on this day (DST); `step` then has the search retry from
+        // the normalized time.
+        if !step(clock, spec, Field::Hour, &mut c, &mut tm_usec)
+            || !step(clock, spec, Field::Minute, &mut c, &mut tm_usec)
+            || !step(clock, spec, Field::Second, &mut c, &mut tm_usec)
+        {
             continue;
         }
 
-        let mut v = c.hour;
-        let r = find_matching(clock, &spec.hour, false, &c, &mut v);
-        c.hour = v;
-        if r > 0 {
-            (c.min, c.sec, tm_usec) = (0, 0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.mday += 1;
-            (c.hour, c.min, c.sec, tm_usec) = (0, 0, 0, 0);
-            continue;
-        }
-        if r == 0 {
-            // The hour may not exist on this day (DST); retry from the normalized time.
-            continue;
-        }
-
-        let mut v = c.min;
-        let r = find_matching(clock, &spec.minute, false, &c, &mut v);
-        c.min = v;
-        if r > 0 {
-            (c.sec, tm_usec) = (0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.hour += 1;
-            (c.min, c.sec, tm_usec) = (0, 0, 0);
-            continue;
-        }
-        if r == 0 {
-            continue;
-        }
-
-        let mut v = c.sec * USEC_PER_SEC + tm_usec;
-        c.sec = v;
-        let r = find_matching(clock, &spec.second, false, &c, &mut v);
-        tm_usec = v % USEC_PER_SEC;
-        c.sec = v / USEC_PER_SEC;
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.min += 1;
-            (c.sec, tm_usec) = (0, 0);
-            continue;
-        }
-        if r == 0 {
-            continue;
-        }
         let fields = |t: &Tm| (t.year, t.mon, t.mday, t.hour, t.min, t.sec);
         let stuck = match fields(&tm).cmp(&fields(&c)) {
             std::cmp::Ordering::Equal => usec > tm_usec,
