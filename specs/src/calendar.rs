@@ -1700,125 +1700,19 @@ pub fn parse_time(s: &str) -> Result<Timestamp, CalendarError> {
 /// [`parse_time`] with an explicit local zone.
 pub fn parse_time_in(s: &str, local: &LocalZone) -> Result<Timestamp, CalendarError> {
     let mut p = Parser { s, pos: 0 };
-    let out_of_range = |column: usize, field: &'static str, value: i64, expected: &str| CalendarError::OutOfRange {
-        column,
-        field,
-        problem: format!("{value} is out of range"),
-        expected: expected.to_owned(),
-    };
     if p.peek() == Some(b'@') {
         p.pos += 1;
-        if !p.peek().is_some_and(|b| b.is_ascii_digit()) {
-            return Err(p.unexpected("seconds since the epoch after `@`"));
-        }
-        let column = p.column_at(p.pos);
-        let seconds = p.digits()?;
-        let mut usec = 0;
-        if p.peek() == Some(b'.') {
-            p.pos += 1;
-            usec = p.fraction()?;
-        }
-        if p.peek().is_some() {
-            return Err(p.unexpected("the end after `@EPOCH`"));
-        }
-        let too_large = CalendarError::TooLarge { column, max: "253402300799 (year 9999)" };
-        let seconds = i64::try_from(seconds).map_err(|_| too_large.clone())?;
-        return Timestamp::new(seconds, 0)
-            .ok()
-            .and_then(|ts| ts.checked_add(jiff::SignedDuration::from_micros(usec as i64)).ok())
-            .ok_or(too_large);
+        return p.epoch();
     }
     // An optional weekday, which must agree with the date.
-    let mut weekday = None;
-    let rest = s.as_bytes();
-    if let Some(&(name, nr)) = DAY_NAMES
-        .iter()
-        .find(|(name, _)| rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes()))
-        && rest[name.len()] == b' '
-    {
-        weekday = Some((nr, p.column_at(0)));
-        p.pos = name.len();
-        p.skip_spaces();
-    }
-    let number = |p: &mut Parser<'_>, what: &'static str, digits: usize| -> Result<(i64, usize), CalendarError> {
-        let column = p.column_at(p.pos);
-        let begin = p.pos;
-        while p.peek().is_some_and(|b| b.is_ascii_digit()) && p.pos - begin < digits {
-            p.pos += 1;
-        }
-        if p.pos == begin {
-            return Err(p.unexpected(what));
-        }
-        Ok((s[begin..p.pos].parse().unwrap_or(0), column))
-    };
-    let expect = |p: &mut Parser<'_>, b: u8, what: &'static str| -> Result<(), CalendarError> {
-        if p.peek() != Some(b) {
-            return Err(p.unexpected(what));
-        }
-        p.pos += 1;
-        Ok(())
-    };
-    let (year, _) = number(&mut p, "a date like 2026-11-22, or @EPOCH", 4)?;
-    expect(&mut p, b'-', "`-` after the year")?;
-    let (month, month_col) = number(&mut p, "a two-digit month", 2)?;
-    expect(&mut p, b'-', "`-` after the month")?;
-    let (day, day_col) = number(&mut p, "a two-digit day", 2)?;
-    if !(1..=12).contains(&month) {
-        return Err(out_of_range(month_col, "month", month, "1..12"));
-    }
-    let month_len = days_from_civil(year + (month / 12), month % 12 + 1, 1) - days_from_civil(year, month, 1);
-    if !(1..=month_len).contains(&day) {
-        return Err(out_of_range(day_col, "day", day, "a day of that month"));
-    }
-    let (mut hour, mut minute, mut second, mut usec) = (0, 0, 0, 0);
-    if matches!(p.peek(), Some(b' ' | b'T')) && p.at(1).is_some_and(|b| b.is_ascii_digit()) {
-        p.pos += 1;
-        let (h, h_col) = number(&mut p, "an hour", 2)?;
-        expect(&mut p, b':', "`:` after the hour")?;
-        let (m, m_col) = number(&mut p, "a minute", 2)?;
-        if h > 23 {
-            return Err(out_of_range(h_col, "hour", h, "0..23"));
-        }
-        if m > 59 {
-            return Err(out_of_range(m_col, "minute", m, "0..59"));
-        }
-        (hour, minute) = (h, m);
-        if p.peek() == Some(b':') {
-            p.pos += 1;
-            let (sec, s_col) = number(&mut p, "seconds", 2)?;
-            if sec > 59 {
-                return Err(out_of_range(s_col, "second", sec, "0..59"));
-            }
-            second = sec;
-            if p.peek() == Some(b'.') {
-                p.pos += 1;
-                usec = p.fraction()? as i64;
-            }
-        }
-    }
-    let zone_col = p.column_at(p.pos);
-    let zone_text = match p.peek() {
-        None => None,
-        Some(b' ') => Some(&s[p.pos + 1..]),
-        Some(_) => return Err(p.unexpected("a space before a time zone, or the end")),
-    };
-    let named;
-    let conv = match zone_text {
-        None => Conv::Zone(&local.tz),
-        Some(z) if z.eq_ignore_ascii_case("UTC") => Conv::Utc,
-        Some(z) => match load_named_zone(z) {
-            Some(tz) => {
-                named = tz;
-                Conv::Zone(&named)
-            }
-            None => {
-                return Err(CalendarError::Unexpected {
-                    column: zone_col + 1,
-                    expected: "`UTC` or a time zone from /usr/share/zoneinfo",
-                    found: format!("`{z}`"),
-                });
-            }
-        },
+    let weekday = p.leading_weekday();
+    let (year, month, day) = p.calendar_date()?;
+    let (hour, minute, second, usec) = p.time_of_day()?;
+    let zone = p.time_zone_in()?;
+    let conv = match &zone {
+        ZoneIn::Local => Conv::Zone(&local.tz),
+        ZoneIn::Utc => Conv::Utc,
+        ZoneIn::Named(tz) => Conv::Zone(tz),
     };
     let mut tm = Tm {
         year: year - 1900,
@@ -1832,12 +1726,7 @@ pub fn parse_time_in(s: &str, local: &LocalZone) -> Result<Timestamp, CalendarEr
         yday: 0,
     };
     let mut clock = Clock::new(conv);
-    let t = clock.mktime(&mut tm).ok_or(CalendarError::OutOfRange {
-        column: 1,
-        field: "time",
-        problem: "cannot be represented".to_owned(),
-        expected: "a time up to the year 9999".to_owned(),
-    })?;
+    let t = clock.mktime(&mut tm).ok_or_else(unrepresentable)?;
     if let Some((nr, column)) = weekday {
         let actual = if tm.wday == 0 { 6 } else { tm.wday - 1 };
         if i64::from(nr) != actual {
@@ -1848,12 +1737,168 @@ pub fn parse_time_in(s: &str, local: &LocalZone) -> Result<Timestamp, CalendarEr
             });
         }
     }
-    Timestamp::from_microsecond(t * USEC_PER_SEC + usec).map_err(|_| CalendarError::OutOfRange {
+    Timestamp::from_microsecond(t * USEC_PER_SEC + usec).map_err(|_| unrepresentable())
+}
+
+/// The zone a time read by [`parse_time_in`] is in.
+enum ZoneIn {
+    /// None written: the local zone.
+    Local,
+    /// `UTC`.
+    Utc,
+    /// A zone from the time zone database.
+    Named(TimeZone),
+}
+
+/// The error of a field of a time read by [`parse_time_in`] outside its range.
+fn out_of_range(column: usize, field: &'static str, value: i64, expected: &str) -> CalendarError {
+    CalendarError::OutOfRange {
+        column,
+        field,
+        problem: format!("{value} is out of range"),
+        expected: expected.to_owned(),
+    }
+}
+
+/// The error of a time read by [`parse_time_in`] that cannot be represented.
+fn unrepresentable() -> CalendarError {
+    CalendarError::OutOfRange {
         column: 1,
         field: "time",
         problem: "cannot be represented".to_owned(),
         expected: "a time up to the year 9999".to_owned(),
-    })
+    }
+}
+
+// The parts of a time read by `parse_time_in`.
+impl Parser<'_> {
+    /// `@EPOCH` after its `@`: seconds since the epoch, with an optional fraction, to the end.
+    fn epoch(&mut self) -> Result<Timestamp, CalendarError> {
+        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            return Err(self.unexpected("seconds since the epoch after `@`"));
+        }
+        let column = self.column_at(self.pos);
+        let seconds = self.digits()?;
+        let mut usec = 0;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            usec = self.fraction()?;
+        }
+        if self.peek().is_some() {
+            return Err(self.unexpected("the end after `@EPOCH`"));
+        }
+        let too_large = CalendarError::TooLarge { column, max: "253402300799 (year 9999)" };
+        let seconds = i64::try_from(seconds).map_err(|_| too_large.clone())?;
+        Timestamp::new(seconds, 0)
+            .ok()
+            .and_then(|ts| ts.checked_add(jiff::SignedDuration::from_micros(usec as i64)).ok())
+            .ok_or(too_large)
+    }
+
+    /// A weekday followed by a space at the start, skipped with the spaces after it: its
+    /// number (0 for Monday) and column.
+    fn leading_weekday(&mut self) -> Option<(i32, usize)> {
+        let rest = self.s.as_bytes();
+        let &(name, nr) = DAY_NAMES
+            .iter()
+            .find(|(name, _)| rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes()))?;
+        if rest[name.len()] != b' ' {
+            return None;
+        }
+        let weekday = Some((nr, self.column_at(0)));
+        self.pos = name.len();
+        self.skip_spaces();
+        weekday
+    }
+
+    /// A number of 1 to `digits` digits: its value and column, or an error expecting `what`.
+    fn fixed_number(&mut self, what: &'static str, digits: usize) -> Result<(i64, usize), CalendarError> {
+        let column = self.column_at(self.pos);
+        let begin = self.pos;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) && self.pos - begin < digits {
+            self.pos += 1;
+        }
+        if self.pos == begin {
+            return Err(self.unexpected(what));
+        }
+        Ok((self.s[begin..self.pos].parse().unwrap_or(0), column))
+    }
+
+    /// Steps over the byte `b`, or is an error expecting `what`.
+    fn expect_byte(&mut self, b: u8, what: &'static str) -> Result<(), CalendarError> {
+        if self.peek() != Some(b) {
+            return Err(self.unexpected(what));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// A date `YYYY-MM-DD` that exists: its year, month (from 1) and day.
+    fn calendar_date(&mut self) -> Result<(i64, i64, i64), CalendarError> {
+        let (year, _) = self.fixed_number("a date like 2026-11-22, or @EPOCH", 4)?;
+        self.expect_byte(b'-', "`-` after the year")?;
+        let (month, month_col) = self.fixed_number("a two-digit month", 2)?;
+        self.expect_byte(b'-', "`-` after the month")?;
+        let (day, day_col) = self.fixed_number("a two-digit day", 2)?;
+        if !(1..=12).contains(&month) {
+            return Err(out_of_range(month_col, "month", month, "1..12"));
+        }
+        let month_len = days_from_civil(year + (month / 12), month % 12 + 1, 1) - days_from_civil(year, month, 1);
+        if !(1..=month_len).contains(&day) {
+            return Err(out_of_range(day_col, "day", day, "a day of that month"));
+        }
+        Ok((year, month, day))
+    }
+
+    /// An optional time of day after a space or `T`, `HH:MM[:SS[.fraction]]`: its hour,
+    /// minute, second and µs (all 0 without one).
+    fn time_of_day(&mut self) -> Result<(i64, i64, i64, i64), CalendarError> {
+        let (mut hour, mut minute, mut second, mut usec) = (0, 0, 0, 0);
+        if matches!(self.peek(), Some(b' ' | b'T')) && self.at(1).is_some_and(|b| b.is_ascii_digit()) {
+            self.pos += 1;
+            let (h, h_col) = self.fixed_number("an hour", 2)?;
+            self.expect_byte(b':', "`:` after the hour")?;
+            let (m, m_col) = self.fixed_number("a minute", 2)?;
+            if h > 23 {
+                return Err(out_of_range(h_col, "hour", h, "0..23"));
+            }
+            if m > 59 {
+                return Err(out_of_range(m_col, "minute", m, "0..59"));
+            }
+            (hour, minute) = (h, m);
+            if self.peek() == Some(b':') {
+                self.pos += 1;
+                let (sec, s_col) = self.fixed_number("seconds", 2)?;
+                if sec > 59 {
+                    return Err(out_of_range(s_col, "second", sec, "0..59"));
+                }
+                second = sec;
+                if self.peek() == Some(b'.') {
+                    self.pos += 1;
+                    usec = self.fraction()? as i64;
+                }
+            }
+        }
+        Ok((hour, minute, second, usec))
+    }
+
+    /// The end, or a space and a time zone (`UTC` or one from the database) to the end.
+    fn time_zone_in(&mut self) -> Result<ZoneIn, CalendarError> {
+        let zone_col = self.column_at(self.pos);
+        let zone = match self.peek() {
+            None => return Ok(ZoneIn::Local),
+            Some(b' ') => &self.s[self.pos + 1..],
+            Some(_) => return Err(self.unexpected("a space before a time zone, or the end")),
+        };
+        if zone.eq_ignore_ascii_case("UTC") {
+            return Ok(ZoneIn::Utc);
+        }
+        load_named_zone(zone).map(ZoneIn::Named).ok_or_else(|| CalendarError::Unexpected {
+            column: zone_col + 1,
+            expected: "`UTC` or a time zone from /usr/share/zoneinfo",
+            found: format!("`{zone}`"),
+        })
+    }
 }
 
 #[cfg(test)]
