@@ -271,18 +271,7 @@ pub fn load_agent_config(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
 pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Diagnostic>> {
     let file: Arc<Path> = Arc::from(file);
     let loc = |node: &Node| Location { file: file.clone(), line: node.mark.line, column: node.mark.column };
-    let nodes = parse_stream(text).map_err(|e| {
-        let at = Location { file: file.clone(), line: e.mark.line, column: e.mark.column };
-        vec![Diagnostic::at(at, format!("malformed YAML: {}", e.message))]
-    })?;
-    let mut docs = nodes.into_iter().filter(|n| !n.is_null());
-    let Some(node) = docs.next() else { return Ok(AgentConfig::default()) };
-    if let Some(extra) = docs.next() {
-        return Err(vec![Diagnostic::at(loc(&extra), "the agent configuration is one document; found a second")]);
-    }
-    if !matches!(node.value, Value::Map(_)) {
-        return Err(vec![Diagnostic::at(loc(&node), format!("expected a mapping, found {}", node.kind_name()))]);
-    }
+    let Some(node) = read_document(&file, text)? else { return Ok(AgentConfig::default()) };
     let mut diags = Vec::new();
     let config: Option<AgentConfig> = crate::de::from_node(&node, &file, &mut diags);
     let Some(config) = config else { return Err(diags) };
@@ -304,6 +293,46 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
             format!("scope `{scope}` is not a DNS label (lowercase letters, digits, `-`)"),
         ));
     }
+    check_source(&config, &at, &mut diags);
+    check_paths(&config, &at, &mut diags);
+    check_socket(&config, &at, &mut diags);
+    if let Some(m) = &config.metrics
+        && m.listen.parse::<SocketAddr>().is_err()
+    {
+        diags.push(Diagnostic::at(
+            at(&["metrics", "listen"]),
+            format!("`{}` is not an address and port (such as 127.0.0.1:9713)", m.listen),
+        ));
+    }
+    check_numbers(&config, &at, &mut diags);
+    if let Some(cluster) = &config.cluster {
+        cluster::check(cluster, &node, &file, &mut diags);
+    }
+    diags.sort();
+    if diags.is_empty() { Ok(config) } else { Err(diags) }
+}
+
+/// Parses the text as the one YAML document a configuration is, a mapping; `None` when it
+/// has none.
+fn read_document(file: &Arc<Path>, text: &str) -> Result<Option<Node>, Vec<Diagnostic>> {
+    let loc = |node: &Node| Location { file: file.clone(), line: node.mark.line, column: node.mark.column };
+    let nodes = parse_stream(text).map_err(|e| {
+        let at = Location { file: file.clone(), line: e.mark.line, column: e.mark.column };
+        vec![Diagnostic::at(at, format!("malformed YAML: {}", e.message))]
+    })?;
+    let mut docs = nodes.into_iter().filter(|n| !n.is_null());
+    let Some(node) = docs.next() else { return Ok(None) };
+    if let Some(extra) = docs.next() {
+        return Err(vec![Diagnostic::at(loc(&extra), "the agent configuration is one document; found a second")]);
+    }
+    if !matches!(node.value, Value::Map(_)) {
+        return Err(vec![Diagnostic::at(loc(&node), format!("expected a mapping, found {}", node.kind_name()))]);
+    }
+    Ok(Some(node))
+}
+
+/// Checks `source`: one of `dir` (absolute) and `git` (checked by [`check_git`]).
+fn check_source(config: &AgentConfig, at: &dyn Fn(&[&str]) -> Location, diags: &mut Vec<Diagnostic>) {
     match (&config.source.dir, &config.source.git) {
         (Some(_), Some(_)) => {
             diags.push(Diagnostic::at(at(&["source"]), "source: set one of `dir` and `git`, not both"));
@@ -314,13 +343,35 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
         _ => {}
     }
     if let Some(git) = &config.source.git {
-        check_git(git, &|k: &str| at(&["source", "git", k]), &mut diags);
+        check_git(git, &|k: &str| at(&["source", "git", k]), diags);
     }
+}
+
+/// Checks the agent's directories: `stateDir`, `unitDir` and `envDir` absolute, and each
+/// of them and `source.dir` within the length of a path.
+fn check_paths(config: &AgentConfig, at: &dyn Fn(&[&str]) -> Location, diags: &mut Vec<Diagnostic>) {
     for (key, value) in [("stateDir", &config.state_dir), ("unitDir", &config.unit_dir), ("envDir", &config.env_dir)] {
         if value.as_ref().is_some_and(|p| !p.is_absolute()) {
             diags.push(Diagnostic::at(at(&[key]), format!("{key} must be an absolute path")));
         }
     }
+    let paths = [
+        (&["stateDir"][..], &config.state_dir),
+        (&["unitDir"], &config.unit_dir),
+        (&["envDir"], &config.env_dir),
+        (&["source", "dir"], &config.source.dir),
+    ];
+    for (path, value) in paths {
+        if let Some(p) = value
+            && let Some(msg) = crate::bounds::PATH.check_bytes(&format!("`{}`", path.join(".")), p.as_os_str().len())
+        {
+            diags.push(Diagnostic::at(at(path), msg));
+        }
+    }
+}
+
+/// Checks `socket`: its `path` absolute and short enough for a socket, its `group` a group.
+fn check_socket(config: &AgentConfig, at: &dyn Fn(&[&str]) -> Location, diags: &mut Vec<Diagnostic>) {
     if config.socket.path.as_ref().is_some_and(|p| !p.is_absolute()) {
         diags.push(Diagnostic::at(at(&["socket", "path"]), "socket.path must be an absolute path"));
     }
@@ -340,14 +391,11 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
             ),
         ));
     }
-    if let Some(m) = &config.metrics
-        && m.listen.parse::<SocketAddr>().is_err()
-    {
-        diags.push(Diagnostic::at(
-            at(&["metrics", "listen"]),
-            format!("`{}` is not an address and port (such as 127.0.0.1:9713)", m.listen),
-        ));
-    }
+}
+
+/// Checks the numbers and durations: `massRemoval.maxPercent`, `resync`, `debounce`,
+/// `parallel` and `engineTimeout` within their bounds.
+fn check_numbers(config: &AgentConfig, at: &dyn Fn(&[&str]) -> Location, diags: &mut Vec<Diagnostic>) {
     if config.mass_removal.max_percent > 100 {
         diags.push(Diagnostic::at(
             at(&["massRemoval", "maxPercent"]),
@@ -370,27 +418,9 @@ pub fn parse_agent_config(file: &Path, text: &str) -> Result<AgentConfig, Vec<Di
             diags.push(Diagnostic::at(at(&[key]), msg));
         }
     }
-    let paths = [
-        (&["stateDir"][..], &config.state_dir),
-        (&["unitDir"], &config.unit_dir),
-        (&["envDir"], &config.env_dir),
-        (&["source", "dir"], &config.source.dir),
-    ];
-    for (path, value) in paths {
-        if let Some(p) = value
-            && let Some(msg) = crate::bounds::PATH.check_bytes(&format!("`{}`", path.join(".")), p.as_os_str().len())
-        {
-            diags.push(Diagnostic::at(at(path), msg));
-        }
-    }
     if let Err(why) = check_engine_timeout(config.engine_timeout) {
         diags.push(Diagnostic::at(at(&["engineTimeout"]), format!("engineTimeout {why}")));
     }
-    if let Some(cluster) = &config.cluster {
-        cluster::check(cluster, &node, &file, &mut diags);
-    }
-    diags.sort();
-    if diags.is_empty() { Ok(config) } else { Err(diags) }
 }
 
 fn check_git(git: &GitSource, at: &dyn Fn(&str) -> Location, diags: &mut Vec<Diagnostic>) {

@@ -1426,6 +1426,125 @@ fn find_matching(clock: &mut Clock<'_>, chain: &[Component], eom: bool, tm: &Tm,
     }
 }
 
+/// The fields of a broken-down time find_next() matches against the spec, coarsest first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+}
+
+impl Field {
+    /// The field's chain in `spec`.
+    fn chain(self, spec: &CalendarSpec) -> &[Component] {
+        match self {
+            Field::Year => &spec.year,
+            Field::Month => &spec.month,
+            Field::Day => &spec.day,
+            Field::Hour => &spec.hour,
+            Field::Minute => &spec.minute,
+            Field::Second => &spec.second,
+        }
+    }
+
+    /// The field's value in `c` as its chain counts it: the year in full, the month from 1,
+    /// the second in µs (with `usec`).
+    fn get(self, c: &Tm, usec: i64) -> i64 {
+        match self {
+            Field::Year => c.year + 1900,
+            Field::Month => c.mon + 1,
+            Field::Day => c.mday,
+            Field::Hour => c.hour,
+            Field::Minute => c.min,
+            Field::Second => c.sec * USEC_PER_SEC + usec,
+        }
+    }
+
+    /// Sets the field in `c` (and `usec`) from a value counted as [`Field::get`] counts it.
+    fn set(self, c: &mut Tm, usec: &mut i64, v: i64) {
+        match self {
+            Field::Year => c.year = v - 1900,
+            Field::Month => c.mon = v - 1,
+            Field::Day => c.mday = v,
+            Field::Hour => c.hour = v,
+            Field::Minute => c.min = v,
+            Field::Second => {
+                *usec = v % USEC_PER_SEC;
+                c.sec = v / USEC_PER_SEC;
+            }
+        }
+    }
+
+    /// Sets the fields finer than this one, and the µs, to their first values.
+    fn reset_finer(self, c: &mut Tm, usec: &mut i64) {
+        match self {
+            Field::Year => (c.mon, c.mday, c.hour, c.min, c.sec, *usec) = (0, 1, 0, 0, 0, 0),
+            Field::Month => (c.mday, c.hour, c.min, c.sec, *usec) = (1, 0, 0, 0, 0),
+            Field::Day => (c.hour, c.min, c.sec, *usec) = (0, 0, 0, 0),
+            Field::Hour => (c.min, c.sec, *usec) = (0, 0, 0),
+            Field::Minute => (c.sec, *usec) = (0, 0),
+            Field::Second => *usec = 0,
+        }
+    }
+
+    /// The next coarser field, which a field with no match left carries into.
+    fn coarser(self) -> Option<Field> {
+        match self {
+            Field::Year => None,
+            Field::Month => Some(Field::Year),
+            Field::Day => Some(Field::Month),
+            Field::Hour => Some(Field::Day),
+            Field::Minute => Some(Field::Hour),
+            Field::Second => Some(Field::Minute),
+        }
+    }
+
+    /// Moves `c` to the start of this field's next value (the next year, month, …).
+    fn advance(self, c: &mut Tm, usec: &mut i64) {
+        match self {
+            Field::Year => c.year += 1,
+            Field::Month => c.mon += 1,
+            Field::Day => c.mday += 1,
+            Field::Hour => c.hour += 1,
+            Field::Minute => c.min += 1,
+            Field::Second => c.sec += 1,
+        }
+        self.reset_finer(c, usec);
+    }
+}
+
+/// One field's step of find_next(): moves `field` of `c` to the earliest value its chain
+/// allows at or after it (resetting the finer fields if that moved it) and checks the
+/// result with [`within_bounds`]: 1 if it is a real time, 0 if `c` was normalized forward,
+/// negative if the chain has no match left or the time is out of range.
+fn next_match(clock: &mut Clock<'_>, spec: &CalendarSpec, field: Field, c: &mut Tm, usec: &mut i64) -> i32 {
+    let mut v = field.get(c, *usec);
+    let eom = field == Field::Day && spec.end_of_month;
+    let r = find_matching(clock, field.chain(spec), eom, c, &mut v);
+    field.set(c, usec, v);
+    // (The µs are part of the second's value: a match sets them.)
+    if r > 0 && field != Field::Second {
+        field.reset_finer(c, usec);
+    }
+    if r < 0 { -1 } else { within_bounds(clock, c) }
+}
+
+/// [`next_match`] for a field below the year, carrying into the coarser field when it
+/// has no match left: `true` to go on to the finer fields, `false` to start over from
+/// where `c` moved.
+fn step(clock: &mut Clock<'_>, spec: &CalendarSpec, field: Field, c: &mut Tm, usec: &mut i64) -> bool {
+    let r = next_match(clock, spec, field, c, usec);
+    if r < 0
+        && let Some(coarser) = field.coarser()
+    {
+        coarser.advance(c, usec);
+    }
+    r > 0
+}
+
 /// `find_next()` of systemd 252.38, from the broken-down start time `tm` and its µs.
 fn find_next(spec: &CalendarSpec, clock: &mut Clock<'_>, tm: Tm, usec: i64) -> Result<(Tm, i64), Search> {
     let dst = spec.dst_hint();
@@ -1440,101 +1559,27 @@ fn find_next(spec: &CalendarSpec, clock: &mut Clock<'_>, tm: Tm, usec: i64) -> R
             c.isdst = dst;
         }
 
-        let mut v = c.year + 1900;
-        let r = find_matching(clock, &spec.year, false, &c, &mut v);
-        c.year = v - 1900;
-        if r > 0 {
-            (c.mon, c.mday, c.hour, c.min, c.sec, tm_usec) = (0, 1, 0, 0, 0, 0);
-        }
-        if r < 0 || within_bounds(clock, &mut c) <= 0 {
+        if next_match(clock, spec, Field::Year, &mut c, &mut tm_usec) <= 0 {
             return Err(Search::Never);
         }
-
-        let mut v = c.mon + 1;
-        let r = find_matching(clock, &spec.month, false, &c, &mut v);
-        c.mon = v - 1;
-        if r > 0 {
-            (c.mday, c.hour, c.min, c.sec, tm_usec) = (1, 0, 0, 0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.year += 1;
-            (c.mon, c.mday, c.hour, c.min, c.sec, tm_usec) = (0, 1, 0, 0, 0, 0);
+        if !step(clock, spec, Field::Month, &mut c, &mut tm_usec)
+            || !step(clock, spec, Field::Day, &mut c, &mut tm_usec)
+        {
             continue;
         }
-        if r == 0 {
-            continue;
-        }
-
-        let mut v = c.mday;
-        let r = find_matching(clock, &spec.day, spec.end_of_month, &c, &mut v);
-        c.mday = v;
-        if r > 0 {
-            (c.hour, c.min, c.sec, tm_usec) = (0, 0, 0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.mon += 1;
-            (c.mday, c.hour, c.min, c.sec, tm_usec) = (1, 0, 0, 0, 0);
-            continue;
-        }
-        if r == 0 {
-            continue;
-        }
-
         if !matches_weekday(clock, spec.weekdays, &c) {
-            c.mday += 1;
-            (c.hour, c.min, c.sec, tm_usec) = (0, 0, 0, 0);
+            Field::Day.advance(&mut c, &mut tm_usec);
+            continue;
+        }
+        // The hour may not exist on this day (DST); `step` then has the search retry from
+        // the normalized time.
+        if !step(clock, spec, Field::Hour, &mut c, &mut tm_usec)
+            || !step(clock, spec, Field::Minute, &mut c, &mut tm_usec)
+            || !step(clock, spec, Field::Second, &mut c, &mut tm_usec)
+        {
             continue;
         }
 
-        let mut v = c.hour;
-        let r = find_matching(clock, &spec.hour, false, &c, &mut v);
-        c.hour = v;
-        if r > 0 {
-            (c.min, c.sec, tm_usec) = (0, 0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.mday += 1;
-            (c.hour, c.min, c.sec, tm_usec) = (0, 0, 0, 0);
-            continue;
-        }
-        if r == 0 {
-            // The hour may not exist on this day (DST); retry from the normalized time.
-            continue;
-        }
-
-        let mut v = c.min;
-        let r = find_matching(clock, &spec.minute, false, &c, &mut v);
-        c.min = v;
-        if r > 0 {
-            (c.sec, tm_usec) = (0, 0);
-        }
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.hour += 1;
-            (c.min, c.sec, tm_usec) = (0, 0, 0);
-            continue;
-        }
-        if r == 0 {
-            continue;
-        }
-
-        let mut v = c.sec * USEC_PER_SEC + tm_usec;
-        c.sec = v;
-        let r = find_matching(clock, &spec.second, false, &c, &mut v);
-        tm_usec = v % USEC_PER_SEC;
-        c.sec = v / USEC_PER_SEC;
-        let r = if r < 0 { -1 } else { within_bounds(clock, &mut c) };
-        if r < 0 {
-            c.min += 1;
-            (c.sec, tm_usec) = (0, 0);
-            continue;
-        }
-        if r == 0 {
-            continue;
-        }
         let fields = |t: &Tm| (t.year, t.mon, t.mday, t.hour, t.min, t.sec);
         let stuck = match fields(&tm).cmp(&fields(&c)) {
             std::cmp::Ordering::Equal => usec > tm_usec,
@@ -1655,125 +1700,19 @@ pub fn parse_time(s: &str) -> Result<Timestamp, CalendarError> {
 /// [`parse_time`] with an explicit local zone.
 pub fn parse_time_in(s: &str, local: &LocalZone) -> Result<Timestamp, CalendarError> {
     let mut p = Parser { s, pos: 0 };
-    let out_of_range = |column: usize, field: &'static str, value: i64, expected: &str| CalendarError::OutOfRange {
-        column,
-        field,
-        problem: format!("{value} is out of range"),
-        expected: expected.to_owned(),
-    };
     if p.peek() == Some(b'@') {
         p.pos += 1;
-        if !p.peek().is_some_and(|b| b.is_ascii_digit()) {
-            return Err(p.unexpected("seconds since the epoch after `@`"));
-        }
-        let column = p.column_at(p.pos);
-        let seconds = p.digits()?;
-        let mut usec = 0;
-        if p.peek() == Some(b'.') {
-            p.pos += 1;
-            usec = p.fraction()?;
-        }
-        if p.peek().is_some() {
-            return Err(p.unexpected("the end after `@EPOCH`"));
-        }
-        let too_large = CalendarError::TooLarge { column, max: "253402300799 (year 9999)" };
-        let seconds = i64::try_from(seconds).map_err(|_| too_large.clone())?;
-        return Timestamp::new(seconds, 0)
-            .ok()
-            .and_then(|ts| ts.checked_add(jiff::SignedDuration::from_micros(usec as i64)).ok())
-            .ok_or(too_large);
+        return p.epoch();
     }
     // An optional weekday, which must agree with the date.
-    let mut weekday = None;
-    let rest = s.as_bytes();
-    if let Some(&(name, nr)) = DAY_NAMES
-        .iter()
-        .find(|(name, _)| rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes()))
-        && rest[name.len()] == b' '
-    {
-        weekday = Some((nr, p.column_at(0)));
-        p.pos = name.len();
-        p.skip_spaces();
-    }
-    let number = |p: &mut Parser<'_>, what: &'static str, digits: usize| -> Result<(i64, usize), CalendarError> {
-        let column = p.column_at(p.pos);
-        let begin = p.pos;
-        while p.peek().is_some_and(|b| b.is_ascii_digit()) && p.pos - begin < digits {
-            p.pos += 1;
-        }
-        if p.pos == begin {
-            return Err(p.unexpected(what));
-        }
-        Ok((s[begin..p.pos].parse().unwrap_or(0), column))
-    };
-    let expect = |p: &mut Parser<'_>, b: u8, what: &'static str| -> Result<(), CalendarError> {
-        if p.peek() != Some(b) {
-            return Err(p.unexpected(what));
-        }
-        p.pos += 1;
-        Ok(())
-    };
-    let (year, _) = number(&mut p, "a date like 2026-11-22, or @EPOCH", 4)?;
-    expect(&mut p, b'-', "`-` after the year")?;
-    let (month, month_col) = number(&mut p, "a two-digit month", 2)?;
-    expect(&mut p, b'-', "`-` after the month")?;
-    let (day, day_col) = number(&mut p, "a two-digit day", 2)?;
-    if !(1..=12).contains(&month) {
-        return Err(out_of_range(month_col, "month", month, "1..12"));
-    }
-    let month_len = days_from_civil(year + (month / 12), month % 12 + 1, 1) - days_from_civil(year, month, 1);
-    if !(1..=month_len).contains(&day) {
-        return Err(out_of_range(day_col, "day", day, "a day of that month"));
-    }
-    let (mut hour, mut minute, mut second, mut usec) = (0, 0, 0, 0);
-    if matches!(p.peek(), Some(b' ' | b'T')) && p.at(1).is_some_and(|b| b.is_ascii_digit()) {
-        p.pos += 1;
-        let (h, h_col) = number(&mut p, "an hour", 2)?;
-        expect(&mut p, b':', "`:` after the hour")?;
-        let (m, m_col) = number(&mut p, "a minute", 2)?;
-        if h > 23 {
-            return Err(out_of_range(h_col, "hour", h, "0..23"));
-        }
-        if m > 59 {
-            return Err(out_of_range(m_col, "minute", m, "0..59"));
-        }
-        (hour, minute) = (h, m);
-        if p.peek() == Some(b':') {
-            p.pos += 1;
-            let (sec, s_col) = number(&mut p, "seconds", 2)?;
-            if sec > 59 {
-                return Err(out_of_range(s_col, "second", sec, "0..59"));
-            }
-            second = sec;
-            if p.peek() == Some(b'.') {
-                p.pos += 1;
-                usec = p.fraction()? as i64;
-            }
-        }
-    }
-    let zone_col = p.column_at(p.pos);
-    let zone_text = match p.peek() {
-        None => None,
-        Some(b' ') => Some(&s[p.pos + 1..]),
-        Some(_) => return Err(p.unexpected("a space before a time zone, or the end")),
-    };
-    let named;
-    let conv = match zone_text {
-        None => Conv::Zone(&local.tz),
-        Some(z) if z.eq_ignore_ascii_case("UTC") => Conv::Utc,
-        Some(z) => match load_named_zone(z) {
-            Some(tz) => {
-                named = tz;
-                Conv::Zone(&named)
-            }
-            None => {
-                return Err(CalendarError::Unexpected {
-                    column: zone_col + 1,
-                    expected: "`UTC` or a time zone from /usr/share/zoneinfo",
-                    found: format!("`{z}`"),
-                });
-            }
-        },
+    let weekday = p.leading_weekday();
+    let (year, month, day) = p.calendar_date()?;
+    let (hour, minute, second, usec) = p.time_of_day()?;
+    let zone = p.time_zone_in()?;
+    let conv = match &zone {
+        ZoneIn::Local => Conv::Zone(&local.tz),
+        ZoneIn::Utc => Conv::Utc,
+        ZoneIn::Named(tz) => Conv::Zone(tz),
     };
     let mut tm = Tm {
         year: year - 1900,
@@ -1787,12 +1726,7 @@ pub fn parse_time_in(s: &str, local: &LocalZone) -> Result<Timestamp, CalendarEr
         yday: 0,
     };
     let mut clock = Clock::new(conv);
-    let t = clock.mktime(&mut tm).ok_or(CalendarError::OutOfRange {
-        column: 1,
-        field: "time",
-        problem: "cannot be represented".to_owned(),
-        expected: "a time up to the year 9999".to_owned(),
-    })?;
+    let t = clock.mktime(&mut tm).ok_or_else(unrepresentable)?;
     if let Some((nr, column)) = weekday {
         let actual = if tm.wday == 0 { 6 } else { tm.wday - 1 };
         if i64::from(nr) != actual {
@@ -1803,12 +1737,168 @@ pub fn parse_time_in(s: &str, local: &LocalZone) -> Result<Timestamp, CalendarEr
             });
         }
     }
-    Timestamp::from_microsecond(t * USEC_PER_SEC + usec).map_err(|_| CalendarError::OutOfRange {
+    Timestamp::from_microsecond(t * USEC_PER_SEC + usec).map_err(|_| unrepresentable())
+}
+
+/// The zone a time read by [`parse_time_in`] is in.
+enum ZoneIn {
+    /// None written: the local zone.
+    Local,
+    /// `UTC`.
+    Utc,
+    /// A zone from the time zone database.
+    Named(TimeZone),
+}
+
+/// The error of a field of a time read by [`parse_time_in`] outside its range.
+fn out_of_range(column: usize, field: &'static str, value: i64, expected: &str) -> CalendarError {
+    CalendarError::OutOfRange {
+        column,
+        field,
+        problem: format!("{value} is out of range"),
+        expected: expected.to_owned(),
+    }
+}
+
+/// The error of a time read by [`parse_time_in`] that cannot be represented.
+fn unrepresentable() -> CalendarError {
+    CalendarError::OutOfRange {
         column: 1,
         field: "time",
         problem: "cannot be represented".to_owned(),
         expected: "a time up to the year 9999".to_owned(),
-    })
+    }
+}
+
+// The parts of a time read by `parse_time_in`.
+impl Parser<'_> {
+    /// `@EPOCH` after its `@`: seconds since the epoch, with an optional fraction, to the end.
+    fn epoch(&mut self) -> Result<Timestamp, CalendarError> {
+        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            return Err(self.unexpected("seconds since the epoch after `@`"));
+        }
+        let column = self.column_at(self.pos);
+        let seconds = self.digits()?;
+        let mut usec = 0;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            usec = self.fraction()?;
+        }
+        if self.peek().is_some() {
+            return Err(self.unexpected("the end after `@EPOCH`"));
+        }
+        let too_large = CalendarError::TooLarge { column, max: "253402300799 (year 9999)" };
+        let seconds = i64::try_from(seconds).map_err(|_| too_large.clone())?;
+        Timestamp::new(seconds, 0)
+            .ok()
+            .and_then(|ts| ts.checked_add(jiff::SignedDuration::from_micros(usec as i64)).ok())
+            .ok_or(too_large)
+    }
+
+    /// A weekday followed by a space at the start, skipped with the spaces after it: its
+    /// number (0 for Monday) and column.
+    fn leading_weekday(&mut self) -> Option<(i32, usize)> {
+        let rest = self.s.as_bytes();
+        let &(name, nr) = DAY_NAMES
+            .iter()
+            .find(|(name, _)| rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes()))?;
+        if rest[name.len()] != b' ' {
+            return None;
+        }
+        let weekday = Some((nr, self.column_at(0)));
+        self.pos = name.len();
+        self.skip_spaces();
+        weekday
+    }
+
+    /// A number of 1 to `digits` digits: its value and column, or an error expecting `what`.
+    fn fixed_number(&mut self, what: &'static str, digits: usize) -> Result<(i64, usize), CalendarError> {
+        let column = self.column_at(self.pos);
+        let begin = self.pos;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) && self.pos - begin < digits {
+            self.pos += 1;
+        }
+        if self.pos == begin {
+            return Err(self.unexpected(what));
+        }
+        Ok((self.s[begin..self.pos].parse().unwrap_or(0), column))
+    }
+
+    /// Steps over the byte `b`, or is an error expecting `what`.
+    fn expect_byte(&mut self, b: u8, what: &'static str) -> Result<(), CalendarError> {
+        if self.peek() != Some(b) {
+            return Err(self.unexpected(what));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// A date `YYYY-MM-DD` that exists: its year, month (from 1) and day.
+    fn calendar_date(&mut self) -> Result<(i64, i64, i64), CalendarError> {
+        let (year, _) = self.fixed_number("a date like 2026-11-22, or @EPOCH", 4)?;
+        self.expect_byte(b'-', "`-` after the year")?;
+        let (month, month_col) = self.fixed_number("a two-digit month", 2)?;
+        self.expect_byte(b'-', "`-` after the month")?;
+        let (day, day_col) = self.fixed_number("a two-digit day", 2)?;
+        if !(1..=12).contains(&month) {
+            return Err(out_of_range(month_col, "month", month, "1..12"));
+        }
+        let month_len = days_from_civil(year + (month / 12), month % 12 + 1, 1) - days_from_civil(year, month, 1);
+        if !(1..=month_len).contains(&day) {
+            return Err(out_of_range(day_col, "day", day, "a day of that month"));
+        }
+        Ok((year, month, day))
+    }
+
+    /// An optional time of day after a space or `T`, `HH:MM[:SS[.fraction]]`: its hour,
+    /// minute, second and µs (all 0 without one).
+    fn time_of_day(&mut self) -> Result<(i64, i64, i64, i64), CalendarError> {
+        let (mut hour, mut minute, mut second, mut usec) = (0, 0, 0, 0);
+        if matches!(self.peek(), Some(b' ' | b'T')) && self.at(1).is_some_and(|b| b.is_ascii_digit()) {
+            self.pos += 1;
+            let (h, h_col) = self.fixed_number("an hour", 2)?;
+            self.expect_byte(b':', "`:` after the hour")?;
+            let (m, m_col) = self.fixed_number("a minute", 2)?;
+            if h > 23 {
+                return Err(out_of_range(h_col, "hour", h, "0..23"));
+            }
+            if m > 59 {
+                return Err(out_of_range(m_col, "minute", m, "0..59"));
+            }
+            (hour, minute) = (h, m);
+            if self.peek() == Some(b':') {
+                self.pos += 1;
+                let (sec, s_col) = self.fixed_number("seconds", 2)?;
+                if sec > 59 {
+                    return Err(out_of_range(s_col, "second", sec, "0..59"));
+                }
+                second = sec;
+                if self.peek() == Some(b'.') {
+                    self.pos += 1;
+                    usec = self.fraction()? as i64;
+                }
+            }
+        }
+        Ok((hour, minute, second, usec))
+    }
+
+    /// The end, or a space and a time zone (`UTC` or one from the database) to the end.
+    fn time_zone_in(&mut self) -> Result<ZoneIn, CalendarError> {
+        let zone_col = self.column_at(self.pos);
+        let zone = match self.peek() {
+            None => return Ok(ZoneIn::Local),
+            Some(b' ') => &self.s[self.pos + 1..],
+            Some(_) => return Err(self.unexpected("a space before a time zone, or the end")),
+        };
+        if zone.eq_ignore_ascii_case("UTC") {
+            return Ok(ZoneIn::Utc);
+        }
+        load_named_zone(zone).map(ZoneIn::Named).ok_or_else(|| CalendarError::Unexpected {
+            column: zone_col + 1,
+            expected: "`UTC` or a time zone from /usr/share/zoneinfo",
+            found: format!("`{zone}`"),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use crate::diag::{Diagnostic, Location, shown};
 use crate::files::{self, io_reason};
 use crate::hash::sha256_hex;
 use crate::service::{
-    EnvValue, MountSource, OnLostLease, Placement, Protocol, RolloutOrder, Runtime, ServiceSpec, UpdateWindow,
-    VolumeMount,
+    Backoff, Dependency, EnvValue, HealthCheck, MountSource, OnLostLease, Placement, Protocol, RolloutOrder, Runtime,
+    ServiceSpec, UpdateWindow, VolumeMount,
 };
 use crate::timer::TimerSpec;
 use crate::yaml::{Node, Value, parse_stream, strip_bom};
@@ -678,10 +678,51 @@ fn check_service(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ServiceInputs> {
     let here = |path: &[Seg<'_>]| at(file, locate(node, path));
-    let spec_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key(k)]);
     let before = diags.len();
     let docker = spec.runtime == Runtime::Docker;
-    let label_sections: &[(&str, &BTreeMap<String, String>)] = if docker {
+    check_service_runtime(file, node, metadata, spec, diags);
+    if docker {
+        check_docker_service(file, node, spec, diags);
+    }
+    check_backoff(file, node, spec.restart.backoff, diags);
+    check_service_limits(file, node, metadata, spec, diags);
+    check_service_ports(file, node, spec, diags);
+    check_depends_on(file, node, &spec.depends_on, diags);
+    if let Some(window) = &spec.update_window {
+        check_update_window(file, source, node, window, diags);
+    }
+    let base_dir = base_dir(file);
+    let env = resolve_env(
+        &spec.env,
+        &base_dir,
+        |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()),
+        secrets,
+        diags,
+    );
+    let file_digests = if docker {
+        resolve_volumes(
+            &mut spec.volumes,
+            &base_dir,
+            |i| here(&[Seg::Key("spec"), Seg::Key("volumes"), Seg::Index(i)]),
+            diags,
+        )
+    } else {
+        BTreeMap::new()
+    };
+    (diags.len() == before).then_some((env, file_digests))
+}
+
+/// Checks what depends on a service's runtime: its labels, that no field of the other
+/// runtime is written, and the image of a docker service or the systemd-only fields.
+fn check_service_runtime(
+    file: &Arc<Path>,
+    node: &Node,
+    metadata: &Metadata,
+    spec: &ServiceSpec,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
+    let label_sections: &[(&str, &BTreeMap<String, String>)] = if spec.runtime == Runtime::Docker {
         &[("metadata", &metadata.labels), ("spec", &spec.labels)]
     } else {
         &[("metadata", &metadata.labels)]
@@ -714,51 +755,66 @@ fn check_service(
                     "missing field `image` (a docker service needs an image)",
                 ));
             }
-            Some(img) => values::check_image(img, spec_loc("image"), diags),
+            Some(img) => values::check_image(img, here(&[Seg::Key("spec"), Seg::Key("image")]), diags),
         },
     }
-    if docker {
-        check_container_fields(
-            spec.command.as_deref(),
-            spec.entrypoint.as_deref(),
-            spec.user.as_deref(),
-            spec.working_dir.as_deref(),
-            |path| here(&[&[Seg::Key("spec")], path].concat()),
-            diags,
-        );
-        if let Some(hc) = &spec.healthcheck {
-            let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
-            if hc.command.is_empty() {
-                diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
-            }
-            values::check_container_argv(
-                "healthcheck.command",
-                &hc.command,
-                |i| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key("command"), Seg::Index(i)]),
-                diags,
-            );
-            for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
-                if value.is_some_and(|v| v.get().is_zero()) {
-                    diags.push(Diagnostic::at(
-                        hc_loc(field),
-                        format!("health check `{field}` must be more than 0s (leave it out for the default, 30s)"),
-                    ));
-                }
-            }
-        }
-        check_networks(&spec.networks, |i| here(&[Seg::Key("spec"), Seg::Key("networks"), Seg::Index(i)]), diags);
-        if spec.rollout.max_unavailable == 0 {
+}
+
+/// Checks the fields only a docker service has: the container's fields, its health
+/// check, networks, `rollout.maxUnavailable` and `placement`.
+fn check_docker_service(file: &Arc<Path>, node: &Node, spec: &ServiceSpec, diags: &mut Vec<Diagnostic>) {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
+    check_container_fields(
+        spec.command.as_deref(),
+        spec.entrypoint.as_deref(),
+        spec.user.as_deref(),
+        spec.working_dir.as_deref(),
+        |path| here(&[&[Seg::Key("spec")], path].concat()),
+        diags,
+    );
+    if let Some(hc) = &spec.healthcheck {
+        check_healthcheck(file, node, hc, diags);
+    }
+    check_networks(&spec.networks, |i| here(&[Seg::Key("spec"), Seg::Key("networks"), Seg::Index(i)]), diags);
+    if spec.rollout.max_unavailable == 0 {
+        diags.push(Diagnostic::at(
+            here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("maxUnavailable")]),
+            "`maxUnavailable` must be at least 1, or a rollout could never stop an instance",
+        ));
+    }
+    if let Some(placement) = &spec.placement {
+        check_placement(file, node, placement, diags);
+    }
+}
+
+/// Checks a docker service's `healthcheck`: its command is not empty and is a valid argv,
+/// and a written `interval` or `timeout` is more than 0.
+fn check_healthcheck(file: &Arc<Path>, node: &Node, hc: &HealthCheck, diags: &mut Vec<Diagnostic>) {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
+    let hc_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key(k)]);
+    if hc.command.is_empty() {
+        diags.push(Diagnostic::at(hc_loc("command"), "health check `command` is empty"));
+    }
+    values::check_container_argv(
+        "healthcheck.command",
+        &hc.command,
+        |i| here(&[Seg::Key("spec"), Seg::Key("healthcheck"), Seg::Key("command"), Seg::Index(i)]),
+        diags,
+    );
+    for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+        if value.is_some_and(|v| v.get().is_zero()) {
             diags.push(Diagnostic::at(
-                here(&[Seg::Key("spec"), Seg::Key("rollout"), Seg::Key("maxUnavailable")]),
-                "`maxUnavailable` must be at least 1, or a rollout could never stop an instance",
+                hc_loc(field),
+                format!("health check `{field}` must be more than 0s (leave it out for the default, 30s)"),
             ));
         }
-        if let Some(placement) = &spec.placement {
-            check_placement(file, node, placement, diags);
-        }
     }
-    let backoff = spec.restart.backoff;
-    let backoff_loc = |k: &str| here(&[Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff"), Seg::Key(k)]);
+}
+
+/// Checks `restart.backoff`: `initial` is more than 0 and no longer than `max`.
+fn check_backoff(file: &Arc<Path>, node: &Node, backoff: Backoff, diags: &mut Vec<Diagnostic>) {
+    let backoff_loc =
+        |k: &str| at(file, locate(node, &[Seg::Key("spec"), Seg::Key("restart"), Seg::Key("backoff"), Seg::Key(k)]));
     if backoff.initial.get().is_zero() {
         diags.push(Diagnostic::at(backoff_loc("initial"), "backoff `initial` must be more than 0s"));
     } else if backoff.initial > backoff.max {
@@ -775,6 +831,18 @@ fn check_service(
             ),
         ));
     }
+}
+
+/// Checks a service's bounded values: `resources.cpus`, the size and count limits, and
+/// `stopSignal`.
+fn check_service_limits(
+    file: &Arc<Path>,
+    node: &Node,
+    metadata: &Metadata,
+    spec: &ServiceSpec,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
     if let Some(cpus) = spec.resources.as_ref().and_then(|r| r.cpus)
         && !(bounds::MIN_CPUS..=bounds::CPUS.max).contains(&cpus)
     {
@@ -792,18 +860,25 @@ fn check_service(
         && !valid_signal(sig)
     {
         diags.push(Diagnostic::at(
-            spec_loc("stopSignal"),
+            here(&[Seg::Key("spec"), Seg::Key("stopSignal")]),
             format!(
                 "invalid signal `{}`: expected a name like SIGTERM or SIGINT (upper case), or a number from 1 to 64",
                 sig.escape_default()
             ),
         ));
     }
+}
+
+/// Checks that a docker service publishing host ports can bind them: one instance per
+/// node (1 replica, or spread), and `stop-first` rollouts.
+fn check_service_ports(file: &Arc<Path>, node: &Node, spec: &ServiceSpec, diags: &mut Vec<Diagnostic>) {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
+    let docker = spec.runtime == Runtime::Docker;
     // Spread instances each run on a node of their own, so each may publish the ports.
     let spread = spec.placement.as_ref().is_some_and(|p| p.spread);
     if docker && spec.replicas > 1 && !spec.ports.is_empty() && !spread {
         diags.push(Diagnostic::at(
-            spec_loc("replicas"),
+            here(&[Seg::Key("spec"), Seg::Key("replicas")]),
             format!(
                 "{} replicas cannot all publish the same host ports; remove `ports` or use 1 replica",
                 spec.replicas
@@ -817,8 +892,13 @@ fn check_service(
              the old one still holds; use `stop-first` or remove `ports`",
         ));
     }
+}
+
+/// Checks that `dependsOn` names no service twice.
+fn check_depends_on(file: &Arc<Path>, node: &Node, depends_on: &[Dependency], diags: &mut Vec<Diagnostic>) {
+    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
     let mut deps: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, dep) in spec.depends_on.iter().enumerate() {
+    for (i, dep) in depends_on.iter().enumerate() {
         if let Some(first) = deps.insert(dep.name.as_str(), i) {
             let first_loc = here(&[Seg::Key("spec"), Seg::Key("dependsOn"), Seg::Index(first)]);
             diags.push(Diagnostic::at(
@@ -827,28 +907,6 @@ fn check_service(
             ));
         }
     }
-    if let Some(window) = &spec.update_window {
-        check_update_window(file, source, node, window, diags);
-    }
-    let base_dir = base_dir(file);
-    let env = resolve_env(
-        &spec.env,
-        &base_dir,
-        |rest| here(&[&[Seg::Key("spec"), Seg::Key("env")], rest].concat()),
-        secrets,
-        diags,
-    );
-    let file_digests = if docker {
-        resolve_volumes(
-            &mut spec.volumes,
-            &base_dir,
-            |i| here(&[Seg::Key("spec"), Seg::Key("volumes"), Seg::Index(i)]),
-            diags,
-        )
-    } else {
-        BTreeMap::new()
-    };
-    (diags.len() == before).then_some((env, file_digests))
 }
 
 /// Checks a docker service's `placement` (its bounds are checked with the others'): the

@@ -7,8 +7,8 @@
 use super::systemd::{ArgvUse, check_argv, column_in_scalar};
 use super::*;
 use crate::backup::{
-    BackupSpec, DEFAULT_COMPRESSION_LEVEL, ExecCommand, LAYOUT_TOKENS, LayoutPart, SourceKind, TemplateError,
-    is_var_name, layout_parts, placeholders,
+    BackupSpec, DEFAULT_COMPRESSION_LEVEL, Drill, ExecCommand, LAYOUT_TOKENS, LayoutPart, Restore, SourceKind,
+    TemplateError, is_var_name, layout_parts, placeholders,
 };
 use crate::calendar::CalendarSpec;
 use crate::desired::{Backup, backup_hashes, backup_unit_name, drill_unit_name};
@@ -164,33 +164,68 @@ fn check_backup(
     names: &BTreeMap<String, Owner>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<BackupInputs> {
-    let (file, node) = (&d.file, &d.node);
-    let here = |path: &[Seg<'_>]| at(file, locate(node, path));
-    let key_at = |path: &[&str]| key_node(node, path).map(|k| at(file, k));
+    let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
     let before = diags.len();
     super::values::check_labels(
         &d.metadata.labels,
         |key| here(&[Seg::Key("metadata"), Seg::Key("labels"), Seg::Key(key)]),
         diags,
     );
-    let schedule_at =
-        |path: &[Seg<'_>], expr: &str, what: &str, diags: &mut Vec<Diagnostic>| match expr.parse::<CalendarSpec>() {
-            Ok(calendar) => Some(calendar),
-            Err(e) => {
-                let value = locate(node, path);
-                diags.push(Diagnostic::at(
-                    column_in_scalar(file, &d.source, value, expr, e.column()),
-                    format!("invalid {what}: {e}"),
-                ));
-                None
-            }
-        };
     let calendar = spec
         .schedule
         .as_deref()
-        .and_then(|expr| schedule_at(&[Seg::Key("spec"), Seg::Key("schedule")], expr, "schedule", diags));
+        .and_then(|expr| parse_schedule(d, &[Seg::Key("spec"), Seg::Key("schedule")], expr, "schedule", diags));
+    let (kind, sources) = check_source(d, spec, names, diags);
+    if let Some(quiesce) = &spec.quiesce {
+        check_quiesce(d, quiesce, kind, diags);
+    }
+    check_destination(d, spec, kind, &sources, diags);
+    check_copies(d, spec, &sources, diags);
+    check_retentions(d, spec, diags);
+    check_compression(d, spec, diags);
+    super::values::Limits::new(&here, diags).backup(&d.metadata.labels, spec);
+    let restore_vars = match &spec.restore {
+        Some(restore) => check_restore(d, restore, kind, &sources, names, diags),
+        None => BTreeSet::new(),
+    };
+    let drill_calendar =
+        spec.drill.as_ref().and_then(|drill| check_drill(d, spec, drill, kind, &restore_vars, names, diags));
+    (diags.len() == before).then_some((calendar, drill_calendar, restore_vars))
+}
 
-    // The source: exactly one of paths and exec.
+/// Parses the calendar expression `expr` at `path`, reporting an error as an invalid
+/// `what` at its column in the expression.
+fn parse_schedule(
+    d: &Decoded<BackupSpec>,
+    path: &[Seg<'_>],
+    expr: &str,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<CalendarSpec> {
+    match expr.parse::<CalendarSpec>() {
+        Ok(calendar) => Some(calendar),
+        Err(e) => {
+            let value = locate(&d.node, path);
+            diags.push(Diagnostic::at(
+                column_in_scalar(&d.file, &d.source, value, expr, e.column()),
+                format!("invalid {what}: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// Checks `source`: exactly one of `paths` and `exec`, each checked. Returns the kind of
+/// source (`None` when it is not one) and its paths that are well formed, for the checks
+/// of what must not lie inside them.
+fn check_source<'s>(
+    d: &Decoded<BackupSpec>,
+    spec: &'s BackupSpec,
+    names: &BTreeMap<String, Owner>,
+    diags: &mut Vec<Diagnostic>,
+) -> (Option<SourceKind>, Vec<&'s str>) {
+    let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
+    let key_at = |path: &[&str]| key_node(&d.node, path).map(|k| at(&d.file, k));
     let kind = match (&spec.source.paths, &spec.source.exec) {
         (Some(_), Some(_)) => {
             diags.push(Diagnostic::at(
@@ -216,17 +251,24 @@ fn check_backup(
     }
     // Checked paths only, for the checks of what must not lie inside them.
     let sources: Vec<&str> = paths.iter().map(String::as_str).filter(|p| host_path_problem("", p).is_none()).collect();
+    (kind, sources)
+}
 
-    if let Some(quiesce) = &spec.quiesce {
-        check_quiesce(d, quiesce, kind, diags);
-    }
-
-    // The destination and its layout.
+/// Checks `destination`: its `dir` is an absolute host path outside the source paths, and
+/// its `layout` is well formed for the kind of source.
+fn check_destination(
+    d: &Decoded<BackupSpec>,
+    spec: &BackupSpec,
+    kind: Option<SourceKind>,
+    sources: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let (file, node) = (&d.file, &d.node);
     let dest = &spec.destination;
-    let dest_loc = |k| here(&[Seg::Key("spec"), Seg::Key("destination"), Seg::Key(k)]);
+    let dest_loc = |k| at(file, locate(node, &[Seg::Key("spec"), Seg::Key("destination"), Seg::Key(k)]));
     if let Some(msg) = host_path_problem("destination.dir", &dest.dir) {
         diags.push(Diagnostic::at(dest_loc("dir"), msg));
-    } else if let Some(source) = inside(&sources, &dest.dir) {
+    } else if let Some(source) = inside(sources, &dest.dir) {
         diags.push(Diagnostic::at(
             dest_loc("dir"),
             format!(
@@ -240,9 +282,11 @@ fn check_backup(
             diags.push(Diagnostic::at(column_in_scalar(file, &d.source, value, layout, e.column), e.message));
         }
     }
+}
 
-    check_copies(d, spec, &sources, diags);
-
+/// Checks that each `retention` (the Backup's and its copies') keeps some archive.
+fn check_retentions(d: &Decoded<BackupSpec>, spec: &BackupSpec, diags: &mut Vec<Diagnostic>) {
+    let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
     let retentions = std::iter::once((spec.retention.as_ref(), vec![Seg::Key("spec"), Seg::Key("retention")])).chain(
         spec.copies.iter().enumerate().map(|(i, c)| {
             (c.retention.as_ref(), vec![Seg::Key("spec"), Seg::Key("copies"), Seg::Index(i), Seg::Key("retention")])
@@ -258,83 +302,107 @@ fn check_backup(
             ));
         }
     }
+}
 
+/// Checks that the compression `level` is one of zstd's.
+fn check_compression(d: &Decoded<BackupSpec>, spec: &BackupSpec, diags: &mut Vec<Diagnostic>) {
     let c = &spec.compression;
-    let comp_loc = |k| here(&[Seg::Key("spec"), Seg::Key("compression"), Seg::Key(k)]);
     if !(1..=19).contains(&c.level) {
         diags.push(Diagnostic::at(
-            comp_loc("level"),
+            at(&d.file, locate(&d.node, &[Seg::Key("spec"), Seg::Key("compression"), Seg::Key("level")])),
             format!(
                 "compression `level` must be from 1 to 19 (zstd's levels; default {DEFAULT_COMPRESSION_LEVEL}), found {}",
                 c.level
             ),
         ));
     }
-    super::values::Limits::new(&here, diags).backup(&d.metadata.labels, spec);
+}
 
-    let restore_vars = match &spec.restore {
-        Some(restore) => check_restore(d, restore, kind, &sources, names, diags),
-        None => BTreeSet::new(),
-    };
-
-    let mut drill_calendar = None;
-    if let Some(drill) = &spec.drill {
-        let path = |k| [Seg::Key("spec"), Seg::Key("drill"), Seg::Key(k)];
-        drill_calendar = schedule_at(&path("schedule"), &drill.schedule, "drill schedule", diags);
-        check_argv(
-            "drill.check",
-            ArgvUse::Host,
-            &drill.check,
-            |i| here(&[&path("check")[..], &[Seg::Index(i)]].concat()),
-            diags,
-        );
-        if kind == Some(SourceKind::Exec) && spec.restore.as_ref().is_none_or(|r| r.exec.is_none()) {
-            diags.push(Diagnostic::at(
-                key_at(&["spec", "drill"]).unwrap_or_else(|| here(&path("schedule"))),
-                "a drill restores the newest archive, and an exec source is restored through `restore.exec`, which this Backup does not have",
-            ));
-        }
-        // An exec source's drill restores into a scratch container made from the image of
-        // the Docker service `restore.exec` runs in: on the host there is no scratch place.
-        if kind == Some(SourceKind::Exec)
-            && let Some(exec) = spec.restore.as_ref().and_then(|r| r.exec.as_ref())
-        {
-            let runtime = exec.service.as_ref().and_then(|s| names.get(s)).and_then(|o| o.runtime);
-            // (Neither or both of `service` and `runtime` is reported by the command's check.)
-            let problem = match (&exec.service, exec.runtime, runtime) {
-                (None, Some(_), _) => Some("`restore.exec` runs on the host (`runtime: host`)".to_string()),
-                (Some(s), None, Some(Runtime::Systemd)) => {
-                    Some(format!("`restore.exec` runs as systemd service `{s}`"))
-                }
-                _ => None,
-            };
-            // A drill has no `--set`: every placeholder needs its default.
-            let defaults = spec.restore.as_ref().map(|r| &r.vars);
-            let missing: Vec<&String> =
-                restore_vars.iter().filter(|v| defaults.is_none_or(|d| !d.contains_key(*v))).collect();
-            if !missing.is_empty() {
-                let names: Vec<String> = missing.iter().map(|v| format!("`{v}`")).collect();
-                diags.push(Diagnostic::at(
-                    key_at(&["spec", "drill"]).unwrap_or_else(|| here(&path("schedule"))),
-                    format!(
-                        "a drill restores with the defaults of `restore.vars`, and {} {} none: add {} to `restore.vars`",
-                        names.join(", "),
-                        if missing.len() == 1 { "has" } else { "have" },
-                        if missing.len() == 1 { "it" } else { "them" }
-                    ),
-                ));
-            }
-            if let Some(problem) = problem {
-                diags.push(Diagnostic::at(
-                    key_at(&["spec", "drill"]).unwrap_or_else(|| here(&path("schedule"))),
-                    format!(
-                        "a drill of an exec source restores into a scratch container made from the image of the Docker service `restore.exec` runs in; {problem}, which has no scratch place: leave the drill out, or restore into a Docker service"
-                    ),
-                ));
-            }
-        }
+/// Checks `drill`: its schedule and check command, and that an exec source's drill can
+/// restore. Returns its schedule parsed.
+fn check_drill(
+    d: &Decoded<BackupSpec>,
+    spec: &BackupSpec,
+    drill: &Drill,
+    kind: Option<SourceKind>,
+    restore_vars: &BTreeSet<String>,
+    names: &BTreeMap<String, Owner>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<CalendarSpec> {
+    let here = |path: &[Seg<'_>]| at(&d.file, locate(&d.node, path));
+    let path = |k| [Seg::Key("spec"), Seg::Key("drill"), Seg::Key(k)];
+    let drill_calendar = parse_schedule(d, &path("schedule"), &drill.schedule, "drill schedule", diags);
+    check_argv(
+        "drill.check",
+        ArgvUse::Host,
+        &drill.check,
+        |i| here(&[&path("check")[..], &[Seg::Index(i)]].concat()),
+        diags,
+    );
+    if kind == Some(SourceKind::Exec) && spec.restore.as_ref().is_none_or(|r| r.exec.is_none()) {
+        diags.push(Diagnostic::at(
+            drill_loc(d),
+            "a drill restores the newest archive, and an exec source is restored through `restore.exec`, which this Backup does not have",
+        ));
     }
-    (diags.len() == before).then_some((calendar, drill_calendar, restore_vars))
+    // An exec source's drill restores into a scratch container made from the image of
+    // the Docker service `restore.exec` runs in: on the host there is no scratch place.
+    if kind == Some(SourceKind::Exec)
+        && let Some(restore) = &spec.restore
+        && let Some(exec) = &restore.exec
+    {
+        check_exec_drill(d, restore, exec, restore_vars, names, diags);
+    }
+    drill_calendar
+}
+
+/// Where a problem of the drill as a whole is reported: its key, or else its schedule.
+fn drill_loc(d: &Decoded<BackupSpec>) -> Location {
+    match key_node(&d.node, &["spec", "drill"]) {
+        Some(key) => at(&d.file, key),
+        None => at(&d.file, locate(&d.node, &[Seg::Key("spec"), Seg::Key("drill"), Seg::Key("schedule")])),
+    }
+}
+
+/// Checks the drill of an exec source restored through `restore.exec`: every placeholder
+/// has a default (a drill has no `--set`), and the command runs in a Docker service.
+fn check_exec_drill(
+    d: &Decoded<BackupSpec>,
+    restore: &Restore,
+    exec: &ExecCommand,
+    restore_vars: &BTreeSet<String>,
+    names: &BTreeMap<String, Owner>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let runtime = exec.service.as_ref().and_then(|s| names.get(s)).and_then(|o| o.runtime);
+    // (Neither or both of `service` and `runtime` is reported by the command's check.)
+    let problem = match (&exec.service, exec.runtime, runtime) {
+        (None, Some(_), _) => Some("`restore.exec` runs on the host (`runtime: host`)".to_string()),
+        (Some(s), None, Some(Runtime::Systemd)) => Some(format!("`restore.exec` runs as systemd service `{s}`")),
+        _ => None,
+    };
+    // A drill has no `--set`: every placeholder needs its default.
+    let missing: Vec<&String> = restore_vars.iter().filter(|v| !restore.vars.contains_key(*v)).collect();
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|v| format!("`{v}`")).collect();
+        diags.push(Diagnostic::at(
+            drill_loc(d),
+            format!(
+                "a drill restores with the defaults of `restore.vars`, and {} {} none: add {} to `restore.vars`",
+                names.join(", "),
+                if missing.len() == 1 { "has" } else { "have" },
+                if missing.len() == 1 { "it" } else { "them" }
+            ),
+        ));
+    }
+    if let Some(problem) = problem {
+        diags.push(Diagnostic::at(
+            drill_loc(d),
+            format!(
+                "a drill of an exec source restores into a scratch container made from the image of the Docker service `restore.exec` runs in; {problem}, which has no scratch place: leave the drill out, or restore into a Docker service"
+            ),
+        ));
+    }
 }
 
 /// Checks `quiesce`: a paths source's, naming each service once (that they exist is
@@ -574,7 +642,7 @@ fn service_ref(
 /// restore command with its placeholders and their defaults. Returns the placeholders.
 fn check_restore(
     d: &Decoded<BackupSpec>,
-    restore: &crate::backup::Restore,
+    restore: &Restore,
     kind: Option<SourceKind>,
     sources: &[&str],
     names: &BTreeMap<String, Owner>,
