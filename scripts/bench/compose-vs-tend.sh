@@ -49,6 +49,8 @@
 # limit (64; docker/compose#5864, #7486, #8226: the per-service threads hold every permit
 # the per-container threads need). For N > 32 COMPOSE_PARALLEL_LIMIT is set to 2N (unless
 # set), and every compose call runs under `timeout`, so a hang fails the run loudly.
+#   BENCH_TEND            a tend binary to measure instead of this tree's (e.g. one built
+#                         from an older commit, to compare before and after a change)
 #   BENCH_DIR             work directory                          a new /tmp/tendbench.*
 #   BENCH_KEEP=1          leave the last containers running at exit
 set -euo pipefail
@@ -96,8 +98,8 @@ need_pkgs "${PKGS[@]}" hyperfine time jq curl docker-compose
 ensure_rust >&2
 ensure_docker
 ensure_demo_image >/dev/null
-cargo build --release -p tend --examples >&2
-TEND="$ROOT/target/release/tend"
+cargo build --release -p tend --bins --examples >&2
+TEND="${BENCH_TEND:-$ROOT/target/release/tend}"
 RAW="$ROOT/target/release/examples/raw_create"
 if [ ! -x "$TEND" ] || [ ! -x "$RAW" ]; then die "the build did not produce $TEND and $RAW"; fi
 GNU_TIME=/usr/bin/time
