@@ -7,6 +7,11 @@
 //! - `assign/<node>/<service>/<slot>`: the slots the leader placed on a node — one prefix
 //!   per node, so a change wakes only the node it concerns. Not under a lease: the
 //!   placement outlives a leader; a new leader reads it and goes on from it.
+//! - `runs/<timer>`: the run of a `runOn: leader` Timer in progress, under that run's own
+//!   lease (`cluster::runonce`): a [`RunHolder`](crate::cluster::runonce::RunHolder);
+//! - `history/<timer>/<run>@<node>`: the last runs of such a Timer, one JSON record each,
+//!   the newest [`KEEP_CLUSTER_RUNS`](crate::cluster::runonce::KEEP_CLUSTER_RUNS) kept. Run
+//!   IDs start with their start time, so the keys sort by start.
 
 use std::collections::BTreeSet;
 
@@ -74,6 +79,21 @@ impl Keys {
         format!("{}assign/{node}/{service}/{slot}", self.root)
     }
 
+    /// The run key of `timer`: held by its run in progress.
+    pub fn run(&self, timer: &str) -> String {
+        format!("{}runs/{timer}", self.root)
+    }
+
+    /// The cluster's history of `timer`.
+    pub fn history(&self, timer: &str) -> String {
+        format!("{}history/{timer}/", self.root)
+    }
+
+    /// The history entry of run `run` of `timer` on `node`.
+    pub fn history_entry(&self, timer: &str, run: &str, node: &str) -> String {
+        format!("{}history/{timer}/{run}@{node}", self.root)
+    }
+
     /// The (node, service, slot) a key under [`Keys::assignments`] names.
     pub fn parse_slot<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, u32)> {
         let rest = key.strip_prefix(&self.assignments())?;
@@ -106,5 +126,16 @@ mod tests {
         assert_eq!(k.parse_slot("/tend/other/assign/a/judicator/2"), None);
         let read = k.read_assignments(["/tend/prod/assign/a/j/1", "/tend/prod/assign/b/j/2", "/tend/prod/members/a"]);
         assert_eq!(read["j"], [(1, "a".to_string()), (2, "b".to_string())].into_iter().collect());
+    }
+
+    #[test]
+    fn run_and_history_keys_live_under_the_cluster_and_the_timer() {
+        let k = Keys::new("prod");
+        assert_eq!(k.run("nightly"), "/tend/prod/runs/nightly");
+        assert_eq!(k.history("nightly"), "/tend/prod/history/nightly/");
+        let entry = k.history_entry("nightly", "20261122-031500-042-77", "vm-a");
+        assert_eq!(entry, "/tend/prod/history/nightly/20261122-031500-042-77@vm-a");
+        assert!(entry.starts_with(&k.history("nightly")));
+        assert!(!k.history("nightly").starts_with(&k.history("night")), "one Timer's prefix holds no other's");
     }
 }
