@@ -8,8 +8,11 @@ pub enum JobCommand {
     /// Run a Timer's job now, even when `enabled: false`.
     ///
     /// The run follows the Timer's concurrency and timeout and is recorded in the history.
+    /// A `runOn: leader` Timer's run, on a node in a cluster, holds the cluster's run key
+    /// while it runs and does not start while a run elsewhere holds it.
     /// Exit: the job's status (0 ok); 75 skipped (concurrency `forbid` and a run in
-    /// progress); 124 timed out; 1 tend's own error.
+    /// progress); 76 skipped (a run elsewhere in the cluster holds the run key); 124 timed
+    /// out; 1 tend's own error.
     Run {
         /// The Timer.
         name: String,
@@ -19,10 +22,16 @@ pub enum JobCommand {
         /// What started the run (recorded in the history).
         #[arg(long, value_enum, default_value_t)]
         trigger: crate::jobs::Trigger,
+        /// The agent's configuration file, read for its `cluster:` block when the Timer is
+        /// `runOn: leader` (default /etc/tend/agent.yaml, when it exists).
+        #[arg(long, env = "TEND_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Show a Timer's recorded runs, newest first.
     ///
-    /// Reads the state directory only: no specs, no engine.
+    /// Reads the state directory (no specs, no engine) and, on a node in a cluster, the
+    /// cluster's history of the Timer in etcd: the runs of `runOn: leader` Timers on every
+    /// node, marked by node.
     History {
         /// The Timer.
         name: String,
@@ -32,6 +41,10 @@ pub enum JobCommand {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
+        /// The agent's configuration file, read for its `cluster:` block (default
+        /// /etc/tend/agent.yaml, when it exists).
+        #[arg(long, env = "TEND_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Run scheduled Timers from tend's own scheduler, in the foreground, for hosts where
     /// systemd is not PID 1 (where it is, systemd's timers do this). Persistent Timers catch
@@ -117,7 +130,7 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
             });
             Ok(ExitCode::SUCCESS)
         }
-        JobCommand::Run { name, path, trigger } => {
+        JobCommand::Run { name, path, trigger, config } => {
             let desired = load_with_backups(cli, path)?;
             let timer = match crate::jobs::find_timer(&desired, name) {
                 Ok(timer) => timer,
@@ -128,7 +141,22 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
                 scope: cli.scope.clone(),
                 trigger: *trigger,
             };
+            // Only a leader-only Timer's run needs the cluster; any other runs as on its own.
+            let settings = match timer.spec.run_on {
+                tend_specs::timer::RunOn::Leader => node_cluster(config.as_deref())?,
+                tend_specs::timer::RunOn::Node => None,
+            };
             let rt = runtime()?;
+            let cluster = match settings {
+                None => crate::jobs::Cluster::Outside,
+                Some(settings) => {
+                    let node = settings.identity.node.clone();
+                    match rt.block_on(run_once(settings)) {
+                        Ok(joined) => crate::jobs::Cluster::Joined(joined),
+                        Err(error) => crate::jobs::Cluster::Failed { node, error },
+                    }
+                }
+            };
             // Jobs never connect themselves: a docker job is handed Docker (or why not).
             let docker = match timer.spec.job.runtime {
                 tend_specs::timer::JobRuntime::Host => crate::jobs::Docker::NotNeeded,
@@ -137,7 +165,7 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
                     Err(e) => crate::jobs::Docker::Failed(e),
                 },
             };
-            match rt.block_on(crate::jobs::run(&options, timer, docker)) {
+            match rt.block_on(crate::jobs::run(&options, timer, docker, cluster)) {
                 Ok(outcome) => {
                     print_job_run(&timer.name, &outcome.record);
                     Ok(ExitCode::from(outcome.record.exit_status()))
@@ -145,11 +173,26 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
                 Err(e) => Ok(job_error(&e)),
             }
         }
-        JobCommand::History { name, limit, output } => {
-            let records = match crate::jobs::history(&cli.state_dir, name, *limit) {
+        JobCommand::History { name, limit, output, config } => {
+            let mut records = match crate::jobs::history(&cli.state_dir, name, None) {
                 Ok(records) => records,
                 Err(e) => return Ok(job_error(&e)),
             };
+            if let Some(settings) = node_cluster(config.as_deref())? {
+                let read = async {
+                    let joined = run_once(settings).await.map_err(crate::jobs::JobError::from)?;
+                    crate::jobs::cluster_history(&joined, name).await
+                };
+                match runtime()?.block_on(read) {
+                    Ok(shared) => records = crate::jobs::merge_history(records, shared),
+                    Err(e) => eoutln!(
+                        "{} the cluster's history of `{name}` could not be read, so only this node's runs are shown: {}",
+                        Paint::stderr().yellow("warning:"),
+                        crate::support::chain(&e)
+                    ),
+                }
+            }
+            records.truncate(limit.unwrap_or(usize::MAX));
             match output {
                 Output::Json => print_json(&records)?,
                 Output::Text if records.is_empty() => {
@@ -173,6 +216,20 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// This node's part in runs that happen once per cluster: the cluster's store (connected
+/// lazily: only authentication needs an answer now), keys, this node's name, the lease TTL.
+async fn run_once(
+    settings: crate::daemon::cluster::ClusterSettings,
+) -> Result<crate::cluster::runonce::RunOnce<crate::engine::etcd::EtcdStore>, crate::engine::etcd::EtcdError> {
+    let store = crate::engine::etcd::EtcdStore::connect(&settings.etcd).await?;
+    Ok(crate::cluster::runonce::RunOnce {
+        store: Arc::new(store),
+        keys: crate::cluster::keys::Keys::new(&settings.identity.cluster),
+        node: settings.identity.node,
+        ttl: settings.identity.ttl,
+    })
 }
 
 /// Prints a job error with its causes, as `main` prints the others; exit status 1.
@@ -220,20 +277,28 @@ pub(super) fn job_result(paint: Paint, r: &crate::jobs::Record) -> String {
 pub(super) fn print_job_history(records: &[crate::jobs::Record]) {
     let paint = Paint::stdout();
     let notes = records.iter().any(|r| r.detail.is_some());
+    let nodes = records.iter().any(|r| r.node.is_some());
     let mut header: Vec<String> = ["START", "DURATION", "TRIGGER", "RESULT", "EXIT", "LOG"].map(String::from).into();
+    if nodes {
+        header.insert(0, "NODE".into());
+    }
     if notes {
         header.push("NOTE".into());
     }
     let mut rows = vec![header];
     for r in records {
-        let mut row = vec![
+        let mut row = Vec::new();
+        if nodes {
+            row.push(r.node.clone().unwrap_or_else(|| "-".into()));
+        }
+        row.extend([
             crate::support::time::format_ms(r.start_ms),
             crate::jobs::format_duration(r.duration_ms()),
             r.trigger.to_string(),
             job_result(paint, r),
             r.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
             r.log.as_ref().map_or_else(|| "-".into(), |l| l.display().to_string()),
-        ];
+        ]);
         if notes {
             row.push(r.detail.clone().unwrap_or_default());
         }

@@ -11,6 +11,10 @@
 //! - `history.jsonl`: one JSON line per finished run, the last [`KEEP_RUNS`] kept with their
 //!   logs;
 //! - `history.lock`: an flock serializing changes to `history.jsonl` and `running.json`.
+//!
+//! A run of a `runOn: leader` Timer in a cluster also follows `cluster::runonce`: it holds
+//! the cluster's run key while it runs (or is skipped, when another run holds it), and its
+//! record also goes to the cluster's history, which `tend job history` merges in.
 
 pub mod scheduler;
 
@@ -31,6 +35,8 @@ use tend_specs::timer::{Concurrency, JobRuntime};
 use tend_specs::{Desired, Env, Timer};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::cluster::runonce::{self, RunHolder, RunKey, RunOnce, Taken};
+use crate::engine::etcd::{ClusterStore, EtcdError, LeaseState};
 use crate::engine::{ContainerRuns, EngineError};
 use crate::support::{chain, now_ms};
 
@@ -40,6 +46,9 @@ pub use crate::reconcile::model::LABEL_RUN;
 pub const KEEP_RUNS: usize = 100;
 /// Exit status of `tend job run` when the run was skipped (`forbid`): EX_TEMPFAIL.
 pub const EXIT_SKIPPED: u8 = 75;
+/// Exit status of `tend job run` when the run was skipped because a run elsewhere in the
+/// cluster holds the Timer's run key (`runOn: leader`); next to [`EXIT_SKIPPED`].
+pub const EXIT_HELD: u8 = 76;
 /// Exit status of `tend job run` when the run timed out, as timeout(1) has it.
 pub const EXIT_TIMEOUT: u8 = 124;
 /// How long a stopped job has between SIGTERM and SIGKILL.
@@ -85,7 +94,7 @@ pub enum RunResult {
     Failed,
     /// The job ran past its `timeout` and was stopped.
     Timeout,
-    /// Not run: another run was in progress (`forbid`).
+    /// Not run: another run was in progress (`forbid`), or held the cluster's run key.
     Skipped,
     /// tend could not run the job (unknown user, missing image, Docker unavailable, …), or
     /// tend was killed during the run.
@@ -126,6 +135,13 @@ pub struct Record {
     /// Why, when the job's exit status does not say it all (stopped, skipped, an error).
     #[serde(default)]
     pub detail: Option<String>,
+    /// The cluster node that made the run: set for the runs of a `runOn: leader` Timer in a
+    /// cluster, whose records the cluster's history shares.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// For a run skipped because the cluster's run key was held: the run that held it.
+    #[serde(default)]
+    pub held_by: Option<RunHolder>,
 }
 
 impl Record {
@@ -135,11 +151,13 @@ impl Record {
     }
 
     /// The exit status of `tend job run` for this run: 0 ok, the job's own status when it
-    /// failed, [`EXIT_SKIPPED`], [`EXIT_TIMEOUT`], 1 for tend's errors (and for a failed
-    /// run whose status says success, such as a job stopped that exited 0 on SIGTERM).
+    /// failed, [`EXIT_SKIPPED`], [`EXIT_HELD`], [`EXIT_TIMEOUT`], 1 for tend's errors (and
+    /// for a failed run whose status says success, such as a job stopped that exited 0 on
+    /// SIGTERM).
     pub fn exit_status(&self) -> u8 {
         match self.result {
             RunResult::Ok => 0,
+            RunResult::Skipped if self.held_by.is_some() => EXIT_HELD,
             RunResult::Skipped => EXIT_SKIPPED,
             RunResult::Timeout => EXIT_TIMEOUT,
             RunResult::Error => 1,
@@ -273,6 +291,12 @@ pub enum JobError {
     /// The job lacks a field validation requires (cannot happen for loaded specs).
     #[error("the job has no `{0}`")]
     Incomplete(&'static str),
+    /// The cluster's side of a `runOn: leader` Timer's runs failed.
+    #[error(transparent)]
+    Cluster(#[from] runonce::RunOnceError),
+    /// The cluster's etcd could not be set up.
+    #[error("connecting to the cluster's etcd")]
+    Etcd(#[from] EtcdError),
 }
 
 impl JobError {
@@ -289,6 +313,7 @@ impl JobError {
             Self::Spawn { .. } | Self::Wait(_) | Self::Signals(_) => "process",
             Self::NotStopped { .. } => "not_stopped",
             Self::Incomplete(_) => "incomplete",
+            Self::Cluster(_) | Self::Etcd(_) => "cluster",
         }
     }
 }
@@ -524,8 +549,9 @@ impl JobDir {
     }
 
     /// Records, as `error`, every run of `running.json` whose tend died before recording
-    /// it, and forgets them. Call with `history.lock` held. Returns the records.
-    fn reap_abandoned(&self, hash: &str) -> Result<Vec<Record>, JobError> {
+    /// it (runs of `node`, when in a cluster), and forgets them. Call with `history.lock`
+    /// held. Returns the records.
+    fn reap_abandoned(&self, hash: &str, node: Option<&str>) -> Result<Vec<Record>, JobError> {
         let dead: Vec<Running> = self.running()?.into_iter().filter(|r| !self.is_alive(&r.run)).collect();
         let mut records = Vec::new();
         for r in &dead {
@@ -551,6 +577,8 @@ impl JobDir {
                 log: log.exists().then_some(log),
                 hash: hash.to_string(),
                 detail: Some(format!("tend (pid {}) ended during the run without recording it{left}", r.pid)),
+                node: node.map(str::to_string),
+                held_by: None,
             };
             self.append(&record)?;
             let _ = std::fs::remove_file(self.marker_path(&r.run));
@@ -694,15 +722,35 @@ enum Stop {
     Signal(&'static str),
     /// A `replace` run marked it before it started.
     Replaced,
+    /// The lease of the cluster's run key may be lost: the job must be dead by `kill_at`.
+    Lease {
+        /// The latest instant the lease is known to live.
+        kill_at: tokio::time::Instant,
+        /// Why.
+        why: runonce::Lost,
+    },
 }
 
-/// What ends a run early: the timeout, and the signals that ask tend to stop.
+impl Stop {
+    /// How long the job has between SIGTERM and SIGKILL: [`KILL_GRACE`], or until the
+    /// run key's lease may expire.
+    fn grace(self) -> Duration {
+        match self {
+            Stop::Lease { kill_at, .. } => kill_at.saturating_duration_since(tokio::time::Instant::now()),
+            _ => KILL_GRACE,
+        }
+    }
+}
+
+/// What ends a run early: the timeout, the signals that ask tend to stop, and the lease of
+/// the cluster's run key put at risk.
 struct Stops {
     timeout: Option<Duration>,
     deadline: Option<tokio::time::Instant>,
     term: Signal,
     int: Signal,
     hup: Signal,
+    lease: Option<(tokio::sync::watch::Receiver<LeaseState>, Duration)>,
 }
 
 impl Stops {
@@ -714,7 +762,14 @@ impl Stops {
             term: sig(SignalKind::terminate())?,
             int: sig(SignalKind::interrupt())?,
             hup: sig(SignalKind::hangup())?,
+            lease: None,
         })
+    }
+
+    /// Also stops the run when the run key it holds is at risk ([`runonce::judge`]).
+    fn with_key(mut self, key: Option<&RunKey>) -> Self {
+        self.lease = key.map(|k| (k.states(), k.lease().ttl));
+        self
     }
 
     /// Waits for the first reason to stop.
@@ -727,8 +782,16 @@ impl Stops {
                 None => std::future::pending().await,
             }
         };
+        let lease = self.lease.clone();
+        let at_risk = async move {
+            match lease {
+                Some((states, ttl)) => runonce::at_risk(states, ttl).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = expired => Stop::Timeout(timeout),
+            (kill_at, why) = at_risk => Stop::Lease { kill_at, why },
             _ = self.term.recv() => Stop::Signal("SIGTERM"),
             _ = self.int.recv() => Stop::Signal("SIGINT"),
             _ = self.hup.recv() => Stop::Signal("SIGHUP"),
@@ -816,6 +879,8 @@ pub fn record_outside(
             Ok(()) => "run by hand, outside the Timer".to_string(),
             Err(e) => format!("run by hand, outside the Timer: {e}"),
         }),
+        node: None,
+        held_by: None,
     };
     dir.locked(|d| d.append(&record))
 }
@@ -840,14 +905,87 @@ impl<E> Docker<E> {
     }
 }
 
+/// The cluster a run of a `runOn: leader` Timer coordinates with, as its caller found it:
+/// like Docker, a run never connects itself.
+pub enum Cluster<S> {
+    /// None: a Timer that runs on every node, or a node outside a cluster. The run is this
+    /// node's business only.
+    Outside,
+    /// In a cluster: the run takes the Timer's run key first, and records its outcome in the
+    /// cluster's history too.
+    Joined(RunOnce<S>),
+    /// In a cluster, but its store could not be set up (unreadable TLS or credential files,
+    /// refused authentication): the run does not start, and records why.
+    Failed {
+        /// This node's name.
+        node: String,
+        /// Why.
+        error: EtcdError,
+    },
+}
+
+impl<S> Cluster<S> {
+    fn node(&self) -> Option<&str> {
+        match self {
+            Cluster::Outside => None,
+            Cluster::Joined(c) => Some(&c.node),
+            Cluster::Failed { node, .. } => Some(node),
+        }
+    }
+}
+
+/// Writes `records` to the cluster's history (when joined). A failure is logged and, for
+/// the record of this run, noted in `local` (what this node's history gets): never an
+/// error of the run.
+async fn publish_all<S: ClusterStore>(cluster: &Cluster<S>, timer: &str, records: &[&Record], local: &mut Record) {
+    if let Cluster::Joined(c) = cluster {
+        for r in records {
+            let node = r.node.as_deref().unwrap_or(&c.node);
+            if let Err(e) = runonce::publish(&*c.store, &c.keys, timer, &r.run, node, r).await {
+                let error = chain(&e);
+                tracing::warn!(job = %timer, job.run = %r.run, %error, "could not record the run in the cluster's history");
+                if r.run == local.run {
+                    let note = format!("not in the cluster's history: {error}");
+                    local.detail = Some(match local.detail.take() {
+                        Some(d) => format!("{d}; {note}"),
+                        None => note,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Ends a run that never started: records it (in the cluster's history too when `publish`)
+/// and hands the outcome back.
+async fn not_started<S: ClusterStore>(
+    dir: &JobDir,
+    cluster: &Cluster<S>,
+    timer: &str,
+    mut record: Record,
+    publish: bool,
+    blocked_by: Vec<Running>,
+) -> Result<Outcome, JobError> {
+    record.end_ms = now_ms();
+    if publish {
+        let shared = record.clone();
+        publish_all(cluster, timer, &[&shared], &mut record).await;
+    }
+    dir.locked(|d| d.append(&record))?;
+    Ok(Outcome { record, blocked_by })
+}
+
 /// Runs `timer`'s job now, whether or not the Timer is enabled, under its concurrency and
-/// timeout, and records the run. tend's own failures once the run has an ID (an unknown
-/// user, a missing image, Docker unavailable) are recorded as `error` and returned in the
-/// outcome; only failures of the state directory are errors here.
-pub async fn run<E: ContainerRuns>(
+/// timeout, and records the run. In a cluster (`cluster`, for a `runOn: leader` Timer) the
+/// run first takes the Timer's run key, and does not start while another run holds it.
+/// tend's own failures once the run has an ID (an unknown user, a missing image, Docker
+/// unavailable, etcd out of reach) are recorded as `error` and returned in the outcome;
+/// only failures of the state directory are errors here.
+pub async fn run<E: ContainerRuns, S: ClusterStore>(
     options: &RunOptions,
     timer: &Timer,
     docker: Docker<E>,
+    cluster: Cluster<S>,
 ) -> Result<Outcome, JobError> {
     let dir = JobDir::new(&options.state_dir, &timer.name)?;
     dir.create()?;
@@ -863,6 +1001,8 @@ pub async fn run<E: ContainerRuns>(
         log: None,
         hash: timer.hash.clone(),
         detail: None,
+        node: cluster.node().map(str::to_string),
+        held_by: None,
     };
     let _lock = match timer.spec.concurrency {
         Concurrency::Allow => None,
@@ -875,16 +1015,48 @@ pub async fn run<E: ContainerRuns>(
                     runs => runs.iter().map(Running::to_string).collect::<Vec<_>>().join(", "),
                 };
                 record.result = RunResult::Skipped;
-                record.end_ms = now_ms();
                 record.detail = Some(format!("{who} is still running (concurrency: forbid)"));
-                dir.locked(|d| d.append(&record))?;
-                return Ok(Outcome { record, blocked_by });
+                return not_started(&dir, &cluster, &timer.name, record, true, blocked_by).await;
             }
         },
         Concurrency::Replace => Some(dir.lock_replacing(&run, docker.engine()).await?),
     };
+    // In a cluster, the run key: after the local lock, so that a `replace` run has stopped
+    // the local run (which gives the key up) before it looks.
+    let key = match &cluster {
+        Cluster::Outside => None,
+        Cluster::Failed { error, .. } => {
+            record.result = RunResult::Error;
+            record.detail = Some(format!(
+                "not started: the cluster's run key could not be taken (runOn: leader): {}",
+                chain(error)
+            ));
+            return not_started(&dir, &cluster, &timer.name, record, false, Vec::new()).await;
+        }
+        Cluster::Joined(c) => {
+            let holder = RunHolder { run: run.clone(), node: c.node.clone(), pid: std::process::id(), start_ms };
+            match runonce::take(&*c.store, &c.keys, &timer.name, &holder, c.ttl).await {
+                Ok(Taken::Held(key)) => Some(key),
+                Ok(Taken::Busy(by)) => {
+                    record.result = RunResult::Skipped;
+                    record.detail =
+                        Some(format!("{by} holds the cluster's run key {} (runOn: leader)", c.keys.run(&timer.name)));
+                    record.held_by = Some(by);
+                    return not_started(&dir, &cluster, &timer.name, record, true, Vec::new()).await;
+                }
+                Err(e) => {
+                    record.result = RunResult::Error;
+                    record.detail = Some(format!("not started (runOn: leader): {}", chain(&e)));
+                    let reachable =
+                        !matches!(&e, runonce::RunOnceError::Take { source, .. } if source.is_unreachable());
+                    return not_started(&dir, &cluster, &timer.name, record, reachable, Vec::new()).await;
+                }
+            }
+        }
+    };
+    let node = cluster.node();
     let (log, reaped) = dir.locked(|d| {
-        let reaped = d.reap_abandoned(&timer.hash)?;
+        let reaped = d.reap_abandoned(&timer.hash, node)?;
         let log = d.create_log(&run)?;
         d.update_running(|runs| {
             runs.push(Running {
@@ -910,11 +1082,22 @@ pub async fn run<E: ContainerRuns>(
         options.trigger,
         crate::support::time::format_ms(start_ms)
     ));
+    if let (Some(key), Some(node)) = (&key, node) {
+        ctx.note(&format!(
+            "node {node} holds the cluster's run key {} (lease {}, TTL {}s)",
+            key.key,
+            key.lease().id,
+            key.lease().ttl.as_secs()
+        ));
+    }
     let ended = match Stops::new(timer.spec.timeout.map(|t| t.get())) {
-        Ok(mut stops) => match timer.spec.job.runtime {
-            JobRuntime::Host => run_host(&ctx, &mut stops).await,
-            JobRuntime::Docker => run_docker(&ctx, &mut stops, docker).await,
-        },
+        Ok(stops) => {
+            let mut stops = stops.with_key(key.as_ref());
+            match timer.spec.job.runtime {
+                JobRuntime::Host => run_host(&ctx, &mut stops).await,
+                JobRuntime::Docker => run_docker(&ctx, &mut stops, docker).await,
+            }
+        }
         Err(e) => Err(e),
     };
     let replaced_by = dir.take_marker(&run);
@@ -940,6 +1123,12 @@ pub async fn run<E: ContainerRuns>(
                 Some(Stop::Replaced) => {
                     (RunResult::Failed, Some(format!("not started: run {by} replaced it (concurrency: replace)")))
                 }
+                Some(Stop::Lease { why, .. }) => (
+                    RunResult::Failed,
+                    Some(format!(
+                        "stopped: {why}; another node may take the run key once etcd lets the lease go, and two runs must never overlap (runOn: leader)"
+                    )),
+                ),
                 None if replaced_by.is_some() => {
                     (RunResult::Failed, Some(format!("stopped by run {by} (concurrency: replace)")))
                 }
@@ -952,6 +1141,17 @@ pub async fn run<E: ContainerRuns>(
     match &record.detail {
         Some(detail) => ctx.note(&format!("{} ({exit}): {detail}", record.result)),
         None => ctx.note(&format!("{} ({exit}) after {}", record.result, format_duration(record.duration_ms()))),
+    }
+    if let (Cluster::Joined(c), Some(key)) = (&cluster, key) {
+        // The record first, so that the cluster's history never shows a later run starting
+        // before this one ended; then the key.
+        let shared = record.clone();
+        let all: Vec<&Record> = reaped.iter().chain([&shared]).collect();
+        publish_all(&cluster, &timer.name, &all, &mut record).await;
+        if let Err(e) = key.release(&*c.store).await {
+            tracing::warn!(job = %timer.name, job.run = %run, error = %chain(&e), "could not give the run key up");
+            ctx.note(&format!("could not give the run key up: {}", chain(&e)));
+        }
     }
     dir.locked(|d| {
         d.append(&record)?;
@@ -1130,28 +1330,36 @@ async fn run_host(ctx: &Ctx<'_>, stops: &mut Stops) -> Result<Ended, JobError> {
     let replaced = ctx.started(pgid, None)?;
     let (status, stop) = if replaced {
         // A `replace` run came while this one prepared: it signals the group too.
-        (terminate(&mut child, pgid).await?, None)
+        (terminate(&mut child, pgid, KILL_GRACE).await?, None)
     } else {
         tokio::select! {
             status = child.wait() => (status.map_err(JobError::Wait)?, None),
             stop = stops.next() => {
                 ctx.note(&match stop {
                     Stop::Timeout(_) => "timeout: sending SIGTERM to the job's process group".to_string(),
+                    Stop::Lease { why, .. } => format!(
+                        "{why}: sending SIGTERM to the job's process group, SIGKILL in {}",
+                        format_duration(stop.grace().as_millis() as u64)
+                    ),
                     _ => "stopping: sending SIGTERM to the job's process group".to_string(),
                 });
-                (terminate(&mut child, pgid).await?, Some(stop))
+                (terminate(&mut child, pgid, stop.grace()).await?, Some(stop))
             }
         }
     };
     Ok(Ended { exit_code: Some(exit_code_of(status)), stop })
 }
 
-/// SIGTERM to the job's process group, SIGKILL after [`KILL_GRACE`]; its exit status.
-async fn terminate(child: &mut tokio::process::Child, pgid: Option<i32>) -> Result<ExitStatus, JobError> {
+/// SIGTERM to the job's process group, SIGKILL after `grace`; its exit status.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: Option<i32>,
+    grace: Duration,
+) -> Result<ExitStatus, JobError> {
     if let Some(pgid) = pgid {
         signal_group(pgid, rustix::process::Signal::TERM);
     }
-    match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+    match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status.map_err(JobError::Wait),
         Err(_) => {
             match pgid {
@@ -1231,9 +1439,10 @@ async fn follow_container<E: ContainerRuns>(
         stop = stops.next() => {
             ctx.note(&match stop {
                 Stop::Timeout(_) => format!("timeout: stopping container {name}"),
+                Stop::Lease { why, .. } => format!("{why}: stopping container {name}"),
                 _ => format!("stopping container {name}"),
             });
-            engine.stop_job(id, name, KILL_GRACE.as_secs()).await?;
+            engine.stop_job(id, name, stop.grace().as_secs()).await?;
             (engine.wait_job(id, name).await?, Some(stop))
         }
     };
@@ -1252,6 +1461,27 @@ pub fn history(state_dir: &Path, name: &str, limit: Option<usize>) -> Result<Vec
     records.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| b.run.cmp(&a.run)));
     records.truncate(limit.unwrap_or(usize::MAX));
     Ok(records)
+}
+
+/// The cluster's history of Timer `name`: the records of its runs on every node (of a
+/// `runOn: leader` Timer; none for another), oldest first.
+pub async fn cluster_history<S: ClusterStore>(cluster: &RunOnce<S>, name: &str) -> Result<Vec<Record>, JobError> {
+    if !is_timer_name(name) {
+        return Err(JobError::BadName(name.to_string()));
+    }
+    Ok(runonce::history(&*cluster.store, &cluster.keys, name).await?)
+}
+
+/// This node's history of a Timer and the cluster's, as one list, newest first: a run in
+/// both (this node's own, by run and node) is shown once, as this node recorded it (the
+/// local record may say more, such as why it is missing from the cluster's).
+pub fn merge_history(local: Vec<Record>, cluster: Vec<Record>) -> Vec<Record> {
+    let known: std::collections::HashSet<(String, Option<String>)> =
+        local.iter().map(|r| (r.run.clone(), r.node.clone())).collect();
+    let mut all = local;
+    all.extend(cluster.into_iter().filter(|r| !known.contains(&(r.run.clone(), r.node.clone()))));
+    all.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| b.run.cmp(&a.run)).then_with(|| b.node.cmp(&a.node)));
+    all
 }
 
 /// The Timers with recorded runs in `state_dir` (names of `jobs/*`), for suggestions.
@@ -1336,6 +1566,8 @@ mod tests {
             log: None,
             hash: "h".into(),
             detail: None,
+            node: None,
+            held_by: None,
         }
     }
 
@@ -1391,6 +1623,52 @@ mod tests {
         assert!(dir.log_path("r0003").exists());
         let newest = history(tmp.path(), "t", Some(2)).expect("history");
         assert_eq!(newest.iter().map(|r| r.run.as_str()).collect::<Vec<_>>(), ["r0102", "r0101"]);
+    }
+
+    #[test]
+    fn a_run_skipped_for_the_cluster_exits_apart_from_a_local_skip() {
+        let mut r = record("r", 0, RunResult::Skipped, None);
+        assert_eq!(r.exit_status(), EXIT_SKIPPED);
+        r.held_by = Some(RunHolder { run: "x".into(), node: "vm-a".into(), pid: 7, start_ms: 0 });
+        assert_eq!(r.exit_status(), EXIT_HELD);
+        assert_ne!(EXIT_HELD, EXIT_SKIPPED);
+        let line = serde_json::to_string(&r).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("parse");
+        assert_eq!(v["held_by"]["node"], "vm-a");
+        assert_eq!(v["node"], serde_json::Value::Null);
+        // A line written before these fields existed still reads.
+        let old = r#"{"run":"r","trigger":"manual","start_ms":0,"end_ms":1,"result":"ok","exit_code":0,"log":null,"hash":"h"}"#;
+        let back: Record = serde_json::from_str(old).expect("old line");
+        assert_eq!((back.node, back.held_by), (None, None));
+    }
+
+    #[test]
+    fn the_cluster_history_merges_into_this_nodes_once_per_run_newest_first() {
+        let on = |run: &str, start_ms: u64, node: &str| {
+            let mut r = record(run, start_ms, RunResult::Ok, Some(0));
+            r.node = Some(node.into());
+            r
+        };
+        let mut mine = on("r2", 20, "a");
+        mine.log = Some(PathBuf::from("/var/lib/tend/jobs/t/r2.log"));
+        mine.detail = Some("not in the cluster's history: etcd …".into());
+        let local = vec![record("r0", 5, RunResult::Ok, Some(0)), mine.clone(), on("r4", 40, "a")];
+        // The cluster has a's r4 (as published) and b's runs, one with a run ID a also used.
+        let cluster = vec![on("r1", 10, "b"), on("r4", 40, "a"), on("r2", 20, "b"), on("r3", 30, "b")];
+        let merged = merge_history(local, cluster);
+        let shown: Vec<(&str, Option<&str>)> = merged.iter().map(|r| (r.run.as_str(), r.node.as_deref())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("r4", Some("a")),
+                ("r3", Some("b")),
+                ("r2", Some("b")),
+                ("r2", Some("a")),
+                ("r1", Some("b")),
+                ("r0", None)
+            ]
+        );
+        assert_eq!(merged[3], mine, "this node's record wins over its copy in the cluster");
     }
 
     #[test]
@@ -1459,7 +1737,7 @@ mod tests {
             container: Some(format!("t-run-{run}")),
         };
         dir.locked(|d| d.update_running(|r| r.extend([entry("alive"), entry("dead")]))).expect("running");
-        let reaped = dir.locked(|d| d.reap_abandoned("h")).expect("reap");
+        let reaped = dir.locked(|d| d.reap_abandoned("h", None)).expect("reap");
         assert_eq!(reaped.len(), 1);
         assert_eq!(reaped[0].run, "dead");
         assert_eq!(reaped[0].result, RunResult::Error);
