@@ -17,6 +17,7 @@ mod election;
 mod lease;
 mod partition;
 mod quorum;
+mod runonce;
 mod watch;
 
 use std::future::Future;
