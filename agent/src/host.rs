@@ -28,6 +28,10 @@ pub struct Host {
     pub tend_bin: PathBuf,
     /// How long to wait for an engine to answer.
     pub timeouts: Timeouts,
+    /// The agent's configuration file, when it is not the default one: the runs of
+    /// `runOn: leader` Timers that the agent's units and scheduler start read the cluster
+    /// from it (`tend job run --config`).
+    pub agent_config: Option<PathBuf>,
 }
 
 impl Host {
@@ -68,6 +72,7 @@ impl Host {
             state_dir: &self.state_dir,
             env_dir: &self.env_dir,
             specs,
+            agent_config: self.agent_config.as_deref(),
         }
     }
 }

@@ -26,6 +26,7 @@ fn ctx() -> Context<'static> {
         tend_bin: Path::new(NODE_TEND),
         state_dir: Path::new("/var/lib/tend"),
         env_dir: Path::new(ENV_DIR),
+        agent_config: None,
     }
 }
 

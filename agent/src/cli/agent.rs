@@ -6,32 +6,36 @@ use super::*;
 /// The agent's configuration file when none is named.
 const DEFAULT_CONFIG: &str = "/etc/tend/agent.yaml";
 
-/// The agent's configuration: the file `config`, else the default one when it exists and
-/// no spec directory is given (`tend agent --specs` runs without one); the defaults
-/// without a file. Its problems are printed, and make the error.
-fn read_config(config: Option<&Path>, specs: Option<&Path>) -> Result<tend_specs::agent_config::AgentConfig, CliError> {
+/// The agent's configuration and the file it was read from: the file `config`, else the
+/// default one when it exists and no spec directory is given (`tend agent --specs` runs
+/// without one); the defaults without a file. Its problems are printed, and make the error.
+fn read_config(
+    config: Option<&Path>,
+    specs: Option<&Path>,
+) -> Result<(Option<PathBuf>, tend_specs::agent_config::AgentConfig), CliError> {
     use tend_specs::agent_config::{AgentConfig, load_agent_config};
     let path = match (config, specs) {
         (Some(p), _) => Some(p.to_path_buf()),
         (None, None) if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
         _ => None,
     };
-    match &path {
+    let file = match &path {
         Some(p) => load_agent_config(p).map_err(|diags| {
             let paint = Paint::stderr();
             for d in &diags {
                 eoutln!("{} {d}", paint.red("error:"));
             }
             CliError::Config { path: p.clone(), count: diags.len() }
-        }),
-        None => Ok(AgentConfig::default()),
-    }
+        })?,
+        None => AgentConfig::default(),
+    };
+    Ok((path, file))
 }
 
 /// The cluster this node is in, as the agent's configuration (`config`, else the default
 /// file when it exists) says; none without a `cluster:` block.
 pub(super) fn node_cluster(config: Option<&Path>) -> Result<Option<crate::daemon::cluster::ClusterSettings>, CliError> {
-    read_config(config, None)?.cluster.as_ref().map(cluster_settings).transpose()
+    read_config(config, None)?.1.cluster.as_ref().map(cluster_settings).transpose()
 }
 
 /// The agent's settings: the configuration file, overridden by explicit options.
@@ -43,7 +47,7 @@ pub(super) fn agent_settings(
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> Result<crate::daemon::Settings, CliError> {
     use crate::daemon::{Settings, SourceSettings};
-    let file = read_config(config, specs)?;
+    let (path, file) = read_config(config, specs)?;
     let explicit = |id: &str| cli.explicit.iter().any(|e| e == id);
     let pick = |id: &str, flag: &PathBuf, file: &Option<PathBuf>| match file {
         Some(f) if !explicit(id) => f.clone(),
@@ -80,6 +84,8 @@ pub(super) fn agent_settings(
         timeouts: Timeouts::new(
             if explicit("engine_timeout") { cli.engine_timeout } else { file.engine_timeout }.get(),
         ),
+        // The runs the agent starts read the default file without being told.
+        agent_config: path.filter(|p| p != Path::new(DEFAULT_CONFIG)).map(|p| absolute(&p)),
     };
     Ok(Settings {
         host,

@@ -93,6 +93,7 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
                 state_dir: options.host.state_dir.clone(),
                 specs: options.specs.clone(),
                 timeouts: cli.timeouts(),
+                agent_config: None,
             };
             outln!(
                 "Scheduling {} Timer(s): {}",

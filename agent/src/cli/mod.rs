@@ -120,6 +120,7 @@ impl Cli {
             env_dir: self.env_dir.clone(),
             tend_bin: tend_bin(),
             timeouts: self.timeouts(),
+            agent_config: None,
         }
     }
 

@@ -255,14 +255,23 @@ impl AgentLoop {
     }
 
     /// Where systemd is not PID 1, the agent schedules Timers itself; restarted when the
-    /// set's Timers change.
+    /// set's Timers change, or this node's leadership (a member of a cluster schedules
+    /// `runOn: leader` Timers only while it leads, as it writes their units only then).
     fn update_scheduler(&mut self) {
         let shared = &self.shared;
         if lock(&shared.engines).systemd.is_some() {
             return;
         }
         let Some(set) = shared.current() else { return };
-        let key: String = set.desired.timers.values().map(|t| format!("{}:{};", t.name, t.hash)).collect();
+        let leads = shared.cluster.as_ref().is_none_or(|c| c.view().is_leader);
+        let timers: Vec<_> = set
+            .desired
+            .timers
+            .values()
+            .filter(|t| leads || t.spec.run_on != tend_specs::timer::RunOn::Leader)
+            .cloned()
+            .collect();
+        let key: String = timers.iter().map(|t| format!("{}:{};", t.name, t.hash)).collect();
         if self.scheduler.as_ref().is_some_and(|(k, _)| *k == key) {
             return;
         }
@@ -276,8 +285,8 @@ impl AgentLoop {
             state_dir: shared.settings.host.state_dir.clone(),
             specs: set.dir.clone(),
             timeouts: shared.settings.host.timeouts,
+            agent_config: shared.settings.host.agent_config.clone(),
         };
-        let timers: Vec<_> = set.desired.timers.values().cloned().collect();
         if timers.iter().any(crate::jobs::scheduler::scheduled) {
             info!(timers = timers.iter().filter(|t| crate::jobs::scheduler::scheduled(t)).count(), "scheduling Timers");
         }

@@ -27,6 +27,9 @@ pub struct Config {
     pub specs: PathBuf,
     /// How long the runs wait for an engine.
     pub timeouts: crate::engine::Timeouts,
+    /// The agent's configuration file, when it is not the default one (`tend job run
+    /// --config`: the run of a `runOn: leader` Timer finds the cluster in it).
+    pub agent_config: Option<PathBuf>,
 }
 
 /// Whether a Timer is scheduled by the scheduler.
@@ -60,14 +63,19 @@ fn randomized(max: Option<tend_specs::quantity::Duration>) -> Duration {
 }
 
 async fn run(config: &Config, name: &str, trigger: &str) {
-    let status = tokio::process::Command::new(&config.tend_bin)
+    let mut command = tokio::process::Command::new(&config.tend_bin);
+    command
         .arg("--scope")
         .arg(&config.scope)
         .arg("--state-dir")
         .arg(&config.state_dir)
         .args(["job", "run", name])
         .arg(&config.specs)
-        .args(["--trigger", trigger])
+        .args(["--trigger", trigger]);
+    if let Some(path) = &config.agent_config {
+        command.arg("--config").arg(path);
+    }
+    let status = command
         .env(crate::engine::TIMEOUT_ENV, config.timeouts.env_value())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(false)

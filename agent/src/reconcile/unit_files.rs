@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use tend_specs::calendar::{CalendarSpec, LocalZone};
 use tend_specs::quantity::Duration;
 use tend_specs::service::{RestartPolicy, Runtime, ServiceType};
+use tend_specs::timer::RunOn;
 use tend_specs::{Env, Service, Timer};
 
 /// The units (and environment file) of one spec object.
@@ -79,6 +80,9 @@ pub struct Context<'a> {
     /// The spec set being applied, passed to `tend job run` so a scheduled run reads the
     /// same specs.
     pub specs: &'a Path,
+    /// The agent's configuration file when it is not the default one, passed to the `tend
+    /// job run` of a `runOn: leader` Timer so that its run finds the cluster.
+    pub agent_config: Option<&'a Path>,
 }
 
 /// The value of `X-Tend-Kind` of a systemd service's unit.
@@ -191,7 +195,7 @@ pub fn render_timer(ctx: &Context<'_>, t: &Timer) -> Rendered {
     let tend_bin = ctx.tend_bin.to_string_lossy();
     let state_dir = ctx.state_dir.to_string_lossy();
     let specs = ctx.specs.to_string_lossy();
-    let argv = [
+    let mut argv = vec![
         &*tend_bin,
         "--scope",
         ctx.scope,
@@ -204,6 +208,10 @@ pub fn render_timer(ctx: &Context<'_>, t: &Timer) -> Rendered {
         "--trigger",
         "timer",
     ];
+    let config = ctx.agent_config.map(|c| c.to_string_lossy());
+    if let Some(config) = config.as_deref().filter(|_| spec.run_on == RunOn::Leader) {
+        argv.extend(["--config", config]);
+    }
     line(&mut job, "ExecStart", &command_line(&argv));
     // tend enforces the job's timeout itself and records it; systemd's limit is a backstop
     // 30s later. KillMode=mixed signals tend first, so it stops the job and records the run.
@@ -369,6 +377,7 @@ mod tests {
             tend_bin: Path::new("/usr/local/bin/tend"),
             state_dir: Path::new("/var/lib/tend"),
             env_dir: Path::new("/etc/tend/env"),
+            agent_config: None,
         }
     }
 
@@ -679,6 +688,20 @@ mod tests {
                    TimeoutStartSec=630s\n\
                    KillMode=mixed\n"
         );
+    }
+
+    #[test]
+    fn a_leader_only_timers_run_reads_the_agents_configuration_when_it_is_not_the_default() {
+        let config = Path::new("/srv/tend/agent.yaml");
+        let with_config = Context { agent_config: Some(config), ..ctx() };
+        let exec = |ctx: &Context<'_>, t: &Timer| values(unit(&render_timer(ctx, t), "nightly.service"), "ExecStart");
+        let leader = timer("enabled: false, runOn: leader, job: {runtime: host, exec: [/bin/true]}");
+        let line = exec(&with_config, &leader);
+        assert!(line[0].ends_with(r#""--trigger" "timer" "--config" "/srv/tend/agent.yaml""#), "{line:?}");
+        // The default file needs no option; a Timer of every node needs no cluster.
+        assert!(!exec(&ctx(), &leader)[0].contains("--config"));
+        let node = timer("enabled: false, job: {runtime: host, exec: [/bin/true]}");
+        assert_eq!(exec(&with_config, &node), exec(&ctx(), &node));
     }
 
     #[test]

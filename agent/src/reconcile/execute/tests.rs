@@ -75,6 +75,7 @@ fn options(dir: &Path, parallel: usize) -> Options {
         env_dir: dir.join("env"),
         tend_bin: "/bin/false".into(),
         timeouts: crate::engine::Timeouts::default(),
+        agent_config: None,
     };
     let mut options = Options::new(host, dir.join("specs"), parallel, CancellationToken::new());
     options.ignore_windows = true;

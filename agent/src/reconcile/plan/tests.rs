@@ -608,6 +608,7 @@ fn with_units<R>(f: impl FnOnce(&crate::reconcile::unit_files::Context<'_>) -> R
         state_dir: &state,
         env_dir: &env,
         specs: std::path::Path::new("/etc/tend/specs"),
+        agent_config: None,
     })
 }
 
