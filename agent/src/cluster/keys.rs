@@ -6,7 +6,9 @@
 //!   it, each under its node's lease; the value is the node's name);
 //! - `assign/<node>/<service>/<slot>`: the slots the leader placed on a node — one prefix
 //!   per node, so a change wakes only the node it concerns. Not under a lease: the
-//!   placement outlives a leader; a new leader reads it and goes on from it.
+//!   placement outlives a leader; a new leader reads it and goes on from it;
+//! - `budget/<service>/<k>`: slot `k` of a service's disruption budget, held by a
+//!   maintenance window under its lease (`budget`).
 
 use std::collections::BTreeSet;
 
@@ -57,6 +59,11 @@ impl Keys {
     /// The leader election.
     pub fn election(&self) -> String {
         format!("{}leader", self.root)
+    }
+
+    /// The disruption budget's slots of `service`.
+    pub fn budget(&self, service: &str) -> String {
+        format!("{}budget/{service}/", self.root)
     }
 
     /// Every node's assignments.

@@ -5,6 +5,7 @@
 //! under each node's prefix (`keys`). How a node's share becomes the instances it runs:
 //! [`assign`]; on a node outside a cluster, [`place_locally`].
 
+pub mod budget;
 pub mod keys;
 pub mod leader;
 pub mod node;
