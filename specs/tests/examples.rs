@@ -11,6 +11,9 @@ fn every_example_validates() {
         if !path.is_dir() {
             continue;
         }
+        // A cluster example keeps its specs in `specs/` beside its nodes' agent
+        // configurations (`agents/`, checked below).
+        let path = if path.join("specs").is_dir() { path.join("specs") } else { path };
         match tend_specs::load_path(&path) {
             Ok(desired) => assert!(!desired.services.is_empty(), "{} declares no service", path.display()),
             Err(diags) => {
@@ -20,6 +23,25 @@ fn every_example_validates() {
         seen += 1;
     }
     assert!(seen >= 3, "expected at least 3 example sets, found {seen}");
+}
+
+#[test]
+fn every_example_agent_configuration_is_valid() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root).expect("examples dir") {
+        let agents = entry.expect("entry").path().join("agents");
+        let Ok(files) = std::fs::read_dir(&agents) else { continue };
+        for file in files {
+            let path = file.expect("entry").path();
+            let config = tend_specs::agent_config::load_agent_config(&path).unwrap_or_else(|diags| {
+                panic!("{}:\n{}", path.display(), diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+            });
+            assert!(config.cluster.is_some(), "{}: a cluster example's node has a cluster block", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "expected the judicator cluster's three nodes, found {seen}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod etcd;
 mod netns;
 
 mod auth;
+mod budget;
 mod election;
 mod lease;
 mod partition;

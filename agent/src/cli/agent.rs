@@ -102,6 +102,24 @@ pub(super) fn agent_settings(
     })
 }
 
+/// The cluster this host's agent is in, for commands that act on the cluster's behalf
+/// (`tend maintain`): from the agent configuration `$TEND_AGENT_CONFIG`, else
+/// `/etc/tend/agent.yaml` when it exists; `None` without a configuration or a cluster block.
+pub(super) fn host_cluster() -> Result<Option<crate::daemon::cluster::ClusterSettings>, CliError> {
+    let path = match std::env::var_os("TEND_AGENT_CONFIG") {
+        Some(p) => PathBuf::from(p),
+        None if Path::new("/etc/tend/agent.yaml").exists() => PathBuf::from("/etc/tend/agent.yaml"),
+        None => return Ok(None),
+    };
+    let file = tend_specs::agent_config::load_agent_config(&path).map_err(|diags| {
+        for d in &diags {
+            eoutln!("{} {d}", Paint::stderr().red("error:"));
+        }
+        CliError::Config { path: path.clone(), count: diags.len() }
+    })?;
+    file.cluster.as_ref().map(cluster_settings).transpose()
+}
+
 /// The cluster this node joins, from the configuration's `cluster:` block.
 fn cluster_settings(
     c: &tend_specs::agent_config::cluster::ClusterConfig,

@@ -15,12 +15,22 @@ pub(super) fn maintain(
     command: &[String],
 ) -> Result<ExitCode, CliError> {
     let path = specs_for(cli, specs)?;
-    let desired = load(cli, &path)?;
+    let mut desired = load(cli, &path)?;
+    let rt = runtime()?;
+    let cluster = match agent::host_cluster()? {
+        Some(settings) => Some(rt.block_on(budget::join(settings, &mut desired))?),
+        None => None,
+    };
     let keys = crate::maintain::resolve(&desired, targets, selectors)?;
     let (user, uid) = crate::maintain::locks::current_user();
     let since_ms = crate::support::now_ms();
     let until_ms = window.map(|w| since_ms + w.get().as_millis() as u64);
     let holder = crate::maintain::locks::Holder { user, uid, pid: std::process::id(), reason, since_ms, until_ms };
+    // In a cluster: a slot of the disruption budget of every placed service it touches.
+    let budget = match &cluster {
+        Some(c) => Some(rt.block_on(budget::take_all(c, &desired, &keys, &holder, wait))?),
+        None => None,
+    };
     let dir = crate::maintain::locks::LockDir::new(&cli.lock_dir);
     if wait {
         eoutln!("waiting for {} …", keys.join(", "));
@@ -37,13 +47,15 @@ pub(super) fn maintain(
         if held.keys().len() == 1 { "it" } else { "them" },
         if command.is_empty() { "shell" } else { "command" },
     );
-    let rt = runtime()?;
     let status = rt.block_on(crate::maintain::run_window(
         held,
         command,
         window.map(|w| w.get()),
         std::time::Duration::from_secs(10),
     ))?;
+    if let Some(budget) = budget {
+        rt.block_on(budget.release());
+    }
     eoutln!("{} {}: the agent reconciles them on its next pass", paint.green("released"), keys.join(", "));
     // The agent looks at once (best effort: it also notices the release by itself).
     rt.block_on(async {

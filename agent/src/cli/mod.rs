@@ -4,6 +4,7 @@
 
 mod agent;
 mod backup;
+mod budget;
 mod context;
 mod holds;
 mod job;
@@ -393,6 +394,12 @@ pub enum CliError {
     /// The host's salt of secrets' digests cannot be had.
     #[error(transparent)]
     Salt(#[from] crate::support::redact::SaltError),
+    /// A disruption budget could not be taken.
+    #[error(transparent)]
+    Budget(#[from] crate::cluster::budget::BudgetError),
+    /// etcd failed.
+    #[error("the cluster")]
+    Etcd(#[source] crate::engine::etcd::EtcdError),
     /// This node has no name in its cluster.
     #[error("the agent configuration's cluster block")]
     NodeName(#[source] tend_specs::agent_config::cluster::NodeNameError),

@@ -6,9 +6,11 @@
 //!   it, each under its node's lease; the value is the node's name);
 //! - `assign/<node>/<service>/<slot>`: the slots the leader placed on a node — one prefix
 //!   per node, so a change wakes only the node it concerns. Not under a lease: the
-//!   placement outlives a leader; a new leader reads it and goes on from it.
+//!   placement outlives a leader; a new leader reads it and goes on from it;
+//! - `budget/<service>/<k>`: slot `k` of a service's disruption budget, held by a
+//!   maintenance window under its lease (`budget`);
 //! - `runs/<timer>`: the run of a `runOn: leader` Timer in progress, under that run's own
-//!   lease (`cluster::runonce`): a [`RunHolder`](crate::cluster::runonce::RunHolder);
+//!   lease (`runonce`): a [`RunHolder`](crate::cluster::runonce::RunHolder);
 //! - `history/<timer>/<run>@<node>`: the last runs of such a Timer, one JSON record each,
 //!   the newest [`KEEP_CLUSTER_RUNS`](crate::cluster::runonce::KEEP_CLUSTER_RUNS) kept. Run
 //!   IDs start with their start time, so the keys sort by start.
@@ -62,6 +64,11 @@ impl Keys {
     /// The leader election.
     pub fn election(&self) -> String {
         format!("{}leader", self.root)
+    }
+
+    /// The disruption budget's slots of `service`.
+    pub fn budget(&self, service: &str) -> String {
+        format!("{}budget/{service}/", self.root)
     }
 
     /// Every node's assignments.

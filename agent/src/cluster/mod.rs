@@ -6,6 +6,7 @@
 //! [`assign`]; on a node outside a cluster, [`place_locally`]. `runonce` is the protocol
 //! that keeps a `runOn: leader` Timer's runs from overlapping across the cluster.
 
+pub mod budget;
 pub mod keys;
 pub mod leader;
 pub mod node;

@@ -65,6 +65,7 @@ pub struct Handle {
     pub identity: Arc<Identity>,
     view: watch::Receiver<View>,
     services: watch::Sender<Services>,
+    drained: watch::Sender<bool>,
 }
 
 impl Handle {
@@ -76,6 +77,12 @@ impl Handle {
     /// A receiver that sees every change of the view.
     pub fn subscribe(&self) -> watch::Receiver<View> {
         self.view.clone()
+    }
+
+    /// Says whether this node is drained (`tend drain`): its member record says so, and the
+    /// leader moves its slots to other members.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.send_if_modified(|d| std::mem::replace(d, drained) != drained);
     }
 
     /// Hands in the placed services of the spec set in use (the leader places them).
@@ -94,11 +101,12 @@ pub fn start<S: ClusterStore + 'static>(store: Arc<S>, identity: Identity, stop:
     let identity = Arc::new(identity);
     let (view_tx, view) = watch::channel(View::default());
     let (services, services_rx) = watch::channel(Services::default());
+    let (drained, drained_rx) = watch::channel(false);
     let view_tx = Arc::new(view_tx);
     tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
     tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
-    tokio::spawn(sessions(store, identity.clone(), view_tx, services_rx, stop));
-    Handle { identity, view, services }
+    tokio::spawn(sessions(store, identity.clone(), view_tx, services_rx, drained_rx, stop));
+    Handle { identity, view, services, drained }
 }
 
 /// The backoff between failed sessions or watches: 1 s doubling up to 30 s.
@@ -111,11 +119,12 @@ async fn sessions<S: ClusterStore>(
     id: Arc<Identity>,
     view: Arc<watch::Sender<View>>,
     services: watch::Receiver<Services>,
+    drained: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut attempt = 0;
     while !stop.is_cancelled() {
-        match session(&*store, &id, &view, services.clone(), &stop).await {
+        match session(&*store, &id, &view, services.clone(), drained.clone(), &stop).await {
             Ok(()) => attempt = 0,
             Err(e) => {
                 let error = crate::support::chain(&e);
@@ -156,18 +165,19 @@ async fn session<S: ClusterStore>(
     id: &Identity,
     view: &watch::Sender<View>,
     services: watch::Receiver<Services>,
+    mut drained: watch::Receiver<bool>,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
     let lease = store.grant(id.ttl).await?;
     let mut keep = store.keep_alive(lease);
     let keys = Keys::new(&id.cluster);
-    let record = MemberRecord {
+    let mut record = MemberRecord {
         node: id.node.clone(),
         roles: id.roles.clone(),
         address: id.address.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_ms: crate::support::now_ms(),
-        drained: false,
+        drained: *drained.borrow_and_update(),
     };
     let value = serde_json::to_vec(&record).unwrap_or_default();
     store.put(&keys.member(&id.node), &value, Some(lease.id)).await?;
@@ -180,6 +190,7 @@ async fn session<S: ClusterStore>(
         _ = stop.cancelled() => Ok(None),
         lost = keep.lost() => Err(SessionError::Lease(lost)),
         led = campaign_and_lead(store, id, &keys, lease.id, view, services) => led.map(Some),
+        failed = republish(store, &keys, &mut record, lease.id, &mut drained) => Err(failed.into()),
     };
     view.send_modify(|v| v.is_leader = false);
     if outcome.is_ok() {
@@ -190,6 +201,28 @@ async fn session<S: ClusterStore>(
         info!(cluster = %id.cluster, node = %id.node, "left the cluster");
     }
     outcome.map(|_| ())
+}
+
+/// Writes the member record again whenever this node is drained or undrained; returns
+/// only when a write fails.
+async fn republish<S: ClusterStore>(
+    store: &S,
+    keys: &Keys,
+    record: &mut MemberRecord,
+    lease: crate::engine::etcd::LeaseId,
+    drained: &mut watch::Receiver<bool>,
+) -> EtcdError {
+    loop {
+        if drained.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        record.drained = *drained.borrow_and_update();
+        info!(node = %record.node, drained = record.drained, "member record updated");
+        let value = serde_json::to_vec(&*record).unwrap_or_default();
+        if let Err(e) = store.put(&keys.member(&record.node), &value, Some(lease)).await {
+            return e;
+        }
+    }
 }
 
 /// Campaigns for leadership under this node's lease and, once elected, leads until the

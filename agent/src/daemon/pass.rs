@@ -86,6 +86,9 @@ async fn converge(
             return;
         }
     };
+    if let Some(cluster) = &shared.cluster {
+        cluster.set_drained(state_dir.load().is_ok_and(|s| s.drain.is_some()));
+    }
     if let Err(e) = boot.settle(engines, &options, &set.desired, &state_dir).await {
         lock(&shared.agent).last_result = Some(e);
         return;
