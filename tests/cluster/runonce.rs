@@ -83,7 +83,7 @@ impl Node {
             .args(args)
             .arg("--config")
             .arg(&self.config)
-            .env_remove("TEND_CONFIG")
+            .env_remove("TEND_AGENT_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

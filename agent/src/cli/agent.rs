@@ -6,6 +6,11 @@ use super::*;
 /// The agent's configuration file when none is named.
 const DEFAULT_CONFIG: &str = "/etc/tend/agent.yaml";
 
+/// The variable that names the agent's configuration file to the commands that act in its
+/// cluster beside it (`tend maintain`, `tend job run|history`); `tend agent` itself reads
+/// `TEND_CONFIG`.
+pub(super) const AGENT_CONFIG_ENV: &str = "TEND_AGENT_CONFIG";
+
 /// The agent's configuration and the file it was read from: the file `config`, else the
 /// default one when it exists and no spec directory is given (`tend agent --specs` runs
 /// without one); the defaults without a file. Its problems are printed, and make the error.
@@ -106,18 +111,7 @@ pub(super) fn agent_settings(
 /// (`tend maintain`): from the agent configuration `$TEND_AGENT_CONFIG`, else
 /// `/etc/tend/agent.yaml` when it exists; `None` without a configuration or a cluster block.
 pub(super) fn host_cluster() -> Result<Option<crate::daemon::cluster::ClusterSettings>, CliError> {
-    let path = match std::env::var_os("TEND_AGENT_CONFIG") {
-        Some(p) => PathBuf::from(p),
-        None if Path::new("/etc/tend/agent.yaml").exists() => PathBuf::from("/etc/tend/agent.yaml"),
-        None => return Ok(None),
-    };
-    let file = tend_specs::agent_config::load_agent_config(&path).map_err(|diags| {
-        for d in &diags {
-            eoutln!("{} {d}", Paint::stderr().red("error:"));
-        }
-        CliError::Config { path: path.clone(), count: diags.len() }
-    })?;
-    file.cluster.as_ref().map(cluster_settings).transpose()
+    node_cluster(std::env::var_os(AGENT_CONFIG_ENV).map(PathBuf::from).as_deref())
 }
 
 /// The cluster this node joins, from the configuration's `cluster:` block.

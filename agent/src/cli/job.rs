@@ -23,8 +23,9 @@ pub enum JobCommand {
         #[arg(long, value_enum, default_value_t)]
         trigger: crate::jobs::Trigger,
         /// The agent's configuration file, read for its `cluster:` block when the Timer is
-        /// `runOn: leader` (default /etc/tend/agent.yaml, when it exists).
-        #[arg(long, env = "TEND_CONFIG")]
+        /// `runOn: leader` (default: $TEND_AGENT_CONFIG, else /etc/tend/agent.yaml when it
+        /// exists).
+        #[arg(long, env = agent::AGENT_CONFIG_ENV)]
         config: Option<PathBuf>,
     },
     /// Show a Timer's recorded runs, newest first.
@@ -41,9 +42,9 @@ pub enum JobCommand {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
-        /// The agent's configuration file, read for its `cluster:` block (default
-        /// /etc/tend/agent.yaml, when it exists).
-        #[arg(long, env = "TEND_CONFIG")]
+        /// The agent's configuration file, read for its `cluster:` block (default:
+        /// $TEND_AGENT_CONFIG, else /etc/tend/agent.yaml when it exists).
+        #[arg(long, env = agent::AGENT_CONFIG_ENV)]
         config: Option<PathBuf>,
     },
     /// Run scheduled Timers from tend's own scheduler, in the foreground, for hosts where
