@@ -149,6 +149,11 @@ fn etcd_keys(cluster: &EtcdCluster, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Now, in ms since the epoch (the clock the records use).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Polls `check` every 20 ms until it holds; panics naming `what` after `timeout`.
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
@@ -317,6 +322,7 @@ fn a_run_cut_off_from_etcd_stops_its_job_before_its_lease_can_expire() {
     wait_for("a's job to start", Duration::from_secs(10), || a.running_pgid().is_some());
     net.link_down(3);
     let cut = Instant::now();
+    let cut_ms = now_ms();
 
     // b tries every 200 ms: refused while a's lease lives, then it runs.
     let mut refusals = 0;
@@ -335,7 +341,7 @@ fn a_run_cut_off_from_etcd_stops_its_job_before_its_lease_can_expire() {
     let out_a = finish(run_a, "a's run");
     net.link_up(3);
     eprintln!(
-        "measured: with a's link cut, b was refused {refusals} time(s) and ran {b_ran:?} after the cut (TTL {LEASE_TTL:?})"
+        "measured: with a's link cut, b was refused {refusals} time(s); its run (a 1 s job) ended {b_ran:?} after the cut (TTL {LEASE_TTL:?})"
     );
     assert!(String::from_utf8_lossy(&ran.stdout).contains(" ok after "), "{}", describe(&ran));
 
@@ -352,13 +358,14 @@ fn a_run_cut_off_from_etcd_stops_its_job_before_its_lease_can_expire() {
     let b_rec =
         b.history(Some((&net, 4))).into_iter().find(|r| r["node"] == "b" && r["result"] == "ok").expect("b's run");
     let (a_end, b_start) = (a_rec["end_ms"].as_u64().expect("end"), b_rec["start_ms"].as_u64().expect("start"));
-    let a_start = a_rec["start_ms"].as_u64().expect("start");
     eprintln!(
-        "measured: a's job ended {} ms after its start and {} ms before b's run started",
-        a_end - a_start,
-        b_start as i64 - a_end as i64
+        "measured: after a's link was cut, a's job (deaf to SIGTERM) was killed at +{} ms and b's run began at +{} ms (TTL {LEASE_TTL:?})",
+        a_end as i64 - cut_ms as i64,
+        b_start as i64 - cut_ms as i64
     );
     assert!(a_end <= b_start, "a's job (ended {a_end}) overlapped b's run (started {b_start})");
+    // Killed by the last instant its lease was known to live: at most a TTL after the cut.
+    assert!(a_end <= cut_ms + LEASE_TTL.as_millis() as u64 + 300, "a's job ended {} ms after the cut", a_end - cut_ms);
     let log = std::fs::read_to_string(a_rec["log"].as_str().expect("a's log")).expect("read a's log");
     assert!(log.contains("SIGKILL in"), "{log}");
     drop(cluster);
