@@ -370,3 +370,26 @@ fn a_run_cut_off_from_etcd_stops_its_job_before_its_lease_can_expire() {
     assert!(log.contains("SIGKILL in"), "{log}");
     drop(cluster);
 }
+
+#[test]
+fn a_run_that_cannot_reach_etcd_does_not_start() {
+    // Nothing listens on the port: every connection is refused until the call's bound.
+    let root = TempDir::new().expect("tmp");
+    let endpoints = [format!("http://127.0.0.1:{}", crate::etcd::free_port())];
+    let a = Node::new(root.path(), "a", &endpoints, "touch ran");
+    let t0 = Instant::now();
+    let out = finish(a.start_run(None), "a's run without etcd");
+    let took = t0.elapsed();
+    eprintln!("measured: a run that could not reach etcd gave up after {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected =
+        format!("not started (runOn: leader): taking the cluster's run key {RUN_KEY}: etcd lease grant (ttl 3s): ");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("Connection refused") || stderr.contains("did not answer"), "{stderr}");
+    // Recorded as an error of this node, without a log: the job never ran.
+    let history = a.history(None);
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!((history[0]["result"].as_str(), history[0]["node"].as_str()), (Some("error"), Some("a")));
+    assert_eq!(history[0]["log"], serde_json::Value::Null);
+}
