@@ -44,6 +44,10 @@ pub struct View {
     pub connected: bool,
     /// Why not, when not.
     pub error: Option<String>,
+    /// Since when this node's lease may have run out (it could not be renewed), while it is
+    /// cut off: after a placed service's `lostLeaseGrace`, its `onLostLease: stop`
+    /// instances stop.
+    pub disconnected_since: Option<tokio::time::Instant>,
     /// The leader's node name, as last seen.
     pub leader: Option<String>,
     /// The leader's term: the create revision of its election key.
@@ -133,6 +137,7 @@ async fn sessions<S: ClusterStore>(
                     v.connected = false;
                     v.is_leader = false;
                     v.error = Some(error);
+                    v.disconnected_since.get_or_insert_with(tokio::time::Instant::now);
                 });
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -185,10 +190,17 @@ async fn session<S: ClusterStore>(
     view.send_modify(|v| {
         v.connected = true;
         v.error = None;
+        v.disconnected_since = None;
     });
     let outcome = tokio::select! {
         _ = stop.cancelled() => Ok(None),
-        lost = keep.lost() => Err(SessionError::Lease(lost)),
+        lost = keep.lost() => {
+            view.send_modify(|v| {
+                v.connected = false;
+                v.disconnected_since.get_or_insert_with(tokio::time::Instant::now);
+            });
+            Err(SessionError::Lease(lost))
+        }
         led = campaign_and_lead(store, id, &keys, lease.id, view, services) => led.map(Some),
         failed = republish(store, &keys, &mut record, lease.id, &mut drained) => Err(failed.into()),
     };

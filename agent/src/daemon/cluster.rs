@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use tend_specs::Desired;
+use tend_specs::service::OnLostLease;
 use tend_specs::timer::RunOn;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,15 +35,25 @@ pub(super) async fn start(settings: &ClusterSettings, stop: &CancellationToken) 
     Ok(node::start(store, settings.identity.clone(), stop.child_token()))
 }
 
-/// Wakes the loop when the slots placed on this node or its leadership change.
+/// How often a node cut off from etcd passes, so its `onLostLease: stop` instances stop
+/// within this long after their grace.
+const CUT_OFF_PASS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Wakes the loop when the slots placed on this node, its leadership or its connection
+/// change, and every few seconds while it is cut off from etcd.
 pub(super) fn spawn_wakeups(handle: &Handle, wake: mpsc::Sender<Wake>, stop: CancellationToken) {
     let mut view = handle.subscribe();
     tokio::spawn(async move {
         let mut seen = wanted(&view.borrow_and_update());
         loop {
+            let cut_off = seen.2;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = view.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(CUT_OFF_PASS), if cut_off => {
+                    let _ = wake.send(Wake::Cluster).await;
+                    continue;
+                }
             }
             let now = wanted(&view.borrow_and_update());
             if now != seen {
@@ -54,8 +65,10 @@ pub(super) fn spawn_wakeups(handle: &Handle, wake: mpsc::Sender<Wake>, stop: Can
 }
 
 /// What of the view changes what a pass applies.
-fn wanted(view: &View) -> (std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>, bool) {
-    (view.mine.clone(), view.is_leader)
+type Wanted = (std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>, bool, bool);
+
+fn wanted(view: &View) -> Wanted {
+    (view.mine.clone(), view.is_leader, view.disconnected_since.is_some())
 }
 
 /// The placed services of `desired`, with their pacing, for the leader.
@@ -87,6 +100,16 @@ pub(super) fn localize(handle: &Handle, desired: Arc<Desired>) -> Arc<Desired> {
     let mut d = (*desired).clone();
     let node = &handle.identity.node;
     crate::cluster::assign(&mut d, &node::as_assignments(node, &view.mine), node);
+    // Cut off from etcd past a service's grace: its `onLostLease: stop` instances stop (the
+    // leader keeps their slots fenced that long, then places them elsewhere).
+    if let Some(since) = view.disconnected_since {
+        for s in d.services.values_mut() {
+            let Some(p) = &s.spec.placement else { continue };
+            if p.on_lost_lease == OnLostLease::Stop && since.elapsed() >= p.lost_lease_grace.get() {
+                s.slots = Some(Default::default());
+            }
+        }
+    }
     if !view.is_leader {
         d.timers.retain(|_, t| t.spec.run_on != RunOn::Leader);
     }
