@@ -87,9 +87,13 @@ fn seconds(ms: u64) -> String {
 pub(super) fn status_lines(s: &ClusterStatus, paint: Paint) -> Vec<String> {
     let mut lines = vec![format!("cluster {}, seen from node {}", s.cluster, s.node)];
     let term = s.term.map(|t| format!(" (term {t})")).unwrap_or_default();
-    let role = if s.is_leader { "this node leads" } else { "this node follows" };
+    let (seen, role) = match (s.connected, s.is_leader) {
+        (false, _) => ("leader as last seen", "this node leads nothing while it is not connected"),
+        (true, true) => ("leader", "this node leads"),
+        (true, false) => ("leader", "this node follows"),
+    };
     lines.push(match &s.leader {
-        Some(leader) => format!("leader: {leader}{term}; {role}; {} leader change(s) seen", s.leader_changes),
+        Some(leader) => format!("{seen}: {leader}{term}; {role}; {} leader change(s) seen", s.leader_changes),
         None => format!("leader: none seen yet; {role}"),
     });
     lines.push(match (s.connected, &s.error) {
@@ -250,7 +254,10 @@ mod tests {
         s.placements = None;
         s.unplaced = None;
         let lines = status_lines(&s, Paint(false));
-        assert_eq!(lines[1], "leader: vm-b (term 1234); this node follows; 1 leader change(s) seen");
+        assert_eq!(
+            lines[1],
+            "leader as last seen: vm-b (term 1234); this node leads nothing while it is not connected; 1 leader change(s) seen"
+        );
         assert_eq!(
             lines[2],
             "this node: not connected to etcd (cluster session: the lease of this node is lost: no renewal was acknowledged); its services and last slots keep running"

@@ -320,10 +320,11 @@ pub(super) fn print_agent(paint: Paint, a: &crate::reconcile::status::AgentStatu
 /// The agent's cluster on one line: which, as which node, who leads, whether this node is
 /// connected (and why not).
 pub(super) fn cluster_line(paint: Paint, c: &crate::reconcile::status::ClusterSummary) -> String {
-    let leader = match (&c.leader, c.is_leader) {
-        (_, true) => "this node leads".to_string(),
-        (Some(l), false) => format!("leader {l}"),
-        (None, false) => "no leader seen yet".to_string(),
+    let leader = match (&c.leader, c.is_leader, c.connected) {
+        (_, true, _) => "this node leads".to_string(),
+        (Some(l), false, true) => format!("leader {l}"),
+        (Some(l), false, false) => format!("leader {l} as last seen"),
+        (None, false, _) => "no leader seen yet".to_string(),
     };
     let state = match (c.connected, &c.error) {
         (true, _) => paint.green("connected"),
@@ -369,8 +370,9 @@ mod tests {
             (false, false, Some("etcd lease grant (ttl 10s): etcd did not answer within 5s".into()));
         assert_eq!(
             cluster_line(Paint(false), &c),
-            "cluster judicators as node vm-a: leader vm-b; not connected (etcd unreachable or without quorum; \
-             services and slots keep running): etcd lease grant (ttl 10s): etcd did not answer within 5s"
+            "cluster judicators as node vm-a: leader vm-b as last seen; not connected (etcd unreachable or \
+             without quorum; services and slots keep running): etcd lease grant (ttl 10s): etcd did not answer \
+             within 5s"
         );
         (c.leader, c.error) = (None, None);
         assert_eq!(cluster_line(Paint(false), &c), "cluster judicators as node vm-a: no leader seen yet; connecting");

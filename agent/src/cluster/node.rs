@@ -110,6 +110,13 @@ impl Handle {
         &*self.store
     }
 
+    /// Reads through `store` instead of the store the node runs on (the same etcd with a
+    /// shorter call timeout, for reads an operator waits for).
+    pub fn with_reads(mut self, store: Arc<dyn Reads>) -> Self {
+        self.store = store;
+        self
+    }
+
     /// The placed services of the spec set in use, as last handed in.
     pub fn services(&self) -> Services {
         self.services.borrow().clone()

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::leader::Services;
-use crate::cluster::metered::Metered;
+use crate::cluster::metered::{Metered, Recorder};
 use crate::cluster::node::{self, Handle, Identity, View};
 use crate::cluster::pacing::Pace;
 use crate::cluster::placement::PlacedService;
@@ -21,6 +21,10 @@ use crate::daemon::metrics::ClusterMetrics;
 use crate::daemon::shared::Wake;
 use crate::engine::etcd::{EtcdConfig, EtcdError, EtcdStore};
 use crate::reconcile::status::ClusterSummary;
+
+/// The call timeout of the reads of `tend cluster members` and `tend cluster status`: under
+/// their deadline as a whole ([`crate::cluster::report::READ_DEADLINE`]).
+const READ_CALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the agent needs to join a cluster.
 #[derive(Debug, Clone)]
@@ -39,8 +43,13 @@ pub(super) async fn start(
     stop: &CancellationToken,
 ) -> Result<Handle, EtcdError> {
     let etcd = EtcdStore::connect(&settings.etcd).await?;
-    let store = Arc::new(Metered::new(etcd, Arc::new(metrics.clone())));
-    Ok(node::start(store, settings.identity.clone(), stop.child_token()))
+    let recorder: Arc<dyn Recorder> = Arc::new(metrics.clone());
+    // `tend cluster` reads give up sooner than the node's own calls: each call within
+    // READ_CALL, so a call to an etcd that does not answer ends (and is counted) before the
+    // answer's deadline.
+    let reads = Arc::new(Metered::new(etcd.with_call_timeout(READ_CALL), recorder.clone()));
+    let store = Arc::new(Metered::new(etcd, recorder));
+    Ok(node::start(store, settings.identity.clone(), stop.child_token()).with_reads(reads))
 }
 
 /// Keeps the cluster's metrics (leader, connected, leader changes) on the node's view.

@@ -798,6 +798,12 @@ impl EtcdStore {
         self.timeouts
     }
 
+    /// The same client (its connections shared) with another call timeout: for reads an
+    /// operator waits for, which should give up sooner than the cluster's own calls.
+    pub fn with_call_timeout(&self, call: Duration) -> Self {
+        Self { timeouts: EtcdTimeouts { call, ..self.timeouts }, ..self.clone() }
+    }
+
     /// Makes one call, bounded by the call timeout, naming it in the error. A call that
     /// etcd cannot have acted on (the connection to the member picked could not be made, or
     /// the member has no leader and refused it before doing anything) is made again, to a
