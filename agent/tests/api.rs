@@ -20,6 +20,8 @@ struct Fixed {
     calls: Mutex<Vec<String>>,
     /// How long `plan` takes, for the shutdown test.
     plan_delay: Duration,
+    /// Whether the agent is in a cluster (`/v1/cluster/*` answer, or refuse).
+    in_cluster: bool,
 }
 
 impl Fixed {
@@ -59,6 +61,21 @@ impl Control for Fixed {
 
     fn jobs(&self, name: Option<String>, limit: Option<usize>) -> Reply {
         Box::pin(async move { Ok(json!({"name": name, "limit": limit})) })
+    }
+
+    fn cluster_members(&self) -> Reply {
+        let in_cluster = self.in_cluster;
+        Box::pin(async move {
+            if in_cluster {
+                Ok(json!([{"node": "vm-a", "state": "live"}]))
+            } else {
+                Err(Failure::new(409, "this agent is not in a cluster: its configuration has no cluster block"))
+            }
+        })
+    }
+
+    fn cluster_status(&self) -> Reply {
+        Box::pin(async { Ok(json!({"leader": "vm-a", "isLeader": true})) })
     }
 
     fn metrics(&self) -> String {
@@ -164,6 +181,26 @@ async fn every_endpoint_round_trips_through_the_client() {
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
 
     assert_eq!(*server.control.calls.lock().expect("calls"), ["trigger", "release ims-postgres-1"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_cluster_endpoints_answer_and_an_agent_outside_a_cluster_refuses_with_409() {
+    let dir = open_dir();
+    let server = start(&dir.path().join("tend.sock"), None, Fixed { in_cluster: true, ..Fixed::default() }).await;
+    let mut c = client(&server.path).await;
+    assert_eq!(c.get("/v1/cluster/members").await.expect("members")[0]["node"], "vm-a");
+    assert_eq!(c.get("/v1/cluster/status").await.expect("status")["leader"], "vm-a");
+    assert_eq!(agent_status(c.post("/v1/cluster/status").await.expect_err("POST")).0, 405);
+    server.stop().await;
+
+    let server = start(&dir.path().join("alone.sock"), None, Fixed::default()).await;
+    let mut c = client(&server.path).await;
+    let (status, message) = agent_status(c.get("/v1/cluster/members").await.expect_err("not in a cluster"));
+    assert_eq!(
+        (status, message.as_str()),
+        (409, "this agent is not in a cluster: its configuration has no cluster block")
+    );
     server.stop().await;
 }
 

@@ -106,3 +106,20 @@ async fn a_kept_alive_lease_survives_etcd_member_kills_while_there_is_a_quorum()
         stopped.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_tells_its_time_left_and_its_granted_ttl_until_it_is_gone() {
+    let cluster = blocking(|| EtcdCluster::start("lease_time_left"));
+    let etcd = store(&cluster.endpoints()).await;
+
+    let lease = etcd.grant(KEEP_TTL).await.expect("grant");
+    let left = etcd.lease_time_left(lease.id).await.expect("time to live").expect("the lease is there");
+    assert_eq!(left.granted, KEEP_TTL);
+    assert!(left.left <= KEEP_TTL && left.left >= KEEP_TTL - Duration::from_secs(2), "{left:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = etcd.lease_time_left(lease.id).await.expect("time to live").expect("the lease is there");
+    assert!(later.left < left.left || later.left <= KEEP_TTL - Duration::from_secs(1), "{left:?} then {later:?}");
+
+    etcd.revoke(lease.id).await.expect("revoke");
+    assert_eq!(etcd.lease_time_left(lease.id).await.expect("time to live of a revoked lease"), None);
+}

@@ -1,5 +1,6 @@
-//! Integration tests of tend's etcd adapter (`tend::engine::etcd`) against a real 3-member
-//! etcd cluster (Debian's etcd-server 3.4, `tests/harness/etcd.rs`) and real network
+//! Integration tests of tend's etcd adapter (`tend::engine::etcd`), and of real agents in a
+//! cluster (`commands`: `tend cluster members` and `status`), against a real 3-member etcd
+//! cluster (Debian's etcd-server 3.4, `tests/harness/etcd.rs`) and real network
 //! partitions (namespaces on a bridge, `tests/harness/netns.rs`). They fail, never skip,
 //! when etcd or namespaces cannot be set up: run `scripts/test.sh`, or
 //! `bash -c 'source scripts/lib.sh; ensure_etcd'`, as root.
@@ -14,6 +15,7 @@ mod netns;
 
 mod auth;
 mod budget;
+mod commands;
 mod election;
 mod lease;
 mod partition;

@@ -5,6 +5,7 @@
 mod agent;
 mod backup;
 mod budget;
+mod cluster;
 mod context;
 mod holds;
 mod job;
@@ -34,6 +35,8 @@ use tend_specs::{Desired, Diagnostic};
 use agent::*;
 pub use backup::BackupCommand;
 use backup::*;
+pub use cluster::ClusterCommand;
+use cluster::*;
 use context::*;
 use holds::*;
 pub use job::JobCommand;
@@ -316,6 +319,13 @@ pub enum Command {
         #[arg(long)]
         specs: Option<PathBuf>,
     },
+    /// The cluster this node's agent is in: its members, its leader, etcd and the
+    /// placements, as the running agent sees them.
+    Cluster {
+        /// The cluster command.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List the targets held for maintenance.
     Locks {
         /// Output format.
@@ -371,6 +381,20 @@ pub enum CliError {
     /// Talking to the running agent failed.
     #[error(transparent)]
     Api(#[from] crate::daemon::api::ApiError),
+    /// No agent answers on the socket (a command that needs one).
+    #[error("no agent answers on {}: `tend cluster` asks the agent running on this node (start it, or give its --socket)", socket.display())]
+    NoAgent {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// The agent is not in a cluster.
+    #[error("the agent on {}: {message}", socket.display())]
+    NotInCluster {
+        /// The socket.
+        socket: PathBuf,
+        /// The agent's words.
+        message: String,
+    },
     /// The agent's answer was not understood.
     #[error("reading the agent's answer")]
     AgentReply(#[source] serde_json::Error),
@@ -468,6 +492,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             maintain(&cli, targets, selector, reason.clone(), *window, *wait, specs.as_deref(), command)
         }
         Command::Locks { output } => locks(&cli, *output),
+        Command::Cluster { command } => cluster(&cli, command),
         Command::Backup { command } => backup(&cli, command),
         Command::Restore { name, from, to, set, without_manifest, yes, specs } => {
             let target =

@@ -300,6 +300,9 @@ pub(super) fn print_agent(paint: Paint, a: &crate::reconcile::status::AgentStatu
     if let Some(why) = &a.mass_removal {
         outln!("{} {why}", paint.red("mass removal blocked:"));
     }
+    if let Some(c) = &a.cluster {
+        outln!("{}", cluster_line(paint, c));
+    }
     for (engine, p) in &a.engines {
         let name = if engine == "docker" { "Docker" } else { engine.as_str() };
         let since = crate::support::time::format_ms(p.since_ms);
@@ -314,6 +317,26 @@ pub(super) fn print_agent(paint: Paint, a: &crate::reconcile::status::AgentStatu
     outln!();
 }
 
+/// The agent's cluster on one line: which, as which node, who leads, whether this node is
+/// connected (and why not).
+pub(super) fn cluster_line(paint: Paint, c: &crate::reconcile::status::ClusterSummary) -> String {
+    let leader = match (&c.leader, c.is_leader, c.connected) {
+        (_, true, _) => "this node leads".to_string(),
+        (Some(l), false, true) => format!("leader {l}"),
+        (Some(l), false, false) => format!("leader {l} as last seen"),
+        (None, false, _) => "no leader seen yet".to_string(),
+    };
+    let state = match (c.connected, &c.error) {
+        (true, _) => paint.green("connected"),
+        (false, Some(e)) => format!(
+            "{} (etcd unreachable or without quorum; services and slots keep running): {e}",
+            paint.red("not connected")
+        ),
+        (false, None) => paint.yellow("connecting"),
+    };
+    format!("cluster {} as node {}: {leader}; {state}", c.name, c.node)
+}
+
 /// What a failed connection says about Docker.
 pub(super) fn docker_state(e: &EngineError) -> &'static str {
     if e.kind == EngineErrorKind::Timeout { "Docker is unresponsive" } else { "Docker is not available" }
@@ -323,4 +346,35 @@ pub(super) fn docker_state(e: &EngineError) -> &'static str {
 pub(super) fn drained_line(d: &state::Drain) -> String {
     let reason = d.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
     format!("drained since {} by {}{reason}", crate::support::time::format_ms(d.since_ms), d.user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::status::ClusterSummary;
+
+    #[test]
+    fn the_cluster_line_names_the_leader_and_says_when_this_node_is_cut_off() {
+        let mut c = ClusterSummary {
+            name: "judicators".into(),
+            node: "vm-a".into(),
+            leader: Some("vm-b".into()),
+            is_leader: false,
+            connected: true,
+            error: None,
+        };
+        assert_eq!(cluster_line(Paint(false), &c), "cluster judicators as node vm-a: leader vm-b; connected");
+        c.is_leader = true;
+        assert_eq!(cluster_line(Paint(false), &c), "cluster judicators as node vm-a: this node leads; connected");
+        (c.is_leader, c.connected, c.error) =
+            (false, false, Some("etcd lease grant (ttl 10s): etcd did not answer within 5s".into()));
+        assert_eq!(
+            cluster_line(Paint(false), &c),
+            "cluster judicators as node vm-a: leader vm-b as last seen; not connected (etcd unreachable or \
+             without quorum; services and slots keep running): etcd lease grant (ttl 10s): etcd did not answer \
+             within 5s"
+        );
+        (c.leader, c.error) = (None, None);
+        assert_eq!(cluster_line(Paint(false), &c), "cluster judicators as node vm-a: no leader seen yet; connecting");
+    }
 }

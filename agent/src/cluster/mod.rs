@@ -3,15 +3,19 @@
 //! leadership (etcd's election API), the slots placed on it — and `leader` what the leader
 //! does: placement (`placement`, pure) paced across the cluster (`pacing`, pure), written
 //! under each node's prefix (`keys`). How a node's share becomes the instances it runs:
-//! [`assign`]; on a node outside a cluster, [`place_locally`]. `runonce` is the protocol
-//! that keeps a `runOn: leader` Timer's runs from overlapping across the cluster.
+//! [`assign`]; on a node outside a cluster, [`place_locally`]. `report` reads what `tend
+//! cluster members` and `tend cluster status` show; `metered` measures the store's calls.
+//! `runonce` is the protocol that keeps a `runOn: leader` Timer's runs from overlapping in
+//! the cluster.
 
 pub mod budget;
 pub mod keys;
 pub mod leader;
+pub mod metered;
 pub mod node;
 pub mod pacing;
 pub mod placement;
+pub mod report;
 pub mod runonce;
 
 use tend_specs::Desired;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 use crate::cluster::keys::{Keys, MemberRecord};
 use crate::cluster::leader::{self, Services};
 use crate::cluster::placement::Assignments;
-use crate::engine::etcd::{ClusterStore, EtcdError, LeaseLost};
+use crate::engine::etcd::{ClusterStore, EtcdError, EtcdStatus, KeyValue, LeaseId, LeaseLost, LeaseTimeLeft, Listing};
 
 /// Who this node is in which cluster.
 #[derive(Debug, Clone)]
@@ -62,17 +63,70 @@ pub struct View {
     pub unplaced: BTreeMap<String, Vec<u32>>,
 }
 
-/// A running node: its view, and the specs' placed services handed to it.
-#[derive(Debug, Clone)]
+/// The reads `tend cluster members` and `tend cluster status` make of the store, as
+/// trait objects, so that a [`Handle`] holds whichever store the node runs on.
+pub trait Reads: Send + Sync {
+    /// [`ClusterStore::get_prefix`].
+    fn get_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing, EtcdError>>;
+    /// [`ClusterStore::lease_time_left`].
+    fn lease_time_left(&self, lease: LeaseId) -> BoxFuture<'_, Result<Option<LeaseTimeLeft>, EtcdError>>;
+    /// [`ClusterStore::leader`].
+    fn leader<'a>(&'a self, election: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, EtcdError>>;
+    /// [`ClusterStore::status`].
+    fn status(&self) -> BoxFuture<'_, Result<EtcdStatus, EtcdError>>;
+}
+
+impl<S: ClusterStore> Reads for S {
+    fn get_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing, EtcdError>> {
+        Box::pin(ClusterStore::get_prefix(self, prefix))
+    }
+    fn lease_time_left(&self, lease: LeaseId) -> BoxFuture<'_, Result<Option<LeaseTimeLeft>, EtcdError>> {
+        Box::pin(ClusterStore::lease_time_left(self, lease))
+    }
+    fn leader<'a>(&'a self, election: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, EtcdError>> {
+        Box::pin(ClusterStore::leader(self, election))
+    }
+    fn status(&self) -> BoxFuture<'_, Result<EtcdStatus, EtcdError>> {
+        Box::pin(ClusterStore::status(self))
+    }
+}
+
+/// A running node: its view, the specs' placed services handed to it, and the store it
+/// runs on (for reads).
+#[derive(Clone)]
 pub struct Handle {
     /// This node.
     pub identity: Arc<Identity>,
     view: watch::Receiver<View>,
     services: watch::Sender<Services>,
     drained: watch::Sender<bool>,
+    store: Arc<dyn Reads>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("identity", &self.identity).field("view", &*self.view.borrow()).finish()
+    }
 }
 
 impl Handle {
+    /// The store this node runs on, for reads.
+    pub fn store(&self) -> &dyn Reads {
+        &*self.store
+    }
+
+    /// Reads through `store` instead of the store the node runs on (the same etcd with a
+    /// shorter call timeout, for reads an operator waits for).
+    pub fn with_reads(mut self, store: Arc<dyn Reads>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The placed services of the spec set in use, as last handed in.
+    pub fn services(&self) -> Services {
+        self.services.borrow().clone()
+    }
+
     /// The current view.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
@@ -109,8 +163,8 @@ pub fn start<S: ClusterStore + 'static>(store: Arc<S>, identity: Identity, stop:
     let view_tx = Arc::new(view_tx);
     tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
     tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
-    tokio::spawn(sessions(store, identity.clone(), view_tx, services_rx, drained_rx, stop));
-    Handle { identity, view, services, drained }
+    tokio::spawn(sessions(store.clone(), identity.clone(), view_tx, services_rx, drained_rx, stop));
+    Handle { identity, view, services, drained, store }
 }
 
 /// The backoff between failed sessions or watches: 1 s doubling up to 30 s.
@@ -244,7 +298,7 @@ async fn campaign_and_lead<S: ClusterStore>(
     store: &S,
     id: &Identity,
     keys: &Keys,
-    lease: crate::engine::etcd::LeaseId,
+    lease: LeaseId,
     view: &watch::Sender<View>,
     services: watch::Receiver<Services>,
 ) -> Result<(), SessionError> {

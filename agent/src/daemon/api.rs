@@ -238,6 +238,12 @@ pub trait Control: Send + Sync + 'static {
     fn release(&self, name: String) -> Reply;
     /// `GET /v1/jobs?name=X&limit=N`: job history, of one job or all, newest first.
     fn jobs(&self, name: Option<String>, limit: Option<usize>) -> Reply;
+    /// `GET /v1/cluster/members`: the body of `tend cluster members -o json`; a 409 when the
+    /// agent is not in a cluster, a 503 when etcd does not answer.
+    fn cluster_members(&self) -> Reply;
+    /// `GET /v1/cluster/status`: the body of `tend cluster status -o json`; a 409 when the
+    /// agent is not in a cluster.
+    fn cluster_status(&self) -> Reply;
     /// `GET /metrics`: the metrics in the format of [`crate::daemon::metrics::Metrics::encode`].
     fn metrics(&self) -> String;
 }
@@ -471,6 +477,8 @@ enum Route {
     Pass,
     Release(String),
     Jobs,
+    ClusterMembers,
+    ClusterStatus,
     Metrics,
 }
 
@@ -483,6 +491,8 @@ impl Route {
             "/v1/plan" => Route::Plan,
             "/v1/pass" => Route::Pass,
             "/v1/jobs" => Route::Jobs,
+            "/v1/cluster/members" => Route::ClusterMembers,
+            "/v1/cluster/status" => Route::ClusterStatus,
             _ => Route::Release(path.strip_prefix("/v1/release/")?.to_string()),
         };
         (endpoints == Endpoints::All || route == Route::Metrics).then_some(route)
@@ -491,7 +501,12 @@ impl Route {
     fn method(&self) -> Method {
         match self {
             Route::Pass | Route::Release(_) => Method::POST,
-            Route::Status | Route::Plan | Route::Jobs | Route::Metrics => Method::GET,
+            Route::Status
+            | Route::Plan
+            | Route::Jobs
+            | Route::ClusterMembers
+            | Route::ClusterStatus
+            | Route::Metrics => Method::GET,
         }
     }
 
@@ -556,6 +571,8 @@ async fn respond(req: Request<Incoming>, control: Arc<dyn Control>, endpoints: E
             }
             control.release(name)
         }
+        Route::ClusterMembers => control.cluster_members(),
+        Route::ClusterStatus => control.cluster_status(),
         Route::Jobs => match jobs_query(parts.uri.query().unwrap_or("")) {
             Ok((name, limit)) => control.jobs(name, limit),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -767,6 +784,10 @@ mod tests {
         assert_eq!(Route::of("/metrics", Endpoints::MetricsOnly), Some(Route::Metrics));
         assert_eq!(Route::of("/v1/status", Endpoints::MetricsOnly), None);
         assert_eq!(Route::of("/v1/pass", Endpoints::MetricsOnly), None);
+        assert_eq!(Route::of("/v1/cluster/members", Endpoints::All), Some(Route::ClusterMembers));
+        assert_eq!(Route::of("/v1/cluster/status", Endpoints::All), Some(Route::ClusterStatus));
+        assert_eq!(Route::of("/v1/cluster/status", Endpoints::MetricsOnly), None);
+        assert_eq!(Route::ClusterStatus.method(), Method::GET);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! configuration has a `cluster:` block, wakes the loop when the slots placed here or the
 //! leadership change, and before each pass makes the spec set this node's: the placed
 //! services' slots assigned here, and the Timers with `runOn: leader` only while it leads.
-//! Without the block nothing of this runs (a node is a cluster of one).
+//! Without the block nothing of this runs (a node is a cluster of one). It also keeps the
+//! cluster's metrics on the view and measures every etcd call (`cluster::metered`).
 
 use std::sync::Arc;
 
@@ -13,11 +14,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::leader::Services;
+use crate::cluster::metered::{Metered, Recorder};
 use crate::cluster::node::{self, Handle, Identity, View};
 use crate::cluster::pacing::Pace;
 use crate::cluster::placement::PlacedService;
+use crate::daemon::metrics::ClusterMetrics;
 use crate::daemon::shared::Wake;
 use crate::engine::etcd::{EtcdConfig, EtcdError, EtcdStore};
+use crate::reconcile::status::ClusterSummary;
+
+/// The call timeout of the reads of `tend cluster members` and `tend cluster status`: under
+/// their deadline as a whole ([`crate::cluster::report::READ_DEADLINE`]).
+const READ_CALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the agent needs to join a cluster.
 #[derive(Debug, Clone)]
@@ -29,10 +37,50 @@ pub struct ClusterSettings {
 }
 
 /// Connects to etcd (lazily: a member down now is tried later) and starts this node's part,
-/// which runs until `stop`.
-pub(super) async fn start(settings: &ClusterSettings, stop: &CancellationToken) -> Result<Handle, EtcdError> {
-    let store = Arc::new(EtcdStore::connect(&settings.etcd).await?);
-    Ok(node::start(store, settings.identity.clone(), stop.child_token()))
+/// which runs until `stop`; every etcd call it makes is measured into `metrics`.
+pub(super) async fn start(
+    settings: &ClusterSettings,
+    metrics: &ClusterMetrics,
+    stop: &CancellationToken,
+) -> Result<Handle, EtcdError> {
+    let etcd = EtcdStore::connect(&settings.etcd).await?;
+    let recorder: Arc<dyn Recorder> = Arc::new(metrics.clone());
+    // `tend cluster` reads give up sooner than the node's own calls: each call within
+    // READ_CALL, so a call to an etcd that does not answer ends (and is counted) before the
+    // answer's deadline.
+    let reads = Arc::new(Metered::new(etcd.with_call_timeout(READ_CALL), recorder.clone()));
+    let store = Arc::new(Metered::new(etcd, recorder));
+    Ok(node::start(store, settings.identity.clone(), stop.child_token()).with_reads(reads))
+}
+
+/// Keeps the cluster's metrics (leader, connected, leader changes) on the node's view.
+pub(super) fn spawn_metrics(handle: &Handle, metrics: ClusterMetrics, stop: CancellationToken) {
+    let mut view = handle.subscribe();
+    tokio::spawn(async move {
+        loop {
+            {
+                let v = view.borrow_and_update();
+                metrics.view(v.is_leader, v.connected, v.leader_changes);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = view.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+}
+
+/// This node's part of `tend status`: its cluster, who leads, whether it is connected.
+pub(super) fn summary(handle: &Handle) -> ClusterSummary {
+    let view = handle.view();
+    ClusterSummary {
+        name: handle.identity.cluster.clone(),
+        node: handle.identity.node.clone(),
+        leader: view.leader,
+        is_leader: view.is_leader,
+        connected: view.connected,
+        error: view.error,
+    }
 }
 
 /// How often a node cut off from etcd passes, so its `onLostLease: stop` instances stop

@@ -1,5 +1,6 @@
 //! What the local API asks of the running agent (`api::Control`): its status, its plan, a
-//! pass, a release, job histories and the metrics. Status and plan observe afresh, leaving
+//! pass, a release, job histories, its cluster (members and status, read from etcd within
+//! a few seconds) and the metrics. Status and plan observe afresh, leaving
 //! out an engine that does not answer so that the API answers at once while it hangs.
 
 use std::collections::BTreeSet;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tend_specs::Desired;
 
+use crate::cluster::report;
 use crate::daemon::api::{Control, Failure, Reply};
 use crate::daemon::engine_health::{
     Engine, UNAVAILABLE, UNRESPONSIVE_KIND, engine_failure, lose_docker, note_engine, problem_line, unobservable,
@@ -108,6 +110,7 @@ impl Control for AgentControl {
             let mut agent = shared.agent_status();
             // The banner lasts as long as one of its holds.
             agent.unclean_boot &= seen.state.holds.values().any(|h| h.unclean_boot);
+            agent.cluster = shared.cluster.as_ref().map(crate::daemon::cluster::summary);
             status.agent = Some(agent);
             serde_json::to_value(&status).map_err(|e| Failure::new(500, e.to_string()))
         })
@@ -166,7 +169,42 @@ impl Control for AgentControl {
         })
     }
 
+    fn cluster_members(&self) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let handle = in_cluster(&shared)?;
+            let members = report::members(handle, report::READ_DEADLINE).await.map_err(|e| {
+                Failure::new(
+                    503,
+                    format!("{} (`tend cluster status` shows this node's last view)", crate::support::chain(&e)),
+                )
+            })?;
+            serde_json::to_value(&members).map_err(|e| Failure::new(500, e.to_string()))
+        })
+    }
+
+    fn cluster_status(&self) -> Reply {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let handle = in_cluster(&shared)?;
+            let endpoints = shared.settings.cluster.as_ref().map(|c| c.etcd.endpoints.clone()).unwrap_or_default();
+            let status = report::status(handle, &endpoints, report::READ_DEADLINE).await;
+            serde_json::to_value(&status).map_err(|e| Failure::new(500, e.to_string()))
+        })
+    }
+
     fn metrics(&self) -> String {
         self.0.metrics.encode()
     }
 }
+
+/// This node's part in its cluster, or the API's refusal when it is in none.
+fn in_cluster(shared: &Shared) -> Result<&crate::cluster::node::Handle, Failure> {
+    shared.cluster.as_ref().ok_or_else(|| Failure::new(NOT_IN_CLUSTER_STATUS, NOT_IN_CLUSTER))
+}
+
+/// The answer of `/v1/cluster/*` on an agent outside a cluster.
+const NOT_IN_CLUSTER: &str = "this agent is not in a cluster: its configuration has no cluster block";
+
+/// Its status: the request is fine, the agent's configuration does not allow it.
+const NOT_IN_CLUSTER_STATUS: u16 = 409;

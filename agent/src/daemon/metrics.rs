@@ -1,6 +1,8 @@
 //! Prometheus metrics of the agent (prometheus-client): what its passes did, the state of
-//! the objects it manages, the spec revision in use, and its jobs. Served as OpenMetrics
-//! text on `GET /metrics` (see `api`), on the Unix socket and optionally on a TCP address.
+//! the objects it manages, the spec revision in use, its jobs, and — on a node in a
+//! cluster only ([`Metrics::cluster`]) — its leadership, its connection and its etcd calls.
+//! Served as OpenMetrics text on `GET /metrics` (see `api`), on the Unix socket and
+//! optionally on a TCP address.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -23,6 +25,22 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Upper bounds, in seconds, of the pass duration histogram's buckets: a pass that only
 /// observes takes well under a second; one that pulls images or rolls out can take minutes.
 const PASS_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// Upper bounds, in seconds, of the etcd call duration histogram's buckets: etcd answers in
+/// milliseconds; a call that waits for an etcd election takes a second or more, and one
+/// that gets no answer ends at its timeout (5 s).
+const ETCD_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallErrorLabels {
+    call: &'static str,
+    kind: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -293,6 +311,46 @@ impl Metrics {
         self.engine_errors.get_or_create(&EngineErrorLabels { engine, kind }).inc();
     }
 
+    /// Registers the metrics of a node in a cluster and returns their handles: registered
+    /// only by an agent whose configuration has a `cluster:` block, so that a node outside
+    /// a cluster (which leads its cluster of one) shows none of them.
+    pub fn cluster(&mut self) -> ClusterMetrics {
+        let m = ClusterMetrics {
+            leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            connected: Gauge::default(),
+            etcd_duration: Family::new_with_constructor(|| Histogram::new(ETCD_BUCKETS)),
+            etcd_errors: Family::default(),
+        };
+        let r = &mut self.registry;
+        r.register("tend_cluster_leader", "1 while this node leads its cluster, else 0", m.leader.clone());
+        r.register(
+            "tend_cluster_leader_changes",
+            "Changes of the cluster's leader this agent has seen since it started",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "tend_cluster_connected",
+            "1 while this node's lease in etcd is alive and etcd answers, else 0 (etcd unreachable \
+             or without quorum: the node keeps its services and last slots running)",
+            m.connected.clone(),
+        );
+        r.register_with_unit(
+            "tend_etcd_request_duration",
+            "How long etcd calls take, by call (a campaign, which lasts until elected, is not \
+             counted)",
+            Unit::Seconds,
+            m.etcd_duration.clone(),
+        );
+        r.register(
+            "tend_etcd_errors",
+            "Failed etcd calls, by call and kind (timeout, unavailable, no_leader, denied, \
+             lease_not_found, compacted, refused, config)",
+            m.etcd_errors.clone(),
+        );
+        m
+    }
+
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), ending in `# EOF`.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -302,6 +360,41 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         text
+    }
+}
+
+/// The metrics of a node in a cluster ([`Metrics::cluster`]): cheap clones of the same
+/// series.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    leader: Gauge,
+    leader_changes: Counter,
+    connected: Gauge,
+    etcd_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
+    etcd_errors: Family<CallErrorLabels, Counter>,
+}
+
+impl ClusterMetrics {
+    /// Sets `tend_cluster_leader`, `tend_cluster_connected` and
+    /// `tend_cluster_leader_changes_total` from the node's view (`changes`: the count since
+    /// the agent started, which only grows).
+    pub fn view(&self, is_leader: bool, connected: bool, changes: u64) {
+        self.leader.set(i64::from(is_leader));
+        self.connected.set(i64::from(connected));
+        let counted = self.leader_changes.get();
+        if changes > counted {
+            self.leader_changes.inc_by(changes - counted);
+        }
+    }
+}
+
+impl crate::cluster::metered::Recorder for ClusterMetrics {
+    fn duration(&self, call: &'static str, took: Duration) {
+        self.etcd_duration.get_or_create(&CallLabels { call }).observe(took.as_secs_f64());
+    }
+
+    fn error(&self, call: &'static str, kind: &'static str) {
+        self.etcd_errors.get_or_create(&CallErrorLabels { call, kind }).inc();
     }
 }
 
@@ -472,6 +565,39 @@ mod tests {
         assert!(has(&m, r#"tend_engine_up{engine="docker"} 0"#));
         assert!(has(&m, "# TYPE tend_engine_errors counter"));
         assert!(has(&m, r#"tend_engine_errors_total{engine="docker",kind="timeout"} 2"#));
+    }
+
+    #[test]
+    fn cluster_metrics_exist_only_on_a_node_in_a_cluster() {
+        use crate::cluster::metered::Recorder;
+        let mut m = Metrics::new();
+        assert!(!m.encode().contains("tend_cluster"), "{}", m.encode());
+        assert!(!m.encode().contains("tend_etcd"), "{}", m.encode());
+        let c = m.cluster();
+        assert!(has(&m, "tend_cluster_leader 0"));
+        assert!(has(&m, "tend_cluster_connected 0"));
+        assert!(has(&m, "tend_cluster_leader_changes_total 0"));
+        c.view(true, true, 0);
+        c.view(true, true, 2);
+        c.view(false, false, 2);
+        assert!(has(&m, "tend_cluster_leader 0"));
+        assert!(has(&m, "tend_cluster_connected 0"));
+        assert!(has(&m, "tend_cluster_leader_changes_total 2"));
+        c.view(true, true, 3);
+        assert!(has(&m, "tend_cluster_leader 1"));
+        assert!(has(&m, "tend_cluster_connected 1"));
+        assert!(has(&m, "tend_cluster_leader_changes_total 3"));
+        c.duration("put", Duration::from_millis(3));
+        c.duration("put", Duration::from_secs(2));
+        c.error("put", "timeout");
+        c.error("get_prefix", "no_leader");
+        assert!(has(&m, "# TYPE tend_etcd_request_duration_seconds histogram"));
+        assert!(has(&m, "# UNIT tend_etcd_request_duration_seconds seconds"));
+        assert!(has(&m, "# TYPE tend_etcd_errors counter"));
+        assert!(has(&m, r#"tend_etcd_request_duration_seconds_count{call="put"} 2"#));
+        assert!(has(&m, r#"tend_etcd_request_duration_seconds_bucket{le="0.005",call="put"} 1"#), "{}", m.encode());
+        assert!(has(&m, r#"tend_etcd_errors_total{call="put",kind="timeout"} 1"#));
+        assert!(has(&m, r#"tend_etcd_errors_total{call="get_prefix",kind="no_leader"} 1"#));
     }
 
     #[test]

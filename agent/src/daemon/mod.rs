@@ -180,15 +180,18 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
         }
     };
     let options = pass_options(&settings, &stop);
+    let mut metrics = metrics::Metrics::new();
     let cluster = match &settings.cluster {
         Some(c) => {
-            let handle = cluster::start(c, &stop).await.map_err(AgentError::Cluster)?;
+            let cluster_metrics = metrics.cluster();
+            let handle = cluster::start(c, &cluster_metrics, &stop).await.map_err(AgentError::Cluster)?;
             cluster::spawn_wakeups(&handle, wake_tx.clone(), stop.clone());
+            cluster::spawn_metrics(&handle, cluster_metrics, stop.clone());
             Some(handle)
         }
         None => None,
     };
-    let shared = Arc::new(Shared::new(settings, options, wake_tx, secret_salt, git, cluster));
+    let shared = Arc::new(Shared::new(settings, options, metrics, wake_tx, secret_salt, git, cluster));
     info!(scope = %shared.settings.host.scope, source = %shared.agent_status().source, "tend agent starting");
     handle_signals(&stop)?;
     let api_task = serve_api(&shared, &stop).await?;

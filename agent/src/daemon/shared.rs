@@ -116,10 +116,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// The state at start: no engine connected yet, no spec set in use.
+    /// The state at start: no engine connected yet, no spec set in use; `metrics` as
+    /// registered (with the cluster's when in one).
     pub(super) fn new(
         settings: Settings,
         options: Options,
+        metrics: Metrics,
         wake: mpsc::Sender<Wake>,
         secret_salt: Vec<u8>,
         git: Option<SharedGit>,
@@ -137,7 +139,7 @@ impl Shared {
             engines: Mutex::new(EngineHandles::default()),
             current: RwLock::new(None),
             agent: Mutex::new(agent),
-            metrics: Metrics::new(),
+            metrics,
             wake,
             units_of_interest: Arc::new(RwLock::new(BTreeSet::new())),
             releases: Arc::new(Mutex::new(BTreeSet::new())),

@@ -1,7 +1,8 @@
 //! etcd, the cluster's store: the narrow trait the cluster code needs of it
-//! ([`ClusterStore`]: leases and their keep-alive, keys under leases, prefix reads and
-//! watches from a revision, fenced transactions, etcd's v3 election API, status) and its
-//! adapter over the `etcd-client` crate ([`EtcdStore`]), whose types never leave this file.
+//! ([`ClusterStore`]: leases, their keep-alive and time left, keys under leases, prefix
+//! reads and watches from a revision, fenced transactions, etcd's v3 election API, status)
+//! and its adapter over the `etcd-client` crate ([`EtcdStore`]), whose types never leave
+//! this file.
 //!
 //! What the adapter adds to the client, because etcd 3.4 and etcd-client 0.21 do not do it:
 //! - every request/response call is bounded by the call timeout and fails naming etcd, the
@@ -149,6 +150,15 @@ pub struct Lease {
     pub id: LeaseId,
     /// The TTL etcd granted (it may raise a short request to its minimum).
     pub ttl: Duration,
+}
+
+/// How long a lease has left, as etcd counts it (whole seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTimeLeft {
+    /// Until it expires unless renewed (etcd: it expires in under this plus one second).
+    pub left: Duration,
+    /// The TTL it was granted (each renewal restarts it from this).
+    pub granted: Duration,
 }
 
 /// A key and its value, with etcd's bookkeeping.
@@ -625,6 +635,10 @@ pub trait ClusterStore: Send + Sync {
     /// Revokes a lease: its keys are deleted at once.
     fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), EtcdError>> + Send;
 
+    /// How long `lease` has left (and the TTL it was granted); `None` when etcd no longer
+    /// has it (it expired or was revoked).
+    fn lease_time_left(&self, lease: LeaseId) -> impl Future<Output = Result<Option<LeaseTimeLeft>, EtcdError>> + Send;
+
     /// Writes `key`, under `lease` when given; returns the revision of the write.
     fn put(
         &self,
@@ -784,6 +798,12 @@ impl EtcdStore {
         self.timeouts
     }
 
+    /// The same client (its connections shared) with another call timeout: for reads an
+    /// operator waits for, which should give up sooner than the cluster's own calls.
+    pub fn with_call_timeout(&self, call: Duration) -> Self {
+        Self { timeouts: EtcdTimeouts { call, ..self.timeouts }, ..self.clone() }
+    }
+
     /// Makes one call, bounded by the call timeout, naming it in the error. A call that
     /// etcd cannot have acted on (the connection to the member picked could not be made, or
     /// the member has no leader and refused it before doing anything) is made again, to a
@@ -895,6 +915,23 @@ impl ClusterStore for EtcdStore {
         })
         .await
         .map(drop)
+    }
+
+    async fn lease_time_left(&self, lease: LeaseId) -> Result<Option<LeaseTimeLeft>, EtcdError> {
+        let resp = self
+            .call("lease time-to-live", &lease.to_string(), || {
+                let mut c = self.client.lease_client();
+                async move { c.time_to_live(lease.0, None).await }
+            })
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) if e.error_kind() == EtcdErrorKind::LeaseNotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // etcd answers a lease it does not have with a TTL of -1.
+        let secs = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
+        Ok((resp.ttl() >= 0).then(|| LeaseTimeLeft { left: secs(resp.ttl()), granted: secs(resp.granted_ttl()) }))
     }
 
     async fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision, EtcdError> {

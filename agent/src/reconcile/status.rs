@@ -72,6 +72,30 @@ pub struct AgentStatus {
     /// answer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub engines: BTreeMap<String, EngineProblem>,
+    /// The cluster this node is in (absent outside a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSummary>,
+}
+
+/// A node's cluster in `tend status`: which, who leads, and whether this node is connected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSummary {
+    /// The cluster's name.
+    pub name: String,
+    /// This node's name in it.
+    pub node: String,
+    /// The leader's node name, as last seen (absent before one was seen).
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// This node leads.
+    pub is_leader: bool,
+    /// This node's lease is alive and etcd answers. While not, the node keeps its services
+    /// and its last slots running, and plans nothing that needs the cluster.
+    pub connected: bool,
+    /// Why it is not connected (the last failure), when it is not.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// An engine the agent cannot use now. Passes fail while it is `unresponsive` (nothing is
