@@ -12,6 +12,7 @@ mod etcd;
 #[path = "../harness/netns.rs"]
 mod netns;
 
+mod agents;
 mod auth;
 mod election;
 mod lease;
