@@ -27,10 +27,20 @@ pub struct ClusterSettings {
     pub etcd: EtcdConfig,
 }
 
+/// How often the agent's etcd client pings a connection, at least. etcd closes (GOAWAY
+/// `too_many_pings`) a connection pinged more often than its `--grpc-keepalive-min-time`
+/// (5 s by default) while the connection's streams send nothing — and a non-leader's
+/// `campaign` is such a stream: it waits, silent, until the node is elected. With the
+/// adapter's 2 s pings every non-leader lost its session (its campaign cut, its lease
+/// dropped, its member key and candidacy written again) about every 10 s.
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects to etcd (lazily: a member down now is tried later) and starts this node's part,
 /// which runs until `stop`.
 pub(super) async fn start(settings: &ClusterSettings, stop: &CancellationToken) -> Result<Handle, EtcdError> {
-    let store = Arc::new(EtcdStore::connect(&settings.etcd).await?);
+    let mut etcd = settings.etcd.clone();
+    etcd.timeouts.ping_interval = etcd.timeouts.ping_interval.max(PING_INTERVAL);
+    let store = Arc::new(EtcdStore::connect(&etcd).await?);
     Ok(node::start(store, settings.identity.clone(), stop.child_token()))
 }
 
