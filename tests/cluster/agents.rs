@@ -157,7 +157,7 @@ impl Agent {
             .arg(self.env.socket_path())
             .args(["agent", "--log-format", "json", "--config"])
             .arg(&self.config)
-            .env("TEND_LOG", "info,tend=debug")
+            .env("TEND_LOG", "info,tend=debug,tend::engine::etcd=info")
             .env("TEND_LOCK_DIR", self.env.lock_path())
             .env_remove("TEND_CONFIG")
             .env_remove("NOTIFY_SOCKET")
@@ -251,10 +251,15 @@ fn service_yaml(name: &str, replicas: u32, extra: &str) -> String {
 }
 
 /// Where the cluster's pieces run.
+#[derive(Debug, Clone, Copy)]
 enum Layout {
     /// Agents and etcd members in the test's own network namespace (etcd on loopback).
     Loopback,
-    /// Each etcd member and each agent in a namespace of its own on one bridge.
+    /// Each etcd member and each agent in a namespace of its own on one bridge. The agents
+    /// resync every 5 s: all nodes share one Docker engine, where a copy of a slot still
+    /// running on a cut-off node holds the container's name, and its removal wakes no other
+    /// node (a container of another scope is no event of theirs); on separate hosts there
+    /// is no such wait.
     Namespaces,
 }
 
@@ -306,6 +311,10 @@ impl Cluster {
                 ),
             )
             .expect("write the agent's configuration");
+            if matches!(layout, Layout::Namespaces) {
+                let mut f = File::options().append(true).open(&config).expect("the agent's configuration");
+                std::io::Write::write_all(&mut f, b"resync: 5s\n").expect("write the agent's configuration");
+            }
             let log = env.state_path().join("agent.log");
             let ns = net.as_ref().map(|net| net.ns(3 + i).to_string());
             agents.push(Agent { node, ns, config, log, child: None, env });
@@ -834,4 +843,59 @@ fn a_partitioned_node_keeps_its_copy_until_it_reads_the_assignments_again() {
     assert_eq!(now[&3].id, ids[&3]);
     c.wait("n1 to join again", Duration::from_secs(30), |c| c.members().contains("n1").then_some(()));
     let _ = t_heal;
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_copy_running() {
+    let mut c = Cluster::start("cl_restart", Layout::Loopback, 3, 3, "");
+    let (placed, _) = c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    let ids = Cluster::ids(&placed);
+    // An agent restarted (an upgrade, `systemctl restart tend`): its services keep running
+    // while it is down, and it takes them back as they are.
+    c.agent("n1").stop();
+    c.agent("n1").spawn();
+    c.wait("n1 to be back", Duration::from_secs(30), |c| {
+        (c.members().contains("n1") && c.agents[1].passed()).then_some(())
+    });
+    thread::sleep(TTL + Duration::from_secs(2));
+    let (now, _) = c.wait("3 slots", Duration::from_secs(10), |c| c.settled(&[1, 2, 3]));
+    assert_eq!(Cluster::ids(&now), ids, "a copy was stopped or replaced around an agent's restart\n{}", c.dump());
+    // The leader, too: another node leads meanwhile, and n0's copy is left alone.
+    c.agent("n0").stop();
+    c.agent("n0").spawn();
+    c.wait("n0 to be back", Duration::from_secs(30), |c| {
+        (c.members().contains("n0") && c.agents[0].passed()).then_some(())
+    });
+    thread::sleep(TTL + Duration::from_secs(2));
+    let (now, _) = c.wait("3 slots", Duration::from_secs(10), |c| c.settled(&[1, 2, 3]));
+    assert_eq!(Cluster::ids(&now), ids, "a copy was stopped or replaced around the leader's restart\n{}", c.dump());
+    assert_eq!(c.candidates().len(), 3, "{:?}", c.candidates());
+}
+
+#[test]
+fn an_agent_restarted_while_etcd_has_no_quorum_keeps_its_copy_running() {
+    let mut c = Cluster::start("cl_restart_noq", Layout::Loopback, 3, 3, "");
+    let (placed, _) = c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    let ids = Cluster::ids(&placed);
+    c.etcd.kill(0);
+    c.etcd.kill(1);
+    c.agent("n1").stop();
+    c.agent("n1").spawn();
+    c.wait("n1's first pass", Duration::from_secs(30), |c| c.agents[1].passed().then_some(()));
+    thread::sleep(TTL);
+    let copies = c.copies();
+    assert_eq!(copies.len(), 3, "{copies:?}\n{}", c.dump());
+    for copy in &copies {
+        assert!(copy.running && ids[&copy.slot] == copy.id, "{copy:?} stopped without etcd\n{}", c.dump());
+    }
+    // etcd back: n1 joins again and still runs its copy.
+    c.etcd.restart(0);
+    c.etcd.restart(1);
+    c.etcd.wait_quorum(etcd::QUORUM_TIMEOUT);
+    c.wait("n1 to join again", Duration::from_secs(60), |c| {
+        c.try_kvs("members/")?.iter().any(|kv| kv.key.ends_with("/n1")).then_some(())
+    });
+    thread::sleep(TTL + Duration::from_secs(2));
+    let (now, _) = c.wait("3 slots", Duration::from_secs(30), |c| c.settled(&[1, 2, 3]));
+    assert_eq!(Cluster::ids(&now), ids, "a copy was replaced\n{}", c.dump());
 }
