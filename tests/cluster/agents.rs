@@ -853,6 +853,9 @@ fn a_restarted_agent_keeps_its_copy_running() {
     // An agent restarted (an upgrade, `systemctl restart tend`): its services keep running
     // while it is down, and it takes them back as they are.
     c.agent("n1").stop();
+    // A stopped agent does not leave the cluster: its lease runs out unless it is back
+    // within the TTL, so its slots stay where they are meanwhile.
+    assert!(c.members().contains("n1"), "n1's member key went with its agent's stop\n{}", c.dump());
     c.agent("n1").spawn();
     c.wait("n1 to be back", Duration::from_secs(30), |c| {
         (c.members().contains("n1") && c.agents[1].passed()).then_some(())
@@ -861,7 +864,17 @@ fn a_restarted_agent_keeps_its_copy_running() {
     let (now, _) = c.wait("3 slots", Duration::from_secs(10), |c| c.settled(&[1, 2, 3]));
     assert_eq!(Cluster::ids(&now), ids, "a copy was stopped or replaced around an agent's restart\n{}", c.dump());
     // The leader, too: another node leads meanwhile, and n0's copy is left alone.
+    let t_stop = Instant::now();
     c.agent("n0").stop();
+    // The leader resigned as it stopped: the next candidate leads at once, not a TTL later.
+    let stopped = t_stop.elapsed();
+    let candidates = c.candidates();
+    assert_eq!(candidates.len(), 2, "the stopped leader's candidacy is still there: {candidates:?}");
+    assert_ne!(candidates[0].value, "n0");
+    eprintln!(
+        "measured: {} led as soon as the leader's agent had stopped ({stopped:?} after the SIGTERM)",
+        candidates[0].value
+    );
     c.agent("n0").spawn();
     c.wait("n0 to be back", Duration::from_secs(30), |c| {
         (c.members().contains("n0") && c.agents[0].passed()).then_some(())

@@ -65,6 +65,7 @@ pub struct Handle {
     pub identity: Arc<Identity>,
     view: watch::Receiver<View>,
     services: watch::Sender<Services>,
+    left: watch::Receiver<bool>,
 }
 
 impl Handle {
@@ -78,6 +79,12 @@ impl Handle {
         self.view.clone()
     }
 
+    /// Waits until this node's part has ended after a stop (its leadership resigned).
+    pub async fn left(&self) {
+        let mut left = self.left.clone();
+        let _ = left.wait_for(|l| *l).await;
+    }
+
     /// Hands in the placed services of the spec set in use (the leader places them).
     pub fn set_services(&self, services: Services) {
         self.services.send_if_modified(|s| {
@@ -88,17 +95,31 @@ impl Handle {
     }
 }
 
-/// Starts this node's part in the cluster; it runs until `stop` is cancelled, then resigns
-/// and revokes its lease (so its member key and candidacy go at once).
-pub fn start<S: ClusterStore + 'static>(store: Arc<S>, identity: Identity, stop: CancellationToken) -> Handle {
+/// Starts this node's part in the cluster, running the slots `last` known placed here (by
+/// an earlier run of the agent) until etcd says which are. It runs until `stop` is
+/// cancelled, then resigns its leadership, if it leads, and lets its lease run out: an
+/// agent restarted within the lease's TTL finds its member key and its slots as they were
+/// (a revoked lease would have had its slots taken away at once, its copies stopped and
+/// started again); one that does not come back is gone after the TTL, as a dead node.
+pub fn start<S: ClusterStore + 'static>(
+    store: Arc<S>,
+    identity: Identity,
+    last: BTreeMap<String, BTreeSet<u32>>,
+    stop: CancellationToken,
+) -> Handle {
     let identity = Arc::new(identity);
-    let (view_tx, view) = watch::channel(View::default());
+    let (view_tx, view) = watch::channel(View { mine: last, ..View::default() });
     let (services, services_rx) = watch::channel(Services::default());
+    let (left_tx, left) = watch::channel(false);
     let view_tx = Arc::new(view_tx);
     tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
     tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
-    tokio::spawn(sessions(store, identity.clone(), view_tx, services_rx, stop));
-    Handle { identity, view, services }
+    let id = identity.clone();
+    tokio::spawn(async move {
+        sessions(store, id, view_tx, services_rx, stop).await;
+        let _ = left_tx.send(true);
+    });
+    Handle { identity, view, services, left }
 }
 
 /// The backoff between failed sessions or watches: 1 s doubling up to 30 s.
@@ -150,7 +171,8 @@ pub enum SessionError {
 }
 
 /// One session: a lease, the member record under it, and a candidacy; ends when the lease
-/// is gone (`Err`) or the agent stops (`Ok`, after resigning and revoking).
+/// is gone (`Err`) or the agent stops (`Ok`, after resigning a leadership it held; the
+/// lease runs out by itself).
 async fn session<S: ClusterStore>(
     store: &S,
     id: &Identity,
@@ -177,24 +199,20 @@ async fn session<S: ClusterStore>(
         v.error = None;
     });
     let outcome = tokio::select! {
-        _ = stop.cancelled() => Ok(None),
         lost = keep.lost() => Err(SessionError::Lease(lost)),
-        led = campaign_and_lead(store, id, &keys, lease.id, view, services) => led.map(Some),
+        led = campaign_and_lead(store, id, &keys, lease.id, view, services, stop) => led,
     };
     view.send_modify(|v| v.is_leader = false);
     if outcome.is_ok() {
-        // Leaving on purpose: the member key and any candidacy go now, not after the TTL.
-        if let Err(e) = store.revoke(lease.id).await {
-            warn!(error = %crate::support::chain(&e), "revoking this node's lease");
-        }
-        info!(cluster = %id.cluster, node = %id.node, "left the cluster");
+        // Stopping: the lease is not revoked (see `start`); its renewals stop with `keep`.
+        info!(cluster = %id.cluster, node = %id.node, ttl_s = lease.ttl.as_secs(), "stopped: this node's lease runs out unless it is back within its TTL");
     }
-    outcome.map(|_| ())
+    outcome
 }
 
 /// Campaigns for leadership under this node's lease and, once elected, leads until the
-/// leadership is lost (an error) — the caller's `select!` ends it when the lease is lost or
-/// the agent stops.
+/// leadership is lost (an error) or the agent stops (`Ok`, after resigning, so that the
+/// next candidate leads at once) — the caller's `select!` ends it when the lease is lost.
 async fn campaign_and_lead<S: ClusterStore>(
     store: &S,
     id: &Identity,
@@ -202,13 +220,21 @@ async fn campaign_and_lead<S: ClusterStore>(
     lease: crate::engine::etcd::LeaseId,
     view: &watch::Sender<View>,
     services: watch::Receiver<Services>,
+    stop: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let won = store.campaign(&keys.election(), id.node.as_bytes(), lease).await?;
+    let election = keys.election();
+    let won = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        won = store.campaign(&election, id.node.as_bytes(), lease) => won?,
+    };
     info!(cluster = %id.cluster, node = %id.node, term = won.revision, "leading the cluster");
     view.send_modify(|v| v.is_leader = true);
-    let result = leader::lead(store, keys, &won, services, view).await;
+    let result = tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        led = leader::lead(store, keys, &won, services, view) => led.map_err(SessionError::Leader),
+    };
     let _ = store.resign(&won).await;
-    result.map_err(SessionError::Leader)
+    result
 }
 
 /// Keeps `view.leader` and `view.term` on the election's current leader.
