@@ -198,9 +198,38 @@ async fn session<S: ClusterStore>(
         v.connected = true;
         v.error = None;
     });
-    let outcome = tokio::select! {
-        lost = keep.lost() => Err(SessionError::Lease(lost)),
-        led = campaign_and_lead(store, id, &keys, lease.id, view, services, stop) => led,
+    let outcome = loop {
+        let lost = tokio::select! {
+            lost = keep.lost() => lost,
+            led = campaign_and_lead(store, id, &keys, lease.id, view, services.clone(), stop) => break led,
+        };
+        // The lease may have expired: whatever it guarded (the leadership) is given up. Only
+        // when etcd says it is gone does the node start over; until then its keep-alive goes
+        // on, and etcd, once it answers again, may still have it (an etcd that lost its
+        // quorum gives every lease its full TTL again when it elects a leader): the member
+        // key then never went away, and no slot of this node moved.
+        let error = format!("this node's lease is unconfirmed: {lost}");
+        view.send_modify(|v| {
+            v.connected = false;
+            v.is_leader = false;
+            v.error = Some(error.clone());
+        });
+        if lost == LeaseLost::Gone {
+            break Err(SessionError::Lease(lost));
+        }
+        warn!(cluster = %id.cluster, node = %id.node, lease = %lease.id, "this node's lease is unconfirmed (etcd does not answer); waiting for it");
+        let alive = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            alive = keep.confirmed() => alive,
+        };
+        if !alive {
+            break Err(SessionError::Lease(LeaseLost::Gone));
+        }
+        info!(cluster = %id.cluster, node = %id.node, lease = %lease.id, "this node's lease is alive again");
+        view.send_modify(|v| {
+            v.connected = true;
+            v.error = None;
+        });
     };
     view.send_modify(|v| v.is_leader = false);
     if outcome.is_ok() {
@@ -210,10 +239,43 @@ async fn session<S: ClusterStore>(
     outcome
 }
 
-/// Campaigns for leadership under this node's lease and, once elected, leads until the
-/// leadership is lost (an error) or the agent stops (`Ok`, after resigning, so that the
-/// next candidate leads at once) — the caller's `select!` ends it when the lease is lost.
+/// Campaigns for leadership under this node's lease and leads once elected, until the
+/// agent stops; the caller's `select!` ends it when the lease is lost. A campaign or a
+/// leadership that fails (a broken connection to the etcd member it went through, a
+/// deposed leader's refused write) is tried again under the same lease, with backoff: the
+/// node stays a member all along (ending the session for it cost the node its lease, and,
+/// when the next grant was slow, its member key and its slots).
 async fn campaign_and_lead<S: ClusterStore>(
+    store: &S,
+    id: &Identity,
+    keys: &Keys,
+    lease: crate::engine::etcd::LeaseId,
+    view: &watch::Sender<View>,
+    services: watch::Receiver<Services>,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut attempt = 0;
+    loop {
+        let began = tokio::time::Instant::now();
+        let Err(e) = campaign_and_lead_once(store, id, keys, lease, view, services.clone(), stop).await else {
+            return Ok(());
+        };
+        view.send_modify(|v| v.is_leader = false);
+        warn!(cluster = %id.cluster, node = %id.node, error = %crate::support::chain(&e), "campaigning or leading failed; campaigning again");
+        if began.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// One campaign, and the leadership it wins: until it fails (an error) or the agent stops
+/// (`Ok`, after resigning, so that the next candidate leads at once).
+async fn campaign_and_lead_once<S: ClusterStore>(
     store: &S,
     id: &Identity,
     keys: &Keys,
