@@ -918,3 +918,25 @@ fn an_agent_restarted_while_etcd_has_no_quorum_keeps_its_copy_running() {
     let (now, _) = c.wait("3 slots", Duration::from_secs(30), |c| c.settled(&[1, 2, 3]));
     assert_eq!(Cluster::ids(&now), ids, "a copy was replaced\n{}", c.dump());
 }
+
+#[test]
+fn pacing_holds_across_a_change_of_leader() {
+    const INTERVAL: f64 = 4.0;
+    let pace = "rollout: {interval: 4s, scaleDownInterval: 4s}";
+    let mut c = Cluster::start("cl_pace_leader", Layout::Loopback, 3, 1, pace);
+    let (placed, _) = c.wait("slot 1", Duration::from_secs(30), |c| c.settled(&[1]));
+    assert_eq!(placed[&1].node, "n0");
+    // 1 → 3: as soon as the leader has placed slot 2, it stops (and resigns: n1 leads at
+    // once) and comes back. The new leader places slot 3 one interval after slot 2 all the
+    // same.
+    c.write_service(3, pace);
+    c.wait("slot 2 to be placed", Duration::from_secs(20), |c| c.assignments().contains_key(&2).then_some(()));
+    c.agent("n0").stop();
+    c.agent("n0").spawn();
+    let (up, _) = c.wait("3 slots", Duration::from_secs(40), |c| c.settled(&[1, 2, 3]));
+    assert_eq!(up[&1].id, placed[&1].id, "slot 1 was touched\n{}", c.dump());
+    assert_ne!(c.leader().as_deref(), Some("n0"), "another node leads\n{}", c.dump());
+    let (s2, s3) = (started_at(&up[&2].id), started_at(&up[&3].id));
+    eprintln!("measured: slot 3 started {:.2}s after slot 2, across a change of leader (interval 4s)", s3 - s2);
+    assert!(s3 - s2 >= INTERVAL - PACING_SLACK, "slots 2 and 3 started {:.2}s apart\n{}", s3 - s2, c.dump());
+}
