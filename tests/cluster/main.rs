@@ -13,6 +13,7 @@ mod etcd;
 #[path = "../harness/netns.rs"]
 mod netns;
 
+mod agents;
 mod auth;
 mod budget;
 mod commands;

@@ -104,7 +104,14 @@ pub async fn lead<S: ClusterStore>(
         }
     }
     let mut watch = store.watch_prefix(&keys.members(), listing.revision + 1).await?;
+    // When the leader before this one last started or dropped a slot is not known: a
+    // service that has slots counts this leader's start as that time, so that the pace
+    // holds across a change of leader (the first step waits one interval).
     let mut last = Last::default();
+    for service in current.keys() {
+        last.added.insert(service.clone(), Duration::ZERO);
+        last.removed.insert(service.clone(), Duration::ZERO);
+    }
     loop {
         let wanted = services.borrow_and_update().clone();
         let wake = step(store, keys, won, &wanted, &members, &mut current, &mut last, started, view).await?;

@@ -41,10 +41,35 @@ pub fn place_locally(desired: &mut Desired) {
 }
 
 /// Sets the instances `node` runs of each placed service of `desired` to the slots
-/// `assignments` give it (none when it has none).
+/// `assignments` give it (none when it has none). A slot above `replicas` that is still
+/// assigned here keeps running: the leader drops those one per `scaleDownInterval`, and
+/// the node follows the leader, not its own reading of `replicas` (which would drop them
+/// all at once, on every node).
 pub fn assign(desired: &mut Desired, assignments: &Assignments, node: &str) {
     for s in desired.services.values_mut().filter(|s| s.spec.placement.is_some()) {
-        let mine = assignments.get(&s.name).into_iter().flatten().filter(|(_, n)| *n == node).map(|(slot, _)| *slot);
-        s.slots = Some(mine.collect());
+        let mine: std::collections::BTreeSet<u32> =
+            assignments.get(&s.name).into_iter().flatten().filter(|(_, n)| *n == node).map(|(slot, _)| *slot).collect();
+        if let Some(top) = mine.last() {
+            s.spec.replicas = s.spec.replicas.max(*top);
+        }
+        s.slots = Some(mine);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_node_runs_the_slots_assigned_to_it_even_above_replicas_until_the_leader_drops_them() {
+        let yaml = "apiVersion: tend/v1\nkind: Service\nmetadata: {name: j}\nspec:\n  image: busybox:1\n  \
+                    replicas: 3\n  placement: {role: r}\n";
+        let mut desired = tend_specs::load_str(Path::new("t.yaml"), yaml).expect("valid specs");
+        let slots = [(2, "a".to_string()), (4, "a".to_string()), (5, "b".to_string())];
+        assign(&mut desired, &Assignments::from([("j".to_string(), slots.into_iter().collect())]), "a");
+        assert_eq!(desired.services["j"].instances(), [2, 4], "scaled down to 3, slot 4 still assigned here");
+        assert!(!desired.services["j"].runs_instance(5));
     }
 }

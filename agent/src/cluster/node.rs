@@ -101,6 +101,7 @@ pub struct Handle {
     services: watch::Sender<Services>,
     drained: watch::Sender<bool>,
     store: Arc<dyn Reads>,
+    left: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -127,6 +128,12 @@ impl Handle {
         self.services.borrow().clone()
     }
 
+    /// Says whether this node is drained (`tend drain`): its member record says so, and the
+    /// leader moves its slots to other members.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.send_if_modified(|d| std::mem::replace(d, drained) != drained);
+    }
+
     /// The current view.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
@@ -137,10 +144,10 @@ impl Handle {
         self.view.clone()
     }
 
-    /// Says whether this node is drained (`tend drain`): its member record says so, and the
-    /// leader moves its slots to other members.
-    pub fn set_drained(&self, drained: bool) {
-        self.drained.send_if_modified(|d| std::mem::replace(d, drained) != drained);
+    /// Waits until this node's part has ended after a stop (its leadership resigned).
+    pub async fn left(&self) {
+        let mut left = self.left.clone();
+        let _ = left.wait_for(|l| *l).await;
     }
 
     /// Hands in the placed services of the spec set in use (the leader places them).
@@ -153,18 +160,33 @@ impl Handle {
     }
 }
 
-/// Starts this node's part in the cluster; it runs until `stop` is cancelled, then resigns
-/// and revokes its lease (so its member key and candidacy go at once).
-pub fn start<S: ClusterStore + 'static>(store: Arc<S>, identity: Identity, stop: CancellationToken) -> Handle {
+/// Starts this node's part in the cluster, running the slots `last` known placed here (by
+/// an earlier run of the agent) until etcd says which are. It runs until `stop` is
+/// cancelled, then resigns its leadership, if it leads, and lets its lease run out: an
+/// agent restarted within the lease's TTL finds its member key and its slots as they were
+/// (a revoked lease would have had its slots taken away at once, its copies stopped and
+/// started again); one that does not come back is gone after the TTL, as a dead node.
+pub fn start<S: ClusterStore + 'static>(
+    store: Arc<S>,
+    identity: Identity,
+    last: BTreeMap<String, BTreeSet<u32>>,
+    stop: CancellationToken,
+) -> Handle {
     let identity = Arc::new(identity);
-    let (view_tx, view) = watch::channel(View::default());
+    let (view_tx, view) = watch::channel(View { mine: last, ..View::default() });
     let (services, services_rx) = watch::channel(Services::default());
+    let (left_tx, left) = watch::channel(false);
     let (drained, drained_rx) = watch::channel(false);
     let view_tx = Arc::new(view_tx);
     tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
     tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
-    tokio::spawn(sessions(store.clone(), identity.clone(), view_tx, services_rx, drained_rx, stop));
-    Handle { identity, view, services, drained, store }
+    let id = identity.clone();
+    let reads: Arc<dyn Reads> = store.clone();
+    tokio::spawn(async move {
+        sessions(store, id, view_tx, services_rx, drained_rx, stop).await;
+        let _ = left_tx.send(true);
+    });
+    Handle { identity, view, services, drained, store: reads, left }
 }
 
 /// The backoff between failed sessions or watches: 1 s doubling up to 30 s.
@@ -218,7 +240,8 @@ pub enum SessionError {
 }
 
 /// One session: a lease, the member record under it, and a candidacy; ends when the lease
-/// is gone (`Err`) or the agent stops (`Ok`, after resigning and revoking).
+/// is gone (`Err`) or the agent stops (`Ok`, after resigning a leadership it held; the
+/// lease runs out by itself).
 async fn session<S: ClusterStore>(
     store: &S,
     id: &Identity,
@@ -246,27 +269,48 @@ async fn session<S: ClusterStore>(
         v.error = None;
         v.disconnected_since = None;
     });
-    let outcome = tokio::select! {
-        _ = stop.cancelled() => Ok(None),
-        lost = keep.lost() => {
-            view.send_modify(|v| {
-                v.connected = false;
-                v.disconnected_since.get_or_insert_with(tokio::time::Instant::now);
-            });
-            Err(SessionError::Lease(lost))
+    let outcome = loop {
+        let lost = tokio::select! {
+            lost = keep.lost() => lost,
+            led = campaign_and_lead(store, id, &keys, lease.id, view, services.clone(), stop) => break led,
+            failed = republish(store, &keys, &mut record, lease.id, &mut drained) => break Err(failed.into()),
+        };
+        // The lease may have expired: whatever it guarded (the leadership) is given up. Only
+        // when etcd says it is gone does the node start over; until then its keep-alive goes
+        // on, and etcd, once it answers again, may still have it (an etcd that lost its
+        // quorum gives every lease its full TTL again when it elects a leader): the member
+        // key then never went away, and no slot of this node moved.
+        let error = format!("this node's lease is unconfirmed: {lost}");
+        view.send_modify(|v| {
+            v.connected = false;
+            v.is_leader = false;
+            v.error = Some(error.clone());
+            v.disconnected_since.get_or_insert_with(tokio::time::Instant::now);
+        });
+        if lost == LeaseLost::Gone {
+            break Err(SessionError::Lease(lost));
         }
-        led = campaign_and_lead(store, id, &keys, lease.id, view, services) => led.map(Some),
-        failed = republish(store, &keys, &mut record, lease.id, &mut drained) => Err(failed.into()),
+        warn!(cluster = %id.cluster, node = %id.node, lease = %lease.id, "this node's lease is unconfirmed (etcd does not answer); waiting for it");
+        let alive = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            alive = keep.confirmed() => alive,
+        };
+        if !alive {
+            break Err(SessionError::Lease(LeaseLost::Gone));
+        }
+        info!(cluster = %id.cluster, node = %id.node, lease = %lease.id, "this node's lease is alive again");
+        view.send_modify(|v| {
+            v.connected = true;
+            v.error = None;
+            v.disconnected_since = None;
+        });
     };
     view.send_modify(|v| v.is_leader = false);
     if outcome.is_ok() {
-        // Leaving on purpose: the member key and any candidacy go now, not after the TTL.
-        if let Err(e) = store.revoke(lease.id).await {
-            warn!(error = %crate::support::chain(&e), "revoking this node's lease");
-        }
-        info!(cluster = %id.cluster, node = %id.node, "left the cluster");
+        // Stopping: the lease is not revoked (see `start`); its renewals stop with `keep`.
+        info!(cluster = %id.cluster, node = %id.node, ttl_s = lease.ttl.as_secs(), "stopped: this node's lease runs out unless it is back within its TTL");
     }
-    outcome.map(|_| ())
+    outcome
 }
 
 /// Writes the member record again whenever this node is drained or undrained; returns
@@ -291,23 +335,64 @@ async fn republish<S: ClusterStore>(
     }
 }
 
-/// Campaigns for leadership under this node's lease and, once elected, leads until the
-/// leadership is lost (an error) — the caller's `select!` ends it when the lease is lost or
-/// the agent stops.
+/// Campaigns for leadership under this node's lease and leads once elected, until the
+/// agent stops; the caller's `select!` ends it when the lease is lost. A campaign or a
+/// leadership that fails (a broken connection to the etcd member it went through, a
+/// deposed leader's refused write) is tried again under the same lease, with backoff: the
+/// node stays a member all along (ending the session for it cost the node its lease, and,
+/// when the next grant was slow, its member key and its slots).
 async fn campaign_and_lead<S: ClusterStore>(
     store: &S,
     id: &Identity,
     keys: &Keys,
-    lease: LeaseId,
+    lease: crate::engine::etcd::LeaseId,
     view: &watch::Sender<View>,
     services: watch::Receiver<Services>,
+    stop: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let won = store.campaign(&keys.election(), id.node.as_bytes(), lease).await?;
+    let mut attempt = 0;
+    loop {
+        let began = tokio::time::Instant::now();
+        let Err(e) = campaign_and_lead_once(store, id, keys, lease, view, services.clone(), stop).await else {
+            return Ok(());
+        };
+        view.send_modify(|v| v.is_leader = false);
+        warn!(cluster = %id.cluster, node = %id.node, error = %crate::support::chain(&e), "campaigning or leading failed; campaigning again");
+        if began.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// One campaign, and the leadership it wins: until it fails (an error) or the agent stops
+/// (`Ok`, after resigning, so that the next candidate leads at once).
+async fn campaign_and_lead_once<S: ClusterStore>(
+    store: &S,
+    id: &Identity,
+    keys: &Keys,
+    lease: crate::engine::etcd::LeaseId,
+    view: &watch::Sender<View>,
+    services: watch::Receiver<Services>,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let election = keys.election();
+    let won = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        won = store.campaign(&election, id.node.as_bytes(), lease) => won?,
+    };
     info!(cluster = %id.cluster, node = %id.node, term = won.revision, "leading the cluster");
     view.send_modify(|v| v.is_leader = true);
-    let result = leader::lead(store, keys, &won, services, view).await;
+    let result = tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        led = leader::lead(store, keys, &won, services, view) => led.map_err(SessionError::Leader),
+    };
     let _ = store.resign(&won).await;
-    result.map_err(SessionError::Leader)
+    result
 }
 
 /// Keeps `view.leader` and `view.term` on the election's current leader.

@@ -5,6 +5,8 @@
 //! Without the block nothing of this runs (a node is a cluster of one). It also keeps the
 //! cluster's metrics on the view and measures every etcd call (`cluster::metered`).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tend_specs::Desired;
@@ -12,6 +14,7 @@ use tend_specs::service::OnLostLease;
 use tend_specs::timer::RunOn;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::cluster::leader::Services;
 use crate::cluster::metered::{Metered, Recorder};
@@ -36,21 +39,87 @@ pub struct ClusterSettings {
     pub etcd: EtcdConfig,
 }
 
+/// How often the agent's etcd client pings a connection, at least. etcd closes (GOAWAY
+/// `too_many_pings`) a connection pinged more often than its `--grpc-keepalive-min-time`
+/// (5 s by default) while the connection's streams send nothing — and a non-leader's
+/// `campaign` is such a stream: it waits, silent, until the node is elected. With the
+/// adapter's 2 s pings every non-leader lost its session (its campaign cut, its lease
+/// dropped, its member key and candidacy written again) about every 10 s.
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where the agent keeps the slots last placed on this node, in its state directory.
+const SLOTS_FILE: &str = "cluster-slots.json";
+
+/// The slots placed on this node, by service, as etcd last said.
+type Slots = BTreeMap<String, BTreeSet<u32>>;
+
 /// Connects to etcd (lazily: a member down now is tried later) and starts this node's part,
-/// which runs until `stop`; every etcd call it makes is measured into `metrics`.
+/// which runs until `stop`; every etcd call it makes is measured into `metrics`. Until etcd answers, the node runs the slots it last knew were
+/// its own (kept in `state_dir`): an agent restarted while etcd is out of reach stops
+/// nothing, and one restarted while etcd answers has them before its first pass, however
+/// the first read and the first pass race.
 pub(super) async fn start(
     settings: &ClusterSettings,
     metrics: &ClusterMetrics,
+    state_dir: &Path,
     stop: &CancellationToken,
 ) -> Result<Handle, EtcdError> {
-    let etcd = EtcdStore::connect(&settings.etcd).await?;
+    let mut etcd = settings.etcd.clone();
+    etcd.timeouts.ping_interval = etcd.timeouts.ping_interval.max(PING_INTERVAL);
+    let etcd = EtcdStore::connect(&etcd).await?;
     let recorder: Arc<dyn Recorder> = Arc::new(metrics.clone());
     // `tend cluster` reads give up sooner than the node's own calls: each call within
     // READ_CALL, so a call to an etcd that does not answer ends (and is counted) before the
     // answer's deadline.
     let reads = Arc::new(Metered::new(etcd.with_call_timeout(READ_CALL), recorder.clone()));
     let store = Arc::new(Metered::new(etcd, recorder));
-    Ok(node::start(store, settings.identity.clone(), stop.child_token()).with_reads(reads))
+    let path = state_dir.join(SLOTS_FILE);
+    let last = read_slots(&path);
+    let handle = node::start(store, settings.identity.clone(), last.clone(), stop.child_token()).with_reads(reads);
+    spawn_keep_slots(&handle, path, last, stop.clone());
+    Ok(handle)
+}
+
+/// The slots kept in `path`; none when there is no such file (a node's first start) or it
+/// cannot be read (said in the log).
+fn read_slots(path: &Path) -> Slots {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "the slots last placed on this node cannot be read; starting with none");
+            Slots::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Slots::new(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "the slots last placed on this node cannot be read; starting with none");
+            Slots::new()
+        }
+    }
+}
+
+/// Writes the slots placed on this node to `path` (atomically) whenever etcd changes them.
+fn spawn_keep_slots(handle: &Handle, path: PathBuf, mut kept: Slots, stop: CancellationToken) {
+    let mut view = handle.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let mine = view.borrow_and_update().mine.clone();
+            if mine != kept {
+                let tmp = path.with_extension("json.tmp");
+                let bytes = serde_json::to_vec(&mine).unwrap_or_default();
+                let written = async {
+                    tokio::fs::write(&tmp, &bytes).await?;
+                    tokio::fs::rename(&tmp, &path).await
+                };
+                match written.await {
+                    Ok(()) => kept = mine,
+                    Err(e) => warn!(path = %path.display(), error = %e, "keeping the slots placed on this node"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = view.changed() => if changed.is_err() { return },
+            }
+        }
+    });
 }
 
 /// Keeps the cluster's metrics (leader, connected, leader changes) on the node's view.
@@ -113,7 +182,7 @@ pub(super) fn spawn_wakeups(handle: &Handle, wake: mpsc::Sender<Wake>, stop: Can
 }
 
 /// What of the view changes what a pass applies.
-type Wanted = (std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>, bool, bool);
+type Wanted = (Slots, bool, bool);
 
 fn wanted(view: &View) -> Wanted {
     (view.mine.clone(), view.is_leader, view.disconnected_since.is_some())

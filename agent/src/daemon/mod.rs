@@ -184,7 +184,9 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let cluster = match &settings.cluster {
         Some(c) => {
             let cluster_metrics = metrics.cluster();
-            let handle = cluster::start(c, &cluster_metrics, &stop).await.map_err(AgentError::Cluster)?;
+            let handle = cluster::start(c, &cluster_metrics, &settings.host.state_dir, &stop)
+                .await
+                .map_err(AgentError::Cluster)?;
             cluster::spawn_wakeups(&handle, wake_tx.clone(), stop.clone());
             cluster::spawn_metrics(&handle, cluster_metrics, stop.clone());
             Some(handle)
@@ -207,6 +209,10 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
 
     info!("stopping");
     stop.cancel();
+    // A leader resigns, so that another node leads at once.
+    if let Some(cluster) = &shared.cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(3), cluster.left()).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(6), api_task).await;
     boot.finish(&shared.settings.host.state_dir)?;
     info!("stopped; services keep running");
