@@ -13,9 +13,9 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::cluster::keys::{Keys, MemberRecord};
-use crate::cluster::node::View;
 use crate::cluster::pacing::{Last, Pace, pace};
 use crate::cluster::placement::{Assignments, Member, MemberState, PlacedService, changes, place};
+use crate::cluster::view::View;
 use crate::engine::etcd::{ClusterStore, Condition, EtcdError, LeaderKey, TxnOp, TxnOutcome, WatchEvent};
 
 /// The placed services of the spec set in use, with their pacing.

@@ -17,6 +17,7 @@ pub mod pacing;
 pub mod placement;
 pub mod report;
 pub mod runonce;
+pub mod view;
 
 use tend_specs::Desired;
 
