@@ -73,140 +73,10 @@ pub enum JobCommand {
 /// job needs Docker (docker jobs) or nothing (host jobs), not the systemd backend.
 pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError> {
     match command {
-        JobCommand::Schedule { path, duration } => {
-            let desired = load_with_backups(cli, path)?;
-            let timers: Vec<tend_specs::Timer> =
-                desired.timers.values().filter(|t| crate::jobs::scheduler::scheduled(t)).cloned().collect();
-            if timers.is_empty() {
-                outln!("No scheduled Timers in {}: nothing to do.", path.display());
-                return Ok(ExitCode::SUCCESS);
-            }
-            if crate::engine::systemd::booted().is_ok() {
-                eoutln!(
-                    "{} systemd is PID 1 here: its timers already run these jobs once `tend apply` wrote them; running both would run each job twice",
-                    Paint::stderr().yellow("warning:")
-                );
-            }
-            let options = options(cli, path, 1);
-            let config = crate::jobs::scheduler::Config {
-                tend_bin: options.host.tend_bin.clone(),
-                scope: cli.scope.clone(),
-                state_dir: options.host.state_dir.clone(),
-                specs: options.specs.clone(),
-                timeouts: cli.timeouts(),
-                agent_config: None,
-            };
-            outln!(
-                "Scheduling {} Timer(s): {}",
-                timers.len(),
-                timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
-            );
-            runtime()?.block_on(async {
-                let stop = tokio_util::sync::CancellationToken::new();
-                let stopper = stop.clone();
-                let limit = duration.map(|d| d.get());
-                tokio::spawn(async move {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                    let sigterm = async {
-                        match term.as_mut() {
-                            Some(t) => {
-                                t.recv().await;
-                            }
-                            None => std::future::pending().await,
-                        }
-                    };
-                    let until = async {
-                        match limit {
-                            Some(d) => tokio::time::sleep(d).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        () = sigterm => {}
-                        () = until => {}
-                    }
-                    stopper.cancel();
-                });
-                crate::jobs::scheduler::schedule(config, timers, stop).await;
-            });
-            Ok(ExitCode::SUCCESS)
-        }
-        JobCommand::Run { name, path, trigger, config } => {
-            let desired = load_with_backups(cli, path)?;
-            let timer = match crate::jobs::find_timer(&desired, name) {
-                Ok(timer) => timer,
-                Err(e) => return Ok(job_error(&e)),
-            };
-            let options = crate::jobs::RunOptions {
-                state_dir: cli.state_dir.clone(),
-                scope: cli.scope.clone(),
-                trigger: *trigger,
-            };
-            // Only a leader-only Timer's run needs the cluster; any other runs as on its own.
-            let settings = match timer.spec.run_on {
-                tend_specs::timer::RunOn::Leader => node_cluster(config.as_deref())?,
-                tend_specs::timer::RunOn::Node => None,
-            };
-            let rt = runtime()?;
-            let cluster = match settings {
-                None => crate::jobs::Cluster::Outside,
-                Some(settings) => {
-                    let node = settings.identity.node.clone();
-                    match rt.block_on(run_once(settings)) {
-                        Ok(joined) => crate::jobs::Cluster::Joined(joined),
-                        Err(error) => crate::jobs::Cluster::Failed { node, error },
-                    }
-                }
-            };
-            // Jobs never connect themselves: a docker job is handed Docker (or why not).
-            let docker = match timer.spec.job.runtime {
-                tend_specs::timer::JobRuntime::Host => crate::jobs::Docker::NotNeeded,
-                tend_specs::timer::JobRuntime::Docker => match rt.block_on(DockerEngine::connect(cli.timeouts())) {
-                    Ok(engine) => crate::jobs::Docker::Connected(Arc::new(engine)),
-                    Err(e) => crate::jobs::Docker::Failed(e),
-                },
-            };
-            match rt.block_on(crate::jobs::run(&options, timer, docker, cluster)) {
-                Ok(outcome) => {
-                    print_job_run(&timer.name, &outcome.record);
-                    Ok(ExitCode::from(outcome.record.exit_status()))
-                }
-                Err(e) => Ok(job_error(&e)),
-            }
-        }
+        JobCommand::Schedule { path, duration } => job_schedule(cli, path, *duration),
+        JobCommand::Run { name, path, trigger, config } => job_run(cli, name, path, *trigger, config.as_deref()),
         JobCommand::History { name, limit, output, config } => {
-            let mut records = match crate::jobs::history(&cli.state_dir, name, None) {
-                Ok(records) => records,
-                Err(e) => return Ok(job_error(&e)),
-            };
-            if let Some(settings) = node_cluster(config.as_deref())? {
-                let read = async {
-                    let joined = run_once(settings).await.map_err(crate::jobs::JobError::from)?;
-                    crate::jobs::cluster_history(&joined, name).await
-                };
-                match runtime()?.block_on(read) {
-                    Ok(shared) => records = crate::jobs::merge_history(records, shared),
-                    Err(e) => eoutln!(
-                        "{} the cluster's history of `{name}` could not be read, so only this node's runs are shown: {}",
-                        Paint::stderr().yellow("warning:"),
-                        crate::support::chain(&e)
-                    ),
-                }
-            }
-            records.truncate(limit.unwrap_or(usize::MAX));
-            match output {
-                Output::Json => print_json(&records)?,
-                Output::Text if records.is_empty() => {
-                    outln!("No runs of `{name}` are recorded in {}.", cli.state_dir.join("jobs").display());
-                    let known = crate::jobs::recorded_timers(&cli.state_dir);
-                    if let Some(near) = crate::jobs::near_name(name, &known).filter(|n| *n != name) {
-                        outln!("Did you mean `{near}`?");
-                    }
-                }
-                Output::Text => print_job_history(&records),
-            }
-            Ok(ExitCode::SUCCESS)
+            job_history(cli, name, *limit, *output, config.as_deref())
         }
         JobCommand::List { path, output } => {
             let desired = load_with_backups(cli, path)?;
@@ -218,6 +88,160 @@ pub(super) fn job(cli: &Cli, command: &JobCommand) -> Result<ExitCode, CliError>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `tend job schedule`: runs the scheduled Timers here until SIGTERM, Ctrl-C or `duration`.
+fn job_schedule(
+    cli: &Cli,
+    path: &Path,
+    duration: Option<tend_specs::quantity::Duration>,
+) -> Result<ExitCode, CliError> {
+    let desired = load_with_backups(cli, path)?;
+    let timers: Vec<tend_specs::Timer> =
+        desired.timers.values().filter(|t| crate::jobs::scheduler::scheduled(t)).cloned().collect();
+    if timers.is_empty() {
+        outln!("No scheduled Timers in {}: nothing to do.", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if crate::engine::systemd::booted().is_ok() {
+        eoutln!(
+            "{} systemd is PID 1 here: its timers already run these jobs once `tend apply` wrote them; running both would run each job twice",
+            Paint::stderr().yellow("warning:")
+        );
+    }
+    let options = options(cli, path, 1);
+    let config = crate::jobs::scheduler::Config {
+        tend_bin: options.host.tend_bin.clone(),
+        scope: cli.scope.clone(),
+        state_dir: options.host.state_dir.clone(),
+        specs: options.specs.clone(),
+        timeouts: cli.timeouts(),
+        agent_config: None,
+    };
+    outln!(
+        "Scheduling {} Timer(s): {}",
+        timers.len(),
+        timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    runtime()?.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopper = stop.clone();
+        let limit = duration.map(|d| d.get());
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let until = async {
+                match limit {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = sigterm => {}
+                () = until => {}
+            }
+            stopper.cancel();
+        });
+        crate::jobs::scheduler::schedule(config, timers, stop).await;
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend job run`: the Timer's job now, with the cluster's run key for a leader-only Timer.
+fn job_run(
+    cli: &Cli,
+    name: &str,
+    path: &Path,
+    trigger: crate::jobs::Trigger,
+    config: Option<&Path>,
+) -> Result<ExitCode, CliError> {
+    let desired = load_with_backups(cli, path)?;
+    let timer = match crate::jobs::find_timer(&desired, name) {
+        Ok(timer) => timer,
+        Err(e) => return Ok(job_error(&e)),
+    };
+    let options = crate::jobs::RunOptions { state_dir: cli.state_dir.clone(), scope: cli.scope.clone(), trigger };
+    // Only a leader-only Timer's run needs the cluster; any other runs as on its own.
+    let settings = match timer.spec.run_on {
+        tend_specs::timer::RunOn::Leader => node_cluster(config)?,
+        tend_specs::timer::RunOn::Node => None,
+    };
+    let rt = runtime()?;
+    let cluster = match settings {
+        None => crate::jobs::Cluster::Outside,
+        Some(settings) => {
+            let node = settings.identity.node.clone();
+            match rt.block_on(run_once(settings)) {
+                Ok(joined) => crate::jobs::Cluster::Joined(joined),
+                Err(error) => crate::jobs::Cluster::Failed { node, error },
+            }
+        }
+    };
+    // Jobs never connect themselves: a docker job is handed Docker (or why not).
+    let docker = match timer.spec.job.runtime {
+        tend_specs::timer::JobRuntime::Host => crate::jobs::Docker::NotNeeded,
+        tend_specs::timer::JobRuntime::Docker => match rt.block_on(DockerEngine::connect(cli.timeouts())) {
+            Ok(engine) => crate::jobs::Docker::Connected(Arc::new(engine)),
+            Err(e) => crate::jobs::Docker::Failed(e),
+        },
+    };
+    match rt.block_on(crate::jobs::run(&options, timer, docker, cluster)) {
+        Ok(outcome) => {
+            print_job_run(&timer.name, &outcome.record);
+            Ok(ExitCode::from(outcome.record.exit_status()))
+        }
+        Err(e) => Ok(job_error(&e)),
+    }
+}
+
+/// `tend job history`: this node's runs, merged with the cluster's history when the node is
+/// in a cluster.
+fn job_history(
+    cli: &Cli,
+    name: &str,
+    limit: Option<usize>,
+    output: Output,
+    config: Option<&Path>,
+) -> Result<ExitCode, CliError> {
+    let mut records = match crate::jobs::history(&cli.state_dir, name, None) {
+        Ok(records) => records,
+        Err(e) => return Ok(job_error(&e)),
+    };
+    if let Some(settings) = node_cluster(config)? {
+        let read = async {
+            let joined = run_once(settings).await.map_err(crate::jobs::JobError::from)?;
+            crate::jobs::cluster_history(&joined, name).await
+        };
+        match runtime()?.block_on(read) {
+            Ok(shared) => records = crate::jobs::merge_history(records, shared),
+            Err(e) => eoutln!(
+                "{} the cluster's history of `{name}` could not be read, so only this node's runs are shown: {}",
+                Paint::stderr().yellow("warning:"),
+                crate::support::chain(&e)
+            ),
+        }
+    }
+    records.truncate(limit.unwrap_or(usize::MAX));
+    match output {
+        Output::Json => print_json(&records)?,
+        Output::Text if records.is_empty() => {
+            outln!("No runs of `{name}` are recorded in {}.", cli.state_dir.join("jobs").display());
+            let known = crate::jobs::recorded_timers(&cli.state_dir);
+            if let Some(near) = crate::jobs::near_name(name, &known).filter(|n| *n != name) {
+                outln!("Did you mean `{near}`?");
+            }
+        }
+        Output::Text => print_job_history(&records),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// This node's part in runs that happen once per cluster: the cluster's store (connected

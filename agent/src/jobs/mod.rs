@@ -1004,56 +1004,74 @@ pub async fn run<E: ContainerRuns, S: ClusterStore>(
         node: cluster.node().map(str::to_string),
         held_by: None,
     };
-    let _lock = match timer.spec.concurrency {
-        Concurrency::Allow => None,
-        Concurrency::Forbid => match dir.try_lock()? {
-            Some(lock) => Some(lock),
-            None => {
-                let blocked_by = dir.locked(|d| d.alive_runs())?;
-                let who = match blocked_by.as_slice() {
-                    [] => "another run".to_string(),
-                    runs => runs.iter().map(Running::to_string).collect::<Vec<_>>().join(", "),
-                };
-                record.result = RunResult::Skipped;
-                record.detail = Some(format!("{who} is still running (concurrency: forbid)"));
-                return not_started(&dir, &cluster, &timer.name, record, true, blocked_by).await;
-            }
-        },
-        Concurrency::Replace => Some(dir.lock_replacing(&run, docker.engine()).await?),
+    let _lock = match local_lock(&dir, timer, &run, &docker, &mut record).await? {
+        Ok(lock) => lock,
+        Err(blocked_by) => return not_started(&dir, &cluster, &timer.name, record, true, blocked_by).await,
     };
     // In a cluster, the run key: after the local lock, so that a `replace` run has stopped
     // the local run (which gives the key up) before it looks.
-    let key = match &cluster {
-        Cluster::Outside => None,
+    let key = match run_key(&cluster, timer, &run, start_ms, &mut record).await {
+        Ok(key) => key,
+        Err(reachable) => return not_started(&dir, &cluster, &timer.name, record, reachable, Vec::new()).await,
+    };
+    execute(options, timer, docker, &cluster, dir, record, key).await
+}
+
+/// In a cluster, the run key of a `runOn: leader` Timer: `Ok(None)` outside a cluster,
+/// `Err(reachable)` when the run must not start (`record` says why; `reachable`: etcd
+/// answered, so the record can go to the cluster's history).
+async fn run_key<S: ClusterStore>(
+    cluster: &Cluster<S>,
+    timer: &Timer,
+    run: &str,
+    start_ms: u64,
+    record: &mut Record,
+) -> Result<Option<RunKey>, bool> {
+    match cluster {
+        Cluster::Outside => Ok(None),
         Cluster::Failed { error, .. } => {
             record.result = RunResult::Error;
             record.detail = Some(format!(
                 "not started: the cluster's run key could not be taken (runOn: leader): {}",
                 chain(error)
             ));
-            return not_started(&dir, &cluster, &timer.name, record, false, Vec::new()).await;
+            Err(false)
         }
         Cluster::Joined(c) => {
-            let holder = RunHolder { run: run.clone(), node: c.node.clone(), pid: std::process::id(), start_ms };
+            let holder = RunHolder { run: run.to_string(), node: c.node.clone(), pid: std::process::id(), start_ms };
             match runonce::take(&*c.store, &c.keys, &timer.name, &holder, c.ttl).await {
-                Ok(Taken::Held(key)) => Some(key),
+                Ok(Taken::Held(key)) => Ok(Some(key)),
                 Ok(Taken::Busy(by)) => {
                     record.result = RunResult::Skipped;
                     record.detail =
                         Some(format!("{by} holds the cluster's run key {} (runOn: leader)", c.keys.run(&timer.name)));
                     record.held_by = Some(by);
-                    return not_started(&dir, &cluster, &timer.name, record, true, Vec::new()).await;
+                    Err(true)
                 }
                 Err(e) => {
                     record.result = RunResult::Error;
                     record.detail = Some(format!("not started (runOn: leader): {}", chain(&e)));
                     let reachable =
                         !matches!(&e, runonce::RunOnceError::Take { source, .. } if source.is_unreachable());
-                    return not_started(&dir, &cluster, &timer.name, record, reachable, Vec::new()).await;
+                    Err(reachable)
                 }
             }
         }
-    };
+    }
+}
+
+/// Runs the job once its locks are taken, and records how it ended.
+async fn execute<E: ContainerRuns, S: ClusterStore>(
+    options: &RunOptions,
+    timer: &Timer,
+    docker: Docker<E>,
+    cluster: &Cluster<S>,
+    dir: JobDir,
+    mut record: Record,
+    key: Option<RunKey>,
+) -> Result<Outcome, JobError> {
+    let run = record.run.clone();
+    let start_ms = record.start_ms;
     let node = cluster.node();
     let (log, reaped) = dir.locked(|d| {
         let reaped = d.reap_abandoned(&timer.hash, node)?;
@@ -1110,31 +1128,7 @@ pub async fn run<E: ContainerRuns, S: ClusterStore>(
         }
         Ok(ended) => {
             record.exit_code = ended.exit_code;
-            let by = replaced_by.as_deref().unwrap_or("another run");
-            (record.result, record.detail) = match ended.stop {
-                Some(Stop::Timeout(t)) => (
-                    RunResult::Timeout,
-                    Some(format!(
-                        "stopped after its timeout of {}",
-                        tend_specs::quantity::Duration::from_millis(t.as_millis() as u64)
-                    )),
-                ),
-                Some(Stop::Signal(s)) => (RunResult::Failed, Some(format!("stopped: tend received {s}"))),
-                Some(Stop::Replaced) => {
-                    (RunResult::Failed, Some(format!("not started: run {by} replaced it (concurrency: replace)")))
-                }
-                Some(Stop::Lease { why, .. }) => (
-                    RunResult::Failed,
-                    Some(format!(
-                        "stopped: {why}; another node may take the run key once etcd lets the lease go, and two runs must never overlap (runOn: leader)"
-                    )),
-                ),
-                None if replaced_by.is_some() => {
-                    (RunResult::Failed, Some(format!("stopped by run {by} (concurrency: replace)")))
-                }
-                None if ended.exit_code == Some(0) => (RunResult::Ok, None),
-                None => (RunResult::Failed, None),
-            };
+            (record.result, record.detail) = result_of(&ended, replaced_by.as_deref());
         }
     }
     let exit = record.exit_code.map_or_else(|| "no exit status".to_string(), |c| format!("exit status {c}"));
@@ -1142,12 +1136,12 @@ pub async fn run<E: ContainerRuns, S: ClusterStore>(
         Some(detail) => ctx.note(&format!("{} ({exit}): {detail}", record.result)),
         None => ctx.note(&format!("{} ({exit}) after {}", record.result, format_duration(record.duration_ms()))),
     }
-    if let (Cluster::Joined(c), Some(key)) = (&cluster, key) {
+    if let (Cluster::Joined(c), Some(key)) = (cluster, key) {
         // The record first, so that the cluster's history never shows a later run starting
         // before this one ended; then the key.
         let shared = record.clone();
         let all: Vec<&Record> = reaped.iter().chain([&shared]).collect();
-        publish_all(&cluster, &timer.name, &all, &mut record).await;
+        publish_all(cluster, &timer.name, &all, &mut record).await;
         if let Err(e) = key.release(&*c.store).await {
             tracing::warn!(job = %timer.name, job.run = %run, error = %chain(&e), "could not give the run key up");
             ctx.note(&format!("could not give the run key up: {}", chain(&e)));
@@ -1159,6 +1153,63 @@ pub async fn run<E: ContainerRuns, S: ClusterStore>(
     })?;
     drop(log);
     Ok(Outcome { record, blocked_by: Vec::new() })
+}
+
+/// The local lock of a run, by the Timer's concurrency: `Ok(None)` when runs may overlap,
+/// `Err(runs)` when another run holds it under `forbid` (`record` says so).
+async fn local_lock<E: ContainerRuns>(
+    dir: &JobDir,
+    timer: &Timer,
+    run: &str,
+    docker: &Docker<E>,
+    record: &mut Record,
+) -> Result<Result<Option<File>, Vec<Running>>, JobError> {
+    Ok(Ok(match timer.spec.concurrency {
+        Concurrency::Allow => None,
+        Concurrency::Forbid => match dir.try_lock()? {
+            Some(lock) => Some(lock),
+            None => {
+                let blocked_by = dir.locked(|d| d.alive_runs())?;
+                let who = match blocked_by.as_slice() {
+                    [] => "another run".to_string(),
+                    runs => runs.iter().map(Running::to_string).collect::<Vec<_>>().join(", "),
+                };
+                record.result = RunResult::Skipped;
+                record.detail = Some(format!("{who} is still running (concurrency: forbid)"));
+                return Ok(Err(blocked_by));
+            }
+        },
+        Concurrency::Replace => Some(dir.lock_replacing(run, docker.engine()).await?),
+    }))
+}
+
+/// How a job that ran ended, as its record says it: the result and why.
+fn result_of(ended: &Ended, replaced_by: Option<&str>) -> (RunResult, Option<String>) {
+    let by = replaced_by.unwrap_or("another run");
+    match ended.stop {
+        Some(Stop::Timeout(t)) => (
+            RunResult::Timeout,
+            Some(format!(
+                "stopped after its timeout of {}",
+                tend_specs::quantity::Duration::from_millis(t.as_millis() as u64)
+            )),
+        ),
+        Some(Stop::Signal(s)) => (RunResult::Failed, Some(format!("stopped: tend received {s}"))),
+        Some(Stop::Replaced) => {
+            (RunResult::Failed, Some(format!("not started: run {by} replaced it (concurrency: replace)")))
+        }
+        Some(Stop::Lease { why, .. }) => (
+            RunResult::Failed,
+            Some(format!(
+                "stopped: {why}; another node may take the run key once etcd lets the lease go, and two runs must never overlap (runOn: leader)"
+            )),
+        ),
+        None if replaced_by.is_some() => {
+            (RunResult::Failed, Some(format!("stopped by run {by} (concurrency: replace)")))
+        }
+        None if ended.exit_code == Some(0) => (RunResult::Ok, None),
+        None => (RunResult::Failed, None),
+    }
 }
 
 /// The identity a host job runs as.
