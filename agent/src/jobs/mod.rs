@@ -136,11 +136,12 @@ pub struct Record {
     #[serde(default)]
     pub detail: Option<String>,
     /// The cluster node that made the run: set for the runs of a `runOn: leader` Timer in a
-    /// cluster, whose records the cluster's history shares.
-    #[serde(default)]
+    /// cluster, whose records the cluster's history shares. Absent from the JSON otherwise
+    /// (a record outside a cluster reads as it always did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// For a run skipped because the cluster's run key was held: the run that held it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by: Option<RunHolder>,
 }
 
