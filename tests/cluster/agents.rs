@@ -25,8 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tempfile::TempDir;
 
-#[path = "../harness/mod.rs"]
-mod harness;
+use crate::harness;
 
 use crate::etcd::{self, EtcdCluster, Place};
 use crate::netns::Net;

@@ -10,6 +10,8 @@
 
 #[path = "../harness/etcd.rs"]
 mod etcd;
+#[path = "../harness/mod.rs"]
+mod harness;
 #[path = "../harness/netns.rs"]
 mod netns;
 

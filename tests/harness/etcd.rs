@@ -34,7 +34,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -44,6 +43,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+pub use crate::harness::{describe, run_with_timeout};
 
 /// The command that installs etcd (run from the repository root, as root).
 pub const INSTALL_COMMAND: &str = "bash -c 'source scripts/lib.sh; ensure_etcd'";
@@ -461,58 +462,4 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN);
-}
-
-/// Runs `cmd` with piped output, killing it after `timeout`; spawn failures and timeouts
-/// come back as text with whatever it printed.
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
-    let mut out = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut err = child.stderr.take().ok_or("no stderr pipe")?;
-    let out_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break (status, false),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let status = child.wait().map_err(|e| format!("could not reap {shown}: {e}"))?;
-                break (status, true);
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("could not wait for {shown}: {e}")),
-        }
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    let output = Output { status, stdout, stderr };
-    if timed_out {
-        return Err(format!("{shown} timed out after {timeout:?} and was killed\n{}", describe(&output)));
-    }
-    Ok(output)
-}
-
-/// Exit status, stdout and stderr of `output`, for assertion messages.
-pub fn describe(output: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n---",
-        output.status,
-        String::from_utf8_lossy(&output.stdout).trim_end(),
-        String::from_utf8_lossy(&output.stderr).trim_end()
-    )
 }

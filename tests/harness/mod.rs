@@ -32,15 +32,17 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod process;
+pub use process::{describe, run_with_timeout};
 
 /// The image tests run when `TEND_TEST_IMAGE` is not set; `scripts/test.sh` builds it.
 pub const DEFAULT_TEST_IMAGE: &str = "tend-demo/busybox:1";
@@ -71,62 +73,6 @@ pub fn test_image() -> String {
 /// Path of the tend binary under test.
 pub fn tend_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tend"))
-}
-
-/// Runs `cmd` with piped output, killing it after `timeout`.
-///
-/// Errors (spawn failure, timeout) come back as text, with whatever the command printed,
-/// so callers in `Drop` can print them instead of panicking.
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
-    let mut out = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut err = child.stderr.take().ok_or("no stderr pipe")?;
-    let out_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break (status, false),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let status = child.wait().map_err(|e| format!("could not reap {shown}: {e}"))?;
-                break (status, true);
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("could not wait for {shown}: {e}")),
-        }
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    let output = Output { status, stdout, stderr };
-    if timed_out {
-        return Err(format!("{shown} timed out after {timeout:?} and was killed\n{}", describe(&output)));
-    }
-    Ok(output)
-}
-
-/// Exit status, stdout and stderr of `output`, for assertion messages.
-pub fn describe(output: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n---",
-        output.status,
-        String::from_utf8_lossy(&output.stdout).trim_end(),
-        String::from_utf8_lossy(&output.stderr).trim_end()
-    )
 }
 
 /// Stdout of `output` as text.

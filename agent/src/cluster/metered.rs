@@ -179,18 +179,18 @@ mod tests {
     }
 
     /// A store whose puts take 250 ms and fail on the key `/bad`, whose campaigns fail, and
-    /// whose watches deliver one error.
+    /// whose watches deliver one error. These tests call nothing else of it.
     struct Slow;
 
     impl ClusterStore for Slow {
         async fn grant(&self, _: Duration) -> Result<Lease, EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         fn keep_alive(&self, _: Lease) -> KeepAlive {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn revoke(&self, _: LeaseId) -> Result<(), EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn lease_time_left(&self, _: LeaseId) -> Result<Option<LeaseTimeLeft>, EtcdError> {
             Ok(None)
@@ -200,16 +200,16 @@ mod tests {
             if key == "/bad" { Err(timeout()) } else { Ok(7) }
         }
         async fn get(&self, _: &str) -> Result<(Revision, Option<KeyValue>), EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn get_prefix(&self, _: &str) -> Result<Listing, EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn delete(&self, _: &str) -> Result<bool, EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn txn(&self, _: &[Condition], _: &[TxnOp]) -> Result<TxnOutcome, EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn watch_prefix(
             &self,
@@ -224,16 +224,16 @@ mod tests {
             Err(timeout())
         }
         async fn leader(&self, _: &str) -> Result<Option<KeyValue>, EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         fn observe(&self, _: &str) -> BoxStream<'static, KeyValue> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn resign(&self, _: &LeaderKey) -> Result<(), EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn status(&self) -> Result<EtcdStatus, EtcdError> {
-            unimplemented!()
+            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
     }
 
