@@ -217,18 +217,49 @@ pub(super) fn localize(handle: &Handle, desired: Arc<Desired>) -> Arc<Desired> {
     let mut d = (*desired).clone();
     let node = &handle.identity.node;
     crate::cluster::assign(&mut d, &node::as_assignments(node, &view.mine), node);
-    // Cut off from etcd past a service's grace: its `onLostLease: stop` instances stop (the
-    // leader keeps their slots fenced that long, then places them elsewhere).
     if let Some(since) = view.disconnected_since {
-        for s in d.services.values_mut() {
-            let Some(p) = &s.spec.placement else { continue };
-            if p.on_lost_lease == OnLostLease::Stop && since.elapsed() >= p.lost_lease_grace.get() {
-                s.slots = Some(Default::default());
-            }
-        }
+        fence_cut_off(&mut d, since.elapsed());
     }
     if !view.is_leader {
         d.timers.retain(|_, t| t.spec.run_on != RunOn::Leader);
     }
     Arc::new(d)
+}
+
+/// A node cut off from etcd for `cut_off`: past a service's `lostLeaseGrace`, its
+/// `onLostLease: stop` instances stop (the leader keeps their slots fenced that long, then
+/// places them elsewhere); `keep` services and those within their grace run on.
+fn fence_cut_off(desired: &mut Desired, cut_off: std::time::Duration) {
+    for s in desired.services.values_mut() {
+        let Some(p) = &s.spec.placement else { continue };
+        if p.on_lost_lease == OnLostLease::Stop && cut_off >= p.lost_lease_grace.get() {
+            s.slots = Some(Default::default());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_cut_off_node_stops_only_stop_services_and_only_past_their_grace() {
+        let doc = |name: &str, placement: &str| {
+            format!(
+                "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: i:1\n  replicas: 3\n  placement: {placement}\n"
+            )
+        };
+        let yaml = doc("fenced", "{role: j, onLostLease: stop, lostLeaseGrace: 30s}") + &doc("kept", "{role: j}");
+        let mut d = tend_specs::load_str(std::path::Path::new("t.yaml"), &yaml).expect("valid");
+        for s in d.services.values_mut() {
+            s.slots = Some(BTreeSet::from([2]));
+        }
+        fence_cut_off(&mut d, Duration::from_secs(29));
+        assert_eq!((d.services["fenced"].instances(), d.services["kept"].instances()), (vec![2], vec![2]));
+        fence_cut_off(&mut d, Duration::from_secs(30));
+        assert_eq!((d.services["fenced"].instances(), d.services["kept"].instances()), (vec![], vec![2]));
+    }
 }
