@@ -190,6 +190,23 @@ impl Agent {
         }
     }
 
+    /// Runs `tend ARGS` on this node, as an operator would: its state, scope, socket and
+    /// locks, and its agent configuration for the cluster (`TEND_AGENT_CONFIG`).
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(harness::tend_bin());
+        cmd.arg("--state-dir")
+            .arg(self.env.state_path())
+            .arg("--scope")
+            .arg(&self.env.scope)
+            .arg("--socket")
+            .arg(self.env.socket_path())
+            .args(args)
+            .env("TEND_AGENT_CONFIG", &self.config)
+            .env("TEND_LOCK_DIR", self.env.lock_path())
+            .env("TEND_LOG", "warn");
+        etcd::run_with_timeout(&mut cmd, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Whether its process still runs.
     fn alive(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
@@ -948,4 +965,63 @@ fn pacing_holds_across_a_change_of_leader() {
     let (s2, s3) = (started_at(&up[&2].id), started_at(&up[&3].id));
     eprintln!("measured: slot 3 started {:.2}s after slot 2, across a change of leader (interval 4s)", s3 - s2);
     assert!(s3 - s2 >= INTERVAL - PACING_SLACK, "slots 2 and 3 started {:.2}s apart\n{}", s3 - s2, c.dump());
+}
+
+/// `tend drain` on node `n` of `c` (through its agent), with the shared spec set.
+fn drain(c: &Cluster, n: usize) -> (bool, String) {
+    let specs = c.specs.path().to_str().expect("a UTF-8 path").to_string();
+    let out = c.agents[n].cli(&["drain", "--reason", "kernel", "--specs", &specs]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The slots of the service's disruption budget in etcd, with the lease each lives under.
+fn budget_slots(c: &Cluster) -> Vec<Kv> {
+    c.kvs(&format!("budget/{}/", c.service))
+}
+
+#[test]
+fn a_drain_takes_a_slot_of_the_disruption_budget_and_two_at_once_are_refused() {
+    let mut c = Cluster::start("cl_drain", Layout::Loopback, 3, 3, "");
+    c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    // 3 replicas may lose one at a time: n1's drain takes the one slot of the budget, under
+    // n1's membership lease.
+    let (ok, out) = drain(&c, 1);
+    assert!(ok, "the first drain is refused: {out}");
+    assert!(out.contains("took slot 1 of the disruption budget"), "{out}");
+    let held = budget_slots(&c);
+    let n1_lease = c.member_kvs()["n1"].lease;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].lease, n1_lease, "the drain's slot is not under n1's lease\n{}", c.dump());
+    assert!(held[0].value.contains(r#""kind":"drain""#), "{held:?}");
+    // Its slot has nowhere to go (spread, and every other member runs one): it is down, and
+    // the drain holds the budget for it — a second drain is refused, naming the first.
+    c.wait("n1's slot to be taken off it", Duration::from_secs(30), |c| {
+        (!c.assignments().values().any(|n| n == "n1") && !c.copies().iter().any(|k| k.node == "n1" && k.running))
+            .then_some(())
+    });
+    let (ok, out) = drain(&c, 2);
+    assert!(!ok, "a second drain went through while the budget is spent: {out}");
+    assert!(out.contains("is spent") && out.contains("held by drain by "), "the refusal names the drain: {out}");
+    assert!(out.contains("@n1 since"), "{out}");
+    let state: Value = serde_json::from_slice(&c.agents[2].env.tend(&["status", "-o", "json"]).stdout).expect("JSON");
+    assert!(state["drain"].is_null(), "the refused drain was recorded: {state}");
+    // An agent restarted while its node is drained keeps the drain's slot: moved under its
+    // new lease, it outlives the old one.
+    c.agent("n1").stop();
+    c.agent("n1").spawn();
+    c.wait("n1 back under a new lease", Duration::from_secs(30), |c| {
+        c.member_kvs().get("n1").is_some_and(|m| m.lease != n1_lease).then_some(())
+    });
+    thread::sleep(TTL + Duration::from_secs(2));
+    let held = budget_slots(&c);
+    assert_eq!(held.len(), 1, "the drain's slot went with the old lease\n{}", c.dump());
+    assert_eq!(held[0].lease, c.member_kvs()["n1"].lease);
+    // Undrained, n1's agent gives the slot back and n1 runs its slot again; now n2 may drain.
+    let out = c.agents[1].cli(&["undrain"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.wait("the drain's slot given back", Duration::from_secs(30), |c| budget_slots(c).is_empty().then_some(()));
+    c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    let (ok, out) = drain(&c, 2);
+    assert!(ok, "the drain after the undrain is refused: {out}");
 }

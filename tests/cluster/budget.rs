@@ -5,6 +5,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
 
 use crate::etcd::EtcdCluster;
 
@@ -26,6 +28,13 @@ fn node(root: &Path, name: &str, endpoints: &[String]) -> std::path::PathBuf {
 
 /// `tend maintain judi -- COMMAND` on node `dir`.
 fn maintain(dir: &Path, specs: &Path, command: &[&str]) -> Child {
+    let mut args = vec!["maintain", "judi", "--specs", specs.to_str().expect("UTF-8"), "--"];
+    args.extend_from_slice(command);
+    tend(dir, &args)
+}
+
+/// `tend ARGS` on node `dir`, no agent running.
+fn tend(dir: &Path, args: &[&str]) -> Child {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     Command::new(env!("CARGO_BIN_EXE_tend"))
         .env("TEND_AGENT_CONFIG", dir.join("agent.yaml"))
@@ -34,10 +43,7 @@ fn maintain(dir: &Path, specs: &Path, command: &[&str]) -> Child {
         .arg(dir.join("state"))
         .arg("--lock-dir")
         .arg(dir.join("locks"))
-        .args(["maintain", "judi", "--specs"])
-        .arg(specs)
-        .arg("--")
-        .args(command)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -45,7 +51,7 @@ fn maintain(dir: &Path, specs: &Path, command: &[&str]) -> Child {
 }
 
 fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().expect("tend maintain ends");
+    let out = child.wait_with_output().expect("tend ends");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -99,4 +105,98 @@ fn a_member_already_down_spends_the_budget() {
     let (code, err) = finish(maintain(&dir, &root.path().join("specs"), &["true"]));
     assert_ne!(code, 0, "refused: {err}");
     assert!(err.contains("1 instance(s) may be down at once, 1 already are"), "{err}");
+}
+
+/// Writes the spec of `judi` with `replicas` (role judicator, `extra` in `placement`) into a
+/// new spec directory under `root`.
+fn specs(root: &Path, replicas: u32, extra: &str) -> std::path::PathBuf {
+    let dir = root.join("specs");
+    std::fs::create_dir_all(&dir).expect("specs dir");
+    let spec = format!(
+        "apiVersion: tend/v1\nkind: Service\nmetadata: {{name: judi}}\nspec:\n  image: tend-demo/busybox:1\n  replicas: {replicas}\n  placement: {{role: judicator{extra}}}\n"
+    );
+    std::fs::write(dir.join("judi.yaml"), spec).expect("spec");
+    dir
+}
+
+/// Member keys for `live` nodes, under a lease each (as their agents would hold them), and
+/// `slots` (slot → node) of `judi` assigned.
+fn place_at(etcd: &EtcdCluster, live: &[&str], slots: &[(u32, &str)]) {
+    for (k, n) in slots {
+        etcd.etcdctl_ok(&["put", &format!("/tend/budget/assign/{n}/judi/{k}"), "{}"]);
+    }
+    for n in live {
+        let granted = etcd.etcdctl_ok(&["lease", "grant", "300"]);
+        let lease = granted.split_whitespace().nth(1).expect("etcdctl names the lease").to_string();
+        let record = format!(
+            "{{\"node\":\"{n}\",\"roles\":[\"judicator\"],\"address\":null,\"version\":\"t\",\"startedMs\":0,\"drained\":false}}"
+        );
+        etcd.etcdctl_ok(&["put", &format!("--lease={lease}"), &format!("/tend/budget/members/{n}"), &record]);
+    }
+}
+
+#[test]
+fn a_window_over_two_instances_of_a_service_takes_two_slots() {
+    let etcd = EtcdCluster::start("budget-two");
+    let root = tempfile::tempdir().expect("temp dir");
+    // 5 replicas, not spread: n1 runs two of them, and the budget is 2.
+    let specs = specs(root.path(), 5, "");
+    place_at(&etcd, &["n1", "n2", "n3"], &[(1, "n1"), (2, "n1"), (3, "n2"), (4, "n3"), (5, "n3")]);
+    let n1 = node(root.path(), "n1", &etcd.endpoints());
+    let n2 = node(root.path(), "n2", &etcd.endpoints());
+    let window = maintain(&n1, &specs, &["sleep", "3"]);
+    thread::sleep(Duration::from_millis(1500));
+    // n1's window holds both slots: n2's is refused, though it takes down one instance.
+    let (code, err) = finish(maintain(&n2, &specs, &["true"]));
+    assert_ne!(code, 0, "a window opened beside one holding the whole budget: {err}");
+    assert!(err.contains("2 instance(s) may be down at once, 0 already are, held by root@n1"), "{err}");
+    let (code, err) = finish(window);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("took slot 1, 2 of the disruption budget of judi"), "{err}");
+    // n3 runs two and the budget is 2, but one is taken: refused, all or none.
+    let n3 = node(root.path(), "n3", &etcd.endpoints());
+    let holder = maintain(&n2, &specs, &["sleep", "3"]);
+    thread::sleep(Duration::from_millis(1500));
+    let (code, err) = finish(maintain(&n3, &specs, &["true"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("and this node runs 2 of them"), "{err}");
+    assert_eq!(finish(holder).0, 0);
+    let left = etcd.etcdctl_ok(&["get", "--prefix", "/tend/budget/budget/", "--keys-only"]);
+    assert!(left.trim().is_empty(), "a refused window left a slot taken: {left}");
+}
+
+#[test]
+fn a_drain_holds_the_budget_for_the_instance_it_took_down_once() {
+    let etcd = EtcdCluster::start("budget-drain");
+    let root = tempfile::tempdir().expect("temp dir");
+    // 5 replicas spread over n1..n5: a budget of 2.
+    let specs = specs(root.path(), 5, ", spread: true");
+    let all = ["n1", "n2", "n3", "n4", "n5"];
+    place_at(&etcd, &all, &[(1, "n1"), (2, "n2"), (3, "n3"), (4, "n4"), (5, "n5")]);
+    let dirs: Vec<_> = all.iter().map(|n| node(root.path(), n, &etcd.endpoints())).collect();
+    let specs_arg = specs.to_str().expect("UTF-8");
+    let (code, out) = finish(tend(&dirs[0], &["drain", "--specs", specs_arg]));
+    assert_eq!(code, 0, "{out}");
+    let held = etcd.etcdctl_ok(&["get", "/tend/budget/budget/judi/1", "-w", "fields"]);
+    assert!(held.contains(r#"\"kind\":\"drain\""#) && !held.contains("\"Lease\" : 0"), "{held}");
+    // The leader takes n1's slot off it; no other member can take it (spread): it is down,
+    // for the drain that holds a slot of the budget already.
+    etcd.etcdctl_ok(&["del", "/tend/budget/assign/n1/judi/1"]);
+    // So one slot is left, not none: n2 may open a window.
+    let (code, err) = finish(maintain(&dirs[1], &specs, &["true"]));
+    assert_eq!(code, 0, "the drain's instance was counted twice: {err}");
+    // A second drain takes it; then the budget is spent, naming both drains.
+    let (code, out) = finish(tend(&dirs[2], &["drain", "--specs", specs_arg]));
+    assert_eq!(code, 0, "{out}");
+    let (code, err) = finish(maintain(&dirs[3], &specs, &["true"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("drain by root@n1") && err.contains("drain by root@n3"), "{err}");
+    // A refused drain records nothing.
+    let (code, out) = finish(tend(&dirs[4], &["drain", "--specs", specs_arg]));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        !dirs[4].join("state/state.json").exists()
+            || !std::fs::read_to_string(dirs[4].join("state/state.json")).unwrap_or_default().contains("\"drain\""),
+        "the refused drain was recorded"
+    );
 }

@@ -1,18 +1,19 @@
-//! `tend maintain` in a cluster: the slots placed on this node (so `SERVICE` names the
-//! instances that run here), and a slot of the disruption budget of every placed service a
-//! window touches, held under a lease kept alive for the window and revoked after it.
+//! `tend maintain` and `tend drain` in a cluster: the slots placed on this node (so
+//! `SERVICE` names the instances that run here), and a slot of the disruption budget for
+//! each placed instance a window or a drain takes down — a window's held under a lease kept
+//! alive for the window and revoked after it, a drain's under the node's membership lease.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tend_specs::Desired;
+use tend_specs::{Desired, Service};
 
 use super::CliError;
 use crate::cli::output::eoutln;
-use crate::cluster::budget::{self, BudgetError, Holder};
+use crate::cluster::budget::{self, BudgetError, HoldKind, Holder};
 use crate::cluster::keys::Keys;
 use crate::daemon::cluster::ClusterSettings;
-use crate::engine::etcd::{ClusterStore, EtcdStore, KeepAlive};
+use crate::engine::etcd::{ClusterStore, EtcdStore, KeepAlive, LeaseId};
 
 /// This node in its cluster, connected.
 pub(super) struct Joined {
@@ -46,8 +47,8 @@ pub(super) async fn join(settings: ClusterSettings, desired: &mut Desired) -> Re
     Ok(Joined { settings, store })
 }
 
-/// Takes a budget slot of every placed service whose instances on this node `keys` names;
-/// with `wait`, waits until each is free.
+/// Takes a budget slot for each instance on this node that `keys` names, of every placed
+/// service; with `wait`, waits until they are free.
 pub(super) async fn take_all(
     joined: &Joined,
     desired: &Desired,
@@ -65,26 +66,84 @@ pub(super) async fn take_all(
         user: holder.user.clone(),
         reason: holder.reason.clone(),
         since_ms: holder.since_ms,
+        kind: HoldKind::Maintain,
     };
-    let cluster_keys = Keys::new(&id.cluster);
-    for s in desired.services.values().filter(|s| s.spec.placement.is_some()) {
-        let touched = crate::maintain::service_keys(desired, &s.name).unwrap_or_default();
-        if !touched.iter().any(|k| wanted.contains(k)) {
-            continue;
-        }
-        loop {
-            match budget::take(&*joined.store, &cluster_keys, s, &who, lease.id).await {
-                Ok(k) => {
-                    eoutln!("took slot {k} of the disruption budget of {}", s.name);
-                    break;
-                }
-                Err(BudgetError::Spent { .. }) if wait => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
-                Err(e) => {
-                    taken.release().await;
-                    return Err(e.into());
-                }
-            }
+    for (s, needed) in placed_here(desired, |k| wanted.contains(k)) {
+        if let Err(e) = take_one(joined, s, &who, lease.id, needed, wait).await {
+            taken.release().await;
+            return Err(e);
         }
     }
     Ok(taken)
+}
+
+/// The placed services with instances on this node that `touched` selects, each with how
+/// many.
+fn placed_here(desired: &Desired, touched: impl Fn(&String) -> bool) -> Vec<(&Service, u32)> {
+    desired
+        .services
+        .values()
+        .filter(|s| s.spec.placement.is_some())
+        .filter_map(|s| {
+            let keys = crate::maintain::service_keys(desired, &s.name).unwrap_or_default();
+            let n = keys.iter().filter(|k| touched(k)).count() as u32;
+            (n > 0).then_some((s, n))
+        })
+        .collect()
+}
+
+/// Takes `needed` slots of `service`'s budget under `lease`; with `wait`, until they are free.
+async fn take_one(
+    joined: &Joined,
+    service: &Service,
+    who: &Holder,
+    lease: LeaseId,
+    needed: u32,
+    wait: bool,
+) -> Result<(), CliError> {
+    let keys = Keys::new(&joined.settings.identity.cluster);
+    loop {
+        match budget::take(&*joined.store, &keys, service, who, lease, needed).await {
+            Ok(k) => {
+                let list = k.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                eoutln!("took slot {list} of the disruption budget of {}", service.name);
+                return Ok(());
+            }
+            Err(BudgetError::Spent { .. }) if wait => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `tend drain` in a cluster: a slot of the disruption budget for each instance placed on
+/// this node, held under the node's membership lease for as long as the drain lasts (its
+/// agent gives them back when the node is undrained). A node that is not a live member
+/// runs no placed instance that counts: it takes none. All or none: on a refusal the slots
+/// taken already are given back.
+pub(super) async fn take_for_drain(
+    joined: &Joined,
+    desired: &Desired,
+    who: Holder,
+    wait: bool,
+) -> Result<(), CliError> {
+    let id = &joined.settings.identity;
+    let keys = Keys::new(&id.cluster);
+    let (_, member) = joined.store.get(&keys.member(&id.node)).await.map_err(CliError::Etcd)?;
+    let Some(lease) = member.and_then(|kv| kv.lease) else {
+        eoutln!(
+            "note: {} is not a live member of cluster {}: its placed instances run elsewhere, and its drain takes no slot of a disruption budget",
+            id.node,
+            id.cluster
+        );
+        return Ok(());
+    };
+    for (s, needed) in placed_here(desired, |_| true) {
+        if let Err(e) = take_one(joined, s, &who, lease, needed, wait).await {
+            if let Err(undo) = budget::release_drain(&*joined.store, &keys, &id.node).await {
+                eoutln!("warning: {} (the slots go when this node is undrained)", crate::support::chain(&undo));
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }

@@ -18,12 +18,28 @@ pub(super) async fn release_by_agent(socket: &Path, name: &str) -> Result<Option
     }
 }
 
-/// `tend drain`: records the drain in the state directory, then has a running agent act on
-/// it at once; without an agent, the next `tend apply` stops the services.
-pub(super) fn drain(cli: &Cli, reason: Option<String>) -> Result<ExitCode, CliError> {
+/// `tend drain`: in a cluster, takes the disruption budget's slots first (refused when it
+/// is spent); records the drain in the state directory, then has a running agent act on it
+/// at once; without an agent, the next `tend apply` stops the services.
+pub(super) fn drain(cli: &Cli, reason: Option<String>, wait: bool, specs: Option<&Path>) -> Result<ExitCode, CliError> {
     let user = crate::maintain::locks::current_user().0;
-    let (drain, already) =
-        state::drain(&cli.state_dir, state::Drain { reason, since_ms: crate::support::now_ms(), user })?;
+    let since_ms = crate::support::now_ms();
+    let drained = state::read_state(&cli.state_dir)?.drain.is_some();
+    if let (false, Some(settings)) = (drained, agent::host_cluster()?) {
+        let mut desired = load(cli, &specs_for(cli, specs)?)?;
+        let who = crate::cluster::budget::Holder {
+            node: settings.identity.node.clone(),
+            user: user.clone(),
+            reason: reason.clone(),
+            since_ms,
+            kind: crate::cluster::budget::HoldKind::Drain,
+        };
+        runtime()?.block_on(async {
+            let joined = budget::join(settings, &mut desired).await?;
+            budget::take_for_drain(&joined, &desired, who, wait).await
+        })?;
+    }
+    let (drain, already) = state::drain(&cli.state_dir, state::Drain { reason, since_ms, user })?;
     let line = drained_line(&drain);
     outln!("{}{line}", if already { "already " } else { "" });
     match runtime()?.block_on(pass_by_agent(&cli.socket, true))? {

@@ -212,10 +212,20 @@ pub enum Command {
     /// Drain this node: its services are stopped (dependents first) and stay stopped, and
     /// nothing new starts, until `tend undrain`. A running agent acts at once; otherwise the
     /// next `tend apply` does.
+    ///
+    /// On a node of a cluster, the drain first takes a slot of the disruption budget for
+    /// each placed instance the node runs, and is refused when the budget is spent.
     Drain {
         /// Why (shown by `tend status` and `tend plan`).
         #[arg(long)]
         reason: Option<String>,
+        /// In a cluster: wait for free slots of the disruption budget instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// In a cluster: the spec set of the placed services (default: the running agent's,
+        /// else /etc/tend/specs).
+        #[arg(long)]
+        specs: Option<PathBuf>,
     },
     /// Undrain this node: what the drain stopped is started again, dependencies first.
     Undrain,
@@ -484,7 +494,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             release(&cli.state_dir, name)
         }
-        Command::Drain { reason } => drain(&cli, reason.clone()),
+        Command::Drain { reason, wait, specs } => drain(&cli, reason.clone(), *wait, specs.as_deref()),
         Command::Undrain => undrain(&cli),
         Command::Calendar { expr, iterations, from } => calendar(expr, *iterations, from.as_deref()),
         Command::Job { command } => job(&cli, command),

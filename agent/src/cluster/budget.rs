@@ -1,17 +1,30 @@
 //! The disruption budget of placed services: how many of a service's instances may be down
 //! at once across the cluster for maintenance (`tend maintain`, `tend drain`). Each window
 //! takes a slot `/tend/<cluster>/budget/<service>/<k>` (`k` from 1 to what the budget
-//! allows) in a transaction that creates it only if absent, under a lease the window keeps
-//! alive — so two operators racing for the last slot cannot both win, and a crashed
-//! operator's slot frees itself after the lease's TTL. Instances already down (a slot the
-//! leader could not place, or placed on a member that is gone) count against the budget
-//! first.
+//! allows) for each instance of the service it takes down, in a transaction that creates it
+//! only if absent, under a lease — so two operators racing for the last slot cannot both
+//! win. A maintenance window holds its slots under a lease of its own that it keeps alive,
+//! so a crashed operator's slots free themselves after the lease's TTL; a drain holds them
+//! under its node's membership lease, for as long as the node is drained and a member.
+//! Instances already down (a slot the leader could not place, or placed on a member that is
+//! gone) count against the budget first, except those a drain holds a slot for already.
 
 use serde::{Deserialize, Serialize};
 use tend_specs::Service;
 
 use crate::cluster::keys::Keys;
-use crate::engine::etcd::{ClusterStore, Condition, EtcdError, LeaseId, TxnOp, TxnOutcome};
+use crate::engine::etcd::{ClusterStore, Condition, EtcdError, KeyValue, LeaseId, TxnOp, TxnOutcome};
+
+/// What holds a budget slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldKind {
+    /// A maintenance window (`tend maintain`), under its own lease.
+    #[default]
+    Maintain,
+    /// A drain (`tend drain`), under its node's membership lease.
+    Drain,
+}
 
 /// Who holds a budget slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +38,20 @@ pub struct Holder {
     pub reason: Option<String>,
     /// Since when (ms since the epoch).
     pub since_ms: u64,
+    /// A window or a drain.
+    #[serde(default)]
+    pub kind: HoldKind,
+}
+
+impl Holder {
+    /// `drain by root@node-a since TIME`, as a refusal names it.
+    fn describe(&self) -> String {
+        let what = match self.kind {
+            HoldKind::Maintain => "",
+            HoldKind::Drain => "drain by ",
+        };
+        format!("{what}{}@{} since {}", self.user, self.node, crate::support::time::format_ms(self.since_ms))
+    }
 }
 
 /// Why a slot could not be taken.
@@ -39,9 +66,10 @@ pub enum BudgetError {
         #[source]
         source: EtcdError,
     },
-    /// No slot is free.
+    /// Not enough slots are free.
     #[error(
-        "the disruption budget of {service} is spent: {allowed} instance(s) may be down at once, {down} already are{}{}",
+        "the disruption budget of {service} is spent: {allowed} instance(s) may be down at once, {down} already are{}{}{}",
+        if *needed > 1 { format!(", and this node runs {needed} of them") } else { String::new() },
         if holders.is_empty() { String::new() } else { format!(", held by {}", holders.join("; ")) },
         " (wait with --wait)"
     )]
@@ -50,8 +78,10 @@ pub enum BudgetError {
         service: String,
         /// Its budget.
         allowed: u32,
-        /// Instances down already (unplaced, or on a gone member).
+        /// Instances down already (unplaced, or on a gone member, and not held by a drain).
         down: u32,
+        /// How many slots the window needed.
+        needed: u32,
         /// Who holds the slots and since when.
         holders: Vec<String>,
     },
@@ -69,40 +99,105 @@ fn slot_key(keys: &Keys, service: &str, k: u32) -> String {
     format!("{}{k}", keys.budget(service))
 }
 
-/// Takes a slot of `service`'s budget for `holder` under `lease`; returns the slot.
+/// The holders of the slots under `prefix`, with their keys.
+fn holders(kvs: &[KeyValue]) -> Vec<(&KeyValue, Holder)> {
+    kvs.iter().filter_map(|kv| serde_json::from_slice::<Holder>(&kv.value).ok().map(|h| (kv, h))).collect()
+}
+
+/// How many instances of `service` are down: not placed, or placed on a member that is gone.
+async fn down<S: ClusterStore>(store: &S, keys: &Keys, service: &Service) -> Result<u32, EtcdError> {
+    let members = store.get_prefix(&keys.members()).await?;
+    let live: Vec<&str> = members.kvs.iter().filter_map(|kv| kv.key.strip_prefix(&keys.members())).collect();
+    let assigned = store.get_prefix(&keys.assignments()).await?;
+    let slots = keys
+        .read_assignments(assigned.kvs.iter().map(|kv| kv.key.as_str()))
+        .remove(service.name.as_str())
+        .unwrap_or_default();
+    let up = slots.values().filter(|node| live.contains(&node.as_str())).count() as u32;
+    Ok(service.spec.replicas.saturating_sub(up))
+}
+
+/// Takes `needed` slots of `service`'s budget for `holder` under `lease`, all or none;
+/// returns them.
 pub async fn take<S: ClusterStore>(
     store: &S,
     keys: &Keys,
     service: &Service,
     holder: &Holder,
     lease: LeaseId,
-) -> Result<u32, BudgetError> {
+    needed: u32,
+) -> Result<Vec<u32>, BudgetError> {
     let name = service.name.as_str();
     let etcd = |source| BudgetError::Etcd { service: name.to_string(), source };
     let allowed = allowed(service).unwrap_or(0);
-    let members = store.get_prefix(&keys.members()).await.map_err(etcd)?;
-    let live: Vec<String> =
-        members.kvs.iter().filter_map(|kv| kv.key.strip_prefix(&keys.members())).map(String::from).collect();
-    let assigned = store.get_prefix(&keys.assignments()).await.map_err(etcd)?;
-    let slots = keys.read_assignments(assigned.kvs.iter().map(|kv| kv.key.as_str())).remove(name).unwrap_or_default();
-    let up = slots.values().filter(|node| live.contains(node)).count() as u32;
-    let down = service.spec.replicas.saturating_sub(up);
+    let down = down(store, keys, service).await.map_err(etcd)?;
+    let held = store.get_prefix(&keys.budget(name)).await.map_err(etcd)?;
+    let held = holders(&held.kvs);
+    // An instance a drain moved off its node, and that no other member could take, is down
+    // because of that drain, which holds a slot for it already: not counted twice.
+    let drains = held.iter().filter(|(_, h)| h.kind == HoldKind::Drain).count() as u32;
+    let down = down.saturating_sub(drains);
     let value = serde_json::to_vec(holder).unwrap_or_default();
+    let mut taken = Vec::new();
     for k in 1..=allowed.saturating_sub(down) {
+        if taken.len() == needed as usize {
+            break;
+        }
         let key = slot_key(keys, name, k);
         let put = TxnOp::Put { key: key.clone(), value: value.clone(), lease: Some(lease) };
         if let TxnOutcome::Committed(_) = store.txn(&[Condition::Absent(key)], &[put]).await.map_err(etcd)? {
-            return Ok(k);
+            taken.push(k);
         }
     }
+    if taken.len() == needed as usize {
+        return Ok(taken);
+    }
+    for k in &taken {
+        store.delete(&slot_key(keys, name, *k)).await.map_err(etcd)?;
+    }
     let held = store.get_prefix(&keys.budget(name)).await.map_err(etcd)?;
-    let holders = held
-        .kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<Holder>(&kv.value).ok())
-        .map(|h| format!("{}@{} since {}", h.user, h.node, crate::support::time::format_ms(h.since_ms)))
-        .collect();
-    Err(BudgetError::Spent { service: name.to_string(), allowed, down, holders })
+    let holders = holders(&held.kvs).iter().map(|(_, h)| h.describe()).collect();
+    Err(BudgetError::Spent { service: name.to_string(), allowed, down, needed, holders })
+}
+
+/// The slots `node`'s drain holds, of every service.
+async fn drain_slots<S: ClusterStore>(store: &S, keys: &Keys, node: &str) -> Result<Vec<KeyValue>, EtcdError> {
+    let all = store.get_prefix(&keys.budgets()).await?;
+    Ok(holders(&all.kvs)
+        .into_iter()
+        .filter(|(_, h)| h.kind == HoldKind::Drain && h.node == node)
+        .map(|(kv, _)| kv.clone())
+        .collect())
+}
+
+/// Gives back every slot `node`'s drain holds (it was undrained); how many there were.
+pub async fn release_drain<S: ClusterStore>(store: &S, keys: &Keys, node: &str) -> Result<usize, EtcdError> {
+    let slots = drain_slots(store, keys, node).await?;
+    for kv in &slots {
+        store.delete(&kv.key).await?;
+    }
+    Ok(slots.len())
+}
+
+/// Moves the slots `node`'s drain holds under `lease`, the node's new membership lease (its
+/// agent joined again while the node is drained); how many it moved. A slot that went with
+/// the old lease (the node was away longer than its TTL, so its instances were placed
+/// elsewhere meanwhile) is not taken again.
+pub async fn reattach_drain<S: ClusterStore>(
+    store: &S,
+    keys: &Keys,
+    node: &str,
+    lease: LeaseId,
+) -> Result<usize, EtcdError> {
+    let mut moved = 0;
+    for kv in drain_slots(store, keys, node).await?.into_iter().filter(|kv| kv.lease != Some(lease)) {
+        let put = TxnOp::Put { key: kv.key.clone(), value: kv.value.clone(), lease: Some(lease) };
+        let same = Condition::CreatedAt(kv.key.clone(), kv.create_revision);
+        if let TxnOutcome::Committed(_) = store.txn(&[same], &[put]).await? {
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!   per node, so a change wakes only the node it concerns. Not under a lease: the
 //!   placement outlives a leader; a new leader reads it and goes on from it;
 //! - `budget/<service>/<k>`: slot `k` of a service's disruption budget, held by a
-//!   maintenance window under its lease (`budget`);
+//!   maintenance window under its lease, or by a drain under its node's (`budget`);
 //! - `runs/<timer>`: the run of a `runOn: leader` Timer in progress, under that run's own
 //!   lease (`runonce`): a [`RunHolder`](crate::cluster::runonce::RunHolder);
 //! - `history/<timer>/<run>@<node>`: the last runs of such a Timer, one JSON record each,
@@ -64,6 +64,11 @@ impl Keys {
     /// The leader election.
     pub fn election(&self) -> String {
         format!("{}leader", self.root)
+    }
+
+    /// The disruption budgets of every service.
+    pub fn budgets(&self) -> String {
+        format!("{}budget/", self.root)
     }
 
     /// The disruption budget's slots of `service`.

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::budget;
 use crate::cluster::keys::{Keys, MemberRecord};
 use crate::cluster::leader::{self, Services};
 use crate::cluster::placement::Assignments;
@@ -146,13 +147,14 @@ pub fn start<S: ClusterStore + 'static>(
     store: Arc<S>,
     identity: Identity,
     last: BTreeMap<String, BTreeSet<u32>>,
+    drained: bool,
     stop: CancellationToken,
 ) -> Handle {
     let identity = Arc::new(identity);
     let (view_tx, view) = watch::channel(View { mine: last, ..View::default() });
     let (services, services_rx) = watch::channel(Services::default());
     let (left_tx, left) = watch::channel(false);
-    let (drained, drained_rx) = watch::channel(false);
+    let (drained, drained_rx) = watch::channel(drained);
     let view_tx = Arc::new(view_tx);
     tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
     tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
@@ -240,6 +242,7 @@ async fn session<S: ClusterStore>(
     let value = serde_json::to_vec(&record).unwrap_or_default();
     store.put(&keys.member(&id.node), &value, Some(lease.id)).await?;
     info!(cluster = %id.cluster, node = %id.node, lease = %lease.id, ttl_s = lease.ttl.as_secs(), "joined the cluster");
+    settle_drain_slots(store, &keys, &id.node, record.drained, Some(lease.id)).await;
     view.send_modify(|v| {
         v.connected = true;
         v.error = None;
@@ -308,6 +311,31 @@ async fn republish<S: ClusterStore>(
         if let Err(e) = store.put(&keys.member(&record.node), &value, Some(lease)).await {
             return e;
         }
+        if !record.drained {
+            settle_drain_slots(store, keys, &record.node, false, None).await;
+        }
+    }
+}
+
+/// The disruption budget's slots of this node's drain (`tend drain` took them under the
+/// node's lease): moved under `lease`, this session's, while the node is drained; given
+/// back when it is not. A failure is logged: a slot left behind goes with its lease.
+async fn settle_drain_slots<S: ClusterStore>(
+    store: &S,
+    keys: &Keys,
+    node: &str,
+    drained: bool,
+    lease: Option<crate::engine::etcd::LeaseId>,
+) {
+    let done = match (drained, lease) {
+        (true, Some(lease)) => budget::reattach_drain(store, keys, node, lease).await.map(|n| (n, "kept")),
+        (true, None) => return,
+        (false, _) => budget::release_drain(store, keys, node).await.map(|n| (n, "given back")),
+    };
+    match done {
+        Ok((0, _)) => {}
+        Ok((n, what)) => info!(node, slots = n, "the drain's slots of the disruption budget {what}"),
+        Err(e) => warn!(node, error = %crate::support::chain(&e), "the drain's slots of the disruption budget"),
     }
 }
 

@@ -75,7 +75,11 @@ pub(super) async fn start(
     let store = Arc::new(Metered::new(etcd, recorder));
     let path = state_dir.join(SLOTS_FILE);
     let last = read_slots(&path);
-    let handle = node::start(store, settings.identity.clone(), last.clone(), stop.child_token()).with_reads(reads);
+    // Drained or not from the start: the member record says so as it is written, and the
+    // drain's budget slots are kept rather than given back.
+    let drained = crate::reconcile::state::read_state(state_dir).is_ok_and(|s| s.drain.is_some());
+    let handle =
+        node::start(store, settings.identity.clone(), last.clone(), drained, stop.child_token()).with_reads(reads);
     spawn_keep_slots(&handle, path, last, stop.clone());
     Ok(handle)
 }
