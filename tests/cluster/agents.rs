@@ -1025,3 +1025,89 @@ fn a_drain_takes_a_slot_of_the_disruption_budget_and_two_at_once_are_refused() {
     let (ok, out) = drain(&c, 2);
     assert!(ok, "the drain after the undrain is refused: {out}");
 }
+
+/// A health check that fails once and passes from its second run on: an instance is
+/// healthy about two seconds after it starts.
+const SLOW_HEALTH: &str = r#"healthcheck: {command: [sh, -c, "test -f /tmp/seen || { touch /tmp/seen; exit 1; }"], interval: 1s, timeout: 1s, retries: 5}"#;
+
+/// Whether the engine holds container `id` healthy now.
+fn healthy(id: &str) -> bool {
+    harness::docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", id]).trim() == "healthy"
+}
+
+/// When the engine first said container `id` healthy (its `health_status` event) since
+/// `since`, in seconds since the epoch. (Not from `.State.Health.Log`: it keeps the last
+/// five checks only.)
+fn became_healthy(since: f64, id: &str) -> Option<f64> {
+    docker_events(since, &[id.to_string()], "health_status").first().map(|(_, t)| *t)
+}
+
+#[test]
+fn a_changed_spec_is_replaced_one_node_at_a_time_each_awaited_healthy() {
+    let c = Cluster::start("cl_turns", Layout::Loopback, 3, 3, &format!("{SLOW_HEALTH}\nenv: {{V: \"1\"}}"));
+    let (old, _) = c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    let old_ids = Cluster::ids(&old);
+    let since = now_s();
+    c.write_service(3, &format!("{SLOW_HEALTH}\nenv: {{V: \"2\"}}"));
+    // Every copy replaced, and healthy.
+    let (new, took) = c.wait("every copy replaced and healthy", Duration::from_secs(120), |c| {
+        let now = c.settled(&[1, 2, 3])?;
+        let replaced = now.iter().all(|(slot, copy)| old_ids[slot] != copy.id && healthy(&copy.id));
+        replaced.then_some(now)
+    });
+    eprintln!("measured: 3 nodes replaced one at a time, each awaited healthy, in {took:?}");
+    // Each node stopped its old copy only after the previous node's new copy was healthy
+    // (the engine's timestamps): never two of the three down at once.
+    let died = docker_events(since, &old.values().map(|c| c.id.clone()).collect::<Vec<_>>(), "die");
+    let mut steps: Vec<(f64, f64, String)> = new
+        .iter()
+        .map(|(slot, copy)| {
+            let stopped = died
+                .iter()
+                .find(|(name, _)| name.ends_with(&format!("-{slot}")))
+                .map(|(_, t)| *t)
+                .unwrap_or_else(|| panic!("no die event of slot {slot}'s old copy: {died:?}\n{}", c.dump()));
+            (stopped, became_healthy(since, &copy.id).expect("a health_status event"), copy.node.clone())
+        })
+        .collect();
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!("measured: (old copy stopped, new copy healthy, node): {steps:?}");
+    for pair in steps.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "{} stopped its copy at {:.3}, before {}'s new copy was healthy at {:.3}\n{}",
+            pair[1].2,
+            pair[1].0,
+            pair[0].2,
+            pair[0].1,
+            c.dump()
+        );
+    }
+    // Every turn was given back.
+    c.wait("the turns given back", Duration::from_secs(30), |c| budget_slots(c).is_empty().then_some(()));
+}
+
+#[test]
+fn a_rollout_waits_while_a_member_is_down() {
+    let mut c = Cluster::start("cl_turns_down", Layout::Loopback, 3, 3, "env: {V: \"1\"}");
+    let (old, _) = c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    // n2 is lost: its agent killed, its copy gone. With spread, no other member can take its
+    // slot: one of three is down, which is all the budget allows.
+    c.agent("n2").kill();
+    harness::docker_ok(&["rm", "-f", &old[&3].id]);
+    c.wait("n2's lease to run out", Duration::from_secs(30), |c| (!c.members().contains("n2")).then_some(()));
+    c.write_service(3, "env: {V: \"2\"}");
+    // The survivors see the change and wait for a turn they cannot get: their copies stay.
+    c.wait("the survivors to wait for their turn", Duration::from_secs(30), |c| {
+        c.agents[..2].iter().all(|a| !a.logged("waiting for this node's rollout turn").is_empty()).then_some(())
+    });
+    let now: BTreeMap<u32, String> = c.copies().iter().filter(|k| k.running).map(|k| (k.slot, k.id.clone())).collect();
+    assert_eq!(now.get(&1), Some(&old[&1].id), "n0 replaced its copy while a member was down\n{}", c.dump());
+    assert_eq!(now.get(&2), Some(&old[&2].id), "n1 replaced its copy while a member was down\n{}", c.dump());
+    // n2 is back: its slot runs again (on the new spec), then the others take their turns.
+    c.agent("n2").spawn();
+    c.wait("every copy replaced", Duration::from_secs(120), |c| {
+        let now = c.settled(&[1, 2, 3])?;
+        now.iter().all(|(slot, copy)| old[slot].id != copy.id).then_some(())
+    });
+}

@@ -24,6 +24,9 @@ pub enum HoldKind {
     Maintain,
     /// A drain (`tend drain`), under its node's membership lease.
     Drain,
+    /// A node's turn in the rollout of a changed spec (`turns`), under its node's
+    /// membership lease.
+    Rollout,
 }
 
 /// Who holds a budget slot.
@@ -49,6 +52,7 @@ impl Holder {
         let what = match self.kind {
             HoldKind::Maintain => "",
             HoldKind::Drain => "drain by ",
+            HoldKind::Rollout => "rollout by ",
         };
         format!("{what}{}@{} since {}", self.user, self.node, crate::support::time::format_ms(self.since_ms))
     }
@@ -94,8 +98,16 @@ pub fn allowed(service: &Service) -> Option<u32> {
     Some(placement.max_unavailable.unwrap_or(service.spec.replicas.saturating_sub(1) / 2))
 }
 
+/// How many of `service`'s instances a rollout may take down at once across the cluster:
+/// `rollout.maxUnavailable` within the budget, and at least one (a changed spec always rolls
+/// out, one node at a time where the budget allows none).
+pub fn rollout_allowed(service: &Service) -> u32 {
+    let budget = allowed(service).unwrap_or(0).max(1);
+    service.spec.rollout.max_unavailable.clamp(1, budget)
+}
+
 /// The key of slot `k` of `service`'s budget.
-fn slot_key(keys: &Keys, service: &str, k: u32) -> String {
+pub fn slot_key(keys: &Keys, service: &str, k: u32) -> String {
     format!("{}{k}", keys.budget(service))
 }
 
@@ -129,7 +141,10 @@ pub async fn take<S: ClusterStore>(
 ) -> Result<Vec<u32>, BudgetError> {
     let name = service.name.as_str();
     let etcd = |source| BudgetError::Etcd { service: name.to_string(), source };
-    let allowed = allowed(service).unwrap_or(0);
+    let allowed = match holder.kind {
+        HoldKind::Rollout => rollout_allowed(service),
+        HoldKind::Maintain | HoldKind::Drain => allowed(service).unwrap_or(0),
+    };
     let down = down(store, keys, service).await.map_err(etcd)?;
     let held = store.get_prefix(&keys.budget(name)).await.map_err(etcd)?;
     let held = holders(&held.kvs);
@@ -218,6 +233,11 @@ mod tests {
         assert_eq!(allowed(&service(&doc("  replicas: 2\n  placement: {role: r}\n"))), Some(0));
         assert_eq!(allowed(&service(&doc("  replicas: 2\n  placement: {role: r, maxUnavailable: 1}\n"))), Some(1));
         assert_eq!(allowed(&service(&doc("  replicas: 3\n"))), None);
+        // A rollout: rollout.maxUnavailable within the budget, and at least one.
+        assert_eq!(rollout_allowed(&service(&doc("  replicas: 5\n  placement: {role: r}\n"))), 1);
+        let wide = "  replicas: 5\n  placement: {role: r}\n  rollout: {maxUnavailable: 3}\n";
+        assert_eq!(rollout_allowed(&service(&doc(wide))), 2);
+        assert_eq!(rollout_allowed(&service(&doc("  replicas: 2\n  placement: {role: r}\n"))), 1);
         assert_eq!(slot_key(&Keys::new("c"), "j", 2), "/tend/c/budget/j/2");
     }
 }

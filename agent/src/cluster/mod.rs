@@ -6,7 +6,8 @@
 //! [`assign`]; on a node outside a cluster, [`place_locally`]. `report` reads what `tend
 //! cluster members` and `tend cluster status` show; `metered` measures the store's calls.
 //! `runonce` is the protocol that keeps a `runOn: leader` Timer's runs from overlapping in
-//! the cluster.
+//! the cluster; `budget` the disruption budget of maintenance, drains and rollouts, and
+//! `turns` a node's turn in the cluster-wide rollout of a changed spec.
 
 pub mod budget;
 pub mod keys;
@@ -17,6 +18,7 @@ pub mod pacing;
 pub mod placement;
 pub mod report;
 pub mod runonce;
+pub mod turns;
 pub mod view;
 
 use tend_specs::Desired;

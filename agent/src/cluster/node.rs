@@ -79,6 +79,7 @@ pub struct Handle {
     drained: watch::Sender<bool>,
     store: Arc<dyn Reads>,
     left: watch::Receiver<bool>,
+    turns: Option<Arc<dyn crate::cluster::turns::RolloutTurns>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -98,6 +99,17 @@ impl Handle {
     pub fn with_reads(mut self, store: Arc<dyn Reads>) -> Self {
         self.store = store;
         self
+    }
+
+    /// Takes this node's rollout turns through `turns`.
+    pub fn with_turns(mut self, turns: Arc<dyn crate::cluster::turns::RolloutTurns>) -> Self {
+        self.turns = Some(turns);
+        self
+    }
+
+    /// This node's turns in the cluster-wide rollouts, when it takes them.
+    pub fn turns(&self) -> Option<&dyn crate::cluster::turns::RolloutTurns> {
+        self.turns.as_deref()
     }
 
     /// The placed services of the spec set in use, as last handed in.
@@ -164,7 +176,7 @@ pub fn start<S: ClusterStore + 'static>(
         sessions(store, id, view_tx, services_rx, drained_rx, stop).await;
         let _ = left_tx.send(true);
     });
-    Handle { identity, view, services, drained, store: reads, left }
+    Handle { identity, view, services, drained, store: reads, left, turns: None }
 }
 
 /// The backoff between failed sessions or watches: 1 s doubling up to 30 s.

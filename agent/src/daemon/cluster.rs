@@ -9,21 +9,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tend_specs::Desired;
 use tend_specs::service::OnLostLease;
 use tend_specs::timer::RunOn;
+use tend_specs::{Desired, Service};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::cluster::budget;
 use crate::cluster::leader::Services;
 use crate::cluster::metered::{Metered, Recorder};
 use crate::cluster::node::{self, Handle, Identity, View};
 use crate::cluster::pacing::Pace;
 use crate::cluster::placement::PlacedService;
+use crate::cluster::turns::Turns;
 use crate::daemon::metrics::ClusterMetrics;
 use crate::daemon::shared::Wake;
 use crate::engine::etcd::{EtcdConfig, EtcdError, EtcdStore};
+use crate::reconcile::apply::Report;
+use crate::reconcile::model::{Health, Observed, RunState};
+use crate::reconcile::plan::{Note, Plan};
 use crate::reconcile::status::ClusterSummary;
 
 /// The call timeout of the reads of `tend cluster members` and `tend cluster status`: under
@@ -62,6 +67,7 @@ pub(super) async fn start(
     settings: &ClusterSettings,
     metrics: &ClusterMetrics,
     state_dir: &Path,
+    wake: mpsc::Sender<Wake>,
     stop: &CancellationToken,
 ) -> Result<Handle, EtcdError> {
     let mut etcd = settings.etcd.clone();
@@ -78,8 +84,12 @@ pub(super) async fn start(
     // Drained or not from the start: the member record says so as it is written, and the
     // drain's budget slots are kept rather than given back.
     let drained = crate::reconcile::state::read_state(state_dir).is_ok_and(|s| s.drain.is_some());
-    let handle =
-        node::start(store, settings.identity.clone(), last.clone(), drained, stop.child_token()).with_reads(reads);
+    let handle = node::start(store.clone(), settings.identity.clone(), last.clone(), drained, stop.child_token());
+    let wake: Box<dyn Fn() + Send + Sync> = Box::new(move || {
+        let _ = wake.try_send(Wake::Cluster);
+    });
+    let turns = Turns::new(store, handle.identity.clone(), wake, stop.child_token());
+    let handle = handle.with_reads(reads).with_turns(Arc::new(turns));
     spawn_keep_slots(&handle, path, last, stop.clone());
     Ok(handle)
 }
@@ -228,6 +238,62 @@ pub(super) fn localize(handle: &Handle, desired: Arc<Desired>) -> Arc<Desired> {
         d.timers.retain(|_, t| t.spec.run_on != RunOn::Leader);
     }
     Arc::new(d)
+}
+
+/// The placed services of `desired` (the spec set as this node applies it) whose running
+/// instances here wait for this node's rollout turn: those with instances here whose turn
+/// it does not hold.
+pub(super) fn gate(handle: &Handle, desired: &Desired) -> BTreeMap<String, Note> {
+    let Some(turns) = handle.turns() else { return BTreeMap::new() };
+    let held = turns.held();
+    desired
+        .services
+        .values()
+        .filter(|s| s.spec.placement.is_some() && !s.instances().is_empty() && !held.contains(&s.name))
+        .map(|s| {
+            let note = Note::ClusterTurn { service: s.name.clone(), at_once: budget::rollout_allowed(s) };
+            (s.name.clone(), note)
+        })
+        .collect()
+}
+
+/// After a pass: asks for the turn of each service whose replacement waited for it, and
+/// gives back each turn held for a service that is done here.
+pub(super) fn after_pass(handle: &Handle, desired: &Desired, report: &Report) {
+    let Some(turns) = handle.turns() else { return };
+    let wanted = report
+        .plan
+        .notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::ClusterTurn { service, .. } => desired.services.get(service).cloned(),
+            _ => None,
+        })
+        .collect();
+    turns.want(wanted);
+    for name in turns.held() {
+        if rolled_out(desired.services.get(&name), &report.plan, &report.observed) {
+            turns.release(&name);
+        }
+    }
+}
+
+/// Whether `service` is done with its rollout here, as a pass saw it: the pass had no step
+/// for it, and every instance of it here is current, running and ready (healthy, where it
+/// has a health check). A service no longer here is done.
+fn rolled_out(service: Option<&Service>, plan: &Plan, observed: &Observed) -> bool {
+    let Some(s) = service else { return true };
+    if plan.steps.iter().any(|step| step.action.owner().as_deref() == Some(s.name.as_str())) {
+        return false;
+    }
+    let ready: BTreeSet<u32> = observed
+        .containers
+        .iter()
+        .filter(|c| c.service == s.name && !c.is_next() && c.hash == s.hash && c.state == RunState::Running)
+        .filter(|c| matches!(c.health, Health::None | Health::Healthy))
+        .map(|c| c.instance)
+        .collect();
+    s.instances().iter().all(|i| ready.contains(i))
 }
 
 /// A node cut off from etcd for `cut_off`: past a service's `lostLeaseGrace`, its

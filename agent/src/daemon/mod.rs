@@ -184,7 +184,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let cluster = match &settings.cluster {
         Some(c) => {
             let cluster_metrics = metrics.cluster();
-            let handle = cluster::start(c, &cluster_metrics, &settings.host.state_dir, &stop)
+            let handle = cluster::start(c, &cluster_metrics, &settings.host.state_dir, wake_tx.clone(), &stop)
                 .await
                 .map_err(AgentError::Cluster)?;
             cluster::spawn_wakeups(&handle, wake_tx.clone(), stop.clone());

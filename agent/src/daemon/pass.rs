@@ -95,7 +95,14 @@ async fn converge(
     }
     // A backup killed while its services were stopped: they are started again first.
     options.stopped_by_backup = crate::backup::quiesce::recover_before_pass(engines, &desired, state_dir.path()).await;
-    let result = apply::apply(engines.clone(), desired, &state_dir, &options).await;
+    // In a cluster: a placed service's running instances are replaced in this node's turn.
+    if let Some(cluster) = &shared.cluster {
+        options.gated = crate::daemon::cluster::gate(cluster, &desired);
+    }
+    let result = apply::apply(engines.clone(), desired.clone(), &state_dir, &options).await;
+    if let (Some(cluster), Ok(report)) = (&shared.cluster, &result) {
+        crate::daemon::cluster::after_pass(cluster, &desired, report);
+    }
     drop(state_dir);
     conclude(shared, engines, result, unreachable, backoff, started.elapsed());
 }

@@ -93,6 +93,7 @@ pub fn plan_for(
         units: Some(&ctx),
         ignore_windows,
         zone: plan::window::host_zone(),
+        gated: &options.gated,
     });
     if options.skip_owners.is_empty() { plan } else { plan.without_owners(&options.skip_owners) }
 }

@@ -1,7 +1,7 @@
 //! What a pass runs with: the host ([`crate::host::Host`]) and the options of one pass
 //! (the spec set, concurrency, cancellation, backoff, update windows).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,9 @@ pub struct Options {
     /// Instances and units an interrupted backup stopped and that could not be started
     /// again before the pass: their exits are not crashes.
     pub stopped_by_backup: BTreeSet<String>,
+    /// Placed services whose running instances wait for this node's turn in the cluster's
+    /// rollout (the agent's; none outside a cluster), with the note that says so.
+    pub gated: BTreeMap<String, crate::reconcile::plan::Note>,
 }
 
 impl Options {
@@ -43,6 +46,7 @@ impl Options {
             skip_owners: BTreeSet::new(),
             ignore_windows: false,
             stopped_by_backup: BTreeSet::new(),
+            gated: BTreeMap::new(),
         }
     }
 

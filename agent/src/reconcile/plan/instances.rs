@@ -33,6 +33,8 @@ pub(super) struct Work {
     pub blocked: bool,
     /// A change waits for the service's update window.
     pub deferred: bool,
+    /// A replacement waits for this node's turn in the cluster's rollout.
+    pub gated: bool,
 }
 
 /// The work the instances of `s` this node runs need ([`Service::instances`]: `1..=replicas`,
@@ -44,7 +46,7 @@ pub(super) fn work(
     instances: &BTreeMap<u32, Vec<&Container>>,
     image_missing: bool,
 ) -> Work {
-    let mut w = Work { units: Vec::new(), blocked: false, deferred: false };
+    let mut w = Work { units: Vec::new(), blocked: false, deferred: false, gated: false };
     let image = s.spec.image.as_deref().unwrap_or_default();
     if image_missing {
         b.notes.push(Note::ImageNotPresent { service: s.name.clone(), image: image.to_string() });
@@ -154,6 +156,10 @@ fn outdated(s: &Service, current: &Container, image_id: Option<&String>) -> Opti
 fn replace(cx: &Cx<'_>, b: &mut Builder, s: &Service, i: u32, current: &Container, reason: Reason, w: &mut Work) {
     if cx.windows.contains_key(&s.name) && window::serving(current) {
         w.deferred = true;
+        return;
+    }
+    if cx.gated.contains_key(&s.name) && window::serving(current) {
+        w.gated = true;
         return;
     }
     let next_name = format!("{}{NEXT_SUFFIX}", current.name);

@@ -46,6 +46,7 @@ struct Cx<'a> {
     state: &'a State,
     now_ms: u64,
     windows: BTreeMap<String, Note>,
+    gated: &'a BTreeMap<String, Note>,
 }
 
 /// Live containers by service and instance.
@@ -56,10 +57,10 @@ pub fn plan(input: Input<'_>) -> Plan {
     if let Some(drain) = &input.state.drain {
         return drain::plan_drained(input, drain);
     }
-    let Input { desired, observed, state, now_ms, pulled, units, ignore_windows, zone } = input;
+    let Input { desired, observed, state, now_ms, pulled, units, ignore_windows, zone, gated } = input;
     let mut b = Builder { steps: Vec::new(), notes: Vec::new() };
     let windows = window::closed(desired, now_ms, ignore_windows, zone);
-    let cx = Cx { desired, observed, state, now_ms, windows };
+    let cx = Cx { desired, observed, state, now_ms, windows, gated };
     let live = group_live(&mut b, observed);
     let resources = resources::plan_resources(&mut b, desired, observed, pulled);
     // Services in dependency order, so a dependency's steps exist before its dependents'.

@@ -63,6 +63,11 @@ pub(super) fn plan_service<'a>(
     {
         b.notes.push(note.clone());
     }
+    if work.gated
+        && let Some(note) = cx.gated.get(&s.name)
+    {
+        b.notes.push(note.clone());
+    }
     deps.steps.insert(s.name.as_str(), mine);
 }
 

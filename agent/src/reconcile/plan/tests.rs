@@ -74,6 +74,7 @@ fn run(d: &Desired, o: &Observed, st: &State) -> Plan {
         units: None,
         ignore_windows: false,
         zone: &UTC,
+        gated: &BTreeMap::new(),
     })
 }
 
@@ -142,6 +143,7 @@ fn pull_always_pulls_each_pass_until_pulled() {
         units: None,
         ignore_windows: false,
         zone: &UTC,
+        gated: &BTreeMap::new(),
     });
     assert!(p.is_empty());
 }
@@ -664,6 +666,7 @@ fn plan_units(d: &Desired, units: BTreeMap<String, Unit>, st: &State) -> Plan {
             units: Some(ctx),
             ignore_windows: false,
             zone: &UTC,
+            gated: &BTreeMap::new(),
         })
     })
 }
@@ -794,6 +797,7 @@ fn without_systemd_no_unit_is_planned() {
             units: Some(ctx),
             ignore_windows: false,
             zone: &UTC,
+            gated: &BTreeMap::new(),
         })
     });
     assert!(p.is_empty());
@@ -917,6 +921,7 @@ fn a_systemd_service_or_timer_under_maintenance_is_left_alone() {
             units: Some(ctx),
             ignore_windows: false,
             zone: &UTC,
+            gated: &BTreeMap::new(),
         })
     });
     assert!(p.is_empty(), "{:?}", show(&p));
@@ -1179,6 +1184,7 @@ fn plan_at(d: &Desired, o: &Observed, now_ms: u64, ignore_windows: bool) -> Plan
         units: None,
         ignore_windows,
         zone: &UTC,
+        gated: &BTreeMap::new(),
     })
 }
 
@@ -1338,6 +1344,7 @@ fn plan_units_at(d: &Desired, units: BTreeMap<String, Unit>, ignore_windows: boo
             units: Some(ctx),
             ignore_windows,
             zone: &UTC,
+            gated: &BTreeMap::new(),
         })
     })
 }
@@ -1703,4 +1710,46 @@ fn outside_a_cluster_a_spread_service_runs_slot_one_and_one_not_spread_runs_ever
     assert_eq!(d.services["spread"].instances(), [1]);
     assert_eq!(d.services["packed"].instances(), [1, 2]);
     assert_eq!((d.services["plain"].slots.as_ref(), d.services["plain"].instances()), (None, vec![1, 2]));
+}
+
+// ---- the cluster's rollout turn ----------------------------------------------------------
+
+#[test]
+fn a_gated_service_replaces_no_running_instance_until_its_turn_but_restarts_a_dead_one() {
+    let spec = |command: &str| desired(&svc("judi", &format!("replicas: 2\ncommand: [sleep, '{command}']")));
+    let (old, new) = (spec("1"), spec("2"));
+    let cs = vec![live(&old, "judi", 1, RunState::Running), live(&old, "judi", 2, RunState::Exited)];
+    let st = State::default();
+    let pulled = BTreeSet::new();
+    let note = Note::ClusterTurn { service: "judi".into(), at_once: 1 };
+    let gated = BTreeMap::from([("judi".to_string(), note.clone())]);
+    let o = observed(&new, cs.clone());
+    let at = |gated: &BTreeMap<String, Note>, ignore_windows: bool| {
+        plan(Input {
+            desired: &new,
+            observed: &o,
+            state: &st,
+            now_ms: NOW,
+            pulled: &pulled,
+            units: None,
+            ignore_windows,
+            zone: &UTC,
+            gated,
+        })
+    };
+    // Waiting for its turn: the running instance stays; the exited one, down already, is
+    // replaced; `--now` does not lift the gate (it is the cluster's, not a window).
+    for now in [false, true] {
+        let p = at(&gated, now);
+        assert_eq!(show(&p), ["remove judi-2 (changed: command)", "create judi-2 (changed: command) after [1]"]);
+        assert_eq!(p.notes, std::slice::from_ref(&note));
+    }
+    assert_eq!(
+        note.to_string(),
+        "waiting for the cluster: judi is replaced here when this node's turn comes (1 node(s) at a time, each awaited ready)"
+    );
+    // Its turn: both are replaced, as the rollout says.
+    let p = at(&BTreeMap::new(), false);
+    assert_eq!(show(&p).len(), 4, "{:?}", show(&p));
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
 }

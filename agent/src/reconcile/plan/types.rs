@@ -414,6 +414,14 @@ pub enum Note {
         /// Its ID.
         id: String,
     },
+    /// Replacing the running instances of a placed service here waits for this node's turn
+    /// in the cluster: a slot of the service's disruption budget, taken by the agent.
+    ClusterTurn {
+        /// The service.
+        service: String,
+        /// How many of its instances may be down at once across the cluster.
+        at_once: u32,
+    },
     /// Changes that would stop or recreate running instances of the service wait for its
     /// update window (`tend apply --now` makes them at once).
     UpdateWindow {
@@ -485,6 +493,10 @@ impl fmt::Display for Note {
             Self::Unrecognized { name, id } => {
                 write!(f, "unrecognized: {name} ({}) has tend labels but no valid instance; left alone", short_id(id))
             }
+            Self::ClusterTurn { service, at_once } => write!(
+                f,
+                "waiting for the cluster: {service} is replaced here when this node's turn comes ({at_once} node(s) at a time, each awaited ready)"
+            ),
             Self::UpdateWindow { service, next_open_ms: Some(at), window } => {
                 write!(
                     f,
@@ -594,4 +606,7 @@ pub struct Input<'a> {
     /// The host's time zone, in which update windows without a zone are read (as systemd
     /// reads `OnCalendar=`); the caller reads it, so planning stays pure.
     pub zone: &'a tend_specs::calendar::LocalZone,
+    /// Placed services whose running instances here wait for this node's turn in the
+    /// cluster's rollout, each with the note that says so (`--now` does not lift it).
+    pub gated: &'a std::collections::BTreeMap<String, Note>,
 }
