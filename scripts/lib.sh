@@ -138,6 +138,7 @@ ensure_protoc() {
 }
 
 # ensure_etcd: `etcd` and `etcdctl` on PATH (Debian's etcd-server and etcd-client: etcd 3.4,
+# with openssl for the TLS test's certificates;
 # v3 API), for the cluster tests, which start their own members on free ports
 # (tests/harness/etcd.rs). Installed when missing; fails loudly when they do not run. When
 # this call installs etcd-server on a host where systemd is PID 1, the etcd service its
@@ -149,6 +150,8 @@ ensure_etcd() {
         installed=1
     fi
     command -v etcdctl >/dev/null 2>&1 || need_pkgs etcd-client || return 1
+    # The TLS test makes its certificates with openssl.
+    command -v openssl >/dev/null 2>&1 || need_pkgs openssl || return 1
     if [ -n "$installed" ] && [ "$(ps -p 1 -o comm= 2>/dev/null)" = systemd ]; then
         as_root systemctl disable --now etcd >/dev/null 2>&1 || true
     fi

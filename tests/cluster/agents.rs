@@ -994,6 +994,10 @@ fn a_drain_takes_a_slot_of_the_disruption_budget_and_two_at_once_are_refused() {
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].lease, n1_lease, "the drain's slot is not under n1's lease\n{}", c.dump());
     assert!(held[0].value.contains(r#""kind":"drain""#), "{held:?}");
+    // Its member record says drained (`tend cluster members` shows it so).
+    c.wait("n1's member record to say drained", Duration::from_secs(30), |c| {
+        c.member_kvs()["n1"].value.contains(r#""drained":true"#).then_some(())
+    });
     // Its slot has nowhere to go (spread, and every other member runs one): it is down, and
     // the drain holds the budget for it — a second drain is refused, naming the first.
     c.wait("n1's slot to be taken off it", Duration::from_secs(30), |c| {
@@ -1021,6 +1025,7 @@ fn a_drain_takes_a_slot_of_the_disruption_budget_and_two_at_once_are_refused() {
     let out = c.agents[1].cli(&["undrain"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     c.wait("the drain's slot given back", Duration::from_secs(30), |c| budget_slots(c).is_empty().then_some(()));
+    assert!(c.member_kvs()["n1"].value.contains(r#""drained":false"#), "{}", c.dump());
     c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
     let (ok, out) = drain(&c, 2);
     assert!(ok, "the drain after the undrain is refused: {out}");

@@ -24,6 +24,7 @@ mod lease;
 mod partition;
 mod quorum;
 mod runonce;
+mod tls;
 mod watch;
 
 use std::future::Future;

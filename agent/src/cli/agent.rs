@@ -122,8 +122,11 @@ fn cluster_settings(
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let node = c.node_name(host_name.trim()).map_err(CliError::NodeName)?;
     let e = &c.etcd;
-    let tls = (e.ca_file.is_some() || e.cert_file.is_some()).then(|| TlsFiles {
-        ca_file: e.ca_file.clone().unwrap_or_default(),
+    // https:// endpoints (validation allows no mix) speak TLS, with the CA file or the
+    // host's trusted CAs.
+    let https = e.endpoints.iter().any(|u| u.starts_with("https://"));
+    let tls = https.then(|| TlsFiles {
+        ca_file: e.ca_file.clone(),
         cert_file: e.cert_file.clone(),
         key_file: e.key_file.clone(),
     });
@@ -141,4 +144,27 @@ fn cluster_settings(
         ttl: c.lease_ttl.get(),
     };
     Ok(crate::daemon::cluster::ClusterSettings { identity, etcd })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cluster settings of a configuration file holding `cluster`.
+    fn settings(cluster: &str) -> crate::daemon::cluster::ClusterSettings {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, format!("cluster:\n  name: c\n  node: a\n{cluster}")).expect("write");
+        node_cluster(Some(&path)).expect("valid").expect("a cluster")
+    }
+
+    #[test]
+    fn https_endpoints_speak_tls_with_the_ca_file_or_the_host_s_cas_and_http_ones_do_not() {
+        let tls = |c: &str| settings(c).etcd.tls;
+        let https = tls("  etcd: {endpoints: [\"https://10.0.0.1:2379\"]}\n").expect("TLS");
+        assert_eq!((https.ca_file, https.cert_file), (None, None));
+        let with_ca = tls("  etcd: {endpoints: [\"https://10.0.0.1:2379\"], caFile: /etc/tend/ca.pem}\n");
+        assert_eq!(with_ca.expect("TLS").ca_file, Some(PathBuf::from("/etc/tend/ca.pem")));
+        assert_eq!(tls("  etcd: {endpoints: [\"http://10.0.0.1:2379\"]}\n"), None);
+    }
 }

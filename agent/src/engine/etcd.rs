@@ -79,12 +79,17 @@ impl EtcdConfig {
     }
 }
 
+/// The host's trusted CA certificates (Debian's `ca-certificates` bundle), which check the
+/// members' certificates when no CA file is given.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// TLS files: the CA that signed the members' certificates and, when the members check
 /// clients' certificates, this client's certificate and key. All PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// The CA certificate(s) the members' certificates are checked against.
-    pub ca_file: PathBuf,
+    /// The CA certificate(s) the members' certificates are checked against; `None`: the
+    /// host's trusted CAs ([`SYSTEM_CA_FILE`]).
+    pub ca_file: Option<PathBuf>,
     /// This client's certificate (needs `key_file`).
     pub cert_file: Option<PathBuf>,
     /// This client's private key (needs `cert_file`).
@@ -739,8 +744,11 @@ fn connect_options(config: &EtcdConfig) -> Result<ec::ConnectOptions, EtcdError>
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
     if let Some(tls) = &config.tls {
-        let mut tls_options =
-            ec::TlsOptions::new().ca_certificate(ec::Certificate::from_pem(read_tls("the CA file", &tls.ca_file)?));
+        let ca = match &tls.ca_file {
+            Some(path) => read_tls("the CA file", path)?,
+            None => read_tls("the host's trusted CAs", std::path::Path::new(SYSTEM_CA_FILE))?,
+        };
+        let mut tls_options = ec::TlsOptions::new().ca_certificate(ec::Certificate::from_pem(ca));
         match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
                 let cert = read_tls("the certificate file", cert)?;
@@ -1468,7 +1476,7 @@ mod tests {
         let e = EtcdStore::connect(&EtcdConfig::new(Vec::<String>::new())).await.expect_err("no endpoints");
         assert_eq!(e.to_string(), "etcd: no endpoints configured");
         let mut config = EtcdConfig::new(["https://127.0.0.1:1"]);
-        config.tls = Some(TlsFiles { ca_file: "/nonexistent/ca.pem".into(), cert_file: None, key_file: None });
+        config.tls = Some(TlsFiles { ca_file: Some("/nonexistent/ca.pem".into()), cert_file: None, key_file: None });
         let e = EtcdStore::connect(&config).await.expect_err("no CA file");
         assert!(chain(&e).starts_with("etcd: reading the CA file: cannot read `/nonexistent/ca.pem`"), "{}", chain(&e));
     }
