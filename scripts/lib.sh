@@ -138,8 +138,7 @@ ensure_protoc() {
 }
 
 # ensure_etcd: `etcd` and `etcdctl` on PATH (Debian's etcd-server and etcd-client: etcd 3.4,
-# with openssl for the TLS test's certificates;
-# v3 API), for the cluster tests, which start their own members on free ports
+# v3 API), and openssl for the TLS test's certificates, for the cluster tests, which start their own members on free ports
 # (tests/harness/etcd.rs). Installed when missing; fails loudly when they do not run. When
 # this call installs etcd-server on a host where systemd is PID 1, the etcd service its
 # package enables is stopped and disabled again: nothing here needs a system etcd.
