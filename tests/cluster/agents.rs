@@ -41,7 +41,7 @@ const ROLE: &str = "judicator";
 const CLUSTER: &str = "tc";
 
 /// The service's command: sleeps, and exits at once on SIGTERM.
-const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]"#;
+pub(super) const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]"#;
 
 /// Slack on gaps between two of Docker's timestamps, for the agents' reaction times (each
 /// node sees the leader's write on its own watch and starts its container on its own).
@@ -49,7 +49,7 @@ const PACING_SLACK: f64 = 1.0;
 
 /// Seconds since the epoch, now (only printed, or compared with the engine's timestamps in
 /// printed figures).
-fn now_s() -> f64 {
+pub(super) fn now_s() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
@@ -127,18 +127,18 @@ struct Copy {
 /// One node: a `tend agent` with its own scope (the [`Env`]), state, socket, locks and
 /// configuration; killed with SIGKILL when dropped (the scope's containers go with the
 /// `Env`).
-struct Agent {
-    node: String,
+pub(super) struct Agent {
+    pub(super) node: String,
     /// The network namespace it runs in, if any.
-    ns: Option<String>,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    env: Env,
+    pub(super) ns: Option<String>,
+    pub(super) config: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) child: Option<Child>,
+    pub(super) env: Env,
 }
 
 impl Agent {
-    fn spawn(&mut self) {
+    pub(super) fn spawn(&mut self) {
         let file = File::options().create(true).append(true).open(&self.log).expect("open the agent's log");
         let mut cmd = match &self.ns {
             Some(ns) => {
@@ -169,7 +169,7 @@ impl Agent {
     }
 
     /// SIGKILL, and reaped: a crash of the agent (its containers run on).
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -177,7 +177,7 @@ impl Agent {
     }
 
     /// SIGTERM, and waits for the exit (a stop of the agent: its containers run on).
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         let mut child = self.child.take().expect("the agent runs");
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -192,7 +192,7 @@ impl Agent {
 
     /// Runs `tend ARGS` on this node, as an operator would: its state, scope, socket and
     /// locks, and its agent configuration for the cluster (`TEND_AGENT_CONFIG`).
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(super) fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(harness::tend_bin());
         cmd.arg("--state-dir")
             .arg(self.env.state_path())
@@ -213,24 +213,24 @@ impl Agent {
     }
 
     /// Whether it answers on its socket and has done a pass.
-    fn passed(&self) -> bool {
+    pub(super) fn passed(&self) -> bool {
         let out = self.env.tend(&["status", "--output", "json"]);
         serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| s["agent"]["passes"].as_u64().unwrap_or(0) >= 1)
     }
 
     /// Its log, one JSON object a line (lines that are not JSON are left out).
-    fn log_lines(&self) -> Vec<Value> {
+    pub(super) fn log_lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// The log lines whose message is `message`.
-    fn logged(&self, message: &str) -> Vec<Value> {
+    pub(super) fn logged(&self, message: &str) -> Vec<Value> {
         self.log_lines().into_iter().filter(|l| l["fields"]["message"] == message).collect()
     }
 
     /// The last `n` lines of its log, shortened to time, level, message and fields.
-    fn log_tail(&self, n: usize) -> String {
+    pub(super) fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..]
@@ -252,7 +252,7 @@ impl Drop for Agent {
 
 /// A service of the role: the test image, [`SLEEPER`], `replicas`, a 1 s stop timeout, and
 /// `extra` lines under `spec:` (two spaces of indentation added).
-fn service_yaml(name: &str, replicas: u32, extra: &str) -> String {
+pub(super) fn service_yaml(name: &str, replicas: u32, extra: &str) -> String {
     let mut doc = format!(
         "apiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {}\n  pullPolicy: never\n  \
          command: {SLEEPER}\n  replicas: {replicas}\n  stopTimeout: 1s\n  placement: {{role: {ROLE}}}\n",
@@ -552,7 +552,7 @@ fn start_took(id: &str) -> f64 {
 
 /// The time (the engine's clock, seconds since the epoch) of each `event` Docker recorded
 /// since `since` for the containers `names`, in order: `(name, time)`.
-fn docker_events(since: f64, names: &[String], event: &str) -> Vec<(String, f64)> {
+pub(super) fn docker_events(since: f64, names: &[String], event: &str) -> Vec<(String, f64)> {
     let mut args = vec![
         "events".to_string(),
         "--since".into(),

@@ -23,6 +23,7 @@ mod election;
 mod lease;
 mod partition;
 mod quorum;
+mod recovery;
 mod runonce;
 mod tls;
 mod watch;

@@ -18,7 +18,7 @@ pub(super) fn maintain(
     let mut desired = load(cli, &path)?;
     let rt = runtime()?;
     let cluster = match agent::host_cluster()? {
-        Some(settings) => Some(rt.block_on(budget::join(settings, &mut desired))?),
+        Some(settings) => join_unless_local(&rt, settings, &mut desired, targets, selectors)?,
         None => None,
     };
     let keys = crate::maintain::resolve(&desired, targets, selectors)?;
@@ -106,4 +106,39 @@ pub(super) fn locks(cli: &Cli, output: Output) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Joins the cluster for a window (the slots placed here, the disruption budget). When etcd
+/// cannot be reached — the very case of the disaster-recovery procedure — a window that
+/// touches no placed service goes on without it (it needs no budget), saying so; one that
+/// touches a placed service is refused.
+fn join_unless_local(
+    rt: &tokio::runtime::Runtime,
+    settings: crate::daemon::cluster::ClusterSettings,
+    desired: &mut tend_specs::Desired,
+    targets: &[String],
+    selectors: &[String],
+) -> Result<Option<budget::Joined>, CliError> {
+    match rt.block_on(budget::join(settings, desired)) {
+        Ok(joined) => Ok(Some(joined)),
+        Err(CliError::Etcd(e)) if !touches_placed(desired, targets, selectors) => {
+            eoutln!(
+                "{} {}: going on without the cluster — no target is a placed service, so no disruption budget is needed",
+                Paint::stderr().yellow("note:"),
+                crate::support::chain(&e)
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the window's targets or selectors name a placed service.
+fn touches_placed(desired: &tend_specs::Desired, targets: &[String], selectors: &[String]) -> bool {
+    desired.services.values().filter(|s| s.spec.placement.is_some()).any(|s| {
+        targets.iter().any(|t| t.split('/').next() == Some(s.name.as_str()))
+            || selectors
+                .iter()
+                .any(|sel| sel.split_once('=').is_some_and(|(k, v)| s.metadata_labels.get(k).is_some_and(|l| l == v)))
+    })
 }
