@@ -1116,3 +1116,30 @@ fn a_rollout_waits_while_a_member_is_down() {
         now.iter().all(|(slot, copy)| old[slot].id != copy.id).then_some(())
     });
 }
+
+#[test]
+fn an_unhealthy_instance_on_another_node_spends_the_budget() {
+    let health = "healthcheck: {command: [sh, -c, \"test ! -f /tmp/sick\"], interval: 1s, timeout: 1s, retries: 1}";
+    let c = Cluster::start("cl_unready", Layout::Loopback, 3, 3, health);
+    let (copies, _) = c.wait("3 slots", Duration::from_secs(60), |c| c.settled(&[1, 2, 3]));
+    c.wait("3 healthy copies", Duration::from_secs(30), |_| copies.values().all(|k| healthy(&k.id)).then_some(()));
+    let specs = c.specs.path().to_str().expect("UTF-8").to_string();
+    let maintain = |n: usize| {
+        let out = c.agents[n].cli(&["maintain", &c.service, "--specs", &specs, "--", "true"]);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // n1's copy fails its health check: n1 says so in etcd, and n0's window is refused,
+    // the budget of one being spent by it.
+    harness::docker_ok(&["exec", &copies[&2].id, "touch", "/tmp/sick"]);
+    let unready = format!("unready/{}/n1", c.service);
+    c.wait("n1 to say its copy is not ready", Duration::from_secs(30), |c| {
+        c.kvs(&unready).first().is_some_and(|kv| kv.value == "1").then_some(())
+    });
+    let (ok, err) = maintain(0);
+    assert!(!ok && err.contains("1 instance(s) may be down at once, 1 already are"), "{err}");
+    // Healthy again: the key goes, and the window opens.
+    harness::docker_ok(&["exec", &copies[&2].id, "rm", "/tmp/sick"]);
+    c.wait("n1's key to go", Duration::from_secs(30), |c| c.kvs(&unready).is_empty().then_some(()));
+    let (ok, err) = maintain(0);
+    assert!(ok, "{err}");
+}

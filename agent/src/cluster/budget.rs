@@ -6,8 +6,9 @@
 //! win. A maintenance window holds its slots under a lease of its own that it keeps alive,
 //! so a crashed operator's slots free themselves after the lease's TTL; a drain holds them
 //! under its node's membership lease, for as long as the node is drained and a member.
-//! Instances already down (a slot the leader could not place, or placed on a member that is
-//! gone) count against the budget first, except those a drain holds a slot for already.
+//! Instances already down (a slot the leader could not place, placed on a member that is
+//! gone, or not ready where it runs) count against the budget first, except those a drain
+//! holds a slot for already.
 
 use serde::{Deserialize, Serialize};
 use tend_specs::Service;
@@ -116,7 +117,8 @@ fn holders(kvs: &[KeyValue]) -> Vec<(&KeyValue, Holder)> {
     kvs.iter().filter_map(|kv| serde_json::from_slice::<Holder>(&kv.value).ok().map(|h| (kv, h))).collect()
 }
 
-/// How many instances of `service` are down: not placed, or placed on a member that is gone.
+/// How many instances of `service` are down: not placed, placed on a member that is gone,
+/// or not ready on a live member (as it says under `unready/`).
 async fn down<S: ClusterStore>(store: &S, keys: &Keys, service: &Service) -> Result<u32, EtcdError> {
     let members = store.get_prefix(&keys.members()).await?;
     let live: Vec<&str> = members.kvs.iter().filter_map(|kv| kv.key.strip_prefix(&keys.members())).collect();
@@ -125,8 +127,20 @@ async fn down<S: ClusterStore>(store: &S, keys: &Keys, service: &Service) -> Res
         .read_assignments(assigned.kvs.iter().map(|kv| kv.key.as_str()))
         .remove(service.name.as_str())
         .unwrap_or_default();
+    let placed_on = |node: &str| slots.values().filter(|n| n.as_str() == node).count() as u32;
     let up = slots.values().filter(|node| live.contains(&node.as_str())).count() as u32;
-    Ok(service.spec.replicas.saturating_sub(up))
+    let prefix = keys.unready(&service.name);
+    let unready = store.get_prefix(&prefix).await?;
+    let not_ready: u32 = unready
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let node = kv.key.strip_prefix(&prefix)?;
+            let count: u32 = serde_json::from_slice(&kv.value).ok()?;
+            live.contains(&node).then(|| count.min(placed_on(node)))
+        })
+        .sum();
+    Ok(service.spec.replicas.saturating_sub(up) + not_ready.min(up))
 }
 
 /// Takes `needed` slots of `service`'s budget for `holder` under `lease`, all or none;

@@ -9,6 +9,9 @@
 //!   placement outlives a leader; a new leader reads it and goes on from it;
 //! - `budget/<service>/<k>`: slot `k` of a service's disruption budget, held by a
 //!   maintenance window under its lease, or by a drain under its node's (`budget`);
+//! - `unready/<service>/<node>`: how many instances of a placed service the node runs are
+//!   not ready (not running, or failing their health check), under the node's lease,
+//!   written only when it changes and absent when none is (`turns`);
 //! - `runs/<timer>`: the run of a `runOn: leader` Timer in progress, under that run's own
 //!   lease (`runonce`): a [`RunHolder`](crate::cluster::runonce::RunHolder);
 //! - `history/<timer>/<run>@<node>`: the last runs of such a Timer, one JSON record each,
@@ -74,6 +77,11 @@ impl Keys {
     /// The disruption budget's slots of `service`.
     pub fn budget(&self, service: &str) -> String {
         format!("{}budget/{service}/", self.root)
+    }
+
+    /// The nodes' counts of instances of `service` placed on them that are not ready.
+    pub fn unready(&self, service: &str) -> String {
+        format!("{}unready/{service}/", self.root)
     }
 
     /// Every node's assignments.

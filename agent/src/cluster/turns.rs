@@ -44,6 +44,9 @@ pub trait RolloutTurns: Send + Sync {
     fn want(&self, wanted: Vec<Service>);
     /// Gives back the turn of `service` (its instances here are current and ready).
     fn release(&self, service: &str);
+    /// Says how many instances of each placed service here are not ready (absent: none),
+    /// for the budgets of the other nodes: written under `unready/` when it changes.
+    fn report_unready(&self, counts: BTreeMap<String, u32>);
 }
 
 /// This node's turns: held (service → the budget key) and asked for.
@@ -54,6 +57,8 @@ struct Shared<S> {
     identity: Arc<Identity>,
     wake: Box<dyn Fn() + Send + Sync>,
     stop: CancellationToken,
+    /// Held while `unready/` is written, so that writes land in the order they were made.
+    writing: tokio::sync::Mutex<()>,
     inner: Mutex<Inner>,
 }
 
@@ -61,6 +66,8 @@ struct Shared<S> {
 struct Inner {
     held: BTreeMap<String, String>,
     asking: BTreeSet<String>,
+    /// What `unready/` says of this node, as last written.
+    published: BTreeMap<String, u32>,
 }
 
 impl<S: ClusterStore + 'static> Turns<S> {
@@ -72,7 +79,8 @@ impl<S: ClusterStore + 'static> Turns<S> {
         wake: Box<dyn Fn() + Send + Sync>,
         stop: CancellationToken,
     ) -> Self {
-        Self(Arc::new(Shared { store, identity, wake, stop, inner: Mutex::new(Inner::default()) }))
+        let writing = tokio::sync::Mutex::new(());
+        Self(Arc::new(Shared { store, identity, wake, stop, writing, inner: Mutex::new(Inner::default()) }))
     }
 }
 
@@ -93,6 +101,26 @@ impl<S: ClusterStore + 'static> RolloutTurns for Turns<S> {
         }
     }
 
+    fn report_unready(&self, counts: BTreeMap<String, u32>) {
+        let changes: BTreeMap<String, u32> = {
+            let mut inner = self.0.inner();
+            let gone = inner.published.keys().filter(|s| !counts.contains_key(*s)).map(|s| (s.clone(), 0));
+            let mut changes: BTreeMap<String, u32> = gone.collect();
+            for (s, n) in &counts {
+                if inner.published.get(s).copied().unwrap_or(0) != *n {
+                    changes.insert(s.clone(), *n);
+                }
+            }
+            inner.published = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+            changes
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let me = self.0.clone();
+        tokio::spawn(async move { me.publish(changes).await });
+    }
+
     fn release(&self, service: &str) {
         let Some(key) = self.0.inner().held.remove(service) else { return };
         let me = self.0.clone();
@@ -109,6 +137,32 @@ impl<S: ClusterStore + 'static> RolloutTurns for Turns<S> {
 }
 
 impl<S: ClusterStore + 'static> Shared<S> {
+    /// Writes `changes` (service → count; 0 deletes) under `unready/`; a change that fails
+    /// is forgotten, so that the next pass writes it again.
+    async fn publish(&self, changes: BTreeMap<String, u32>) {
+        let _order = self.writing.lock().await;
+        let keys = Keys::new(&self.identity.cluster);
+        let node = &self.identity.node;
+        let lease = match self.store.get(&keys.member(node)).await {
+            Ok((_, member)) => member.and_then(|kv| kv.lease),
+            Err(_) => None,
+        };
+        for (service, count) in changes {
+            let key = format!("{}{node}", keys.unready(&service));
+            let written = match (count, lease) {
+                (0, _) => self.store.delete(&key).await.map(|_| ()),
+                (n, Some(lease)) => self.store.put(&key, n.to_string().as_bytes(), Some(lease)).await.map(|_| ()),
+                (_, None) => Ok(()),
+            };
+            if let Err(e) = written {
+                warn!(service, error = %crate::support::chain(&e), "saying how many instances here are not ready");
+                self.inner().published.remove(&service);
+            } else if count > 0 && lease.is_none() {
+                self.inner().published.remove(&service);
+            }
+        }
+    }
+
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

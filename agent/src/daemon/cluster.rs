@@ -271,11 +271,43 @@ pub(super) fn after_pass(handle: &Handle, desired: &Desired, report: &Report) {
         })
         .collect();
     turns.want(wanted);
-    for name in turns.held() {
-        if rolled_out(desired.services.get(&name), &report.plan, &report.observed) {
-            turns.release(&name);
+    let held = turns.held();
+    for name in &held {
+        if rolled_out(desired.services.get(name), &report.plan, &report.observed) {
+            turns.release(name);
         }
     }
+    turns.report_unready(unready(desired, &report.observed, &held));
+}
+
+/// How many instances of each placed service here are not ready (not running, or not
+/// healthy where it has a health check), as a pass saw them; leaving out those that hold a
+/// slot of the budget already: under a maintenance window here, or of a service whose
+/// rollout turn this node holds.
+fn unready(desired: &Desired, observed: &Observed, held: &BTreeSet<String>) -> BTreeMap<String, u32> {
+    let ready = |s: &Service, i: u32| {
+        observed.containers.iter().any(|c| {
+            c.service == s.name
+                && c.instance == i
+                && !c.is_next()
+                && c.state == RunState::Running
+                && matches!(c.health, Health::None | Health::Healthy)
+        })
+    };
+    desired
+        .services
+        .values()
+        .filter(|s| s.spec.placement.is_some() && !held.contains(&s.name))
+        .map(|s| {
+            let down = s
+                .instances()
+                .into_iter()
+                .filter(|i| !observed.maintenance.contains_key(&crate::reconcile::model::instance_name(&s.name, *i)))
+                .filter(|i| !ready(s, *i))
+                .count() as u32;
+            (s.name.clone(), down)
+        })
+        .collect()
 }
 
 /// Whether `service` is done with its rollout here, as a pass saw it: the pass had no step

@@ -585,13 +585,15 @@ impl ContainerEngine for DockerEngine {
 /// restore in, and the event stream.
 impl ContainerRuns for DockerEngine {
     /// Wake-ups from the daemon's event stream: one item for each event of a container in
-    /// `scope` that may need a pass (it died, was destroyed, was killed by the OOM killer).
+    /// `scope` that may need a pass (it died, was destroyed, was killed by the OOM killer,
+    /// its health check's verdict changed).
     /// Events only wake the loop; state is always observed afresh. The stream ends, after an
     /// error item, when the connection to the daemon drops.
     fn events(&self, scope: &str) -> futures::stream::BoxStream<'static, Result<(), EngineError>> {
         let mut filters = label_filter(&[(LABEL_SCOPE, scope)]);
         filters.insert("type".into(), vec!["container".into()]);
-        filters.insert("event".into(), vec!["die".into(), "destroy".into(), "oom".into()]);
+        let events = ["die", "destroy", "oom", "health_status"];
+        filters.insert("event".into(), events.iter().map(|e| e.to_string()).collect());
         let options = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
         let waited = Timeouts::client(self.timeouts.call);
         let stream = self.docker.events(Some(options));
