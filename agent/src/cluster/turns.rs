@@ -26,13 +26,27 @@ use tracing::{info, warn};
 use crate::cluster::budget::{self, BudgetError, HoldKind, Holder};
 use crate::cluster::keys::Keys;
 use crate::cluster::node::Identity;
-use crate::engine::etcd::ClusterStore;
+use crate::engine::etcd::{ClusterStore, EtcdError, LeaseId};
 
 /// How often a node that waits for its turn tries again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How soon the agent passes again after a pass that acted on a placed service.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// How often the agent passes while it holds a turn, to see its new instances ready.
 const CHECK: Duration = Duration::from_secs(2);
+
+/// Why this node's `unready/` keys could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnsError {
+    /// etcd failed.
+    #[error("writing this node's count of instances not ready")]
+    Etcd(#[from] EtcdError),
+    /// This node has no member key (no lease to write under) yet.
+    #[error("this node is not a member of the cluster yet")]
+    NotAMember,
+}
 
 /// What the agent asks of this node's turns (a trait object, so that a
 /// [`Handle`](crate::cluster::node::Handle) holds them whatever store they run on).
@@ -45,8 +59,13 @@ pub trait RolloutTurns: Send + Sync {
     /// Gives back the turn of `service` (its instances here are current and ready).
     fn release(&self, service: &str);
     /// Says how many instances of each placed service here are not ready (absent: none),
-    /// for the budgets of the other nodes: written under `unready/` when it changes.
-    fn report_unready(&self, counts: BTreeMap<String, u32>);
+    /// for the budgets of the other nodes: written under `unready/` when it changes. The
+    /// services of `keep` keep what was said of them (a pass acted on them: what it saw
+    /// before is stale, and the next pass says).
+    fn report_unready(&self, counts: BTreeMap<String, u32>, keep: &BTreeSet<String>);
+    /// Has the agent pass again in a moment: a pass that acted on a placed service saw it
+    /// as it was before, and what it says under `unready/` must follow what it did.
+    fn recheck_soon(&self);
 }
 
 /// This node's turns: held (service → the budget key) and asked for.
@@ -57,8 +76,9 @@ struct Shared<S> {
     identity: Arc<Identity>,
     wake: Box<dyn Fn() + Send + Sync>,
     stop: CancellationToken,
-    /// Held while `unready/` is written, so that writes land in the order they were made.
-    writing: tokio::sync::Mutex<()>,
+    /// What `unready/` should say of this node (services with a count above 0), for its
+    /// one writer task.
+    unready: tokio::sync::watch::Sender<BTreeMap<String, u32>>,
     inner: Mutex<Inner>,
 }
 
@@ -66,8 +86,6 @@ struct Shared<S> {
 struct Inner {
     held: BTreeMap<String, String>,
     asking: BTreeSet<String>,
-    /// What `unready/` says of this node, as last written.
-    published: BTreeMap<String, u32>,
 }
 
 impl<S: ClusterStore + 'static> Turns<S> {
@@ -79,8 +97,10 @@ impl<S: ClusterStore + 'static> Turns<S> {
         wake: Box<dyn Fn() + Send + Sync>,
         stop: CancellationToken,
     ) -> Self {
-        let writing = tokio::sync::Mutex::new(());
-        Self(Arc::new(Shared { store, identity, wake, stop, writing, inner: Mutex::new(Inner::default()) }))
+        let (unready, wanted) = tokio::sync::watch::channel(BTreeMap::new());
+        let shared = Arc::new(Shared { store, identity, wake, stop, unready, inner: Mutex::new(Inner::default()) });
+        tokio::spawn(shared.clone().write_unready(wanted));
+        Self(shared)
     }
 }
 
@@ -101,24 +121,23 @@ impl<S: ClusterStore + 'static> RolloutTurns for Turns<S> {
         }
     }
 
-    fn report_unready(&self, counts: BTreeMap<String, u32>) {
-        let changes: BTreeMap<String, u32> = {
-            let mut inner = self.0.inner();
-            let gone = inner.published.keys().filter(|s| !counts.contains_key(*s)).map(|s| (s.clone(), 0));
-            let mut changes: BTreeMap<String, u32> = gone.collect();
-            for (s, n) in &counts {
-                if inner.published.get(s).copied().unwrap_or(0) != *n {
-                    changes.insert(s.clone(), *n);
-                }
-            }
-            inner.published = counts.into_iter().filter(|(_, n)| *n > 0).collect();
-            changes
-        };
-        if changes.is_empty() {
-            return;
-        }
+    fn report_unready(&self, counts: BTreeMap<String, u32>, keep: &BTreeSet<String>) {
+        self.0.unready.send_if_modified(|now| {
+            let mut next: BTreeMap<String, u32> =
+                counts.iter().filter(|(s, n)| **n > 0 && !keep.contains(*s)).map(|(s, n)| (s.clone(), *n)).collect();
+            next.extend(now.iter().filter(|(s, _)| keep.contains(*s)).map(|(s, n)| (s.clone(), *n)));
+            std::mem::replace(now, next.clone()) != next
+        });
+    }
+
+    fn recheck_soon(&self) {
         let me = self.0.clone();
-        tokio::spawn(async move { me.publish(changes).await });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = me.stop.cancelled() => {}
+                _ = tokio::time::sleep(RECHECK) => (me.wake)(),
+            }
+        });
     }
 
     fn release(&self, service: &str) {
@@ -137,30 +156,54 @@ impl<S: ClusterStore + 'static> RolloutTurns for Turns<S> {
 }
 
 impl<S: ClusterStore + 'static> Shared<S> {
-    /// Writes `changes` (service → count; 0 deletes) under `unready/`; a change that fails
-    /// is forgotten, so that the next pass writes it again.
-    async fn publish(&self, changes: BTreeMap<String, u32>) {
-        let _order = self.writing.lock().await;
-        let keys = Keys::new(&self.identity.cluster);
-        let node = &self.identity.node;
-        let lease = match self.store.get(&keys.member(node)).await {
-            Ok((_, member)) => member.and_then(|kv| kv.lease),
-            Err(_) => None,
-        };
-        for (service, count) in changes {
-            let key = format!("{}{node}", keys.unready(&service));
-            let written = match (count, lease) {
-                (0, _) => self.store.delete(&key).await.map(|_| ()),
-                (n, Some(lease)) => self.store.put(&key, n.to_string().as_bytes(), Some(lease)).await.map(|_| ()),
-                (_, None) => Ok(()),
+    /// The one writer of this node's `unready/` keys: brings them to what the passes last
+    /// said, whenever that changes, writing only the difference (everything again under a
+    /// new lease: the old lease's keys went with it); a failed write is tried again 2 s later.
+    async fn write_unready(self: Arc<Self>, mut wanted: tokio::sync::watch::Receiver<BTreeMap<String, u32>>) {
+        let mut written: (Option<LeaseId>, BTreeMap<String, u32>) = (None, BTreeMap::new());
+        loop {
+            let want = wanted.borrow_and_update().clone();
+            let retry = match self.publish(&want, &written).await {
+                Ok(lease) => {
+                    written = (lease, want);
+                    false
+                }
+                Err(e) => {
+                    warn!(error = %crate::support::chain(&e), "saying how many instances here are not ready; trying again");
+                    true
+                }
             };
-            if let Err(e) = written {
-                warn!(service, error = %crate::support::chain(&e), "saying how many instances here are not ready");
-                self.inner().published.remove(&service);
-            } else if count > 0 && lease.is_none() {
-                self.inner().published.remove(&service);
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(CHECK), if retry => {}
+                changed = wanted.changed(), if !retry => if changed.is_err() { return },
             }
         }
+    }
+
+    /// Writes what changed from `written` to `want` (a count of 0 deletes); returns the lease
+    /// the keys are under.
+    async fn publish(
+        &self,
+        want: &BTreeMap<String, u32>,
+        written: &(Option<LeaseId>, BTreeMap<String, u32>),
+    ) -> Result<Option<LeaseId>, TurnsError> {
+        let keys = Keys::new(&self.identity.cluster);
+        let node = &self.identity.node;
+        if want.is_empty() && written.1.is_empty() {
+            return Ok(written.0);
+        }
+        let (_, member) = self.store.get(&keys.member(node)).await?;
+        let lease = member.and_then(|kv| kv.lease);
+        let fresh = lease != written.0;
+        for service in written.1.keys().filter(|s| !want.contains_key(*s)) {
+            self.store.delete(&format!("{}{node}", keys.unready(service))).await?;
+        }
+        for (service, n) in want.iter().filter(|(s, n)| fresh || written.1.get(*s) != Some(n)) {
+            let Some(lease) = lease else { return Err(TurnsError::NotAMember) };
+            self.store.put(&format!("{}{node}", keys.unready(service)), n.to_string().as_bytes(), Some(lease)).await?;
+        }
+        Ok(lease)
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

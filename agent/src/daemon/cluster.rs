@@ -277,7 +277,19 @@ pub(super) fn after_pass(handle: &Handle, desired: &Desired, report: &Report) {
             turns.release(name);
         }
     }
-    turns.report_unready(unready(desired, &report.observed, &held));
+    // The placed services this pass acted on: what it saw of them is stale; the next pass,
+    // a moment later, says how they are.
+    let acted: BTreeSet<String> = report
+        .plan
+        .steps
+        .iter()
+        .filter_map(|step| step.action.owner())
+        .filter(|o| desired.services.get(o).is_some_and(|s| s.spec.placement.is_some()))
+        .collect();
+    turns.report_unready(unready(desired, &report.observed, &held), &acted);
+    if !acted.is_empty() {
+        turns.recheck_soon();
+    }
 }
 
 /// How many instances of each placed service here are not ready (not running, or not
