@@ -148,12 +148,7 @@ impl Agent {
             }
             None => Command::new(harness::tend_bin()),
         };
-        cmd.arg("--state-dir")
-            .arg(self.env.state_path())
-            .arg("--scope")
-            .arg(&self.env.scope)
-            .arg("--socket")
-            .arg(self.env.socket_path())
+        self.node_args(&mut cmd)
             .args(["agent", "--log-format", "json", "--config"])
             .arg(&self.config)
             .env("TEND_LOG", "info,tend=debug,tend::engine::etcd=info")
@@ -190,16 +185,21 @@ impl Agent {
         }
     }
 
-    /// Runs `tend ARGS` on this node, as an operator would: its state, scope, socket and
-    /// locks, and its agent configuration for the cluster (`TEND_AGENT_CONFIG`).
-    pub(super) fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(harness::tend_bin());
+    /// Adds this node's state directory, scope and socket to a tend command line.
+    fn node_args<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         cmd.arg("--state-dir")
             .arg(self.env.state_path())
             .arg("--scope")
             .arg(&self.env.scope)
             .arg("--socket")
             .arg(self.env.socket_path())
+    }
+
+    /// Runs `tend ARGS` on this node, as an operator would: its state, scope, socket and
+    /// locks, and its agent configuration for the cluster (`TEND_AGENT_CONFIG`).
+    pub(super) fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(harness::tend_bin());
+        self.node_args(&mut cmd)
             .args(args)
             .env("TEND_AGENT_CONFIG", &self.config)
             .env("TEND_LOCK_DIR", self.env.lock_path())
