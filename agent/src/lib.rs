@@ -13,4 +13,5 @@ pub mod host;
 pub mod jobs;
 pub mod maintain;
 pub mod reconcile;
+pub mod sim;
 pub mod support;

@@ -25,6 +25,7 @@ mod partition;
 mod quorum;
 mod recovery;
 mod runonce;
+mod sim;
 mod tls;
 mod watch;
 

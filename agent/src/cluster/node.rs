@@ -80,6 +80,7 @@ pub struct Handle {
     store: Arc<dyn Reads>,
     left: watch::Receiver<bool>,
     turns: Option<Arc<dyn crate::cluster::turns::RolloutTurns>>,
+    tasks: Arc<[tokio::task::AbortHandle; 3]>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -133,6 +134,14 @@ impl Handle {
         self.view.clone()
     }
 
+    /// Ends this node's part at once, as a crash of its host would: no resignation, no
+    /// revocation, its keep-alive gone — its lease runs out after its TTL (`tend-sim`).
+    pub fn crash(&self) {
+        for task in self.tasks.iter() {
+            task.abort();
+        }
+    }
+
     /// Waits until this node's part has ended after a stop (its leadership resigned).
     pub async fn left(&self) {
         let mut left = self.left.clone();
@@ -168,15 +177,16 @@ pub fn start<S: ClusterStore + 'static>(
     let (left_tx, left) = watch::channel(false);
     let (drained, drained_rx) = watch::channel(drained);
     let view_tx = Arc::new(view_tx);
-    tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
-    tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
+    let follow = tokio::spawn(follow_assignments(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
+    let observe = tokio::spawn(observe_leader(store.clone(), identity.clone(), view_tx.clone(), stop.clone()));
     let id = identity.clone();
     let reads: Arc<dyn Reads> = store.clone();
-    tokio::spawn(async move {
+    let session = tokio::spawn(async move {
         sessions(store, id, view_tx, services_rx, drained_rx, stop).await;
         let _ = left_tx.send(true);
     });
-    Handle { identity, view, services, drained, store: reads, left, turns: None }
+    let tasks = Arc::new([follow.abort_handle(), observe.abort_handle(), session.abort_handle()]);
+    Handle { identity, view, services, drained, store: reads, left, turns: None, tasks }
 }
 
 /// The backoff between failed sessions or watches: 1 s doubling up to 30 s.
