@@ -20,7 +20,13 @@ for i in 0 1 2; do
     endpoints="${endpoints:+$endpoints,}http://127.0.0.1:$((base + 2 * i))"
 done
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"; }
+# `--scenario etcd-restart` starts a member again itself: every etcd on this data goes.
+cleanup() {
+    kill "${pids[@]}" 2>/dev/null || true
+    pkill -f -- "--data-dir $data/" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$data"
+}
 trap cleanup EXIT
 for i in 0 1 2; do
     c=$((base + 2 * i)) p=$((base + 2 * i + 1))
@@ -36,5 +42,5 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 ||
-    { echo "sim.sh: the 3-member etcd did not start:" >&2; tail -5 "$data"/m*.log >&2; exit 1; }
+    { echo "sim.sh: the 3-member etcd did not start:" >&2; tail -n 5 "$data"/m*.log >&2; exit 1; }
 "$sim" --etcd "$endpoints" "$@"

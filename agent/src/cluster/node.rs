@@ -23,7 +23,9 @@ use crate::cluster::keys::{Keys, MemberRecord};
 use crate::cluster::leader::{self, Services};
 use crate::cluster::placement::Assignments;
 pub use crate::cluster::view::View;
-use crate::engine::etcd::{ClusterStore, EtcdError, EtcdStatus, KeyValue, LeaseId, LeaseLost, LeaseTimeLeft, Listing};
+use crate::engine::etcd::{
+    ClusterStore, EtcdError, EtcdStatus, KeyValue, LeaseId, LeaseLost, LeaseTimeLeft, Listing, WatchEvent,
+};
 
 /// Who this node is in which cluster.
 #[derive(Debug, Clone)]
@@ -421,34 +423,80 @@ async fn campaign_and_lead_once<S: ClusterStore>(
     result
 }
 
-/// Keeps `view.leader` and `view.term` on the election's current leader.
+/// Keeps `view.leader` on the election: asks etcd who leads (the candidate key created
+/// first), then watches that one key until it is deleted, and asks again. Not etcd's
+/// server-side `Observe` stream: with a few hundred observers, most of them kept naming a
+/// crashed leader for minutes (found by `tend-sim`); this costs one read per node per
+/// change of leader, and one watched key.
 async fn observe_leader<S: ClusterStore>(
     store: Arc<S>,
     id: Arc<Identity>,
     view: Arc<watch::Sender<View>>,
     stop: CancellationToken,
 ) {
-    let mut leaders = store.observe(&Keys::new(&id.cluster).election());
-    loop {
-        let next = tokio::select! {
+    let election = Keys::new(&id.cluster).election();
+    let mut attempt = 0;
+    while !stop.is_cancelled() {
+        let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            next = leaders.next() => next,
+            outcome = follow_leader(&*store, &id, &election, &view) => outcome,
         };
-        let Some(kv) = next else { return };
-        let name = String::from_utf8_lossy(&kv.value).into_owned();
-        view.send_if_modified(|v| {
-            if v.term == Some(kv.create_revision) {
-                return false;
+        match outcome {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                warn!(error = %crate::support::chain(&e), "following the cluster's leader; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                }
+                attempt += 1;
             }
-            if v.term.is_some() {
-                v.leader_changes += 1;
-            }
-            info!(cluster = %id.cluster, leader = %name, term = kv.create_revision, "cluster leader");
-            v.leader = Some(name.clone());
-            v.term = Some(kv.create_revision);
-            true
-        });
+        }
     }
+}
+
+/// One round of [`observe_leader`]: the leader now, into the view; returns once its key is
+/// gone (or, with no leader, once a candidate shows up).
+async fn follow_leader<S: ClusterStore>(
+    store: &S,
+    id: &Identity,
+    election: &str,
+    view: &watch::Sender<View>,
+) -> Result<(), EtcdError> {
+    let Some(kv) = store.leader(election).await? else {
+        // Nobody campaigns: wait for a candidate's key.
+        let listing = store.get_prefix(election).await?;
+        if !listing.kvs.is_empty() {
+            return Ok(());
+        }
+        let mut changes = store.watch_prefix(election, listing.revision + 1).await?;
+        return match changes.next().await {
+            Some(batch) => batch.map(|_| ()),
+            None => Ok(()),
+        };
+    };
+    let name = String::from_utf8_lossy(&kv.value).into_owned();
+    view.send_if_modified(|v| {
+        if v.term == Some(kv.create_revision) {
+            return false;
+        }
+        if v.term.is_some() {
+            v.leader_changes += 1;
+        }
+        info!(cluster = %id.cluster, leader = %name, term = kv.create_revision, "cluster leader");
+        v.leader = Some(name.clone());
+        v.term = Some(kv.create_revision);
+        true
+    });
+    // Watched as a prefix, so another candidate's key that extends this one is left out.
+    let mut changes = store.watch_prefix(&kv.key, kv.mod_revision + 1).await?;
+    while let Some(batch) = changes.next().await {
+        let gone = batch?.events.iter().any(|e| matches!(e, WatchEvent::Delete { key, .. } if *key == kv.key));
+        if gone {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `view.mine` on this node's assignment prefix: read, then watched from the

@@ -14,7 +14,9 @@
 //! - `kill`: 10 % of the nodes (never the leader) crash at once: until their member keys
 //!   are gone, until every slot is placed on a survivor and every survivor's view agrees,
 //!   and whether a slot was ever assigned twice;
-//! - `leader`: the leader crashes: until one other node leads and every node sees it.
+//! - `leader`: the leader crashes: until one other node leads and every node sees it;
+//! - `etcd-restart`: etcd's own raft leader is restarted (an election inside etcd): until
+//!   everything agrees again, and how many nodes lost their membership (flapped) meanwhile.
 
 pub mod probe;
 
@@ -77,6 +79,9 @@ pub enum Scenario {
     Kill,
     /// The leader crashes.
     Leader,
+    /// etcd's raft leader is restarted (SIGKILL, 2 s down, started again with its command
+    /// line): an election inside etcd.
+    EtcdRestart,
 }
 
 /// A simulation's settings.
@@ -199,6 +204,7 @@ pub async fn run(settings: Settings) -> Result<Figures, SimError> {
         Scenario::Change => sim.change(&mut figures).await?,
         Scenario::Kill => sim.kill(&mut figures).await?,
         Scenario::Leader => sim.leader(&mut figures).await?,
+        Scenario::EtcdRestart => sim.etcd_restart(&mut figures).await?,
     }
     sim.stop.cancel();
     Ok(figures)
@@ -433,15 +439,63 @@ impl Sim {
         let old = self.nodes[i].handle.identity.node.clone();
         self.nodes[i].handle.crash();
         self.nodes[i].alive = false;
+        let last = std::sync::Mutex::new(String::new());
         let took = self
             .until("another leader seen by every node", SETTLE, || async {
                 let leaders = self.live().filter(|n| n.handle.view().is_leader).count();
-                let seen: BTreeSet<Option<String>> = self.live().map(|n| n.handle.view().leader).collect();
-                Ok(leaders == 1 && seen.len() == 1 && seen.iter().all(|l| l.as_ref().is_some_and(|l| *l != old)))
+                let mut seen: BTreeMap<Option<String>, usize> = BTreeMap::new();
+                for n in self.live() {
+                    *seen.entry(n.handle.view().leader).or_default() += 1;
+                }
+                *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    format!("{leaders} node(s) lead; the nodes see as leader: {seen:?}");
+                Ok(leaders == 1 && seen.len() == 1 && seen.keys().all(|l| l.as_ref().is_some_and(|l| *l != old)))
             })
-            .await?;
+            .await;
+        let took = took.map_err(|e| match e {
+            SimError::Timeout { what, within } => {
+                let state = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                SimError::Timeout { what: format!("{what} ({state})"), within }
+            }
+            e => e,
+        })?;
         f.event.insert("failover_s".into(), took.as_secs_f64());
         Ok(())
+    }
+}
+
+impl Sim {
+    /// etcd's raft leader restarted: how long until everything agrees again, and how many
+    /// nodes' member keys were made anew (each a flap: a lease lost).
+    async fn etcd_restart(&mut self, f: &mut Figures) -> Result<(), SimError> {
+        let status = self.stores[0].status().await?;
+        let leader = status.members.iter().find(|m| m.id == status.leader_id);
+        let url = leader.and_then(|m| m.client_urls.first()).cloned().unwrap_or_default();
+        let pids = probe::etcd_pids(std::slice::from_ref(&url));
+        let Some(pid) = pids.get(&url).copied() else {
+            return Err(SimError::Scrape { endpoint: url, why: "no etcd process of this machine serves it".into() });
+        };
+        let before = self.member_revisions().await?;
+        let t0 = Instant::now();
+        probe::restart(pid, Duration::from_secs(2)).await?;
+        let took = self.until("everything to agree after etcd's restart", SETTLE, || self.agrees()).await?;
+        let after = self.member_revisions().await?;
+        let flapped = before.iter().filter(|(node, rev)| after.get(*node) != Some(*rev)).count();
+        f.event.insert("etcd_down_s".into(), 2.0);
+        f.event.insert("agreed_s".into(), t0.elapsed().as_secs_f64());
+        f.event.insert("agreed_after_start_s".into(), took.as_secs_f64());
+        f.event.insert("members_flapped".into(), flapped as f64);
+        Ok(())
+    }
+
+    /// Each member key's creation revision: a new one means the node joined again.
+    async fn member_revisions(&self) -> Result<BTreeMap<String, i64>, SimError> {
+        let members = self.stores[0].get_prefix(&self.keys.members()).await?;
+        Ok(members
+            .kvs
+            .iter()
+            .filter_map(|kv| Some((kv.key.strip_prefix(&self.keys.members())?.to_string(), kv.create_revision)))
+            .collect())
     }
 }
 

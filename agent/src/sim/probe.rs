@@ -113,6 +113,38 @@ pub fn etcd_pids(endpoints: &[String]) -> BTreeMap<String, u32> {
     out
 }
 
+/// Restarts process `pid` as it was started: SIGKILL (an etcd leader killed so does not hand
+/// its leadership over: the others elect one), waits for it to go, `down` more, then runs
+/// its command line again in its directory (detached: it outlives this process).
+pub async fn restart(pid: u32, down: Duration) -> Result<(), SimError> {
+    let fail = |why: String| SimError::Scrape { endpoint: format!("process {pid}"), why };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| fail(e.to_string()))?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(|e| fail(e.to_string()))?;
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let process = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| fail("not a process id".into()))?;
+    rustix::process::kill_process(process, rustix::process::Signal::KILL).map_err(|e| fail(e.to_string()))?;
+    // Gone, or a zombie its parent has not reaped yet.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    while running() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(down).await;
+    let (program, rest) = args.split_first().ok_or_else(|| fail("an empty command line".into()))?;
+    std::process::Command::new(program)
+        .args(rest)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
