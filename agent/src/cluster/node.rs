@@ -22,25 +22,10 @@ use crate::cluster::budget;
 use crate::cluster::keys::{Keys, MemberRecord};
 use crate::cluster::leader::{self, Services};
 use crate::cluster::placement::Assignments;
-pub use crate::cluster::view::View;
+pub use crate::cluster::view::{Identity, View};
 use crate::engine::etcd::{
     ClusterStore, EtcdError, EtcdStatus, KeyValue, LeaseId, LeaseLost, LeaseTimeLeft, Listing, WatchEvent,
 };
-
-/// Who this node is in which cluster.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The cluster's name.
-    pub cluster: String,
-    /// This node's name.
-    pub node: String,
-    /// Its roles.
-    pub roles: BTreeSet<String>,
-    /// Its address, if configured.
-    pub address: Option<String>,
-    /// The TTL of its lease.
-    pub ttl: Duration,
-}
 
 /// The reads `tend cluster members` and `tend cluster status` make of the store, as
 /// trait objects, so that a [`Handle`] holds whichever store the node runs on.

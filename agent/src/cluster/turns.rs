@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::cluster::budget::{self, BudgetError, HoldKind, Holder};
 use crate::cluster::keys::Keys;
-use crate::cluster::node::Identity;
+use crate::cluster::view::Identity;
 use crate::engine::etcd::{ClusterStore, EtcdError, LeaseId};
 
 /// How often a node that waits for its turn tries again.

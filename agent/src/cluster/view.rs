@@ -1,7 +1,8 @@
 //! What a node knows of its cluster ([`View`]), as its part (`node`) and the leader's
-//! (`leader`) keep it and the agent reads it.
+//! (`leader`) keep it and the agent reads it; and who the node is ([`Identity`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// What the agent knows of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,4 +27,19 @@ pub struct View {
     pub mine: BTreeMap<String, BTreeSet<u32>>,
     /// The slots the leader could not place, by service (this node's view while it leads).
     pub unplaced: BTreeMap<String, Vec<u32>>,
+}
+
+/// Who this node is in which cluster.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The cluster's name.
+    pub cluster: String,
+    /// This node's name.
+    pub node: String,
+    /// Its roles.
+    pub roles: BTreeSet<String>,
+    /// Its address, if configured.
+    pub address: Option<String>,
+    /// The TTL of its lease.
+    pub ttl: Duration,
 }
