@@ -330,8 +330,11 @@ fn a_lost_etcd_quorum_is_recovered_from_one_member_as_the_docs_say() {
     dr.write_member(0, &Start { state: "new", cluster: &[0], force: false });
     dr.wait("n0's member without --force-new-cluster", Duration::from_secs(60), |d| {
         let id = d.member_container(0)?;
-        let args = harness::docker_ok(&["inspect", "-f", "{{json .Args}}", &id]);
-        (!args.contains("force-new-cluster") && d.etcdctl(&[0], &["endpoint", "health"]).is_ok()).then_some(())
+        // The container may be going as it is looked at (the agent replacing it): not yet.
+        let inspected = harness::docker(&["inspect", "-f", "{{json .Args}}", &id]);
+        let args = String::from_utf8_lossy(&inspected.stdout);
+        let replaced = inspected.status.success() && !args.contains("force-new-cluster");
+        (replaced && d.etcdctl(&[0], &["endpoint", "health"]).is_ok()).then_some(())
     });
     // 4. n0's agent is a member again and leads; the placement (kept with the data) is
     // where it was: its copy never moved, and was never restarted.
