@@ -132,10 +132,6 @@ impl<S: ClusterStore> ClusterStore for Metered<S> {
         self.timed("leader", self.inner.leader(election)).await
     }
 
-    fn observe(&self, election: &str) -> BoxStream<'static, KeyValue> {
-        self.inner.observe(election)
-    }
-
     async fn resign(&self, leader: &LeaderKey) -> Result<(), EtcdError> {
         self.timed("resign", self.inner.resign(leader)).await
     }
@@ -224,9 +220,6 @@ mod tests {
             Err(timeout())
         }
         async fn leader(&self, _: &str) -> Result<Option<KeyValue>, EtcdError> {
-            unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
-        }
-        fn observe(&self, _: &str) -> BoxStream<'static, KeyValue> {
             unreachable!("the metered tests call only put, lease_time_left, campaign and watch_prefix")
         }
         async fn resign(&self, _: &LeaderKey) -> Result<(), EtcdError> {

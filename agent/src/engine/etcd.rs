@@ -689,12 +689,6 @@ pub trait ClusterStore: Send + Sync {
     /// The current leader of `election` (its key and value), if there is one.
     fn leader(&self, election: &str) -> impl Future<Output = Result<Option<KeyValue>, EtcdError>> + Send;
 
-    /// Every leader of `election` from now on: the current one first (once there is one),
-    /// then each change. Re-opens itself after a broken connection (etcd answers an
-    /// observation only once there is a leader, so there is no call to time out), so a
-    /// leader may be repeated.
-    fn observe(&self, election: &str) -> BoxStream<'static, KeyValue>;
-
     /// Gives up leadership: the next candidate is elected at once.
     fn resign(&self, leader: &LeaderKey) -> impl Future<Output = Result<(), EtcdError>> + Send;
 
@@ -1067,12 +1061,6 @@ impl ClusterStore for EtcdStore {
         }
     }
 
-    fn observe(&self, election: &str) -> BoxStream<'static, KeyValue> {
-        let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(observe_task(self.client.clone(), election.to_string(), tx));
-        receiver_stream(rx, task)
-    }
-
     async fn resign(&self, leader: &LeaderKey) -> Result<(), EtcdError> {
         let key = ec::LeaderKey::new()
             .with_name(leader.election.as_str())
@@ -1153,7 +1141,7 @@ fn receiver_stream<T: Send + 'static>(
 }
 
 // ---------------------------------------------------------------------------------------
-// Tasks: keep-alive, watch, observe
+// Tasks: keep-alive, watch
 
 /// Renews `lease` every TTL/3, re-opening the stream when it ends, until etcd says the
 /// lease is gone or the handle is dropped (the task is aborted). Reports every change of
@@ -1358,46 +1346,6 @@ async fn watch_task(
             }
         }
         tracing::debug!(%prefix, next, "etcd watch stream ended; re-opening");
-    }
-}
-
-/// Forwards an election's leaders, re-opening the observation when its stream ends.
-async fn observe_task(client: ec::Client, election: String, tx: mpsc::Sender<KeyValue>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut election_client = client.election_client();
-        let opened = tokio::select! {
-            () = tx.closed() => return,
-            opened = election_client.observe(election.as_str()) => opened,
-        };
-        let mut current = match opened {
-            Ok(s) => {
-                backoff = Duration::from_millis(100);
-                s
-            }
-            Err(e) => {
-                tracing::debug!(%election, error = %e, "etcd observe could not open; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                () = tx.closed() => return,
-                msg = current.message() => match msg {
-                    Ok(Some(resp)) => {
-                        if let Some(kv) = resp.kv()
-                            && tx.send(kv_of(kv)).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
-        tracing::debug!(%election, "etcd observe stream ended; re-opening");
     }
 }
 
