@@ -27,7 +27,7 @@ use crate::daemon::metrics::ClusterMetrics;
 use crate::daemon::shared::Wake;
 use crate::engine::etcd::{EtcdConfig, EtcdError, EtcdStore};
 use crate::reconcile::apply::Report;
-use crate::reconcile::model::{Health, Observed, RunState};
+use crate::reconcile::model::{Container, Health, Observed, RunState};
 use crate::reconcile::plan::{Note, Plan};
 use crate::reconcile::status::ClusterSummary;
 
@@ -297,15 +297,8 @@ pub(super) fn after_pass(handle: &Handle, desired: &Desired, report: &Report) {
 /// slot of the budget already: under a maintenance window here, or of a service whose
 /// rollout turn this node holds.
 fn unready(desired: &Desired, observed: &Observed, held: &BTreeSet<String>) -> BTreeMap<String, u32> {
-    let ready = |s: &Service, i: u32| {
-        observed.containers.iter().any(|c| {
-            c.service == s.name
-                && c.instance == i
-                && !c.is_next()
-                && c.state == RunState::Running
-                && matches!(c.health, Health::None | Health::Healthy)
-        })
-    };
+    let up =
+        |s: &Service, i: u32| observed.containers.iter().any(|c| c.service == s.name && c.instance == i && ready(c));
     desired
         .services
         .values()
@@ -315,11 +308,17 @@ fn unready(desired: &Desired, observed: &Observed, held: &BTreeSet<String>) -> B
                 .instances()
                 .into_iter()
                 .filter(|i| !observed.maintenance.contains_key(&crate::reconcile::model::instance_name(&s.name, *i)))
-                .filter(|i| !ready(s, *i))
+                .filter(|i| !up(s, *i))
                 .count() as u32;
             (s.name.clone(), down)
         })
         .collect()
+}
+
+/// Whether a container serves: the instance itself (not a `-next` one), running, and
+/// healthy where it has a health check.
+fn ready(c: &Container) -> bool {
+    !c.is_next() && c.state == RunState::Running && matches!(c.health, Health::None | Health::Healthy)
 }
 
 /// Whether `service` is done with its rollout here, as a pass saw it: the pass had no step
@@ -333,8 +332,7 @@ fn rolled_out(service: Option<&Service>, plan: &Plan, observed: &Observed) -> bo
     let ready: BTreeSet<u32> = observed
         .containers
         .iter()
-        .filter(|c| c.service == s.name && !c.is_next() && c.hash == s.hash && c.state == RunState::Running)
-        .filter(|c| matches!(c.health, Health::None | Health::Healthy))
+        .filter(|c| c.service == s.name && c.hash == s.hash && ready(c))
         .map(|c| c.instance)
         .collect();
     s.instances().iter().all(|i| ready.contains(i))

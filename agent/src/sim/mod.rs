@@ -57,6 +57,23 @@ pub enum SimError {
         /// Why.
         why: String,
     },
+    /// A process could not be restarted (`etcd-restart`).
+    #[error("tend-sim: restarting process {pid}: {why}")]
+    Restart {
+        /// The process.
+        pid: u32,
+        /// Why.
+        why: String,
+    },
+    /// No etcd member of this machine serves the raft leader's client URL.
+    #[error("tend-sim: no etcd process on this machine serves {url}, etcd's raft leader")]
+    NoLocalEtcd {
+        /// The leader's client URL.
+        url: String,
+    },
+    /// No simulated node leads.
+    #[error("tend-sim: no simulated node leads the cluster")]
+    NoLeader,
     /// Something did not happen in time.
     #[error("tend-sim: {what} did not happen within {within:?}")]
     Timeout {
@@ -434,7 +451,7 @@ impl Sim {
     /// The leader crashes: until another node leads and every live node sees it.
     async fn leader(&mut self, f: &mut Figures) -> Result<(), SimError> {
         let Some(i) = self.nodes.iter().position(|n| n.alive && n.handle.view().is_leader) else {
-            return Err(SimError::Timeout { what: "a leader".into(), within: Duration::ZERO });
+            return Err(SimError::NoLeader);
         };
         let old = self.nodes[i].handle.identity.node.clone();
         self.nodes[i].handle.crash();
@@ -473,7 +490,7 @@ impl Sim {
         let url = leader.and_then(|m| m.client_urls.first()).cloned().unwrap_or_default();
         let pids = probe::etcd_pids(std::slice::from_ref(&url));
         let Some(pid) = pids.get(&url).copied() else {
-            return Err(SimError::Scrape { endpoint: url, why: "no etcd process of this machine serves it".into() });
+            return Err(SimError::NoLocalEtcd { url });
         };
         let before = self.member_revisions().await?;
         let t0 = Instant::now();

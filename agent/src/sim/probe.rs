@@ -117,7 +117,7 @@ pub fn etcd_pids(endpoints: &[String]) -> BTreeMap<String, u32> {
 /// its leadership over: the others elect one), waits for it to go, `down` more, then runs
 /// its command line again in its directory (detached: it outlives this process).
 pub async fn restart(pid: u32, down: Duration) -> Result<(), SimError> {
-    let fail = |why: String| SimError::Scrape { endpoint: format!("process {pid}"), why };
+    let fail = |why: String| SimError::Restart { pid, why };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| fail(e.to_string()))?;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(|e| fail(e.to_string()))?;
     let args: Vec<String> =
