@@ -174,14 +174,8 @@ impl Agent {
     /// SIGTERM, and waits for the exit (a stop of the agent: its containers run on).
     pub(super) fn stop(&mut self) {
         let mut child = self.child.take().expect("the agent runs");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the agent of {} did not stop on SIGTERM\n{}", self.node, self.log_tail(30));
-            }
-            thread::sleep(Duration::from_millis(50));
+        if !etcd::stop_within(&mut child, Duration::from_secs(30)) {
+            panic!("the agent of {} did not stop on SIGTERM\n{}", self.node, self.log_tail(30));
         }
     }
 

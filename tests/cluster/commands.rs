@@ -115,33 +115,18 @@ impl Node {
     /// Sends SIGTERM and waits for the agent to exit.
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !crate::etcd::stop_within(&mut child, Duration::from_secs(20)) {
+            panic!("the agent of {} did not stop on SIGTERM\n{}", self.name, self.log());
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the agent of {} did not stop on SIGTERM\n{}", self.name, self.log());
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut child) = self.child.take()
+            && crate::etcd::stop_within(&mut child, Duration::from_secs(10))
+        {
+            return;
         }
         if std::thread::panicking() {
             eprintln!("--- agent log of {} ---\n{}", self.name, self.log());

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-pub use crate::harness::{describe, run_with_timeout};
+pub use crate::harness::{describe, run_with_timeout, stop_within};
 
 /// The command that installs etcd (run from the repository root, as root).
 pub const INSTALL_COMMAND: &str = "bash -c 'source scripts/lib.sh; ensure_etcd'";

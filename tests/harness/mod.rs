@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod process;
-pub use process::{describe, run_with_timeout};
+pub use process::{describe, run_with_timeout, stop_within};
 
 /// The image tests run when `TEND_TEST_IMAGE` is not set; `scripts/test.sh` builds it.
 pub const DEFAULT_TEST_IMAGE: &str = "tend-demo/busybox:1";

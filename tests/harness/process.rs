@@ -3,7 +3,7 @@
 //! `harness/mod.rs`, which re-exports it).
 
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -61,4 +61,20 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout).trim_end(),
         String::from_utf8_lossy(&output.stderr).trim_end()
     )
+}
+
+/// Sends `child` SIGTERM and waits up to `grace` for it to exit; kills and reaps it if it
+/// does not. Returns whether it exited by itself.
+pub fn stop_within(child: &mut Child, grace: Duration) -> bool {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
